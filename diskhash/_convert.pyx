@@ -1,0 +1,207 @@
+# cython: language_level=3
+"""Python objects <-> C integers for keys and records, as cheaply as CPython allows.
+
+Keys are ints in [0, 2**128) (``uuid.UUID`` accepted as its ``.int``); ``bool``
+is refused even though it is an ``int`` subclass, since ``idx[True]`` is
+almost surely a bug.  Records are built by filling a tuple subclass directly
+(as ``structseq`` does), skipping the Python-level constructor.
+"""
+import operator
+import uuid
+
+from cpython.object cimport PyObject, PyTypeObject
+from cpython.ref cimport Py_INCREF
+from cpython.tuple cimport PyTuple_GET_SIZE
+from libc.stdint cimport uint8_t, uint32_t, uint64_t
+
+from diskhash._format cimport MAX_COMPRESSION
+
+cdef extern from *:
+    """
+    #include <string.h>
+    /* Little-endian 16-byte conversion; 3.13 made the private function's
+       signature change and added a public replacement. */
+    static int dh_long_to_u128(PyObject *v, uint64_t *lo, uint64_t *hi) {
+        unsigned char buf[16];
+    #if PY_VERSION_HEX >= 0x030D0000
+        Py_ssize_t n = PyLong_AsNativeBytes(v, buf, 16,
+            Py_ASNATIVEBYTES_LITTLE_ENDIAN | Py_ASNATIVEBYTES_UNSIGNED_BUFFER |
+            Py_ASNATIVEBYTES_REJECT_NEGATIVE);
+        if (n < 0) return -1;
+        if (n > 16) { PyErr_SetString(PyExc_OverflowError, "int too big"); return -1; }
+    #else
+        if (_PyLong_AsByteArray((PyLongObject *)v, buf, 16, 1, 0) < 0) return -1;
+    #endif
+        memcpy(lo, buf, 8);
+        memcpy(hi, buf + 8, 8);
+        return 0;
+    }
+    static PyObject *dh_u128_to_long(uint64_t lo, uint64_t hi) {
+        unsigned char buf[16];
+        if (hi == 0) return PyLong_FromUnsignedLongLong(lo);
+        memcpy(buf, &lo, 8);
+        memcpy(buf + 8, &hi, 8);
+    #if PY_VERSION_HEX >= 0x030D0000
+        return PyLong_FromUnsignedNativeBytes(buf, 16, Py_ASNATIVEBYTES_LITTLE_ENDIAN);
+    #else
+        return _PyLong_FromByteArray(buf, 16, 1, 0);
+    #endif
+    }
+    /* A 5-tuple of the given tuple subclass, filled without calling its
+       constructor.  Steals nothing: every item is INCREF'd by the caller. */
+    static PyObject *dh_new_tuple5(PyTypeObject *t, PyObject *a, PyObject *b,
+                                   PyObject *c, PyObject *d, PyObject *e) {
+        PyObject *r = t->tp_alloc(t, 5);
+        if (r == NULL) return NULL;
+        PyTuple_SET_ITEM(r, 0, a); PyTuple_SET_ITEM(r, 1, b);
+        PyTuple_SET_ITEM(r, 2, c); PyTuple_SET_ITEM(r, 3, d);
+        PyTuple_SET_ITEM(r, 4, e);
+        return r;
+    }
+    """
+    int dh_long_to_u128(object v, uint64_t *lo, uint64_t *hi) except -1
+    object dh_u128_to_long(uint64_t lo, uint64_t hi)
+    object dh_new_tuple5(PyTypeObject *t, object a, object b, object c, object d, object e)
+    bint PyLong_CheckExact(object o)
+    bint PyLong_Check(object o)
+    bint PyBool_Check(object o)
+    bint PyTuple_Check(object o)
+    PyObject *PyTuple_GET_ITEM_PTR "PyTuple_GET_ITEM"(object t, Py_ssize_t i)
+    unsigned long long PyLong_AsUnsignedLongLong(object o) except? <unsigned long long>-1
+    unsigned long PyLong_AsUnsignedLong(object o) except? <unsigned long>-1
+
+cdef object _UUID = uuid.UUID
+cdef object _payload_meta_type = None     # set by bind_types()
+cdef list _compressions = [0, 1, 2]      # Compression members once bound
+cdef object _c0 = 0, _c1 = 1, _c2 = 2
+
+_U32_MAX = 0xFFFFFFFF
+
+
+def bind_types(record_type, compression_members):
+    """Called once by ``_records``: the classes records are built from."""
+    global _payload_meta_type, _compressions, _c0, _c1, _c2
+    if len(compression_members) != MAX_COMPRESSION_PLUS_ONE:
+        raise RuntimeError("Compression must have exactly NONE, LZ4, ZSTD")
+    _payload_meta_type = record_type
+    _compressions = list(compression_members)
+    _c0, _c1, _c2 = _compressions
+
+
+cdef enum:
+    MAX_COMPRESSION_PLUS_ONE = 3
+
+
+cdef object compression_member(uint8_t value):
+    if value == 0:
+        return _c0
+    if value == 1:
+        return _c1
+    return _c2
+
+
+cdef int _key_slow(object key, uint64_t *lo, uint64_t *hi) except -1:
+    if isinstance(key, _UUID):
+        key = key.int
+    elif PyBool_Check(key):
+        raise TypeError(f"edge_id must be an int in [0, 2**128) or a uuid.UUID, not bool ({key!r})")
+    elif not PyLong_Check(key):
+        try:
+            key = operator.index(key)
+        except TypeError:
+            raise TypeError(
+                f"edge_id must be an int in [0, 2**128) or a uuid.UUID, "
+                f"not {type(key).__name__}") from None
+        if PyBool_Check(key):
+            raise TypeError("edge_id must be an int, not bool")
+    if key < 0 or key >= 2**128:
+        raise OverflowError(f"edge_id {key} is outside [0, 2**128)")
+    dh_long_to_u128(int(key), lo, hi)
+    return 0
+
+
+cdef int key_to_u128(object key, uint64_t *lo, uint64_t *hi) except -1:
+    if PyLong_CheckExact(key):
+        try:
+            return dh_long_to_u128(key, lo, hi)
+        except OverflowError:
+            raise OverflowError(f"edge_id {key} is outside [0, 2**128)") from None
+    return _key_slow(key, lo, hi)
+
+
+cdef object u128_to_int(uint64_t lo, uint64_t hi):
+    return dh_u128_to_long(lo, hi)
+
+
+cdef uint64_t _u64_field(object v, str name) except? 0xFFFFFFFFFFFFFFFF:
+    if not PyLong_Check(v) or PyBool_Check(v):
+        raise TypeError(f"PayloadMeta.{name} must be an int, not {type(v).__name__}")
+    try:
+        return PyLong_AsUnsignedLongLong(v)
+    except OverflowError:
+        raise OverflowError(f"PayloadMeta.{name} = {v} is outside [0, 2**64)") from None
+
+
+cdef uint32_t _u32_field(object v, str name) except? 0xFFFFFFFF:
+    cdef uint64_t x = _u64_field(v, name)
+    if x > 0xFFFFFFFF:
+        raise OverflowError(f"PayloadMeta.{name} = {v} is outside [0, 2**32)")
+    return <uint32_t>x
+
+
+cdef uint8_t _compression_field(object v) except 255:
+    if not PyLong_Check(v) or PyBool_Check(v):
+        raise TypeError(f"PayloadMeta.compression must be a Compression or int, not {type(v).__name__}")
+    if v < 0 or v > MAX_COMPRESSION:
+        raise ValueError(
+            f"PayloadMeta.compression = {v!r} is not a known compression "
+            f"(0 NONE, 1 LZ4, 2 ZSTD)")
+    return <uint8_t>(<long>v)
+
+
+cdef int meta_from_object(object meta, uint64_t lo, uint64_t hi, object key,
+                          meta_fields *out) except -1:
+    """Validate a record for ``insert(key, meta)``; ``key`` is (lo, hi)."""
+    cdef uint64_t mlo, mhi
+    if not PyTuple_Check(meta) or PyTuple_GET_SIZE(meta) != 5:
+        raise TypeError(
+            "meta must be a PayloadMeta (or a 5-tuple edge_id, offset, length, "
+            f"compression, uncompressed_length), not {type(meta).__name__}")
+    edge_id = <object>PyTuple_GET_ITEM_PTR(meta, 0)
+    if edge_id is not key:
+        key_to_u128(edge_id, &mlo, &mhi)
+        if mlo != lo or mhi != hi:
+            raise ValueError(
+                f"meta.edge_id ({edge_id!r}) differs from the key it is inserted "
+                f"under ({u128_to_int(lo, hi)}): the entry would be unreachable")
+    out.offset = _u64_field(<object>PyTuple_GET_ITEM_PTR(meta, 1), "offset")
+    out.length = _u32_field(<object>PyTuple_GET_ITEM_PTR(meta, 2), "length")
+    out.compression = _compression_field(<object>PyTuple_GET_ITEM_PTR(meta, 3))
+    out.uncompressed_length = _u32_field(<object>PyTuple_GET_ITEM_PTR(meta, 4), "uncompressed_length")
+    return 0
+
+
+cdef object make_record(object edge_id, uint8_t compression, uint64_t offset,
+                        uint32_t length, uint32_t uncompressed_length):
+    cdef object c = compression_member(compression)
+    cdef object o = offset
+    cdef object n = length
+    cdef object u = uncompressed_length
+    # dh_new_tuple5 stores borrowed references: give it its own.
+    Py_INCREF(edge_id); Py_INCREF(o); Py_INCREF(n); Py_INCREF(c); Py_INCREF(u)
+    return dh_new_tuple5(<PyTypeObject*>_payload_meta_type, edge_id, o, n, c, u)
+
+
+def new_payload_meta(cls, edge_id, offset, length, compression, uncompressed_length):
+    """``PayloadMeta.__new__``: validate every field, normalise the key to an int."""
+    cdef uint64_t lo, hi
+    key_to_u128(edge_id, &lo, &hi)
+    if not PyLong_CheckExact(edge_id):
+        edge_id = u128_to_int(lo, hi)
+    cdef uint64_t off = _u64_field(offset, "offset")
+    cdef uint32_t ln = _u32_field(length, "length")
+    cdef uint8_t comp = _compression_field(compression)
+    cdef uint32_t ul = _u32_field(uncompressed_length, "uncompressed_length")
+    if cls is _payload_meta_type:
+        return make_record(edge_id, comp, off, ln, ul)
+    return tuple.__new__(cls, (edge_id, off, ln, compression_member(comp), ul))

@@ -1,0 +1,44 @@
+# The table object, declared so _batch can cimport it and reach its C fields.
+from libc.stdint cimport int64_t, uint64_t
+
+from diskhash._convert cimport meta_fields
+from diskhash._format cimport dh_slot
+from diskhash._locks cimport pthread_mutex_t, pthread_rwlock_t
+
+
+cdef class DiskHashIndex:
+    cdef readonly str path
+    cdef readonly bint readonly
+    cdef readonly object recovery
+    cdef object _mmap
+    cdef const unsigned char[::1] _view
+    cdef unsigned char *_base
+    cdef uint64_t _num_slots
+    cdef uint64_t _mask
+    cdef uint64_t _seed
+    cdef uint64_t _num_entries
+    cdef uint64_t _generation
+    cdef bint _count_ok
+    cdef int _fd
+    cdef int _state
+    cdef bint _locks_ready
+    cdef pthread_rwlock_t _map_lock
+    cdef pthread_mutex_t _write_lock
+    cdef object _lock
+    cdef object __weakref__
+
+    cdef int _raise_unusable(self) except -1
+    cdef int _read_acquire(self) except -1
+    cdef void _read_release(self) noexcept nogil
+    cdef int _write_acquire(self, bint block) except -1
+    cdef void _write_release(self) noexcept nogil
+    cdef void _exclusive_acquire(self) noexcept
+    cdef void _exclusive_release(self) noexcept nogil
+    cdef int _corrupt(self, int64_t code, uint64_t slot) except -1
+    cdef int _insert_locked(self, uint64_t lo, uint64_t hi, meta_fields *m) except -1
+    cdef int _rebuild_locked(self, uint64_t new_slots, bint salvage) except -1
+    cdef int _ensure_room_locked(self, uint64_t extra) except -1
+    cdef void _store_count(self) noexcept nogil
+    cdef _open_file_impl(self)
+    cdef object _record(self, object key, dh_slot *s)
+    cdef bint _delete_locked(self, uint64_t lo, uint64_t hi, dh_slot *removed) except -1

@@ -1,0 +1,1014 @@
+# cython: language_level=3
+"""DiskHashIndex: the SOCHIDX2 table in one memory-mapped file.
+
+Concurrency (inside one process):
+  * readers (get, in, batch lookups, iteration chunks) hold ``_map_lock``
+    shared while they touch the map; any number run at once;
+  * writers (insert, delete, grow, save, close) serialise on ``_write_lock``;
+    a writer takes ``_map_lock`` exclusively only for the few stores that
+    change slots, and for the pointer swap at the end of a grow, so readers
+    keep going while a grow rehashes into the new file;
+  * nobody waits on either lock while holding the GIL.
+
+Crash safety: a new slot's fields are stored before its tag; a delete's
+backward shift clears a slot's tag before rewriting it, so a crash can leave
+at worst a duplicate or an unreachable copy (never a torn visible slot), which
+the next writable open detects (the sidecar marker says the last writer did
+not close cleanly) and heals.  A grow writes a new file beside the old one and
+publishes it by fsync + rename + directory fsync.
+"""
+import mmap as _mmap_module
+import os
+import warnings
+import weakref
+
+cimport cython
+from libc.stdint cimport int64_t, uint8_t, uint32_t, uint64_t
+from libc.errno cimport errno
+from libc.stdlib cimport free, malloc
+from libc.string cimport memcpy, memset
+from posix.mman cimport MS_SYNC, msync
+
+from diskhash._convert cimport (
+    key_to_u128,
+    make_record,
+    meta_fields,
+    meta_from_object,
+    u128_to_int,
+)
+from diskhash._format cimport (
+    DH_COMPILER_BARRIER,
+    HEADER_SIZE,
+    MAX_COMPRESSION,
+    MIN_SLOTS,
+    OFF_NUM_ENTRIES,
+    PROBE_BADTAG,
+    PROBE_FULL,
+    PROBE_MISS,
+    SLOT_SIZE,
+    TAG_EMPTY,
+    TAG_OCCUPIED,
+    dh_slot,
+    hash_u128,
+    needs_grow,
+    probe,
+    slot_at,
+)
+from diskhash._locks cimport *
+
+from diskhash import _files
+from diskhash import _records  # binds PayloadMeta to _convert before any record is built
+from diskhash._records import IndexStats, RepairReport
+from diskhash.errors import (
+    CorruptIndexError,
+    DiskHashError,
+    IndexClosedError,
+    ReadOnlyIndexError,
+)
+
+cdef enum:
+    STATE_OPEN = 0
+    STATE_CLOSED = 1
+    STATE_FORKED = 2
+
+cdef object _MISSING = object()
+cdef Py_ssize_t CHUNK = 1024          # slots copied per iteration step
+
+# Indexes alive in this process, so a forked child can disable its copies.
+_open_indexes = weakref.WeakSet()
+
+
+def _disable_inherited_indexes():
+    for idx in list(_open_indexes):
+        (<DiskHashIndex>idx)._forked()
+
+
+os.register_at_fork(after_in_child=_disable_inherited_indexes)
+
+
+# ---------------------------------------------------------------------------
+# Whole-table scan: shared by verify, stats, the recount after an unclean
+# close and repair's report.  nogil, bounded by num_slots, no allocation
+# beyond the caller's defect buffer.
+
+cdef enum:
+    D_BAD_TAG = 0
+    D_BAD_COMPRESSION = 1
+    D_RESERVED = 2
+    D_UNREACHABLE = 3
+    D_DUPLICATE = 4
+    D_KINDS = 5
+
+ctypedef struct defect_t:
+    uint64_t slot
+    int kind
+
+ctypedef struct scan_t:
+    uint64_t occupied
+    uint64_t empties
+    uint64_t longest        # slots examined by the longest successful lookup
+    uint64_t total_probe
+    uint64_t counts[D_KINDS]
+    defect_t *defects       # first `cap` defects, in slot order
+    size_t cap
+    size_t ndefects
+
+
+cdef void scan_table(const unsigned char *base, uint64_t nslots, uint64_t seed,
+                     scan_t *out) noexcept nogil:
+    cdef uint64_t mask = nslots - 1
+    cdef uint64_t i, j, h, dist, k, last_empty = 0
+    cdef bint have_empty = False
+    cdef const dh_slot *s
+    cdef const dh_slot *t
+    cdef int kind
+    # The last empty slot before slot 0, cyclically, seeds the run tracking.
+    i = nslots
+    while i > 0:
+        i -= 1
+        if slot_at(base, i).tag == TAG_EMPTY:
+            last_empty = i
+            have_empty = True
+            break
+    for i in range(nslots):
+        s = slot_at(base, i)
+        if s.tag == TAG_EMPTY:
+            out.empties += 1
+            last_empty = i
+            continue
+        kind = -1
+        if s.tag != TAG_OCCUPIED:
+            kind = D_BAD_TAG
+        else:
+            out.occupied += 1
+            h = hash_u128(s.key_lo, s.key_hi, seed) & mask
+            dist = (i - h) & mask
+            if dist + 1 > out.longest:
+                out.longest = dist + 1
+            out.total_probe += dist + 1
+            if s.compression > MAX_COMPRESSION:
+                kind = D_BAD_COMPRESSION
+            elif s.reserved0 != 0 or s.reserved1 != 0:
+                kind = D_RESERVED
+            elif have_empty and dist >= ((i - last_empty) & mask):
+                kind = D_UNREACHABLE
+            else:
+                j = h
+                for k in range(dist):
+                    t = slot_at(base, j)
+                    if t.tag == TAG_OCCUPIED and t.key_lo == s.key_lo and t.key_hi == s.key_hi:
+                        kind = D_DUPLICATE
+                        break
+                    j = (j + 1) & mask
+        if kind >= 0:
+            out.counts[kind] += 1
+            if out.ndefects < out.cap:
+                out.defects[out.ndefects].slot = i
+                out.defects[out.ndefects].kind = kind
+                out.ndefects += 1
+
+
+cdef str _defect_text(int kind, uint64_t slot, const unsigned char *base):
+    cdef const dh_slot *s = slot_at(base, slot)
+    if kind == D_BAD_TAG:
+        return f"slot {slot}: bad tag 0x{s.tag:02x} (expected 0 or 1)"
+    if kind == D_BAD_COMPRESSION:
+        return f"slot {slot}: unknown compression byte {s.compression}"
+    if kind == D_RESERVED:
+        return f"slot {slot}: nonzero reserved bytes"
+    if kind == D_UNREACHABLE:
+        return f"slot {slot}: key {u128_to_int(s.key_lo, s.key_hi)} is unreachable from its home slot"
+    return f"slot {slot}: duplicate of key {u128_to_int(s.key_lo, s.key_hi)}"
+
+
+# ---------------------------------------------------------------------------
+# Rehash into a fresh table (grow, repair).  Returns entries placed, or a
+# negative code: -1 new table full, -2 bad slot met (not salvaging).
+
+cdef int64_t rehash(const unsigned char *old, uint64_t old_slots,
+                    unsigned char *new, uint64_t new_slots, uint64_t seed,
+                    bint salvage) noexcept nogil:
+    cdef uint64_t i, empty = 0, placed = 0
+    cdef uint64_t mask = new_slots - 1
+    cdef int64_t r
+    cdef const dh_slot *s
+    cdef dh_slot *d
+    for i in range(old_slots):
+        s = slot_at(old, i)
+        if s.tag == TAG_EMPTY:
+            continue
+        if s.tag != TAG_OCCUPIED or s.compression > MAX_COMPRESSION:
+            if salvage:
+                continue
+            return -2
+        r = probe(new, mask, seed, s.key_lo, s.key_hi, &empty)
+        if r >= 0:
+            continue            # a duplicate copy: the first one wins
+        if r != PROBE_MISS:
+            return -1
+        d = slot_at(new, empty)
+        memcpy(d, s, SLOT_SIZE)
+        d.reserved0 = 0
+        d.reserved1 = 0
+        placed += 1
+    return <int64_t>placed
+
+
+cdef inline void write_fields(dh_slot *d, uint64_t lo, uint64_t hi,
+                              const meta_fields *m) noexcept nogil:
+    d.compression = m.compression
+    d.reserved0 = 0
+    d.length = m.length
+    d.uncompressed_length = m.uncompressed_length
+    d.reserved1 = 0
+    d.key_lo = lo
+    d.key_hi = hi
+    d.offset = m.offset
+
+
+cdef uint64_t slots_for(uint64_t entries):
+    """Smallest power-of-two slot count (>= 4096) holding `entries` without a grow."""
+    cdef uint64_t slots = MIN_SLOTS
+    while needs_grow(entries - 1 if entries else 0, slots) and entries:
+        slots *= 2
+    return slots
+
+
+@cython.final
+cdef class _Chunk:
+    """One step of iteration: records copied under the read lock."""
+    cdef public list items
+    cdef public uint64_t next_slot
+    cdef public uint64_t generation
+
+
+cdef class DiskHashIndex:
+    """A persistent map from 128-bit edge ids to ``PayloadMeta`` records.
+
+    ``DiskHashIndex(path, readonly=False, capacity=None, timeout=0.0)`` opens
+    the SOCHIDX2 file at ``path``, creating it (and its parent directories)
+    unless ``readonly``.  Writers hold an exclusive lock on ``path + ".lock"``
+    and readers a shared one: a conflicting open waits up to ``timeout``
+    seconds (``None``: forever) and then raises ``IndexLockedError``.
+
+    Thread-safe: any number of threads may read while one writes.  Use it as a
+    context manager, or call ``close()``: an index never closed warns with
+    ``ResourceWarning``.
+    """
+
+    def __cinit__(self):
+        cdef pthread_rwlockattr_t attr
+        self._fd = -1
+        self._state = STATE_CLOSED
+        self._base = NULL
+        pthread_rwlockattr_init(&attr)
+        dh_rwlockattr_prefer_writer(&attr)
+        if pthread_rwlock_init(&self._map_lock, &attr) != 0:
+            pthread_rwlockattr_destroy(&attr)
+            raise MemoryError("cannot create the index read/write lock")
+        pthread_rwlockattr_destroy(&attr)
+        if pthread_mutex_init(&self._write_lock, NULL) != 0:
+            pthread_rwlock_destroy(&self._map_lock)
+            raise MemoryError("cannot create the index write lock")
+        self._locks_ready = True
+
+    def __init__(self, path, *, bint readonly=False, capacity=None, timeout=0.0):
+        if self._state != STATE_CLOSED or self._lock is not None:
+            raise DiskHashError("DiskHashIndex.__init__ called twice")
+        self.path = os.path.abspath(os.fsdecode(path))
+        self.readonly = readonly
+        if capacity is not None:
+            capacity = int(capacity)
+            if capacity < 0:
+                raise ValueError(f"capacity must be >= 0, got {capacity}")
+            if readonly:
+                raise ValueError("capacity= needs a writable index (readonly=True given)")
+        if timeout is not None and timeout < 0:
+            raise ValueError(f"timeout must be >= 0 or None, got {timeout}")
+        if not readonly:
+            parent = os.path.dirname(self.path)
+            os.makedirs(parent, exist_ok=True)
+        elif not os.path.exists(self.path):
+            raise FileNotFoundError(2, "no index file to open read-only", self.path)
+        self._lock = _files.IndexLock(self.path, exclusive=not readonly, timeout=timeout)
+        try:
+            self._open_file(capacity)
+        except BaseException:
+            self._release_resources(unlock=True)
+            raise
+        _open_indexes.add(self)
+
+    # -- opening -------------------------------------------------------------
+
+    cdef _open_file_impl(self):
+        """Open, validate the header in O(1), and map the table."""
+        flags = (os.O_RDONLY if self.readonly else os.O_RDWR) | os.O_CLOEXEC
+        self._fd = os.open(self.path, flags)
+        st = os.fstat(self._fd)
+        if st.st_size < HEADER_SIZE:
+            raise CorruptIndexError(self.path, f"file is {st.st_size} bytes, shorter than the 64-byte header")
+        header = os.pread(self._fd, HEADER_SIZE, 0)
+        magic, version, num_slots, num_entries, seed = _files.HEADER.unpack(header)
+        defects = []
+        if magic != _files.MAGIC:
+            defects.append(f"bad magic {magic!r} (expected b'SOCHIDX2')")
+        elif version != _files.VERSION:
+            defects.append(f"unknown format version {version} (this diskhash reads version 1)")
+        elif num_slots == 0 or num_slots & (num_slots - 1):
+            defects.append(f"slot count {num_slots} is not a power of two")
+        elif st.st_size < _files.table_bytes(num_slots):
+            defects.append(
+                f"file is {st.st_size} bytes but the header's {num_slots} slots need "
+                f"{_files.table_bytes(num_slots)} (truncated)")
+        if defects:
+            raise CorruptIndexError(self.path, defects)
+        access = _mmap_module.ACCESS_READ if self.readonly else _mmap_module.ACCESS_WRITE
+        mm = _mmap_module.mmap(self._fd, _files.table_bytes(num_slots), access=access)
+        try:
+            mm.madvise(_mmap_module.MADV_RANDOM)
+        except (AttributeError, OSError):
+            pass
+        self._mmap = mm
+        self._view = mm
+        self._base = <unsigned char *>&self._view[0]
+        self._num_slots = num_slots
+        self._mask = num_slots - 1
+        self._seed = seed
+        self._num_entries = num_entries
+        self._state = STATE_OPEN
+        return st
+
+    def _open_file(self, capacity):
+        if not self.readonly:
+            _files.remove_leftovers(self.path)
+            if not os.path.exists(self.path):
+                self._create(slots_for(capacity or 0))
+        st = self._open_file_impl()
+        marker = self._lock.read_marker()
+        clean = (marker is not None and marker.matches(st)
+                 and marker.entries == self._num_entries)
+        self._count_ok = clean and self._num_entries <= self._num_slots
+        if not self.readonly:
+            if not self._count_ok:
+                self._heal_after_unclean_close()
+            self._lock.mark_dirty()
+            if capacity:
+                self.reserve(capacity)
+
+    def _create(self, uint64_t num_slots):
+        tmp = _files.temp_path(self.path, "create")
+        fd = _files.create_table_file(tmp, num_slots, _files.new_seed())
+        try:
+            _files.publish(fd, tmp, self.path)
+        except BaseException:
+            _files.discard_temp(tmp)
+            raise
+        finally:
+            os.close(fd)
+
+    def _heal_after_unclean_close(self):
+        """The last writer did not close cleanly (or the file is new to us).
+
+        Recount, and rebuild if a crash left a duplicate or an unreachable
+        copy behind (an interrupted delete).  Damage a crash cannot cause (bad
+        tags or compression bytes) is left for ``verify()``/``repair()``.
+        """
+        cdef scan_t sc
+        memset(&sc, 0, sizeof(sc))
+        with nogil:
+            scan_table(self._base, self._num_slots, self._seed, &sc)
+        healable = sc.counts[D_UNREACHABLE] + sc.counts[D_DUPLICATE]
+        damage = sc.counts[D_BAD_TAG] + sc.counts[D_BAD_COMPRESSION]
+        if healable and not damage:
+            self._write_acquire(True)
+            try:
+                self._rebuild_locked(self._num_slots, True)
+            finally:
+                self._write_release()
+            self.recovery = RepairReport(self._num_entries, [], self._num_slots)
+        elif self._num_entries != sc.occupied:
+            self._num_entries = sc.occupied
+            self._store_count()
+            self.recovery = RepairReport(self._num_entries, [], self._num_slots)
+        self._count_ok = True
+
+    # -- locking ---------------------------------------------------------------
+
+    cdef int _raise_unusable(self) except -1:
+        if self._state == STATE_FORKED:
+            raise IndexClosedError(
+                f"{self.path}: index was inherited across fork(); open it again in the child")
+        raise IndexClosedError(f"{self.path}: index is closed")
+
+    cdef int _read_acquire(self) except -1:
+        if self._state != STATE_OPEN:
+            self._raise_unusable()
+        if pthread_rwlock_tryrdlock(&self._map_lock) != 0:
+            with nogil:
+                pthread_rwlock_rdlock(&self._map_lock)
+        if self._base == NULL:
+            pthread_rwlock_unlock(&self._map_lock)
+            self._raise_unusable()
+        return 0
+
+    cdef void _read_release(self) noexcept nogil:
+        pthread_rwlock_unlock(&self._map_lock)
+
+    cdef int _write_acquire(self, bint block) except -1:
+        """Take the writer mutex; returns 0, or 1 if busy and not `block`."""
+        if self._state != STATE_OPEN:
+            self._raise_unusable()
+        if self.readonly:
+            raise ReadOnlyIndexError(f"{self.path}: index is open read-only")
+        if pthread_mutex_trylock(&self._write_lock) != 0:
+            if not block:
+                return 1
+            with nogil:
+                pthread_mutex_lock(&self._write_lock)
+        if self._base == NULL:
+            pthread_mutex_unlock(&self._write_lock)
+            self._raise_unusable()
+        return 0
+
+    cdef void _write_release(self) noexcept nogil:
+        pthread_mutex_unlock(&self._write_lock)
+
+    cdef void _exclusive_acquire(self) noexcept:
+        if pthread_rwlock_trywrlock(&self._map_lock) != 0:
+            with nogil:
+                pthread_rwlock_wrlock(&self._map_lock)
+
+    cdef void _exclusive_release(self) noexcept nogil:
+        pthread_rwlock_unlock(&self._map_lock)
+
+    cdef int _corrupt(self, int64_t code, uint64_t slot) except -1:
+        if code == PROBE_FULL:
+            raise CorruptIndexError(self.path, f"no empty slot in {self._num_slots} slots: lookups cannot terminate")
+        raise CorruptIndexError(self.path, f"slot {slot}: bad tag 0x{slot_at(self._base, slot).tag:02x} (expected 0 or 1)")
+
+    # -- reads -----------------------------------------------------------------
+
+    def get(self, key, default=None):
+        """The ``PayloadMeta`` stored for ``key``, or ``default``."""
+        cdef uint64_t lo, hi, empty = 0
+        cdef dh_slot copy
+        key_to_u128(key, &lo, &hi)
+        self._read_acquire()
+        cdef int64_t r = probe(self._base, self._mask, self._seed, lo, hi, &empty)
+        if r >= 0:
+            copy = slot_at(self._base, r)[0]
+        self._read_release()
+        if r < 0:
+            if r == PROBE_MISS:
+                return default
+            self._corrupt(r, empty)
+        return self._record(key, &copy)
+
+    cdef object _record(self, object key, dh_slot *s):
+        if s.compression > MAX_COMPRESSION:
+            raise CorruptIndexError(
+                self.path, f"key {u128_to_int(s.key_lo, s.key_hi)}: unknown compression byte {s.compression}")
+        if type(key) is not int:
+            key = u128_to_int(s.key_lo, s.key_hi)
+        return make_record(key, s.compression, s.offset, s.length, s.uncompressed_length)
+
+    def __getitem__(self, key):
+        result = self.get(key, _MISSING)
+        if result is _MISSING:
+            raise KeyError(key)
+        return result
+
+    def __contains__(self, key):
+        cdef uint64_t lo, hi, empty = 0
+        key_to_u128(key, &lo, &hi)
+        self._read_acquire()
+        cdef int64_t r = probe(self._base, self._mask, self._seed, lo, hi, &empty)
+        self._read_release()
+        if r < PROBE_MISS:
+            self._corrupt(r, empty)
+        return r >= 0
+
+    def __len__(self):
+        cdef scan_t sc
+        if self._state != STATE_OPEN:
+            self._raise_unusable()
+        if not self._count_ok:
+            # A read-only open of a file whose last writer did not close
+            # cleanly: the header count may be stale, so count once.
+            memset(&sc, 0, sizeof(sc))
+            self._read_acquire()
+            with nogil:
+                scan_table(self._base, self._num_slots, self._seed, &sc)
+                self._read_release()
+            self._num_entries = sc.occupied
+            self._count_ok = True
+        return self._num_entries
+
+    def _chunk(self, uint64_t start, int what, uint64_t generation):
+        """Records of the occupied slots from ``start``, up to CHUNK slots.
+
+        ``what``: 0 keys, 1 values, 2 items.  Raises ``RuntimeError`` if the
+        set of keys changed since ``generation`` (like a dict).
+        """
+        cdef uint64_t i, end, n = 0
+        cdef dh_slot *buf = <dh_slot *>malloc(CHUNK * sizeof(dh_slot))
+        cdef _Chunk out = _Chunk()
+        if buf == NULL:
+            raise MemoryError()
+        try:
+            self._read_acquire()
+            if generation != self._generation:
+                self._read_release()
+                raise RuntimeError(f"{self.path}: index changed size during iteration")
+            end = min(start + CHUNK, self._num_slots)
+            for i in range(start, end):
+                if slot_at(self._base, i).tag != TAG_EMPTY:
+                    buf[n] = slot_at(self._base, i)[0]
+                    n += 1
+            self._read_release()
+            out.next_slot = end
+            out.generation = generation
+            out.items = []
+            for i in range(n):
+                if buf[i].tag != TAG_OCCUPIED:
+                    raise CorruptIndexError(self.path, f"bad tag 0x{buf[i].tag:02x} met while iterating")
+                key = u128_to_int(buf[i].key_lo, buf[i].key_hi)
+                if what == 0:
+                    out.items.append(key)
+                else:
+                    rec = self._record(key, &buf[i])
+                    out.items.append(rec if what == 1 else (key, rec))
+            return out
+        finally:
+            free(buf)
+
+    def _iter_start(self):
+        """(generation, num_slots) for a new iteration."""
+        if self._state != STATE_OPEN:
+            self._raise_unusable()
+        return self._generation, self._num_slots
+
+    def _iterate(self, int what):
+        generation, num_slots = self._iter_start()
+        cdef uint64_t start = 0
+        while start < num_slots:
+            chunk = self._chunk(start, what, generation)
+            start = chunk.next_slot
+            yield from chunk.items
+
+    def __iter__(self):
+        return self._iterate(0)
+
+    def keys(self):
+        """An iterator over the keys (ints), in slot order."""
+        return self._iterate(0)
+
+    def values(self):
+        """An iterator over the ``PayloadMeta`` records, in slot order."""
+        return self._iterate(1)
+
+    def items(self):
+        """An iterator over ``(key, PayloadMeta)`` pairs, in slot order."""
+        return self._iterate(2)
+
+    # -- writes ----------------------------------------------------------------
+
+    def insert(self, key, meta):
+        """Store ``meta`` under ``key`` (overwriting), growing the table if needed.
+
+        ``meta.edge_id`` must equal ``key``.  Durable after ``save()``.
+        """
+        cdef uint64_t lo, hi
+        cdef meta_fields m
+        key_to_u128(key, &lo, &hi)
+        meta_from_object(meta, lo, hi, key, &m)
+        self._write_acquire(True)
+        try:
+            self._insert_locked(lo, hi, &m)
+        finally:
+            self._write_release()
+
+    def _try_insert(self, key, meta):
+        """Insert only if it cannot block: returns False (nothing done) if a
+        writer holds the lock or the insert would have to grow the table.
+
+        The async facade runs this inline and falls back to a worker thread.
+        """
+        cdef uint64_t lo, hi, empty = 0
+        cdef meta_fields m
+        key_to_u128(key, &lo, &hi)
+        meta_from_object(meta, lo, hi, key, &m)
+        if self._write_acquire(False):
+            return False
+        try:
+            if needs_grow(self._num_entries, self._num_slots):
+                if probe(self._base, self._mask, self._seed, lo, hi, &empty) < 0:
+                    return False
+            self._insert_locked(lo, hi, &m)
+            return True
+        finally:
+            self._write_release()
+
+    cdef int _insert_locked(self, uint64_t lo, uint64_t hi, meta_fields *m) except -1:
+        cdef uint64_t empty = 0
+        cdef int64_t r = probe(self._base, self._mask, self._seed, lo, hi, &empty)
+        cdef dh_slot *d
+        if r >= 0:
+            d = slot_at(self._base, r)
+            self._exclusive_acquire()
+            d.compression = m.compression
+            d.length = m.length
+            d.uncompressed_length = m.uncompressed_length
+            d.offset = m.offset
+            self._exclusive_release()
+            return 0
+        if r != PROBE_MISS:
+            self._corrupt(r, empty)
+        if needs_grow(self._num_entries, self._num_slots):
+            self._rebuild_locked(self._num_slots * 2, False)
+            r = probe(self._base, self._mask, self._seed, lo, hi, &empty)
+            if r != PROBE_MISS:
+                self._corrupt(r, empty)
+        d = slot_at(self._base, empty)
+        self._exclusive_acquire()
+        write_fields(d, lo, hi, m)
+        DH_COMPILER_BARRIER()
+        d.tag = TAG_OCCUPIED               # visible only once complete
+        self._num_entries += 1
+        self._generation += 1
+        self._store_count()
+        self._exclusive_release()
+        return 0
+
+    cdef void _store_count(self) noexcept nogil:
+        (<uint64_t *>(self._base + OFF_NUM_ENTRIES))[0] = self._num_entries
+
+    def delete(self, key):
+        """Remove ``key``; returns whether it was present.
+
+        Backward-shift deletion: the entries after it in its run move back, so
+        the file needs no tombstones and stays valid for any SOCHIDX2 reader.
+        """
+        cdef uint64_t lo, hi
+        key_to_u128(key, &lo, &hi)
+        self._write_acquire(True)
+        try:
+            return self._delete_locked(lo, hi, NULL)
+        finally:
+            self._write_release()
+
+    cdef bint _delete_locked(self, uint64_t lo, uint64_t hi, dh_slot *removed) except -1:
+        cdef uint64_t empty = 0, i, j, h, n
+        cdef uint64_t mask = self._mask
+        cdef int64_t r = probe(self._base, mask, self._seed, lo, hi, &empty)
+        cdef dh_slot *hole
+        cdef dh_slot *s
+        if r == PROBE_MISS:
+            return False
+        if r < 0:
+            self._corrupt(r, empty)
+        i = <uint64_t>r
+        if removed != NULL:
+            removed[0] = slot_at(self._base, i)[0]
+        self._exclusive_acquire()
+        j = i
+        for n in range(self._num_slots):
+            j = (j + 1) & mask
+            s = slot_at(self._base, j)
+            if s.tag != TAG_OCCUPIED:
+                break
+            h = hash_u128(s.key_lo, s.key_hi, self._seed) & mask
+            if ((j - h) & mask) >= ((j - i) & mask):
+                # Move s back into the hole; the hole is hidden while rewritten.
+                hole = slot_at(self._base, i)
+                hole.tag = TAG_EMPTY
+                DH_COMPILER_BARRIER()
+                memcpy(<unsigned char *>hole + 1, <unsigned char *>s + 1, SLOT_SIZE - 1)
+                DH_COMPILER_BARRIER()
+                hole.tag = TAG_OCCUPIED
+                i = j
+        hole = slot_at(self._base, i)
+        hole.tag = TAG_EMPTY
+        DH_COMPILER_BARRIER()
+        memset(<unsigned char *>hole + 1, 0, SLOT_SIZE - 1)
+        self._num_entries -= 1
+        self._generation += 1
+        self._store_count()
+        self._exclusive_release()
+        return True
+
+    def __delitem__(self, key):
+        if not self.delete(key):
+            raise KeyError(key)
+
+    def pop(self, key, default=_MISSING):
+        """Remove ``key`` and return its record (``default``, or ``KeyError``, if absent)."""
+        cdef uint64_t lo, hi
+        cdef dh_slot removed
+        cdef bint found
+        key_to_u128(key, &lo, &hi)
+        self._write_acquire(True)
+        try:
+            found = self._delete_locked(lo, hi, &removed)
+        finally:
+            self._write_release()
+        if not found:
+            if default is _MISSING:
+                raise KeyError(key)
+            return default
+        return self._record(key, &removed)
+
+    def reserve(self, capacity):
+        """Grow now, if needed, so ``capacity`` entries fit without another grow."""
+        capacity = int(capacity)
+        if capacity < 0:
+            raise ValueError(f"capacity must be >= 0, got {capacity}")
+        self._write_acquire(True)
+        try:
+            if capacity > self._num_entries:
+                self._ensure_room_locked(capacity - self._num_entries)
+        finally:
+            self._write_release()
+
+    cdef int _ensure_room_locked(self, uint64_t extra) except -1:
+        cdef uint64_t want = slots_for(self._num_entries + extra)
+        if want > self._num_slots:
+            self._rebuild_locked(want, False)
+        return 0
+
+    cdef int _rebuild_locked(self, uint64_t new_slots, bint salvage) except -1:
+        """Write a new table of ``new_slots`` beside the file, publish it, swap.
+
+        Holds the writer lock throughout; readers keep reading the old map
+        until the swap, which takes the map lock exclusively for a few pointer
+        stores.  On any error before the rename, the old file and map are
+        untouched and the temporary file is removed.
+        """
+        cdef const unsigned char[::1] new_view
+        cdef unsigned char *nbase
+        cdef int64_t placed
+        cdef uint64_t old_slots = self._num_slots, seed = self._seed
+        cdef const unsigned char *obase = self._base
+        tmp = _files.temp_path(self.path, "repair" if salvage else "grow")
+        mode = os.fstat(self._fd).st_mode & 0o7777
+        fd = _files.create_table_file(tmp, new_slots, seed, mode)
+        mm = None
+        try:
+            mm = _mmap_module.mmap(fd, _files.table_bytes(new_slots), access=_mmap_module.ACCESS_WRITE)
+            new_view = mm
+            nbase = <unsigned char *>&new_view[0]
+            with nogil:
+                placed = rehash(obase, old_slots, nbase, new_slots, seed, salvage)
+            if placed == -1:
+                raise CorruptIndexError(self.path, f"entries do not fit in {new_slots} slots while rebuilding")
+            if placed == -2:
+                raise CorruptIndexError(
+                    self.path, "bad slot met while growing the table; run repair() first")
+            (<uint64_t *>(nbase + OFF_NUM_ENTRIES))[0] = <uint64_t>placed
+            with nogil:
+                msync(nbase, HEADER_SIZE + new_slots * SLOT_SIZE, MS_SYNC)
+            os.fsync(fd)
+            os.replace(tmp, self.path)
+        except BaseException:
+            new_view = None
+            if mm is not None:
+                mm.close()
+            os.close(fd)
+            _files.discard_temp(tmp)
+            raise
+        # The new file is the index now: swap it in, then retire the old map.
+        old_mm, old_fd = self._mmap, self._fd
+        self._exclusive_acquire()
+        self._view = new_view
+        self._base = nbase
+        self._mmap = mm
+        self._fd = fd
+        self._num_slots = new_slots
+        self._mask = new_slots - 1
+        self._num_entries = <uint64_t>placed
+        self._generation += 1
+        self._exclusive_release()
+        new_view = None
+        old_mm.close()
+        os.close(old_fd)
+        _files.fsync_dir(os.path.dirname(self.path))
+        return 0
+
+    def save(self):
+        """Make every write before this call durable (msync of the whole map).
+
+        After ``save()`` returns, those writes survive a process crash, a
+        kernel crash and a power loss.
+        """
+        self._write_acquire(True)
+        try:
+            self._sync_locked()
+        finally:
+            self._write_release()
+
+    def _sync_locked(self):
+        cdef int rc
+        cdef size_t size = HEADER_SIZE + self._num_slots * SLOT_SIZE
+        with nogil:
+            rc = msync(self._base, size, MS_SYNC)
+        if rc != 0:
+            raise OSError(errno, f"msync failed: {os.strerror(errno)}", self.path)
+
+    # -- whole-table operations ------------------------------------------------
+
+    def _scan(self, size_t cap):
+        """Run the table scan under the read lock; returns (scan dict, defect texts)."""
+        cdef scan_t sc
+        cdef size_t k
+        memset(&sc, 0, sizeof(sc))
+        sc.cap = cap
+        sc.defects = <defect_t *>malloc((cap or 1) * sizeof(defect_t))
+        if sc.defects == NULL:
+            raise MemoryError()
+        try:
+            self._read_acquire()
+            try:
+                with nogil:
+                    scan_table(self._base, self._num_slots, self._seed, &sc)
+                texts = [_defect_text(sc.defects[k].kind, sc.defects[k].slot, self._base)
+                         for k in range(sc.ndefects)]
+                dropped = [(sc.defects[k].slot, texts[k]) for k in range(sc.ndefects)
+                           if sc.defects[k].kind in (D_BAD_TAG, D_BAD_COMPRESSION)]
+                header = (<char *>self._base)[:HEADER_SIZE]
+                num_entries = self._num_entries
+            finally:
+                self._read_release()
+        finally:
+            free(sc.defects)
+        info = dict(occupied=sc.occupied, empties=sc.empties, longest=sc.longest,
+                    total_probe=sc.total_probe, counts=[sc.counts[k] for k in range(D_KINDS)],
+                    header=header, num_entries=num_entries, dropped=dropped)
+        return info, texts
+
+    def verify(self):
+        """Check the whole table; raise ``CorruptIndexError`` listing every defect.
+
+        Checks tags, compression bytes, reserved bytes, that every key is
+        reachable from its home slot, duplicate keys, the header count and
+        reserved header bytes, and that an empty slot exists.  O(slots).
+        """
+        info, texts = self._scan(1000)
+        counts = info["counts"]
+        defects = []
+        header = info["header"]
+        if any(header[12:16]) or any(header[40:64]):
+            defects.append("nonzero reserved bytes in the header")
+        if self._seed == 0:
+            defects.append("hash seed is zero")
+        hdr_count = int.from_bytes(header[24:32], "little")
+        if hdr_count != info["occupied"]:
+            defects.append(f"header counts {hdr_count} entries but {info['occupied']} slots are occupied")
+        if info["empties"] == 0:
+            defects.append("no empty slot: lookups of absent keys cannot terminate")
+        defects.extend(texts)
+        shown = len(texts)
+        total = sum(counts)
+        if total > shown:
+            defects.append(f"... and {total - shown} more slot defects")
+        if defects:
+            raise CorruptIndexError(self.path, defects)
+
+    def stats(self):
+        """Entries, slots, load factor, file bytes, longest and mean probe.  O(slots)."""
+        info, _ = self._scan(0)
+        occupied = info["occupied"]
+        return IndexStats(
+            entries=occupied,
+            slots=self._num_slots,
+            load_factor=occupied / self._num_slots,
+            file_bytes=os.fstat(self._fd).st_size,
+            longest_probe=info["longest"],
+            mean_probe=(info["total_probe"] / occupied) if occupied else 0.0,
+        )
+
+    def repair(self):
+        """Rebuild a valid table from every readable entry; report what was dropped.
+
+        Slots with a bad tag or compression byte are dropped (and listed);
+        unreachable entries are re-homed, duplicates kept once, reserved bytes
+        zeroed, the count fixed.  The rebuilt file replaces the old one
+        atomically, as a grow does.
+        """
+        self._write_acquire(True)
+        try:
+            info, _ = self._scan(1 << 20)
+            kept_max = info["occupied"]
+            slots = max(self._num_slots, slots_for(kept_max))
+            self._rebuild_locked(slots, True)
+            self._count_ok = True
+            return RepairReport(self._num_entries, info["dropped"], self._num_slots)
+        finally:
+            self._write_release()
+
+    # -- lifetime --------------------------------------------------------------
+
+    def close(self):
+        """Flush (if writable), record a clean close, unmap, unlock.  Idempotent.
+
+        Other threads blocked on the index get ``IndexClosedError``.
+        """
+        if self._state == STATE_FORKED:
+            self._release_resources(unlock=False)
+            return
+        if self._state != STATE_OPEN:
+            return
+        with nogil:
+            pthread_mutex_lock(&self._write_lock)
+        try:
+            if self._state != STATE_OPEN:
+                return
+            error = None
+            if not self.readonly:
+                try:
+                    self._sync_locked()
+                    self._lock.mark_clean(os.fstat(self._fd), self._num_entries)
+                except OSError as exc:
+                    error = exc
+            self._exclusive_acquire()
+            self._base = NULL
+            self._state = STATE_CLOSED
+            self._exclusive_release()
+        finally:
+            pthread_mutex_unlock(&self._write_lock)
+        self._release_resources(unlock=True)
+        _open_indexes.discard(self)
+        if error is not None:
+            raise error
+
+    def _release_resources(self, bint unlock):
+        self._base = NULL
+        self._view = None
+        if self._mmap is not None:
+            self._mmap.close()
+            self._mmap = None
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+        if self._lock is not None:
+            self._lock.close(unlock=unlock)
+        if self._state == STATE_OPEN:
+            self._state = STATE_CLOSED
+
+    def _forked(self):
+        if self._state == STATE_OPEN:
+            self._state = STATE_FORKED
+
+    @property
+    def closed(self):
+        return self._state != STATE_OPEN
+
+    @property
+    def num_slots(self):
+        return self._num_slots
+
+    @property
+    def seed(self):
+        return self._seed
+
+    @property
+    def capacity(self):
+        """Entries the table holds before the next grow."""
+        return self._num_slots * 3 // 4
+
+    def __enter__(self):
+        if self._state != STATE_OPEN:
+            self._raise_unusable()
+        return self
+
+    def __exit__(self, *exc_info):
+        self.close()
+
+    def __del__(self):
+        if self._state == STATE_OPEN:
+            warnings.warn(f"unclosed DiskHashIndex {self.path!r}", ResourceWarning, source=self)
+            try:
+                self.close()
+            except Exception:
+                pass
+        elif self._state == STATE_FORKED:
+            self._release_resources(unlock=False)
+
+    def __dealloc__(self):
+        if self._locks_ready and self._state != STATE_FORKED:
+            pthread_rwlock_destroy(&self._map_lock)
+            pthread_mutex_destroy(&self._write_lock)
+
+    def __repr__(self):
+        state = "closed" if self._state != STATE_OPEN else (
+            f"{self._num_entries} entries, {self._num_slots} slots")
+        mode = ", readonly" if self.readonly else ""
+        return f"<DiskHashIndex {self.path!r} ({state}{mode})>"
+
+    def __reduce__(self):
+        raise TypeError("a DiskHashIndex cannot be pickled; pass its path and open it again")
+
+
+def repair(path):
+    """Open the index at ``path`` for writing, repair it, close it; returns the report."""
+    with DiskHashIndex(path) as idx:
+        return idx.repair()

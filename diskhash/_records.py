@@ -1,0 +1,90 @@
+"""The record types the index stores and returns.
+
+``PayloadMeta`` is a ``NamedTuple`` so it compares equal to (and unpacks like)
+the plain tuple of its five fields; its constructor is the compiled validator
+from ``_convert``, so a bad record fails where it is built, not at insert.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Any, Iterable, NamedTuple
+
+__all__ = [
+    "Compression",
+    "PayloadMeta",
+    "IndexStats",
+    "RepairReport",
+]
+
+
+class Compression(enum.IntEnum):
+    """How the payload is stored in the data file (slot byte 1)."""
+
+    NONE = 0
+    LZ4 = 1
+    ZSTD = 2
+
+
+class _PayloadMetaFields(NamedTuple):
+    edge_id: int
+    offset: int
+    length: int
+    compression: Compression
+    uncompressed_length: int
+
+
+class PayloadMeta(_PayloadMetaFields):
+    """Where one edge's payload lives in the append-only data file.
+
+    ``PayloadMeta(edge_id, offset, length, compression, uncompressed_length)``:
+    edge_id in [0, 2**128) (an ``int`` or ``uuid.UUID``), offset a u64, the
+    lengths u32, compression a ``Compression`` (or its int value).
+    Construction validates every field and raises ``TypeError``,
+    ``ValueError`` or ``OverflowError`` naming the field.
+    """
+
+    __slots__ = ()
+
+    @classmethod
+    def _make(cls, iterable: Iterable[Any]) -> "PayloadMeta":
+        return cls(*iterable)
+
+    def _replace(self, **changes: Any) -> "PayloadMeta":
+        fields = self._asdict()
+        unknown = set(changes) - set(fields)
+        if unknown:
+            raise ValueError(f"PayloadMeta has no field(s) {sorted(unknown)}")
+        fields.update(changes)
+        return PayloadMeta(**fields)
+
+
+class IndexStats(NamedTuple):
+    """A snapshot of the table's shape (``DiskHashIndex.stats()``)."""
+
+    entries: int
+    slots: int
+    load_factor: float
+    file_bytes: int
+    longest_probe: int
+    mean_probe: float
+
+
+class RepairReport(NamedTuple):
+    """What ``repair()`` kept and what it had to drop (slot, reason)."""
+
+    kept: int
+    dropped: list[tuple[int, str]]
+    slots: int
+
+
+def _bind() -> None:
+    # The validating constructor and the fast record builder live in C; they
+    # need these classes, which exist only once this module has run.
+    from diskhash import _convert
+
+    PayloadMeta.__new__ = staticmethod(_convert.new_payload_meta)  # type: ignore[method-assign,assignment]
+    _convert.bind_types(PayloadMeta, tuple(Compression))
+
+
+_bind()
