@@ -74,6 +74,18 @@ cdef enum:
 cdef object _MISSING = object()
 cdef Py_ssize_t CHUNK = 1024          # slots copied per iteration step
 
+cdef object _batch = None
+
+
+cdef object _batch_module():
+    """The numpy batch layer, imported on first use (numpy is optional)."""
+    global _batch
+    if _batch is None:
+        from diskhash import _batch as module
+        _batch = module
+    return _batch
+
+
 # Indexes alive in this process, so a forked child can disable its copies.
 _open_indexes = weakref.WeakSet()
 
@@ -813,6 +825,24 @@ cdef class DiskHashIndex:
             rc = msync(self._base, size, MS_SYNC)
         if rc != 0:
             raise OSError(errno, f"msync failed: {os.strerror(errno)}", self.path)
+
+    # -- batch calls (numpy; implemented in _batch) ----------------------------
+
+    def get_many(self, keys):
+        """Look up a batch: a structured array of ``RESULT_DTYPE``, one row per key.
+
+        ``keys``: ``uint64`` array (ids < 2**64) or ``KEY_DTYPE`` (lo, hi).
+        One call, the GIL released for the whole batch.
+        """
+        return _batch_module().get_many(self, keys)
+
+    def contains_many(self, keys):
+        """A ``bool`` array: which of ``keys`` are present."""
+        return _batch_module().contains_many(self, keys)
+
+    def insert_many(self, keys, records):
+        """Insert a batch (``records``: ``META_DTYPE``), all validated before any write."""
+        return _batch_module().insert_many(self, keys, records)
 
     # -- whole-table operations ------------------------------------------------
 

@@ -1,0 +1,54 @@
+"""Shared fixtures.  The suite imports the *installed* diskhash (no tests/__init__.py,
+so the repository root is not put on sys.path by pytest)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+DATA = Path(__file__).parent / "data"
+FIXTURES = ("empty", "small", "threshold")
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--run-slow", action="store_true", help="run long stress tests")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if config.getoption("--run-slow"):
+        return
+    skip = pytest.mark.skip(reason="long stress test: pass --run-slow")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture
+def index_path(tmp_path: Path) -> Path:
+    return tmp_path / "edges.idx"
+
+
+def load_tsv(name: str) -> dict[int, tuple[int, int, int, int, int]]:
+    """The entries a fixture holds, as key -> (key, offset, length, compression, ulen)."""
+    rows = {}
+    text = (DATA / f"{name}.tsv").read_text()
+    for line in text.splitlines():
+        key, offset, length, comp, ulen = (int(x) for x in line.split("\t"))
+        rows[key] = (key, offset, length, comp, ulen)
+    return rows
+
+
+@pytest.fixture
+def fixture_copy(tmp_path: Path):
+    """Copy a Rust-written fixture into tmp_path (writable) and return its path."""
+
+    def copy(name: str) -> Path:
+        dst = tmp_path / f"{name}.idx"
+        shutil.copyfile(DATA / f"{name}.idx", dst)
+        os.chmod(dst, 0o644)
+        return dst
+
+    return copy
