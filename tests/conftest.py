@@ -52,3 +52,16 @@ def fixture_copy(tmp_path: Path):
         return dst
 
     return copy
+
+
+def subprocess_env() -> dict[str, str]:
+    """Environment for child Pythons: import the same diskhash this suite imports.
+
+    (Run with the repository as the working directory, ``python -m`` would
+    otherwise pick up the uncompiled source tree.)
+    """
+    import diskhash
+
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(Path(diskhash.__file__).resolve().parent.parent)
+    return env

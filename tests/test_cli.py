@@ -5,14 +5,15 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from conftest import DATA, load_tsv
+from conftest import DATA, load_tsv, subprocess_env
 
 from diskhash import DiskHashIndex
 
 
 def run(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "diskhash", *args],
-                          capture_output=True, text=True, timeout=120)
+                          capture_output=True, text=True, timeout=120,
+                          env=subprocess_env(), cwd=DATA)
 
 
 def test_dump_reproduces_the_fixture_tsv():

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import importlib.util
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from conftest import subprocess_env
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -18,9 +18,7 @@ def test_stubs_match_compiled_modules():
     modules = ["diskhash._index", "diskhash._format", "diskhash._convert"]
     if importlib.util.find_spec("diskhash._batch") is not None:
         modules.append("diskhash._batch")
-    import diskhash
-
-    env = dict(os.environ, PYTHONPATH=str(Path(diskhash.__file__).resolve().parent.parent))
+    env = subprocess_env()
     result = subprocess.run(
         [sys.executable, "-m", "mypy.stubtest", "--allowlist", str(ROOT / "stubtest-allowlist.txt"), *modules],
         capture_output=True, text=True, cwd=ROOT / "tests", timeout=300, env=env,
