@@ -351,15 +351,18 @@ cdef class DiskHashIndex:
         return st
 
     def _open_file(self, capacity):
+        created = False
         if not self.readonly:
             _files.remove_leftovers(self.path)
             if not os.path.exists(self.path):
                 self._create(slots_for(capacity or 0))
+                created = True
         st = self._open_file_impl()
         marker = self._lock.read_marker()
         clean = (marker is not None and marker.matches(st)
                  and marker.entries == self._num_entries)
-        self._count_ok = clean and self._num_entries <= self._num_slots
+        # A file we just created is empty and consistent: no scan needed.
+        self._count_ok = (clean or created) and self._num_entries <= self._num_slots
         if not self.readonly:
             if not self._count_ok:
                 self._heal_after_unclean_close()
