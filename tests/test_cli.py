@@ -13,11 +13,11 @@ from diskhash import DiskHashIndex
 def run(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "diskhash", *args],
                           capture_output=True, text=True, timeout=120,
-                          env=subprocess_env(), cwd=DATA)
+                          env=subprocess_env(), cwd=DATA.parent)
 
 
-def test_dump_reproduces_the_fixture_tsv():
-    r = run("dump", str(DATA / "small.idx"))
+def test_dump_reproduces_the_fixture_tsv(fixture_copy):
+    r = run("dump", str(fixture_copy("small")))
     assert r.returncode == 0, r.stderr
     got = {}
     for line in r.stdout.splitlines():
@@ -26,11 +26,12 @@ def test_dump_reproduces_the_fixture_tsv():
     assert got == load_tsv("small")
 
 
-def test_info_and_verify_on_a_sound_file():
-    r = run("info", str(DATA / "threshold.idx"))
+def test_info_and_verify_on_a_sound_file(fixture_copy):
+    path = str(fixture_copy("threshold"))
+    r = run("info", path)
     assert r.returncode == 0, r.stderr
     assert "entries        3072" in r.stdout and "slots          4096" in r.stdout
-    r = run("verify", str(DATA / "threshold.idx"))
+    r = run("verify", path)
     assert r.returncode == 0 and "ok (3072 entries" in r.stdout
 
 
