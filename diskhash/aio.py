@@ -28,7 +28,7 @@ from __future__ import annotations
 import functools
 import os
 from types import TracebackType
-from typing import Any, Callable, Generic, TypeVar
+from typing import Any, Callable, Generic, TypeVar, overload
 
 import anyio
 import anyio.to_thread
@@ -150,6 +150,11 @@ class AsyncDiskHashIndex:
 
     # -- reads (inline) ----------------------------------------------------------
 
+    @overload
+    async def get(self, key: Any) -> PayloadMeta | None: ...
+    @overload
+    async def get(self, key: Any, default: _T) -> PayloadMeta | _T: ...
+
     async def get(self, key: Any, default: Any = None) -> Any:
         """The ``PayloadMeta`` stored for ``key``, or ``default``.  Inline."""
         return self._sync.get(key, default)
@@ -198,6 +203,11 @@ class AsyncDiskHashIndex:
     async def delete(self, key: Any) -> bool:
         """Remove ``key``; returns whether it was present.  Writer lane."""
         return await self._in_lane(self._sync.delete, key)
+
+    @overload
+    async def pop(self, key: Any) -> PayloadMeta: ...
+    @overload
+    async def pop(self, key: Any, default: _T) -> PayloadMeta | _T: ...
 
     async def pop(self, key: Any, default: Any = _MISSING) -> Any:
         """Remove ``key`` and return its record (``default``, or ``KeyError``).  Writer lane."""

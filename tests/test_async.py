@@ -358,3 +358,49 @@ async def test_public_api_is_exported():
     sync_names = {n for n in dir(DiskHashIndex) if not n.startswith("_")}
     missing = sync_names - set(dir(AsyncDiskHashIndex))
     assert missing == set(), missing
+
+
+class _BatchProbe:
+    """Stands in for the core's batch hooks (implemented in diskhash._batch,
+    which may be absent): records which thread each batch call ran on."""
+
+    def __init__(self, sync: DiskHashIndex) -> None:
+        self._real = sync
+        self.calls: list[tuple[str, int, bool]] = []
+
+    def _record(self, name: str, keys) -> str:
+        self.calls.append((name, len(keys), threading.current_thread() is threading.main_thread()))
+        return name
+
+    def get_many(self, keys):
+        return self._record("get_many", keys)
+
+    def contains_many(self, keys):
+        return self._record("contains_many", keys)
+
+    def insert_many(self, keys, records):
+        self._record("insert_many", keys)
+
+    def __getattr__(self, name):
+        return getattr(self._real, name)
+
+
+async def test_batch_calls_run_small_lookups_inline_and_the_rest_in_a_thread(index_path):
+    if threading.current_thread() is not threading.main_thread():
+        pytest.skip("the event loop does not run on the main thread here")
+    async with await AsyncDiskHashIndex.open(index_path) as idx:
+        probe = _BatchProbe(idx.sync)
+        idx._sync = probe                         # type: ignore[assignment]
+        try:
+            small, large = [0] * diskhash.aio.INLINE_BATCH, [0] * (diskhash.aio.INLINE_BATCH + 1)
+            assert await idx.get_many(small) == "get_many"
+            assert await idx.contains_many(small) == "contains_many"
+            assert await idx.get_many(large) == "get_many"
+            assert await idx.contains_many(large) == "contains_many"
+            assert await idx.insert_many(small, small) is None
+        finally:
+            idx._sync = probe._real
+        n, m = diskhash.aio.INLINE_BATCH, diskhash.aio.INLINE_BATCH + 1
+        assert probe.calls == [("get_many", n, True), ("contains_many", n, True),
+                               ("get_many", m, False), ("contains_many", m, False),
+                               ("insert_many", n, False)]
