@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import pickle
 import threading
+import time
 
 import anyio
 import anyio.to_thread
@@ -346,6 +347,37 @@ async def test_reads_continue_inline_while_a_grow_runs_in_a_thread(index_path, m
         assert idx.num_slots == 8192 and len(idx) == len(keys) + len(extra)
         assert all([await idx.get(k) == meta(k) for k in keys + extra])
         await idx.verify()
+
+
+async def test_inline_insert_gives_up_rather_than_wait_for_a_long_read(index_path):
+    """A thread scanning the table (stats()) holds the map lock shared with the
+    GIL released: the fast path must then give up at once (and the insert go
+    to the writer lane), not block the loop until the scan ends."""
+    async with await AsyncDiskHashIndex.open(index_path, capacity=700_000) as idx:
+        assert idx.num_slots == 2**20
+        await idx.insert(1, meta(1))
+        stop = threading.Event()
+
+        def scanner() -> None:
+            while not stop.is_set():
+                idx.sync.stats()
+
+        thread = threading.Thread(target=scanner)
+        thread.start()
+        gave_up = done = 0
+        try:
+            deadline = time.monotonic() + 20          # a bound, not a timing check
+            while not gave_up and time.monotonic() < deadline:
+                if idx.sync._try_insert(1, meta(1, offset=done)):
+                    done += 1
+                else:
+                    gave_up += 1
+            await idx.insert(1, meta(1, offset=12345))      # falls back to the lane if need be
+        finally:
+            stop.set()
+            await anyio.to_thread.run_sync(thread.join)
+        assert gave_up == 1
+        assert await idx.get(1) == meta(1, offset=12345) and len(idx) == 1
 
 
 async def test_public_api_is_exported():
