@@ -2,6 +2,7 @@
 
 from diskhash._records import Compression, IndexStats, PayloadMeta, RepairReport
 from diskhash._index import DiskHashIndex, repair
+from diskhash.aio import AsyncDiskHashIndex
 from diskhash.errors import (
     CorruptIndexError,
     DiskHashError,
@@ -11,6 +12,7 @@ from diskhash.errors import (
 )
 
 __all__ = [
+    "AsyncDiskHashIndex",
     "Compression",
     "CorruptIndexError",
     "DiskHashError",

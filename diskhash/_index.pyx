@@ -605,7 +605,8 @@ cdef class DiskHashIndex:
 
     def _try_insert(self, key, meta):
         """Insert only if it cannot block: returns False (nothing done) if a
-        writer holds the lock or the insert would have to grow the table.
+        writer holds the lock, a long read holds the map lock, or the insert
+        would have to grow the table.
 
         The async facade runs this inline and falls back to a worker thread.
         """
@@ -619,18 +620,29 @@ cdef class DiskHashIndex:
             if needs_grow(self._num_entries, self._num_slots):
                 if probe(self._base, self._mask, self._seed, lo, hi, &empty) < 0:
                     return False
-            self._insert_locked(lo, hi, &m)
-            return True
+            return self._insert_locked(lo, hi, &m, True) == 0
         finally:
             self._write_release()
 
-    cdef int _insert_locked(self, uint64_t lo, uint64_t hi, meta_fields *m) except -1:
+    cdef int _insert_locked(self, uint64_t lo, uint64_t hi, meta_fields *m,
+                            bint nowait=False) except -1:
+        """Insert with the writer lock held; returns 0.
+
+        With ``nowait`` (the async fast path, running on an event loop) it
+        returns 1 having changed nothing if the map lock is busy -- a thread
+        in a long read (``stats()``, ``verify()``, a batch lookup) holds it
+        shared -- instead of blocking the loop until that read ends.
+        """
         cdef uint64_t empty = 0
         cdef int64_t r = probe(self._base, self._mask, self._seed, lo, hi, &empty)
         cdef dh_slot *d
         if r >= 0:
             d = slot_at(self._base, r)
-            self._exclusive_acquire()
+            if nowait:
+                if pthread_rwlock_trywrlock(&self._map_lock) != 0:
+                    return 1
+            else:
+                self._exclusive_acquire()
             d.compression = m.compression
             d.length = m.length
             d.uncompressed_length = m.uncompressed_length
@@ -645,7 +657,11 @@ cdef class DiskHashIndex:
             if r != PROBE_MISS:
                 self._corrupt(r, empty)
         d = slot_at(self._base, empty)
-        self._exclusive_acquire()
+        if nowait:
+            if pthread_rwlock_trywrlock(&self._map_lock) != 0:
+                return 1
+        else:
+            self._exclusive_acquire()
         write_fields(d, lo, hi, m)
         DH_COMPILER_BARRIER()
         d.tag = TAG_OCCUPIED               # visible only once complete

@@ -65,3 +65,21 @@ def subprocess_env() -> dict[str, str]:
     env = dict(os.environ)
     env["PYTHONPATH"] = str(Path(diskhash.__file__).resolve().parent.parent)
     return env
+
+
+def _anyio_backends() -> list:
+    backends = [pytest.param("asyncio", id="asyncio")]
+    try:
+        import uvloop  # noqa: F401
+    except ImportError:
+        pass
+    else:
+        backends.append(pytest.param(("asyncio", {"use_uvloop": True}), id="uvloop"))
+    backends.append(pytest.param("trio", id="trio"))
+    return backends
+
+
+@pytest.fixture(params=_anyio_backends())
+def anyio_backend(request: pytest.FixtureRequest):
+    """Every ``@pytest.mark.anyio`` test runs on asyncio, uvloop (if installed) and trio."""
+    return request.param

@@ -1,0 +1,213 @@
+"""The longest event-loop stall while a table of several million entries grows.
+
+    python benchmarks/loop_stall.py [--slots-log2 22] [--backend asyncio|uvloop|trio|all] [--repeat 2] [--dir DIR]
+
+Fills a table to exactly its capacity (3.1 million entries at the default
+2**22 slots, through the sync API, not timed), then, on the event loop, a
+heartbeat task ticks every millisecond and a reader task keeps doing inline
+``await idx.get`` while one ``await idx.insert`` of a new key grows the table
+to twice its slots in a worker thread.  Reports the longest gap between two
+heartbeat ticks beyond the 1 ms sleep (the stall), and how much of it the
+loop thread was blocked rather than waiting for a CPU (from the thread's
+Linux schedstat: blocked = stall - CPU time - run-queue wait), next to the grow's own
+duration, and with two controls: the loop idle, and a thread burning CPU for
+as long without ever taking the GIL (on a shared machine, a busy core alone
+delays the loop's wake-ups).  Target: no stall > 10 ms.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import random
+import shutil
+import statistics
+import tempfile
+import threading
+import time
+
+import anyio
+
+from diskhash import AsyncDiskHashIndex, DiskHashIndex
+
+TARGET_MS = 10.0
+
+
+def build(path: str, slots_log2: int) -> list[int]:
+    rng = random.Random(7)
+    with DiskHashIndex(path, capacity=(1 << slots_log2) * 3 // 4) as idx:
+        assert idx.num_slots == 1 << slots_log2, idx.num_slots
+        keys = [rng.getrandbits(128) for _ in range(idx.capacity)]
+        ins = idx.insert
+        for i, k in enumerate(keys):
+            ins(k, (k, i * 64, 64, 1, 128))
+        assert len(idx) == idx.capacity
+    return keys
+
+
+def burn_cpu_without_gil(seconds: float) -> None:
+    data = b"\x5a" * (4 << 20)
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        hashlib.sha256(data).digest()          # releases the GIL for the whole buffer
+
+
+class _SchedStat:
+    """This thread's CPU time and run-queue wait (Linux ``schedstat``), in ms.
+
+    Splits a stall into the part the loop thread spent waiting for a CPU
+    (the machine is busy) and the part it was blocked (GIL, a lock, I/O)."""
+
+    def __init__(self) -> None:
+        try:
+            self._f = open(f"/proc/self/task/{threading.get_native_id()}/schedstat", "rb", buffering=0)
+        except OSError:
+            self._f = None
+
+    def read(self) -> tuple[float, float]:
+        if self._f is None:
+            return 0.0, 0.0
+        self._f.seek(0)
+        cpu, wait, _ = self._f.read().split()
+        return int(cpu) / 1e6, int(wait) / 1e6
+
+    def close(self) -> None:
+        if self._f is not None:
+            self._f.close()
+
+
+async def heartbeat(stop: anyio.Event, gaps: list[float], blocked: list[float] | None = None) -> None:
+    """Tick every 1 ms; record each tick's lateness, and how much of it the
+    loop thread spent neither running nor waiting for a CPU (blocked)."""
+    sched = _SchedStat()
+    last = time.perf_counter()
+    last_cpu, last_wait = sched.read()
+    while not stop.is_set():
+        await anyio.sleep(0.001)
+        now = time.perf_counter()
+        cpu, wait = sched.read()
+        late = (now - last) * 1e3 - 1.0              # ms beyond the requested sleep
+        gaps.append(late)
+        if blocked is not None:
+            blocked.append(late - (cpu - last_cpu) - (wait - last_wait))
+        last, last_cpu, last_wait = now, cpu, wait
+    sched.close()
+
+
+async def reader(idx: AsyncDiskHashIndex, keys: list[int], stop: anyio.Event,
+                 latencies: list[float]) -> None:
+    rng = random.Random(3)
+    while not stop.is_set():
+        for _ in range(50):
+            k = keys[rng.randrange(len(keys))]
+            t = time.perf_counter()
+            meta = await idx.get(k)
+            latencies.append((time.perf_counter() - t) * 1e6)
+            assert meta is not None and meta.edge_id == k
+        await anyio.sleep(0.0005)
+
+
+async def measure(path: str, keys: list[int]) -> dict[str, float]:
+    async with await AsyncDiskHashIndex.open(path) as idx:
+        slots = idx.num_slots
+        # Idle loop, same tasks: the noise floor of this machine.
+        idle_gaps: list[float] = []
+        stop = anyio.Event()
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(heartbeat, stop, idle_gaps)
+            tg.start_soon(reader, idx, keys, stop, [])
+            await anyio.sleep(1.0)
+            stop.set()
+
+        gaps: list[float] = []
+        blocked: list[float] = []
+        latencies: list[float] = []
+        stop = anyio.Event()
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(heartbeat, stop, gaps, blocked)
+            tg.start_soon(reader, idx, keys, stop, latencies)
+            await anyio.sleep(0.05)
+            new_key = (1 << 127) | 12345
+            t0 = time.perf_counter()
+            await idx.insert(new_key, (new_key, 0, 1, 0, 1))      # grows in a worker thread
+            grow_s = time.perf_counter() - t0
+            await anyio.sleep(0.05)
+            stop.set()
+        assert idx.num_slots == 2 * slots and len(idx) == len(keys) + 1
+
+        # Control: a thread that never takes the GIL, busy for as long as the
+        # grow was.  Its stalls are what this machine's CPU sharing costs.
+        control_gaps: list[float] = []
+        stop = anyio.Event()
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(heartbeat, stop, control_gaps)
+            tg.start_soon(reader, idx, keys, stop, [])
+            await anyio.sleep(0.05)
+            await anyio.to_thread.run_sync(burn_cpu_without_gil, grow_s)
+            await anyio.sleep(0.05)
+            stop.set()
+    latencies.sort()
+    return dict(
+        grow_ms=grow_s * 1e3,
+        max_stall_ms=max(gaps),
+        max_blocked_ms=max(blocked),
+        p99_stall_ms=statistics.quantiles(gaps, n=100)[98],
+        ticks=len(gaps),
+        idle_max_stall_ms=max(idle_gaps),
+        control_max_stall_ms=max(control_gaps),
+        gets=len(latencies),
+        get_p50_us=latencies[len(latencies) // 2],
+        get_max_us=latencies[-1],
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--slots-log2", type=int, default=22)
+    parser.add_argument("--backend", default="all", choices=["asyncio", "uvloop", "trio", "all"])
+    parser.add_argument("--repeat", type=int, default=2, help="runs per backend")
+    parser.add_argument("--dir", default=None, help="where to build (default: a temporary directory)")
+    args = parser.parse_args()
+    backends = ["asyncio", "uvloop", "trio"] if args.backend == "all" else [args.backend]
+
+    with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
+        base = os.path.join(tmp, "base.idx")
+        t0 = time.perf_counter()
+        keys = build(base, args.slots_log2)
+        print(f"built {len(keys):,} entries in {1 << args.slots_log2:,} slots "
+              f"({time.perf_counter() - t0:.1f} s); each run grows a copy to {2 << args.slots_log2:,}")
+        worst = worst_blocked = 0.0
+        for name in backends:
+            if name == "uvloop":
+                try:
+                    import uvloop  # noqa: F401
+                except ImportError:
+                    print("uvloop   not installed, skipped")
+                    continue
+                backend, options = "asyncio", {"use_uvloop": True}
+            else:
+                backend, options = name, {}
+            for run in range(args.repeat):
+                path = os.path.join(tmp, f"{name}.idx")
+                shutil.copyfile(base, path)          # every run grows the same full table
+                r = anyio.run(measure, path, keys, backend=backend, backend_options=options)
+                os.unlink(path)
+                worst = max(worst, r["max_stall_ms"])
+                worst_blocked = max(worst_blocked, r["max_blocked_ms"])
+                print(f"{name:<8} grow {r['grow_ms']:7.1f} ms | longest stall {r['max_stall_ms']:6.2f} ms "
+                      f"(p99 {r['p99_stall_ms']:.2f} ms over {r['ticks']} ticks; longest blocked "
+                      f"{r['max_blocked_ms']:.2f} ms) | controls: idle loop "
+                      f"{r['idle_max_stall_ms']:.2f} ms, GIL-free CPU thread {r['control_max_stall_ms']:.2f} ms "
+                      f"| {r['gets']:,} inline gets meanwhile: "
+                      f"p50 {r['get_p50_us']:.1f} us, max {r['get_max_us']:.0f} us")
+        verdict = "PASS" if worst <= TARGET_MS else "MISS"
+        print(f"{verdict}: longest stall {worst:.2f} ms (target <= {TARGET_MS:.0f} ms); "
+              f"compare with the controls on the same lines")
+        verdict = "PASS" if worst_blocked <= TARGET_MS else "MISS"
+        print(f"{verdict}: longest time the loop thread was blocked (not running, not waiting "
+              f"for a CPU) beyond its 1 ms sleep: {worst_blocked:.2f} ms")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,338 @@
+"""AsyncDiskHashIndex: the DiskHashIndex API for asyncio (uvloop too) and trio, on anyio.
+
+Scheduling is all this module adds; every rule (validation, errors, locking,
+crash safety) is the core's.  Three lanes:
+
+* inline, on the event loop: ``get``, ``contains``, ``len()``, an ``insert``
+  that needs no grow (``DiskHashIndex._try_insert``), small batch lookups.
+  These never wait for another thread for longer than a few pointer stores
+  (the map swap at the end of a grow), so they cost what the sync call costs;
+* the writer lane: work that holds the core's writer lock or reads the whole
+  table (a growing insert, ``delete``, ``pop``, ``reserve``, ``save``,
+  ``stats``, ``verify``, ``repair``, ``insert_many``, large batch lookups,
+  ``close``) runs in one anyio worker thread at a time; further callers wait
+  on an ``anyio.Lock``, parked in the loop rather than in threads.  Keeping
+  whole-table reads in the lane too means no thread of ours ever waits to
+  write while a long read holds the map lock, which (the lock prefers
+  writers) would make the inline readers wait as well;
+* iteration fetches its records in worker threads, a few thousand slots per
+  hop, holding the map lock only for 1024 slots at a time.
+
+Cancellation never interrupts a worker thread (anyio's default
+``abandon_on_cancel=False``): a cancelled call either completed or never
+started, and the index is consistent either way.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from types import TracebackType
+from typing import Any, Callable, Generic, TypeVar, overload
+
+import anyio
+import anyio.to_thread
+
+from diskhash._index import DiskHashIndex
+from diskhash._records import IndexStats, PayloadMeta, RepairReport
+
+__all__ = ["AsyncDiskHashIndex"]
+
+_T = TypeVar("_T")
+_I = TypeVar("_I")
+_MISSING: Any = object()
+
+#: Batch lookups of at most this many keys run inline (about 0.1 us a key).
+INLINE_BATCH = 4096
+#: Slots an iteration step copies per worker-thread hop (16 core chunks).
+ITER_STEP_SLOTS = 16 * 1024
+#: Worker threads one index may occupy at once (iterations plus the writer lane).
+THREADS_PER_INDEX = 4
+
+
+def _fetch(sync: DiskHashIndex, start: int, what: int, generation: int,
+           num_slots: int) -> tuple[list[Any], int]:
+    """Worker-thread side of iteration: copy up to ITER_STEP_SLOTS slots' records."""
+    items: list[Any] = []
+    end = min(num_slots, start + ITER_STEP_SLOTS)
+    while start < end:
+        chunk = sync._chunk(start, what, generation)
+        items.extend(chunk.items)
+        start = chunk.next_slot
+    return items, start
+
+
+class _AsyncIterator(Generic[_I]):
+    """Records in slot order, fetched in worker threads; ``RuntimeError`` if the
+    set of keys changes meanwhile (the sync iterators' rule)."""
+
+    def __init__(self, owner: "AsyncDiskHashIndex", what: int) -> None:
+        self._owner = owner
+        self._what = what
+        self._buffer: list[Any] = []
+        self._pos = 0
+        self._start: int | None = None
+        self._generation = 0
+        self._num_slots = 0
+
+    def __aiter__(self) -> "_AsyncIterator[_I]":
+        return self
+
+    async def __anext__(self) -> _I:
+        while self._pos >= len(self._buffer):
+            sync = self._owner.sync
+            if self._start is None:
+                self._generation, self._num_slots = sync._iter_start()
+                self._start = 0
+            if self._start >= self._num_slots:
+                raise StopAsyncIteration
+            self._buffer, self._start = await self._owner._thread(
+                _fetch, sync, self._start, self._what, self._generation, self._num_slots)
+            self._pos = 0
+        item = self._buffer[self._pos]
+        self._pos += 1
+        return item
+
+
+class AsyncDiskHashIndex:
+    """``DiskHashIndex`` for async code: ``await AsyncDiskHashIndex.open(path, ...)``.
+
+    Mirrors the sync class method for method (same names, arguments and
+    errors); the wrapped index is ``.sync``.  Subscripts and ``in`` have no
+    async form: use ``get``/``pop``/``delete`` and ``await contains(key)``.
+
+    Inline calls do not yield to the loop (no checkpoint): a task that loops
+    over millions of them should ``await anyio.sleep(0)`` now and then.
+    Calls from different tasks are not ordered among themselves; one task's
+    awaited calls happen in order.
+    """
+
+    def __init__(self, sync: DiskHashIndex) -> None:
+        """Wrap an open ``DiskHashIndex`` (``open()`` is the usual way in)."""
+        if not isinstance(sync, DiskHashIndex):
+            raise TypeError(f"AsyncDiskHashIndex wraps a DiskHashIndex, got {type(sync).__name__}")
+        self._sync = sync
+        self._lane = anyio.Lock()
+        self._limiter = anyio.CapacityLimiter(THREADS_PER_INDEX)
+
+    @classmethod
+    async def open(
+        cls,
+        path: "str | os.PathLike[str]",
+        *,
+        readonly: bool = False,
+        capacity: int | None = None,
+        timeout: float | None = 0.0,
+    ) -> "AsyncDiskHashIndex":
+        """Open (or create) the index at ``path`` in a worker thread.
+
+        Arguments as for ``DiskHashIndex``.  A cancelled open either returned
+        the index or opened nothing; with ``timeout=None`` it cannot be
+        cancelled while it waits for another process's lock.
+        """
+        opener = functools.partial(_open_counted, path, readonly=readonly,
+                                   capacity=capacity, timeout=timeout)
+        return cls(await anyio.to_thread.run_sync(opener))
+
+    @property
+    def sync(self) -> DiskHashIndex:
+        """The wrapped synchronous index (shares state, locks and file)."""
+        return self._sync
+
+    # -- scheduling --------------------------------------------------------------
+
+    async def _thread(self, fn: Callable[..., _T], *args: Any) -> _T:
+        return await anyio.to_thread.run_sync(fn, *args, limiter=self._limiter)
+
+    async def _in_lane(self, fn: Callable[..., _T], *args: Any) -> _T:
+        async with self._lane:
+            return await self._thread(fn, *args)
+
+    # -- reads (inline) ----------------------------------------------------------
+
+    @overload
+    async def get(self, key: Any) -> PayloadMeta | None: ...
+    @overload
+    async def get(self, key: Any, default: _T) -> PayloadMeta | _T: ...
+
+    async def get(self, key: Any, default: Any = None) -> Any:
+        """The ``PayloadMeta`` stored for ``key``, or ``default``.  Inline."""
+        return self._sync.get(key, default)
+
+    async def contains(self, key: Any) -> bool:
+        """``key in index``, awaitable.  Inline."""
+        return key in self._sync
+
+    def __contains__(self, key: object) -> bool:
+        raise TypeError("use 'await index.contains(key)' on an AsyncDiskHashIndex")
+
+    def __len__(self) -> int:
+        return len(self._sync)
+
+    def keys(self) -> _AsyncIterator[int]:
+        """An async iterator over the keys, in slot order."""
+        return _AsyncIterator(self, 0)
+
+    def values(self) -> _AsyncIterator[PayloadMeta]:
+        """An async iterator over the ``PayloadMeta`` records, in slot order."""
+        return _AsyncIterator(self, 1)
+
+    def items(self) -> _AsyncIterator[tuple[int, PayloadMeta]]:
+        """An async iterator over ``(key, PayloadMeta)`` pairs, in slot order."""
+        return _AsyncIterator(self, 2)
+
+    def __aiter__(self) -> _AsyncIterator[int]:
+        return _AsyncIterator(self, 0)
+
+    # -- writes ------------------------------------------------------------------
+
+    async def insert(self, key: Any, meta: Any) -> None:
+        """Store ``meta`` under ``key``: inline, or in the writer lane if the
+        table must grow or another writer holds the lock.
+
+        Cancelled, it either completed or never started.
+        """
+        sync = self._sync
+        if sync._try_insert(key, meta):
+            return
+        async with self._lane:
+            if sync._try_insert(key, meta):     # the writer before us made room
+                return
+            await self._thread(sync.insert, key, meta)
+
+    async def delete(self, key: Any) -> bool:
+        """Remove ``key``; returns whether it was present.  Writer lane."""
+        return await self._in_lane(self._sync.delete, key)
+
+    @overload
+    async def pop(self, key: Any) -> PayloadMeta: ...
+    @overload
+    async def pop(self, key: Any, default: _T) -> PayloadMeta | _T: ...
+
+    async def pop(self, key: Any, default: Any = _MISSING) -> Any:
+        """Remove ``key`` and return its record (``default``, or ``KeyError``).  Writer lane."""
+        if default is _MISSING:
+            return await self._in_lane(self._sync.pop, key)
+        return await self._in_lane(self._sync.pop, key, default)
+
+    async def reserve(self, capacity: int) -> None:
+        """Grow now, if needed, so ``capacity`` entries fit without another grow."""
+        await self._in_lane(self._sync.reserve, capacity)
+
+    async def save(self) -> None:
+        """Make every write before this call durable (msync).  Writer lane.
+
+        Cancelled, the flush still runs to its end in its thread.
+        """
+        await self._in_lane(self._sync.save)
+
+    # -- batches -----------------------------------------------------------------
+
+    async def get_many(self, keys: Any) -> Any:
+        """Batch lookup (see ``DiskHashIndex.get_many``): inline up to
+        ``INLINE_BATCH`` keys, else in the writer lane."""
+        if _small(keys):
+            return self._sync.get_many(keys)
+        return await self._in_lane(self._sync.get_many, keys)
+
+    async def contains_many(self, keys: Any) -> Any:
+        """Batch membership: inline up to ``INLINE_BATCH`` keys, else in the writer lane."""
+        if _small(keys):
+            return self._sync.contains_many(keys)
+        return await self._in_lane(self._sync.contains_many, keys)
+
+    async def insert_many(self, keys: Any, records: Any) -> None:
+        """Batch insert (see ``DiskHashIndex.insert_many``).  Writer lane."""
+        await self._in_lane(self._sync.insert_many, keys, records)
+
+    # -- whole-table operations --------------------------------------------------
+
+    async def stats(self) -> IndexStats:
+        """``IndexStats`` (walks the table).  Writer lane."""
+        return await self._in_lane(self._sync.stats)
+
+    async def verify(self) -> None:
+        """Check the whole table; ``CorruptIndexError`` lists every defect.  Writer lane."""
+        await self._in_lane(self._sync.verify)
+
+    async def repair(self) -> RepairReport:
+        """Rebuild from every readable entry (see ``DiskHashIndex.repair``).  Writer lane."""
+        return await self._in_lane(self._sync.repair)
+
+    # -- lifetime ----------------------------------------------------------------
+
+    async def close(self) -> None:
+        """Flush, mark clean, unmap, unlock; idempotent.
+
+        Shielded from cancellation, so ``async with`` closes even in a
+        cancelled task.  Calls queued before it run first; anything after it
+        (inline calls, iterators' next steps, queued writers) gets
+        ``IndexClosedError``.
+        """
+        with anyio.CancelScope(shield=True):
+            await self._in_lane(self._sync.close)
+
+    @property
+    def closed(self) -> bool:
+        return self._sync.closed
+
+    @property
+    def path(self) -> str:
+        return self._sync.path
+
+    @property
+    def readonly(self) -> bool:
+        return self._sync.readonly
+
+    @property
+    def recovery(self) -> RepairReport | None:
+        return self._sync.recovery
+
+    @property
+    def num_slots(self) -> int:
+        return self._sync.num_slots
+
+    @property
+    def capacity(self) -> int:
+        return self._sync.capacity
+
+    @property
+    def seed(self) -> int:
+        return self._sync.seed
+
+    async def __aenter__(self) -> "AsyncDiskHashIndex":
+        self._sync.__enter__()          # IndexClosedError if closed
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    def __repr__(self) -> str:
+        return f"<AsyncDiskHashIndex wrapping {self._sync!r}>"
+
+    def __reduce__(self) -> Any:
+        raise TypeError("an AsyncDiskHashIndex cannot be pickled; pass its path and open it again")
+
+
+def _open_counted(path: Any, **kwargs: Any) -> DiskHashIndex:
+    """Open, and take the entry count now: on a read-only open after an
+    unclean close, ``len()`` would otherwise scan the table on the loop."""
+    idx = DiskHashIndex(path, **kwargs)
+    try:
+        len(idx)
+    except BaseException:
+        idx.close()
+        raise
+    return idx
+
+
+def _small(keys: Any) -> bool:
+    try:
+        return len(keys) <= INLINE_BATCH
+    except TypeError:
+        return False
