@@ -184,6 +184,41 @@ async def test_open_cancelled_before_it_starts_opens_nothing(tmp_path):
     assert not path.exists()
 
 
+async def test_open_cancelled_while_its_thread_opens_hands_over_the_index(index_path, monkeypatch):
+    """The cancel waits for the opening thread, and the open still returns the
+    index it opened (the cancel lands at the caller's next checkpoint), so
+    ``async with await open(...)`` closes it: nothing leaks, the lock is free."""
+    import diskhash.aio as aio
+
+    in_thread = threading.Event()
+    release = threading.Event()
+    real_open = aio._open_counted
+    got: list[AsyncDiskHashIndex] = []
+
+    def slow_open(*args, **kwargs):
+        idx = real_open(*args, **kwargs)
+        in_thread.set()
+        release.wait(10)
+        return idx
+
+    async def user() -> None:
+        async with await AsyncDiskHashIndex.open(index_path) as idx:
+            got.append(idx)
+            await anyio.sleep(10)
+
+    monkeypatch.setattr(aio, "_open_counted", slow_open)
+    with anyio.CancelScope() as scope:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(user)
+            await wait_for(in_thread.is_set, "the open to start")
+            scope.cancel()
+            release.set()
+    assert scope.cancelled_caught
+    assert len(got) == 1 and got[0].closed
+    with DiskHashIndex(index_path, timeout=0) as idx:   # IndexLockedError if leaked
+        assert idx.recovery is None and len(idx) == 0
+
+
 async def test_many_cancelled_inserts_leave_a_consistent_index(index_path):
     """Inserts (fast, queued and growing ones) cancelled at random points:
     each key is either fully there or absent; the table verifies."""
