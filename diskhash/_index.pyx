@@ -988,8 +988,27 @@ cdef class DiskHashIndex:
             self._state = STATE_CLOSED
 
     def _forked(self):
-        if self._state == STATE_OPEN:
-            self._state = STATE_FORKED
+        """In a forked child: make the inherited copy unusable, drop its descriptors.
+
+        The lock file's descriptor is closed without unlocking (the flock
+        belongs to the parent's open file description), so the parent's lock
+        ends when the parent closes or dies, however long the child lives.
+        """
+        if self._state != STATE_OPEN:
+            return
+        self._state = STATE_FORKED
+        self._base = NULL
+        if self._lock is not None:
+            self._lock.close(unlock=False)
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+        self._view = None
+        try:
+            self._mmap.close()
+            self._mmap = None
+        except BufferError:     # a view exported by a parent thread: unmapped at exit
+            pass
 
     @property
     def closed(self):
