@@ -397,7 +397,8 @@ cdef class DiskHashIndex:
         if healable and not damage:
             self._write_acquire(True)
             try:
-                self._rebuild_locked(self._num_slots, True)
+                # A table with no empty slot gets a bigger one (slots_for).
+                self._rebuild_locked(max(self._num_slots, slots_for(sc.occupied)), True)
             finally:
                 self._write_release()
             self.recovery = RepairReport(self._num_entries, [], self._num_slots)
@@ -751,8 +752,10 @@ cdef class DiskHashIndex:
             self._rebuild_locked(want, False)
         return 0
 
-    cdef int _rebuild_locked(self, uint64_t new_slots, bint salvage) except -1:
+    cdef int _rebuild_locked(self, uint64_t new_slots, bint salvage, uint64_t new_seed=0) except -1:
         """Write a new table of ``new_slots`` beside the file, publish it, swap.
+
+        ``new_seed`` (nonzero) rehashes under a new seed (repair of a zero seed).
 
         Holds the writer lock throughout; readers keep reading the old map
         until the swap, which takes the map lock exclusively for a few pointer
@@ -762,7 +765,7 @@ cdef class DiskHashIndex:
         cdef const unsigned char[::1] new_view
         cdef unsigned char *nbase
         cdef int64_t placed
-        cdef uint64_t old_slots = self._num_slots, seed = self._seed
+        cdef uint64_t old_slots = self._num_slots, seed = new_seed or self._seed
         cdef const unsigned char *obase = self._base
         tmp = _files.temp_path(self.path, "repair" if salvage else "grow")
         mode = os.fstat(self._fd).st_mode & 0o7777
@@ -800,6 +803,7 @@ cdef class DiskHashIndex:
         self._fd = fd
         self._num_slots = new_slots
         self._mask = new_slots - 1
+        self._seed = seed
         self._num_entries = <uint64_t>placed
         self._generation += 1
         self._exclusive_release()
@@ -924,15 +928,15 @@ cdef class DiskHashIndex:
 
         Slots with a bad tag or compression byte are dropped (and listed);
         unreachable entries are re-homed, duplicates kept once, reserved bytes
-        zeroed, the count fixed.  The rebuilt file replaces the old one
-        atomically, as a grow does.
+        zeroed, the count fixed, a zero seed replaced.  The rebuilt file
+        replaces the old one atomically, as a grow does.
         """
         self._write_acquire(True)
         try:
             info, _ = self._scan(1 << 20)
             kept_max = info["occupied"]
             slots = max(self._num_slots, slots_for(kept_max))
-            self._rebuild_locked(slots, True)
+            self._rebuild_locked(slots, True, 0 if self._seed else _files.new_seed())
             self._count_ok = True
             return RepairReport(self._num_entries, info["dropped"], self._num_slots)
         finally:
