@@ -372,7 +372,10 @@ cdef class DiskHashIndex:
 
     def _create(self, uint64_t num_slots):
         tmp = _files.temp_path(self.path, "create")
-        fd = _files.create_table_file(tmp, num_slots, _files.new_seed())
+        try:
+            fd = _files.create_table_file(tmp, num_slots, _files.new_seed())
+        except OSError as exc:
+            raise _files.table_error(exc, "creating the index file", self.path, num_slots) from exc
         try:
             _files.publish(fd, tmp, self.path)
         except BaseException:
@@ -767,9 +770,13 @@ cdef class DiskHashIndex:
         cdef int64_t placed
         cdef uint64_t old_slots = self._num_slots, seed = new_seed or self._seed
         cdef const unsigned char *obase = self._base
+        action = "rebuilding the table" if salvage else "growing the table"
         tmp = _files.temp_path(self.path, "repair" if salvage else "grow")
         mode = os.fstat(self._fd).st_mode & 0o7777
-        fd = _files.create_table_file(tmp, new_slots, seed, mode)
+        try:
+            fd = _files.create_table_file(tmp, new_slots, seed, mode)
+        except OSError as exc:
+            raise _files.table_error(exc, action, self.path, new_slots) from exc
         mm = None
         try:
             mm = _mmap_module.mmap(fd, _files.table_bytes(new_slots), access=_mmap_module.ACCESS_WRITE)
@@ -787,12 +794,14 @@ cdef class DiskHashIndex:
                 msync(nbase, HEADER_SIZE + new_slots * SLOT_SIZE, MS_SYNC)
             os.fsync(fd)
             os.replace(tmp, self.path)
-        except BaseException:
+        except BaseException as exc:
             new_view = None
             if mm is not None:
                 mm.close()
             os.close(fd)
             _files.discard_temp(tmp)
+            if isinstance(exc, OSError):
+                raise _files.table_error(exc, action, self.path, new_slots) from exc
             raise
         # The new file is the index now: swap it in, then retire the old map.
         old_mm, old_fd = self._mmap, self._fd
