@@ -18,9 +18,7 @@ import time
 from pathlib import Path
 
 TESTS = Path(__file__).resolve().parent.parent / "tests"
-sys.path.insert(0, str(TESTS))
-if sys.path[1:2] and Path(sys.path[1]).resolve() == TESTS.parent:
-    del sys.path[1]                              # never import the uncompiled source tree
+sys.path.insert(0, str(TESTS))                   # the harness; diskhash itself comes from site-packages
 
 import crash_harness  # noqa: E402
 
