@@ -133,6 +133,20 @@ def _unlink_quietly(path: str) -> None:
 discard_temp = _unlink_quietly
 
 
+def table_error(exc: OSError, action: str, path: str, num_slots: int) -> OSError:
+    """``exc`` (same class and errno) restated for the user: what failed, on which index.
+
+    Used when creating a table file fails (disk full, permission, I/O error):
+    the message says the index at ``path`` is unchanged, which is true because
+    nothing replaced it.
+    """
+    reason = exc.strerror or str(exc)
+    message = (f"{reason} while {action} ({num_slots} slots, {table_bytes(num_slots)} bytes); "
+               f"the index is unchanged")
+    new = type(exc)(exc.errno, message, path) if exc.errno else type(exc)(f"{path}: {message}")
+    return new
+
+
 @dataclass(frozen=True)
 class CleanMarker:
     """What the last writer recorded when it closed cleanly."""

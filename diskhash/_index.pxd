@@ -36,7 +36,7 @@ cdef class DiskHashIndex:
     cdef void _exclusive_release(self) noexcept nogil
     cdef int _corrupt(self, int64_t code, uint64_t slot) except -1
     cdef int _insert_locked(self, uint64_t lo, uint64_t hi, meta_fields *m, bint nowait=*) except -1
-    cdef int _rebuild_locked(self, uint64_t new_slots, bint salvage) except -1
+    cdef int _rebuild_locked(self, uint64_t new_slots, bint salvage, uint64_t new_seed=*) except -1
     cdef int _ensure_room_locked(self, uint64_t extra) except -1
     cdef void _store_count(self) noexcept nogil
     cdef _open_file_impl(self)

@@ -372,7 +372,10 @@ cdef class DiskHashIndex:
 
     def _create(self, uint64_t num_slots):
         tmp = _files.temp_path(self.path, "create")
-        fd = _files.create_table_file(tmp, num_slots, _files.new_seed())
+        try:
+            fd = _files.create_table_file(tmp, num_slots, _files.new_seed())
+        except OSError as exc:
+            raise _files.table_error(exc, "creating the index file", self.path, num_slots) from exc
         try:
             _files.publish(fd, tmp, self.path)
         except BaseException:
@@ -397,7 +400,8 @@ cdef class DiskHashIndex:
         if healable and not damage:
             self._write_acquire(True)
             try:
-                self._rebuild_locked(self._num_slots, True)
+                # A table with no empty slot gets a bigger one (slots_for).
+                self._rebuild_locked(max(self._num_slots, slots_for(sc.occupied)), True)
             finally:
                 self._write_release()
             self.recovery = RepairReport(self._num_entries, [], self._num_slots)
@@ -767,8 +771,10 @@ cdef class DiskHashIndex:
             self._rebuild_locked(want, False)
         return 0
 
-    cdef int _rebuild_locked(self, uint64_t new_slots, bint salvage) except -1:
+    cdef int _rebuild_locked(self, uint64_t new_slots, bint salvage, uint64_t new_seed=0) except -1:
         """Write a new table of ``new_slots`` beside the file, publish it, swap.
+
+        ``new_seed`` (nonzero) rehashes under a new seed (repair of a zero seed).
 
         Holds the writer lock throughout; readers keep reading the old map
         until the swap, which takes the map lock exclusively for a few pointer
@@ -778,11 +784,15 @@ cdef class DiskHashIndex:
         cdef const unsigned char[::1] new_view
         cdef unsigned char *nbase
         cdef int64_t placed
-        cdef uint64_t old_slots = self._num_slots, seed = self._seed
+        cdef uint64_t old_slots = self._num_slots, seed = new_seed or self._seed
         cdef const unsigned char *obase = self._base
+        action = "rebuilding the table" if salvage else "growing the table"
         tmp = _files.temp_path(self.path, "repair" if salvage else "grow")
         mode = os.fstat(self._fd).st_mode & 0o7777
-        fd = _files.create_table_file(tmp, new_slots, seed, mode)
+        try:
+            fd = _files.create_table_file(tmp, new_slots, seed, mode)
+        except OSError as exc:
+            raise _files.table_error(exc, action, self.path, new_slots) from exc
         mm = None
         try:
             mm = _mmap_module.mmap(fd, _files.table_bytes(new_slots), access=_mmap_module.ACCESS_WRITE)
@@ -800,12 +810,14 @@ cdef class DiskHashIndex:
                 msync(nbase, HEADER_SIZE + new_slots * SLOT_SIZE, MS_SYNC)
             os.fsync(fd)
             os.replace(tmp, self.path)
-        except BaseException:
+        except BaseException as exc:
             new_view = None
             if mm is not None:
                 mm.close()
             os.close(fd)
             _files.discard_temp(tmp)
+            if isinstance(exc, OSError):
+                raise _files.table_error(exc, action, self.path, new_slots) from exc
             raise
         # The new file is the index now: swap it in, then retire the old map.
         old_mm, old_fd = self._mmap, self._fd
@@ -816,6 +828,7 @@ cdef class DiskHashIndex:
         self._fd = fd
         self._num_slots = new_slots
         self._mask = new_slots - 1
+        self._seed = seed
         self._num_entries = <uint64_t>placed
         self._generation += 1
         self._exclusive_release()
@@ -940,15 +953,15 @@ cdef class DiskHashIndex:
 
         Slots with a bad tag or compression byte are dropped (and listed);
         unreachable entries are re-homed, duplicates kept once, reserved bytes
-        zeroed, the count fixed.  The rebuilt file replaces the old one
-        atomically, as a grow does.
+        zeroed, the count fixed, a zero seed replaced.  The rebuilt file
+        replaces the old one atomically, as a grow does.
         """
         self._write_acquire(True)
         try:
             info, _ = self._scan(1 << 20)
             kept_max = info["occupied"]
             slots = max(self._num_slots, slots_for(kept_max))
-            self._rebuild_locked(slots, True)
+            self._rebuild_locked(slots, True, 0 if self._seed else _files.new_seed())
             self._count_ok = True
             return RepairReport(self._num_entries, info["dropped"], self._num_slots)
         finally:
@@ -1004,8 +1017,27 @@ cdef class DiskHashIndex:
             self._state = STATE_CLOSED
 
     def _forked(self):
-        if self._state == STATE_OPEN:
-            self._state = STATE_FORKED
+        """In a forked child: make the inherited copy unusable, drop its descriptors.
+
+        The lock file's descriptor is closed without unlocking (the flock
+        belongs to the parent's open file description), so the parent's lock
+        ends when the parent closes or dies, however long the child lives.
+        """
+        if self._state != STATE_OPEN:
+            return
+        self._state = STATE_FORKED
+        self._base = NULL
+        if self._lock is not None:
+            self._lock.close(unlock=False)
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+        self._view = None
+        try:
+            self._mmap.close()
+            self._mmap = None
+        except BufferError:     # a view exported by a parent thread: unmapped at exit
+            pass
 
     @property
     def closed(self):
