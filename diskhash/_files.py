@@ -16,12 +16,19 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import mmap
 import os
 import struct
 import time
 from dataclasses import dataclass
 
 from diskhash.errors import IndexLockedError
+
+# The sidecar <index>.lock file: the clean-close marker (text) at offset 0,
+# the writer's undo page (binary, see _index.pxd) at UNDO_OFFSET.
+MARKER_SIZE = 256
+UNDO_OFFSET = mmap.ALLOCATIONGRANULARITY
+UNDO_SIZE = 64
 
 MAGIC = b"SOCHIDX2"
 VERSION = 1
@@ -172,6 +179,7 @@ class IndexLock:
         self.path = index_path + ".lock"
         self.exclusive = exclusive
         self.fd = -1
+        self.undo_map: "mmap.mmap | None" = None
         self.fd = self._open()
         if self.fd >= 0:
             self._acquire(index_path, timeout)
@@ -212,10 +220,25 @@ class IndexLock:
             time.sleep(delay if deadline is None else min(delay, deadline - now))
             delay = min(delay * 2, 0.05)
 
+    def map_undo(self) -> mmap.mmap:
+        """Map the undo page (writers): where an overwrite keeps the slot's old
+        bytes while it stores the new ones, so a crash in between is undone
+        by the next writable open.  Its blocks are allocated for real, so a
+        full disk fails this open instead of a later store (SIGBUS)."""
+        if os.fstat(self.fd).st_size < UNDO_OFFSET + UNDO_SIZE:
+            try:
+                os.posix_fallocate(self.fd, 0, UNDO_OFFSET + UNDO_SIZE)
+            except OSError as exc:
+                if exc.errno not in (errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+                    raise
+                os.pwrite(self.fd, bytes(UNDO_SIZE), UNDO_OFFSET)
+        self.undo_map = mmap.mmap(self.fd, UNDO_SIZE, offset=UNDO_OFFSET)
+        return self.undo_map
+
     def read_marker(self) -> "CleanMarker | None":
         if self.fd < 0:
             return None
-        data = os.pread(self.fd, 256, 0).decode("ascii", "replace").split()
+        data = os.pread(self.fd, MARKER_SIZE, 0).decode("ascii", "replace").split()
         if len(data) != 6 or data[:2] != ["diskhash-clean", "v1"]:
             return None
         try:
@@ -224,19 +247,26 @@ class IndexLock:
             return None
         return CleanMarker(ino, size, mtime_ns, entries)
 
+    def _write_marker(self, line: str) -> None:
+        # Padded to a fixed size: the undo page after it must stay in place.
+        os.pwrite(self.fd, line.encode("ascii").ljust(MARKER_SIZE - 1) + b"\n", 0)
+
     def mark_dirty(self) -> None:
         """Durably record that a writer has the index open (fsync: see README)."""
-        os.ftruncate(self.fd, 0)
-        os.pwrite(self.fd, b"diskhash-dirty\n", 0)
+        self._write_marker("diskhash-dirty")
         os.fsync(self.fd)
 
     def mark_clean(self, st: os.stat_result, entries: int) -> None:
-        line = f"diskhash-clean v1 {st.st_ino} {st.st_size} {st.st_mtime_ns} {entries}\n"
-        os.ftruncate(self.fd, 0)
-        os.pwrite(self.fd, line.encode("ascii"), 0)
+        self._write_marker(f"diskhash-clean v1 {st.st_ino} {st.st_size} {st.st_mtime_ns} {entries}")
 
     def close(self, unlock: bool = True) -> None:
         """Release the lock.  ``unlock=False`` (a forked child) only drops the fd."""
+        undo_map, self.undo_map = self.undo_map, None
+        if undo_map is not None:
+            try:
+                undo_map.close()
+            except BufferError:     # a forked child: a view is still exported; unmapped at exit
+                pass
         fd, self.fd = self.fd, -1
         if fd < 0:
             return

@@ -19,6 +19,17 @@ cdef extern from *:
         uint64_t offset;
     } dh_slot;
     typedef char dh_slot_is_40_bytes[(sizeof(dh_slot) == 40) ? 1 : -1];
+    /* The writer's undo record (a page of the sidecar .lock file): while
+       `armed` holds DH_UNDO_ARMED, slot `slot` of a `num_slots` table may be
+       half overwritten and `old` is what it held before. */
+    typedef struct {
+        uint64_t armed;
+        uint64_t slot;
+        uint64_t num_slots;
+        dh_slot old;
+    } dh_undo;
+    typedef char dh_undo_fits[(sizeof(dh_undo) <= 64) ? 1 : -1];
+    #define DH_UNDO_ARMED 0x444e55484b534944ULL   /* "DISKHUND" */
     #define DH_COMPILER_BARRIER() __atomic_signal_fence(__ATOMIC_SEQ_CST)
     #if defined(__GNUC__)
     #define DH_PREFETCH(p) __builtin_prefetch((p), 0, 1)
@@ -36,6 +47,12 @@ cdef extern from *:
         uint64_t key_lo
         uint64_t key_hi
         uint64_t offset
+    ctypedef struct dh_undo:
+        uint64_t armed
+        uint64_t slot
+        uint64_t num_slots
+        dh_slot old
+    uint64_t DH_UNDO_ARMED
     void DH_COMPILER_BARRIER() nogil
     void DH_PREFETCH(const void *p) nogil
 

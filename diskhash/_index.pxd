@@ -2,7 +2,7 @@
 from libc.stdint cimport int64_t, uint64_t
 
 from diskhash._convert cimport meta_fields
-from diskhash._format cimport dh_slot
+from diskhash._format cimport DH_COMPILER_BARRIER, DH_UNDO_ARMED, dh_slot, dh_undo
 from diskhash._locks cimport pthread_mutex_t, pthread_rwlock_t
 
 
@@ -13,6 +13,8 @@ cdef class DiskHashIndex:
     cdef object _mmap
     cdef const unsigned char[::1] _view
     cdef unsigned char *_base
+    cdef unsigned char[::1] _undo_view
+    cdef dh_undo *_undo
     cdef uint64_t _num_slots
     cdef uint64_t _mask
     cdef uint64_t _seed
@@ -42,3 +44,26 @@ cdef class DiskHashIndex:
     cdef _open_file_impl(self)
     cdef object _record(self, object key, dh_slot *s)
     cdef bint _delete_locked(self, uint64_t lo, uint64_t hi, dh_slot *removed) except -1
+
+
+# Overwrite the record in occupied slot `i` so that a crash at any instant
+# leaves either the old record or the new one: the old bytes go to the undo
+# page (armed after they are complete), the fields are stored, the page is
+# disarmed.  A writable open that finds it armed puts the old bytes back.
+# The caller holds the writer lock and the map lock exclusively.
+cdef inline void overwrite_slot(dh_undo *undo, dh_slot *d, uint64_t i, uint64_t num_slots,
+                                const meta_fields *m) noexcept nogil:
+    if undo != NULL:
+        undo.slot = i
+        undo.num_slots = num_slots
+        undo.old = d[0]
+        DH_COMPILER_BARRIER()
+        undo.armed = DH_UNDO_ARMED
+        DH_COMPILER_BARRIER()
+    d.compression = m.compression
+    d.length = m.length
+    d.uncompressed_length = m.uncompressed_length
+    d.offset = m.offset
+    if undo != NULL:
+        DH_COMPILER_BARRIER()
+        undo.armed = 0

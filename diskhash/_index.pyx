@@ -38,6 +38,7 @@ from diskhash._convert cimport (
 )
 from diskhash._format cimport (
     DH_COMPILER_BARRIER,
+    DH_UNDO_ARMED,
     HEADER_SIZE,
     MAX_COMPRESSION,
     MIN_SLOTS,
@@ -49,6 +50,7 @@ from diskhash._format cimport (
     TAG_EMPTY,
     TAG_OCCUPIED,
     dh_slot,
+    dh_undo,
     hash_u128,
     needs_grow,
     probe,
@@ -364,6 +366,9 @@ cdef class DiskHashIndex:
         # A file we just created is empty and consistent: no scan needed.
         self._count_ok = (clean or created) and self._num_entries <= self._num_slots
         if not self.readonly:
+            self._undo_view = self._lock.map_undo()
+            self._undo = <dh_undo *>&self._undo_view[0]
+            self._roll_back_torn_overwrite()
             if not self._count_ok:
                 self._heal_after_unclean_close()
             self._lock.mark_dirty()
@@ -383,6 +388,24 @@ cdef class DiskHashIndex:
             raise
         finally:
             os.close(fd)
+
+    def _roll_back_torn_overwrite(self):
+        """The last writer died in the middle of an overwrite: put back the
+        slot's old record, so the overwrite did not happen rather than
+        leaving a record that mixes old and new fields."""
+        cdef dh_undo *u = self._undo
+        cdef dh_slot *d
+        if u.armed != DH_UNDO_ARMED:
+            return
+        if u.num_slots == self._num_slots and u.slot < self._num_slots:
+            d = slot_at(self._base, u.slot)
+            if (d.tag == TAG_OCCUPIED and u.old.tag == TAG_OCCUPIED
+                    and d.key_lo == u.old.key_lo and d.key_hi == u.old.key_hi):
+                d[0] = u.old
+                with nogil:
+                    msync(self._base, HEADER_SIZE + self._num_slots * SLOT_SIZE, MS_SYNC)
+                self.recovery = RepairReport(self._num_entries, [], self._num_slots)
+        u.armed = 0
 
     def _heal_after_unclean_close(self):
         """The last writer did not close cleanly (or the file is new to us).
@@ -647,10 +670,7 @@ cdef class DiskHashIndex:
                     return 1
             else:
                 self._exclusive_acquire()
-            d.compression = m.compression
-            d.length = m.length
-            d.uncompressed_length = m.uncompressed_length
-            d.offset = m.offset
+            overwrite_slot(self._undo, d, <uint64_t>r, self._num_slots, m)
             self._exclusive_release()
             return 0
         if r != PROBE_MISS:
@@ -1005,6 +1025,8 @@ cdef class DiskHashIndex:
     def _release_resources(self, bint unlock):
         self._base = NULL
         self._view = None
+        self._undo = NULL
+        self._undo_view = None
         if self._mmap is not None:
             self._mmap.close()
             self._mmap = None
@@ -1027,6 +1049,8 @@ cdef class DiskHashIndex:
             return
         self._state = STATE_FORKED
         self._base = NULL
+        self._undo = NULL
+        self._undo_view = None
         if self._lock is not None:
             self._lock.close(unlock=False)
         if self._fd >= 0:
