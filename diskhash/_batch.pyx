@@ -311,7 +311,11 @@ cdef Py_ssize_t insert_range(DiskHashIndex idx, const uint64_t *kp, bint wide,
 
 def _key_array(keys):
     """``keys`` as an aligned contiguous array: (``<u8`` array, False) or (KEY_DTYPE array, True)."""
-    arr = _np.asarray(keys)
+    if not isinstance(keys, _np.ndarray):
+        keys = _np.asarray(keys)
+        if keys.size == 0:
+            keys = keys.astype(_np.uint64)         # [] is float64 to numpy
+    arr = keys
     dt = arr.dtype
     if dt.names is not None:
         if dt != _KEY_DTYPE:
