@@ -17,10 +17,12 @@ positions ahead is prefetched while the current key is probed
 (``benchmarks/prefetch_distance.py`` measured the default).
 """
 from libc.stdint cimport int64_t, uint8_t, uint16_t, uint32_t, uint64_t
+from posix.mman cimport madvise
 
 from diskhash._format cimport (
     DH_COMPILER_BARRIER,
     DH_PREFETCH,
+    HEADER_SIZE,
     MAX_COMPRESSION,
     PROBE_BADTAG,
     PROBE_FULL,
@@ -106,6 +108,8 @@ cdef enum:
     FAIL_CLOSED = 2           # the index was closed while the batch ran
     FAIL_GROW = 3             # insert: the next new key needs a grow first
     FAIL_RECORD = 4           # insert: a record changed under us to a bad compression
+    MADV_POPULATE_WRITE = 23  # Linux 5.14+
+    POPULATE_RATIO = 8        # prefault the map when keys * 8 >= slots
 
 # Home slots of the key this many positions ahead are prefetched; chosen with
 # benchmarks/prefetch_distance.py (1M and 10M entries).
@@ -442,6 +446,12 @@ def insert_many(DiskHashIndex index not None, keys, records):
         while pos < n:
             fail.code = FAIL_NONE
             with nogil:
+                if <uint64_t>(n - pos) * POPULATE_RATIO >= idx._num_slots:
+                    # A batch this large writes nearly every page of the table:
+                    # fault them all in with one call (best effort; an older
+                    # kernel refuses, and the faults happen one by one).
+                    madvise(idx._base, HEADER_SIZE + idx._num_slots * SLOT_SIZE,
+                            MADV_POPULATE_WRITE)
                 pos = insert_range(idx, <const uint64_t *>&kview[0], wide,
                                    <const dh_meta *>&rview[0], pos, n, dist, &fail)
             if fail.code == FAIL_GROW:
