@@ -784,6 +784,14 @@ cdef class DiskHashIndex:
         mm = None
         try:
             mm = _mmap_module.mmap(fd, _files.table_bytes(new_slots), access=_mmap_module.ACCESS_WRITE)
+            # Advised like the map of an opened file, before the first fault:
+            # without it the kernel may cache the new file in large folios,
+            # and every later save() writes whole folios (up to 2 MiB) for
+            # each slot changed.
+            try:
+                mm.madvise(_mmap_module.MADV_RANDOM)
+            except (AttributeError, OSError):
+                pass
             new_view = mm
             nbase = <unsigned char *>&new_view[0]
             dense = self._num_entries * 8 >= new_slots     # the rehash writes nearly every page
