@@ -203,31 +203,31 @@ cdef object u128_to_int(uint64_t lo, uint64_t hi):
 # Field validators: the common case is a few C instructions inline; every
 # error (and its message) is built in the out-of-line *_error functions.
 
-cdef uint64_t _u64_error(object v, str name) except? 0xFFFFFFFFFFFFFFFF:
+cdef uint64_t _u64_error(object v, str name) except? 0xFFFFFFFFFFFFFFFFULL:
     if not PyLong_Check(v) or PyBool_Check(v):
         raise TypeError(f"PayloadMeta.{name} must be an int, not {type(v).__name__}")
-    if PyErr_ExceptionMatches(OverflowError):
+    if PyErr_Occurred() == NULL or PyErr_ExceptionMatches(OverflowError):
         PyErr_Clear()
         raise OverflowError(f"PayloadMeta.{name} = {v} is outside [0, 2**64)") from None
-    return 0xFFFFFFFFFFFFFFFF           # some other error: already set
+    return 0xFFFFFFFFFFFFFFFFULL        # some other error: already set
 
 
-cdef inline uint64_t _u64_field(object v, str name) except? 0xFFFFFFFFFFFFFFFF:
-    cdef uint64_t x
+cdef inline uint64_t _u64_field(object v, str name) except? 0xFFFFFFFFFFFFFFFFULL:
+    # The key's digit-level conversion: int subclasses (IntEnum) share the layout.
+    cdef uint64_t lo, hi
     if PyLong_Check(v) and not PyBool_Check(v):
-        x = PyLong_AsUnsignedLongLong_nx(v)
-        if x != 0xFFFFFFFFFFFFFFFF or PyErr_Occurred() == NULL:
-            return x
+        if dh_key_fast_nx(v, &lo, &hi) == 0 and hi == 0:
+            return lo
     return _u64_error(v, name)
 
 
-cdef uint32_t _u32_error(object v, str name) except? 0xFFFFFFFF:
+cdef uint32_t _u32_error(object v, str name) except? 0xFFFFFFFFU:
     raise OverflowError(f"PayloadMeta.{name} = {v} is outside [0, 2**32)")
 
 
-cdef inline uint32_t _u32_field(object v, str name) except? 0xFFFFFFFF:
+cdef inline uint32_t _u32_field(object v, str name) except? 0xFFFFFFFFU:
     cdef uint64_t x = _u64_field(v, name)
-    if x > 0xFFFFFFFF:
+    if x > 0xFFFFFFFFULL:
         return _u32_error(v, name)
     return <uint32_t>x
 
