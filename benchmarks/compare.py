@@ -103,62 +103,48 @@ class Data:
         self.miss_arr["lo"], self.miss_arr["hi"] = mlo, mhi
 
 
-def bench_diskhash(d: Data, tmp: str, repeat: int) -> dict:
-    n = len(d.keys)
-    out = {}
-    path = os.path.join(tmp, "single.idx")
+def _remove(*paths: str) -> None:
+    for p in paths:
+        if os.path.isdir(p):
+            for name in os.listdir(p):
+                os.remove(os.path.join(p, name))
+            os.rmdir(p)
+        elif os.path.exists(p):
+            os.remove(p)
 
-    # Insert timings stop before close(): its msync writes the whole table to
-    # disk, which the lmdb run (sync=False) does not pay either.
-    idx = DiskHashIndex(path)
 
-    def insert_single() -> None:
-        ins, PM = idx.insert, PayloadMeta
-        for k, off, ln, c, ul in d.rows:
-            ins(k, PM(k, off, ln, c, ul))
+class DiskhashStore:
+    name = "diskhash"
 
-    out["insert"] = timed(insert_single, 1) / n
-    idx.close()
+    def __init__(self, d: Data, tmp: str) -> None:
+        self.d, self.tmp = d, tmp
+        self.path = os.path.join(tmp, "single.idx")
+        self.idx = None
 
-    def insert_many(capacity) -> float:
-        best = float("inf")
-        for _ in range(repeat):
-            p = os.path.join(tmp, f"many-{capacity}.idx")
-            for f in (p, p + ".lock"):
-                if os.path.exists(f):
-                    os.remove(f)
-            with DiskHashIndex(p, capacity=capacity) as idx:
-                best = min(best, timed(lambda: idx.insert_many(d.karr, d.recs), 1))
-        return best
+    def build(self) -> float:
+        """Insert one at a time into a new file, building each PayloadMeta.
 
-    out["insert_many"] = insert_many(None) / n
-    out["insert_many_cap"] = insert_many(n) / n
+        Stops before close(): its msync writes the whole table to disk, which
+        the lmdb build (sync=False) does not pay either."""
+        if self.idx is not None:
+            self.idx.close()
+        _remove(self.path, self.path + ".lock")
+        idx = self.idx = DiskHashIndex(self.path)
+        rows = self.d.rows
 
-    # The same, but with the new file's pages already in the page cache (read
-    # once, untimed): what is left is diskhash's own work, without the
-    # kernel's first allocation of the table's memory.
-    best = float("inf")
-    for _ in range(repeat):
-        p = os.path.join(tmp, "resident.idx")
-        for f in (p, p + ".lock"):
-            if os.path.exists(f):
-                os.remove(f)
-        with DiskHashIndex(p, capacity=n) as idx:
-            with open(p, "rb") as fh:
-                while fh.read(1 << 24):
-                    pass
-            best = min(best, timed(lambda: idx.insert_many(d.karr, d.recs), 1))
-    out["insert_many_resident"] = best / n
-    with DiskHashIndex(os.path.join(tmp, f"many-{n}.idx"), readonly=True) as idx:
-        got = idx.get_many(d.karr)
-        assert got["found"].all() and np.array_equal(got["offset"], d.recs["offset"])
-    with DiskHashIndex(path) as idx:
-        assert len(idx) == n
+        def run() -> None:
+            ins, PM = idx.insert, PayloadMeta
+            for k, off, ln, c, ul in rows:
+                ins(k, PM(k, off, ln, c, ul))
+
+        return timed(run, 1)
+
+    def lookups(self) -> dict:
+        d, idx = self.d, self.idx
+        assert len(idx) == len(d.keys)
         g = idx.get
         hits, misses = d.hits, d.misses
-        # Correctness first (untimed): every sampled hit found, every miss absent.
-        k0 = hits[0]
-        assert g(k0) == d.rows[d.hit_idx[0]]
+        assert g(hits[0]) == d.rows[d.hit_idx[0]] and g(misses[0]) is None
 
         def get_hits() -> None:
             for k in hits:
@@ -168,79 +154,124 @@ def bench_diskhash(d: Data, tmp: str, repeat: int) -> dict:
             for k in misses:
                 g(k)
 
-        out["get_hit"] = timed(get_hits, repeat) / len(hits)
-        out["get_miss"] = timed(get_misses, repeat) / len(misses)
-        out["get_many"] = timed(lambda: idx.get_many(d.hit_arr), repeat) / len(hits)
-        out["get_many_miss"] = timed(lambda: idx.get_many(d.miss_arr), repeat) / len(misses)
-        out["contains_many"] = timed(lambda: idx.contains_many(d.hit_arr), repeat) / len(hits)
-        out["slots"] = idx.num_slots
-    out["bytes"] = os.path.getsize(path) / n
-    out["path"] = path
-    return out
+        return {
+            "get_hit": (get_hits, len(hits)),
+            "get_miss": (get_misses, len(misses)),
+            "get_many": (lambda: idx.get_many(d.hit_arr), len(hits)),
+            "get_many_miss": (lambda: idx.get_many(d.miss_arr), len(misses)),
+            "contains_many": (lambda: idx.contains_many(d.hit_arr), len(hits)),
+        }
+
+    def batch_loads(self, repeat: int) -> dict:
+        """insert_many into new files: without capacity=, with it, and with it
+        and the file's pages already in the page cache (read once, untimed:
+        what is left is diskhash's own work, without the kernel's first
+        allocation of the table's memory)."""
+        d, n, out = self.d, len(self.d.keys), {}
+        for key, capacity, preread in (("insert_many", None, False), ("insert_many_cap", n, False),
+                                       ("insert_many_resident", n, True)):
+            best = float("inf")
+            p = os.path.join(self.tmp, f"{key}.idx")
+            for _ in range(repeat):
+                _remove(p, p + ".lock")
+                with DiskHashIndex(p, capacity=capacity) as idx:
+                    if preread:
+                        with open(p, "rb") as fh:
+                            while fh.read(1 << 24):
+                                pass
+                    best = min(best, timed(lambda: idx.insert_many(d.karr, d.recs), 1))
+            with DiskHashIndex(p, readonly=True) as idx:
+                got = idx.get_many(d.karr)
+                assert got["found"].all() and np.array_equal(got["offset"], d.recs["offset"])
+            _remove(p, p + ".lock")
+            out[key] = best / n
+        return out
+
+    def close(self) -> dict:
+        slots = self.idx.num_slots
+        self.idx.close()
+        return {"slots": slots, "bytes": os.path.getsize(self.path) / len(self.d.keys)}
 
 
-def bench_dict(d: Data, repeat: int) -> dict:
-    n = len(d.keys)
-    out = {}
-    holder = {}
+class DictStore:
+    name = "dict"
 
-    def build() -> None:
-        m = {}
-        PM = PayloadMeta
-        for k, off, ln, c, ul in d.rows:
-            m[k] = PM(k, off, ln, c, ul)
-        holder["m"] = m
+    def __init__(self, d: Data, tmp: str) -> None:
+        self.d, self.m = d, None
 
-    out["insert"] = timed(build, 1) / n
-    m = holder["m"]
-    hits, misses = d.hits, d.misses
+    def build(self) -> float:
+        self.m = None
+        holder = {}
+        rows = self.d.rows
 
-    def get_hits() -> None:
-        for k in hits:
-            m[k]
+        def run() -> None:
+            m = {}
+            PM = PayloadMeta
+            for k, off, ln, c, ul in rows:
+                m[k] = PM(k, off, ln, c, ul)
+            holder["m"] = m
 
-    get = m.get
+        t = timed(run, 1)
+        self.m = holder["m"]
+        return t
 
-    def get_hits_call() -> None:
-        for k in hits:
-            get(k)
+    def lookups(self) -> dict:
+        m, hits, misses = self.m, self.d.hits, self.d.misses
+        get = m.get
 
-    def get_misses() -> None:
-        for k in misses:
-            get(k)
+        def get_hits() -> None:
+            for k in hits:
+                m[k]
 
-    out["get_hit"] = timed(get_hits, repeat) / len(hits)
-    out["get_hit_call"] = timed(get_hits_call, repeat) / len(hits)
-    out["get_miss"] = timed(get_misses, repeat) / len(misses)
-    holder.clear()
-    del m
-    return out
+        def get_hits_call() -> None:
+            for k in hits:
+                get(k)
+
+        def get_misses() -> None:
+            for k in misses:
+                get(k)
+
+        return {"get_hit": (get_hits, len(hits)), "get_hit_call": (get_hits_call, len(hits)),
+                "get_miss": (get_misses, len(misses))}
+
+    def close(self) -> dict:
+        self.m = None
+        return {}
 
 
-def bench_lmdb(d: Data, tmp: str, repeat: int) -> dict:
-    n = len(d.keys)
-    out = {}
-    path = os.path.join(tmp, "lmdb")
-    env = lmdb.open(path, map_size=max(1 << 30, n * 400), sync=False, metasync=False,
-                    readahead=False, max_dbs=0)
-    kb = [k.to_bytes(16, "little") for k in d.keys]
-    items = list(zip(kb, d.rows))
-    pack = REC.pack
+class LmdbStore:
+    name = "py-lmdb"
 
-    def put_all() -> None:
-        with env.begin(write=True) as txn:
-            put = txn.put
-            for key, (_, off, ln, c, ul) in items:
-                put(key, pack(off, ln, c, ul))
+    def __init__(self, d: Data, tmp: str) -> None:
+        self.d, self.path, self.env, self.txn = d, os.path.join(tmp, "lmdb"), None, None
+        # Prebuilt 16-byte keys: their conversion is not timed (favours lmdb).
+        self.items = [(k.to_bytes(16, "little"), REC_FIELDS(r)) for k, r in zip(d.keys, d.rows)]
 
-    out["insert"] = timed(put_all, 1) / n
-    del items
-    hit_b = [k.to_bytes(16, "little") for k in d.hits]
-    miss_b = [k.to_bytes(16, "little") for k in d.misses]
-    unpack = REC.unpack
-    with env.begin() as txn:
+    def build(self) -> float:
+        if self.env is not None:
+            self.env.close()
+        _remove(self.path)
+        n = len(self.d.keys)
+        env = self.env = lmdb.open(self.path, map_size=max(1 << 30, n * 400), sync=False,
+                                   metasync=False, readahead=False, max_dbs=0)
+        items, pack = self.items, REC.pack
+
+        def run() -> None:
+            with env.begin(write=True) as txn:
+                put = txn.put
+                for key, (off, ln, c, ul) in items:
+                    put(key, pack(off, ln, c, ul))
+
+        return timed(run, 1)
+
+    def lookups(self) -> dict:
+        d = self.d
+        hit_b = [k.to_bytes(16, "little") for k in d.hits]
+        miss_b = [k.to_bytes(16, "little") for k in d.misses]
+        unpack = REC.unpack
+        txn = self.txn = self.env.begin()
         get = txn.get
-        assert unpack(get(hit_b[0])) == d.rows[d.hit_idx[0]][1:]
+        assert unpack(get(hit_b[0])) == d.rows[d.hit_idx[0]][1:] and get(miss_b[0]) is None
 
         def get_hits() -> None:
             for key in hit_b:
@@ -250,54 +281,72 @@ def bench_lmdb(d: Data, tmp: str, repeat: int) -> dict:
             for key in miss_b:
                 get(key)
 
-        out["get_hit"] = timed(get_hits, repeat) / len(hit_b)
-        out["get_miss"] = timed(get_misses, repeat) / len(miss_b)
-    env.close()
-    out["bytes"] = os.path.getsize(os.path.join(path, "data.mdb")) / n
-    return out
+        return {"get_hit": (get_hits, len(hit_b)), "get_miss": (get_misses, len(miss_b))}
+
+    def close(self) -> dict:
+        self.items = []
+        if self.txn is not None:
+            self.txn.abort()
+        self.env.close()
+        return {"bytes": os.path.getsize(os.path.join(self.path, "data.mdb")) / len(self.d.keys)}
 
 
-def bench_sqlite(d: Data, tmp: str, repeat: int) -> dict:
-    n = len(d.keys)
-    out = {}
-    path = os.path.join(tmp, "sqlite.db")
-    con = sqlite3.connect(path, isolation_level=None)
-    con.execute("PRAGMA journal_mode=WAL")
-    con.execute("PRAGMA synchronous=OFF")
-    con.execute("CREATE TABLE edges (id BLOB PRIMARY KEY, offset INTEGER, length INTEGER, "
-                "compression INTEGER, ulen INTEGER) WITHOUT ROWID")
+def REC_FIELDS(row: tuple) -> tuple:
+    return row[1:]
 
-    def insert_all() -> None:
-        con.execute("BEGIN")
-        con.executemany("INSERT INTO edges VALUES (?, ?, ?, ?, ?)",
-                        ((k.to_bytes(16, "little"), off, ln, c, ul) for k, off, ln, c, ul in d.rows))
-        con.execute("COMMIT")
 
-    out["insert"] = timed(insert_all, 1) / n
-    con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-    sample = max(1, len(d.hits) // 5)
-    hit_b = [k.to_bytes(16, "little") for k in d.hits[:sample]]
-    miss_b = [k.to_bytes(16, "little") for k in d.misses[:sample]]
-    q = "SELECT offset, length, compression, ulen FROM edges WHERE id = ?"
-    ex = con.execute
-    assert ex(q, (hit_b[0],)).fetchone() == d.rows[d.hit_idx[0]][1:]
+class SqliteStore:
+    name = "sqlite3"
 
-    def get_hits() -> None:
-        for key in hit_b:
-            ex(q, (key,)).fetchone()
+    def __init__(self, d: Data, tmp: str) -> None:
+        self.d, self.path, self.con = d, os.path.join(tmp, "sqlite.db"), None
 
-    def get_misses() -> None:
-        for key in miss_b:
-            ex(q, (key,)).fetchone()
+    def build(self) -> float:
+        if self.con is not None:
+            self.con.close()
+        _remove(self.path, self.path + "-wal", self.path + "-shm")
+        con = self.con = sqlite3.connect(self.path, isolation_level=None)
+        con.execute("PRAGMA journal_mode=WAL")
+        con.execute("PRAGMA synchronous=OFF")
+        con.execute("CREATE TABLE edges (id BLOB PRIMARY KEY, offset INTEGER, length INTEGER, "
+                    "compression INTEGER, ulen INTEGER) WITHOUT ROWID")
+        rows = self.d.rows
 
-    out["get_hit"] = timed(get_hits, repeat) / sample
-    out["get_miss"] = timed(get_misses, repeat) / sample
-    con.close()
-    size = os.path.getsize(path)
-    if os.path.exists(path + "-wal"):
-        size += os.path.getsize(path + "-wal")
-    out["bytes"] = size / n
-    return out
+        def run() -> None:
+            con.execute("BEGIN")
+            con.executemany("INSERT INTO edges VALUES (?, ?, ?, ?, ?)",
+                            ((k.to_bytes(16, "little"), off, ln, c, ul) for k, off, ln, c, ul in rows))
+            con.execute("COMMIT")
+
+        t = timed(run, 1)
+        con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        return t
+
+    def lookups(self) -> dict:
+        d, con = self.d, self.con
+        sample = max(1, len(d.hits) // 5)          # sqlite lookups are slow: a fifth of the sample
+        hit_b = [k.to_bytes(16, "little") for k in d.hits[:sample]]
+        miss_b = [k.to_bytes(16, "little") for k in d.misses[:sample]]
+        q = "SELECT offset, length, compression, ulen FROM edges WHERE id = ?"
+        ex = con.execute
+        assert ex(q, (hit_b[0],)).fetchone() == d.rows[d.hit_idx[0]][1:]
+
+        def get_hits() -> None:
+            for key in hit_b:
+                ex(q, (key,)).fetchone()
+
+        def get_misses() -> None:
+            for key in miss_b:
+                ex(q, (key,)).fetchone()
+
+        return {"get_hit": (get_hits, sample), "get_miss": (get_misses, sample)}
+
+    def close(self) -> dict:
+        self.con.close()
+        size = os.path.getsize(self.path)
+        if os.path.exists(self.path + "-wal"):
+            size += os.path.getsize(self.path + "-wal")
+        return {"bytes": size / len(self.d.keys)}
 
 
 MEMORY_CHILD = r"""
@@ -378,15 +427,41 @@ def main() -> None:
     d = Data(n, lookups)
     print(f"# data set built in {time.perf_counter() - t0:.1f} s", flush=True)
     with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
-        dh = bench_diskhash(d, tmp, args.repeat)
-        print("# diskhash done", flush=True)
-        mem = memory_beyond_map(dh["path"], d.karr, tmp)
-        dc = bench_dict(d, args.repeat)
-        print("# dict done", flush=True)
-        lm = bench_lmdb(d, tmp, args.repeat) if lmdb is not None else None
-        print("# lmdb done", flush=True)
-        sq = None if args.no_sqlite else bench_sqlite(d, tmp, args.repeat)
-        print("# sqlite done", flush=True)
+        kinds = [DiskhashStore, DictStore]
+        if lmdb is not None:
+            kinds.append(LmdbStore)
+        stores = [k(d, tmp) for k in kinds]
+        sq = None if args.no_sqlite else SqliteStore(d, tmp)
+        results = {s.name: {} for s in stores}
+        # Rounds interleave the stores, so a noisy minute on the shared
+        # machine hits all of them rather than one: best of --repeat each.
+        for r in range(args.repeat):
+            for s in stores:
+                t = s.build() / n
+                results[s.name]["insert"] = min(results[s.name].get("insert", t), t)
+            print(f"# build round {r + 1} done", flush=True)
+        probes = {s.name: s.lookups() for s in stores}
+        for r in range(args.repeat):
+            for s in stores:
+                for key, (fn, count) in probes[s.name].items():
+                    t = timed(fn, 1) / count
+                    results[s.name][key] = min(results[s.name].get(key, t), t)
+        print("# lookups done", flush=True)
+        dh, dc = results["diskhash"], results["dict"]
+        lm = results.get("py-lmdb")
+        dh.update(stores[0].batch_loads(args.repeat))
+        print("# insert_many done", flush=True)
+        probes.clear()
+        for s in stores:
+            results[s.name].update(s.close())
+        mem = memory_beyond_map(stores[0].path, d.karr, tmp)
+        if sq is not None:
+            sqr = {"insert": sq.build() / n}
+            for key, (fn, count) in sq.lookups().items():
+                sqr[key] = timed(fn, args.repeat) / count
+            sqr.update(sq.close())
+            sq = sqr
+            print("# sqlite done", flush=True)
 
     def cell(res, key):
         if res is None or key not in res:
