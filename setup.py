@@ -25,7 +25,7 @@ if DEBUG:
 
 compile_args = ["-O3", "-fno-strict-aliasing"] if not DEBUG else ["-O0", "-g"]
 
-modules = ["_format", "_convert", "_index"]
+modules = ["_format", "_convert", "_index", "_batch"]
 extensions = [
     Extension(
         f"diskhash.{name}",

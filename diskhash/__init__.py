@@ -27,3 +27,15 @@ __all__ = [
 ]
 
 __version__ = "0.1.0"
+
+# The batch dtypes need numpy, an optional extra: resolved on first use, so
+# ``import diskhash`` works without numpy (not in __all__ for the same reason).
+_DTYPES = ("KEY_DTYPE", "RESULT_DTYPE", "META_DTYPE")
+
+
+def __getattr__(name: str):  # type: ignore[no-untyped-def]
+    if name in _DTYPES:
+        from diskhash import _dtypes
+
+        return getattr(_dtypes, name)
+    raise AttributeError(f"module 'diskhash' has no attribute {name!r}")

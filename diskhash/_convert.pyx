@@ -47,6 +47,57 @@ cdef extern from *:
         return _PyLong_FromByteArray(buf, 16, 1, 0);
     #endif
     }
+    /* The common case without the 16-byte round trip: an exact, non-negative
+       int read digit by digit (CPython's 30-bit digits).  3.10/3.11 keep the
+       digit count in ob_size; 3.12+ use the public compact-int API for small
+       values.  Anything else (negative, > 5 digits, other layouts) takes the
+       portable path above, which raises the errors. */
+    static inline int dh_key_fast(PyObject *v, uint64_t *lo, uint64_t *hi) {
+    #if PY_VERSION_HEX < 0x030C0000 && PyLong_SHIFT == 30 && defined(__SIZEOF_INT128__)
+        Py_ssize_t n = Py_SIZE(v);
+        const digit *d = ((PyLongObject *)v)->ob_digit;
+        unsigned __int128 x;
+        switch (n) {
+        case 0: *lo = 0; *hi = 0; return 0;
+        case 1: *lo = d[0]; *hi = 0; return 0;
+        case 2: *lo = (uint64_t)d[0] | ((uint64_t)d[1] << 30); *hi = 0; return 0;
+        case 3:
+            x = (unsigned __int128)d[0] | ((unsigned __int128)d[1] << 30)
+                | ((unsigned __int128)d[2] << 60);
+            break;
+        case 4:
+            x = (unsigned __int128)d[0] | ((unsigned __int128)d[1] << 30)
+                | ((unsigned __int128)d[2] << 60) | ((unsigned __int128)d[3] << 90);
+            break;
+        case 5:
+            if (d[4] >> 8) return dh_long_to_u128(v, lo, hi);     /* >= 2**128 */
+            x = (unsigned __int128)d[0] | ((unsigned __int128)d[1] << 30)
+                | ((unsigned __int128)d[2] << 60) | ((unsigned __int128)d[3] << 90)
+                | ((unsigned __int128)d[4] << 120);
+            break;
+        default:
+            return dh_long_to_u128(v, lo, hi);
+        }
+        *lo = (uint64_t)x;
+        *hi = (uint64_t)(x >> 64);
+        return 0;
+    #elif PY_VERSION_HEX >= 0x030C0000
+        if (PyUnstable_Long_IsCompact((PyLongObject *)v)) {
+            Py_ssize_t c = PyUnstable_Long_CompactValue((PyLongObject *)v);
+            if (c >= 0) { *lo = (uint64_t)c; *hi = 0; return 0; }
+        }
+        return dh_long_to_u128(v, lo, hi);
+    #else
+        return dh_long_to_u128(v, lo, hi);
+    #endif
+    }
+    typedef PyObject *(*dh_vectorcallfunc)(PyObject *, PyObject *const *, size_t, PyObject *);
+    /* Make `t(...)` call `f` directly with the argument array (no tuple, no
+       __new__ lookup), as builtin types do.  tp_vectorcall is never
+       inherited, so subclasses keep the ordinary path. */
+    static void dh_set_type_vectorcall(PyTypeObject *t, dh_vectorcallfunc f) {
+        t->tp_vectorcall = (vectorcallfunc)f;
+    }
     /* A 5-tuple of the given tuple subclass, filled without calling its
        constructor.  Steals nothing: every item is INCREF'd by the caller. */
     static PyObject *dh_new_tuple5(PyTypeObject *t, PyObject *a, PyObject *b,
@@ -60,6 +111,18 @@ cdef extern from *:
     }
     """
     int dh_long_to_u128(object v, uint64_t *lo, uint64_t *hi) except -1
+    int dh_key_fast(object v, uint64_t *lo, uint64_t *hi) except -1
+    ctypedef PyObject *(*dh_vectorcallfunc)(PyObject *, PyObject **, size_t, PyObject *)
+    void dh_set_type_vectorcall(PyTypeObject *t, dh_vectorcallfunc f)
+    Py_ssize_t PyVectorcall_NARGS(size_t nargsf)
+    # The same functions without Cython's exception check, for paths that
+    # test the result themselves (no try/except bookkeeping on success).
+    int dh_key_fast_nx "dh_key_fast"(object v, uint64_t *lo, uint64_t *hi) noexcept
+    unsigned long long PyLong_AsUnsignedLongLong_nx "PyLong_AsUnsignedLongLong"(object o) noexcept
+    long PyLong_AsLong_nx "PyLong_AsLong"(object o) noexcept
+    PyObject *PyErr_Occurred() noexcept
+    int PyErr_ExceptionMatches(object exc) noexcept
+    void PyErr_Clear() noexcept
     object dh_u128_to_long(uint64_t lo, uint64_t hi)
     object dh_new_tuple5(PyTypeObject *t, object a, object b, object c, object d, object e)
     bint PyLong_CheckExact(object o)
@@ -86,6 +149,8 @@ def bind_types(record_type, compression_members):
     _payload_meta_type = record_type
     _compressions = list(compression_members)
     _c0, _c1, _c2 = _compressions
+    if type(record_type) is type:
+        dh_set_type_vectorcall(<PyTypeObject*>record_type, <dh_vectorcallfunc>_payload_meta_vectorcall)
 
 
 cdef enum:
@@ -122,10 +187,12 @@ cdef int _key_slow(object key, uint64_t *lo, uint64_t *hi) except -1:
 
 cdef int key_to_u128(object key, uint64_t *lo, uint64_t *hi) except -1:
     if PyLong_CheckExact(key):
-        try:
-            return dh_long_to_u128(key, lo, hi)
-        except OverflowError:
+        if dh_key_fast_nx(key, lo, hi) == 0:
+            return 0
+        if PyErr_ExceptionMatches(OverflowError):
+            PyErr_Clear()
             raise OverflowError(f"edge_id {key} is outside [0, 2**128)") from None
+        return -1                       # some other error: already set
     return _key_slow(key, lo, hi)
 
 
@@ -133,30 +200,57 @@ cdef object u128_to_int(uint64_t lo, uint64_t hi):
     return dh_u128_to_long(lo, hi)
 
 
-cdef uint64_t _u64_field(object v, str name) except? 0xFFFFFFFFFFFFFFFF:
+# Field validators: the common case is a few C instructions inline; every
+# error (and its message) is built in the out-of-line *_error functions.
+
+cdef uint64_t _u64_error(object v, str name) except? 0xFFFFFFFFFFFFFFFFULL:
     if not PyLong_Check(v) or PyBool_Check(v):
         raise TypeError(f"PayloadMeta.{name} must be an int, not {type(v).__name__}")
-    try:
-        return PyLong_AsUnsignedLongLong(v)
-    except OverflowError:
+    if PyErr_Occurred() == NULL or PyErr_ExceptionMatches(OverflowError):
+        PyErr_Clear()
         raise OverflowError(f"PayloadMeta.{name} = {v} is outside [0, 2**64)") from None
+    return 0xFFFFFFFFFFFFFFFFULL        # some other error: already set
 
 
-cdef uint32_t _u32_field(object v, str name) except? 0xFFFFFFFF:
+cdef inline uint64_t _u64_field(object v, str name) except? 0xFFFFFFFFFFFFFFFFULL:
+    # The key's digit-level conversion: int subclasses (IntEnum) share the layout.
+    cdef uint64_t lo, hi
+    if PyLong_Check(v) and not PyBool_Check(v):
+        if dh_key_fast_nx(v, &lo, &hi) == 0 and hi == 0:
+            return lo
+    return _u64_error(v, name)
+
+
+cdef uint32_t _u32_error(object v, str name) except? 0xFFFFFFFFU:
+    raise OverflowError(f"PayloadMeta.{name} = {v} is outside [0, 2**32)")
+
+
+cdef inline uint32_t _u32_field(object v, str name) except? 0xFFFFFFFFU:
     cdef uint64_t x = _u64_field(v, name)
-    if x > 0xFFFFFFFF:
-        raise OverflowError(f"PayloadMeta.{name} = {v} is outside [0, 2**32)")
+    if x > 0xFFFFFFFFULL:
+        return _u32_error(v, name)
     return <uint32_t>x
 
 
-cdef uint8_t _compression_field(object v) except 255:
+cdef uint8_t _compression_error(object v) except 255:
     if not PyLong_Check(v) or PyBool_Check(v):
         raise TypeError(f"PayloadMeta.compression must be a Compression or int, not {type(v).__name__}")
-    if v < 0 or v > MAX_COMPRESSION:
-        raise ValueError(
-            f"PayloadMeta.compression = {v!r} is not a known compression "
-            f"(0 NONE, 1 LZ4, 2 ZSTD)")
-    return <uint8_t>(<long>v)
+    if PyErr_Occurred() != NULL:
+        if not PyErr_ExceptionMatches(OverflowError):
+            return 255                  # some other error: already set
+        PyErr_Clear()
+    raise ValueError(
+        f"PayloadMeta.compression = {v!r} is not a known compression "
+        f"(0 NONE, 1 LZ4, 2 ZSTD)")
+
+
+cdef inline uint8_t _compression_field(object v) except 255:
+    cdef long c
+    if PyLong_Check(v) and not PyBool_Check(v):
+        c = PyLong_AsLong_nx(v)
+        if 0 <= c <= MAX_COMPRESSION:
+            return <uint8_t>c
+    return _compression_error(v)
 
 
 cdef int meta_from_object(object meta, uint64_t lo, uint64_t hi, object key,
@@ -181,19 +275,20 @@ cdef int meta_from_object(object meta, uint64_t lo, uint64_t hi, object key,
     return 0
 
 
-cdef object make_record(object edge_id, uint8_t compression, uint64_t offset,
-                        uint32_t length, uint32_t uncompressed_length):
-    cdef object c = compression_member(compression)
-    cdef object o = offset
-    cdef object n = length
-    cdef object u = uncompressed_length
+cdef inline object _record_from_objects(object edge_id, object c, object o, object n, object u):
     # dh_new_tuple5 stores borrowed references: give it its own.
     Py_INCREF(edge_id); Py_INCREF(o); Py_INCREF(n); Py_INCREF(c); Py_INCREF(u)
     return dh_new_tuple5(<PyTypeObject*>_payload_meta_type, edge_id, o, n, c, u)
 
 
-def new_payload_meta(cls, edge_id, offset, length, compression, uncompressed_length):
-    """``PayloadMeta.__new__``: validate every field, normalise the key to an int."""
+cdef object make_record(object edge_id, uint8_t compression, uint64_t offset,
+                        uint32_t length, uint32_t uncompressed_length):
+    return _record_from_objects(edge_id, compression_member(compression), offset, length,
+                                uncompressed_length)
+
+
+cdef object _new_record(object cls, object edge_id, object offset, object length,
+                        object compression, object uncompressed_length):
     cdef uint64_t lo, hi
     key_to_u128(edge_id, &lo, &hi)
     if not PyLong_CheckExact(edge_id):
@@ -202,6 +297,37 @@ def new_payload_meta(cls, edge_id, offset, length, compression, uncompressed_len
     cdef uint32_t ln = _u32_field(length, "length")
     cdef uint8_t comp = _compression_field(compression)
     cdef uint32_t ul = _u32_field(uncompressed_length, "uncompressed_length")
-    if cls is _payload_meta_type:
-        return make_record(edge_id, comp, off, ln, ul)
-    return tuple.__new__(cls, (edge_id, off, ln, compression_member(comp), ul))
+    if cls is not _payload_meta_type:
+        return tuple.__new__(cls, (edge_id, off, ln, compression_member(comp), ul))
+    # Exact ints are immutable and already hold the validated values: reuse them.
+    if not PyLong_CheckExact(offset):
+        offset = off
+    if not PyLong_CheckExact(length):
+        length = ln
+    if not PyLong_CheckExact(uncompressed_length):
+        uncompressed_length = ul
+    return _record_from_objects(edge_id, compression_member(comp), offset, length,
+                                uncompressed_length)
+
+
+def new_payload_meta(cls, edge_id, offset, length, compression, uncompressed_length):
+    """``PayloadMeta.__new__``: validate every field, normalise the key to an int."""
+    return _new_record(cls, edge_id, offset, length, compression, uncompressed_length)
+
+
+cdef object _payload_meta_vectorcall(object cls, PyObject **args, size_t nargsf, PyObject *kwnames):
+    """``PayloadMeta(...)``: five positional arguments go straight to the
+    validator; anything else takes ``type.__call__`` (``__new__``), so the
+    behaviour and the errors are the same either way."""
+    cdef Py_ssize_t nargs = PyVectorcall_NARGS(nargsf)
+    cdef Py_ssize_t i
+    if kwnames == NULL and nargs == 5:
+        return _new_record(cls, <object>args[0], <object>args[1], <object>args[2],
+                           <object>args[3], <object>args[4])
+    positional = tuple([<object>args[i] for i in range(nargs)])
+    keywords = {}
+    if kwnames != NULL:
+        names = <object>kwnames
+        for i in range(len(names)):
+            keywords[names[i]] = <object>args[nargs + i]
+    return type.__call__(cls, *positional, **keywords)

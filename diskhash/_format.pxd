@@ -94,12 +94,12 @@ cdef enum:
     PROBE_FULL = -2      # walked every slot without an empty one: corrupt
     PROBE_BADTAG = -3    # met a tag that is neither 0 nor 1: corrupt
 
-# Find `key` from its home slot; returns its slot, or a PROBE_* code.  On a
+# Find `key` from home slot `i`; returns its slot, or a PROBE_* code.  On a
 # miss, *empty receives the first empty slot (where an insert would go).
 # The loop is bounded by num_slots, so a damaged file cannot make it spin.
-cdef inline int64_t probe(const unsigned char *base, uint64_t mask, uint64_t seed,
-                          uint64_t lo, uint64_t hi, uint64_t *empty) noexcept nogil:
-    cdef uint64_t i = hash_u128(lo, hi, seed) & mask
+# (The batch loops hash a few keys ahead to prefetch, so they pass `i`.)
+cdef inline int64_t probe_from(const unsigned char *base, uint64_t mask, uint64_t i,
+                               uint64_t lo, uint64_t hi, uint64_t *empty) noexcept nogil:
     cdef uint64_t n
     cdef const dh_slot *s
     for n in range(mask + 1):
@@ -115,3 +115,7 @@ cdef inline int64_t probe(const unsigned char *base, uint64_t mask, uint64_t see
         i = (i + 1) & mask
     return PROBE_FULL
 
+# The same, from the key's home slot.
+cdef inline int64_t probe(const unsigned char *base, uint64_t mask, uint64_t seed,
+                          uint64_t lo, uint64_t hi, uint64_t *empty) noexcept nogil:
+    return probe_from(base, mask, hash_u128(lo, hi, seed) & mask, lo, hi, empty)
