@@ -436,3 +436,29 @@ async def test_batch_calls_run_small_lookups_inline_and_the_rest_in_a_thread(ind
         assert probe.calls == [("get_many", n, True), ("contains_many", n, True),
                                ("get_many", m, False), ("contains_many", m, False),
                                ("insert_many", n, False)]
+
+
+async def test_batch_calls_give_the_sync_answers(index_path):
+    """The real batch calls through the facade: same answers as the sync calls,
+    errors as the sync calls raise them, on every backend."""
+    np = pytest.importorskip("numpy")
+    n = diskhash.aio.INLINE_BATCH * 2                  # inline and threaded lookups both
+    keys = np.arange(1, n + 1, dtype=np.uint64) * 0x9E3779B97F4A7C15
+    recs = np.zeros(n, dtype=diskhash.META_DTYPE)
+    recs["offset"] = np.arange(n)
+    recs["length"] = 7
+    recs["compression"] = np.arange(n) % 3
+    async with await AsyncDiskHashIndex.open(index_path) as idx:
+        await idx.insert_many(keys, recs)              # grows from 4096 slots: in the lane
+        assert len(idx) == n and idx.num_slots > 4096
+        probe = np.concatenate([keys[::3], keys[:100] + 1])  # hits and misses
+        for batch in (probe[:100], probe):                  # inline, then threaded
+            got = await idx.get_many(batch)
+            assert np.array_equal(got, idx.sync.get_many(batch))
+            assert np.array_equal(await idx.contains_many(batch), got["found"])
+        assert (await idx.get(int(keys[5]))).offset == 5
+        bad = recs[:10].copy()
+        bad["compression"][3] = 9
+        with pytest.raises(ValueError, match="compression"):
+            await idx.insert_many(keys[:10], bad)
+        assert len(idx) == n

@@ -30,5 +30,5 @@ def test_package_ships_py_typed_and_stubs():
     import diskhash
 
     pkg = Path(diskhash.__file__).parent
-    for name in ("py.typed", "_index.pyi", "_format.pyi", "_convert.pyi"):
+    for name in ("py.typed", "_index.pyi", "_format.pyi", "_convert.pyi", "_batch.pyi"):
         assert (pkg / name).is_file(), name
