@@ -28,7 +28,6 @@ from diskhash._format cimport (
     PROBE_FULL,
     PROBE_MISS,
     SLOT_SIZE,
-    TAG_OCCUPIED,
     dh_slot,
     hash_u128,
     needs_grow,
@@ -36,7 +35,7 @@ from diskhash._format cimport (
     slot_at,
 )
 from diskhash._convert cimport meta_fields
-from diskhash._index cimport DiskHashIndex, overwrite_slot
+from diskhash._index cimport DiskHashIndex, fill_slot, overwrite_slot
 from diskhash._locks cimport pthread_rwlock_rdlock, pthread_rwlock_unlock, pthread_rwlock_wrlock
 
 from diskhash._dtypes import KEY_DTYPE as _KEY_DTYPE
@@ -250,7 +249,6 @@ cdef Py_ssize_t insert_range(DiskHashIndex idx, const uint64_t *kp, bint wide,
     cdef uint64_t lo, hi, empty = 0
     cdef Py_ssize_t pos = start, cend, i, k
     cdef int64_t r
-    cdef dh_slot *d
     cdef const dh_meta *m
     cdef meta_fields mf
     while pos < end:
@@ -273,11 +271,11 @@ cdef Py_ssize_t insert_range(DiskHashIndex idx, const uint64_t *kp, bint wide,
                 return i
             key_at(kp, wide, i, &lo, &hi)
             r = probe_from(base, mask, homes[k], lo, hi, &empty)
+            mf.offset = m.offset
+            mf.length = m.length
+            mf.uncompressed_length = m.uncompressed_length
+            mf.compression = m.compression
             if r >= 0:
-                mf.offset = m.offset
-                mf.length = m.length
-                mf.uncompressed_length = m.uncompressed_length
-                mf.compression = m.compression
                 overwrite_slot(idx._undo, slot_at(base, <uint64_t>r), <uint64_t>r, mask + 1, &mf)
                 continue
             if r != PROBE_MISS:
@@ -292,17 +290,7 @@ cdef Py_ssize_t insert_range(DiskHashIndex idx, const uint64_t *kp, bint wide,
                 pthread_rwlock_unlock(&idx._map_lock)
                 fail.code = FAIL_GROW
                 return i
-            d = slot_at(base, empty)
-            d.compression = m.compression
-            d.reserved0 = 0
-            d.length = m.length
-            d.uncompressed_length = m.uncompressed_length
-            d.reserved1 = 0
-            d.key_lo = lo
-            d.key_hi = hi
-            d.offset = m.offset
-            DH_COMPILER_BARRIER()
-            d.tag = TAG_OCCUPIED               # visible only once complete
+            fill_slot(slot_at(base, empty), lo, hi, &mf)
             DH_COMPILER_BARRIER()
             idx._num_entries += 1
             idx._generation += 1

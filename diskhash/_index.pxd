@@ -2,7 +2,7 @@
 from libc.stdint cimport int64_t, uint64_t
 
 from diskhash._convert cimport meta_fields
-from diskhash._format cimport DH_COMPILER_BARRIER, DH_UNDO_ARMED, dh_slot, dh_undo
+from diskhash._format cimport DH_COMPILER_BARRIER, DH_UNDO_ARMED, TAG_OCCUPIED, dh_slot, dh_undo
 from diskhash._locks cimport pthread_mutex_t, pthread_rwlock_t
 
 
@@ -67,3 +67,19 @@ cdef inline void overwrite_slot(dh_undo *undo, dh_slot *d, uint64_t i, uint64_t 
     if undo != NULL:
         DH_COMPILER_BARRIER()
         undo.armed = 0
+
+
+# A new entry in empty slot `d`: every field first, the tag last, so neither a
+# reader nor a crash ever sees an occupied slot that is half written.  The
+# caller holds the writer lock and the map lock exclusively.
+cdef inline void fill_slot(dh_slot *d, uint64_t lo, uint64_t hi, const meta_fields *m) noexcept nogil:
+    d.compression = m.compression
+    d.reserved0 = 0
+    d.length = m.length
+    d.uncompressed_length = m.uncompressed_length
+    d.reserved1 = 0
+    d.key_lo = lo
+    d.key_hi = hi
+    d.offset = m.offset
+    DH_COMPILER_BARRIER()
+    d.tag = TAG_OCCUPIED

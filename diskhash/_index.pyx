@@ -241,18 +241,6 @@ cdef inline void populate_for_write(unsigned char *base, size_t size) noexcept n
     madvise(base, size, MADV_POPULATE_WRITE)
 
 
-cdef inline void write_fields(dh_slot *d, uint64_t lo, uint64_t hi,
-                              const meta_fields *m) noexcept nogil:
-    d.compression = m.compression
-    d.reserved0 = 0
-    d.length = m.length
-    d.uncompressed_length = m.uncompressed_length
-    d.reserved1 = 0
-    d.key_lo = lo
-    d.key_hi = hi
-    d.offset = m.offset
-
-
 cdef uint64_t slots_for(uint64_t entries):
     """Smallest power-of-two slot count (>= 4096) holding `entries` without a grow."""
     cdef uint64_t slots = MIN_SLOTS
@@ -699,9 +687,7 @@ cdef class DiskHashIndex:
                 return 1
         else:
             self._exclusive_acquire()
-        write_fields(d, lo, hi, m)
-        DH_COMPILER_BARRIER()
-        d.tag = TAG_OCCUPIED               # visible only once complete
+        fill_slot(d, lo, hi, m)
         self._num_entries += 1
         self._generation += 1
         self._store_count()

@@ -15,14 +15,12 @@ connections (``--port 0``: any free port); SIGINT or SIGTERM stops it cleanly
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import os
 import signal
 import sys
-import tempfile
 
-from payload_http import MAX_HEAD, answer, build_store, keep_alive, parse_head, response
+from payload_http import MAX_HEAD, answer, keep_alive, parse_head, response, server_args, store_for
 
 from diskhash import AsyncDiskHashIndex
 
@@ -85,19 +83,8 @@ async def _serve(index_path: str, data_fd: int, port: int, clients: set[asyncio.
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--index", help="payload index (default: build one)")
-    parser.add_argument("--data", help="payload data file belonging to --index")
-    parser.add_argument("--entries", type=int, default=10_000, help="entries to build without --index")
-    parser.add_argument("--port", type=int, default=8080, help="0: any free port")
-    args = parser.parse_args()
-    if bool(args.index) != bool(args.data):
-        parser.error("--index and --data go together")
-    with tempfile.TemporaryDirectory() as tmp:
-        if args.index:
-            index_path, data_path = args.index, args.data
-        else:
-            index_path, data_path, _ = build_store(tmp, args.entries)
+    args = server_args(__doc__.splitlines()[0])
+    with store_for(args) as (index_path, data_path):
         asyncio.run(serve(index_path, data_path, args.port))
     sys.exit(0)
 

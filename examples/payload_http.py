@@ -9,9 +9,13 @@ sits).  ``GET /payload/{id}`` answers the ``PayloadMeta`` as JSON;
 
 from __future__ import annotations
 
+import argparse
+import contextlib
 import json
 import os
 import random
+import tempfile
+from typing import Iterator
 
 import anyio.to_thread
 
@@ -94,3 +98,27 @@ async def answer(idx: AsyncDiskHashIndex, data_fd: int, method: str,
     body = {"edge_id": meta.edge_id, "offset": meta.offset, "length": meta.length,
             "compression": meta.compression.name, "uncompressed_length": meta.uncompressed_length}
     return 200, json.dumps(body).encode(), "application/json"
+
+
+def server_args(description: str) -> argparse.Namespace:
+    """The servers' shared command line."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--index", help="payload index (default: build one)")
+    parser.add_argument("--data", help="payload data file belonging to --index")
+    parser.add_argument("--entries", type=int, default=10_000, help="entries to build without --index")
+    parser.add_argument("--port", type=int, default=8080, help="0: any free port")
+    args = parser.parse_args()
+    if bool(args.index) != bool(args.data):
+        parser.error("--index and --data go together")
+    return args
+
+
+@contextlib.contextmanager
+def store_for(args: argparse.Namespace) -> Iterator[tuple[str, str]]:
+    """(index path, data path): the ones given, or a store built in a temporary directory."""
+    if args.index:
+        yield args.index, args.data
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        index_path, data_path, _ = build_store(tmp, args.entries)
+        yield index_path, data_path
