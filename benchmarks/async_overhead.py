@@ -20,6 +20,7 @@ import anyio
 import anyio.to_thread
 
 from diskhash import AsyncDiskHashIndex, DiskHashIndex
+from _backends import backend_for
 
 
 def best_ns_per_call(fn, calls: int, repeat: int = 5) -> float:
@@ -111,15 +112,10 @@ def main() -> None:
         print(f"{'loop':<8} {'get':>6} {'await':>6} {'extra':>6} | {'in':>6} {'await':>6} {'extra':>6} "
               f"| {'insert':>6} {'await':>6} {'extra':>6} | thread hop per get")
         for name in backends:
-            if name == "uvloop":
-                try:
-                    import uvloop  # noqa: F401
-                except ImportError:
-                    print("uvloop   not installed, skipped")
-                    continue
-                backend, options = "asyncio", {"use_uvloop": True}
-            else:
-                backend, options = name, {}
+            chosen = backend_for(name)
+            if chosen is None:
+                continue
+            backend, options = chosen
             r = anyio.run(measure, path, probe, backend=backend, backend_options=options)
             print(f"{name:<8} {r['sync_get']:6.0f} {r['async_get']:6.0f} {r['async_get'] - r['sync_get']:+6.0f} "
                   f"| {r['sync_contains']:6.0f} {r['async_contains']:6.0f} "

@@ -30,6 +30,7 @@ import time
 import anyio
 
 from diskhash import AsyncDiskHashIndex, DiskHashIndex
+from _backends import backend_for
 
 TARGET_MS = 10.0
 
@@ -179,15 +180,10 @@ def main() -> None:
               f"({time.perf_counter() - t0:.1f} s); each run grows a copy to {2 << args.slots_log2:,}")
         worst = worst_blocked = 0.0
         for name in backends:
-            if name == "uvloop":
-                try:
-                    import uvloop  # noqa: F401
-                except ImportError:
-                    print("uvloop   not installed, skipped")
-                    continue
-                backend, options = "asyncio", {"use_uvloop": True}
-            else:
-                backend, options = name, {}
+            chosen = backend_for(name)
+            if chosen is None:
+                continue
+            backend, options = chosen
             for run in range(args.repeat):
                 path = os.path.join(tmp, f"{name}.idx")
                 shutil.copyfile(base, path)          # every run grows the same full table

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import struct
 from pathlib import Path
 
 import pytest
@@ -83,3 +84,14 @@ def _anyio_backends() -> list:
 def anyio_backend(request: pytest.FixtureRequest):
     """Every ``@pytest.mark.anyio`` test runs on asyncio, uvloop (if installed) and trio."""
     return request.param
+
+
+def fill_every_slot(path, slots=4096):
+    """A table with no empty slot: every slot occupied by a distinct key."""
+    data = bytearray(64 + slots * 40)
+    data[:64] = struct.pack("<8sI4xQQQ24x", b"SOCHIDX2", 1, slots, slots, 12345)
+    for i in range(slots):
+        off = 64 + i * 40
+        data[off] = 1
+        data[off + 16: off + 32] = (i + 10**9).to_bytes(16, "little")
+    path.write_bytes(bytes(data))

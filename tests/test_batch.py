@@ -9,7 +9,7 @@ import threading
 
 import numpy as np
 import pytest
-from conftest import subprocess_env
+from conftest import fill_every_slot, subprocess_env
 
 import diskhash
 from diskhash import (
@@ -313,22 +313,10 @@ def test_get_many_readers_while_another_thread_inserts_and_grows(index_path):
         idx.verify()
 
 
-def _fill_every_slot(path, slots=4096):
-    import struct
-
-    data = bytearray(64 + slots * 40)
-    data[:64] = struct.pack("<8sI4xQQQ24x", b"SOCHIDX2", 1, slots, slots, 12345)
-    for i in range(slots):
-        off = 64 + i * 40
-        data[off] = 1
-        data[off + 16: off + 32] = (i + 10**9).to_bytes(16, "little")
-    path.write_bytes(bytes(data))
-
-
 def test_damaged_tables_raise_corrupt_index_error(index_path):
     from diskhash._format import home_slot
 
-    _fill_every_slot(index_path)
+    fill_every_slot(index_path)
     with DiskHashIndex(index_path) as idx:
         for call in (lambda: idx.get_many([1]), lambda: idx.contains_many([1]),
                      lambda: idx.insert_many([1], meta_array([1]))):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import struct
 
 import pytest
+from conftest import fill_every_slot
 
 from diskhash import CorruptIndexError, DiskHashError, DiskHashIndex, PayloadMeta
 
@@ -58,17 +59,6 @@ def test_longer_file_is_tolerated(index_path):
         f.write(b"\xff" * 1000)
     with DiskHashIndex(index_path, readonly=True) as idx:
         assert idx[5] == (5, 1, 2, 0, 3)
-
-
-def fill_every_slot(path, slots=4096):
-    """A table with no empty slot: every slot occupied by a distinct key."""
-    data = bytearray(64 + slots * 40)
-    data[:64] = struct.pack("<8sI4xQQQ24x", b"SOCHIDX2", 1, slots, slots, 12345)
-    for i in range(slots):
-        off = 64 + i * 40
-        data[off] = 1
-        data[off + 16: off + 32] = (i + 10**9).to_bytes(16, "little")
-    path.write_bytes(bytes(data))
 
 
 def test_table_without_empty_slot_opens_fast_and_fails_at_lookup(index_path):
