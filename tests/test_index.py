@@ -86,11 +86,11 @@ def test_insert_get_contains_len(index_path):
         assert len(idx) == 0
         assert idx.get(1) is None
         assert idx.get(1, "dflt") == "dflt"
-        assert 1 not in idx
+        assert (1 in idx) is False
         idx.insert(1, meta(1))
         assert idx.get(1) == meta(1)
         assert idx[1] == meta(1)
-        assert 1 in idx
+        assert (1 in idx) is True
         assert len(idx) == 1
         with pytest.raises(KeyError):
             idx[2]
