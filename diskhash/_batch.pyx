@@ -9,15 +9,14 @@ Locking is ``_index``'s: lookups hold ``_map_lock`` shared per chunk of keys
 (so a grow's swap is never starved) and keep the GIL released for the whole
 batch; ``insert_many`` holds ``_write_lock`` for the batch and takes
 ``_map_lock`` exclusively per chunk of slot stores, so readers keep going.
-A new slot is written as ``_insert_locked`` writes it: fields, then the tag,
-then the header count.
+Slots are written by the same ``fill_slot``/``overwrite_slot`` as ``insert``
+(fields, then the tag, then the header count; overwrites through the undo page).
 
 Lookups overlap their memory misses: the home slot of the key ``distance``
 positions ahead is prefetched while the current key is probed
 (``benchmarks/prefetch_distance.py`` measured the default).
 """
 from libc.stdint cimport int64_t, uint8_t, uint16_t, uint32_t, uint64_t
-from posix.mman cimport madvise
 
 from diskhash._format cimport (
     DH_COMPILER_BARRIER,
@@ -35,14 +34,13 @@ from diskhash._format cimport (
     slot_at,
 )
 from diskhash._convert cimport meta_fields
-from diskhash._index cimport DiskHashIndex, fill_slot, overwrite_slot
+from diskhash._index cimport DiskHashIndex, fill_slot, overwrite_slot, populate_for_write
 from diskhash._locks cimport pthread_rwlock_rdlock, pthread_rwlock_unlock, pthread_rwlock_wrlock
 
 from diskhash._dtypes import KEY_DTYPE as _KEY_DTYPE
 from diskhash._dtypes import META_DTYPE as _META_DTYPE
 from diskhash._dtypes import RESULT_DTYPE as _RESULT_DTYPE
 from diskhash._dtypes import np as _np
-from diskhash.errors import CorruptIndexError as _CorruptIndexError
 
 cdef extern from *:
     """
@@ -106,9 +104,8 @@ cdef enum:
     FAIL_NONE = 0
     FAIL_COMPRESSION = 1      # a hit whose compression byte is unknown (corrupt)
     FAIL_CLOSED = 2           # the index was closed while the batch ran
-    FAIL_GROW = 3             # insert: the next new key needs a grow first
+    FAIL_GROW = 3             # insert: the table is full (guard: room is made up front)
     FAIL_RECORD = 4           # insert: a record changed under us to a bad compression
-    MADV_POPULATE_WRITE = 23  # Linux 5.14+
     POPULATE_RATIO = 8        # prefault the map when keys * 8 >= slots
 
 # Home slots of the key this many positions ahead are prefetched; chosen with
@@ -341,15 +338,12 @@ def _key_array(keys):
 cdef int _raise_fail(DiskHashIndex idx, fail_t *fail) except -1:
     if fail.code == FAIL_CLOSED:
         return idx._raise_unusable()
-    if fail.code == PROBE_FULL:
-        raise _CorruptIndexError(
-            idx.path, f"no empty slot in {fail.num_slots} slots: lookups cannot terminate")
-    if fail.code == PROBE_BADTAG:
-        raise _CorruptIndexError(
-            idx.path, f"slot {fail.slot}: bad tag 0x{fail.byte:02x} (expected 0 or 1)")
+    if fail.code == PROBE_FULL or fail.code == PROBE_BADTAG:
+        return idx._corrupt_seen(fail.code, fail.slot, fail.byte, fail.num_slots)
     if fail.code == FAIL_COMPRESSION:
-        key = (<object>fail.hi << 64) | fail.lo
-        raise _CorruptIndexError(idx.path, f"key {key}: unknown compression byte {fail.byte}")
+        return idx._bad_compression(fail.lo, fail.hi, fail.byte)
+    # FAIL_GROW: insert_many made room for every new key before its first
+    # write, so the guard in insert_range cannot trip.
     raise AssertionError(f"unexpected batch failure code {fail.code}")
 
 
@@ -451,7 +445,7 @@ def insert_many(DiskHashIndex index not None, keys, records):
     rarr = _np.require(rarr, _META_DTYPE, ["C_CONTIGUOUS", "ALIGNED"])
     cdef const unsigned char[::1] kview
     cdef const unsigned char[::1] rview
-    cdef Py_ssize_t pos = 0, dist = _distance
+    cdef Py_ssize_t pos, dist = _distance
     cdef fail_t fail
     idx._write_acquire(True)
     try:
@@ -460,25 +454,18 @@ def insert_many(DiskHashIndex index not None, keys, records):
         kview = karr.view(_np.uint8)
         rview = rarr.view(_np.uint8)
         _grow_up_front(idx, <const uint64_t *>&kview[0], wide, n)
-        while pos < n:
-            fail.code = FAIL_NONE
-            with nogil:
-                if <uint64_t>(n - pos) * POPULATE_RATIO >= idx._num_slots:
-                    # A batch this large writes nearly every page of the table:
-                    # fault them all in with one call (best effort; an older
-                    # kernel refuses, and the faults happen one by one).
-                    madvise(idx._base, HEADER_SIZE + idx._num_slots * SLOT_SIZE,
-                            MADV_POPULATE_WRITE)
-                pos = insert_range(idx, <const uint64_t *>&kview[0], wide,
-                                   <const dh_meta *>&rview[0], pos, n, dist, &fail)
-            if fail.code == FAIL_GROW:
-                # Grow once to fit every key still to place, counted as new.
-                idx._ensure_room_locked(<uint64_t>(n - pos))
-            elif fail.code == FAIL_RECORD:
-                raise ValueError(
-                    f"records[{pos}].compression = {fail.byte} is not a known compression: "
-                    f"the array changed during insert_many ({pos} records were inserted)")
-            elif fail.code != FAIL_NONE:
-                _raise_fail(idx, &fail)
+        fail.code = FAIL_NONE
+        with nogil:
+            if <uint64_t>n * POPULATE_RATIO >= idx._num_slots:
+                # A batch this large writes nearly every page of the table.
+                populate_for_write(idx._base, HEADER_SIZE + idx._num_slots * SLOT_SIZE)
+            pos = insert_range(idx, <const uint64_t *>&kview[0], wide,
+                               <const dh_meta *>&rview[0], 0, n, dist, &fail)
+        if fail.code == FAIL_RECORD:
+            raise ValueError(
+                f"records[{pos}].compression = {fail.byte} is not a known compression: "
+                f"the array changed during insert_many ({pos} records were inserted)")
+        if fail.code != FAIL_NONE:
+            _raise_fail(idx, &fail)
     finally:
         idx._write_release()

@@ -44,6 +44,23 @@ def table_bytes(num_slots: int) -> int:
     return HEADER_SIZE + num_slots * SLOT_SIZE
 
 
+def map_table(fd: int, num_slots: int, writable: bool) -> mmap.mmap:
+    """Map a table file, advised for random access before the first fault.
+
+    Lookups touch one slot each, so read-ahead only wastes the page cache;
+    and without the advice the kernel may cache a file in large folios, so
+    that ``save()`` writes up to 2 MiB for each slot changed
+    (``benchmarks/save_after_grow.py``).
+    """
+    access = mmap.ACCESS_WRITE if writable else mmap.ACCESS_READ
+    mm = mmap.mmap(fd, table_bytes(num_slots), access=access)
+    try:
+        mm.madvise(mmap.MADV_RANDOM)
+    except (AttributeError, OSError):
+        pass
+    return mm
+
+
 def new_seed() -> int:
     """A random nonzero u64 (the Rust code mixes clock, pid and a stack address)."""
     while True:
@@ -150,8 +167,7 @@ def table_error(exc: OSError, action: str, path: str, num_slots: int) -> OSError
     reason = exc.strerror or str(exc)
     message = (f"{reason} while {action} ({num_slots} slots, {table_bytes(num_slots)} bytes); "
                f"the index is unchanged")
-    new = type(exc)(exc.errno, message, path) if exc.errno else type(exc)(f"{path}: {message}")
-    return new
+    return type(exc)(exc.errno, message, path) if exc.errno else type(exc)(f"{path}: {message}")
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,6 @@
 # The table object, declared so _batch can cimport it and reach its C fields.
-from libc.stdint cimport int64_t, uint64_t
+from libc.stdint cimport int64_t, uint8_t, uint64_t
+from posix.mman cimport madvise
 
 from diskhash._convert cimport meta_fields
 from diskhash._format cimport DH_COMPILER_BARRIER, DH_UNDO_ARMED, TAG_OCCUPIED, dh_slot, dh_undo
@@ -35,8 +36,11 @@ cdef class DiskHashIndex:
     cdef int _write_acquire(self, bint block) except -1
     cdef void _write_release(self) noexcept nogil
     cdef void _exclusive_acquire(self) noexcept
+    cdef bint _exclusive_acquire_unless(self, bint nowait) noexcept
     cdef void _exclusive_release(self) noexcept nogil
     cdef int _corrupt(self, int64_t code, uint64_t slot) except -1
+    cdef int _corrupt_seen(self, int64_t code, uint64_t slot, uint8_t tag, uint64_t num_slots) except -1
+    cdef int _bad_compression(self, uint64_t lo, uint64_t hi, uint8_t byte) except -1
     cdef int _insert_locked(self, uint64_t lo, uint64_t hi, meta_fields *m, bint nowait=*) except -1
     cdef int _rebuild_locked(self, uint64_t new_slots, bint salvage, uint64_t new_seed=*) except -1
     cdef int _ensure_room_locked(self, uint64_t extra) except -1
@@ -83,3 +87,14 @@ cdef inline void fill_slot(dh_slot *d, uint64_t lo, uint64_t hi, const meta_fiel
     d.offset = m.offset
     DH_COMPILER_BARRIER()
     d.tag = TAG_OCCUPIED
+
+
+cdef enum:
+    MADV_POPULATE_WRITE = 23    # Linux 5.14+
+
+# Fault in every page of a map about to be written all over (the new table of
+# a dense grow, a bulk insert_many) in one call rather than one fault per page.
+# Best effort: an older kernel refuses, and the faults happen one by one.  Not
+# for sparse writes: every populated page is dirty, and msync writes them all.
+cdef inline void populate_for_write(unsigned char *base, size_t size) noexcept nogil:
+    madvise(base, size, MADV_POPULATE_WRITE)

@@ -17,7 +17,6 @@ the next writable open detects (the sidecar marker says the last writer did
 not close cleanly) and heals.  A grow writes a new file beside the old one and
 publishes it by fsync + rename + directory fsync.
 """
-import mmap as _mmap_module
 import os
 import warnings
 import weakref
@@ -27,7 +26,7 @@ from libc.stdint cimport int64_t, uint8_t, uint32_t, uint64_t
 from libc.errno cimport errno
 from libc.stdlib cimport free, malloc
 from libc.string cimport memcpy, memset
-from posix.mman cimport MS_SYNC, madvise, msync
+from posix.mman cimport MS_SYNC, msync
 
 from diskhash._convert cimport (
     key_to_u128,
@@ -228,19 +227,6 @@ cdef int64_t rehash(const unsigned char *old, uint64_t old_slots,
     return <int64_t>placed
 
 
-cdef enum:
-    MADV_POPULATE_WRITE = 23    # Linux 5.14+
-
-
-cdef inline void populate_for_write(unsigned char *base, size_t size) noexcept nogil:
-    # Fault in every page of a map about to be written all over (the new
-    # table of a doubling grow) in one call rather than one fault per page.
-    # Best effort: an older kernel refuses, and the faults happen one by one.
-    # Not for a sparse rehash: every populated page is dirty, and the grow's
-    # msync would write them all.
-    madvise(base, size, MADV_POPULATE_WRITE)
-
-
 cdef uint64_t slots_for(uint64_t entries):
     """Smallest power-of-two slot count (>= 4096) holding `entries` without a grow."""
     cdef uint64_t slots = MIN_SLOTS
@@ -337,12 +323,7 @@ cdef class DiskHashIndex:
                 f"{_files.table_bytes(num_slots)} (truncated)")
         if defects:
             raise CorruptIndexError(self.path, defects)
-        access = _mmap_module.ACCESS_READ if self.readonly else _mmap_module.ACCESS_WRITE
-        mm = _mmap_module.mmap(self._fd, _files.table_bytes(num_slots), access=access)
-        try:
-            mm.madvise(_mmap_module.MADV_RANDOM)
-        except (AttributeError, OSError):
-            pass
+        mm = _files.map_table(self._fd, num_slots, writable=not self.readonly)
         self._mmap = mm
         self._view = mm
         self._base = <unsigned char *>&self._view[0]
@@ -481,36 +462,56 @@ cdef class DiskHashIndex:
             with nogil:
                 pthread_rwlock_wrlock(&self._map_lock)
 
+    cdef bint _exclusive_acquire_unless(self, bint nowait) noexcept:
+        """Take the map lock exclusively; with ``nowait``, only if that needs no
+        wait (returns False, holding nothing, if a reader has it)."""
+        if nowait:
+            return pthread_rwlock_trywrlock(&self._map_lock) == 0
+        self._exclusive_acquire()
+        return True
+
     cdef void _exclusive_release(self) noexcept nogil:
         pthread_rwlock_unlock(&self._map_lock)
 
     cdef int _corrupt(self, int64_t code, uint64_t slot) except -1:
+        """A probe's failure, for a caller holding the writer lock (the map stays)."""
+        return self._corrupt_seen(code, slot, slot_at(self._base, slot).tag, self._num_slots)
+
+    cdef int _corrupt_seen(self, int64_t code, uint64_t slot, uint8_t tag,
+                           uint64_t num_slots) except -1:
+        """A probe's failure as a reader saw it under the read lock: the tag and
+        slot count are passed in, since the map may be swapped or gone by now."""
         if code == PROBE_FULL:
-            raise CorruptIndexError(self.path, f"no empty slot in {self._num_slots} slots: lookups cannot terminate")
-        raise CorruptIndexError(self.path, f"slot {slot}: bad tag 0x{slot_at(self._base, slot).tag:02x} (expected 0 or 1)")
+            raise CorruptIndexError(self.path, f"no empty slot in {num_slots} slots: lookups cannot terminate")
+        raise CorruptIndexError(self.path, f"slot {slot}: bad tag 0x{tag:02x} (expected 0 or 1)")
+
+    cdef int _bad_compression(self, uint64_t lo, uint64_t hi, uint8_t byte) except -1:
+        raise CorruptIndexError(self.path, f"key {u128_to_int(lo, hi)}: unknown compression byte {byte}")
 
     # -- reads -----------------------------------------------------------------
 
     def get(self, key, default=None):
         """The ``PayloadMeta`` stored for ``key``, or ``default``."""
-        cdef uint64_t lo, hi, empty = 0
+        cdef uint64_t lo, hi, empty = 0, num_slots = 0
         cdef dh_slot copy
         key_to_u128(key, &lo, &hi)
         self._read_acquire()
         cdef int64_t r = probe(self._base, self._mask, self._seed, lo, hi, &empty)
         if r >= 0:
             copy = slot_at(self._base, r)[0]
+        elif r != PROBE_MISS:               # damage: note what was seen, under the lock
+            copy = slot_at(self._base, empty)[0]
+            num_slots = self._num_slots
         self._read_release()
         if r < 0:
             if r == PROBE_MISS:
                 return default
-            self._corrupt(r, empty)
+            self._corrupt_seen(r, empty, copy.tag, num_slots)
         return self._record(key, &copy)
 
     cdef object _record(self, object key, dh_slot *s):
         if s.compression > MAX_COMPRESSION:
-            raise CorruptIndexError(
-                self.path, f"key {u128_to_int(s.key_lo, s.key_hi)}: unknown compression byte {s.compression}")
+            self._bad_compression(s.key_lo, s.key_hi, s.compression)
         if type(key) is not int:
             key = u128_to_int(s.key_lo, s.key_hi)
         return make_record(key, s.compression, s.offset, s.length, s.uncompressed_length)
@@ -526,9 +527,13 @@ cdef class DiskHashIndex:
         key_to_u128(key, &lo, &hi)
         self._read_acquire()
         cdef int64_t r = probe(self._base, self._mask, self._seed, lo, hi, &empty)
+        cdef uint8_t tag = 0
+        cdef uint64_t num_slots = self._num_slots
+        if r < PROBE_MISS:
+            tag = slot_at(self._base, empty).tag
         self._read_release()
         if r < PROBE_MISS:
-            self._corrupt(r, empty)
+            self._corrupt_seen(r, empty, tag, num_slots)
         return r >= 0
 
     def __len__(self):
@@ -666,11 +671,8 @@ cdef class DiskHashIndex:
         cdef dh_slot *d
         if r >= 0:
             d = slot_at(self._base, r)
-            if nowait:
-                if pthread_rwlock_trywrlock(&self._map_lock) != 0:
-                    return 1
-            else:
-                self._exclusive_acquire()
+            if not self._exclusive_acquire_unless(nowait):
+                return 1
             overwrite_slot(self._undo, d, <uint64_t>r, self._num_slots, m)
             self._exclusive_release()
             return 0
@@ -682,11 +684,8 @@ cdef class DiskHashIndex:
             if r != PROBE_MISS:
                 self._corrupt(r, empty)
         d = slot_at(self._base, empty)
-        if nowait:
-            if pthread_rwlock_trywrlock(&self._map_lock) != 0:
-                return 1
-        else:
-            self._exclusive_acquire()
+        if not self._exclusive_acquire_unless(nowait):
+            return 1
         fill_slot(d, lo, hi, m)
         self._num_entries += 1
         self._generation += 1
@@ -815,15 +814,7 @@ cdef class DiskHashIndex:
             raise _files.table_error(exc, action, self.path, new_slots) from exc
         mm = None
         try:
-            mm = _mmap_module.mmap(fd, _files.table_bytes(new_slots), access=_mmap_module.ACCESS_WRITE)
-            # Advised like the map of an opened file, before the first fault:
-            # without it the kernel may cache the new file in large folios,
-            # and every later save() writes whole folios (up to 2 MiB) for
-            # each slot changed.
-            try:
-                mm.madvise(_mmap_module.MADV_RANDOM)
-            except (AttributeError, OSError):
-                pass
+            mm = _files.map_table(fd, new_slots, writable=True)
             new_view = mm
             nbase = <unsigned char *>&new_view[0]
             dense = self._num_entries * 8 >= new_slots     # the rehash writes nearly every page
