@@ -109,45 +109,48 @@ async def reader(idx: AsyncDiskHashIndex, keys: list[int], stop: anyio.Event,
         await anyio.sleep(0.0005)
 
 
+async def observed(idx: AsyncDiskHashIndex, keys: list[int], work, gaps: list[float],
+                   blocked: "list[float] | None" = None,
+                   latencies: "list[float] | None" = None) -> None:
+    """Run ``work()`` while a heartbeat records the loop's stalls and a reader
+    task keeps doing inline gets."""
+    stop = anyio.Event()
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(heartbeat, stop, gaps, blocked)
+        tg.start_soon(reader, idx, keys, stop, [] if latencies is None else latencies)
+        await anyio.sleep(0.05)
+        await work()
+        await anyio.sleep(0.05)
+        stop.set()
+
+
 async def measure(path: str, keys: list[int]) -> dict[str, float]:
     async with await AsyncDiskHashIndex.open(path) as idx:
         slots = idx.num_slots
         # Idle loop, same tasks: the noise floor of this machine.
         idle_gaps: list[float] = []
-        stop = anyio.Event()
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(heartbeat, stop, idle_gaps)
-            tg.start_soon(reader, idx, keys, stop, [])
-            await anyio.sleep(1.0)
-            stop.set()
+        await observed(idx, keys, lambda: anyio.sleep(0.9), idle_gaps)
 
         gaps: list[float] = []
         blocked: list[float] = []
         latencies: list[float] = []
-        stop = anyio.Event()
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(heartbeat, stop, gaps, blocked)
-            tg.start_soon(reader, idx, keys, stop, latencies)
-            await anyio.sleep(0.05)
-            new_key = (1 << 127) | 12345
-            t0 = time.perf_counter()
+        new_key = (1 << 127) | 12345
+        grow_s = 0.0
+
+        async def grow() -> None:
+            nonlocal grow_s
+            t = time.perf_counter()
             await idx.insert(new_key, (new_key, 0, 1, 0, 1))      # grows in a worker thread
-            grow_s = time.perf_counter() - t0
-            await anyio.sleep(0.05)
-            stop.set()
+            grow_s = time.perf_counter() - t
+
+        await observed(idx, keys, grow, gaps, blocked, latencies)
         assert idx.num_slots == 2 * slots and len(idx) == len(keys) + 1
 
         # Control: a thread that never takes the GIL, busy for as long as the
         # grow was.  Its stalls are what this machine's CPU sharing costs.
         control_gaps: list[float] = []
-        stop = anyio.Event()
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(heartbeat, stop, control_gaps)
-            tg.start_soon(reader, idx, keys, stop, [])
-            await anyio.sleep(0.05)
-            await anyio.to_thread.run_sync(burn_cpu_without_gil, grow_s)
-            await anyio.sleep(0.05)
-            stop.set()
+        await observed(idx, keys, lambda: anyio.to_thread.run_sync(burn_cpu_without_gil, grow_s),
+                       control_gaps)
     latencies.sort()
     return dict(
         grow_ms=grow_s * 1e3,
