@@ -32,6 +32,12 @@ from typing import Any, Callable, Iterable, Iterator, NamedTuple, Sequence
 from xxhash import xxh3_64_intdigest
 
 from diskhash import _codecs
+
+try:                                  # the compiled read path (diskhash/_store_read.pyx)
+    from diskhash._store_read import BEYOND, MapReader
+except ImportError:  # pragma: no cover - a build without it reads in Python
+    MapReader = None
+    BEYOND = 1
 from diskhash import _payload_format as fmt
 from diskhash._files import IndexLock, fsync_dir
 from diskhash._index import DiskHashIndex
@@ -217,7 +223,7 @@ class _Generation:
     """
 
     __slots__ = ("data_gen", "index_gen", "data_path", "index_path", "fd", "index",
-                 "map", "view", "alloc", "writable", "__weakref__")
+                 "map", "view", "reader", "alloc", "writable", "closed", "__weakref__")
 
     def __init__(self, data_gen: int, index_gen: int, data_path: str, index_path: str,
                  fd: int, index: DiskHashIndex, writable: bool = True) -> None:
@@ -229,6 +235,8 @@ class _Generation:
         self.index = index
         self.map: "mmap.mmap | None" = None
         self.view: "memoryview | None" = None
+        self.reader: Any = None
+        self.closed = False
         #: Bytes of the file allocated (posix_fallocate) for appends.
         self.alloc = os.fstat(fd).st_size
         self.writable = writable
@@ -236,6 +244,8 @@ class _Generation:
 
     def remap(self) -> memoryview:
         """Map the file at its current size (read-write for the writer); returns the new view."""
+        if self.closed:
+            raise IndexClosedError(f"{self.data_path}: store is closed")
         size = os.fstat(self.fd).st_size
         access = mmap.ACCESS_WRITE if self.writable else mmap.ACCESS_READ
         mm = mmap.mmap(self.fd, size, access=access)
@@ -245,7 +255,36 @@ class _Generation:
             pass
         view = memoryview(mm)
         self.map, self.view = mm, view
+        if MapReader is not None:
+            self.reader = MapReader(mm)
         return view
+
+
+    def release(self) -> None:
+        """Close now (``PayloadStore.close``): the map unmapped, the descriptor
+        pointed at /dev/null (its number stays reserved until the finaliser, so a
+        racing reader never reads another file), so the file system is let go."""
+        self.closed = True
+        reader, self.reader = self.reader, None
+        if reader is not None:
+            reader.release()
+        view, self.view = self.view, None
+        if view is not None:
+            try:
+                view.release()
+            except BufferError:  # pragma: no cover - a slice alive in a racing thread
+                pass
+        mm, self.map = self.map, None
+        if mm is not None:
+            try:
+                mm.close()
+            except BufferError:  # pragma: no cover - freed with the last slice
+                pass
+        null = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            os.dup2(null, self.fd)
+        finally:
+            os.close(null)
 
 
 def _release(fd: int, index: DiskHashIndex) -> None:
@@ -650,6 +689,25 @@ class PayloadStore:
     # -- reads -------------------------------------------------------------------------
 
     def _read(self, g: _Generation, meta: PayloadMeta) -> bytes:
+        """The payload of ``meta``, checked; ``CorruptPayloadError`` if it does not check out."""
+        reader = g.reader
+        if reader is not None and meta[2] <= BIG_READ:
+            got = reader.read(meta, self._verify)
+            if type(got) is not bytes:
+                if got == BEYOND:
+                    g.remap()
+                    got = g.reader.read(meta, self._verify)
+                if type(got) is not bytes:
+                    if g.closed:
+                        raise IndexClosedError(f"{self._directory}: store is closed")
+                    return self._read_py(g, meta)       # raises the right error
+            if meta[3]:
+                return self._decompress(g, meta, got)
+            return got
+        return self._read_py(g, meta)
+
+    def _read_py(self, g: _Generation, meta: PayloadMeta) -> bytes:
+        """``_read`` in Python: big records (pread), no compiled module, and errors."""
         off = meta.offset
         n = meta.length
         start = off - fmt.FRAME_SIZE
@@ -695,6 +753,8 @@ class PayloadStore:
             raise self._short(g, meta)
         buf = fmt.pread_exact(g.fd, fmt.FRAME_SIZE + n, start)
         if len(buf) != fmt.FRAME_SIZE + n:
+            if g.closed:
+                raise IndexClosedError(f"{self._directory}: store is closed")
             raise self._short(g, meta)
         ck, kind, comp, mark, slen, ulen, lo, hi = fmt.FRAME.unpack_from(buf)
         if (kind != 1 or slen != n or lo != meta.edge_id & _MASK64 or hi != meta.edge_id >> 64
@@ -1031,6 +1091,7 @@ class PayloadStore:
             finally:
                 self._gen = None
                 g.index.close()
+                g.release()
                 self._abandon()
 
     def __enter__(self) -> "PayloadStore":

@@ -1,0 +1,16 @@
+"""Stubs for diskhash/_store_read.pyx (internal: the PayloadStore's read hot path)."""
+
+from typing import Any
+
+BEYOND: int
+MISMATCH: int
+BAD_CHECKSUM: int
+
+def checksum(data: Any) -> int: ...
+
+class MapReader:
+    @property
+    def size(self) -> int: ...
+    def __init__(self, mapping: Any) -> None: ...
+    def release(self) -> None: ...
+    def read(self, meta: tuple[Any, ...], verify: bool) -> bytes | int: ...
