@@ -82,6 +82,16 @@ cdef class MapReader:
         self.base = NULL
         self.size = 0
 
+    def read_many(self, list metas, bint verify):
+        """``read`` of each item of ``metas`` (None stays None), in one call."""
+        cdef Py_ssize_t i, n = len(metas)
+        cdef list out = [None] * n
+        for i in range(n):
+            m = metas[i]
+            if m is not None:
+                out[i] = self.read(m, verify)
+        return out
+
     def read(self, meta, bint verify):
         """The stored bytes of the record ``meta`` (a PayloadMeta), or an int error code."""
         cdef frame_t f
