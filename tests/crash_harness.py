@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import crash_child
-from spec_model import assert_valid
+from spec_model import HEADER, SLOT_FIELD, assert_valid, header_u64, slot_offset
 
 from diskhash import DiskHashIndex
 
@@ -145,13 +145,13 @@ def _num_slots(path: Path) -> int:
     if not path.exists():
         return 0
     with open(path, "rb") as f:
-        return int.from_bytes(f.read(24)[16:24], "little")
+        return header_u64(f.read(HEADER.size), "num_slots")
 
 
 def _occupied(path: Path) -> int:
     data = path.read_bytes()
     n = _num_slots(path)
-    return sum(1 for i in range(n) if data[64 + 40 * i] == 1)
+    return sum(1 for i in range(n) if data[slot_offset(i) + SLOT_FIELD["tag"]] == 1)
 
 
 def run(directory: Path, kills: int, seed: int, env: dict, rounds_per_file: int = 3,

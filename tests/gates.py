@@ -5,12 +5,9 @@ from __future__ import annotations
 import threading
 
 import anyio
+import anyio.to_thread
 
-from diskhash import PayloadMeta, _files
-
-
-def meta(key: int, offset: int = 10) -> PayloadMeta:
-    return PayloadMeta(key, offset, key & 0xFFFF, key % 3, 40)
+from diskhash import _files
 
 
 class GrowGate:
@@ -38,18 +35,10 @@ class GrowGate:
         monkeypatch.setattr(_files, "create_table_file", gated)
 
     async def wait_entered(self) -> None:
-        with anyio.fail_after(10):
-            while not self.entered.is_set():
-                await anyio.sleep(0.001)
+        """Wait until a grow's thread has reached the gate (``entered`` set)."""
+        if not await anyio.to_thread.run_sync(self.entered.wait, 10, abandon_on_cancel=True):
+            raise TimeoutError("no grow reached the GrowGate within 10 s")
 
     def release(self) -> None:
         self.released.set()
 
-
-async def fill_to_capacity(aidx) -> list[int]:
-    """Insert keys until the next new key must grow the table; returns them."""
-    keys = list(range(1, aidx.capacity + 1))
-    for k in keys[len(aidx):]:
-        await aidx.insert(k, meta(k))
-    assert len(aidx) == aidx.capacity
-    return keys
