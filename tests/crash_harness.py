@@ -49,12 +49,18 @@ class Stats:
     slots: list[int] = field(default_factory=list)
 
 
-def _read_lines(stream, lines: list[str], grow_seen: threading.Event) -> None:
-    for raw in stream:
-        line = raw.decode().strip()
-        lines.append(line)
-        if line.startswith("G "):
-            grow_seen.set()
+def _read_lines(stream, lines: list[str], ready: threading.Event, grow_seen: threading.Event) -> None:
+    """Collect the child's lines; ``ready`` is set at its "R" (or when it dies first)."""
+    try:
+        for raw in stream:
+            line = raw.decode().strip()
+            lines.append(line)
+            if line == "R":
+                ready.set()
+            elif line.startswith("G "):
+                grow_seen.set()
+    finally:
+        ready.set()
 
 
 def run_round(path: Path, seed: int, env: dict, rng: random.Random, stats: Stats,
@@ -65,13 +71,11 @@ def run_round(path: Path, seed: int, env: dict, rng: random.Random, stats: Stats
     proc = subprocess.Popen([sys.executable, str(CHILD), str(path), str(seed)],
                             stdout=subprocess.PIPE, env=env)
     lines: list[str] = []
-    grow_seen = threading.Event()
-    reader = threading.Thread(target=_read_lines, args=(proc.stdout, lines, grow_seen))
+    ready, grow_seen = threading.Event(), threading.Event()
+    reader = threading.Thread(target=_read_lines, args=(proc.stdout, lines, ready, grow_seen))
     reader.start()
     try:
-        deadline = time.monotonic() + 20
-        while "R" not in lines and proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.002)
+        ready.wait(20)
         assert "R" in lines, f"child did not start (exit {proc.poll()})"
         if rng.random() < 0.3:
             # Kill as soon as a grow starts (right after its checkpoint), or

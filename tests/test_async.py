@@ -236,12 +236,13 @@ async def test_close_while_other_tasks_use_the_index(index_path):
     for k in range(30_000):
         await idx.insert(k, record(k))
     outcome: dict[str, object] = {}
-    started = anyio.Event()
+    started, read, wrote = anyio.Event(), anyio.Event(), anyio.Event()
 
     async def reader():
         try:
             while True:
                 assert await idx.get(17) in (record(17), record(17, offset=1))
+                read.set()
                 await anyio.sleep(0)
         except IndexClosedError as e:
             outcome["reader"] = e
@@ -260,6 +261,7 @@ async def test_close_while_other_tasks_use_the_index(index_path):
             while True:
                 await idx.insert(k, record(k, offset=1))
                 k += 1
+                wrote.set()
                 await anyio.sleep(0)
         except IndexClosedError as e:
             outcome["writer"] = e
@@ -269,8 +271,9 @@ async def test_close_while_other_tasks_use_the_index(index_path):
         async with anyio.create_task_group() as tg:
             for fn in (reader, iterator, writer):
                 tg.start_soon(fn)
-            await started.wait()
-            await anyio.sleep(0.01)
+            with anyio.fail_after(10):          # all three are under way
+                for event in (started, read, wrote):
+                    await event.wait()
             await idx.close()
             await idx.close()
     finally:

@@ -22,6 +22,12 @@ async def wait_for(predicate, what: str) -> None:
             await anyio.sleep(0.001)
 
 
+async def all_other_tasks_blocked() -> None:
+    """Return once every other task waits for something (here: a worker thread)."""
+    with anyio.fail_after(10):
+        await anyio.wait_all_tasks_blocked()
+
+
 async def check_consistent(path, expected: dict[int, object]) -> None:
     """Reopen from the file: a clean close, exactly `expected`, a valid table."""
     async with await AsyncDiskHashIndex.open(path) as idx:
@@ -51,8 +57,8 @@ async def test_cancelled_growing_insert_completes_in_its_thread(index_path, monk
                 tg.start_soon(inserter)
                 await gate.wait_entered()
                 scope.cancel()
-                await anyio.sleep(0.05)     # the task cannot finish while its thread runs
-                assert not gate.finished.is_set()
+                await all_other_tasks_blocked()   # the task cannot finish while its thread runs
+                assert not gate.finished.is_set() and done_inside == []
                 gate.release()
         finally:
             gate.release()
@@ -139,8 +145,8 @@ async def test_cancelled_save_finishes_its_flush(index_path, monkeypatch):
                 tg.start_soon(saver)
                 await wait_for(probe.started.is_set, "save started")
                 scope.cancel()
-                await anyio.sleep(0.05)
-                assert not probe.ended.is_set()
+                await all_other_tasks_blocked()   # the saver waits for its thread
+                assert not probe.ended.is_set() and ended_when_task_ended == []
                 gate.release()
         finally:
             gate.release()

@@ -314,11 +314,12 @@ def check_repair(path: str, ref: Reference) -> None:
 
 
 FUZZ = settings(deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
+# The full runs are marked slow (``--run-slow``); the default run fuzzes a sample.
+SLOTS_EXAMPLES, HEADER_EXAMPLES, REPAIR_EXAMPLES = 900, 700, 300
+SAMPLE = 0.1
 
 
-@settings(FUZZ, max_examples=900)
-@given(data=st.data())
-def test_fuzzed_slots_read_only(files, data):
+def fuzz_slots_read_only(files, data) -> None:
     base, keys = base_file()
     edits = data.draw(st.lists(slot_mutation(), min_size=1, max_size=6))
     mutated = apply(base, edits)
@@ -328,9 +329,7 @@ def test_fuzzed_slots_read_only(files, data):
     files.remove(path)
 
 
-@settings(FUZZ, max_examples=700)
-@given(edits=st.lists(header_edit, min_size=1, max_size=3))
-def test_fuzzed_header_read_only(files, edits):
+def fuzz_header_read_only(files, edits) -> None:
     base, keys = base_file()
     mutated = apply(base, edits)
     path = files.write(mutated)
@@ -339,9 +338,7 @@ def test_fuzzed_header_read_only(files, edits):
     files.remove(path)
 
 
-@settings(FUZZ, max_examples=300)
-@given(data=st.data())
-def test_fuzzed_files_repair(files, data):
+def fuzz_repair(files, data) -> None:
     base, _ = base_file()
     edits = data.draw(st.lists(st.one_of(slot_mutation(), header_edit), min_size=1, max_size=5))
     mutated = apply(base, edits)
@@ -349,3 +346,45 @@ def test_fuzzed_files_repair(files, data):
     with watchdog(60):
         check_repair(path, Reference(mutated))
     files.remove(path)
+
+
+header_edits = st.lists(header_edit, min_size=1, max_size=3)
+
+
+@pytest.mark.slow
+@settings(FUZZ, max_examples=SLOTS_EXAMPLES)
+@given(data=st.data())
+def test_fuzzed_slots_read_only(files, data):
+    fuzz_slots_read_only(files, data)
+
+
+@settings(FUZZ, max_examples=int(SLOTS_EXAMPLES * SAMPLE))
+@given(data=st.data())
+def test_fuzzed_slots_read_only_sample(files, data):
+    fuzz_slots_read_only(files, data)
+
+
+@pytest.mark.slow
+@settings(FUZZ, max_examples=HEADER_EXAMPLES)
+@given(edits=header_edits)
+def test_fuzzed_header_read_only(files, edits):
+    fuzz_header_read_only(files, edits)
+
+
+@settings(FUZZ, max_examples=int(HEADER_EXAMPLES * SAMPLE))
+@given(edits=header_edits)
+def test_fuzzed_header_read_only_sample(files, edits):
+    fuzz_header_read_only(files, edits)
+
+
+@pytest.mark.slow
+@settings(FUZZ, max_examples=REPAIR_EXAMPLES)
+@given(data=st.data())
+def test_fuzzed_files_repair(files, data):
+    fuzz_repair(files, data)
+
+
+@settings(FUZZ, max_examples=int(REPAIR_EXAMPLES * SAMPLE))
+@given(data=st.data())
+def test_fuzzed_files_repair_sample(files, data):
+    fuzz_repair(files, data)

@@ -123,14 +123,32 @@ def test_timeout_succeeds_once_the_holder_closes(existing):
         assert holder.proc.stdout.readline() == "closed\n"
 
 
+# A holder that says "waiting" once its first attempt at the lock has failed,
+# so the test knows it is waiting (the lock is polled: fcntl.flock with LOCK_NB).
+WAITING_HOLDER = """
+import fcntl
+_flock = fcntl.flock
+def flock(fd, op):
+    try:
+        return _flock(fd, op)
+    except BlockingIOError:
+        if not flock.said:
+            flock.said = True
+            print("waiting", flush=True)
+        raise
+flock.said = False
+fcntl.flock = flock
+""" + HOLDER
+
+
 def test_a_waiting_writer_in_another_process_gets_the_lock_after_close(existing):
     idx = DiskHashIndex(existing)
     with Holder.__new__(Holder) as holder:
         holder.proc = subprocess.Popen(
-            [sys.executable, "-c", HOLDER, str(existing), "w", "10"],
+            [sys.executable, "-c", WAITING_HOLDER, str(existing), "w", "10"],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
             text=True, env=subprocess_env(), cwd=existing.parent)
-        time.sleep(0.3)
+        assert holder.proc.stdout.readline() == "waiting\n"   # it found our lock taken
         assert holder.proc.poll() is None         # still waiting for our lock
         idx.insert(3, record(3))
         idx.close()

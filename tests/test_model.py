@@ -194,10 +194,21 @@ class IndexModel(RuleBasedStateMachine):
         assert len(self.idx) == len(self.model)
 
 
-IndexModel.TestCase.settings = settings(
-    max_examples=100, stateful_step_count=50, deadline=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
-TestIndexModel = IndexModel.TestCase
+MODEL = settings(stateful_step_count=50, deadline=None, database=None,
+                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+
+
+@pytest.mark.slow
+class TestIndexModel(IndexModel.TestCase):
+    """The full run: 100 sequences of up to 50 steps (``--run-slow``)."""
+
+    settings = settings(MODEL, max_examples=100)
+
+
+class TestIndexModelSample(IndexModel.TestCase):
+    """The default run: a sample of the same sequences."""
+
+    settings = settings(MODEL, max_examples=12)
 
 
 def test_backward_shift_across_the_wrap_through_grows():
