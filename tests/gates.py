@@ -10,6 +10,12 @@ import anyio.to_thread
 from diskhash import _files
 
 
+async def wait_event(event: threading.Event, what: str, timeout: float = 10) -> None:
+    """Wait, without blocking the event loop, until another thread sets ``event``."""
+    if not await anyio.to_thread.run_sync(event.wait, timeout, abandon_on_cancel=True):
+        raise TimeoutError(f"waited {timeout} s for {what}")
+
+
 class GrowGate:
     """Patches ``_files.create_table_file`` (the first step of every grow, with
     the core's writer lock held) so the grow's thread stops there until the
@@ -36,8 +42,7 @@ class GrowGate:
 
     async def wait_entered(self) -> None:
         """Wait until a grow's thread has reached the gate (``entered`` set)."""
-        if not await anyio.to_thread.run_sync(self.entered.wait, 10, abandon_on_cancel=True):
-            raise TimeoutError("no grow reached the GrowGate within 10 s")
+        await wait_event(self.entered, "a grow to reach the GrowGate")
 
     def release(self) -> None:
         self.released.set()

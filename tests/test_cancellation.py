@@ -9,17 +9,11 @@ import threading
 import anyio
 import pytest
 from conftest import fill_to_capacity, record
-from gates import GrowGate
+from gates import GrowGate, wait_event
 
 from diskhash import AsyncDiskHashIndex, DiskHashIndex
 
 pytestmark = pytest.mark.anyio
-
-
-async def wait_for(predicate, what: str) -> None:
-    with anyio.fail_after(10):
-        while not predicate():
-            await anyio.sleep(0.001)
 
 
 async def all_other_tasks_blocked() -> None:
@@ -89,9 +83,11 @@ async def test_cancelled_queued_insert_never_starts(index_path, monkeypatch):
                 tg.start_soon(idx.insert, 10**9, record(10**9))
                 await gate.wait_entered()
                 tg.start_soon(queued)
-                await wait_for(lambda: idx._lane.statistics().tasks_waiting == 1, "queued")
+                await all_other_tasks_blocked()
+                assert idx._lane.statistics().tasks_waiting == 1     # queued behind the grow
                 scope.cancel()
-                await wait_for(lambda: idx._lane.statistics().tasks_waiting == 0, "cancelled")
+                await all_other_tasks_blocked()
+                assert idx._lane.statistics().tasks_waiting == 0     # gave up its turn
                 gate.release()
         finally:
             gate.release()
@@ -143,7 +139,7 @@ async def test_cancelled_save_finishes_its_flush(index_path, monkeypatch):
             await gate.wait_entered()        # the grow holds the writer lock
             async with anyio.create_task_group() as tg:
                 tg.start_soon(saver)
-                await wait_for(probe.started.is_set, "save started")
+                await wait_event(probe.started, "save's thread to start")
                 scope.cancel()
                 await all_other_tasks_blocked()   # the saver waits for its thread
                 assert not probe.ended.is_set() and ended_when_task_ended == []
@@ -217,7 +213,7 @@ async def test_open_cancelled_while_its_thread_opens_hands_over_the_index(index_
     with anyio.CancelScope() as scope:
         async with anyio.create_task_group() as tg:
             tg.start_soon(user)
-            await wait_for(in_thread.is_set, "the open to start")
+            await wait_event(in_thread, "the open's thread")
             scope.cancel()
             release.set()
     assert scope.cancelled_caught
