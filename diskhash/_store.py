@@ -21,10 +21,8 @@ from __future__ import annotations
 
 import errno
 import mmap
-import operator
 import os
 import threading
-import time
 import uuid
 import weakref
 from typing import Any, Callable, Iterable, Iterator, NamedTuple, Sequence
@@ -45,7 +43,6 @@ from diskhash._records import Compression, PayloadMeta
 from diskhash.errors import (
     CorruptIndexError,
     CorruptPayloadError,
-    DiskHashError,
     IndexClosedError,
     ReadOnlyIndexError,
 )
