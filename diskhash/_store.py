@@ -1156,9 +1156,10 @@ class PayloadStore:
                 if isinstance(item, fmt.Frame):
                     if item.kind == fmt.KIND_PUT:
                         frames[item.offset + fmt.FRAME_SIZE] = item
-                elif item.torn and item.end < size:
+                elif item.torn and item.end < size and not _all_zero(g.fd, item.end, size):
+                    # (zeros are blocks a writer allocated ahead, not damage)
                     defects.append(f"torn tail: {size - item.end} bytes after offset {item.end} "
-                                   f"hold no valid record")
+                                   f"hold no valid record (a writable open cuts them)")
         except CorruptPayloadError as exc:
             defects.extend(f"{d} at offset {exc.offset}" for d in exc.defects)
         for key, m in g.index.items():
@@ -1219,6 +1220,16 @@ class PayloadStore:
         """
         from diskhash._compact import compact
         compact(self)
+
+
+def _all_zero(fd: int, start: int, end: int) -> bool:
+    """Whether bytes [start, end) of the file are all zero."""
+    while start < end:
+        chunk = os.pread(fd, min(end - start, 1 << 20), start)
+        if not chunk or chunk.count(0) != len(chunk):
+            return not chunk
+        start += len(chunk)
+    return True
 
 
 def _key_list(edge_ids: Any) -> list[int]:
