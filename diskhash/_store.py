@@ -22,6 +22,7 @@ from __future__ import annotations
 import errno
 import mmap
 import os
+import stat
 import threading
 import uuid
 import weakref
@@ -391,10 +392,15 @@ class PayloadStore:
 
     def _read_manifest(self) -> "tuple[int, int] | None":
         try:
-            with open(self._manifest_path, "rb") as f:
-                return fmt.unpack_manifest(f.read(64), self._manifest_path)
+            fd = os.open(self._manifest_path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
         except FileNotFoundError:
             return None
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):      # a FIFO would block a plain open
+                raise CorruptPayloadError(self._manifest_path, "store manifest is not a regular file")
+            return fmt.unpack_manifest(os.pread(fd, 64, 0), self._manifest_path)
+        finally:
+            os.close(fd)
 
     def _write_manifest(self, data_gen: int, index_gen: int) -> None:
         tmp = self._path(f".{fmt.MANIFEST_NAME}.{os.getpid()}{TMP_SUFFIX}")
@@ -437,7 +443,6 @@ class PayloadStore:
         flags = (os.O_RDWR if writable else os.O_RDONLY) | os.O_CLOEXEC | os.O_NONBLOCK
         fd = os.open(path, flags)
         try:
-            import stat
             st = os.fstat(fd)
             if not stat.S_ISREG(st.st_mode):
                 raise CorruptPayloadError(path, "data file is not a regular file")

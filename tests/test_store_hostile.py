@@ -88,11 +88,22 @@ def test_fifo_as_data_file(tmp_path):
             PayloadStore(d, readonly=readonly, timeout=1)     # and no hang
 
 
+def test_fifo_as_manifest(tmp_path):
+    d = tmp_path / "s"
+    with PayloadStore(d) as s:
+        s.put(1, b"x")
+    (d / "MANIFEST").unlink()
+    os.mkfifo(d / "MANIFEST")
+    for readonly in (True, False):
+        with pytest.raises(DiskHashError, match="regular file"):
+            PayloadStore(d, readonly=readonly)
+
+
 def test_directory_in_place_of_manifest(tmp_path):
     d = tmp_path / "s"
     d.mkdir()
     (d / "MANIFEST").mkdir()
-    with pytest.raises(OSError):
+    with pytest.raises(DiskHashError, match="regular file"):
         PayloadStore(d)
 
 
