@@ -820,15 +820,14 @@ class PayloadStore:
         reader = g.reader
         if reader is None:
             return [None if m is None else self._read(g, m) for m in metas]
-        out = reader.read_many(metas, self._verify)
-        for i, got in enumerate(out):
-            if got is None:
-                continue
+        out, fixups = reader.read_many(metas, self._verify, BIG_READ)
+        for i in fixups:
             m = metas[i]
-            if type(got) is not bytes or m[2] > BIG_READ:
-                out[i] = self._read(g, m)       # remap, big record, or the error
-            elif m[3]:
+            got = out[i]
+            if type(got) is bytes and m[2] <= BIG_READ:
                 out[i] = self._decompress(g, m, got)
+            else:
+                out[i] = self._read(g, m)       # remap, big record, or the error
         return out
 
     def payload_range(self, edge_id: Any) -> "tuple[int, int, int] | None":

@@ -82,15 +82,30 @@ cdef class MapReader:
         self.base = NULL
         self.size = 0
 
-    def read_many(self, list metas, bint verify):
-        """``read`` of each item of ``metas`` (None stays None), in one call."""
+    def read_many(self, list metas, bint verify, Py_ssize_t big):
+        """``read`` of each item of ``metas`` (None stays None), in one call.
+
+        Returns ``(results, fixups)``: ``fixups`` lists the positions the caller
+        must still handle (a compressed payload to decode, a record over ``big``
+        bytes to read with pread, an error code).
+        """
         cdef Py_ssize_t i, n = len(metas)
         cdef list out = [None] * n
+        cdef list fixups = []
         for i in range(n):
             m = metas[i]
-            if m is not None:
-                out[i] = self.read(m, verify)
-        return out
+            if m is None:
+                continue
+            if not PyTuple_Check(m) or PyTuple_GET_SIZE(m) != 5:
+                raise TypeError("metas must hold PayloadMeta records or None")
+            if <Py_ssize_t>(<object>PyTuple_GET_ITEM(m, 2)) > big:
+                fixups.append(i)
+                continue
+            got = self.read(m, verify)
+            out[i] = got
+            if type(got) is not bytes or <int>(<object>PyTuple_GET_ITEM(m, 3)) != 0:
+                fixups.append(i)
+        return out, fixups
 
     def read(self, meta, bint verify):
         """The stored bytes of the record ``meta`` (a PayloadMeta), or an int error code."""

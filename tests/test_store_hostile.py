@@ -243,3 +243,18 @@ def test_corrupt_payload_error_pickles():
     e2 = pickle.loads(pickle.dumps(e))
     assert (e2.path, e2.defects, e2.edge_id, e2.offset) == ("/x/data", ["a", "b"], 5, 64)
     assert str(e2) == str(e)
+
+
+def test_compiled_reader_refuses_foreign_records(tmp_path):
+    _store_read = pytest.importorskip("diskhash._store_read")
+    with PayloadStore(tmp_path / "s") as s:
+        s.put(1, b"x")
+        s.get(1)
+        reader = s._gen.reader
+        for bad in ("str", 5, (1, 2), [1, 2, 3, 4, 5]):
+            with pytest.raises(TypeError):
+                reader.read(bad, True)
+            with pytest.raises(TypeError):
+                reader.read_many([bad], True, 100)
+        assert reader.read((1, 10**12, 5, 0, 5), True) == _store_read.BEYOND
+        assert reader.read((2, 96, 1, 0, 1), True) == _store_read.MISMATCH     # another key
