@@ -31,7 +31,6 @@ from typing import TYPE_CHECKING, Any
 from diskhash import _payload_format as fmt
 from diskhash._files import fsync_dir
 from diskhash._index import DiskHashIndex
-from diskhash._records import PayloadMeta
 
 if TYPE_CHECKING:
     from diskhash._store import PayloadStore
@@ -150,15 +149,15 @@ def _catch_up(g: Any, fd: int, index: DiskHashIndex, start: int, end: int, new_e
 
     if end <= start:
         return new_end
-    final: dict[int, "PayloadMeta | None"] = {}
+    final: dict[int, "tuple[int, int, int, int] | None"] = {}
     pending: list[Any] = []
     pos = new_end
     for item in fmt.scan(g.fd, start, end, g.data_path, raw=True):
         if not isinstance(item, fmt.Frame):
             continue
         if item.kind == fmt.KIND_PUT:
-            final[item.key] = PayloadMeta(item.key, pos + fmt.FRAME_SIZE, item.stored_length,
-                                          item.compression, item.uncompressed_length)
+            final[item.key] = (pos + fmt.FRAME_SIZE, item.stored_length, item.compression,
+                               item.uncompressed_length)
         else:
             final[item.key] = None
         pending.append(bytes(item.raw))         # type: ignore[arg-type]

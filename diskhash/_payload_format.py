@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 import struct
-from typing import Iterator, NamedTuple
+from typing import Any, Callable, Iterator, NamedTuple
 
 from xxhash import xxh3_64, xxh3_64_intdigest
 
@@ -28,7 +28,7 @@ __all__ = [
     "DataHeader", "Frame", "ScanResult",
     "checksum", "pack_frame_body", "pread_exact", "FRAME_BODY", "pack_data_header", "unpack_data_header",
     "pack_manifest", "unpack_manifest", "data_name", "index_name", "scan", "tombstone",
-    "xxh3_64",
+    "xxh3_64", "replay",
 ]
 
 # -- data file header (64 bytes) ---------------------------------------------
@@ -254,17 +254,18 @@ def _valid_frame_after(fd: int, start: int, file_size: int) -> int:
     return -1
 
 
-def scan(fd: int, start: int, file_size: int, path: str,
-         progress: "object | None" = None, raw: bool = False) -> "Iterator[Frame | ScanResult]":
-    """Yield every valid frame from ``start``, then a ``ScanResult``.
+def _walk(fd: int, start: int, file_size: int, path: str,
+          parse: "Callable[[bytes, int, int], int]",
+          progress: "Callable[[int, int], Any] | None" = None) -> "Iterator[ScanResult | None]":
+    """Read the log from ``start`` in chunks; ``parse(buf, p, file_offset_of_buf)``
+    consumes the valid frames from ``buf[p:]`` and returns where it stopped.
 
-    An invalid frame followed (anywhere later) by a valid one is corruption in
-    the middle of the log: ``CorruptPayloadError`` naming the file and offset,
-    never a cut.  An invalid frame with nothing valid after it is a torn tail.
-    ``progress(done_bytes, total_bytes)`` is called every chunk if given.
+    Yields None after each parsed piece, then one ``ScanResult``.  An invalid
+    frame followed (anywhere later) by a valid one is corruption in the middle
+    of the log: ``CorruptPayloadError`` naming the file and offset, never a
+    cut.  An invalid frame with nothing valid after it is a torn tail.
     """
     pos = start
-    total = file_size
     while pos < file_size:
         size = min(SCAN_CHUNK, file_size - pos)
         buf = pread_exact(fd, size, pos)
@@ -272,28 +273,18 @@ def scan(fd: int, start: int, file_size: int, path: str,
         if not avail:               # the file shrank under us: it ends here
             yield ScanResult(pos, pos, False)
             return
-        view = memoryview(buf)
-        p = 0
-        while True:
-            got = _frame_at(buf, p, avail)
-            if got is None:
-                break
-            kind, comp, slen, ulen, key, end = got
-            yield Frame(pos + p, kind, comp, slen, ulen, key, view[p:end] if raw else None)
-            p = end
-        if p == 0 and avail - p >= FRAME_SIZE:
+        p = parse(buf, 0, pos)
+        yield None
+        if p == 0 and avail >= FRAME_SIZE:
             # Nothing valid at the chunk start: maybe one frame bigger than the chunk.
-            head = FRAME.unpack_from(buf, 0)
-            need = FRAME_SIZE + head[4]
+            need = FRAME_SIZE + FRAME.unpack_from(buf, 0)[4]
             if need > avail and pos + need <= file_size:
                 whole = pread_exact(fd, need, pos)
-                got = _frame_at(whole, 0, len(whole))
-                if got is not None:
-                    kind, comp, slen, ulen, key, end = got
-                    yield Frame(pos, kind, comp, slen, ulen, key, whole if raw else None)
-                    pos += end
+                if parse(whole, 0, pos) == need:
+                    yield None
+                    pos += need
                     if progress is not None:
-                        progress(pos, total)        # type: ignore[operator]
+                        progress(pos, file_size)
                     continue
         if p < avail and (p == 0 or pos + avail >= file_size):
             # The frame at pos + p is not valid, and reading on cannot complete it.
@@ -307,5 +298,72 @@ def scan(fd: int, start: int, file_size: int, path: str,
             return
         pos += p
         if progress is not None:
-            progress(pos, total)                    # type: ignore[operator]
+            progress(pos, file_size)
     yield ScanResult(pos, file_size, False)
+
+
+def scan(fd: int, start: int, file_size: int, path: str,
+         progress: "Callable[[int, int], Any] | None" = None,
+         raw: bool = False) -> "Iterator[Frame | ScanResult]":
+    """Yield every valid frame from ``start``, then a ``ScanResult`` (see ``_walk``).
+
+    ``raw``: each ``Frame`` carries its bytes.  ``progress(done_bytes,
+    total_bytes)`` is called every chunk if given.
+    """
+    frames: list[Frame] = []
+
+    def parse(buf: bytes, p: int, base: int) -> int:
+        view = memoryview(buf)
+        avail = len(buf)
+        while True:
+            got = _frame_at(buf, p, avail)
+            if got is None:
+                return p
+            kind, comp, slen, ulen, key, end = got
+            frames.append(Frame(base + p, kind, comp, slen, ulen, key, view[p:end] if raw else None))
+            p = end
+
+    for item in _walk(fd, start, file_size, path, parse, progress):
+        if item is None:
+            yield from frames
+            frames.clear()
+        else:
+            yield item
+
+
+def replay(fd: int, start: int, file_size: int, path: str,
+           progress: "Callable[[int, int], Any] | None" = None,
+           ) -> "tuple[dict[int, tuple[int, int, int, int] | None], ScanResult]":
+    """The log from ``start`` folded into its final state, and where it ended.
+
+    The state maps each key the log touches to ``(payload offset, stored
+    length, compression, uncompressed length)`` of its last put, or None if
+    its last frame is a tombstone.  The compiled ``scan_into`` does the work
+    where it is built (the same checks as ``_frame_at``).
+    """
+    final: "dict[int, tuple[int, int, int, int] | None]" = {}
+    if _scan_into is not None:
+        def parse(buf: bytes, p: int, base: int) -> int:
+            return int(_scan_into(buf, p, base, final))
+    else:  # pragma: no cover - a build without the compiled module
+        def parse(buf: bytes, p: int, base: int) -> int:
+            avail = len(buf)
+            while True:
+                got = _frame_at(buf, p, avail)
+                if got is None:
+                    return p
+                kind, comp, slen, ulen, key, end = got
+                final[key] = (base + p + FRAME_SIZE, slen, comp, ulen) if kind == KIND_PUT else None
+                p = end
+    result = None
+    for item in _walk(fd, start, file_size, path, parse, progress):
+        if item is not None:
+            result = item
+    assert result is not None
+    return final, result
+
+
+try:
+    from diskhash._store_read import scan_into as _scan_into
+except ImportError:  # pragma: no cover
+    _scan_into = None

@@ -584,19 +584,7 @@ class PayloadStore:
     def _replay(self, fd: int, index: DiskHashIndex, start: int, size: int, path: str,
                 recovery: dict[str, Any]) -> tuple[int, int]:
         """Apply the log's frames from ``start`` to ``index`` in order; (count, end)."""
-        final: dict[int, "PayloadMeta | None"] = {}
-        result = None
-        for item in fmt.scan(fd, start, size, path):
-            if isinstance(item, fmt.Frame):
-                if item.kind == fmt.KIND_PUT:
-                    final[item.key] = PayloadMeta(item.key, item.offset + fmt.FRAME_SIZE,
-                                                  item.stored_length, item.compression,
-                                                  item.uncompressed_length)
-                else:
-                    final[item.key] = None
-            else:
-                result = item
-        assert result is not None
+        final, result = fmt.replay(fd, start, size, path)
         end = self._cut_tail(fd, result, recovery)
         _apply(index, final)
         return len(final), end
@@ -616,16 +604,9 @@ class PayloadStore:
                 os.unlink(leftover)
             except FileNotFoundError:
                 pass
-        final: dict[int, "tuple[int, int, int, int] | None"] = {}
-        for item in fmt.scan(fd, fmt.DATA_HEADER_SIZE, end, data_path, progress):
-            if isinstance(item, fmt.Frame):
-                if item.kind == fmt.KIND_PUT:
-                    final[item.key] = (item.offset + fmt.FRAME_SIZE, item.stored_length,
-                                       item.compression, item.uncompressed_length)
-                else:
-                    final[item.key] = None
-            elif item.torn and item.end < end:
-                raise CorruptPayloadError(data_path, "log ends early while rebuilding", offset=item.end)
+        final, result = fmt.replay(fd, fmt.DATA_HEADER_SIZE, end, data_path, progress)
+        if result.torn and result.end < end:
+            raise CorruptPayloadError(data_path, "log ends early while rebuilding", offset=result.end)
         live = {k: v for k, v in final.items() if v is not None}
         index = DiskHashIndex(index_path, capacity=max(len(live), 1), timeout=0.0)
         try:
@@ -1254,13 +1235,15 @@ def _key_list(edge_ids: Any) -> list[int]:
     return [_key_int(k) for k in edge_ids]
 
 
-def _apply(index: DiskHashIndex, final: "dict[int, PayloadMeta | None]") -> None:
-    """Make ``index`` hold ``final`` (None: absent), inserts in bulk where numpy allows."""
-    puts = {k: (m.offset, m.length, int(m.compression), m.uncompressed_length)
-            for k, m in final.items() if m is not None}
-    for k, m in final.items():
-        if m is None:
+def _apply(index: DiskHashIndex, final: "dict[int, tuple[int, int, int, int] | None]") -> None:
+    """Make ``index`` hold ``final``: key -> (offset, length, compression, ulen), or
+    None for absent; inserts in bulk where numpy allows."""
+    puts = {}
+    for k, v in final.items():
+        if v is None:
             index.delete(k)
+        else:
+            puts[k] = v
     _bulk_insert(index, puts)
 
 

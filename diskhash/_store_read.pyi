@@ -9,6 +9,7 @@ MISMATCH: int
 BAD_CHECKSUM: int
 
 def checksum(data: Any) -> int: ...
+def scan_into(data: Any, p: int, base: int, final: dict[int, tuple[int, int, int, int] | None]) -> int: ...
 @disjoint_base
 class MapReader:
     @property

@@ -55,6 +55,53 @@ def checksum(data):
         PyBuffer_Release(&view)
 
 
+def scan_into(data, Py_ssize_t p, long long base, dict final):
+    """Fold the valid frames of ``data[p:]`` (``data`` starts at file offset
+    ``base``) into ``final``: key -> (payload offset, stored length,
+    compression, uncompressed length) for a put, None for a tombstone.
+    Returns where the first frame that is not valid (or not whole) starts.
+    The checks are those of ``_payload_format._frame_at``.
+    """
+    cdef Py_buffer view
+    cdef frame_t f
+    cdef const uint8_t *b
+    cdef Py_ssize_t n, end
+    PyObject_GetBuffer(data, &view, PyBUF_SIMPLE)
+    try:
+        b = <const uint8_t *>view.buf
+        n = view.len
+        while p + FRAME_SIZE <= n:
+            memcpy(&f, b + p, FRAME_SIZE)
+            if f.mark != FRAME_MARK or f.compression > 2:
+                break
+            if f.kind == 1:
+                if ((f.compression == 0 and f.uncompressed_length != f.stored_length)
+                        or (f.compression != 0 and (f.stored_length == 0 or f.uncompressed_length == 0))):
+                    break
+            elif f.kind == 2:
+                if f.stored_length or f.uncompressed_length or f.compression:
+                    break
+            else:
+                break
+            end = p + FRAME_SIZE + <Py_ssize_t>f.stored_length
+            if end > n:
+                break
+            if (XXH3_64bits(b + p + 4, <size_t>(FRAME_SIZE - 4 + f.stored_length)) & 0xFFFFFFFF) != f.checksum:
+                break
+            if f.key_hi:
+                key = (<object>f.key_hi << 64) | <object>f.key_lo
+            else:
+                key = <object>f.key_lo
+            if f.kind == 1:
+                final[key] = (base + p + FRAME_SIZE, f.stored_length, f.compression, f.uncompressed_length)
+            else:
+                final[key] = None
+            p = end
+        return p
+    finally:
+        PyBuffer_Release(&view)
+
+
 cdef class MapReader:
     """A buffer of a map of the data file, for ``read``."""
 

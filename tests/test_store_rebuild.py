@@ -97,3 +97,21 @@ def test_readers_keep_answering_during_rebuild(tmp_path):
         for t in threads:
             t.join()
         assert not errors
+
+
+def test_compiled_and_python_replay_agree(tmp_path, monkeypatch):
+    from diskhash import _payload_format as fmt
+    with PayloadStore(tmp_path / "s") as s:
+        _populate(s)
+        s.put((1 << 127) + 5, b"a wide key")
+        s.put(1 << 64, b"hi only", compression=Compression.ZSTD)
+        s.delete(1 << 64)
+        fd, end, path = s._gen.fd, s._end, s.data_path
+        compiled = fmt.replay(fd, fmt.DATA_HEADER_SIZE, end, path)
+        monkeypatch.setattr(fmt, "_scan_into", None)
+        python = fmt.replay(fd, fmt.DATA_HEADER_SIZE, end, path)
+        assert compiled == python
+        final, result = compiled
+        assert result.end == end and not result.torn
+        assert final[1 << 64] is None and final[(1 << 127) + 5][1] == len(b"a wide key")
+        assert {k for k, v in final.items() if v is not None} == set(s)
