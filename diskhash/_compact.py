@@ -15,7 +15,8 @@ The layout is generations switched by an atomic rename of a small MANIFEST
 4. under the lock: fdatasync the new data file, save the new index, fsync
    the directory, write the new MANIFEST (fsync, rename, fsync directory),
    swap the store's generation, delete the old files.  Puts wait for step 4
-   and the last catch-up round only (``store.last_compaction`` records it).
+   and the last catch-up round only (``store.last_compaction`` records it);
+   the new files were fsynced once before, so step 4's fsyncs are short.
 
 A crash before the MANIFEST rename leaves the old generation, complete (the
 new files are leftovers the next writable open deletes); after it, the new
@@ -63,30 +64,7 @@ def compact(store: "PayloadStore") -> dict[str, Any]:
         try:
             # 2. the live records up to e0, verbatim
             live: dict[int, tuple[int, int, int, int]] = {}
-            pending: list[Any] = []
-            pending_bytes = 0
-            old_index = g.index
-            copied_bytes = 0
-            for item in fmt.scan(g.fd, fmt.DATA_HEADER_SIZE, e0, g.data_path, raw=True):
-                if not isinstance(item, fmt.Frame):
-                    continue
-                if item.kind != fmt.KIND_PUT:
-                    continue
-                m = old_index.get(item.key)
-                if m is None or m.offset != item.offset + fmt.FRAME_SIZE:
-                    continue
-                size = fmt.FRAME_SIZE + item.stored_length
-                live[item.key] = (new_end + pending_bytes + fmt.FRAME_SIZE, item.stored_length,
-                                  item.compression, item.uncompressed_length)
-                pending.append(bytes(item.raw))     # type: ignore[arg-type]
-                pending_bytes += size
-                if pending_bytes >= WRITE_BATCH:
-                    new_end = _write(fd, pending, new_end)
-                    copied_bytes += pending_bytes
-                    pending, pending_bytes = [], 0
-            if pending:
-                new_end = _write(fd, pending, new_end)
-                copied_bytes += pending_bytes
+            copied_bytes, new_end = _copy_live(g, fd, e0, live)
             index = DiskHashIndex(index_path, capacity=max(len(live), 1), timeout=0.0)
             _bulk_insert(index, live)
             del live
@@ -99,6 +77,11 @@ def compact(store: "PayloadStore") -> dict[str, Any]:
                     break
                 new_end = _catch_up(g, fd, index, done, target, new_end)
                 done = target
+            if store._sync != "never":
+                # The bulk of the new files reaches the disk before writers are
+                # stopped: under the lock only the last catch-up is left to sync.
+                _fsync_data(fd)
+                index.save()
             wait_start = time.perf_counter()
             with store._write_lock:
                 if store._gen is not g:
@@ -136,6 +119,48 @@ def compact(store: "PayloadStore") -> dict[str, Any]:
     }
     store.last_compaction = report
     return report
+
+
+def _copy_live(g: Any, fd: int, e0: int, live: dict[int, tuple[int, int, int, int]]) -> tuple[int, int]:
+    """Copy every put frame of the old log before ``e0`` that the old index still
+    points at into the new data file ``fd``; fills ``live``; (bytes copied, new end)."""
+    get = g.index.get
+    state = {"new_end": fmt.DATA_HEADER_SIZE, "written": fmt.DATA_HEADER_SIZE, "copied": 0}
+    pending: list[bytes] = []
+
+    if _copy_live_c is not None:
+        def parse(buf: bytes, p: int, base: int) -> int:
+            stop, state["new_end"] = _copy_live_c(buf, p, base, get, pending, live, state["new_end"])
+            return int(stop)
+    else:  # pragma: no cover - a build without the compiled module
+        def parse(buf: bytes, p: int, base: int) -> int:
+            avail = len(buf)
+            while True:
+                got = fmt._frame_at(buf, p, avail)
+                if got is None:
+                    return p
+                kind, comp, slen, ulen, key, end = got
+                m = get(key) if kind == fmt.KIND_PUT else None
+                if m is not None and m.offset == base + p + fmt.FRAME_SIZE:
+                    pending.append(bytes(buf[p:end]))
+                    live[key] = (state["new_end"] + fmt.FRAME_SIZE, slen, comp, ulen)
+                    state["new_end"] += end - p
+                p = end
+
+    for item in fmt._walk(g.fd, fmt.DATA_HEADER_SIZE, e0, g.data_path, parse):
+        if item is None and state["new_end"] - state["written"] >= WRITE_BATCH:
+            state["written"] = _write(fd, pending, state["written"])
+            pending.clear()
+    if pending:
+        state["written"] = _write(fd, pending, state["written"])
+    assert state["written"] == state["new_end"]
+    return state["new_end"] - fmt.DATA_HEADER_SIZE, state["new_end"]
+
+
+try:
+    from diskhash._store_read import copy_live as _copy_live_c
+except ImportError:  # pragma: no cover
+    _copy_live_c = None
 
 
 def _write(fd: int, pending: list[Any], offset: int) -> int:

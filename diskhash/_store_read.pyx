@@ -102,6 +102,54 @@ def scan_into(data, Py_ssize_t p, long long base, dict final):
         PyBuffer_Release(&view)
 
 
+def copy_live(data, Py_ssize_t p, long long base, get, list out, dict live, long long new_base):
+    """Compaction's copy step over ``data[p:]`` (at file offset ``base``): each
+    valid put frame that ``get(key)`` (the index) still points at is appended,
+    as bytes, to ``out`` and recorded in ``live`` at its new place (``new_base``
+    onwards).  Returns ``(stop, new_base)``; frame checks as in ``scan_into``.
+    """
+    cdef Py_buffer view
+    cdef frame_t f
+    cdef const uint8_t *b
+    cdef Py_ssize_t n, end
+    PyObject_GetBuffer(data, &view, PyBUF_SIMPLE)
+    try:
+        b = <const uint8_t *>view.buf
+        n = view.len
+        while p + FRAME_SIZE <= n:
+            memcpy(&f, b + p, FRAME_SIZE)
+            if f.mark != FRAME_MARK or f.compression > 2:
+                break
+            if f.kind == 1:
+                if ((f.compression == 0 and f.uncompressed_length != f.stored_length)
+                        or (f.compression != 0 and (f.stored_length == 0 or f.uncompressed_length == 0))):
+                    break
+            elif f.kind == 2:
+                if f.stored_length or f.uncompressed_length or f.compression:
+                    break
+            else:
+                break
+            end = p + FRAME_SIZE + <Py_ssize_t>f.stored_length
+            if end > n:
+                break
+            if (XXH3_64bits(b + p + 4, <size_t>(FRAME_SIZE - 4 + f.stored_length)) & 0xFFFFFFFF) != f.checksum:
+                break
+            if f.kind == 1:
+                if f.key_hi:
+                    key = (<object>f.key_hi << 64) | <object>f.key_lo
+                else:
+                    key = <object>f.key_lo
+                m = get(key)
+                if m is not None and <long long>(<object>PyTuple_GET_ITEM(m, 1)) == base + p + FRAME_SIZE:
+                    out.append(PyBytes_FromStringAndSize(<const char *>(b + p), end - p))
+                    live[key] = (new_base + FRAME_SIZE, f.stored_length, f.compression, f.uncompressed_length)
+                    new_base += end - p
+            p = end
+        return p, new_base
+    finally:
+        PyBuffer_Release(&view)
+
+
 cdef class MapReader:
     """A buffer of a map of the data file, for ``read``."""
 

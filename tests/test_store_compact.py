@@ -100,3 +100,17 @@ def test_compact_under_concurrent_readers_and_writer(tmp_path):
         for k in range(keys):
             want = versions[k]
             assert s2.get(k) == (None if want is None else make(k, want))
+
+
+def test_compact_without_the_compiled_copy(tmp_path, monkeypatch):
+    from diskhash import _compact
+    monkeypatch.setattr(_compact, "_copy_live_c", None)
+    with PayloadStore(tmp_path / "s", compression=Compression.LZ4) as s:
+        for v in range(3):
+            s.put_many(range(300), [make(k, v) for k in range(300)])
+        s.put((1 << 100) + 1, b"wide")
+        s.delete(7)
+        s.compact()
+        assert s.stats().garbage_ratio == 0.0 and len(s) == 300
+        assert s.get(8) == make(8, 2) and s.get((1 << 100) + 1) == b"wide" and 7 not in s
+        s.verify()
