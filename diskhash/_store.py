@@ -842,14 +842,17 @@ class PayloadStore:
         return (xxh3_64_intdigest(rest) & 0xFFFFFFFF).to_bytes(4, "little"), rest, used, slen, n
 
     def _append(self, g: _Generation, buffers: Sequence[Any], size: int) -> int:
-        """Append ``buffers`` (``size`` bytes) at the end of the log; returns where
-        they start.
+        """Append one frame, given as (its 4 checksum bytes, the rest), at the end
+        of the log; returns where it starts.
 
         The bytes are copied into the writer's shared map of the file (no
         system call), into blocks ``_allocate`` reserved beforehand: a full
         disk fails there, before anything is written, never as a SIGBUS.
         They reach the page cache at once (a killed process loses nothing)
-        and the disk at ``save()``.
+        and the disk at ``save()``.  The rest of the frame is copied first and
+        its checksum last, each frame after the one before: ``memcpy`` may
+        store the end of a buffer before its start, so one copy of many frames
+        killed midway could leave a hole with whole frames after it.
         """
         start = self._end
         end = start + size
@@ -858,11 +861,22 @@ class PayloadStore:
         view = g.view
         if view is None or end > len(view):
             view = g.remap()
-        pos = start
-        for b in buffers:
-            n = len(b)
-            view[pos:pos + n] = b
-            pos += n
+        ck, rest = buffers
+        view[start + 4:end] = rest
+        view[start:start + 4] = ck
+        self._end = end
+        self._unsaved = True
+        return start
+
+    def _append_frames(self, g: _Generation, blob: bytes) -> int:
+        """Append many whole frames with one ``pwrite``: the kernel copies in
+        file order and stops between pages on SIGKILL, so a crash leaves a prefix
+        of the frames (the last one possibly torn), never a hole."""
+        start = self._end
+        end = start + len(blob)
+        if end > g.alloc:
+            self._allocate(g, end)
+        _write_all(g.fd, (blob,), start)
         self._end = end
         self._unsaved = True
         return start
@@ -884,9 +898,10 @@ class PayloadStore:
 
     def _undo_append(self, g: _Generation, start: int, end: int) -> None:
         """Forget an append whose indexing failed: zero it, so no open replays it."""
-        view = g.view
-        if view is not None and end <= len(view):
-            view[start:end] = bytes(end - start)
+        try:
+            _write_all(g.fd, (bytes(end - start),), start)
+        except OSError:  # pragma: no cover - a dead disk; the frames stay unindexed
+            pass
         self._end = start
 
     def put(self, edge_id: Any, payload: Any, *, compression: Any = None) -> PayloadMeta:
@@ -979,7 +994,7 @@ class PayloadStore:
             del parts
             with self._write_lock:
                 g = self._writable()
-                start = self._append(g, (blob,), size)
+                start = self._append_frames(g, blob)
                 try:
                     _insert_rows(g.index, rows, start)
                 except BaseException:
@@ -989,7 +1004,8 @@ class PayloadStore:
     def _delete_locked(self, g: _Generation, key: int) -> bool:
         if key not in g.index:
             return False
-        start = self._append(g, (fmt.tombstone(key),), fmt.FRAME_SIZE)
+        frame = fmt.tombstone(key)
+        start = self._append(g, (frame[:4], frame[4:]), fmt.FRAME_SIZE)
         try:
             g.index.delete(key)
         except BaseException:

@@ -176,3 +176,37 @@ def test_readonly_after_a_killed_writer(tmp_path):
     with PayloadStore(d) as s:
         s.verify()
     assert data.stat().st_size < size
+
+
+def test_failed_indexing_leaves_nothing_to_replay(tmp_path, monkeypatch):
+    """A put/put_many whose index step fails is zeroed in the log: no later open
+    replays it, and the next append reuses the space."""
+    from diskhash import DiskHashIndex
+    d = tmp_path / "s"
+    s = PayloadStore(d)
+    s.put(1, b"kept")
+    s.save()
+    idx = s.index
+
+    class Boom(Exception):
+        pass
+
+    def fail(*args, **kwargs):
+        raise Boom
+
+    monkeypatch.setattr(s._gen, "index", type("Failing", (), {
+        "insert": staticmethod(fail), "insert_many": staticmethod(fail),
+        "__getattr__": lambda self, name: getattr(idx, name)})())
+    end = s._end
+    with pytest.raises(Boom):
+        s.put(2, b"lost" * 100)
+    with pytest.raises(Boom):
+        s.put_many(range(10, 200), [b"many %d" % i for i in range(10, 200)])
+    assert s._end == end
+    monkeypatch.undo()
+    assert isinstance(s.index, DiskHashIndex)
+    s.put(3, b"after")
+    _crash(s)
+    with PayloadStore(d) as s2:
+        assert sorted(s2) == [1, 3] and s2.get(3) == b"after"
+        s2.verify()
