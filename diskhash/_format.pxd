@@ -30,6 +30,9 @@ cdef extern from *:
     } dh_undo;
     typedef char dh_undo_fits[(sizeof(dh_undo) <= 64) ? 1 : -1];
     #define DH_UNDO_ARMED 0x444e55484b534944ULL   /* "DISKHUND" */
+    /* The largest table: 2**56 slots (a 2.9 EB file), so that slot counts,
+       byte sizes and a grow's doubling stay far from overflowing 64 bits. */
+    #define DH_MAX_SLOTS (1ULL << 56)
     #define DH_COMPILER_BARRIER() __atomic_signal_fence(__ATOMIC_SEQ_CST)
     #if defined(__GNUC__)
     #define DH_PREFETCH(p) __builtin_prefetch((p), 0, 1)
@@ -53,6 +56,7 @@ cdef extern from *:
         uint64_t num_slots
         dh_slot old
     uint64_t DH_UNDO_ARMED
+    uint64_t DH_MAX_SLOTS
     void DH_COMPILER_BARRIER() nogil
     void DH_PREFETCH(const void *p) nogil
 

@@ -9,6 +9,7 @@ from diskhash._locks cimport pthread_mutex_t, pthread_rwlock_t
 
 cdef class DiskHashIndex:
     cdef readonly str path
+    cdef str _file              # path resolved (symlinks followed): where the I/O goes
     cdef readonly bint readonly
     cdef readonly object recovery
     cdef object _mmap

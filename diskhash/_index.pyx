@@ -17,6 +17,9 @@ the next writable open detects (the sidecar marker says the last writer did
 not close cleanly) and heals.  A grow writes a new file beside the old one and
 publishes it by fsync + rename + directory fsync.
 """
+import math
+import numbers
+import operator
 import os
 import warnings
 import weakref
@@ -24,9 +27,10 @@ import weakref
 cimport cython
 from libc.stdint cimport int64_t, uint8_t, uint32_t, uint64_t
 from libc.errno cimport errno
-from libc.stdlib cimport free, malloc
+from libc.stdlib cimport calloc, free, malloc
 from libc.string cimport memcpy, memset
 from posix.mman cimport MS_SYNC, msync
+from cpython.exc cimport PyErr_CheckSignals
 
 from diskhash._convert cimport (
     key_to_u128,
@@ -37,6 +41,7 @@ from diskhash._convert cimport (
 )
 from diskhash._format cimport (
     DH_COMPILER_BARRIER,
+    DH_MAX_SLOTS,
     DH_UNDO_ARMED,
     HEADER_SIZE,
     MAX_COMPRESSION,
@@ -51,6 +56,7 @@ from diskhash._format cimport (
     dh_slot,
     dh_undo,
     hash_u128,
+    mix,
     needs_grow,
     probe,
     slot_at,
@@ -101,8 +107,11 @@ os.register_at_fork(after_in_child=_disable_inherited_indexes)
 
 # ---------------------------------------------------------------------------
 # Whole-table scan: shared by verify, stats, the recount after an unclean
-# close and repair's report.  nogil, bounded by num_slots, no allocation
-# beyond the caller's defect buffer.
+# close and repair's report.  Linear in the slots: each run (the occupied
+# slots between two empty ones) is checked in one pass, its keys kept in a
+# small scratch set to find duplicates.  It runs in steps of SCAN_STEP slots
+# with the GIL released, checking for signals between steps, so Ctrl-C
+# interrupts a scan of any size.
 
 cdef enum:
     D_BAD_TAG = 0
@@ -112,9 +121,25 @@ cdef enum:
     D_DUPLICATE = 4
     D_KINDS = 5
 
+cdef enum:
+    SCAN_FIND_EMPTY = 0     # walking back from the end to the last empty slot
+    SCAN_SEED_RUN = 1       # the run that wraps past the end into slot 0: its tail
+    SCAN_MAIN = 2           # slot order, 0 .. num_slots-1
+    SCAN_DONE = 3
+    SCAN_STEP = 16384       # slots between two checks for signals
+    SEEN_MIN = 1024         # first size of the duplicate-finding set
+
 ctypedef struct defect_t:
     uint64_t slot
     int kind
+
+# One entry of the current run's key set: the slot holding the key, its
+# hash, and which run it belongs to (entries of older runs count as empty,
+# so moving to the next run costs nothing).
+ctypedef struct seen_t:
+    uint64_t run
+    uint64_t slot
+    uint64_t hash
 
 ctypedef struct scan_t:
     uint64_t occupied
@@ -125,60 +150,168 @@ ctypedef struct scan_t:
     defect_t *defects       # first `cap` defects, in slot order
     size_t cap
     size_t ndefects
+    # progress, so the scan can stop for signals and resume
+    int phase
+    uint64_t pos
+    uint64_t last_empty
+    bint have_empty
+    # the keys of the current run (duplicate detection)
+    seen_t *seen
+    uint64_t seen_mask
+    uint64_t seen_count
+    uint64_t run
+    bint out_of_memory
 
 
-cdef void scan_table(const unsigned char *base, uint64_t nslots, uint64_t seed,
-                     scan_t *out) noexcept nogil:
-    cdef uint64_t mask = nslots - 1
-    cdef uint64_t i, j, h, dist, k, last_empty = 0
-    cdef bint have_empty = False
-    cdef const dh_slot *s
+cdef bint seen_resize(scan_t *sc, uint64_t size) noexcept nogil:
+    """Make room for a longer run: a table of `size` entries holding the
+    current run's entries.  False if out of memory."""
+    cdef seen_t *new = <seen_t *>calloc(size, sizeof(seen_t))
+    cdef uint64_t k, j, mask = size - 1
+    if new == NULL:
+        return False
+    if sc.seen != NULL:
+        for k in range(sc.seen_mask + 1):
+            if sc.seen[k].run == sc.run:
+                j = mix(sc.seen[k].hash) & mask
+                while new[j].run == sc.run:
+                    j = (j + 1) & mask
+                new[j] = sc.seen[k]
+        free(sc.seen)
+    sc.seen = new
+    sc.seen_mask = mask
+    return True
+
+
+cdef bint seen_add(scan_t *sc, const unsigned char *base, uint64_t slot,
+                   uint64_t h) noexcept nogil:
+    """Add `slot`'s key to the current run's set; True if an earlier slot of
+    the run already holds that key (then nothing is added)."""
+    cdef const dh_slot *s = slot_at(base, slot)
     cdef const dh_slot *t
+    cdef uint64_t j
+    if (sc.seen_count + 1) * 2 > sc.seen_mask + 1:
+        if not seen_resize(sc, (sc.seen_mask + 1) * 2 if sc.seen != NULL else SEEN_MIN):
+            sc.out_of_memory = True
+            return False
+    j = mix(h) & sc.seen_mask
+    while sc.seen[j].run == sc.run:
+        if sc.seen[j].hash == h:
+            t = slot_at(base, sc.seen[j].slot)
+            if t.key_lo == s.key_lo and t.key_hi == s.key_hi:
+                return True
+        j = (j + 1) & sc.seen_mask
+    sc.seen[j].run = sc.run
+    sc.seen[j].slot = slot
+    sc.seen[j].hash = h
+    sc.seen_count += 1
+    return False
+
+
+cdef inline void new_run(scan_t *sc) noexcept nogil:
+    sc.run += 1
+    sc.seen_count = 0
+
+
+cdef void scan_step(const unsigned char *base, uint64_t nslots, uint64_t seed,
+                    scan_t *out) noexcept nogil:
+    """Advance the scan by up to SCAN_STEP slots (see scan_table)."""
+    cdef uint64_t mask = nslots - 1
+    cdef uint64_t i, h, dist, budget = SCAN_STEP
+    cdef bint reachable
+    cdef const dh_slot *s
     cdef int kind
-    # The last empty slot before slot 0, cyclically, seeds the run tracking.
-    i = nslots
-    while i > 0:
-        i -= 1
-        if slot_at(base, i).tag == TAG_EMPTY:
-            last_empty = i
-            have_empty = True
-            break
-    for i in range(nslots):
+    if out.phase == SCAN_FIND_EMPTY:
+        # The last empty slot before slot 0, cyclically, seeds the run tracking.
+        while out.pos > 0 and budget > 0:
+            out.pos -= 1
+            budget -= 1
+            if slot_at(base, out.pos).tag == TAG_EMPTY:
+                out.last_empty = out.pos
+                out.have_empty = True
+                break
+        if out.have_empty or out.pos == 0:
+            out.phase = SCAN_SEED_RUN
+            out.run = 1
+            out.pos = out.last_empty + 1 if out.have_empty else nslots
+        return
+    if out.phase == SCAN_SEED_RUN:
+        # Slot 0 continues the run that ends the table: put that run's keys in
+        # the set first, so a copy in slot 0.. finds one before the wrap.
+        while out.pos < nslots and budget > 0:
+            s = slot_at(base, out.pos)
+            if s.tag == TAG_OCCUPIED:
+                h = hash_u128(s.key_lo, s.key_hi, seed)
+                if ((out.pos - h) & mask) < ((out.pos - out.last_empty) & mask):
+                    seen_add(out, base, out.pos, h)
+            out.pos += 1
+            budget -= 1
+        if out.pos >= nslots:
+            out.phase = SCAN_MAIN
+            out.pos = 0
+        return
+    while out.pos < nslots and budget > 0 and not out.out_of_memory:
+        i = out.pos
+        out.pos += 1
+        budget -= 1
         s = slot_at(base, i)
         if s.tag == TAG_EMPTY:
             out.empties += 1
-            last_empty = i
+            out.last_empty = i
+            new_run(out)
             continue
         kind = -1
         if s.tag != TAG_OCCUPIED:
             kind = D_BAD_TAG
         else:
             out.occupied += 1
-            h = hash_u128(s.key_lo, s.key_hi, seed) & mask
+            h = hash_u128(s.key_lo, s.key_hi, seed)
             dist = (i - h) & mask
             if dist + 1 > out.longest:
                 out.longest = dist + 1
             out.total_probe += dist + 1
+            # A lookup from the home slot reaches i only if no empty slot
+            # lies between them.  (With no empty slot at all, every slot is
+            # reached; which copy of a duplicate is named may then differ.)
+            reachable = not out.have_empty or dist < ((i - out.last_empty) & mask)
             if s.compression > MAX_COMPRESSION:
                 kind = D_BAD_COMPRESSION
             elif s.reserved0 != 0 or s.reserved1 != 0:
                 kind = D_RESERVED
-            elif have_empty and dist >= ((i - last_empty) & mask):
+            elif not reachable:
                 kind = D_UNREACHABLE
-            else:
-                j = h
-                for k in range(dist):
-                    t = slot_at(base, j)
-                    if t.tag == TAG_OCCUPIED and t.key_lo == s.key_lo and t.key_hi == s.key_hi:
-                        kind = D_DUPLICATE
-                        break
-                    j = (j + 1) & mask
+            if reachable and seen_add(out, base, i, h) and kind < 0:
+                kind = D_DUPLICATE
         if kind >= 0:
             out.counts[kind] += 1
             if out.ndefects < out.cap:
                 out.defects[out.ndefects].slot = i
                 out.defects[out.ndefects].kind = kind
                 out.ndefects += 1
+    if out.pos >= nslots:
+        out.phase = SCAN_DONE
+
+
+cdef int scan_table(const unsigned char *base, uint64_t nslots, uint64_t seed,
+                    scan_t *out) except -1:
+    """Scan the whole table into `out` (zeroed by the caller but for the
+    defect buffer).  Called with the GIL; releases it for each step and
+    raises ``KeyboardInterrupt`` (or what a signal handler raises) between
+    steps.  The caller keeps the map alive (read lock, or the only user)."""
+    out.phase = SCAN_FIND_EMPTY
+    out.pos = nslots
+    try:
+        while out.phase != SCAN_DONE:
+            with nogil:
+                scan_step(base, nslots, seed, out)
+            if out.out_of_memory:
+                raise MemoryError("no memory for the duplicate check of a table scan")
+            if PyErr_CheckSignals() < 0:
+                return -1
+    finally:
+        free(out.seen)
+        out.seen = NULL
+    return 0
 
 
 cdef str _defect_text(int kind, uint64_t slot, const unsigned char *base):
@@ -227,12 +360,46 @@ cdef int64_t rehash(const unsigned char *old, uint64_t old_slots,
     return <int64_t>placed
 
 
+# The most entries a table may be asked to hold (capacity=, reserve()): those
+# of the largest table, DH_MAX_SLOTS slots (its file would be 2.9 EB).
+MAX_SLOTS = DH_MAX_SLOTS
+MAX_CAPACITY = MAX_SLOTS // 4 * 3
+
+
 cdef uint64_t slots_for(uint64_t entries):
-    """Smallest power-of-two slot count (>= 4096) holding `entries` without a grow."""
+    """Smallest power-of-two slot count (>= 4096) holding `entries` without a
+    grow.  `entries` <= MAX_CAPACITY (checked by the callers), so the doubling
+    stops at DH_MAX_SLOTS and nothing overflows."""
     cdef uint64_t slots = MIN_SLOTS
-    while needs_grow(entries - 1 if entries else 0, slots) and entries:
+    while entries and needs_grow(entries - 1, slots) and slots < DH_MAX_SLOTS:
         slots *= 2
     return slots
+
+
+def _entry_count(value, str name):
+    """``capacity=``/``reserve()`` argument: an int in [0, MAX_CAPACITY]."""
+    if isinstance(value, bool) or not hasattr(type(value), "__index__"):
+        raise TypeError(f"{name} must be an int, not {type(value).__name__}")
+    value = operator.index(value)
+    if value < 0:
+        raise ValueError(f"{name} must be >= 0, got {value}")
+    if value > MAX_CAPACITY:
+        raise ValueError(
+            f"{name} {value} is more than the largest table holds "
+            f"({MAX_CAPACITY} entries in 2**{MAX_SLOTS.bit_length() - 1} slots)")
+    return value
+
+
+def _lock_timeout(value):
+    """``timeout=``: seconds >= 0 (inf: wait forever, as None does)."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"timeout must be a number of seconds or None, not {type(value).__name__}")
+    seconds = float(value)
+    if math.isnan(seconds) or seconds < 0:
+        raise ValueError(f"timeout must be >= 0 seconds or None, got {value!r}")
+    return seconds
 
 
 @cython.final
@@ -276,22 +443,28 @@ cdef class DiskHashIndex:
     def __init__(self, path, *, bint readonly=False, capacity=None, timeout=0.0):
         if self._state != STATE_CLOSED or self._lock is not None:
             raise DiskHashError("DiskHashIndex.__init__ called twice")
-        self.path = os.path.abspath(os.fsdecode(path))
-        self.readonly = readonly
+        name = os.fsdecode(path)
+        if not name:
+            raise ValueError("path is empty: name the index file")
         if capacity is not None:
-            capacity = int(capacity)
-            if capacity < 0:
-                raise ValueError(f"capacity must be >= 0, got {capacity}")
+            capacity = _entry_count(capacity, "capacity")
             if readonly:
                 raise ValueError("capacity= needs a writable index (readonly=True given)")
-        if timeout is not None and timeout < 0:
-            raise ValueError(f"timeout must be >= 0 or None, got {timeout}")
-        if not readonly:
-            parent = os.path.dirname(self.path)
-            os.makedirs(parent, exist_ok=True)
-        elif not os.path.exists(self.path):
-            raise FileNotFoundError(2, "no index file to open read-only", self.path)
-        self._lock = _files.IndexLock(self.path, exclusive=not readonly, timeout=timeout)
+        timeout = _lock_timeout(timeout)
+        self.path = os.path.abspath(name)
+        # Every file operation goes to the resolved path, so that a symlink
+        # and its target share one lock file, and a grow replaces the target,
+        # never the link (docs/files-and-locks.md).
+        self._file = os.path.realpath(self.path)
+        self.readonly = readonly
+        # Nothing is created (no lock file, no directory) until we know the
+        # path is free or holds an index.
+        if not _files.check_existing(self._file, self.path):
+            if readonly:
+                raise FileNotFoundError(2, "no index file to open read-only", self.path)
+            os.makedirs(os.path.dirname(self._file), exist_ok=True)
+        self._lock = _files.IndexLock(self._file, exclusive=not readonly, timeout=timeout,
+                                      name=self.path)
         try:
             self._open_file(capacity)
         except BaseException:
@@ -302,27 +475,19 @@ cdef class DiskHashIndex:
     # -- opening -------------------------------------------------------------
 
     cdef _open_file_impl(self):
-        """Open, validate the header in O(1), and map the table."""
-        flags = (os.O_RDONLY if self.readonly else os.O_RDWR) | os.O_CLOEXEC
-        self._fd = os.open(self.path, flags)
-        st = os.fstat(self._fd)
-        if st.st_size < HEADER_SIZE:
-            raise CorruptIndexError(self.path, f"file is {st.st_size} bytes, shorter than the 64-byte header")
-        header = os.pread(self._fd, HEADER_SIZE, 0)
-        magic, version, num_slots, num_entries, seed = _files.HEADER.unpack(header)
-        defects = []
-        if magic != _files.MAGIC:
-            defects.append(f"bad magic {magic!r} (expected b'SOCHIDX2')")
-        elif version != _files.VERSION:
-            defects.append(f"unknown format version {version} (this diskhash reads version 1)")
-        elif num_slots == 0 or num_slots & (num_slots - 1):
-            defects.append(f"slot count {num_slots} is not a power of two")
-        elif st.st_size < _files.table_bytes(num_slots):
-            defects.append(
-                f"file is {st.st_size} bytes but the header's {num_slots} slots need "
-                f"{_files.table_bytes(num_slots)} (truncated)")
-        if defects:
-            raise CorruptIndexError(self.path, defects)
+        """Open, lock the file's inode, validate the header in O(1), make
+        sure a writable table's blocks exist, and map the table."""
+        self._fd, st = _files.open_table(self._file, self.path, writable=not self.readonly)
+        self._lock.lock_table(self._fd)
+        num_slots, num_entries, seed = _files.read_header(self._fd, st, self.path)
+        if num_slots > DH_MAX_SLOTS:
+            raise CorruptIndexError(self.path, f"slot count {num_slots} is more than 2**56")
+        if not self.readonly:
+            try:
+                _files.ensure_allocated(self._fd, _files.table_bytes(num_slots))
+            except OSError as exc:
+                raise _files.table_error(
+                    exc, "allocating the blocks of the table", self.path, num_slots) from exc
         mm = _files.map_table(self._fd, num_slots, writable=not self.readonly)
         self._mmap = mm
         self._view = mm
@@ -337,8 +502,8 @@ cdef class DiskHashIndex:
     def _open_file(self, capacity):
         created = False
         if not self.readonly:
-            _files.remove_leftovers(self.path)
-            if not os.path.exists(self.path):
+            _files.remove_leftovers(self._file)
+            if not os.path.exists(self._file):
                 self._create(slots_for(capacity or 0))
                 created = True
         st = self._open_file_impl()
@@ -358,13 +523,13 @@ cdef class DiskHashIndex:
                 self.reserve(capacity)
 
     def _create(self, uint64_t num_slots):
-        tmp = _files.temp_path(self.path, "create")
+        tmp = _files.temp_path(self._file, "create")
         try:
             fd = _files.create_table_file(tmp, num_slots, _files.new_seed())
         except OSError as exc:
             raise _files.table_error(exc, "creating the index file", self.path, num_slots) from exc
         try:
-            _files.publish(fd, tmp, self.path)
+            _files.publish(fd, tmp, self._file)
         except BaseException:
             _files.discard_temp(tmp)
             raise
@@ -398,8 +563,7 @@ cdef class DiskHashIndex:
         """
         cdef scan_t sc
         memset(&sc, 0, sizeof(sc))
-        with nogil:
-            scan_table(self._base, self._num_slots, self._seed, &sc)
+        scan_table(self._base, self._num_slots, self._seed, &sc)
         healable = sc.counts[D_UNREACHABLE] + sc.counts[D_DUPLICATE]
         damage = sc.counts[D_BAD_TAG] + sc.counts[D_BAD_COMPRESSION]
         if healable and not damage:
@@ -545,8 +709,9 @@ cdef class DiskHashIndex:
             # cleanly: the header count may be stale, so count once.
             memset(&sc, 0, sizeof(sc))
             self._read_acquire()
-            with nogil:
+            try:
                 scan_table(self._base, self._num_slots, self._seed, &sc)
+            finally:
                 self._read_release()
             self._num_entries = sc.occupied
             self._count_ok = True
@@ -773,9 +938,7 @@ cdef class DiskHashIndex:
 
     def reserve(self, capacity):
         """Grow now, if needed, so ``capacity`` entries fit without another grow."""
-        capacity = int(capacity)
-        if capacity < 0:
-            raise ValueError(f"capacity must be >= 0, got {capacity}")
+        capacity = _entry_count(capacity, "capacity")
         self._write_acquire(True)
         try:
             if capacity > self._num_entries:
@@ -806,7 +969,9 @@ cdef class DiskHashIndex:
         cdef const unsigned char *obase = self._base
         cdef bint dense
         action = "rebuilding the table" if salvage else "growing the table"
-        tmp = _files.temp_path(self.path, "repair" if salvage else "grow")
+        if new_slots > DH_MAX_SLOTS:
+            raise OverflowError(f"{self.path}: a table of {new_slots} slots is more than 2**56")
+        tmp = _files.temp_path(self._file, "repair" if salvage else "grow")
         mode = os.fstat(self._fd).st_mode & 0o7777
         try:
             fd = _files.create_table_file(tmp, new_slots, seed, mode)
@@ -831,7 +996,7 @@ cdef class DiskHashIndex:
             with nogil:
                 msync(nbase, HEADER_SIZE + new_slots * SLOT_SIZE, MS_SYNC)
             os.fsync(fd)
-            os.replace(tmp, self.path)
+            os.replace(tmp, self._file)
         except BaseException as exc:
             new_view = None
             if mm is not None:
@@ -857,7 +1022,7 @@ cdef class DiskHashIndex:
         new_view = None
         old_mm.close()
         os.close(old_fd)
-        _files.fsync_dir(os.path.dirname(self.path))
+        _files.fsync_dir(os.path.dirname(self._file))
         return 0
 
     def save(self):
@@ -912,21 +1077,24 @@ cdef class DiskHashIndex:
         try:
             self._read_acquire()
             try:
-                with nogil:
-                    scan_table(self._base, self._num_slots, self._seed, &sc)
+                scan_table(self._base, self._num_slots, self._seed, &sc)
                 texts = [_defect_text(sc.defects[k].kind, sc.defects[k].slot, self._base)
                          for k in range(sc.ndefects)]
                 dropped = [(sc.defects[k].slot, texts[k]) for k in range(sc.ndefects)
                            if sc.defects[k].kind in (D_BAD_TAG, D_BAD_COMPRESSION)]
                 header = (<char *>self._base)[:HEADER_SIZE]
                 num_entries = self._num_entries
+                # Under the read lock: close() and a grow's swap wait for it,
+                # so the descriptor cannot be closed (or reused) meanwhile.
+                file_bytes = os.fstat(self._fd).st_size
             finally:
                 self._read_release()
         finally:
             free(sc.defects)
         info = dict(occupied=sc.occupied, empties=sc.empties, longest=sc.longest,
-                    total_probe=sc.total_probe, counts=[sc.counts[k] for k in range(D_KINDS)],
-                    header=header, num_entries=num_entries, dropped=dropped)
+                    total_probe=sc.total_probe, counts=[sc.counts[k] for k in range(<size_t>D_KINDS)],
+                    header=header, num_entries=num_entries, dropped=dropped,
+                    file_bytes=file_bytes)
         return info, texts
 
     def verify(self):
@@ -965,7 +1133,7 @@ cdef class DiskHashIndex:
             entries=occupied,
             slots=self._num_slots,
             load_factor=occupied / self._num_slots,
-            file_bytes=os.fstat(self._fd).st_size,
+            file_bytes=info["file_bytes"],
             longest_probe=info["longest"],
             mean_probe=(info["total_probe"] / occupied) if occupied else 0.0,
         )
