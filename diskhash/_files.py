@@ -82,7 +82,7 @@ _KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSO
           (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
 
 
-def open_table(path: str, name: str, writable: bool) -> "tuple[int, os.stat_result]":
+def open_table(path: str, name: str, writable: bool) -> tuple[int, os.stat_result]:
     """Open the existing table file at ``path`` (resolved); returns (fd, stat).
 
     ``O_NONBLOCK`` so that a FIFO cannot block the open; anything but a
@@ -106,7 +106,7 @@ def open_table(path: str, name: str, writable: bool) -> "tuple[int, os.stat_resu
     return fd, st
 
 
-def read_header(fd: int, st: os.stat_result, name: str) -> "tuple[int, int, int]":
+def read_header(fd: int, st: os.stat_result, name: str) -> tuple[int, int, int]:
     """Validate the header in O(1); returns (num_slots, num_entries, seed).
 
     Raises ``CorruptIndexError`` naming ``name`` for a file that is not a
@@ -320,13 +320,13 @@ class IndexLock:
     shares (and must not release) its parent's lock.
     """
 
-    def __init__(self, index_path: str, exclusive: bool, timeout: "float | None",
-                 name: "str | None" = None) -> None:
+    def __init__(self, index_path: str, exclusive: bool, timeout: float | None,
+                 name: str | None = None) -> None:
         self.path = index_path + ".lock"
         self.name = index_path if name is None else name
         self.exclusive = exclusive
         self.fd = -1
-        self.undo_map: "mmap.mmap | None" = None
+        self.undo_map: mmap.mmap | None = None
         self.deadline = None if timeout is None else time.monotonic() + max(timeout, 0.0)
         self.timeout = timeout
         self.fd = self._open()
@@ -384,7 +384,7 @@ class IndexLock:
         self.undo_map = mmap.mmap(self.fd, UNDO_SIZE, offset=UNDO_OFFSET)
         return self.undo_map
 
-    def read_marker(self) -> "CleanMarker | None":
+    def read_marker(self) -> CleanMarker | None:
         if self.fd < 0:
             return None
         data = os.pread(self.fd, MARKER_SIZE, 0).decode("ascii", "replace").split()

@@ -415,9 +415,12 @@ cdef class DiskHashIndex:
 
     ``DiskHashIndex(path, readonly=False, capacity=None, timeout=0.0)`` opens
     the SOCHIDX2 file at ``path``, creating it (and its parent directories)
-    unless ``readonly``.  Writers hold an exclusive lock on ``path + ".lock"``
-    and readers a shared one: a conflicting open waits up to ``timeout``
-    seconds (``None``: forever) and then raises ``IndexLockedError``.
+    unless ``readonly``.  Writers hold an exclusive lock on ``<file>.lock``
+    beside the resolved file (symlinks followed) and readers a shared one: a
+    conflicting open waits up to ``timeout`` seconds (``None``: forever) and
+    then raises ``IndexLockedError``.  ``capacity`` (an int) sizes the table
+    for that many entries up front.  See docs/files-and-locks.md for
+    symlinks, hard links, odd files and full disks.
 
     Thread-safe: any number of threads may read while one writes.  Use it as a
     context manager, or call ``close()``: an index never closed warns with

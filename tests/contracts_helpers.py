@@ -3,7 +3,6 @@ subprocesses run (crash and hang checks run in a child with a timeout)."""
 
 from __future__ import annotations
 
-import os
 import struct
 import subprocess
 import sys
@@ -16,8 +15,8 @@ M64 = (1 << 64) - 1
 
 def run_child(script: str, *args: str, timeout: float = 120.0) -> subprocess.CompletedProcess:
     """Run ``script`` in a fresh interpreter importing the diskhash under test."""
-    return subprocess.run([sys.executable, "-c", script, *map(str, args)], capture_output=True,
-                          text=True, timeout=timeout, env=subprocess_env())
+    return subprocess.run([sys.executable, "-c", script, *map(str, args)], check=False,
+                          capture_output=True, text=True, timeout=timeout, env=subprocess_env())
 
 
 def _mix(np, x):

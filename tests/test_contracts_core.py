@@ -346,8 +346,7 @@ def test_duplicates_are_found_across_the_wrap(tmp_path):
 
     path = tmp_path / "wrap.idx"
     with DiskHashIndex(path) as idx:
-        seed = idx.seed
-        keys = [k for k in range(10**6) if home_slot(k, seed, 4096) == 4095][:3]
+        keys = [k for k in range(10**6) if home_slot(k, idx.seed, 4096) == 4095][:3]
         for k in keys:
             idx.insert(k, rec(k))
     data = bytearray(path.read_bytes())
@@ -357,9 +356,8 @@ def test_duplicates_are_found_across_the_wrap(tmp_path):
     data[24:32] = (3).to_bytes(8, "little")
     path.write_bytes(bytes(data))
     os.unlink(str(path) + ".lock")
-    with DiskHashIndex(path, readonly=True) as idx:
-        with pytest.raises(CorruptIndexError) as info:
-            idx.verify()
+    with DiskHashIndex(path, readonly=True) as idx, pytest.raises(CorruptIndexError) as info:
+        idx.verify()
     assert info.value.defects == [f"slot 1: duplicate of key {keys[0]}"]
     with DiskHashIndex(path) as idx:     # the unclean open heals it
         assert idx.recovery is not None and len(idx) == 2
@@ -412,9 +410,10 @@ def small_ext4():
     os.mkdir(mnt)
     with open(image, "wb") as f:
         f.truncate(20 << 20)
-    r = subprocess.run(["mkfs.ext4", "-q", "-F", image], capture_output=True, text=True)
+    r = subprocess.run(["mkfs.ext4", "-q", "-F", image], check=False, capture_output=True, text=True)
     if r.returncode == 0:
-        r = subprocess.run(["mount", "-o", "loop", image, mnt], capture_output=True, text=True)
+        r = subprocess.run(["mount", "-o", "loop", image, mnt], check=False, capture_output=True,
+                           text=True)
     if r.returncode != 0:
         shutil.rmtree(top)
         pytest.skip(f"cannot make and loop-mount an ext4 image here: {r.stderr.strip() or r.returncode}")
@@ -497,7 +496,7 @@ def test_stats_racing_close_raises_index_closed_error(tmp_path):
                     started.set()
             except IndexClosedError:
                 pass
-            except BaseException as exc:      # EBADF here was the bug
+            except Exception as exc:  # noqa: BLE001 - OSError(EBADF) here was the bug
                 errors.append(exc)
             finally:
                 started.set()
