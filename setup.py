@@ -12,10 +12,6 @@ DEBUG = os.environ.get("DISKHASH_DEBUG") == "1"
 
 directives = {
     "language_level": "3",
-    # Methods as plain method descriptors, which check `self`: with Cython 3's
-    # default (binding=True) `DiskHashIndex.get(object(), 1)` would read a
-    # foreign object as an index and crash the interpreter.
-    "binding": False,
     "embedsignature": True,
     "boundscheck": DEBUG,
     "wraparound": DEBUG,

@@ -1,4 +1,8 @@
-# cython: language_level=3
+# cython: language_level=3, binding=False
+# binding=False: methods are plain method descriptors, which check `self`.
+# With Cython 3's default (binding=True), `DiskHashIndex.get(object(), 1)`
+# would read a foreign object as an index and crash the interpreter.  (The
+# other compiled modules define no extension types.)
 """DiskHashIndex: the SOCHIDX2 table in one memory-mapped file.
 
 Concurrency (inside one process):
