@@ -28,30 +28,25 @@ import fcntl
 import mmap
 import os
 import stat
-import struct
 import time
 from dataclasses import dataclass
 
+from diskhash._format import (
+    HEADER_SIZE,
+    MAGIC,
+    MARKER_SIZE,
+    UNDO_OFFSET,
+    UNDO_SIZE,
+    VERSION,
+    pack_header,
+    table_bytes,
+    unpack_header,
+)
 from diskhash.errors import CorruptIndexError, IndexLockedError
 
-# The sidecar <index>.lock file: the clean-close marker (text) at offset 0,
-# the writer's undo page (binary, see _index.pxd) at UNDO_OFFSET.
-MARKER_SIZE = 256
-UNDO_OFFSET = mmap.ALLOCATIONGRANULARITY
-UNDO_SIZE = 64
+__all__ = ["MARKER_SIZE", "UNDO_OFFSET", "table_bytes"]   # re-exported for tools and tests
 
-MAGIC = b"SOCHIDX2"
-VERSION = 1
-HEADER = struct.Struct("<8sI4xQQQ24x")
-HEADER_SIZE = 64
-SLOT_SIZE = 40
 TMP_SUFFIX = ".tmp"
-
-assert HEADER.size == HEADER_SIZE
-
-
-def table_bytes(num_slots: int) -> int:
-    return HEADER_SIZE + num_slots * SLOT_SIZE
 
 
 def map_table(fd: int, num_slots: int, writable: bool) -> mmap.mmap:
@@ -113,13 +108,13 @@ def read_header(fd: int, st: os.stat_result, name: str) -> tuple[int, int, int]:
     SOCHIDX2 table (or is shorter than its header says).
     """
     if st.st_size < HEADER_SIZE:
-        raise CorruptIndexError(name, f"file is {st.st_size} bytes, shorter than the 64-byte header")
-    magic, version, num_slots, num_entries, seed = HEADER.unpack(os.pread(fd, HEADER_SIZE, 0))
+        raise CorruptIndexError(name, f"file is {st.st_size} bytes, shorter than the {HEADER_SIZE}-byte header")
+    magic, version, num_slots, num_entries, seed = unpack_header(os.pread(fd, HEADER_SIZE, 0))
     defect = None
     if magic != MAGIC:
-        defect = f"bad magic {magic!r} (expected b'SOCHIDX2')"
+        defect = f"bad magic {magic!r} (expected {MAGIC!r})"
     elif version != VERSION:
-        defect = f"unknown format version {version} (this diskhash reads version 1)"
+        defect = f"unknown format version {version} (this diskhash reads version {VERSION})"
     elif num_slots == 0 or num_slots & (num_slots - 1):
         defect = f"slot count {num_slots} is not a power of two"
     elif st.st_size < table_bytes(num_slots):
@@ -253,7 +248,7 @@ def create_table_file(tmp: str, num_slots: int, seed: int, mode: int = 0o644) ->
     try:
         lock_table(fd, exclusive=True)
         _allocate(fd, table_bytes(num_slots))
-        os.pwrite(fd, HEADER.pack(MAGIC, VERSION, num_slots, 0, seed), 0)
+        os.pwrite(fd, pack_header(num_slots, 0, seed), 0)
     except BaseException:
         os.close(fd)
         _unlink_quietly(tmp)

@@ -68,6 +68,7 @@ from diskhash._format cimport (
 from diskhash._locks cimport *
 
 from diskhash import _files
+from diskhash._format import header_reserved, unpack_header
 from diskhash import _records  # binds PayloadMeta to _convert before any record is built
 from diskhash._records import IndexStats, RepairReport
 from diskhash.errors import (
@@ -1115,11 +1116,11 @@ cdef class DiskHashIndex:
         counts = info["counts"]
         defects = []
         header = info["header"]
-        if any(header[12:16]) or any(header[40:64]):
+        if any(header_reserved(header)):
             defects.append("nonzero reserved bytes in the header")
         if self._seed == 0:
             defects.append("hash seed is zero")
-        hdr_count = int.from_bytes(header[24:32], "little")
+        hdr_count = unpack_header(header)[3]
         if hdr_count != info["occupied"]:
             defects.append(f"header counts {hdr_count} entries but {info['occupied']} slots are occupied")
         if info["empties"] == 0:
