@@ -69,7 +69,7 @@ from diskhash._locks cimport *
 
 from diskhash import _files
 from diskhash._format import header_reserved, unpack_header
-from diskhash import _records  # binds PayloadMeta to _convert before any record is built
+# (Importing _records also tells _convert which class records are built of.)
 from diskhash._records import IndexStats, RepairReport
 from diskhash.errors import (
     CorruptIndexError,
