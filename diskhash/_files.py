@@ -256,10 +256,16 @@ def create_table_file(tmp: str, num_slots: int, seed: int, mode: int = 0o644) ->
     return fd
 
 
-def publish(fd: int, tmp: str, path: str) -> None:
-    """Make ``tmp`` (open as ``fd``) durable and atomically the file at ``path``."""
+def replace_durably(fd: int, tmp: str, path: str) -> None:
+    """Make ``tmp`` (open as ``fd``) durable, then atomically the file at
+    ``path``; the rename itself is durable once ``fsync_dir`` has run."""
     os.fsync(fd)
     os.replace(tmp, path)
+
+
+def publish(fd: int, tmp: str, path: str) -> None:
+    """Make ``tmp`` (open as ``fd``) durable and atomically the file at ``path``."""
+    replace_durably(fd, tmp, path)
     fsync_dir(os.path.dirname(path))
 
 

@@ -63,6 +63,9 @@ calls = {
     "closed": lambda: DiskHashIndex.closed.__get__(object()),
 }
 for name, call in calls.items():
+    if not hasattr(DiskHashIndex, name):
+        print(name, "not callable from Python")    # the helpers became C functions
+        continue
     try:
         call()
     except TypeError as exc:
@@ -74,7 +77,12 @@ def test_the_reported_foreign_self_calls_raise_the_descriptor_type_error():
     r = run_child(REPORTED_CALLS, timeout=60)
     assert r.returncode == 0, f"child died ({r.returncode}): {r.stderr[-2000:]}"
     lines = r.stdout.splitlines()
-    assert len(lines) == 11 and all(line.endswith(" TypeError True") for line in lines), lines
+    assert len(lines) == 11, lines
+    for line in lines:
+        name = line.split()[0]
+        ok = line.endswith(" TypeError True") or (
+            name.startswith("_") and line.endswith("not callable from Python"))
+        assert ok, line
 
 
 # -- 2. negative exact ints are OverflowError on every CPython (3.13 included) -----
