@@ -178,9 +178,9 @@ cdef enum:
 # (The batch loops hash a few keys ahead to prefetch, so they pass `i`.)
 cdef inline int64_t probe_from(const unsigned char *base, uint64_t mask, uint64_t i,
                                uint64_t lo, uint64_t hi, uint64_t *empty) noexcept nogil:
-    cdef uint64_t n
+    cdef uint64_t _n
     cdef const dh_slot *s
-    for n in range(mask + 1):
+    for _n in range(mask + 1):
         s = slot_at(base, i)
         if s.tag == TAG_EMPTY:
             empty[0] = i

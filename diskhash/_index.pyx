@@ -21,21 +21,13 @@ the next writable open detects (the sidecar marker says the last writer did
 not close cleanly) and heals.  A grow writes a new file beside the old one and
 publishes it by fsync + rename + directory fsync.
 """
-import math
-import numbers
-import operator
 import os
 import warnings
-import weakref
 
-cimport cython
-from libc.stdint cimport int64_t, uint8_t, uint32_t, uint64_t
+from libc.stdint cimport int64_t, uint8_t, uint64_t
 from libc.errno cimport errno
-from libc.stdlib cimport calloc, free, malloc
 from libc.string cimport memcpy, memset
 from posix.mman cimport MS_SYNC, msync
-from cpython.exc cimport PyErr_CheckSignals
-
 from diskhash._convert cimport (
     key_to_u128,
     make_record,
@@ -45,38 +37,40 @@ from diskhash._convert cimport (
 )
 from diskhash._format cimport (
     DH_COMPILER_BARRIER,
-    DH_MAX_SLOTS,
-    DH_UNDO_ARMED,
     HEADER_SIZE,
     MAX_COMPRESSION,
-    MIN_SLOTS,
     OFF_NUM_ENTRIES,
-    PROBE_BADTAG,
     PROBE_FULL,
     PROBE_MISS,
     SLOT_SIZE,
     TAG_EMPTY,
     TAG_OCCUPIED,
     dh_slot,
-    dh_undo,
     hash_u128,
-    mix,
     needs_grow,
     probe,
     slot_at,
 )
-from diskhash._locks cimport *
-
-from diskhash import _files
-from diskhash._format import header_reserved, unpack_header
-# (Importing _records also tells _convert which class records are built of.)
-from diskhash._records import IndexStats, RepairReport
-from diskhash.errors import (
-    CorruptIndexError,
-    DiskHashError,
-    IndexClosedError,
-    ReadOnlyIndexError,
+from diskhash._locks cimport (
+    pthread_mutex_lock,
+    pthread_mutex_unlock,
+    pthread_mutex_trylock,
+    pthread_rwlock_tryrdlock,
+    pthread_rwlock_rdlock,
+    pthread_rwlock_unlock,
+    pthread_rwlock_trywrlock,
+    pthread_rwlock_wrlock,
+    pthread_rwlockattr_t,
+    pthread_rwlockattr_init,
+    pthread_rwlockattr_destroy,
+    dh_rwlockattr_prefer_writer,
+    pthread_rwlock_init,
+    pthread_mutex_init,
+    pthread_rwlock_destroy,
+    pthread_mutex_destroy,
 )
+
+from diskhash.errors import CorruptIndexError, IndexClosedError, ReadOnlyIndexError
 
 cdef object _MISSING = object()
 
@@ -137,9 +131,6 @@ cdef class DiskHashIndex:
 
     def __init__(self, path, *, bint readonly=False, capacity=None, timeout=0.0):
         open_index(self, path, readonly, capacity, timeout)
-
-    # -- opening -------------------------------------------------------------
-
 
     # -- locking ---------------------------------------------------------------
 
@@ -403,7 +394,7 @@ cdef class DiskHashIndex:
             self._write_release()
 
     cdef bint _delete_locked(self, uint64_t lo, uint64_t hi, dh_slot *removed) except -1:
-        cdef uint64_t empty = 0, i, j, h, n
+        cdef uint64_t empty = 0, i, j, h, _n
         cdef uint64_t mask = self._mask
         cdef int64_t r = probe(self._base, mask, self._seed, lo, hi, &empty)
         cdef dh_slot *hole
@@ -417,7 +408,7 @@ cdef class DiskHashIndex:
             removed[0] = slot_at(self._base, i)[0]
         self._exclusive_acquire()
         j = i
-        for n in range(self._num_slots):
+        for _n in range(self._num_slots):
             j = (j + 1) & mask
             s = slot_at(self._base, j)
             if s.tag != TAG_OCCUPIED:
@@ -523,7 +514,6 @@ cdef class DiskHashIndex:
 
     # -- whole-table operations ------------------------------------------------
 
-
     def verify(self):
         """Check the whole table; raise ``CorruptIndexError`` listing every defect.
 
@@ -557,7 +547,6 @@ cdef class DiskHashIndex:
         Other threads blocked on the index get ``IndexClosedError``.
         """
         close_index(self)
-
 
     @property
     def closed(self):

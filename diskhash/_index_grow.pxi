@@ -1,5 +1,29 @@
 # Included by _index.pyx (one module, so the hot path stays inlined): growing --
 # rehashing into a new table file, publishing it, swapping the map.
+import operator
+import os
+
+from libc.stdint cimport int64_t, uint64_t
+from libc.string cimport memcpy
+from posix.mman cimport MS_SYNC, msync
+from diskhash._format cimport (
+    DH_MAX_SLOTS,
+    HEADER_SIZE,
+    MAX_COMPRESSION,
+    MIN_SLOTS,
+    OFF_NUM_ENTRIES,
+    PROBE_MISS,
+    SLOT_SIZE,
+    TAG_EMPTY,
+    TAG_OCCUPIED,
+    dh_slot,
+    needs_grow,
+    probe,
+    slot_at,
+)
+
+from diskhash import _files
+from diskhash.errors import CorruptIndexError
 
 # ---------------------------------------------------------------------------
 # Rehash into a fresh table (grow, repair).  Returns entries placed, or a

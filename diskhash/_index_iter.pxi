@@ -1,6 +1,13 @@
 # Included by _index.pyx (one module, so the hot path stays inlined):
 # iteration -- the occupied slots copied a chunk at a time under the read
 # lock, turned into keys or records after it is released.
+cimport cython
+from libc.stdint cimport uint64_t
+from libc.stdlib cimport free, malloc
+from diskhash._convert cimport u128_to_int
+from diskhash._format cimport TAG_EMPTY, TAG_OCCUPIED, dh_slot, slot_at
+
+from diskhash.errors import CorruptIndexError
 
 cdef Py_ssize_t CHUNK = 1024          # slots copied per iteration step
 

@@ -1,5 +1,11 @@
 # Included by _index.pyx (one module, so the hot path stays inlined): the index's
 # lifetime -- closing, and what a fork() does to an inherited index.
+import os
+import weakref
+
+from diskhash._locks cimport pthread_mutex_lock, pthread_mutex_unlock
+
+from diskhash.errors import IndexClosedError
 
 cdef enum:
     STATE_OPEN = 0

@@ -1,6 +1,28 @@
 # Included by _index.pyx (one module, so the hot path stays inlined): opening --
 # argument checks, validating and mapping the file, rolling back a torn
 # overwrite, healing after an unclean close.
+import math
+import numbers
+import os
+
+from libc.stdint cimport uint64_t
+from libc.string cimport memset
+from posix.mman cimport MS_SYNC, msync
+from diskhash._format cimport (
+    DH_MAX_SLOTS,
+    DH_UNDO_ARMED,
+    HEADER_SIZE,
+    SLOT_SIZE,
+    TAG_OCCUPIED,
+    dh_slot,
+    dh_undo,
+    slot_at,
+)
+
+from diskhash import _files
+from diskhash._records import RepairReport
+from diskhash.errors import CorruptIndexError, DiskHashError
+
 
 def _lock_timeout(value):
     """``timeout=``: seconds >= 0 (inf: wait forever, as None does)."""

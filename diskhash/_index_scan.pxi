@@ -1,5 +1,17 @@
 # Included by _index.pyx (one module, so the hot path stays inlined): the
 # whole-table scan.
+from libc.stdint cimport uint64_t
+from libc.stdlib cimport calloc, free
+from cpython.exc cimport PyErr_CheckSignals
+from diskhash._format cimport (
+    MAX_COMPRESSION,
+    TAG_EMPTY,
+    TAG_OCCUPIED,
+    dh_slot,
+    hash_u128,
+    mix,
+    slot_at,
+)
 
 # ---------------------------------------------------------------------------
 # Whole-table scan: shared by verify, stats, the recount after an unclean

@@ -1,5 +1,18 @@
 # Included by _index.pyx (one module, so the hot path stays inlined): verify,
 # stats and repair, built on the whole-table scan.
+import os
+
+from libc.stdint cimport uint64_t
+from libc.stdlib cimport free, malloc
+from libc.string cimport memset
+from diskhash._convert cimport u128_to_int
+from diskhash._format cimport HEADER_SIZE, dh_slot, probe, slot_at
+
+from diskhash import _files
+from diskhash._format import header_reserved, unpack_header
+# (Importing _records also tells _convert which class records are built of.)
+from diskhash._records import IndexStats, RepairReport
+from diskhash.errors import CorruptIndexError
 
 cdef str _defect_text(int kind, uint64_t slot, const unsigned char *base):
     cdef const dh_slot *s = slot_at(base, slot)
