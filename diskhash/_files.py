@@ -146,6 +146,11 @@ def check_existing(path: str, name: str) -> bool:
     return True
 
 
+def make_parent_dirs(path: str) -> None:
+    """Create the missing directories above a new index file."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+
+
 def ensure_allocated(fd: int, size: int) -> None:
     """Make sure the first ``size`` bytes of ``fd`` have disk blocks.
 

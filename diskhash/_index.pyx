@@ -20,6 +20,19 @@ at worst a duplicate or an unreachable copy (never a torn visible slot), which
 the next writable open detects (the sidecar marker says the last writer did
 not close cleanly) and heals.  A grow writes a new file beside the old one and
 publishes it by fsync + rename + directory fsync.
+
+Where each concern lives (one module; the .pxi files are textual includes so
+the probe and the slot writers of _format.pxd stay inlined everywhere):
+  _index.pyx           the table: get/insert/delete/iteration, the locks
+  _index_open.pxi      open: argument checks, validate and map, roll back a
+                       torn overwrite, heal after an unclean close
+  _index_grow.pxi      grow and repair's rebuild: rehash, publish, swap
+  _index_scan.pxi      the linear, interruptible whole-table scan
+  _index_verify.pxi    verify, stats, repair
+  _index_iter.pxi      iteration a chunk at a time
+  _index_lifetime.pxi  close, and what fork() does to an inherited index
+  _format.pxd          the SOCHIDX2 layout, hash and probe (inline C)
+  _files.py            every file and directory-entry operation, the locks
 """
 import os
 import warnings

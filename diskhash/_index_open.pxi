@@ -58,7 +58,7 @@ cdef int open_index(DiskHashIndex self, path, bint readonly, capacity, timeout) 
     if not _files.check_existing(self._file, self.path):
         if readonly:
             raise FileNotFoundError(2, "no index file to open read-only", self.path)
-        os.makedirs(os.path.dirname(self._file), exist_ok=True)
+        _files.make_parent_dirs(self._file)
     self._lock = _files.IndexLock(self._file, exclusive=not readonly, timeout=timeout,
                                   name=self.path)
     try:
