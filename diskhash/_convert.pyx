@@ -27,7 +27,15 @@ cdef extern from *:
         Py_ssize_t n = PyLong_AsNativeBytes(v, buf, 16,
             Py_ASNATIVEBYTES_LITTLE_ENDIAN | Py_ASNATIVEBYTES_UNSIGNED_BUFFER |
             Py_ASNATIVEBYTES_REJECT_NEGATIVE);
-        if (n < 0) return -1;
+        if (n < 0) {
+            /* REJECT_NEGATIVE raises ValueError; an out-of-range int is an
+               OverflowError on every other version and everywhere else. */
+            if (PyErr_ExceptionMatches(PyExc_ValueError)) {
+                PyErr_Clear();
+                PyErr_SetString(PyExc_OverflowError, "can't convert negative int to unsigned");
+            }
+            return -1;
+        }
         if (n > 16) { PyErr_SetString(PyExc_OverflowError, "int too big"); return -1; }
     #else
         if (_PyLong_AsByteArray((PyLongObject *)v, buf, 16, 1, 0) < 0) return -1;
@@ -144,6 +152,8 @@ _U32_MAX = 0xFFFFFFFF
 def bind_types(record_type, compression_members):
     """Called once by ``_records``: the classes records are built from."""
     global _payload_meta_type, _compressions, _c0, _c1, _c2
+    if not (isinstance(record_type, type) and issubclass(record_type, tuple)):
+        raise TypeError("bind_types needs a tuple subclass: records are built as tuples")
     if len(compression_members) != MAX_COMPRESSION_PLUS_ONE:
         raise RuntimeError("Compression must have exactly NONE, LZ4, ZSTD")
     _payload_meta_type = record_type

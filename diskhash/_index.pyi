@@ -23,6 +23,9 @@ _Key = int | uuid.UUID | SupportsIndex
 _Record = PayloadMeta | tuple[_Key, int, int, int, int]
 _StrPath = str | os.PathLike[str]
 
+MAX_SLOTS: int
+MAX_CAPACITY: int
+
 @disjoint_base
 class DiskHashIndex:
     """A persistent map from 128-bit edge ids to ``PayloadMeta`` records,
