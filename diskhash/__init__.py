@@ -9,6 +9,7 @@ from diskhash.errors import (
     IndexClosedError,
     IndexLockedError,
     ReadOnlyIndexError,
+    WrongEventLoopError,
 )
 
 __all__ = [
@@ -23,6 +24,7 @@ __all__ = [
     "PayloadMeta",
     "ReadOnlyIndexError",
     "RepairReport",
+    "WrongEventLoopError",
     "repair",
 ]
 
