@@ -231,10 +231,11 @@ def test_offset_names_the_u64_range(value):
 @pytest.mark.parametrize("keys", [[2**64], [1, 2**100], [2**64 + 5, 3]])
 def test_get_many_of_ids_beyond_64_bits_names_key_dtype(index_path, keys):
     with DiskHashIndex(index_path) as idx:
+        wanted = r"ids of 2\*\*64 and above go in a diskhash\.KEY_DTYPE array"
         for call in (idx.get_many, idx.contains_many):
-            with pytest.raises(TypeError, match=r"diskhash\.KEY_DTYPE"):
+            with pytest.raises(TypeError, match=wanted):
                 call(keys)
-        with pytest.raises(TypeError, match=r"diskhash\.KEY_DTYPE"):
+        with pytest.raises(TypeError, match=wanted):
             idx.insert_many(keys, meta_array([0] * len(keys)))
         assert len(idx) == 0
 
