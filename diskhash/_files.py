@@ -83,7 +83,7 @@ def remove_leftovers(path: str) -> list[str]:
     """
     head, name = os.path.split(path)
     prefix = f".{name}."
-    removed = []
+    removed: list[str] = []
     try:
         entries = os.listdir(head or ".")
     except OSError:

@@ -8,7 +8,8 @@ from ``_convert``, so a bad record fails where it is built, not at insert.
 from __future__ import annotations
 
 import enum
-from typing import Any, Iterable, NamedTuple
+import uuid
+from typing import TYPE_CHECKING, Any, Iterable, NamedTuple, SupportsIndex
 
 __all__ = [
     "Compression",
@@ -46,8 +47,23 @@ class PayloadMeta(_PayloadMetaFields):
 
     __slots__ = ()
 
+    if TYPE_CHECKING:
+        # What the compiled constructor accepts (bound in _bind below): a
+        # uuid.UUID or any integer type (numpy's too) for the ids and sizes, a
+        # Compression or its int value; the fields read back as int/Compression.
+        def __new__(
+            cls,
+            edge_id: int | uuid.UUID | SupportsIndex,
+            offset: SupportsIndex,
+            length: SupportsIndex,
+            compression: Compression | SupportsIndex,
+            uncompressed_length: SupportsIndex,
+        ) -> "PayloadMeta": ...
+
     @classmethod
-    def _make(cls, iterable: Iterable[Any]) -> "PayloadMeta":
+    def _make(cls, iterable: Iterable[Any]) -> "PayloadMeta":  # type: ignore[override]
+        # NamedTuple's _make is generic in cls; this one always builds a
+        # validated PayloadMeta.
         return cls(*iterable)
 
     def _replace(self, **changes: Any) -> "PayloadMeta":
@@ -83,7 +99,7 @@ def _bind() -> None:
     # need these classes, which exist only once this module has run.
     from diskhash import _convert
 
-    PayloadMeta.__new__ = staticmethod(_convert.new_payload_meta)  # type: ignore[method-assign,assignment]
+    PayloadMeta.__new__ = staticmethod(_convert.new_payload_meta)  # type: ignore[method-assign]
     _convert.bind_types(PayloadMeta, tuple(Compression))
 
 

@@ -37,7 +37,7 @@ import functools
 import os
 import threading
 from types import TracebackType
-from typing import Any, Callable, Generic, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Callable, Generic, TypeVar, overload
 
 import anyio
 import anyio.lowlevel
@@ -46,6 +46,12 @@ import anyio.to_thread
 from diskhash._index import DiskHashIndex
 from diskhash._records import IndexStats, PayloadMeta, RepairReport
 from diskhash.errors import WrongEventLoopError
+
+if TYPE_CHECKING:
+    import numpy as np
+    from numpy.typing import NDArray
+
+    from diskhash._batch import _KeyArray, _MetaArray, _ResultArray
 
 __all__ = ["AsyncDiskHashIndex"]
 
@@ -100,7 +106,7 @@ class _AsyncIterator(Generic[_I]):
             self._buffer, self._start = await self._owner._thread(
                 _fetch, sync, self._start, self._what, self._generation, self._num_slots)
             self._pos = 0
-        item = self._buffer[self._pos]
+        item: _I = self._buffer[self._pos]
         self._pos += 1
         return item
 
@@ -280,20 +286,20 @@ class AsyncDiskHashIndex:
 
     # -- batches -----------------------------------------------------------------
 
-    async def get_many(self, keys: Any) -> Any:
+    async def get_many(self, keys: _KeyArray) -> _ResultArray:
         """Batch lookup (see ``DiskHashIndex.get_many``): inline up to
         ``INLINE_BATCH`` keys, else in the writer lane."""
         if _small(keys):
             return self._sync.get_many(keys)
         return await self._in_lane(self._sync.get_many, keys)
 
-    async def contains_many(self, keys: Any) -> Any:
+    async def contains_many(self, keys: _KeyArray) -> NDArray[np.bool_]:
         """Batch membership: inline up to ``INLINE_BATCH`` keys, else in the writer lane."""
         if _small(keys):
             return self._sync.contains_many(keys)
         return await self._in_lane(self._sync.contains_many, keys)
 
-    async def insert_many(self, keys: Any, records: Any) -> None:
+    async def insert_many(self, keys: _KeyArray, records: _MetaArray) -> None:
         """Batch insert (see ``DiskHashIndex.insert_many``).  Writer lane."""
         await self._in_lane(self._sync.insert_many, keys, records)
 
