@@ -388,11 +388,11 @@ def _key_array(keys):
     elif dt.kind == "b":
         raise TypeError("keys must be unsigned integers (ids), not bool")
     elif dt.kind == "O":
-        # numpy gives dtype object to ints it cannot hold in 64 bits.
+        # What numpy makes of a list holding an int of 2**64 or more.
         raise TypeError(
-            "keys do not fit a 64-bit integer array (numpy made them dtype object): ids of "
-            "2**64 and above go in a diskhash.KEY_DTYPE array (fields lo, hi: the low and "
-            "high 64 bits), negative ids are invalid")
+            "keys must be an unsigned integer array (ids < 2**64) or a diskhash.KEY_DTYPE array, "
+            "not dtype object: ids of 2**64 and above go in a diskhash.KEY_DTYPE array "
+            "(fields lo, hi: the low and high 64 bits of each id)")
     else:
         raise TypeError(
             f"keys must be an unsigned integer array (ids < 2**64) or a diskhash.KEY_DTYPE "
