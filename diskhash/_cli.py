@@ -23,6 +23,7 @@ runs draw a progress bar on stderr when it is a terminal, never on a pipe.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import signal
 import stat
@@ -64,11 +65,26 @@ class Command:
 COMMANDS: dict[str, Command] = {}
 
 
+def seconds(text: str) -> float | None:
+    """``--timeout``'s value: seconds >= 0, or ``inf``/``none`` to wait as long as it takes."""
+    if text.strip().lower() in ("inf", "none", "forever"):
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(
+            f"seconds must be a finite number >= 0 (or inf), not {text!r}")
+    return value
+
+
 def index_arguments(parser: argparse.ArgumentParser) -> None:
     """PATH and --timeout: what every command on one index file takes."""
     parser.add_argument("path", help="the index file")
-    parser.add_argument("--timeout", type=float, default=0.0,
-                        help="seconds to wait for another process's lock (default: 0, fail at once)")
+    parser.add_argument("--timeout", type=seconds, default=0.0, metavar="SECONDS",
+                        help="how long to wait for another process's lock: seconds, or inf "
+                             "(default: 0, fail at once)")
 
 
 def long_index_arguments(parser: argparse.ArgumentParser) -> None:
@@ -98,6 +114,8 @@ def existing_file(path: str) -> str:
     Checked before opening, because a writable open creates a missing index
     (and its parent directories): a command that repairs or inspects must not.
     """
+    if not path:
+        raise UsageError("an empty path names no index file")
     try:
         st = os.stat(path)
     except FileNotFoundError:

@@ -314,3 +314,34 @@ def test_demo_can_keep_the_index_it_builds(tmp_path):
     assert kept.is_file() and f"kept {kept}" in r.stdout
     r = run("verify", str(kept))
     assert r.returncode == 0 and "ok (2000 entries" in r.stdout
+
+
+@pytest.mark.parametrize("value", ["nan", "-1", "abc", "-inf"])
+def test_a_bad_timeout_is_a_usage_error(tmp_path, value):
+    path = big_index(tmp_path / "x.idx", 10)
+    r = run("info", "--timeout", value, str(path))
+    assert r.returncode == 2 and "--timeout" in r.stderr and "Traceback" not in r.stderr, r.stderr
+
+
+def test_timeout_inf_waits_and_numbers_are_seconds():
+    from diskhash._cli import seconds
+
+    assert seconds("inf") is None and seconds("2.5") == 2.5 and seconds("0") == 0.0
+
+
+@pytest.mark.parametrize("make", ["empty", "fifo", "dangling"])
+def test_odd_paths_are_named_errors_that_create_nothing(tmp_path, make):
+    if make == "empty":
+        target = ""
+    elif make == "fifo":
+        target = str(tmp_path / "pipe")
+        os.mkfifo(target)
+    else:
+        target = str(tmp_path / "link")
+        os.symlink(tmp_path / "nowhere.idx", target)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    for cmd in ("info", "verify", "repair", "dump"):
+        r = run(cmd, target)                        # a FIFO must not block the open
+        assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+        assert (target and target in r.stderr) or "empty path" in r.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
