@@ -28,14 +28,14 @@ import os
 import signal
 import stat
 import sys
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 from diskhash._index import DiskHashIndex
 from diskhash._progress import Progress
 from diskhash.errors import CorruptIndexError, DiskHashError
 
-__all__ = ["COMMANDS", "Command", "command", "main", "build_parser"]
+__all__ = ["COMMANDS", "Command", "build_parser", "command", "main"]
 
 EXIT_OK = 0
 EXIT_INDEX_ERROR = 1
@@ -169,9 +169,9 @@ def verify(args: argparse.Namespace) -> int:
 
 @command("repair", "rebuild a valid table from every readable entry", long_index_arguments)
 def repair(args: argparse.Namespace) -> int:
-    with DiskHashIndex(existing_file(args.path), timeout=args.timeout) as idx:
-        with _progress(args, "repair"):
-            report = idx.repair()
+    with DiskHashIndex(existing_file(args.path), timeout=args.timeout) as idx, \
+            _progress(args, "repair"):
+        report = idx.repair()
     print(f"{args.path}: kept {report.kept} entries in {report.slots} slots, "
           f"dropped {len(report.dropped)}")
     for _slot, reason in report.dropped:      # each reason starts "slot N: "

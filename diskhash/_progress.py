@@ -15,7 +15,10 @@ import sys
 import threading
 import time
 from types import TracebackType
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
 
 __all__ = ["Progress"]
 
@@ -48,7 +51,7 @@ class Progress:
         self._ticker: threading.Thread | None = None
         self._lock = threading.Lock()
 
-    def __enter__(self) -> "Progress":
+    def __enter__(self) -> Self:
         self._start = time.monotonic()
         if self.enabled and self.total is None:
             self._ticker = threading.Thread(target=self._tick, name="diskhash-progress", daemon=True)

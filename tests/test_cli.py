@@ -21,7 +21,7 @@ from diskhash import DiskHashIndex, PayloadMeta
 
 def run(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "diskhash", *args],
-                          capture_output=True, text=True, timeout=120,
+                          check=False, capture_output=True, text=True, timeout=120,
                           env=subprocess_env(), cwd=DATA.parent)
 
 
@@ -106,14 +106,14 @@ def test_source_folder_shadowing_the_package_fails_with_a_clear_message(tmp_path
         if f.suffix in (".py", ".pyx", ".pxd", ".pyi"):
             shutil.copy(f, src / f.name)
     for argv in (["-m", "diskhash", "info", "x.idx"], ["-c", "import diskhash"]):
-        r = subprocess.run([sys.executable, "-S", *argv], capture_output=True, text=True,
+        r = subprocess.run([sys.executable, "-S", *argv], check=False, capture_output=True, text=True,
                            timeout=60, cwd=tmp_path, env={"PATH": os.environ["PATH"]})
         assert r.returncode != 0
         assert "source folder" in r.stderr and "shadows the installed package" in r.stderr, r.stderr
         assert "pip install -e ." in r.stderr and "another directory" in r.stderr
         assert "circular import" not in r.stderr and "partially initialized" not in r.stderr
     assert "Traceback" not in subprocess.run(
-        [sys.executable, "-S", "-m", "diskhash", "info", "x.idx"], capture_output=True, text=True,
+        [sys.executable, "-S", "-m", "diskhash", "info", "x.idx"], check=False, capture_output=True, text=True,
         timeout=60, cwd=tmp_path, env={"PATH": os.environ["PATH"]}).stderr
     assert not (tmp_path / "x.idx").exists()
 
@@ -126,7 +126,7 @@ def test_dump_into_a_closed_pipe_exits_quietly(tmp_path):
             "p.stdout.readline(); p.stdout.close()\n"
             "err = p.stderr.read().decode(); rc = p.wait()\n"
             "print(rc); print(err)\n")
-    r = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True,
+    r = subprocess.run([sys.executable, "-c", code, str(path)], check=False, capture_output=True, text=True,
                        timeout=120, env=subprocess_env())
     rc, _, err = r.stdout.partition("\n")
     assert int(rc) == 141, r.stdout + r.stderr          # 128 + SIGPIPE, as `seq 1e9 | head` reports
@@ -138,7 +138,7 @@ def test_dump_into_head_in_a_shell_pipeline(tmp_path):
         pytest.skip("no sh/head")
     path = big_index(tmp_path / "big.idx")
     r = subprocess.run(["sh", "-c", f'"{sys.executable}" -m diskhash dump "{path}" | head -n 3'],
-                       capture_output=True, text=True, timeout=120, env=subprocess_env())
+                       check=False, capture_output=True, text=True, timeout=120, env=subprocess_env())
     assert len(r.stdout.splitlines()) == 3 and r.stderr == "", r.stderr
 
 
@@ -198,7 +198,7 @@ def test_help_names_the_program_as_it_was_run(tmp_path):
     script = shutil.which("diskhash", path=str(Path(sys.executable).parent))
     if script is None:
         pytest.skip("the diskhash console script is not installed beside this python")
-    r = subprocess.run([script, "--help"], capture_output=True, text=True, timeout=60,
+    r = subprocess.run([script, "--help"], check=False, capture_output=True, text=True, timeout=60,
                        env=subprocess_env())
     assert r.returncode == 0 and r.stdout.startswith("usage: diskhash "), r.stdout
 
@@ -307,7 +307,7 @@ def test_verify_shows_activity_on_a_terminal(tmp_path, monkeypatch):
 def test_demo_can_keep_the_index_it_builds(tmp_path):
     keep = tmp_path / "kept"
     r = subprocess.run([sys.executable, str(ROOT / "examples" / "demo.py"), "--entries", "2000",
-                        "--keep", str(keep)], capture_output=True, text=True, timeout=300,
+                        "--keep", str(keep)], check=False, capture_output=True, text=True, timeout=300,
                        env=subprocess_env(), cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     kept = keep / "edges.idx"

@@ -102,7 +102,7 @@ print("ok", done, refused)
 
 @pytest.mark.parametrize("second", ["asyncio", "trio"])
 def test_one_async_index_on_two_event_loops_never_hangs(second):
-    r = subprocess.run([sys.executable, "-c", TWO_LOOPS, second], capture_output=True,
+    r = subprocess.run([sys.executable, "-c", TWO_LOOPS, second], check=False, capture_output=True,
                        text=True, timeout=120, env=subprocess_env())
     assert r.returncode == 0, r.stdout + r.stderr
     assert r.stdout.startswith("ok"), r.stdout
@@ -118,7 +118,7 @@ def test_a_facade_per_loop_over_one_sync_index_works_from_two_loops():
         "await shared.stats()\n            ok", "await facade.stats()\n            ok")
     code = code.replace('print("ok", done, refused)',
                         'assert refused == {"first": 0, "second": 0}, refused\nprint("ok", done)')
-    r = subprocess.run([sys.executable, "-c", code, "trio"], capture_output=True,
+    r = subprocess.run([sys.executable, "-c", code, "trio"], check=False, capture_output=True,
                        text=True, timeout=120, env=subprocess_env())
     assert r.returncode == 0, r.stdout + r.stderr
 
@@ -216,7 +216,7 @@ def test_insert_many_after_a_rolled_back_batch_still_works(index_path):
 @pytest.mark.parametrize("field", ["length", "uncompressed_length"])
 @pytest.mark.parametrize("value", [-1, 2**32, 2**64, -(2**70)])
 def test_u32_fields_name_the_u32_range(field, value):
-    fields = dict(edge_id=1, offset=0, length=0, compression=0, uncompressed_length=0)
+    fields = {"edge_id": 1, "offset": 0, "length": 0, "compression": 0, "uncompressed_length": 0}
     fields[field] = value
     with pytest.raises(OverflowError, match=rf"PayloadMeta\.{field} = {value} is outside \[0, 2\*\*32\)"):
         PayloadMeta(**fields)
