@@ -171,14 +171,12 @@ cdef int _key_slow(object key, uint64_t *lo, uint64_t *hi) except -1:
     elif PyBool_Check(key):
         raise TypeError(f"edge_id must be an int in [0, 2**128) or a uuid.UUID, not bool ({key!r})")
     elif not PyLong_Check(key):
-        try:
-            key = operator.index(key)
-        except TypeError:
+        as_int = _index_or_none(key)
+        if as_int is None:
             raise TypeError(
                 f"edge_id must be an int in [0, 2**128) or a uuid.UUID, "
-                f"not {type(key).__name__}") from None
-        if PyBool_Check(key):
-            raise TypeError("edge_id must be an int, not bool")
+                f"not {type(key).__name__}")
+        key = as_int
     if key < 0 or key >= 2**128:
         raise OverflowError(f"edge_id {key} is outside [0, 2**128)")
     dh_long_to_u128(int(key), lo, hi)
@@ -207,8 +205,11 @@ cdef object u128_to_int(uint64_t lo, uint64_t hi):
 # arrays can be passed back.
 
 cdef object _index_or_none(object v):
-    """``v`` as an int if it is an integer type other than bool, else None."""
-    if PyBool_Check(v):
+    """``v`` as an int if it is an integer type other than bool, else None.
+
+    numpy's bool scalars count as bool (older numpy lets them through
+    ``__index__`` with a DeprecationWarning)."""
+    if PyBool_Check(v) or getattr(getattr(v, "dtype", None), "kind", None) == "b":
         return None
     try:
         v = operator.index(v)

@@ -127,7 +127,7 @@ def test_dump_into_a_closed_pipe_exits_quietly(tmp_path):
             "err = p.stderr.read().decode(); rc = p.wait()\n"
             "print(rc); print(err)\n")
     r = subprocess.run([sys.executable, "-c", code, str(path)], check=False, capture_output=True, text=True,
-                       timeout=120, env=subprocess_env())
+                       timeout=120, env=subprocess_env(), cwd=tmp_path)
     rc, _, err = r.stdout.partition("\n")
     assert int(rc) == 141, r.stdout + r.stderr          # 128 + SIGPIPE, as `seq 1e9 | head` reports
     assert err.strip() == "", err                        # no "Broken pipe", no traceback
@@ -138,7 +138,8 @@ def test_dump_into_head_in_a_shell_pipeline(tmp_path):
         pytest.skip("no sh/head")
     path = big_index(tmp_path / "big.idx")
     r = subprocess.run(["sh", "-c", f'"{sys.executable}" -m diskhash dump "{path}" | head -n 3'],
-                       check=False, capture_output=True, text=True, timeout=120, env=subprocess_env())
+                       check=False, capture_output=True, text=True, timeout=120, env=subprocess_env(),
+                       cwd=tmp_path)
     assert len(r.stdout.splitlines()) == 3 and r.stderr == "", r.stderr
 
 
@@ -199,7 +200,7 @@ def test_help_names_the_program_as_it_was_run(tmp_path):
     if script is None:
         pytest.skip("the diskhash console script is not installed beside this python")
     r = subprocess.run([script, "--help"], check=False, capture_output=True, text=True, timeout=60,
-                       env=subprocess_env())
+                       env=subprocess_env(), cwd=tmp_path)
     assert r.returncode == 0 and r.stdout.startswith("usage: diskhash "), r.stdout
 
 
@@ -235,8 +236,9 @@ def _run_on_a_terminal(args: list[str]) -> tuple[int, str, str]:
 
     reader = threading.Thread(target=drain)
     reader.start()
+    # (cwd: not the repository root, whose source folder would shadow the package)
     with subprocess.Popen([sys.executable, "-m", "diskhash", *args], stdout=subprocess.PIPE,
-                          stderr=slave, env=subprocess_env()) as p:
+                          stderr=slave, env=subprocess_env(), cwd=DATA.parent) as p:
         os.close(slave)
         out, _ = p.communicate(timeout=120)
         code = p.wait()

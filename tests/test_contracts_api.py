@@ -101,14 +101,14 @@ print("ok", done, refused)
 
 
 @pytest.mark.parametrize("second", ["asyncio", "trio"])
-def test_one_async_index_on_two_event_loops_never_hangs(second):
+def test_one_async_index_on_two_event_loops_never_hangs(second, tmp_path):
     r = subprocess.run([sys.executable, "-c", TWO_LOOPS, second], check=False, capture_output=True,
-                       text=True, timeout=120, env=subprocess_env())
+                       text=True, timeout=120, env=subprocess_env(), cwd=tmp_path)
     assert r.returncode == 0, r.stdout + r.stderr
     assert r.stdout.startswith("ok"), r.stdout
 
 
-def test_a_facade_per_loop_over_one_sync_index_works_from_two_loops():
+def test_a_facade_per_loop_over_one_sync_index_works_from_two_loops(tmp_path):
     code = TWO_LOOPS.replace(
         "async def hammer(name, base):",
         "facades = {}\nasync def hammer(name, base):\n"
@@ -119,7 +119,7 @@ def test_a_facade_per_loop_over_one_sync_index_works_from_two_loops():
     code = code.replace('print("ok", done, refused)',
                         'assert refused == {"first": 0, "second": 0}, refused\nprint("ok", done)')
     r = subprocess.run([sys.executable, "-c", code, "trio"], check=False, capture_output=True,
-                       text=True, timeout=120, env=subprocess_env())
+                       text=True, timeout=120, env=subprocess_env(), cwd=tmp_path)
     assert r.returncode == 0, r.stdout + r.stderr
 
 
@@ -303,3 +303,14 @@ def test_index_locked_error_keeps_a_path_with_colon_space():
     back = pickle.loads(pickle.dumps(e))
     assert back.path == "/data/a: b.idx" and back.message == "held by a writer"
     assert str(back) == "/data/a: b.idx: held by a writer"
+
+
+def test_numpy_bool_is_refused_as_a_key_like_bool(index_path):
+    with DiskHashIndex(index_path) as idx:
+        idx.insert(1, record(1))
+        for key in (True, np.bool_(True)):
+            with pytest.raises(TypeError, match="not bool"):
+                idx.get(key)
+            with pytest.raises(TypeError, match="not bool"):
+                idx.insert(key, record(1))
+        assert len(idx) == 1
