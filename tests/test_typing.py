@@ -64,7 +64,7 @@ def test_mypy_strict_is_clean_on_the_package(mypy_cache):
 def test_stubs_accept_what_the_runtime_accepts(mypy_cache):
     # The same file passes mypy --strict (uuid.UUID keys, int compression
     # values, numpy scalars, NDArray results checked with assert_type) and runs.
-    usage = ROOT / "tests" / "typing" / "usage.py"
+    usage = ROOT / "tests" / "stub_usage" / "usage.py"
     result = _mypy([str(usage)], mypy_cache)
     assert result.returncode == 0, result.stdout + result.stderr
     run = subprocess.run([sys.executable, str(usage)], check=False, capture_output=True, text=True,
