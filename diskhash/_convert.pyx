@@ -181,14 +181,12 @@ cdef int _key_slow(object key, uint64_t *lo, uint64_t *hi) except -1:
     elif PyBool_Check(key):
         raise TypeError(f"edge_id must be an int in [0, 2**128) or a uuid.UUID, not bool ({key!r})")
     elif not PyLong_Check(key):
-        try:
-            key = operator.index(key)
-        except TypeError:
+        as_int = _index_or_none(key)
+        if as_int is None:
             raise TypeError(
                 f"edge_id must be an int in [0, 2**128) or a uuid.UUID, "
-                f"not {type(key).__name__}") from None
-        if PyBool_Check(key):
-            raise TypeError("edge_id must be an int, not bool")
+                f"not {type(key).__name__}")
+        key = as_int
     if key < 0 or key >= 2**128:
         raise OverflowError(f"edge_id {key} is outside [0, 2**128)")
     dh_long_to_u128(int(key), lo, hi)
@@ -211,9 +209,30 @@ cdef object u128_to_int(uint64_t lo, uint64_t hi):
 
 
 # Field validators: the common case is a few C instructions inline; every
-# error (and its message) is built in the out-of-line *_error functions.
+# error (and its message) is built in the out-of-line *_error functions,
+# which also take numpy integers (anything with __index__ but bool) by
+# converting them and validating again, so values read from get_many's
+# arrays can be passed back.
+
+cdef object _index_or_none(object v):
+    """``v`` as an int if it is an integer type other than bool, else None.
+
+    numpy's bool scalars count as bool (older numpy lets them through
+    ``__index__`` with a DeprecationWarning)."""
+    if PyBool_Check(v) or getattr(getattr(v, "dtype", None), "kind", None) == "b":
+        return None
+    try:
+        v = operator.index(v)
+    except TypeError:
+        return None
+    return None if PyBool_Check(v) else v
+
 
 cdef uint64_t _u64_error(object v, str name) except? 0xFFFFFFFFFFFFFFFFULL:
+    if not PyLong_Check(v):
+        i = _index_or_none(v)
+        if i is not None:
+            return _u64_field(i, name)
     if not PyLong_Check(v) or PyBool_Check(v):
         raise TypeError(f"PayloadMeta.{name} must be an int, not {type(v).__name__}")
     if PyErr_Occurred() == NULL or PyErr_ExceptionMatches(OverflowError):
@@ -232,17 +251,34 @@ cdef inline uint64_t _u64_field(object v, str name) except? 0xFFFFFFFFFFFFFFFFUL
 
 
 cdef uint32_t _u32_error(object v, str name) except? 0xFFFFFFFFU:
+    if not PyLong_Check(v):
+        i = _index_or_none(v)
+        if i is not None:
+            return _u32_field(i, name)
+    if not PyLong_Check(v) or PyBool_Check(v):
+        raise TypeError(f"PayloadMeta.{name} must be an int, not {type(v).__name__}")
+    if PyErr_Occurred() != NULL:
+        # Out of range as the 128-bit conversion sees it: OverflowError, or
+        # ValueError for a negative int on 3.13+.  Anything else stands.
+        if not (PyErr_ExceptionMatches(OverflowError) or PyErr_ExceptionMatches(ValueError)):
+            return 0xFFFFFFFFU
+        PyErr_Clear()
     raise OverflowError(f"PayloadMeta.{name} = {v} is outside [0, 2**32)")
 
 
 cdef inline uint32_t _u32_field(object v, str name) except? 0xFFFFFFFFU:
-    cdef uint64_t x = _u64_field(v, name)
-    if x > 0xFFFFFFFFULL:
-        return _u32_error(v, name)
-    return <uint32_t>x
+    cdef uint64_t lo, hi
+    if PyLong_Check(v) and not PyBool_Check(v):
+        if dh_key_fast_nx(v, &lo, &hi) == 0 and hi == 0 and lo <= 0xFFFFFFFFULL:
+            return <uint32_t>lo
+    return _u32_error(v, name)
 
 
 cdef uint8_t _compression_error(object v) except 255:
+    if not PyLong_Check(v):
+        i = _index_or_none(v)
+        if i is not None:
+            return _compression_field(i)
     if not PyLong_Check(v) or PyBool_Check(v):
         raise TypeError(f"PayloadMeta.compression must be a Compression or int, not {type(v).__name__}")
     if PyErr_Occurred() != NULL:

@@ -54,15 +54,18 @@ class PayloadMeta(_PayloadMetaFields):
 
     __slots__ = ()
 
-    def __new__(cls, edge_id: int | uuid.UUID | SupportsIndex, offset: int, length: int,
-                compression: Compression | int, uncompressed_length: int) -> Self:
+    def __new__(cls, edge_id: int | uuid.UUID | SupportsIndex, offset: SupportsIndex,
+                length: SupportsIndex, compression: Compression | SupportsIndex,
+                uncompressed_length: SupportsIndex) -> Self:
         # The compiled validator: checks every field, normalises the key to an
         # int.  (Five positional arguments skip this frame: see the end.)
         return _convert.new_payload_meta(cls, edge_id, offset, length, compression,
                                          uncompressed_length)
 
     @classmethod
-    def _make(cls, iterable: Iterable[Any]) -> "PayloadMeta":
+    def _make(cls, iterable: Iterable[Any]) -> "PayloadMeta":  # type: ignore[override]
+        # NamedTuple's _make is generic in cls; this one always builds a
+        # validated PayloadMeta.
         return cls(*iterable)
 
     def _replace(self, **changes: Any) -> "PayloadMeta":
