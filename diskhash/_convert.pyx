@@ -323,7 +323,11 @@ cdef int meta_from_object(object meta, uint64_t lo, uint64_t hi, object key,
 
 cdef inline object _record_from_objects(object edge_id, object c, object o, object n, object u):
     # dh_new_tuple5 stores borrowed references: give it its own.
-    Py_INCREF(edge_id); Py_INCREF(o); Py_INCREF(n); Py_INCREF(c); Py_INCREF(u)
+    Py_INCREF(edge_id)
+    Py_INCREF(o)
+    Py_INCREF(n)
+    Py_INCREF(c)
+    Py_INCREF(u)
     return dh_new_tuple5(<PyTypeObject*>_payload_meta_type, edge_id, o, n, c, u)
 
 
