@@ -1,7 +1,16 @@
 """diskhash: a memory-mapped, crash-safe hash index of 128-bit ids (SOCHIDX2)."""
 
-from diskhash._records import Compression, IndexStats, PayloadMeta, RepairReport
-from diskhash._index import DiskHashIndex, repair
+try:
+    from diskhash._records import Compression, IndexStats, PayloadMeta, RepairReport
+    from diskhash._index import DiskHashIndex, repair
+except ImportError:
+    from diskhash._checkout import missing_extensions as _missing_extensions
+
+    _error = _missing_extensions()
+    if _error is None:
+        raise
+    raise _error from None
+
 from diskhash.aio import AsyncDiskHashIndex
 from diskhash._store import PayloadStore, StoreStats
 from diskhash._aio_store import AsyncPayloadStore
@@ -13,6 +22,7 @@ from diskhash.errors import (
     IndexClosedError,
     IndexLockedError,
     ReadOnlyIndexError,
+    WrongEventLoopError,
 )
 
 __all__ = [
@@ -32,6 +42,7 @@ __all__ = [
     "ReadOnlyIndexError",
     "RepairReport",
     "StoreStats",
+    "WrongEventLoopError",
     "repair",
 ]
 

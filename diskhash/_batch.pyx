@@ -11,12 +11,17 @@ batch; ``insert_many`` holds ``_write_lock`` for the batch and takes
 ``_map_lock`` exclusively per chunk of slot stores, so readers keep going.
 Slots are written by the same ``fill_slot``/``overwrite_slot`` as ``insert``
 (fields, then the tag, then the header count; overwrites through the undo page).
+``insert_many`` is all or nothing: every slot it writes is logged, and a batch
+that meets damage (or a record changed under it) mid-way is rolled back, last
+write first, before the error is raised.
 
 Lookups overlap their memory misses: the home slot of the key ``distance``
 positions ahead is prefetched while the current key is probed
 (``benchmarks/prefetch_distance.py`` measured the default).
 """
+from cpython.mem cimport PyMem_RawFree, PyMem_RawMalloc
 from libc.stdint cimport int64_t, uint8_t, uint16_t, uint32_t, uint64_t
+from libc.string cimport memset
 
 from diskhash._format cimport (
     DH_COMPILER_BARRIER,
@@ -27,6 +32,7 @@ from diskhash._format cimport (
     PROBE_FULL,
     PROBE_MISS,
     SLOT_SIZE,
+    TAG_EMPTY,
     dh_slot,
     hash_u128,
     needs_grow,
@@ -135,6 +141,49 @@ ctypedef struct fail_t:
     uint64_t hi
 
 
+# One slot write of insert_many, as needed to undo it: the slot, whether it
+# was empty before (undo empties it again), else the record it held.
+ctypedef struct batch_write:
+    uint64_t slot
+    uint64_t offset
+    uint32_t length
+    uint32_t uncompressed_length
+    uint8_t compression
+    uint8_t filled
+
+
+cdef void rollback(DiskHashIndex idx, const batch_write *log, Py_ssize_t count) noexcept nogil:
+    """Undo ``count`` logged writes, last first; the caller holds ``_write_lock``.
+
+    Each write filled an empty slot or overwrote a record, never moved an
+    entry, so undoing them in reverse order gives back the table as it was,
+    slot for slot.
+    """
+    cdef Py_ssize_t j
+    cdef dh_slot *d
+    cdef meta_fields mf
+    cdef uint64_t num_slots = idx._num_slots
+    if count == 0:
+        return
+    pthread_rwlock_wrlock(&idx._map_lock)
+    for j in range(count - 1, -1, -1):
+        d = slot_at(idx._base, log[j].slot)
+        if log[j].filled:
+            d.tag = TAG_EMPTY
+            DH_COMPILER_BARRIER()
+            memset(<unsigned char *>d + 1, 0, SLOT_SIZE - 1)
+            idx._num_entries -= 1
+        else:
+            mf.offset = log[j].offset
+            mf.length = log[j].length
+            mf.uncompressed_length = log[j].uncompressed_length
+            mf.compression = log[j].compression
+            overwrite_slot(idx._undo, d, log[j].slot, num_slots, &mf)
+    idx._generation += 1
+    idx._store_count()
+    pthread_rwlock_unlock(&idx._map_lock)
+
+
 cdef inline void key_at(const uint64_t *kp, bint wide, Py_ssize_t i,
                         uint64_t *lo, uint64_t *hi) noexcept nogil:
     if wide:
@@ -232,14 +281,17 @@ cdef Py_ssize_t lookup_range(const unsigned char *base, uint64_t mask, uint64_t 
 
 cdef Py_ssize_t insert_range(DiskHashIndex idx, const uint64_t *kp, bint wide,
                              const dh_meta *recs, Py_ssize_t start, Py_ssize_t end,
-                             Py_ssize_t dist, fail_t *fail) noexcept nogil:
+                             Py_ssize_t dist, fail_t *fail, batch_write *log) noexcept nogil:
     """Insert keys [start, end); the caller holds ``_write_lock``.
 
     Returns ``end``, or the position of the first key not inserted: one that
     needs a grow first (``FAIL_GROW``) or met damage.  Probing needs no map
     lock (only this writer changes slots); the stores take it exclusively,
-    one chunk of keys at a time.
+    one chunk of keys at a time.  Write number i - start goes to ``log[i - start]``
+    (one write per key), so keys [start, returned position) are in the log.
     """
+    cdef batch_write *w
+    cdef dh_slot *d
     cdef uint64_t homes[WRITE_CHUNK]
     cdef unsigned char *base = idx._base
     cdef uint64_t mask = idx._mask, seed = idx._seed
@@ -272,8 +324,16 @@ cdef Py_ssize_t insert_range(DiskHashIndex idx, const uint64_t *kp, bint wide,
             mf.length = m.length
             mf.uncompressed_length = m.uncompressed_length
             mf.compression = m.compression
+            w = &log[i - start]
             if r >= 0:
-                overwrite_slot(idx._undo, slot_at(base, <uint64_t>r), <uint64_t>r, mask + 1, &mf)
+                d = slot_at(base, <uint64_t>r)
+                w.slot = <uint64_t>r
+                w.filled = 0
+                w.offset = d.offset
+                w.length = d.length
+                w.uncompressed_length = d.uncompressed_length
+                w.compression = d.compression
+                overwrite_slot(idx._undo, d, <uint64_t>r, mask + 1, &mf)
                 continue
             if r != PROBE_MISS:
                 fail.code = <int>r
@@ -287,6 +347,8 @@ cdef Py_ssize_t insert_range(DiskHashIndex idx, const uint64_t *kp, bint wide,
                 pthread_rwlock_unlock(&idx._map_lock)
                 fail.code = FAIL_GROW
                 return i
+            w.slot = empty
+            w.filled = 1
             fill_slot(slot_at(base, empty), lo, hi, &mf)
             DH_COMPILER_BARRIER()
             idx._num_entries += 1
@@ -325,6 +387,12 @@ def _key_array(keys):
         wide = False
     elif dt.kind == "b":
         raise TypeError("keys must be unsigned integers (ids), not bool")
+    elif dt.kind == "O":
+        # What numpy makes of a list holding an int of 2**64 or more.
+        raise TypeError(
+            "keys must be an unsigned integer array (ids < 2**64) or a diskhash.KEY_DTYPE array, "
+            "not dtype object: ids of 2**64 and above go in a diskhash.KEY_DTYPE array "
+            "(fields lo, hi: the low and high 64 bits of each id)")
     else:
         raise TypeError(
             f"keys must be an unsigned integer array (ids < 2**64) or a diskhash.KEY_DTYPE "
@@ -423,7 +491,11 @@ cdef int _grow_up_front(DiskHashIndex idx, const uint64_t *kp, bint wide, Py_ssi
 def insert_many(DiskHashIndex index not None, keys, records):
     """Insert ``records[i]`` under ``keys[i]`` for every i, in order (a later duplicate wins).
 
-    Everything is validated before the first write: a bad batch changes nothing.
+    All or nothing: the arguments are validated and any grow is done before
+    the first write, and a batch that meets a damaged slot mid-way is undone
+    before ``CorruptIndexError`` is raised, so a call that raises changes no
+    entry.  (A grow done up front stays: it changes the table's size, not
+    its entries.)
     """
     cdef DiskHashIndex idx = index
     cdef bint wide
@@ -447,10 +519,16 @@ def insert_many(DiskHashIndex index not None, keys, records):
     cdef const unsigned char[::1] rview
     cdef Py_ssize_t pos, dist = _distance
     cdef fail_t fail
+    cdef batch_write *log = NULL
+    if n == 0:
+        idx._write_acquire(True)        # the open/writable checks, as for a batch
+        idx._write_release()
+        return
+    log = <batch_write *>PyMem_RawMalloc(<size_t>n * sizeof(batch_write))
+    if log == NULL:
+        raise MemoryError(f"insert_many: no memory for the undo log of {n} keys")
     idx._write_acquire(True)
     try:
-        if n == 0:
-            return
         kview = karr.view(_np.uint8)
         rview = rarr.view(_np.uint8)
         _grow_up_front(idx, <const uint64_t *>&kview[0], wide, n)
@@ -460,12 +538,15 @@ def insert_many(DiskHashIndex index not None, keys, records):
                 # A batch this large writes nearly every page of the table.
                 populate_for_write(idx._base, HEADER_SIZE + idx._num_slots * SLOT_SIZE)
             pos = insert_range(idx, <const uint64_t *>&kview[0], wide,
-                               <const dh_meta *>&rview[0], 0, n, dist, &fail)
+                               <const dh_meta *>&rview[0], 0, n, dist, &fail, log)
+            if fail.code != FAIL_NONE:
+                rollback(idx, log, pos)
         if fail.code == FAIL_RECORD:
             raise ValueError(
                 f"records[{pos}].compression = {fail.byte} is not a known compression: "
-                f"the array changed during insert_many ({pos} records were inserted)")
+                f"the array changed during insert_many (nothing was inserted)")
         if fail.code != FAIL_NONE:
             _raise_fail(idx, &fail)
     finally:
         idx._write_release()
+        PyMem_RawFree(log)

@@ -1,8 +1,8 @@
 """``diskhash store ...``: the PayloadStore commands of the command line.
 
-One function per subcommand, registered in ``STORE_COMMANDS``; ``add_parser``
-hangs them under one ``store`` subcommand of the main parser, so the main
-CLI needs a single line to include them.  Exit status:
+One function per subcommand, registered in ``STORE_COMMANDS``; ``register()``
+adds one ``store`` command to the main CLI's table (``diskhash._cli``), whose
+arguments are these subcommands, so the main CLI needs a single line.  Exit status:
 
 * 0 success;
 * 1 the store is damaged (``verify`` lists every defect), locked, or any
@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import base64
 import binascii
+import importlib
 import json
 import os
 import sys
@@ -39,7 +40,7 @@ from diskhash._records import Compression
 from diskhash._store import PayloadStore
 from diskhash.errors import CorruptIndexError, CorruptPayloadError, DiskHashError
 
-__all__ = ["STORE_COMMANDS", "add_parser", "main"]
+__all__ = ["STORE_COMMANDS", "register", "store_arguments", "run", "main"]
 
 EXIT_OK = 0
 EXIT_ERROR = 1
@@ -101,7 +102,7 @@ class _Bar:
         self._bar: Any = None
         if enabled:
             try:
-                from tqdm import tqdm
+                tqdm = importlib.import_module("tqdm").tqdm     # optional: diskhash[cli]
             except ImportError:
                 return
             self._bar = tqdm(total=total, desc=label, unit=unit, unit_scale=True, file=sys.stderr,
@@ -310,8 +311,12 @@ def _read_records(fmt_: str, source: str) -> Iterator[tuple[int, bytes]]:
             stream.close()
 
 
-@_command("import", "load payloads from a directory, TSV or JSONL (creates the store)",
-          lambda p: (_io_args(p), _compression_arg(p)))
+def _import_args(p: argparse.ArgumentParser) -> None:
+    _io_args(p)
+    _compression_arg(p)
+
+
+@_command("import", "load payloads from a directory, TSV or JSONL (creates the store)", _import_args)
 def cmd_import(args: argparse.Namespace) -> int:
     fmt_ = _io_format(args, exporting=False)
     if fmt_ == "dir" and not os.path.isdir(args.source):
@@ -380,19 +385,16 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 # -- wiring -----------------------------------------------------------------------------
 
-def add_parser(subparsers: Any) -> argparse.ArgumentParser:
-    """Add ``store`` (with its subcommands) to a main parser's subparsers."""
-    parser = subparsers.add_parser("store", help="PayloadStore commands (stats, verify, get, ...)",
-                                   description="Commands on a PayloadStore directory.")
-    sub = parser.add_subparsers(dest="store_command", required=True)
+def store_arguments(parser: argparse.ArgumentParser) -> None:
+    """The ``store`` subcommand's own subcommands (``diskhash store CMD DIRECTORY ...``)."""
+    sub = parser.add_subparsers(dest="store_command", required=True, metavar="STORE_COMMAND")
     for cmd in STORE_COMMANDS.values():
         p = sub.add_parser(cmd.name, help=cmd.help, description=cmd.help)
         p.add_argument("directory", help="the store's directory")
         p.add_argument("--timeout", type=float, default=0.0,
                        help="seconds to wait for another process's lock (default 0)")
         cmd.arguments(p)
-        p.set_defaults(func=run, store_run=cmd.run)
-    return parser
+        p.set_defaults(store_run=cmd.run)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -408,6 +410,8 @@ def run(args: argparse.Namespace) -> int:
     except DiskHashError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_ERROR
+    except BrokenPipeError:
+        raise                       # the main CLI exits 141, quietly
     except (OSError, ValueError, TypeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -416,12 +420,20 @@ def run(args: argparse.Namespace) -> int:
         return EXIT_INTERRUPTED
 
 
+def register() -> None:
+    """Add ``store`` to the main CLI's registration table (``diskhash._cli.COMMANDS``)."""
+    from diskhash._cli import COMMANDS, command
+
+    if "store" not in COMMANDS:
+        command("store", "PayloadStore commands: stats, verify, rebuild, compact, get, put, "
+                         "import, export", store_arguments)(run)
+
+
 def main(argv: "Sequence[str] | None" = None) -> int:
     """``python -m diskhash._cli_store CMD DIRECTORY ...`` (the same as ``diskhash store ...``)."""
-    parser = argparse.ArgumentParser(prog="diskhash")
-    add_parser(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(["store", *(sys.argv[1:] if argv is None else argv)])
-    return run(args)
+    parser = argparse.ArgumentParser(prog="diskhash store")
+    store_arguments(parser)
+    return run(parser.parse_args(sys.argv[1:] if argv is None else argv))
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -14,6 +14,7 @@ thread, kept in a ``threading.local``.
 
 from __future__ import annotations
 
+import importlib
 import threading
 from typing import Any, Callable
 
@@ -25,12 +26,16 @@ __all__ = ["compress", "decompress", "available", "require", "EXTRA"]
 EXTRA = 'pip install "diskhash[store]"'
 ZSTD_LEVEL = 3
 
+# Imported by name (no static import): lz4 ships no type information, and
+# either package may be missing.
+_lz4: Any
+_zstd: Any
 try:
-    import lz4.block as _lz4
+    _lz4 = importlib.import_module("lz4.block")
 except ImportError:  # pragma: no cover - exercised in a subprocess without the extra
     _lz4 = None
 try:
-    import zstandard as _zstd
+    _zstd = importlib.import_module("zstandard")
 except ImportError:  # pragma: no cover
     _zstd = None
 
@@ -77,11 +82,13 @@ def _zd() -> Any:
 
 
 def _lz4_compress(data: Any) -> bytes:
-    return _lz4.compress(data, store_size=False)
+    out: bytes = _lz4.compress(data, store_size=False)
+    return out
 
 
 def _zstd_compress(data: Any) -> bytes:
-    return _zc().compress(data)
+    out: bytes = _zc().compress(data)
+    return out
 
 
 _COMPRESS: dict[int, Callable[[Any], bytes]] = {1: _lz4_compress, 2: _zstd_compress}
@@ -106,7 +113,7 @@ def decompress(compression: int, data: Any, uncompressed_length: int) -> bytes:
         if _lz4 is None:
             require(Compression.LZ4)
         try:
-            out = _lz4.decompress(data, uncompressed_size=uncompressed_length)
+            out: bytes = _lz4.decompress(data, uncompressed_size=uncompressed_length)
         except Exception as exc:
             raise ValueError(f"LZ4 block does not decode: {exc}") from None
     elif compression == 2:

@@ -160,7 +160,7 @@ def _copy_live(g: Any, fd: int, e0: int, live: dict[int, tuple[int, int, int, in
 try:
     from diskhash._store_read import copy_live as _copy_live_c
 except ImportError:  # pragma: no cover
-    _copy_live_c = None
+    _copy_live_c = None  # type: ignore[assignment]
 
 
 def _write(fd: int, pending: list[Any], offset: int) -> int:

@@ -1,8 +1,10 @@
 """Stubs for diskhash/_convert.pyx (internal: used by diskhash._records)."""
 
-from typing import Any, Sequence
+from typing import Any, Sequence, TypeVar
+
+_T = TypeVar("_T", bound=tuple[Any, ...])
 
 def bind_types(record_type: type, compression_members: Sequence[Any]) -> None: ...
 def new_payload_meta(
-    cls: type, edge_id: Any, offset: Any, length: Any, compression: Any, uncompressed_length: Any
-) -> Any: ...
+    cls: type[_T], edge_id: Any, offset: Any, length: Any, compression: Any, uncompressed_length: Any
+) -> _T: ...

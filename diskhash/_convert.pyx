@@ -27,7 +27,15 @@ cdef extern from *:
         Py_ssize_t n = PyLong_AsNativeBytes(v, buf, 16,
             Py_ASNATIVEBYTES_LITTLE_ENDIAN | Py_ASNATIVEBYTES_UNSIGNED_BUFFER |
             Py_ASNATIVEBYTES_REJECT_NEGATIVE);
-        if (n < 0) return -1;
+        if (n < 0) {
+            /* REJECT_NEGATIVE raises ValueError; an out-of-range int is an
+               OverflowError on every other version and everywhere else. */
+            if (PyErr_ExceptionMatches(PyExc_ValueError)) {
+                PyErr_Clear();
+                PyErr_SetString(PyExc_OverflowError, "can't convert negative int to unsigned");
+            }
+            return -1;
+        }
         if (n > 16) { PyErr_SetString(PyExc_OverflowError, "int too big"); return -1; }
     #else
         if (_PyLong_AsByteArray((PyLongObject *)v, buf, 16, 1, 0) < 0) return -1;
@@ -144,6 +152,8 @@ _U32_MAX = 0xFFFFFFFF
 def bind_types(record_type, compression_members):
     """Called once by ``_records``: the classes records are built from."""
     global _payload_meta_type, _compressions, _c0, _c1, _c2
+    if not (isinstance(record_type, type) and issubclass(record_type, tuple)):
+        raise TypeError("bind_types needs a tuple subclass: records are built as tuples")
     if len(compression_members) != MAX_COMPRESSION_PLUS_ONE:
         raise RuntimeError("Compression must have exactly NONE, LZ4, ZSTD")
     _payload_meta_type = record_type
@@ -171,14 +181,12 @@ cdef int _key_slow(object key, uint64_t *lo, uint64_t *hi) except -1:
     elif PyBool_Check(key):
         raise TypeError(f"edge_id must be an int in [0, 2**128) or a uuid.UUID, not bool ({key!r})")
     elif not PyLong_Check(key):
-        try:
-            key = operator.index(key)
-        except TypeError:
+        as_int = _index_or_none(key)
+        if as_int is None:
             raise TypeError(
                 f"edge_id must be an int in [0, 2**128) or a uuid.UUID, "
-                f"not {type(key).__name__}") from None
-        if PyBool_Check(key):
-            raise TypeError("edge_id must be an int, not bool")
+                f"not {type(key).__name__}")
+        key = as_int
     if key < 0 or key >= 2**128:
         raise OverflowError(f"edge_id {key} is outside [0, 2**128)")
     dh_long_to_u128(int(key), lo, hi)
@@ -201,9 +209,30 @@ cdef object u128_to_int(uint64_t lo, uint64_t hi):
 
 
 # Field validators: the common case is a few C instructions inline; every
-# error (and its message) is built in the out-of-line *_error functions.
+# error (and its message) is built in the out-of-line *_error functions,
+# which also take numpy integers (anything with __index__ but bool) by
+# converting them and validating again, so values read from get_many's
+# arrays can be passed back.
+
+cdef object _index_or_none(object v):
+    """``v`` as an int if it is an integer type other than bool, else None.
+
+    numpy's bool scalars count as bool (older numpy lets them through
+    ``__index__`` with a DeprecationWarning)."""
+    if PyBool_Check(v) or getattr(getattr(v, "dtype", None), "kind", None) == "b":
+        return None
+    try:
+        v = operator.index(v)
+    except TypeError:
+        return None
+    return None if PyBool_Check(v) else v
+
 
 cdef uint64_t _u64_error(object v, str name) except? 0xFFFFFFFFFFFFFFFFULL:
+    if not PyLong_Check(v):
+        i = _index_or_none(v)
+        if i is not None:
+            return _u64_field(i, name)
     if not PyLong_Check(v) or PyBool_Check(v):
         raise TypeError(f"PayloadMeta.{name} must be an int, not {type(v).__name__}")
     if PyErr_Occurred() == NULL or PyErr_ExceptionMatches(OverflowError):
@@ -222,17 +251,34 @@ cdef inline uint64_t _u64_field(object v, str name) except? 0xFFFFFFFFFFFFFFFFUL
 
 
 cdef uint32_t _u32_error(object v, str name) except? 0xFFFFFFFFU:
+    if not PyLong_Check(v):
+        i = _index_or_none(v)
+        if i is not None:
+            return _u32_field(i, name)
+    if not PyLong_Check(v) or PyBool_Check(v):
+        raise TypeError(f"PayloadMeta.{name} must be an int, not {type(v).__name__}")
+    if PyErr_Occurred() != NULL:
+        # Out of range as the 128-bit conversion sees it: OverflowError, or
+        # ValueError for a negative int on 3.13+.  Anything else stands.
+        if not (PyErr_ExceptionMatches(OverflowError) or PyErr_ExceptionMatches(ValueError)):
+            return 0xFFFFFFFFU
+        PyErr_Clear()
     raise OverflowError(f"PayloadMeta.{name} = {v} is outside [0, 2**32)")
 
 
 cdef inline uint32_t _u32_field(object v, str name) except? 0xFFFFFFFFU:
-    cdef uint64_t x = _u64_field(v, name)
-    if x > 0xFFFFFFFFULL:
-        return _u32_error(v, name)
-    return <uint32_t>x
+    cdef uint64_t lo, hi
+    if PyLong_Check(v) and not PyBool_Check(v):
+        if dh_key_fast_nx(v, &lo, &hi) == 0 and hi == 0 and lo <= 0xFFFFFFFFULL:
+            return <uint32_t>lo
+    return _u32_error(v, name)
 
 
 cdef uint8_t _compression_error(object v) except 255:
+    if not PyLong_Check(v):
+        i = _index_or_none(v)
+        if i is not None:
+            return _compression_field(i)
     if not PyLong_Check(v) or PyBool_Check(v):
         raise TypeError(f"PayloadMeta.compression must be a Compression or int, not {type(v).__name__}")
     if PyErr_Occurred() != NULL:
@@ -277,7 +323,11 @@ cdef int meta_from_object(object meta, uint64_t lo, uint64_t hi, object key,
 
 cdef inline object _record_from_objects(object edge_id, object c, object o, object n, object u):
     # dh_new_tuple5 stores borrowed references: give it its own.
-    Py_INCREF(edge_id); Py_INCREF(o); Py_INCREF(n); Py_INCREF(c); Py_INCREF(u)
+    Py_INCREF(edge_id)
+    Py_INCREF(o)
+    Py_INCREF(n)
+    Py_INCREF(c)
+    Py_INCREF(u)
     return dh_new_tuple5(<PyTypeObject*>_payload_meta_type, edge_id, o, n, c, u)
 
 

@@ -7,9 +7,18 @@ crash-safe replacement on Linux are written down once:
   mapped, so a full disk is an ``OSError`` now, not a ``SIGBUS`` later;
 * it is fsynced before ``rename()`` and the directory is fsynced after, so
   after a power loss the name points at either the old or the new complete file;
-* the cross-process lock lives in a sidecar ``<index>.lock`` file, because the
-  index file itself is replaced on every grow and a lock on the old inode
-  would no longer cover the new one.
+* the cross-process lock lives in a sidecar ``<index>.lock`` file beside the
+  index's resolved path (symlinks followed), because the index file itself is
+  replaced on every grow and a lock on the old inode would no longer cover the
+  new one; the index file's own inode is ``flock``ed too, so a second name for
+  it (a hard link, whose sidecar differs) cannot let in a second writer;
+* an existing table is opened with ``O_NONBLOCK`` and checked to be a regular
+  file before anything else (a FIFO would block the open forever), and before
+  any lock file is created beside it;
+* a writable open allocates the blocks of a table someone else made sparse,
+  for the same reason new tables are allocated.
+
+See docs/files-and-locks.md for what users see of these rules.
 """
 
 from __future__ import annotations
@@ -18,30 +27,26 @@ import errno
 import fcntl
 import mmap
 import os
-import struct
+import stat
 import time
 from dataclasses import dataclass
 
-from diskhash.errors import IndexLockedError
+from diskhash._format import (
+    HEADER_SIZE,
+    MAGIC,
+    MARKER_SIZE,
+    UNDO_OFFSET,
+    UNDO_SIZE,
+    VERSION,
+    pack_header,
+    table_bytes,
+    unpack_header,
+)
+from diskhash.errors import CorruptIndexError, IndexLockedError
 
-# The sidecar <index>.lock file: the clean-close marker (text) at offset 0,
-# the writer's undo page (binary, see _index.pxd) at UNDO_OFFSET.
-MARKER_SIZE = 256
-UNDO_OFFSET = mmap.ALLOCATIONGRANULARITY
-UNDO_SIZE = 64
+__all__ = ["MARKER_SIZE", "UNDO_OFFSET", "table_bytes"]   # re-exported for tools and tests
 
-MAGIC = b"SOCHIDX2"
-VERSION = 1
-HEADER = struct.Struct("<8sI4xQQQ24x")
-HEADER_SIZE = 64
-SLOT_SIZE = 40
 TMP_SUFFIX = ".tmp"
-
-assert HEADER.size == HEADER_SIZE
-
-
-def table_bytes(num_slots: int) -> int:
-    return HEADER_SIZE + num_slots * SLOT_SIZE
 
 
 def map_table(fd: int, num_slots: int, writable: bool) -> mmap.mmap:
@@ -59,6 +64,129 @@ def map_table(fd: int, num_slots: int, writable: bool) -> mmap.mmap:
     except (AttributeError, OSError):
         pass
     return mm
+
+
+def _restated(exc: OSError, name: str) -> OSError:
+    """``exc`` naming the index as the user spelled it (not its resolved target)."""
+    if exc.errno:
+        return type(exc)(exc.errno, exc.strerror or str(exc), name)
+    return exc
+
+
+_KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"),
+          (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
+
+
+def open_table(path: str, name: str, writable: bool) -> tuple[int, os.stat_result]:
+    """Open the existing table file at ``path`` (resolved); returns (fd, stat).
+
+    ``O_NONBLOCK`` so that a FIFO cannot block the open; anything but a
+    regular file is refused with an ``OSError`` naming ``name``.
+    """
+    flags = (os.O_RDWR if writable else os.O_RDONLY) | os.O_CLOEXEC | os.O_NONBLOCK
+    try:
+        fd = os.open(path, flags)
+    except OSError as exc:
+        raise _restated(exc, name) from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            kind = next((k for test, k in _KINDS if test(st.st_mode)), "not a regular file")
+            code = errno.EISDIR if stat.S_ISDIR(st.st_mode) else errno.EINVAL
+            raise OSError(code, f"{kind}, not an index file (an index is a regular file)", name)
+        fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_NONBLOCK)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd, st
+
+
+def read_header(fd: int, st: os.stat_result, name: str) -> tuple[int, int, int]:
+    """Validate the header in O(1); returns (num_slots, num_entries, seed).
+
+    Raises ``CorruptIndexError`` naming ``name`` for a file that is not a
+    SOCHIDX2 table (or is shorter than its header says).
+    """
+    if st.st_size < HEADER_SIZE:
+        raise CorruptIndexError(name, f"file is {st.st_size} bytes, shorter than the {HEADER_SIZE}-byte header")
+    magic, version, num_slots, num_entries, seed = unpack_header(os.pread(fd, HEADER_SIZE, 0))
+    defect = None
+    if magic != MAGIC:
+        defect = f"bad magic {magic!r} (expected {MAGIC!r})"
+    elif version != VERSION:
+        defect = f"unknown format version {version} (this diskhash reads version {VERSION})"
+    elif num_slots == 0 or num_slots & (num_slots - 1):
+        defect = f"slot count {num_slots} is not a power of two"
+    elif st.st_size < table_bytes(num_slots):
+        defect = (f"file is {st.st_size} bytes but the header's {num_slots} slots need "
+                  f"{table_bytes(num_slots)} (truncated)")
+    if defect:
+        raise CorruptIndexError(name, [defect])
+    return num_slots, num_entries, seed
+
+
+def check_existing(path: str, name: str) -> bool:
+    """Before any lock file is made: is there an index at ``path``?
+
+    False if nothing is there; True if a regular file with a valid header
+    is; otherwise raises (``OSError`` for a directory, FIFO, ...,
+    ``CorruptIndexError`` for a file that is not an index), so a failed open
+    leaves nothing beside something that is not an index.
+    """
+    try:
+        fd, st = open_table(path, name, writable=False)
+    except FileNotFoundError:
+        if os.path.lexists(path):
+            raise
+        return False
+    try:
+        read_header(fd, st, name)
+    finally:
+        os.close(fd)
+    return True
+
+
+def make_parent_dirs(path: str) -> None:
+    """Create the missing directories above a new index file."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+
+
+def ensure_allocated(fd: int, size: int) -> None:
+    """Make sure the first ``size`` bytes of ``fd`` have disk blocks.
+
+    A sparse file (sized with ``ftruncate``, as the Rust original does) maps
+    fine, but the first store into a hole on a full disk kills the process
+    with ``SIGBUS``; allocating now turns that into an ``OSError``.  Cheap
+    for a file whose blocks already exist.  Never changes the file's bytes.
+    """
+    try:
+        os.posix_fallocate(fd, 0, size)
+        return
+    except OSError as exc:
+        if exc.errno not in (errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+            raise
+    # No fallocate on this file system: write zeros into each hole.
+    pos = 0
+    while pos < size:
+        try:
+            hole = os.lseek(fd, pos, os.SEEK_HOLE)
+        except OSError:
+            return                  # no hole information: nothing more we can do
+        if hole >= size:
+            return
+        try:
+            data = os.lseek(fd, hole, os.SEEK_DATA)
+        except OSError:
+            data = size             # ENXIO: a hole up to the end of the file
+        end = min(data, size)
+        while hole < end:
+            hole += os.pwrite(fd, bytes(min(end - hole, 1 << 20)), hole)
+        pos = end
+
+
+def lock_table(fd: int, exclusive: bool) -> None:
+    """``flock`` a table file we just created (nobody else can have it yet)."""
+    fcntl.flock(fd, (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB)
 
 
 def new_seed() -> int:
@@ -83,7 +211,7 @@ def remove_leftovers(path: str) -> list[str]:
     """
     head, name = os.path.split(path)
     prefix = f".{name}."
-    removed = []
+    removed: list[str] = []
     try:
         entries = os.listdir(head or ".")
     except OSError:
@@ -123,8 +251,9 @@ def create_table_file(tmp: str, num_slots: int, seed: int, mode: int = 0o644) ->
     """
     fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
     try:
+        lock_table(fd, exclusive=True)
         _allocate(fd, table_bytes(num_slots))
-        os.pwrite(fd, HEADER.pack(MAGIC, VERSION, num_slots, 0, seed), 0)
+        os.pwrite(fd, pack_header(num_slots, 0, seed), 0)
     except BaseException:
         os.close(fd)
         _unlink_quietly(tmp)
@@ -132,10 +261,16 @@ def create_table_file(tmp: str, num_slots: int, seed: int, mode: int = 0o644) ->
     return fd
 
 
-def publish(fd: int, tmp: str, path: str) -> None:
-    """Make ``tmp`` (open as ``fd``) durable and atomically the file at ``path``."""
+def replace_durably(fd: int, tmp: str, path: str) -> None:
+    """Make ``tmp`` (open as ``fd``) durable, then atomically the file at
+    ``path``; the rename itself is durable once ``fsync_dir`` has run."""
     os.fsync(fd)
     os.replace(tmp, path)
+
+
+def publish(fd: int, tmp: str, path: str) -> None:
+    """Make ``tmp`` (open as ``fd``) durable and atomically the file at ``path``."""
+    replace_durably(fd, tmp, path)
     fsync_dir(os.path.dirname(path))
 
 
@@ -191,14 +326,28 @@ class IndexLock:
     shares (and must not release) its parent's lock.
     """
 
-    def __init__(self, index_path: str, exclusive: bool, timeout: "float | None") -> None:
+    def __init__(self, index_path: str, exclusive: bool, timeout: float | None,
+                 name: str | None = None) -> None:
         self.path = index_path + ".lock"
+        self.name = index_path if name is None else name
         self.exclusive = exclusive
         self.fd = -1
-        self.undo_map: "mmap.mmap | None" = None
+        self.undo_map: mmap.mmap | None = None
+        self.deadline = None if timeout is None else time.monotonic() + max(timeout, 0.0)
+        self.timeout = timeout
         self.fd = self._open()
         if self.fd >= 0:
-            self._acquire(index_path, timeout)
+            try:
+                self._acquire(self.fd, "")
+            except BaseException:
+                self.close(unlock=False)
+                raise
+
+    def lock_table(self, fd: int) -> None:
+        """Lock the index file's own inode (``fd``) the same way, within the
+        same timeout: every name of one file (a hard link has its own
+        sidecar) then shares one writer.  Released when ``fd`` is closed."""
+        self._acquire(fd, " through another name of the same file (a hard link)")
 
     def _open(self) -> int:
         try:
@@ -211,27 +360,23 @@ class IndexLock:
         except OSError:
             return -1
 
-    def _acquire(self, index_path: str, timeout: "float | None") -> None:
+    def _acquire(self, fd: int, where: str) -> None:
         op = fcntl.LOCK_EX if self.exclusive else fcntl.LOCK_SH
-        deadline = None if timeout is None else time.monotonic() + max(timeout, 0.0)
+        deadline, timeout = self.deadline, self.timeout
         delay = 0.001
         while True:
             try:
-                fcntl.flock(self.fd, op | fcntl.LOCK_NB)
+                fcntl.flock(fd, op | fcntl.LOCK_NB)
                 return
             except BlockingIOError:
                 pass
-            except BaseException:
-                self.close(unlock=False)
-                raise
             now = time.monotonic()
             if deadline is not None and now >= deadline:
-                self.close(unlock=False)
                 held = "a writer" if not self.exclusive else "another reader or writer"
                 waited = f" after waiting {timeout:g}s" if timeout else ""
                 raise IndexLockedError(
-                    index_path,
-                    f"index is locked by {held} (many readers or one writer per file){waited}",
+                    self.name,
+                    f"index is locked by {held}{where} (many readers or one writer per file){waited}",
                 )
             time.sleep(delay if deadline is None else min(delay, deadline - now))
             delay = min(delay * 2, 0.05)
@@ -241,17 +386,11 @@ class IndexLock:
         bytes while it stores the new ones, so a crash in between is undone
         by the next writable open.  Its blocks are allocated for real, so a
         full disk fails this open instead of a later store (SIGBUS)."""
-        if os.fstat(self.fd).st_size < UNDO_OFFSET + UNDO_SIZE:
-            try:
-                os.posix_fallocate(self.fd, 0, UNDO_OFFSET + UNDO_SIZE)
-            except OSError as exc:
-                if exc.errno not in (errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
-                    raise
-                os.pwrite(self.fd, bytes(UNDO_SIZE), UNDO_OFFSET)
+        ensure_allocated(self.fd, UNDO_OFFSET + UNDO_SIZE)
         self.undo_map = mmap.mmap(self.fd, UNDO_SIZE, offset=UNDO_OFFSET)
         return self.undo_map
 
-    def read_marker(self) -> "CleanMarker | None":
+    def read_marker(self) -> CleanMarker | None:
         if self.fd < 0:
             return None
         data = os.pread(self.fd, MARKER_SIZE, 0).decode("ascii", "replace").split()

@@ -9,6 +9,7 @@ from diskhash._locks cimport pthread_mutex_t, pthread_rwlock_t
 
 cdef class DiskHashIndex:
     cdef readonly str path
+    cdef str _file              # path resolved (symlinks followed): where the I/O goes
     cdef readonly bint readonly
     cdef readonly object recovery
     cdef object _mmap
@@ -45,7 +46,6 @@ cdef class DiskHashIndex:
     cdef int _rebuild_locked(self, uint64_t new_slots, bint salvage, uint64_t new_seed=*) except -1
     cdef int _ensure_room_locked(self, uint64_t extra) except -1
     cdef void _store_count(self) noexcept nogil
-    cdef _open_file_impl(self)
     cdef object _record(self, object key, dh_slot *s)
     cdef bint _delete_locked(self, uint64_t lo, uint64_t hi, dh_slot *removed) except -1
 

@@ -14,14 +14,20 @@ import uuid
 from types import TracebackType
 from typing import Any, Iterator, SupportsIndex, TypeVar, overload
 
+import numpy as np
+from numpy.typing import NDArray
 from typing_extensions import disjoint_base
 
-from diskhash._records import IndexStats, PayloadMeta, RepairReport
+from diskhash._batch import _KeyArray, _MetaArray, _ResultArray
+from diskhash._records import Compression, IndexStats, PayloadMeta, RepairReport
 
 _T = TypeVar("_T")
 _Key = int | uuid.UUID | SupportsIndex
-_Record = PayloadMeta | tuple[_Key, int, int, int, int]
+_Record = PayloadMeta | tuple[_Key, SupportsIndex, SupportsIndex, Compression | SupportsIndex, SupportsIndex]
 _StrPath = str | os.PathLike[str]
+
+MAX_SLOTS: int
+MAX_CAPACITY: int
 
 @disjoint_base
 class DiskHashIndex:
@@ -117,7 +123,7 @@ class DiskHashIndex:
         """Make every write before this call durable (msync of the whole map):
         they then survive a kernel crash and a power loss.  Raises ``OSError``
         if the msync fails."""
-    def get_many(self, keys: Any) -> Any:
+    def get_many(self, keys: _KeyArray) -> _ResultArray:
         """Look up a batch: returns a ``RESULT_DTYPE`` array, one row per key
         (``found`` False and zeros for an absent key).
 
@@ -127,10 +133,10 @@ class DiskHashIndex:
         and ``ImportError`` (numpy is not installed).  The GIL is released
         for the whole batch.
         """
-    def contains_many(self, keys: Any) -> Any:
+    def contains_many(self, keys: _KeyArray) -> NDArray[np.bool_]:
         """Which of ``keys`` are stored: a ``bool`` array (``keys`` and errors
         as for ``get_many``)."""
-    def insert_many(self, keys: Any, records: Any) -> None:
+    def insert_many(self, keys: _KeyArray, records: _MetaArray) -> None:
         """Insert ``records[i]`` under ``keys[i]``, in order; a repeated key
         ends with its last record.
 

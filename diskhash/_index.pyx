@@ -1,4 +1,8 @@
-# cython: language_level=3
+# cython: language_level=3, binding=False
+# binding=False: methods are plain method descriptors, which check `self`.
+# With Cython 3's default (binding=True), `DiskHashIndex.get(object(), 1)`
+# would read a foreign object as an index and crash the interpreter.  (The
+# other compiled modules define no extension types.)
 """DiskHashIndex: the SOCHIDX2 table in one memory-mapped file.
 
 Concurrency (inside one process):
@@ -16,18 +20,27 @@ at worst a duplicate or an unreachable copy (never a torn visible slot), which
 the next writable open detects (the sidecar marker says the last writer did
 not close cleanly) and heals.  A grow writes a new file beside the old one and
 publishes it by fsync + rename + directory fsync.
+
+Where each concern lives (one module; the .pxi files are textual includes so
+the probe and the slot writers of _format.pxd stay inlined everywhere):
+  _index.pyx           the table: get/insert/delete/iteration, the locks
+  _index_open.pxi      open: argument checks, validate and map, roll back a
+                       torn overwrite, heal after an unclean close
+  _index_grow.pxi      grow and repair's rebuild: rehash, publish, swap
+  _index_scan.pxi      the linear, interruptible whole-table scan
+  _index_verify.pxi    verify, stats, repair
+  _index_iter.pxi      iteration a chunk at a time
+  _index_lifetime.pxi  close, and what fork() does to an inherited index
+  _format.pxd          the SOCHIDX2 layout, hash and probe (inline C)
+  _files.py            every file and directory-entry operation, the locks
 """
 import os
 import warnings
-import weakref
 
-cimport cython
-from libc.stdint cimport int64_t, uint8_t, uint32_t, uint64_t
+from libc.stdint cimport int64_t, uint8_t, uint64_t
 from libc.errno cimport errno
-from libc.stdlib cimport free, malloc
 from libc.string cimport memcpy, memset
 from posix.mman cimport MS_SYNC, msync
-
 from diskhash._convert cimport (
     key_to_u128,
     make_record,
@@ -37,43 +50,42 @@ from diskhash._convert cimport (
 )
 from diskhash._format cimport (
     DH_COMPILER_BARRIER,
-    DH_UNDO_ARMED,
     HEADER_SIZE,
     MAX_COMPRESSION,
-    MIN_SLOTS,
     OFF_NUM_ENTRIES,
-    PROBE_BADTAG,
     PROBE_FULL,
     PROBE_MISS,
     SLOT_SIZE,
     TAG_EMPTY,
     TAG_OCCUPIED,
     dh_slot,
-    dh_undo,
     hash_u128,
     needs_grow,
     probe,
     slot_at,
 )
-from diskhash._locks cimport *
-
-from diskhash import _files
-from diskhash import _records  # binds PayloadMeta to _convert before any record is built
-from diskhash._records import IndexStats, RepairReport
-from diskhash.errors import (
-    CorruptIndexError,
-    DiskHashError,
-    IndexClosedError,
-    ReadOnlyIndexError,
+from diskhash._locks cimport (
+    pthread_mutex_lock,
+    pthread_mutex_unlock,
+    pthread_mutex_trylock,
+    pthread_rwlock_tryrdlock,
+    pthread_rwlock_rdlock,
+    pthread_rwlock_unlock,
+    pthread_rwlock_trywrlock,
+    pthread_rwlock_wrlock,
+    pthread_rwlockattr_t,
+    pthread_rwlockattr_init,
+    pthread_rwlockattr_destroy,
+    dh_rwlockattr_prefer_writer,
+    pthread_rwlock_init,
+    pthread_mutex_init,
+    pthread_rwlock_destroy,
+    pthread_mutex_destroy,
 )
 
-cdef enum:
-    STATE_OPEN = 0
-    STATE_CLOSED = 1
-    STATE_FORKED = 2
+from diskhash.errors import CorruptIndexError, IndexClosedError, ReadOnlyIndexError
 
 cdef object _MISSING = object()
-cdef Py_ssize_t CHUNK = 1024          # slots copied per iteration step
 
 cdef object _batch = None
 
@@ -87,160 +99,14 @@ cdef object _batch_module():
     return _batch
 
 
-# Indexes alive in this process, so a forked child can disable its copies.
-_open_indexes = weakref.WeakSet()
-
-
-def _disable_inherited_indexes():
-    for idx in list(_open_indexes):
-        (<DiskHashIndex>idx)._forked()
-
-
-os.register_at_fork(after_in_child=_disable_inherited_indexes)
-
-
-# ---------------------------------------------------------------------------
-# Whole-table scan: shared by verify, stats, the recount after an unclean
-# close and repair's report.  nogil, bounded by num_slots, no allocation
-# beyond the caller's defect buffer.
-
-cdef enum:
-    D_BAD_TAG = 0
-    D_BAD_COMPRESSION = 1
-    D_RESERVED = 2
-    D_UNREACHABLE = 3
-    D_DUPLICATE = 4
-    D_KINDS = 5
-
-ctypedef struct defect_t:
-    uint64_t slot
-    int kind
-
-ctypedef struct scan_t:
-    uint64_t occupied
-    uint64_t empties
-    uint64_t longest        # slots examined by the longest successful lookup
-    uint64_t total_probe
-    uint64_t counts[D_KINDS]
-    defect_t *defects       # first `cap` defects, in slot order
-    size_t cap
-    size_t ndefects
-
-
-cdef void scan_table(const unsigned char *base, uint64_t nslots, uint64_t seed,
-                     scan_t *out) noexcept nogil:
-    cdef uint64_t mask = nslots - 1
-    cdef uint64_t i, j, h, dist, k, last_empty = 0
-    cdef bint have_empty = False
-    cdef const dh_slot *s
-    cdef const dh_slot *t
-    cdef int kind
-    # The last empty slot before slot 0, cyclically, seeds the run tracking.
-    i = nslots
-    while i > 0:
-        i -= 1
-        if slot_at(base, i).tag == TAG_EMPTY:
-            last_empty = i
-            have_empty = True
-            break
-    for i in range(nslots):
-        s = slot_at(base, i)
-        if s.tag == TAG_EMPTY:
-            out.empties += 1
-            last_empty = i
-            continue
-        kind = -1
-        if s.tag != TAG_OCCUPIED:
-            kind = D_BAD_TAG
-        else:
-            out.occupied += 1
-            h = hash_u128(s.key_lo, s.key_hi, seed) & mask
-            dist = (i - h) & mask
-            if dist + 1 > out.longest:
-                out.longest = dist + 1
-            out.total_probe += dist + 1
-            if s.compression > MAX_COMPRESSION:
-                kind = D_BAD_COMPRESSION
-            elif s.reserved0 != 0 or s.reserved1 != 0:
-                kind = D_RESERVED
-            elif have_empty and dist >= ((i - last_empty) & mask):
-                kind = D_UNREACHABLE
-            else:
-                j = h
-                for k in range(dist):
-                    t = slot_at(base, j)
-                    if t.tag == TAG_OCCUPIED and t.key_lo == s.key_lo and t.key_hi == s.key_hi:
-                        kind = D_DUPLICATE
-                        break
-                    j = (j + 1) & mask
-        if kind >= 0:
-            out.counts[kind] += 1
-            if out.ndefects < out.cap:
-                out.defects[out.ndefects].slot = i
-                out.defects[out.ndefects].kind = kind
-                out.ndefects += 1
-
-
-cdef str _defect_text(int kind, uint64_t slot, const unsigned char *base):
-    cdef const dh_slot *s = slot_at(base, slot)
-    if kind == D_BAD_TAG:
-        return f"slot {slot}: bad tag 0x{s.tag:02x} (expected 0 or 1)"
-    if kind == D_BAD_COMPRESSION:
-        return f"slot {slot}: unknown compression byte {s.compression}"
-    if kind == D_RESERVED:
-        return f"slot {slot}: nonzero reserved bytes"
-    if kind == D_UNREACHABLE:
-        return f"slot {slot}: key {u128_to_int(s.key_lo, s.key_hi)} is unreachable from its home slot"
-    return f"slot {slot}: duplicate of key {u128_to_int(s.key_lo, s.key_hi)}"
-
-
-# ---------------------------------------------------------------------------
-# Rehash into a fresh table (grow, repair).  Returns entries placed, or a
-# negative code: -1 new table full, -2 bad slot met (not salvaging).
-
-cdef int64_t rehash(const unsigned char *old, uint64_t old_slots,
-                    unsigned char *new, uint64_t new_slots, uint64_t seed,
-                    bint salvage) noexcept nogil:
-    cdef uint64_t i, empty = 0, placed = 0
-    cdef uint64_t mask = new_slots - 1
-    cdef int64_t r
-    cdef const dh_slot *s
-    cdef dh_slot *d
-    for i in range(old_slots):
-        s = slot_at(old, i)
-        if s.tag == TAG_EMPTY:
-            continue
-        if s.tag != TAG_OCCUPIED or s.compression > MAX_COMPRESSION:
-            if salvage:
-                continue
-            return -2
-        r = probe(new, mask, seed, s.key_lo, s.key_hi, &empty)
-        if r >= 0:
-            continue            # a duplicate copy: the first one wins
-        if r != PROBE_MISS:
-            return -1
-        d = slot_at(new, empty)
-        memcpy(d, s, SLOT_SIZE)
-        d.reserved0 = 0
-        d.reserved1 = 0
-        placed += 1
-    return <int64_t>placed
-
-
-cdef uint64_t slots_for(uint64_t entries):
-    """Smallest power-of-two slot count (>= 4096) holding `entries` without a grow."""
-    cdef uint64_t slots = MIN_SLOTS
-    while needs_grow(entries - 1 if entries else 0, slots) and entries:
-        slots *= 2
-    return slots
-
-
-@cython.final
-cdef class _Chunk:
-    """One step of iteration: records copied under the read lock."""
-    cdef public list items
-    cdef public uint64_t next_slot
-    cdef public uint64_t generation
+# The module by concern (textual includes, so the probe and slot writers from
+# _format.pxd stay inlined into every caller):
+include "_index_lifetime.pxi"    # closing; fork safety
+include "_index_scan.pxi"        # the linear, interruptible whole-table scan
+include "_index_verify.pxi"      # verify, stats, repair
+include "_index_grow.pxi"        # grow: rehash, publish, swap
+include "_index_open.pxi"        # open, heal, recovery
+include "_index_iter.pxi"        # iteration in chunks
 
 
 cdef class DiskHashIndex:
@@ -248,9 +114,12 @@ cdef class DiskHashIndex:
 
     ``DiskHashIndex(path, readonly=False, capacity=None, timeout=0.0)`` opens
     the SOCHIDX2 file at ``path``, creating it (and its parent directories)
-    unless ``readonly``.  Writers hold an exclusive lock on ``path + ".lock"``
-    and readers a shared one: a conflicting open waits up to ``timeout``
-    seconds (``None``: forever) and then raises ``IndexLockedError``.
+    unless ``readonly``.  Writers hold an exclusive lock on ``<file>.lock``
+    beside the resolved file (symlinks followed) and readers a shared one: a
+    conflicting open waits up to ``timeout`` seconds (``None``: forever) and
+    then raises ``IndexLockedError``.  ``capacity`` (an int) sizes the table
+    for that many entries up front.  See docs/files-and-locks.md for
+    symlinks, hard links, odd files and full disks.
 
     Thread-safe: any number of threads may read while one writes.  Use it as a
     context manager, or call ``close()``: an index never closed warns with
@@ -274,147 +143,7 @@ cdef class DiskHashIndex:
         self._locks_ready = True
 
     def __init__(self, path, *, bint readonly=False, capacity=None, timeout=0.0):
-        if self._state != STATE_CLOSED or self._lock is not None:
-            raise DiskHashError("DiskHashIndex.__init__ called twice")
-        self.path = os.path.abspath(os.fsdecode(path))
-        self.readonly = readonly
-        if capacity is not None:
-            capacity = int(capacity)
-            if capacity < 0:
-                raise ValueError(f"capacity must be >= 0, got {capacity}")
-            if readonly:
-                raise ValueError("capacity= needs a writable index (readonly=True given)")
-        if timeout is not None and timeout < 0:
-            raise ValueError(f"timeout must be >= 0 or None, got {timeout}")
-        if not readonly:
-            parent = os.path.dirname(self.path)
-            os.makedirs(parent, exist_ok=True)
-        elif not os.path.exists(self.path):
-            raise FileNotFoundError(2, "no index file to open read-only", self.path)
-        self._lock = _files.IndexLock(self.path, exclusive=not readonly, timeout=timeout)
-        try:
-            self._open_file(capacity)
-        except BaseException:
-            self._release_resources(unlock=True)
-            raise
-        _open_indexes.add(self)
-
-    # -- opening -------------------------------------------------------------
-
-    cdef _open_file_impl(self):
-        """Open, validate the header in O(1), and map the table."""
-        flags = (os.O_RDONLY if self.readonly else os.O_RDWR) | os.O_CLOEXEC
-        self._fd = os.open(self.path, flags)
-        st = os.fstat(self._fd)
-        if st.st_size < HEADER_SIZE:
-            raise CorruptIndexError(self.path, f"file is {st.st_size} bytes, shorter than the 64-byte header")
-        header = os.pread(self._fd, HEADER_SIZE, 0)
-        magic, version, num_slots, num_entries, seed = _files.HEADER.unpack(header)
-        defects = []
-        if magic != _files.MAGIC:
-            defects.append(f"bad magic {magic!r} (expected b'SOCHIDX2')")
-        elif version != _files.VERSION:
-            defects.append(f"unknown format version {version} (this diskhash reads version 1)")
-        elif num_slots == 0 or num_slots & (num_slots - 1):
-            defects.append(f"slot count {num_slots} is not a power of two")
-        elif st.st_size < _files.table_bytes(num_slots):
-            defects.append(
-                f"file is {st.st_size} bytes but the header's {num_slots} slots need "
-                f"{_files.table_bytes(num_slots)} (truncated)")
-        if defects:
-            raise CorruptIndexError(self.path, defects)
-        mm = _files.map_table(self._fd, num_slots, writable=not self.readonly)
-        self._mmap = mm
-        self._view = mm
-        self._base = <unsigned char *>&self._view[0]
-        self._num_slots = num_slots
-        self._mask = num_slots - 1
-        self._seed = seed
-        self._num_entries = num_entries
-        self._state = STATE_OPEN
-        return st
-
-    def _open_file(self, capacity):
-        created = False
-        if not self.readonly:
-            _files.remove_leftovers(self.path)
-            if not os.path.exists(self.path):
-                self._create(slots_for(capacity or 0))
-                created = True
-        st = self._open_file_impl()
-        marker = self._lock.read_marker()
-        clean = (marker is not None and marker.matches(st)
-                 and marker.entries == self._num_entries)
-        # A file we just created is empty and consistent: no scan needed.
-        self._count_ok = (clean or created) and self._num_entries <= self._num_slots
-        if not self.readonly:
-            self._undo_view = self._lock.map_undo()
-            self._undo = <dh_undo *>&self._undo_view[0]
-            self._roll_back_torn_overwrite()
-            if not self._count_ok:
-                self._heal_after_unclean_close()
-            self._lock.mark_dirty()
-            if capacity:
-                self.reserve(capacity)
-
-    def _create(self, uint64_t num_slots):
-        tmp = _files.temp_path(self.path, "create")
-        try:
-            fd = _files.create_table_file(tmp, num_slots, _files.new_seed())
-        except OSError as exc:
-            raise _files.table_error(exc, "creating the index file", self.path, num_slots) from exc
-        try:
-            _files.publish(fd, tmp, self.path)
-        except BaseException:
-            _files.discard_temp(tmp)
-            raise
-        finally:
-            os.close(fd)
-
-    def _roll_back_torn_overwrite(self):
-        """The last writer died in the middle of an overwrite: put back the
-        slot's old record, so the overwrite did not happen rather than
-        leaving a record that mixes old and new fields."""
-        cdef dh_undo *u = self._undo
-        cdef dh_slot *d
-        if u.armed != DH_UNDO_ARMED:
-            return
-        if u.num_slots == self._num_slots and u.slot < self._num_slots:
-            d = slot_at(self._base, u.slot)
-            if (d.tag == TAG_OCCUPIED and u.old.tag == TAG_OCCUPIED
-                    and d.key_lo == u.old.key_lo and d.key_hi == u.old.key_hi):
-                d[0] = u.old
-                with nogil:
-                    msync(self._base, HEADER_SIZE + self._num_slots * SLOT_SIZE, MS_SYNC)
-                self.recovery = RepairReport(self._num_entries, [], self._num_slots)
-        u.armed = 0
-
-    def _heal_after_unclean_close(self):
-        """The last writer did not close cleanly (or the file is new to us).
-
-        Recount, and rebuild if a crash left a duplicate or an unreachable
-        copy behind (an interrupted delete).  Damage a crash cannot cause (bad
-        tags or compression bytes) is left for ``verify()``/``repair()``.
-        """
-        cdef scan_t sc
-        memset(&sc, 0, sizeof(sc))
-        with nogil:
-            scan_table(self._base, self._num_slots, self._seed, &sc)
-        healable = sc.counts[D_UNREACHABLE] + sc.counts[D_DUPLICATE]
-        damage = sc.counts[D_BAD_TAG] + sc.counts[D_BAD_COMPRESSION]
-        if healable and not damage:
-            self._write_acquire(True)
-            try:
-                # A table with no empty slot gets a bigger one (slots_for).
-                self._rebuild_locked(max(self._num_slots, slots_for(sc.occupied)), True)
-            finally:
-                self._write_release()
-            self.recovery = RepairReport(self._num_entries, [], self._num_slots)
-        elif self._num_entries != sc.occupied:
-            self._num_entries = sc.occupied
-            self._store_count()
-            self.recovery = RepairReport(self._num_entries, [], self._num_slots)
-        self._count_ok = True
+        open_index(self, path, readonly, capacity, timeout)
 
     # -- locking ---------------------------------------------------------------
 
@@ -545,50 +274,17 @@ cdef class DiskHashIndex:
             # cleanly: the header count may be stale, so count once.
             memset(&sc, 0, sizeof(sc))
             self._read_acquire()
-            with nogil:
+            try:
                 scan_table(self._base, self._num_slots, self._seed, &sc)
+            finally:
                 self._read_release()
             self._num_entries = sc.occupied
             self._count_ok = True
         return self._num_entries
 
     def _chunk(self, uint64_t start, int what, uint64_t generation):
-        """Records of the occupied slots from ``start``, up to CHUNK slots.
-
-        ``what``: 0 keys, 1 values, 2 items.  Raises ``RuntimeError`` if the
-        set of keys changed since ``generation`` (like a dict).
-        """
-        cdef uint64_t i, end, n = 0
-        cdef dh_slot *buf = <dh_slot *>malloc(CHUNK * sizeof(dh_slot))
-        cdef _Chunk out = _Chunk()
-        if buf == NULL:
-            raise MemoryError()
-        try:
-            self._read_acquire()
-            if generation != self._generation:
-                self._read_release()
-                raise RuntimeError(f"{self.path}: index changed size during iteration")
-            end = min(start + CHUNK, self._num_slots)
-            for i in range(start, end):
-                if slot_at(self._base, i).tag != TAG_EMPTY:
-                    buf[n] = slot_at(self._base, i)[0]
-                    n += 1
-            self._read_release()
-            out.next_slot = end
-            out.generation = generation
-            out.items = []
-            for i in range(n):
-                if buf[i].tag != TAG_OCCUPIED:
-                    raise CorruptIndexError(self.path, f"bad tag 0x{buf[i].tag:02x} met while iterating")
-                key = u128_to_int(buf[i].key_lo, buf[i].key_hi)
-                if what == 0:
-                    out.items.append(key)
-                else:
-                    rec = self._record(key, &buf[i])
-                    out.items.append(rec if what == 1 else (key, rec))
-            return out
-        finally:
-            free(buf)
+        """Records of the occupied slots from ``start`` (see ``read_chunk``)."""
+        return read_chunk(self, start, what, generation)
 
     def _iter_start(self):
         """(generation, num_slots) for a new iteration."""
@@ -711,7 +407,7 @@ cdef class DiskHashIndex:
             self._write_release()
 
     cdef bint _delete_locked(self, uint64_t lo, uint64_t hi, dh_slot *removed) except -1:
-        cdef uint64_t empty = 0, i, j, h, n
+        cdef uint64_t empty = 0, i, j, h, _n
         cdef uint64_t mask = self._mask
         cdef int64_t r = probe(self._base, mask, self._seed, lo, hi, &empty)
         cdef dh_slot *hole
@@ -725,7 +421,7 @@ cdef class DiskHashIndex:
             removed[0] = slot_at(self._base, i)[0]
         self._exclusive_acquire()
         j = i
-        for n in range(self._num_slots):
+        for _n in range(self._num_slots):
             j = (j + 1) & mask
             s = slot_at(self._base, j)
             if s.tag != TAG_OCCUPIED:
@@ -773,9 +469,7 @@ cdef class DiskHashIndex:
 
     def reserve(self, capacity):
         """Grow now, if needed, so ``capacity`` entries fit without another grow."""
-        capacity = int(capacity)
-        if capacity < 0:
-            raise ValueError(f"capacity must be >= 0, got {capacity}")
+        capacity = _entry_count(capacity, "capacity")
         self._write_acquire(True)
         try:
             if capacity > self._num_entries:
@@ -790,75 +484,8 @@ cdef class DiskHashIndex:
         return 0
 
     cdef int _rebuild_locked(self, uint64_t new_slots, bint salvage, uint64_t new_seed=0) except -1:
-        """Write a new table of ``new_slots`` beside the file, publish it, swap.
-
-        ``new_seed`` (nonzero) rehashes under a new seed (repair of a zero seed).
-
-        Holds the writer lock throughout; readers keep reading the old map
-        until the swap, which takes the map lock exclusively for a few pointer
-        stores.  On any error before the rename, the old file and map are
-        untouched and the temporary file is removed.
-        """
-        cdef const unsigned char[::1] new_view
-        cdef unsigned char *nbase
-        cdef int64_t placed
-        cdef uint64_t old_slots = self._num_slots, seed = new_seed or self._seed
-        cdef const unsigned char *obase = self._base
-        cdef bint dense
-        action = "rebuilding the table" if salvage else "growing the table"
-        tmp = _files.temp_path(self.path, "repair" if salvage else "grow")
-        mode = os.fstat(self._fd).st_mode & 0o7777
-        try:
-            fd = _files.create_table_file(tmp, new_slots, seed, mode)
-        except OSError as exc:
-            raise _files.table_error(exc, action, self.path, new_slots) from exc
-        mm = None
-        try:
-            mm = _files.map_table(fd, new_slots, writable=True)
-            new_view = mm
-            nbase = <unsigned char *>&new_view[0]
-            dense = self._num_entries * 8 >= new_slots     # the rehash writes nearly every page
-            with nogil:
-                if dense:
-                    populate_for_write(nbase, HEADER_SIZE + new_slots * SLOT_SIZE)
-                placed = rehash(obase, old_slots, nbase, new_slots, seed, salvage)
-            if placed == -1:
-                raise CorruptIndexError(self.path, f"entries do not fit in {new_slots} slots while rebuilding")
-            if placed == -2:
-                raise CorruptIndexError(
-                    self.path, "bad slot met while growing the table; run repair() first")
-            (<uint64_t *>(nbase + OFF_NUM_ENTRIES))[0] = <uint64_t>placed
-            with nogil:
-                msync(nbase, HEADER_SIZE + new_slots * SLOT_SIZE, MS_SYNC)
-            os.fsync(fd)
-            os.replace(tmp, self.path)
-        except BaseException as exc:
-            new_view = None
-            if mm is not None:
-                mm.close()
-            os.close(fd)
-            _files.discard_temp(tmp)
-            if isinstance(exc, OSError):
-                raise _files.table_error(exc, action, self.path, new_slots) from exc
-            raise
-        # The new file is the index now: swap it in, then retire the old map.
-        old_mm, old_fd = self._mmap, self._fd
-        self._exclusive_acquire()
-        self._view = new_view
-        self._base = nbase
-        self._mmap = mm
-        self._fd = fd
-        self._num_slots = new_slots
-        self._mask = new_slots - 1
-        self._seed = seed
-        self._num_entries = <uint64_t>placed
-        self._generation += 1
-        self._exclusive_release()
-        new_view = None
-        old_mm.close()
-        os.close(old_fd)
-        _files.fsync_dir(os.path.dirname(self.path))
-        return 0
+        """Rebuild into ``new_slots`` slots and swap (see ``rebuild_table``)."""
+        return rebuild_table(self, new_slots, salvage, new_seed)
 
     def save(self):
         """Make every write before this call durable (msync of the whole map).
@@ -900,75 +527,19 @@ cdef class DiskHashIndex:
 
     # -- whole-table operations ------------------------------------------------
 
-    def _scan(self, size_t cap):
-        """Run the table scan under the read lock; returns (scan dict, defect texts)."""
-        cdef scan_t sc
-        cdef size_t k
-        memset(&sc, 0, sizeof(sc))
-        sc.cap = cap
-        sc.defects = <defect_t *>malloc((cap or 1) * sizeof(defect_t))
-        if sc.defects == NULL:
-            raise MemoryError()
-        try:
-            self._read_acquire()
-            try:
-                with nogil:
-                    scan_table(self._base, self._num_slots, self._seed, &sc)
-                texts = [_defect_text(sc.defects[k].kind, sc.defects[k].slot, self._base)
-                         for k in range(sc.ndefects)]
-                dropped = [(sc.defects[k].slot, texts[k]) for k in range(sc.ndefects)
-                           if sc.defects[k].kind in (D_BAD_TAG, D_BAD_COMPRESSION)]
-                header = (<char *>self._base)[:HEADER_SIZE]
-                num_entries = self._num_entries
-            finally:
-                self._read_release()
-        finally:
-            free(sc.defects)
-        info = dict(occupied=sc.occupied, empties=sc.empties, longest=sc.longest,
-                    total_probe=sc.total_probe, counts=[sc.counts[k] for k in range(D_KINDS)],
-                    header=header, num_entries=num_entries, dropped=dropped)
-        return info, texts
-
     def verify(self):
         """Check the whole table; raise ``CorruptIndexError`` listing every defect.
 
         Checks tags, compression bytes, reserved bytes, that every key is
         reachable from its home slot, duplicate keys, the header count and
-        reserved header bytes, and that an empty slot exists.  O(slots).
+        reserved header bytes, and that an empty slot exists.  O(slots), and
+        interruptible (Ctrl-C) however big the table.
         """
-        info, texts = self._scan(1000)
-        counts = info["counts"]
-        defects = []
-        header = info["header"]
-        if any(header[12:16]) or any(header[40:64]):
-            defects.append("nonzero reserved bytes in the header")
-        if self._seed == 0:
-            defects.append("hash seed is zero")
-        hdr_count = int.from_bytes(header[24:32], "little")
-        if hdr_count != info["occupied"]:
-            defects.append(f"header counts {hdr_count} entries but {info['occupied']} slots are occupied")
-        if info["empties"] == 0:
-            defects.append("no empty slot: lookups of absent keys cannot terminate")
-        defects.extend(texts)
-        shown = len(texts)
-        total = sum(counts)
-        if total > shown:
-            defects.append(f"... and {total - shown} more slot defects")
-        if defects:
-            raise CorruptIndexError(self.path, defects)
+        verify_table(self)
 
     def stats(self):
         """Entries, slots, load factor, file bytes, longest and mean probe.  O(slots)."""
-        info, _ = self._scan(0)
-        occupied = info["occupied"]
-        return IndexStats(
-            entries=occupied,
-            slots=self._num_slots,
-            load_factor=occupied / self._num_slots,
-            file_bytes=os.fstat(self._fd).st_size,
-            longest_probe=info["longest"],
-            mean_probe=(info["total_probe"] / occupied) if occupied else 0.0,
-        )
+        return table_stats(self)
 
     def repair(self):
         """Rebuild a valid table from every readable entry; report what was dropped.
@@ -976,18 +547,10 @@ cdef class DiskHashIndex:
         Slots with a bad tag or compression byte are dropped (and listed);
         unreachable entries are re-homed, duplicates kept once, reserved bytes
         zeroed, the count fixed, a zero seed replaced.  The rebuilt file
-        replaces the old one atomically, as a grow does.
+        replaces the old one atomically, as a grow does.  Returns a
+        ``RepairReport``.
         """
-        self._write_acquire(True)
-        try:
-            info, _ = self._scan(1 << 20)
-            kept_max = info["occupied"]
-            slots = max(self._num_slots, slots_for(kept_max))
-            self._rebuild_locked(slots, True, 0 if self._seed else _files.new_seed())
-            self._count_ok = True
-            return RepairReport(self._num_entries, info["dropped"], self._num_slots)
-        finally:
-            self._write_release()
+        return repair_table(self)
 
     # -- lifetime --------------------------------------------------------------
 
@@ -996,74 +559,7 @@ cdef class DiskHashIndex:
 
         Other threads blocked on the index get ``IndexClosedError``.
         """
-        if self._state == STATE_FORKED:
-            self._release_resources(unlock=False)
-            return
-        if self._state != STATE_OPEN:
-            return
-        with nogil:
-            pthread_mutex_lock(&self._write_lock)
-        try:
-            if self._state != STATE_OPEN:
-                return
-            error = None
-            if not self.readonly:
-                try:
-                    self._sync_locked()
-                    self._lock.mark_clean(os.fstat(self._fd), self._num_entries)
-                except OSError as exc:
-                    error = exc
-            self._exclusive_acquire()
-            self._base = NULL
-            self._state = STATE_CLOSED
-            self._exclusive_release()
-        finally:
-            pthread_mutex_unlock(&self._write_lock)
-        self._release_resources(unlock=True)
-        _open_indexes.discard(self)
-        if error is not None:
-            raise error
-
-    def _release_resources(self, bint unlock):
-        self._base = NULL
-        self._view = None
-        self._undo = NULL
-        self._undo_view = None
-        if self._mmap is not None:
-            self._mmap.close()
-            self._mmap = None
-        if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
-        if self._lock is not None:
-            self._lock.close(unlock=unlock)
-        if self._state == STATE_OPEN:
-            self._state = STATE_CLOSED
-
-    def _forked(self):
-        """In a forked child: make the inherited copy unusable, drop its descriptors.
-
-        The lock file's descriptor is closed without unlocking (the flock
-        belongs to the parent's open file description), so the parent's lock
-        ends when the parent closes or dies, however long the child lives.
-        """
-        if self._state != STATE_OPEN:
-            return
-        self._state = STATE_FORKED
-        self._base = NULL
-        self._undo = NULL
-        self._undo_view = None
-        if self._lock is not None:
-            self._lock.close(unlock=False)
-        if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
-        self._view = None
-        try:
-            self._mmap.close()
-            self._mmap = None
-        except BufferError:     # a view exported by a parent thread: unmapped at exit
-            pass
+        close_index(self)
 
     @property
     def closed(self):
@@ -1098,7 +594,7 @@ cdef class DiskHashIndex:
             except Exception:
                 pass
         elif self._state == STATE_FORKED:
-            self._release_resources(unlock=False)
+            release_resources(self, False)
 
     def __dealloc__(self):
         if self._locks_ready and self._state != STATE_FORKED:

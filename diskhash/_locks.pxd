@@ -29,7 +29,9 @@ cdef extern from "<pthread.h>" nogil:
 
 cdef extern from *:
     """
-    static int dh_rwlockattr_prefer_writer(pthread_rwlockattr_t *attr) {
+    /* inline: a module that cimports these declarations without calling it
+       (_batch) compiles without -Wunused-function. */
+    static inline int dh_rwlockattr_prefer_writer(pthread_rwlockattr_t *attr) {
     #if defined(__GLIBC__)
         return pthread_rwlockattr_setkind_np(attr, PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
     #else

@@ -366,4 +366,4 @@ def replay(fd: int, start: int, file_size: int, path: str,
 try:
     from diskhash._store_read import scan_into as _scan_into
 except ImportError:  # pragma: no cover
-    _scan_into = None
+    _scan_into = None  # type: ignore[assignment]

@@ -1,14 +1,22 @@
 """The record types the index stores and returns.
 
 ``PayloadMeta`` is a ``NamedTuple`` so it compares equal to (and unpacks like)
-the plain tuple of its five fields; its constructor is the compiled validator
-from ``_convert``, so a bad record fails where it is built, not at insert.
+the plain tuple of its five fields; its constructor, declared in the class,
+is the compiled validator from ``_convert``, so a bad record fails where it
+is built, not at insert.  The compiled layer is told once, explicitly, which
+classes it builds records of (``_convert.bind_types`` at the end).
 """
 
 from __future__ import annotations
 
 import enum
-from typing import Any, Iterable, NamedTuple
+import uuid
+from typing import TYPE_CHECKING, Any, Iterable, NamedTuple, SupportsIndex
+
+from diskhash import _convert
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
 
 __all__ = [
     "Compression",
@@ -46,8 +54,18 @@ class PayloadMeta(_PayloadMetaFields):
 
     __slots__ = ()
 
+    def __new__(cls, edge_id: int | uuid.UUID | SupportsIndex, offset: SupportsIndex,
+                length: SupportsIndex, compression: Compression | SupportsIndex,
+                uncompressed_length: SupportsIndex) -> Self:
+        # The compiled validator: checks every field, normalises the key to an
+        # int.  (Five positional arguments skip this frame: see the end.)
+        return _convert.new_payload_meta(cls, edge_id, offset, length, compression,
+                                         uncompressed_length)
+
     @classmethod
-    def _make(cls, iterable: Iterable[Any]) -> "PayloadMeta":
+    def _make(cls, iterable: Iterable[Any]) -> "PayloadMeta":  # type: ignore[override]
+        # NamedTuple's _make is generic in cls; this one always builds a
+        # validated PayloadMeta.
         return cls(*iterable)
 
     def _replace(self, **changes: Any) -> "PayloadMeta":
@@ -78,13 +96,7 @@ class RepairReport(NamedTuple):
     slots: int
 
 
-def _bind() -> None:
-    # The validating constructor and the fast record builder live in C; they
-    # need these classes, which exist only once this module has run.
-    from diskhash import _convert
-
-    PayloadMeta.__new__ = staticmethod(_convert.new_payload_meta)  # type: ignore[method-assign,assignment]
-    _convert.bind_types(PayloadMeta, tuple(Compression))
-
-
-_bind()
+# The compiled record builder (lookups, iteration) makes records of these
+# classes; ``PayloadMeta(...)`` with five positional arguments also goes
+# straight to the validator (a vectorcall, skipping ``type.__call__``).
+_convert.bind_types(PayloadMeta, tuple(Compression))

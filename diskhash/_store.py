@@ -35,7 +35,7 @@ from diskhash import _codecs
 try:                                  # the compiled read path (diskhash/_store_read.pyx)
     from diskhash._store_read import BEYOND, MapReader
 except ImportError:  # pragma: no cover - a build without it reads in Python
-    MapReader = None
+    MapReader = None  # type: ignore[misc,assignment]
     BEYOND = 1
 from diskhash import _payload_format as fmt
 from diskhash._files import IndexLock, fsync_dir
@@ -801,6 +801,7 @@ class PayloadStore:
         reader = g.reader
         if reader is None:
             return [None if m is None else self._read(g, m) for m in metas]
+        out: "list[Any]"
         out, fixups = reader.read_many(metas, self._verify, BIG_READ)
         for i in fixups:
             m = metas[i]

@@ -21,20 +21,37 @@ crash safety) is the core's.  Three lanes:
 Cancellation never interrupts a worker thread (anyio's default
 ``abandon_on_cancel=False``): a cancelled call either completed or never
 started, and the index is consistent either way.
+
+One event loop at a time: anyio's lock and limiter belong to the loop that
+made them, and a second loop waiting on them would hang both.  The facade
+binds to the loop of its first lane or thread call and moves to another
+loop only while no such call is in flight; a call from another loop meanwhile
+raises ``WrongEventLoopError`` at once.  Inline calls are plain sync calls
+and work from any loop.  Two loops share an index through two facades over
+one sync index (``AsyncDiskHashIndex(shared.sync)``): the core is thread-safe.
 """
 
 from __future__ import annotations
 
 import functools
 import os
+import threading
 from types import TracebackType
-from typing import Any, Callable, Generic, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Callable, Generic, TypeVar, overload
 
 import anyio
+import anyio.lowlevel
 import anyio.to_thread
 
 from diskhash._index import DiskHashIndex
 from diskhash._records import IndexStats, PayloadMeta, RepairReport
+from diskhash.errors import WrongEventLoopError
+
+if TYPE_CHECKING:
+    import numpy as np
+    from numpy.typing import NDArray
+
+    from diskhash._batch import _KeyArray, _MetaArray, _ResultArray
 
 __all__ = ["AsyncDiskHashIndex"]
 
@@ -89,7 +106,7 @@ class _AsyncIterator(Generic[_I]):
             self._buffer, self._start = await self._owner._thread(
                 _fetch, sync, self._start, self._what, self._generation, self._num_slots)
             self._pos = 0
-        item = self._buffer[self._pos]
+        item: _I = self._buffer[self._pos]
         self._pos += 1
         return item
 
@@ -117,8 +134,14 @@ class AsyncDiskHashIndex:
         if not isinstance(sync, DiskHashIndex):
             raise TypeError(f"AsyncDiskHashIndex wraps a DiskHashIndex, got {type(sync).__name__}")
         self._sync = sync
-        self._lane = anyio.Lock()
-        self._limiter = anyio.CapacityLimiter(THREADS_PER_INDEX)
+        # The loop binding (see the module docstring): the loop's token, its
+        # lane lock and thread limiter, and how many calls are using them.
+        # _guard is held for a few statements, never across an await.
+        self._guard = threading.Lock()
+        self._loop: anyio.lowlevel.EventLoopToken | None = None
+        self._lane: anyio.Lock | None = None
+        self._limiter: anyio.CapacityLimiter | None = None
+        self._in_flight = 0
 
     @classmethod
     async def open(
@@ -164,12 +187,43 @@ class AsyncDiskHashIndex:
 
     # -- scheduling --------------------------------------------------------------
 
+    def _bind(self) -> tuple[anyio.Lock, anyio.CapacityLimiter]:
+        """Count a call in flight on the current loop and return that loop's
+        lane and limiter; ``WrongEventLoopError`` if another loop is busy."""
+        loop = anyio.lowlevel.current_token()
+        with self._guard:
+            if self._lane is None or self._limiter is None or loop != self._loop:
+                if self._in_flight:
+                    raise WrongEventLoopError(
+                        f"{self._sync.path}: this AsyncDiskHashIndex is in use by another "
+                        "event loop (anyio locks belong to one loop; waiting on them from "
+                        "two would hang both): give each loop its own facade, "
+                        "AsyncDiskHashIndex(index.sync), or let the other loop's calls "
+                        "finish first")
+                self._loop = loop
+                self._lane = anyio.Lock()
+                self._limiter = anyio.CapacityLimiter(THREADS_PER_INDEX)
+            self._in_flight += 1
+            return self._lane, self._limiter
+
+    def _unbind(self) -> None:
+        with self._guard:
+            self._in_flight -= 1
+
     async def _thread(self, fn: Callable[..., _T], *args: Any) -> _T:
-        return await anyio.to_thread.run_sync(fn, *args, limiter=self._limiter)
+        _, limiter = self._bind()
+        try:
+            return await anyio.to_thread.run_sync(fn, *args, limiter=limiter)
+        finally:
+            self._unbind()
 
     async def _in_lane(self, fn: Callable[..., _T], *args: Any) -> _T:
-        async with self._lane:
-            return await self._thread(fn, *args)
+        lane, limiter = self._bind()
+        try:
+            async with lane:
+                return await anyio.to_thread.run_sync(fn, *args, limiter=limiter)
+        finally:
+            self._unbind()
 
     # -- reads (inline) ----------------------------------------------------------
 
@@ -254,10 +308,14 @@ class AsyncDiskHashIndex:
         sync = self._sync
         if sync._try_insert(key, meta):
             return
-        async with self._lane:
-            if sync._try_insert(key, meta):     # the writer before us made room
-                return
-            await self._thread(sync.insert, key, meta)
+        lane, limiter = self._bind()
+        try:
+            async with lane:
+                if sync._try_insert(key, meta):     # the writer before us made room
+                    return
+                await anyio.to_thread.run_sync(sync.insert, key, meta, limiter=limiter)
+        finally:
+            self._unbind()
 
     async def delete(self, key: Any) -> bool:
         """Remove ``key``; returns ``True`` if it was present, ``False`` if not.
@@ -306,7 +364,7 @@ class AsyncDiskHashIndex:
 
     # -- batches -----------------------------------------------------------------
 
-    async def get_many(self, keys: Any) -> Any:
+    async def get_many(self, keys: _KeyArray) -> _ResultArray:
         """Look up a batch of keys (see ``DiskHashIndex.get_many``).
 
         ``keys``: a 1-D array of unsigned ints (ids < 2**64), of
@@ -321,7 +379,7 @@ class AsyncDiskHashIndex:
             return self._sync.get_many(keys)
         return await self._in_lane(self._sync.get_many, keys)
 
-    async def contains_many(self, keys: Any) -> Any:
+    async def contains_many(self, keys: _KeyArray) -> NDArray[np.bool_]:
         """Which of ``keys`` are stored: a ``bool`` array, one entry per key.
 
         ``keys`` and errors as for ``get_many``.  Inline up to
@@ -331,7 +389,7 @@ class AsyncDiskHashIndex:
             return self._sync.contains_many(keys)
         return await self._in_lane(self._sync.contains_many, keys)
 
-    async def insert_many(self, keys: Any, records: Any) -> None:
+    async def insert_many(self, keys: _KeyArray, records: _MetaArray) -> None:
         """Insert ``records[i]`` under ``keys[i]``, in order (see ``DiskHashIndex.insert_many``).
 
         ``keys`` as for ``get_many``; ``records``: a ``META_DTYPE`` array, as

@@ -13,6 +13,7 @@ __all__ = [
     "IndexClosedError",
     "IndexLockedError",
     "ReadOnlyIndexError",
+    "WrongEventLoopError",
     "CorruptPayloadError",
     "CodecUnavailableError",
 ]
@@ -39,7 +40,8 @@ class CorruptIndexError(DiskHashError):
             shown += f"; ... and {len(self.defects) - 20} more"
         super().__init__(f"{path}: corrupt index: {shown}")
 
-    def __reduce__(self):  # keep both fields across pickling (multiprocessing)
+    def __reduce__(self) -> "tuple[type[CorruptIndexError], tuple[str, list[str]]]":
+        # keep both fields across pickling (multiprocessing)
         return (type(self), (self.path, self.defects))
 
 
@@ -58,14 +60,29 @@ class IndexLockedError(DiskHashError):
 
     def __init__(self, path: str, message: str) -> None:
         self.path = path
+        self.message = message
         super().__init__(f"{path}: {message}")
 
-    def __reduce__(self):
-        return (type(self), (self.path, str(self).split(": ", 1)[-1]))
+    def __reduce__(self) -> "tuple[type[IndexLockedError], tuple[str, str]]":
+        # Both fields as given: the path may itself contain ": ".
+        return (type(self), (self.path, self.message))
 
 
 class ReadOnlyIndexError(DiskHashError, PermissionError):
     """A write was attempted on an index opened with ``readonly=True``."""
+
+
+class WrongEventLoopError(DiskHashError, RuntimeError):
+    """An ``AsyncDiskHashIndex`` was called from a second event loop while
+    calls from the first were still in flight.
+
+    anyio's locks belong to one event loop, so two loops (two threads, or
+    asyncio and trio) cannot wait on one facade at the same time; waiting
+    would hang both.  Give each loop its own facade over the one thread-safe
+    index instead: ``AsyncDiskHashIndex(shared.sync)``.  One loop after the
+    other (``asyncio.run`` twice) is fine: the facade moves to a new loop
+    whenever the old one has no call in flight.
+    """
 
 
 class CorruptPayloadError(DiskHashError):
@@ -97,11 +114,12 @@ class CorruptPayloadError(DiskHashError):
         suffix = f" ({', '.join(where)})" if where else ""
         super().__init__(f"{path}: {shown}{suffix}")
 
-    def __reduce__(self):
+    def __reduce__(self):  # type: ignore[no-untyped-def]
         return (_rebuild_corrupt_payload, (self.path, self.defects, self.edge_id, self.offset))
 
 
-def _rebuild_corrupt_payload(path, defects, edge_id, offset):  # type: ignore[no-untyped-def]
+def _rebuild_corrupt_payload(path: str, defects: "list[str]", edge_id: "int | None",
+                             offset: "int | None") -> "CorruptPayloadError":
     return CorruptPayloadError(path, defects, edge_id=edge_id, offset=offset)
 
 

@@ -1,18 +1,21 @@
 """The main job: build a real index, reopen it, check every entry, print throughput.
 
-    python examples/demo.py [--entries N] [--dir DIR]
+    python examples/demo.py [--entries N] [--dir DIR | --keep DIR]
 
 Keys are random 128-bit edge ids; each maps to where its payload would sit in
-an append-only data file.
+an append-only data file.  ``--keep DIR`` builds ``DIR/edges.idx`` and leaves
+it there, to try the command line on (``python -m diskhash info DIR/edges.idx``).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import random
 import tempfile
 import time
+from typing import Iterator
 
 from diskhash import Compression, DiskHashIndex, PayloadMeta
 
@@ -20,7 +23,11 @@ from diskhash import Compression, DiskHashIndex, PayloadMeta
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--entries", type=int, default=1_000_000)
-    parser.add_argument("--dir", default=None, help="where to build (default: a temporary directory)")
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument("--dir", default=None,
+                       help="where to make the temporary directory it builds in (removed at the end)")
+    where.add_argument("--keep", default=None, metavar="DIR",
+                       help="build DIR/edges.idx (DIR is created if needed) and keep it")
     args = parser.parse_args()
     n = args.entries
 
@@ -28,8 +35,10 @@ def main() -> None:
     keys = [rng.getrandbits(128) for _ in range(n)]
     lengths = [rng.randrange(64, 4096) for _ in range(n)]
 
-    with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
+    with _workdir(args.dir, args.keep) as tmp:
         path = os.path.join(tmp, "edges.idx")
+        if args.keep is not None and os.path.exists(path):
+            raise SystemExit(f"{path} exists already: remove it or --keep another directory")
 
         t0 = time.perf_counter()
         with DiskHashIndex(path) as idx:
@@ -72,6 +81,20 @@ def main() -> None:
     print(f"get + compare      {n / t_check:>12,.0f} /s   {t_check / n * 1e9:7.0f} ns each")
     print(f"miss (in)          {n / t_miss:>12,.0f} /s   {t_miss / n * 1e9:7.0f} ns each")
     print(f"all {n:,} entries read back exactly")
+    if args.keep is not None:
+        print(f"kept {path}: try  python -m diskhash info {path}")
+
+
+@contextlib.contextmanager
+def _workdir(parent: "str | None", keep: "str | None") -> Iterator[str]:
+    """The directory to build in: ``keep`` (made if missing, left behind) or a
+    temporary directory under ``parent`` (removed at the end)."""
+    if keep is not None:
+        os.makedirs(keep, exist_ok=True)
+        yield keep
+        return
+    with tempfile.TemporaryDirectory(dir=parent) as tmp:
+        yield tmp
 
 
 if __name__ == "__main__":
