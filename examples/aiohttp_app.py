@@ -18,8 +18,8 @@ with ``loop.sendfile``: the kernel copies them from the store's data file to
 the socket, never through Python (``store.payload_range``).  uvloop and TLS
 have no native sendfile; the app then sends the bytes from ``store.get``.
 
-SIGINT or SIGTERM stops it: no new connections, requests in flight finish,
-the store closes, then the process exits 0.  A second signal meanwhile is
+SIGINT or SIGTERM stops it: no new connections, requests in flight finish
+(within ``--shutdown-timeout``), the store closes, then the process exits 0.  A second signal meanwhile is
 ignored, so the store is always closed.
 """
 
@@ -29,11 +29,21 @@ import argparse
 import asyncio
 import json
 import signal
-from typing import AsyncIterator
+from collections.abc import AsyncIterator
 
 from aiohttp import web
-from payload_web import (MAX_BODY, BadId, etag, listening, meta_json, parse_edge_id, read_payload,
-                         server_args, stats_json, store_dir)
+from payload_web import (
+    MAX_BODY,
+    BadId,
+    etag,
+    listening,
+    meta_json,
+    parse_edge_id,
+    read_payload,
+    server_args,
+    stats_json,
+    store_dir,
+)
 
 from diskhash import AsyncPayloadStore, Compression
 
@@ -59,7 +69,7 @@ def not_found(edge_id: int) -> web.HTTPError:
     return _error(web.HTTPNotFound, f"edge {edge_id} not found")
 
 
-@routes.get("/payload/{id}")
+@routes.get("/payload/{id:[^/]+}")
 async def get_payload(request: web.Request) -> web.StreamResponse:
     store = request.app[STORE]
     edge_id = edge_id_of(request)
@@ -123,7 +133,7 @@ async def _try_sendfile(request: web.Request, store: AsyncPayloadStore,
     return None
 
 
-@routes.get("/meta/{id}")
+@routes.get("/meta/{id:[^/]+}")
 async def get_meta(request: web.Request) -> web.Response:
     edge_id = edge_id_of(request)
     meta = await request.app[STORE].meta(edge_id)
@@ -132,7 +142,7 @@ async def get_meta(request: web.Request) -> web.Response:
     return web.json_response(meta_json(meta))
 
 
-@routes.put("/payload/{id}")
+@routes.put("/payload/{id:[^/]+}")
 async def put_payload(request: web.Request) -> web.Response:
     edge_id = edge_id_of(request)
     body = await request.read()           # at most client_max_size (MAX_BODY), else 413
@@ -140,7 +150,7 @@ async def put_payload(request: web.Request) -> web.Response:
     return web.json_response(meta_json(meta))
 
 
-@routes.delete("/payload/{id}")
+@routes.delete("/payload/{id:[^/]+}")
 async def delete_payload(request: web.Request) -> web.Response:
     edge_id = edge_id_of(request)
     if not await request.app[STORE].delete(edge_id):
@@ -173,12 +183,15 @@ def create_app(directory: str, *, sendfile_min: int = DEFAULT_SENDFILE_MIN) -> w
     return app
 
 
-async def serve(app: web.Application, host: str, port: int) -> None:
+async def serve(app: web.Application, host: str, port: int, shutdown_timeout: float) -> None:
     """Run ``app`` until SIGINT or SIGTERM, then shut down in order.
 
     ``web.run_app`` would do, but it turns a second signal into an exception
-    that can cut the cleanup short; here a second signal changes nothing."""
-    runner = web.AppRunner(app, handle_signals=False)
+    that can cut the cleanup short; here a second signal changes nothing.
+    Requests in flight get ``shutdown_timeout`` seconds; note that aiohttp
+    stops reading request bodies once it shuts down, so an upload still
+    arriving then waits out the timeout and is cancelled."""
+    runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=shutdown_timeout)
     await runner.setup()                                   # opens the store
     try:
         site = web.TCPSite(runner, host, port)
@@ -198,7 +211,7 @@ async def serve(app: web.Application, host: str, port: int) -> None:
 def main() -> None:
     args = server_args(__doc__.splitlines()[0], extra=_sendfile_option)
     app = create_app(store_dir(args), sendfile_min=args.sendfile_min)
-    asyncio.run(serve(app, args.host, args.port))
+    asyncio.run(serve(app, args.host, args.port, args.shutdown_timeout))
 
 
 def _sendfile_option(parser: argparse.ArgumentParser) -> None:

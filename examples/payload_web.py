@@ -16,7 +16,8 @@ import argparse
 import os
 import re
 import uuid
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 MAX_ID = 1 << 128
 _DECIMAL = re.compile(r"[0-9]{1,39}")
@@ -27,6 +28,8 @@ MAX_BODY = 64 << 20
 #: and ``hypercorn app:app``, whose command lines are the server's, not ours).
 STORE_ENV = "DISKHASH_STORE"
 DEFAULT_STORE = "payload-store"
+#: Seconds the requests in flight get to finish when the server is asked to stop.
+SHUTDOWN_TIMEOUT = 10.0
 
 
 class BadId(ValueError):
@@ -82,7 +85,7 @@ def _jsonable(value: Any) -> Any:
     return str(value)
 
 
-async def read_payload(store: Any, edge_id: int) -> "tuple[Any, bytes] | None":
+async def read_payload(store: Any, edge_id: int) -> tuple[Any, bytes] | None:
     """The record and the bytes of one payload, from the same version.
 
     ``meta`` then ``get`` are two calls; a PUT of the same id between them
@@ -99,19 +102,21 @@ async def read_payload(store: Any, edge_id: int) -> "tuple[Any, bytes] | None":
 
 
 def server_args(description: str,
-                extra: "Callable[[argparse.ArgumentParser], None] | None" = None) -> argparse.Namespace:
+                extra: Callable[[argparse.ArgumentParser], None] | None = None) -> argparse.Namespace:
     """``--store DIR --host HOST --port PORT`` (and what ``extra`` adds): the apps' command line."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--store", default=None,
                         help=f"store directory (default: ${STORE_ENV} or ./{DEFAULT_STORE}); created if absent")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8080, help="0: any free port (printed)")
+    parser.add_argument("--shutdown-timeout", type=float, default=SHUTDOWN_TIMEOUT,
+                        help="seconds requests in flight get to finish once a signal asks the server to stop")
     if extra is not None:
         extra(parser)
     return parser.parse_args()
 
 
-def store_dir(args: "argparse.Namespace | None" = None) -> str:
+def store_dir(args: argparse.Namespace | None = None) -> str:
     """The store directory: ``--store``, else ``$DISKHASH_STORE``, else ./payload-store."""
     if args is not None and args.store:
         return str(args.store)

@@ -15,9 +15,14 @@ The lifespan opens the store before the first request and closes it after
 the last; handlers find it in ``request.state.store``.  Starlette runs on
 anyio, so the same app also runs on trio (``hypercorn -k trio``).
 
-SIGINT or SIGTERM stops uvicorn gracefully; the store closes.  A second
-Ctrl-C makes uvicorn skip the lifespan's shutdown, and the store is then
-closed when the lifespan task is cancelled on the way out.
+SIGINT or SIGTERM stops uvicorn gracefully: requests in flight finish (within
+``--shutdown-timeout``), the lifespan closes the store.  Run as a script, the
+server ignores further signals meanwhile, so the store is always closed.
+Under the ``uvicorn`` command, a second Ctrl-C makes uvicorn skip the
+lifespan's shutdown; the store is then closed as the lifespan task is
+cancelled on the way out, except after SIGTERM then SIGINT, where uvicorn
+re-raises the SIGTERM and the process dies first (the store then recovers on
+its next open, as after a crash).
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ import contextlib
 import os
 import socket
 import sys
-from typing import AsyncIterator
+from collections.abc import AsyncIterator
 
 from starlette.applications import Starlette
 from starlette.endpoints import HTTPEndpoint
@@ -36,10 +41,20 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))    # payload_web.py sits beside this file
-from payload_web import (MAX_BODY, BadId, etag, listening, meta_json, parse_edge_id,  # noqa: E402
-                         read_payload, server_args, stats_json, store_dir)
+from payload_web import (
+    MAX_BODY,
+    BadId,
+    etag,
+    listening,
+    meta_json,
+    parse_edge_id,
+    read_payload,
+    server_args,
+    stats_json,
+    store_dir,
+)
 
-from diskhash import AsyncPayloadStore  # noqa: E402
+from diskhash import AsyncPayloadStore
 
 
 def edge_id_of(request: Request) -> int:
@@ -128,12 +143,22 @@ app = create_app(store_dir())
 def main() -> None:
     import uvicorn
 
+    class Server(uvicorn.Server):
+        """uvicorn's server, except that a signal during the shutdown is ignored:
+        uvicorn would skip the lifespan's shutdown (a second Ctrl-C) or, after a
+        SIGTERM, re-raise it and die before the store is closed."""
+
+        def handle_exit(self, sig: int, frame: object) -> None:
+            if not self.should_exit:
+                super().handle_exit(sig, frame)  # type: ignore[arg-type]
+
     args = server_args(__doc__.splitlines()[0])
     sock = socket.create_server((args.host, args.port))     # bound and listening: port 0 is known now
-    config = uvicorn.Config(create_app(store_dir(args)), log_level="warning", access_log=False)
+    config = uvicorn.Config(create_app(store_dir(args)), log_level="warning", access_log=False,
+                            timeout_graceful_shutdown=args.shutdown_timeout)
     listening(args.host, sock.getsockname()[1])
     try:
-        uvicorn.Server(config).run(sockets=[sock])
+        Server(config).run(sockets=[sock])
     except KeyboardInterrupt:     # uvicorn re-raises the Ctrl-C that stopped it, after its shutdown
         pass
 

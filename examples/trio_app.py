@@ -17,25 +17,37 @@ store is opened by the lifespan's startup and closed by its shutdown, or,
 should the server cancel the lifespan instead, in a shielded ``finally``.
 
 SIGINT or SIGTERM stops it: hypercorn stops accepting, finishes the requests
-in flight, the lifespan closes the store, the process exits 0.  Signals that
+in flight (within ``--shutdown-timeout``), the lifespan closes the store, the process exits 0.  Signals that
 arrive meanwhile are received and ignored.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import signal
 import sys
-from typing import Any, Awaitable, Callable
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import trio
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))    # payload_web.py sits beside this file
-from payload_web import (MAX_BODY, BadId, etag, listening, meta_json, parse_edge_id,  # noqa: E402
-                         read_payload, server_args, stats_json, store_dir)
+from payload_web import (
+    MAX_BODY,
+    BadId,
+    etag,
+    listening,
+    meta_json,
+    parse_edge_id,
+    read_payload,
+    server_args,
+    stats_json,
+    store_dir,
+)
 
-from diskhash import AsyncPayloadStore  # noqa: E402
+from diskhash import AsyncPayloadStore
 
 Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
@@ -46,7 +58,7 @@ JSON = [(b"content-type", b"application/json")]
 
 
 class HTTPError(Exception):
-    def __init__(self, status: int, message: str, headers: "list[tuple[bytes, bytes]] | None" = None) -> None:
+    def __init__(self, status: int, message: str, headers: list[tuple[bytes, bytes]] | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.headers = headers or []
@@ -83,7 +95,7 @@ class PayloadApp:
                 if message["type"] == "lifespan.startup":
                     try:
                         self.store = await AsyncPayloadStore.open(self.directory)
-                    except Exception as exc:
+                    except Exception as exc:  # noqa: BLE001 - any failure to open is reported to the server
                         await send({"type": "lifespan.startup.failed", "message": str(exc)})
                         return
                     await send({"type": "lifespan.startup.complete"})
@@ -115,6 +127,9 @@ class PayloadApp:
         method = scope["method"]
         parts = scope["path"].split("/")
         if len(parts) == 3 and parts[1] == "payload":
+            if method == "PUT":       # the body first: hypercorn keeps a connection only once it is read
+                body = await read_body(scope, receive)
+                return json_answer(meta_json(await store.put(edge_id_of(parts[2]), body)))
             edge_id = edge_id_of(parts[2])
             if method == "GET":
                 found = await read_payload(store, edge_id)
@@ -123,8 +138,6 @@ class PayloadApp:
                 meta, data = found
                 return 200, [(b"content-type", b"application/octet-stream"),
                              (b"etag", etag(meta).encode())], data
-            if method == "PUT":
-                return json_answer(meta_json(await store.put(edge_id, await read_body(scope, receive))))
             if method == "DELETE":
                 if not await store.delete(edge_id):
                     raise HTTPError(404, f"edge {edge_id} not found")
@@ -165,7 +178,7 @@ async def read_body(scope: Scope, receive: Receive) -> bytes:
 app = PayloadApp(store_dir())
 
 
-async def serve(application: PayloadApp, host: str, port: int) -> None:
+async def serve(application: PayloadApp, host: str, port: int, shutdown_timeout: float) -> None:
     """Serve until SIGINT or SIGTERM, then shut down gracefully."""
     from hypercorn.config import Config
     from hypercorn.trio import serve as hypercorn_serve
@@ -173,22 +186,28 @@ async def serve(application: PayloadApp, host: str, port: int) -> None:
     config = Config()
     config.bind = [f"{host}:{port}"]
     config.accesslog = None
+    config.graceful_timeout = shutdown_timeout
+    stop = trio.Event()
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
 
-        async def first_signal() -> None:
-            async for _ in signals:
-                print("shutting down", flush=True)
-                return
+        async def watch_signals() -> None:
+            async for _ in signals:               # the first stops the server; later ones are ignored
+                if not stop.is_set():
+                    print("shutting down", flush=True)
+                    stop.set()
 
-        async with trio.open_nursery() as nursery:
-            binds = await nursery.start(lambda task_status: hypercorn_serve(
-                application, config, shutdown_trigger=first_signal, task_status=task_status))
-            listening(host, int(binds[0].rsplit(":", 1)[1]))
+        async with trio.open_nursery() as watcher:
+            watcher.start_soon(watch_signals)
+            async with trio.open_nursery() as nursery:
+                binds = await nursery.start(functools.partial(
+                    hypercorn_serve, application, config, shutdown_trigger=stop.wait))
+                listening(host, int(binds[0].rsplit(":", 1)[1]))
+            watcher.cancel_scope.cancel()          # served, store closed: stop watching
 
 
 def main() -> None:
     args = server_args(__doc__.splitlines()[0])
-    trio.run(serve, PayloadApp(store_dir(args)), args.host, args.port)
+    trio.run(serve, PayloadApp(store_dir(args)), args.host, args.port, args.shutdown_timeout)
 
 
 if __name__ == "__main__":
