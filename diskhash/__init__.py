@@ -3,8 +3,12 @@
 from diskhash._records import Compression, IndexStats, PayloadMeta, RepairReport
 from diskhash._index import DiskHashIndex, repair
 from diskhash.aio import AsyncDiskHashIndex
+from diskhash._store import PayloadStore, StoreStats
+from diskhash._aio_store import AsyncPayloadStore
 from diskhash.errors import (
+    CodecUnavailableError,
     CorruptIndexError,
+    CorruptPayloadError,
     DiskHashError,
     IndexClosedError,
     IndexLockedError,
@@ -13,16 +17,21 @@ from diskhash.errors import (
 
 __all__ = [
     "AsyncDiskHashIndex",
+    "AsyncPayloadStore",
+    "CodecUnavailableError",
     "Compression",
     "CorruptIndexError",
+    "CorruptPayloadError",
     "DiskHashError",
     "DiskHashIndex",
     "IndexClosedError",
     "IndexLockedError",
     "IndexStats",
     "PayloadMeta",
+    "PayloadStore",
     "ReadOnlyIndexError",
     "RepairReport",
+    "StoreStats",
     "repair",
 ]
 
