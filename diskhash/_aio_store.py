@@ -138,7 +138,7 @@ class AsyncPayloadStore:
         sync = self._sync
         key = _key_int(edge_id)
         view = _payload_view(payload)
-        if view.nbytes <= INLINE_WRITE and not self._lane.locked():
+        if len(view) <= INLINE_WRITE and not self._lane.locked():
             meta = sync._try_put(key, view, compression)
             if meta is not None:
                 return meta

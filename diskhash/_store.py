@@ -54,7 +54,9 @@ BIG_READ = 64 * 1024
 #: The data file grows by this fraction of its size (at least ALLOC_MIN, at most
 #: ALLOC_MAX bytes), allocated for real, so appends do not fail half-way on a full disk.
 ALLOC_MIN = 1 << 20
-ALLOC_MAX = 64 << 20
+ALLOC_MAX = 16 << 20
+#: madvise(MADV_POPULATE_WRITE) (Linux 5.14+; not in the mmap module's constants before 3.13?).
+_MADV_POPULATE_WRITE = getattr(mmap, "MADV_POPULATE_WRITE", 23)
 #: put_many writes its frames in pieces of about this many bytes (then indexes them).
 PUT_MANY_CHUNK = 16 << 20
 #: The sync policies besides a number of milliseconds.
@@ -92,8 +94,12 @@ def _key_int(key: Any) -> int:
     return int(PayloadMeta(key, 0, 0, 0, 0).edge_id)
 
 
-def _payload_view(payload: Any, what: str = "payload") -> memoryview:
-    """A flat byte view of a bytes-like ``payload``; TypeError/ValueError before any write."""
+def _payload_view(payload: Any, what: str = "payload") -> Any:
+    """``payload`` as bytes or a flat byte view; TypeError/ValueError before any write."""
+    if type(payload) is bytes:
+        if len(payload) > fmt.MAX_LENGTH:
+            raise ValueError(f"{what} is {len(payload)} bytes; the limit is {fmt.MAX_LENGTH} (u32)")
+        return payload
     if isinstance(payload, (str, int, float)) or payload is None:
         raise TypeError(f"{what} must be bytes-like (bytes, bytearray, memoryview), "
                         f"not {type(payload).__name__}")
@@ -106,6 +112,8 @@ def _payload_view(payload: Any, what: str = "payload") -> memoryview:
         raise ValueError(f"{what} is {view.nbytes} bytes; the limit is {fmt.MAX_LENGTH} (u32)")
     if not view.c_contiguous or view.ndim != 1 or view.format not in ("B", "b", "c"):
         view = memoryview(view.tobytes())
+    elif view.format != "B":
+        view = view.cast("B")
     return view
 
 
@@ -124,6 +132,39 @@ def _sync_interval(sync: Any) -> "float | None":
 
 def _fsync_data(fd: int) -> None:
     os.fdatasync(fd)
+
+
+def _populate(mm: "mmap.mmap | None", start: int, end: int) -> None:
+    """Fault in the map's pages [start, end) writable in one call.
+
+    Measured on ext4: a 1 KiB append into freshly allocated blocks costs
+    about 2.5 us through page faults, 0.3 us once the pages are populated
+    (plus about 1 ns a byte to populate them), and 6 us through pwrite.  An
+    old kernel without MADV_POPULATE_WRITE just takes the faults.
+    """
+    if mm is None or end <= start:
+        return
+    page = mmap.PAGESIZE
+    first = start - start % page
+    try:
+        mm.madvise(_MADV_POPULATE_WRITE, first, end - first)
+    except (OSError, ValueError):
+        pass
+
+
+def _allocate_blocks(fd: int, start: int, end: int) -> None:
+    """Make bytes [start, end) of the file real blocks (the file grows to ``end``)."""
+    if end <= start:
+        return
+    try:
+        os.posix_fallocate(fd, start, end - start)
+    except OSError as exc:
+        if exc.errno not in (errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+            raise
+        zeros = bytes(min(end - start, 1 << 20))    # no fallocate here: write zeros
+        pos = start
+        while pos < end:
+            pos += os.pwrite(fd, zeros[: min(len(zeros), end - pos)], pos)
 
 
 def _write_all(fd: int, buffers: Sequence[Any], offset: int) -> int:
@@ -164,10 +205,10 @@ class _Generation:
     """
 
     __slots__ = ("data_gen", "index_gen", "data_path", "index_path", "fd", "index",
-                 "map", "view", "alloc", "__weakref__")
+                 "map", "view", "alloc", "writable", "__weakref__")
 
     def __init__(self, data_gen: int, index_gen: int, data_path: str, index_path: str,
-                 fd: int, index: DiskHashIndex) -> None:
+                 fd: int, index: DiskHashIndex, writable: bool = True) -> None:
         self.data_gen = data_gen
         self.index_gen = index_gen
         self.data_path = data_path
@@ -178,12 +219,14 @@ class _Generation:
         self.view: "memoryview | None" = None
         #: Bytes of the file allocated (posix_fallocate) for appends.
         self.alloc = os.fstat(fd).st_size
+        self.writable = writable
         weakref.finalize(self, _release, fd, index)
 
     def remap(self) -> memoryview:
-        """Map the file at its current size; returns the new view."""
+        """Map the file at its current size (read-write for the writer); returns the new view."""
         size = os.fstat(self.fd).st_size
-        mm = mmap.mmap(self.fd, size, access=mmap.ACCESS_READ)
+        access = mmap.ACCESS_WRITE if self.writable else mmap.ACCESS_READ
+        mm = mmap.mmap(self.fd, size, access=access)
         try:
             mm.madvise(mmap.MADV_RANDOM)
         except (AttributeError, OSError):  # pragma: no cover
@@ -369,7 +412,7 @@ class PayloadStore:
         except BaseException:
             os.close(fd)
             raise
-        self._gen = _Generation(data_gen, index_gen, data_path, index_path, fd, index)
+        self._gen = _Generation(data_gen, index_gen, data_path, index_path, fd, index, writable=False)
         self._end = size
         self._checkpoint = header.checkpoint
 
@@ -722,10 +765,10 @@ class PayloadStore:
 
     # -- writes --------------------------------------------------------------------------
 
-    def _encode(self, key: int, view: memoryview, comp: int) -> tuple[bytes, bytes, int, int, int]:
+    def _encode(self, key: int, view: Any, comp: int) -> tuple[bytes, bytes, int, int, int]:
         """One frame as (checksum bytes, the rest of the frame, compression used,
         stored length, uncompressed length)."""
-        n = view.nbytes
+        n = len(view)
         used = 0
         stored: Any = view
         if comp and n:
@@ -738,42 +781,51 @@ class PayloadStore:
 
     def _append(self, g: _Generation, buffers: Sequence[Any], size: int) -> int:
         """Append ``buffers`` (``size`` bytes) at the end of the log; returns where
-        they start.  On failure the file is cut back: nothing changed."""
+        they start.
+
+        The bytes are copied into the writer's shared map of the file (no
+        system call), into blocks ``_allocate`` reserved beforehand: a full
+        disk fails there, before anything is written, never as a SIGBUS.
+        They reach the page cache at once (a killed process loses nothing)
+        and the disk at ``save()``.
+        """
         start = self._end
         end = start + size
         if end > g.alloc:
             self._allocate(g, end)
-        try:
-            _write_all(g.fd, buffers, start)
-        except BaseException:
-            self._truncate_back(g, start)
-            raise
+        view = g.view
+        if view is None or end > len(view):
+            view = g.remap()
+        pos = start
+        for b in buffers:
+            n = len(b)
+            view[pos:pos + n] = b
+            pos += n
         self._end = end
         self._unsaved = True
         return start
 
     def _allocate(self, g: _Generation, end: int) -> None:
-        """Allocate the file's blocks up to past ``end`` (ENOSPC now, not mid-record)."""
+        """Allocate the file's blocks to past ``end`` and map them (ENOSPC here, nothing written)."""
         want = end + min(max(end // 8, ALLOC_MIN), ALLOC_MAX)
         try:
-            os.posix_fallocate(g.fd, g.alloc, want - g.alloc)
+            _allocate_blocks(g.fd, g.alloc, want)
         except OSError as exc:
-            if exc.errno in (errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
-                return          # no fallocate here: plain writes extend the file
-            try:
-                os.posix_fallocate(g.fd, g.alloc, end - g.alloc)
-            except OSError:
-                self._truncate_back(g, self._end)
-                raise exc from None
+            if exc.errno != errno.ENOSPC:
+                raise
+            _allocate_blocks(g.fd, g.alloc, end)     # the last few bytes may still fit
             want = end
-        g.alloc = want
+        old = g.alloc
+        g.alloc = max(want, os.fstat(g.fd).st_size)
+        g.remap()
+        _populate(g.map, old, g.alloc)
 
-    def _truncate_back(self, g: _Generation, start: int) -> None:
-        try:
-            os.ftruncate(g.fd, start)
-            g.alloc = start
-        except OSError:  # pragma: no cover - a dead disk: the next open cuts the tail
-            pass
+    def _undo_append(self, g: _Generation, start: int, end: int) -> None:
+        """Forget an append whose indexing failed: zero it, so no open replays it."""
+        view = g.view
+        if view is not None and end <= len(view):
+            view[start:end] = bytes(end - start)
+        self._end = start
 
     def put(self, edge_id: Any, payload: Any, *, compression: Any = None) -> PayloadMeta:
         """Store ``payload`` (bytes-like) under ``edge_id``; returns the ``PayloadMeta`` indexed.
@@ -796,8 +848,7 @@ class PayloadStore:
             try:
                 g.index.insert(key, meta)
             except BaseException:
-                self._truncate_back(g, start)
-                self._end = start
+                self._undo_append(g, start, start + fmt.FRAME_SIZE + slen)
                 raise
             return meta
 
@@ -819,8 +870,7 @@ class PayloadStore:
                 done = g.index._try_insert(key, meta)
             finally:
                 if not done:
-                    self._truncate_back(g, start)
-                    self._end = start
+                    self._undo_append(g, start, start + fmt.FRAME_SIZE + slen)
             return meta if done else None
         finally:
             self._write_lock.release()
@@ -871,8 +921,7 @@ class PayloadStore:
                 try:
                     _insert_rows(g.index, rows, start)
                 except BaseException:
-                    self._truncate_back(g, start)
-                    self._end = start
+                    self._undo_append(g, start, start + size)
                     raise
 
     def _delete_locked(self, g: _Generation, key: int) -> bool:
@@ -882,8 +931,7 @@ class PayloadStore:
         try:
             g.index.delete(key)
         except BaseException:
-            self._truncate_back(g, start)
-            self._end = start
+            self._undo_append(g, start, start + fmt.FRAME_SIZE)
             raise
         return True
 
@@ -928,6 +976,8 @@ class PayloadStore:
         end = self._end
         sync = self._sync != "never"
         if sync:
+            if g.map is not None:
+                g.map.flush()           # msync: the appends made through the map
             _fsync_data(g.fd)
         g.index.save()
         if end != self._checkpoint:
