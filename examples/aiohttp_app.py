@@ -105,7 +105,8 @@ async def _try_sendfile(request: web.Request, store: AsyncPayloadStore,
     """Send a large uncompressed payload straight from the data file; None if
     the payload is absent, small, compressed, or sendfile is unavailable."""
     threshold = request.app[SENDFILE_MIN]
-    if threshold <= 0 or request.transport is None or request.transport.get_extra_info("sslcontext"):
+    if (threshold <= 0 or request.method != "GET"          # HEAD: headers only, no bytes to send
+            or request.transport is None or request.transport.get_extra_info("sslcontext")):
         return None
     meta = await store.meta(edge_id)
     while meta is not None and meta.compression == Compression.NONE and meta.length >= threshold:

@@ -119,7 +119,7 @@ class PayloadApp:
             status, headers, body = exc.status, JSON + exc.headers, json.dumps({"error": str(exc)}).encode()
         headers = headers + [(b"content-length", str(len(body)).encode())]
         await send({"type": "http.response.start", "status": status, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
+        await send({"type": "http.response.body", "body": b"" if scope["method"] == "HEAD" else body})
 
     async def answer(self, scope: Scope, receive: Receive) -> Answer:
         store = self.store
@@ -131,7 +131,7 @@ class PayloadApp:
                 body = await read_body(scope, receive)
                 return json_answer(meta_json(await store.put(edge_id_of(parts[2]), body)))
             edge_id = edge_id_of(parts[2])
-            if method == "GET":
+            if method in ("GET", "HEAD"):
                 found = await read_payload(store, edge_id)
                 if found is None:
                     raise HTTPError(404, f"edge {edge_id} not found")
@@ -142,18 +142,18 @@ class PayloadApp:
                 if not await store.delete(edge_id):
                     raise HTTPError(404, f"edge {edge_id} not found")
                 return 204, [], b""
-            raise HTTPError(405, f"{method} not allowed", [(b"allow", b"GET, PUT, DELETE")])
+            raise HTTPError(405, f"{method} not allowed", [(b"allow", b"GET, HEAD, PUT, DELETE")])
         if len(parts) == 3 and parts[1] == "meta":
             edge_id = edge_id_of(parts[2])
-            if method != "GET":
-                raise HTTPError(405, f"{method} not allowed", [(b"allow", b"GET")])
+            if method not in ("GET", "HEAD"):
+                raise HTTPError(405, f"{method} not allowed", [(b"allow", b"GET, HEAD")])
             meta = await store.meta(edge_id)
             if meta is None:
                 raise HTTPError(404, f"edge {edge_id} not found")
             return json_answer(meta_json(meta))
         if scope["path"] == "/stats":
-            if method != "GET":
-                raise HTTPError(405, f"{method} not allowed", [(b"allow", b"GET")])
+            if method not in ("GET", "HEAD"):
+                raise HTTPError(405, f"{method} not allowed", [(b"allow", b"GET, HEAD")])
             return json_answer(stats_json(await store.stats()))
         raise HTTPError(404, f"no route {scope['path'][:80]!r}")
 

@@ -12,6 +12,7 @@ new writer.  Every wait is bounded.
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 import signal
 import socket
@@ -314,6 +315,33 @@ async def test_a_second_signal_during_the_shutdown_still_closes_the_store(name, 
         assert reopened.get(9) in (None, b"a" * 1000 + b"b" * 1000)
         if put_status == 200:
             assert reopened.get(9) == b"a" * 1000 + b"b" * 1000
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("name", list(SERVERS))
+async def test_head_answers_headers_only_and_the_connection_stays_usable(name, store_dir):
+    """HEAD on a large payload (the sendfile path of the aiohttp app) sends no
+    body bytes: the next answer on the same connection starts where it should."""
+    server = await start(name, store_dir)
+    try:
+        async with server.client() as client:
+            assert (await client.put("/payload/5", content=b"z" * 100_000)).status_code == 200
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        try:
+            writer.write(b"HEAD /payload/5 HTTP/1.1\r\nHost: t\r\n\r\nGET /meta/5 HTTP/1.1\r\nHost: t\r\n\r\n")
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), TIMEOUT)
+            assert head.startswith(b"HTTP/1.1 200") and b"content-length: 100000" in head.lower(), head
+            second = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), TIMEOUT)
+            assert second.startswith(b"HTTP/1.1 200"), second[:200]
+            length = int(second.lower().split(b"content-length:")[1].split(b"\r\n")[0])
+            meta = json.loads(await asyncio.wait_for(reader.readexactly(length), TIMEOUT))
+            assert meta["edge_id"] == "5" and meta["length"] == 100_000
+        finally:
+            writer.close()
+    finally:
+        status, out, err = await server.stop(signal.SIGINT)
+    assert status == exit_status(name, signal.SIGINT), err
+    assert_closed_and_free(out, store_dir, {5: b"z" * 100_000})
 
 
 def test_each_example_documents_the_routes_it_serves():
