@@ -15,8 +15,9 @@ request and closed after the last one) and shared through ``app[STORE]``.
 
 Uncompressed payloads of at least ``--sendfile-min`` bytes (64 KiB) are sent
 with ``loop.sendfile``: the kernel copies them from the store's data file to
-the socket, never through Python (``store.payload_range``).  uvloop and TLS
-have no native sendfile; the app then sends the bytes from ``store.get``.
+the socket, never through Python (``store.payload_range``).  uvloop
+(``--uvloop``) and TLS have no native sendfile; the app then sends the bytes
+from ``store.get``.
 
 SIGINT or SIGTERM stops it: no new connections, requests in flight finish
 (within ``--shutdown-timeout``), the store closes, then the process exits 0.  A second signal meanwhile is
@@ -28,6 +29,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import signal
 from collections.abc import AsyncIterator
 
@@ -84,9 +86,9 @@ async def get_payload(request: web.Request) -> web.StreamResponse:
 
 
 class _StoreFile:
-    """The store's data file descriptor, as the file object ``loop.sendfile``
+    """A descriptor of the store's data file, as the file object ``loop.sendfile``
     takes.  ``os.sendfile`` reads at explicit offsets; the position the loop
-    sets afterwards is ignored, so the store's descriptor is never moved."""
+    sets afterwards is ignored, so the (shared) file position never moves."""
 
     mode = "rb"
 
@@ -117,18 +119,25 @@ async def _try_sendfile(request: web.Request, store: AsyncPayloadStore,
             continue
         if where is None:
             return None
-        fd, offset, length = where
-        response = web.StreamResponse(headers={"ETag": etag(meta), "Content-Type": "application/octet-stream"})
-        response.content_length = length
-        await response.prepare(request)
+        # Our own reference to the data file: a compact() while the bytes go out
+        # closes the store's descriptor, not this one (the old file stays readable).
+        fd = os.dup(where[0])
         try:
-            await asyncio.get_running_loop().sendfile(request.transport, _StoreFile(fd), offset, length,
-                                                      fallback=False)
-        except asyncio.SendfileNotAvailableError:      # uvloop: copy through Python after all
-            data = await store.get(edge_id)
-            if data is None or len(data) != length:    # deleted or replaced while we looked
-                raise ConnectionResetError("payload changed while it was being sent") from None
-            await response.write(data)
+            offset, length = where[1], where[2]
+            response = web.StreamResponse(headers={"ETag": etag(meta),
+                                                   "Content-Type": "application/octet-stream"})
+            response.content_length = length
+            await response.prepare(request)
+            try:
+                await asyncio.get_running_loop().sendfile(request.transport, _StoreFile(fd), offset, length,
+                                                          fallback=False)
+            except (NotImplementedError, asyncio.SendfileNotAvailableError):   # uvloop: nothing sent yet
+                data = await store.get(edge_id)
+                if data is None or len(data) != length:    # deleted or replaced meanwhile
+                    raise ConnectionResetError("payload changed while it was being sent") from None
+                await response.write(data)
+        finally:
+            os.close(fd)
         await response.write_eof()
         return response
     return None
@@ -210,14 +219,20 @@ async def serve(app: web.Application, host: str, port: int, shutdown_timeout: fl
 
 
 def main() -> None:
-    args = server_args(__doc__.splitlines()[0], extra=_sendfile_option)
+    args = server_args(__doc__.splitlines()[0], extra=_options)
     app = create_app(store_dir(args), sendfile_min=args.sendfile_min)
-    asyncio.run(serve(app, args.host, args.port, args.shutdown_timeout))
+    if args.uvloop:
+        import uvloop
+
+        uvloop.run(serve(app, args.host, args.port, args.shutdown_timeout))
+    else:
+        asyncio.run(serve(app, args.host, args.port, args.shutdown_timeout))
 
 
-def _sendfile_option(parser: argparse.ArgumentParser) -> None:
+def _options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sendfile-min", type=int, default=DEFAULT_SENDFILE_MIN,
                         help="send uncompressed payloads of at least this many bytes with sendfile (0: never)")
+    parser.add_argument("--uvloop", action="store_true", help="run on uvloop (which has no sendfile)")
 
 
 if __name__ == "__main__":

@@ -36,6 +36,7 @@ SERVERS = {
     "aiohttp": (["examples/aiohttp_app.py"], "stdout"),
     "aiohttp-sendfile-all": (["examples/aiohttp_app.py", "--sendfile-min", "1"], "stdout"),
     "aiohttp-no-sendfile": (["examples/aiohttp_app.py", "--sendfile-min", "0"], "stdout"),
+    "aiohttp-uvloop": (["examples/aiohttp_app.py", "--uvloop", "--sendfile-min", "1"], "stdout"),
     "starlette": (["examples/starlette_app.py"], "stdout"),
     "uvicorn-cli": (["-m", "uvicorn", "examples.starlette_app:app", "--log-level", "warning", "--fd"], "fd"),
     "trio": (["examples/trio_app.py"], "stdout"),
