@@ -40,6 +40,7 @@ from payload_web import (
     etag,
     listening,
     meta_json,
+    out_of_space,
     parse_edge_id,
     read_payload,
     server_args,
@@ -156,7 +157,12 @@ async def get_meta(request: web.Request) -> web.Response:
 async def put_payload(request: web.Request) -> web.Response:
     edge_id = edge_id_of(request)
     body = await request.read()           # at most client_max_size (MAX_BODY), else 413
-    meta = await request.app[STORE].put(edge_id, body)
+    try:
+        meta = await request.app[STORE].put(edge_id, body)
+    except OSError as exc:
+        if not out_of_space(exc):
+            raise
+        raise _error(web.HTTPInsufficientStorage, f"no space left for the payload: {exc.strerror}") from None
     return web.json_response(meta_json(meta))
 
 

@@ -13,6 +13,7 @@ the integers JSON parsers keep exactly (2**53).
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import re
 import uuid
@@ -46,6 +47,14 @@ def parse_edge_id(text: str) -> int:
     if _UUID.fullmatch(text):
         return uuid.UUID(text).int
     raise BadId(f"bad edge id {text[:80]!r}: expected a decimal integer or a hyphenated UUID")
+
+
+def out_of_space(exc: OSError) -> bool:
+    """Whether a failed put failed for want of disk space (answer 507, not 500).
+
+    The store stays consistent and keeps serving reads; a later put fits once
+    space is freed."""
+    return exc.errno in (errno.ENOSPC, errno.EDQUOT)
 
 
 def etag(meta: Any) -> str:

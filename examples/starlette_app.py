@@ -47,6 +47,7 @@ from payload_web import (
     etag,
     listening,
     meta_json,
+    out_of_space,
     parse_edge_id,
     read_payload,
     server_args,
@@ -86,7 +87,12 @@ class Payload(HTTPEndpoint):
 
     async def put(self, request: Request) -> Response:
         edge_id = edge_id_of(request)
-        meta = await request.state.store.put(edge_id, await read_body(request))
+        try:
+            meta = await request.state.store.put(edge_id, await read_body(request))
+        except OSError as exc:
+            if not out_of_space(exc):
+                raise
+            raise HTTPException(507, f"no space left for the payload: {exc.strerror}") from None
         return JSONResponse(meta_json(meta))
 
     async def delete(self, request: Request) -> Response:

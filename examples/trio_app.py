@@ -40,6 +40,7 @@ from payload_web import (
     etag,
     listening,
     meta_json,
+    out_of_space,
     parse_edge_id,
     read_payload,
     server_args,
@@ -129,7 +130,13 @@ class PayloadApp:
         if len(parts) == 3 and parts[1] == "payload":
             if method == "PUT":       # the body first: hypercorn keeps a connection only once it is read
                 body = await read_body(scope, receive)
-                return json_answer(meta_json(await store.put(edge_id_of(parts[2]), body)))
+                edge_id = edge_id_of(parts[2])
+                try:
+                    return json_answer(meta_json(await store.put(edge_id, body)))
+                except OSError as exc:
+                    if not out_of_space(exc):
+                        raise
+                    raise HTTPError(507, f"no space left for the payload: {exc.strerror}") from None
             edge_id = edge_id_of(parts[2])
             if method in ("GET", "HEAD"):
                 found = await read_payload(store, edge_id)

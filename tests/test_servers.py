@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import random
 import signal
 import socket
@@ -366,3 +367,56 @@ def test_the_id_parser_accepts_decimal_and_uuid_and_nothing_else():
     for bad in BAD_IDS + ["", " ", "1 ", "\n1"]:
         with pytest.raises(BadId, match="bad edge id"):
             parse_edge_id(bad)
+
+
+@pytest.fixture
+def small_ext4(tmp_path: Path):
+    """A 20 MiB ext4 file system on a loop device (root only): a real full disk
+    (tmpfs would hide sparse-file effects)."""
+    import shutil
+    import subprocess
+
+    if os.geteuid() != 0 or shutil.which("mkfs.ext4") is None:
+        pytest.skip("needs root and mkfs.ext4 for a loop-mounted file system")
+    image, mountpoint = tmp_path / "fs.img", tmp_path / "mnt"
+    mountpoint.mkdir()
+    with open(image, "wb") as f:
+        f.truncate(20 << 20)
+    subprocess.run(["mkfs.ext4", "-q", str(image)], check=True, timeout=60)
+    if subprocess.run(["mount", "-o", "loop", str(image), str(mountpoint)], check=False, timeout=60).returncode:
+        pytest.skip("cannot loop-mount here")
+    try:
+        yield mountpoint
+    finally:
+        subprocess.run(["umount", str(mountpoint)], check=True, timeout=60)
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("name", ["aiohttp", "starlette", "trio"])
+async def test_a_full_disk_answers_507_and_keeps_serving(name, small_ext4):
+    store = small_ext4 / "store"
+    server = await start(name, store)
+    stored: dict[int, bytes] = {}
+    try:
+        async with server.client() as client:
+            connection = None
+            for i in range(40):
+                payload = bytes([i]) * (1 << 20)
+                r = await client.put(f"/payload/{i}", content=payload)
+                connection = connection or client_addr(r)
+                if r.status_code != 200:
+                    assert r.status_code == 507, r.text
+                    assert r.json()["error"].startswith("no space left for the payload"), r.text
+                    break
+                stored[i] = payload
+            else:
+                raise AssertionError("40 MiB fitted on a 20 MiB file system")
+            assert stored, "not even one payload fitted"
+            for edge_id, payload in stored.items():          # what was answered 200 reads back
+                assert (await client.get(f"/payload/{edge_id}")).content == payload
+            assert (await client.get("/stats")).json()["entries"] == len(stored)
+            assert client_addr(await client.get("/stats")) == connection      # the 507 kept the connection
+    finally:
+        status, out, err = await server.stop(signal.SIGINT)
+    assert status == exit_status(name, signal.SIGINT), err
+    assert_closed_and_free(out, store, stored)
