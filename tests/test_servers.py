@@ -420,3 +420,30 @@ async def test_a_full_disk_answers_507_and_keeps_serving(name, small_ext4):
         status, out, err = await server.stop(signal.SIGINT)
     assert status == exit_status(name, signal.SIGINT), err
     assert_closed_and_free(out, store, stored)
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("name", ["aiohttp", "starlette", "trio"])
+async def test_sigkill_loses_nothing_that_was_answered(name, store_dir):
+    """No clean shutdown at all: what a PUT or DELETE was answered for is in the
+    store when the next writer opens it (the apps buffer nothing of their own)."""
+    server = await start(name, store_dir)
+    rng = random.Random(9)
+    expected: dict[int, bytes] = {}
+    try:
+        async with server.client(connections=4) as client:
+            payloads = {rng.getrandbits(100): rng.randbytes(rng.choice([0, 50, 20_000])) for _ in range(40)}
+            puts = await asyncio.gather(*(client.put(f"/payload/{i}", content=p) for i, p in payloads.items()))
+            assert all(r.status_code == 200 for r in puts)
+            expected.update(payloads)
+            gone = list(payloads)[:5]
+            for edge_id in gone:
+                assert (await client.delete(f"/payload/{edge_id}")).status_code == 204
+                del expected[edge_id]
+    finally:
+        server.proc.kill()
+        await asyncio.wait_for(server.proc.wait(), TIMEOUT)
+    with PayloadStore(store_dir, timeout=0) as reopened:
+        assert len(reopened) == len(expected)
+        for edge_id, payload in expected.items():
+            assert reopened.get(edge_id) == payload
