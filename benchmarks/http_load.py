@@ -265,8 +265,11 @@ def run_phase(args: argparse.Namespace, backend: str, directory: str, paths_file
 
 def row(name: str, r: dict[str, Any]) -> str:
     extra = ""
-    if r["server"].get("loaded"):
-        extra = f"  (loaded {r['server']['loaded']:,} entries in {r['server'].get('load_s', float('nan')):.1f} s)"
+    server = r["server"]
+    if "load_s" in server:
+        extra = f"  (loaded {server['loaded']:,} entries in {server['load_s']:.1f} s)"
+    elif "load_began_s" in server:
+        extra = f"  (loaded {server['loaded']:,} entries, still loading when the run ended)"
     errors = f"  {r['errors']} ERRORS {r['first_errors']}" if r["errors"] else ""
     return (f"{name:<14} {r['req_per_s']:>9,.0f} {r['p50_ms']:>8.2f} {r['p99_ms']:>8.2f} "
             f"{r['p999_ms']:>8.2f} {r['max_ms']:>8.1f}{extra}{errors}")
