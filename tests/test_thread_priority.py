@@ -79,9 +79,8 @@ def test_none_changes_nothing_and_a_bad_policy_is_refused():
     assert state == inside
     assert "none" in POLICIES
     for bad in ("realtime", "", None, 3):
-        with pytest.raises(ValueError, match="policy must be one of"):
-            with lowered(bad):  # type: ignore[arg-type]
-                pass
+        with pytest.raises(ValueError, match="policy must be one of"), lowered(bad):  # type: ignore[arg-type]
+            pass
 
 
 def test_the_priority_comes_back_even_if_the_body_raises():
