@@ -3,12 +3,16 @@
 from diskhash._records import Compression, IndexStats, PayloadMeta, RepairReport
 from diskhash._index import DiskHashIndex, repair
 from diskhash.aio import AsyncDiskHashIndex
+from diskhash._sharded import ShardedStats, ShardedStore
 from diskhash.errors import (
     CorruptIndexError,
     DiskHashError,
     IndexClosedError,
     IndexLockedError,
+    ManifestError,
     ReadOnlyIndexError,
+    ShardBuildError,
+    ShardMismatchError,
 )
 
 __all__ = [
@@ -20,9 +24,14 @@ __all__ = [
     "IndexClosedError",
     "IndexLockedError",
     "IndexStats",
+    "ManifestError",
     "PayloadMeta",
     "ReadOnlyIndexError",
     "RepairReport",
+    "ShardBuildError",
+    "ShardMismatchError",
+    "ShardedStats",
+    "ShardedStore",
     "repair",
 ]
 
