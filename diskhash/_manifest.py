@@ -263,28 +263,29 @@ def write_shard_marker(shard_dir: str, manifest: Manifest, index: int) -> None:
 def check_shard(directory: str, manifest: Manifest, index: int) -> str:
     """The PayloadStore directory of shard ``index``, after checking its marker.
 
-    Raises ``ShardMismatchError`` if the shard directory is missing or its
-    ``shard.json`` names another set, index or shard count.
+    ``directory`` is the set's directory (relative locations resolve against
+    it).  Raises ``ShardMismatchError`` if the shard directory is missing or
+    its ``shard.json`` names another set, index or shard count.
     """
     sdir = manifest.shard_dir(directory, index)
-    marker = os.path.join(sdir, SHARD_MARKER)
+    mpath = os.path.join(directory, MANIFEST_NAME)
     host = manifest.locations[index].host
     where = f" (host {host})" if host else ""
-    mpath = os.path.join(directory, MANIFEST_NAME)
+    marker = os.path.join(sdir, SHARD_MARKER)
     try:
         doc = _load_json(marker, "shard marker", ShardMismatchError)
     except FileNotFoundError:
-        what = "shard directory" if not os.path.isdir(sdir) else "shard marker shard.json"
+        what = "shard directory" if not os.path.isdir(sdir) else "shard marker shard.json in"
         raise ShardMismatchError(mpath, f"shard {index}: {what} {sdir}{where} is missing") from None
     expect = {"format": SHARD_FORMAT, "version": VERSION, "set_id": manifest.set_id,
               "index": index, "shards": manifest.shards}
     wrong = [f"{k} is {doc.get(k)!r}, the manifest says {v!r}"
              for k, v in expect.items() if doc.get(k) != v]
     if wrong:
-        raise ShardMismatchError(mpath, [f"shard {index} at {sdir}: {w}" for w in wrong])
+        raise ShardMismatchError(mpath, [f"shard {index} at {sdir}{where}: {w}" for w in wrong])
     store = os.path.join(sdir, STORE_SUBDIR)
     if not os.path.isdir(store):
-        raise ShardMismatchError(mpath, f"shard {index}: store directory {store} is missing")
+        raise ShardMismatchError(mpath, f"shard {index}: store directory {store}{where} is missing")
     return store
 
 
