@@ -3,9 +3,13 @@
 from diskhash._records import Compression, IndexStats, PayloadMeta, RepairReport
 from diskhash._index import DiskHashIndex, repair
 from diskhash.aio import AsyncDiskHashIndex
+from diskhash._store import PayloadStore, StoreStats
+from diskhash._aio_store import AsyncPayloadStore
 from diskhash._sharded import ShardedStats, ShardedStore
 from diskhash.errors import (
+    CodecUnavailableError,
     CorruptIndexError,
+    CorruptPayloadError,
     DiskHashError,
     IndexClosedError,
     IndexLockedError,
@@ -17,8 +21,11 @@ from diskhash.errors import (
 
 __all__ = [
     "AsyncDiskHashIndex",
+    "AsyncPayloadStore",
+    "CodecUnavailableError",
     "Compression",
     "CorruptIndexError",
+    "CorruptPayloadError",
     "DiskHashError",
     "DiskHashIndex",
     "IndexClosedError",
@@ -26,12 +33,14 @@ __all__ = [
     "IndexStats",
     "ManifestError",
     "PayloadMeta",
+    "PayloadStore",
     "ReadOnlyIndexError",
     "RepairReport",
     "ShardBuildError",
     "ShardMismatchError",
     "ShardedStats",
     "ShardedStore",
+    "StoreStats",
     "repair",
 ]
 

@@ -13,6 +13,8 @@ __all__ = [
     "IndexClosedError",
     "IndexLockedError",
     "ReadOnlyIndexError",
+    "CorruptPayloadError",
+    "CodecUnavailableError",
     "ManifestError",
     "ShardMismatchError",
     "ShardBuildError",
@@ -67,6 +69,47 @@ class IndexLockedError(DiskHashError):
 
 class ReadOnlyIndexError(DiskHashError, PermissionError):
     """A write was attempted on an index opened with ``readonly=True``."""
+
+
+class CorruptPayloadError(DiskHashError):
+    """A PayloadStore file (data file, manifest) is damaged or not what it claims.
+
+    Raised by reads whose checksum or frame header does not match (wrong
+    bytes are never returned), by opens of a file with the wrong magic or
+    version, and by ``verify()``.  ``path`` names the file, ``edge_id`` and
+    ``offset`` (either may be None) say where, ``defects`` lists every
+    problem found.
+    """
+
+    def __init__(self, path: str, defects: "list[str] | str", *,
+                 edge_id: "int | None" = None, offset: "int | None" = None) -> None:
+        if isinstance(defects, str):
+            defects = [defects]
+        self.path = path
+        self.defects = list(defects)
+        self.edge_id = edge_id
+        self.offset = offset
+        where = []
+        if edge_id is not None:
+            where.append(f"edge id {edge_id:#x}")
+        if offset is not None:
+            where.append(f"offset {offset}")
+        shown = "; ".join(self.defects[:20])
+        if len(self.defects) > 20:
+            shown += f"; ... and {len(self.defects) - 20} more"
+        suffix = f" ({', '.join(where)})" if where else ""
+        super().__init__(f"{path}: {shown}{suffix}")
+
+    def __reduce__(self):
+        return (_rebuild_corrupt_payload, (self.path, self.defects, self.edge_id, self.offset))
+
+
+def _rebuild_corrupt_payload(path, defects, edge_id, offset):  # type: ignore[no-untyped-def]
+    return CorruptPayloadError(path, defects, edge_id=edge_id, offset=offset)
+
+
+class CodecUnavailableError(DiskHashError, ImportError):
+    """A compression codec's package is not installed; the message names the extra."""
 
 
 class ManifestError(DiskHashError):

@@ -1,0 +1,121 @@
+"""Compression codecs for the PayloadStore: LZ4 raw blocks and standard zstd frames.
+
+Both packages are optional (``pip install "diskhash[store]"``): without them
+the store works with ``Compression.NONE``, and asking for (or reading) a
+compressed payload raises ``CodecUnavailableError`` naming the extra.
+
+* LZ4 is a raw block (``lz4.block.compress(store_size=False)``): the
+  uncompressed size lives in the record, so any LZ4 block decoder reads it.
+* ZSTD is a standard zstd frame (with the content size), as ``zstd -d`` reads.
+
+zstd compressor and decompressor objects are not thread-safe: one of each per
+thread, kept in a ``threading.local``.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any, Callable
+
+from diskhash._records import Compression
+from diskhash.errors import CodecUnavailableError
+
+__all__ = ["compress", "decompress", "available", "require", "EXTRA"]
+
+EXTRA = 'pip install "diskhash[store]"'
+ZSTD_LEVEL = 3
+
+try:
+    import lz4.block as _lz4
+except ImportError:  # pragma: no cover - exercised in a subprocess without the extra
+    _lz4 = None
+try:
+    import zstandard as _zstd
+except ImportError:  # pragma: no cover
+    _zstd = None
+
+_local = threading.local()
+_PACKAGES = {Compression.LZ4: ("lz4", _lz4), Compression.ZSTD: ("zstandard", _zstd)}
+
+
+def available(compression: Compression) -> bool:
+    """Whether ``compression`` can be written and read here."""
+    if compression == Compression.NONE:
+        return True
+    return _PACKAGES[compression][1] is not None
+
+
+def require(compression: Any) -> Compression:
+    """``compression`` as a ``Compression``; ``CodecUnavailableError`` if its package is missing."""
+    try:
+        comp = Compression(compression)
+    except ValueError:
+        raise ValueError(f"compression must be a diskhash.Compression (NONE, LZ4, ZSTD), "
+                         f"not {compression!r}") from None
+    if isinstance(compression, bool):
+        raise TypeError(f"compression must be a diskhash.Compression, not bool ({compression!r})")
+    if not available(comp):
+        name = _PACKAGES[comp][0]
+        raise CodecUnavailableError(f"Compression.{comp.name} needs the {name!r} package: {EXTRA}")
+    return comp
+
+
+def _zc() -> Any:
+    c = getattr(_local, "zc", None)
+    if c is None:
+        c = _local.zc = _zstd.ZstdCompressor(level=ZSTD_LEVEL, write_content_size=True)
+    return c
+
+
+def _zd() -> Any:
+    d = getattr(_local, "zd", None)
+    if d is None:
+        d = _local.zd = _zstd.ZstdDecompressor()
+    return d
+
+
+def _lz4_compress(data: Any) -> bytes:
+    return _lz4.compress(data, store_size=False)
+
+
+def _zstd_compress(data: Any) -> bytes:
+    return _zc().compress(data)
+
+
+_COMPRESS: dict[int, Callable[[Any], bytes]] = {1: _lz4_compress, 2: _zstd_compress}
+
+
+def compress(compression: int, data: Any) -> "bytes | None":
+    """``data`` compressed with ``compression`` (LZ4 or ZSTD), or None if that
+    is not smaller than ``data`` (the caller then stores it as NONE)."""
+    out = _COMPRESS[compression](data)
+    if len(out) >= len(data):
+        return None
+    return out
+
+
+def decompress(compression: int, data: Any, uncompressed_length: int) -> bytes:
+    """The original bytes of a stored LZ4/ZSTD payload (exactly ``uncompressed_length`` long).
+
+    Raises ``CodecUnavailableError`` if the package is missing and
+    ``ValueError`` if the bytes do not decode to that length.
+    """
+    if compression == 1:
+        if _lz4 is None:
+            require(Compression.LZ4)
+        try:
+            out = _lz4.decompress(data, uncompressed_size=uncompressed_length)
+        except Exception as exc:
+            raise ValueError(f"LZ4 block does not decode: {exc}") from None
+    elif compression == 2:
+        if _zstd is None:
+            require(Compression.ZSTD)
+        try:
+            out = _zd().decompress(data, max_output_size=uncompressed_length)
+        except Exception as exc:
+            raise ValueError(f"zstd frame does not decode: {exc}") from None
+    else:
+        raise ValueError(f"unknown compression {compression}")
+    if len(out) != uncompressed_length:
+        raise ValueError(f"decoded {len(out)} bytes, the record says {uncompressed_length}")
+    return out

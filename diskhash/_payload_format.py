@@ -1,0 +1,310 @@
+"""The PayloadStore's files, defined once: data file header, record frames, manifest.
+
+Byte-for-byte description: docs/store-format.md.  Everything here is
+little-endian.  A data file is a 64-byte header followed by frames; a frame
+is a 32-byte header followed by ``stored_length`` payload bytes.  The
+checksum is the low 32 bits of XXH3-64 (seed 0) over the frame from byte 4
+(everything after the checksum field) to the end of its payload, so one
+contiguous read checks header and payload together.
+
+``PayloadMeta.offset`` of an indexed record is the offset of its payload
+bytes (frame offset + ``FRAME_SIZE``) and ``.length`` its stored size.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Iterator, NamedTuple
+
+from xxhash import xxh3_64, xxh3_64_intdigest
+
+from diskhash.errors import CorruptPayloadError
+
+__all__ = [
+    "DATA_MAGIC", "DATA_VERSION", "DATA_HEADER", "DATA_HEADER_SIZE", "FLAG_DIRTY",
+    "FRAME", "FRAME_SIZE", "FRAME_MARK", "KIND_PUT", "KIND_TOMBSTONE", "MAX_LENGTH",
+    "MANIFEST", "MANIFEST_MAGIC", "MANIFEST_VERSION", "MANIFEST_NAME",
+    "DataHeader", "Frame", "ScanResult",
+    "checksum", "pack_frame_body", "pack_data_header", "unpack_data_header",
+    "pack_manifest", "unpack_manifest", "data_name", "index_name", "scan", "tombstone",
+    "xxh3_64",
+]
+
+# -- data file header (64 bytes) ---------------------------------------------
+#  0  8s  magic "SOCHDATA"
+#  8  u32 version (1)
+# 12  u32 header size (64)
+# 16  u64 checkpoint: every frame before this offset is in the index file as
+#         of its last save() (the log is replayed from here on a writable open)
+# 24  u32 flags: bit 0 = a writer has the file open (unclean if set at open)
+# 28  u32 reserved (0)
+# 32  24x reserved (0)
+# 56  u64 XXH3-64 of bytes 0..56
+DATA_MAGIC = b"SOCHDATA"
+DATA_VERSION = 1
+DATA_HEADER = struct.Struct("<8sIIQII24xQ")
+DATA_HEADER_SIZE = 64
+FLAG_DIRTY = 1
+assert DATA_HEADER.size == DATA_HEADER_SIZE
+
+# -- frame header (32 bytes) ---------------------------------------------------
+#  0  u32 checksum: low 32 bits of XXH3-64 over bytes [4, 32 + stored_length)
+#  4  u8  kind: 1 put, 2 tombstone
+#  5  u8  compression (diskhash.Compression; 0 for a tombstone)
+#  6  u16 mark 0xD5A7 (a frame starts here; helps tell garbage from a frame)
+#  8  u32 stored_length (0 for a tombstone)
+# 12  u32 uncompressed_length (0 for a tombstone)
+# 16  u64 edge id, low 64 bits
+# 24  u64 edge id, high 64 bits
+FRAME = struct.Struct("<IBBHIIQQ")
+FRAME_BODY = struct.Struct("<BBHIIQQ")      # the frame header without its checksum
+FRAME_SIZE = 32
+FRAME_MARK = 0xD5A7
+KIND_PUT = 1
+KIND_TOMBSTONE = 2
+MAX_LENGTH = 0xFFFFFFFF
+MAX_COMPRESSION = 2
+assert FRAME.size == FRAME_SIZE and FRAME_BODY.size == FRAME_SIZE - 4
+_MARK_BYTES = struct.pack("<H", FRAME_MARK)
+_MASK64 = (1 << 64) - 1
+
+# -- manifest (40 bytes, file "MANIFEST") ----------------------------------------
+#  0  8s  magic "SOCHSTOR"
+#  8  u32 version (1)
+# 12  u32 reserved (0)
+# 16  u64 data generation  -> data file  "data-<gen:06d>.dat"
+# 24  u64 index generation -> index file "index-<gen:06d>.idx" (SOCHIDX2)
+# 32  u64 XXH3-64 of bytes 0..32
+MANIFEST_NAME = "MANIFEST"
+MANIFEST_MAGIC = b"SOCHSTOR"
+MANIFEST_VERSION = 1
+MANIFEST = struct.Struct("<8sIIQQQ")
+assert MANIFEST.size == 40
+
+
+def data_name(gen: int) -> str:
+    return f"data-{gen:06d}.dat"
+
+
+def index_name(gen: int) -> str:
+    return f"index-{gen:06d}.idx"
+
+
+def checksum(buf: "bytes | memoryview") -> int:
+    """The frame checksum of ``buf`` (the frame from byte 4 on)."""
+    return xxh3_64_intdigest(buf) & 0xFFFFFFFF
+
+
+def pack_frame_body(kind: int, compression: int, stored_length: int,
+                    uncompressed_length: int, key: int) -> bytes:
+    """Bytes 4..32 of a frame header (what the checksum covers, before the payload)."""
+    return FRAME_BODY.pack(kind, compression, FRAME_MARK, stored_length, uncompressed_length,
+                           key & _MASK64, key >> 64)
+
+
+class DataHeader(NamedTuple):
+    version: int
+    checkpoint: int
+    flags: int
+
+
+def pack_data_header(checkpoint: int, flags: int) -> bytes:
+    head = DATA_HEADER.pack(DATA_MAGIC, DATA_VERSION, DATA_HEADER_SIZE, checkpoint, flags, 0, 0)
+    return head[:56] + struct.pack("<Q", xxh3_64_intdigest(head[:56]))
+
+
+def unpack_data_header(buf: bytes, path: str) -> DataHeader:
+    """Check and decode a data file header; ``CorruptPayloadError`` naming ``path`` if bad."""
+    if len(buf) < DATA_HEADER_SIZE:
+        raise CorruptPayloadError(path, f"data file is {len(buf)} bytes, shorter than its "
+                                        f"{DATA_HEADER_SIZE}-byte header")
+    magic, version, hsize, checkpoint, flags, _res, check = DATA_HEADER.unpack_from(buf)
+    if magic != DATA_MAGIC:
+        raise CorruptPayloadError(path, f"not a diskhash data file (magic {magic!r}, "
+                                        f"expected {DATA_MAGIC!r})")
+    if version != DATA_VERSION:
+        raise CorruptPayloadError(path, f"data file version {version} is not supported "
+                                        f"(this diskhash reads version {DATA_VERSION})")
+    if hsize != DATA_HEADER_SIZE or check != xxh3_64_intdigest(buf[:56]):
+        raise CorruptPayloadError(path, "data file header checksum mismatch", offset=0)
+    return DataHeader(version, checkpoint, flags)
+
+
+def pack_manifest(data_gen: int, index_gen: int) -> bytes:
+    head = MANIFEST.pack(MANIFEST_MAGIC, MANIFEST_VERSION, 0, data_gen, index_gen, 0)[:32]
+    return head + struct.pack("<Q", xxh3_64_intdigest(head))
+
+
+def unpack_manifest(buf: bytes, path: str) -> tuple[int, int]:
+    """(data generation, index generation); ``CorruptPayloadError`` naming ``path`` if bad."""
+    if len(buf) != MANIFEST.size:
+        raise CorruptPayloadError(path, f"store manifest is {len(buf)} bytes, expected {MANIFEST.size}")
+    magic, version, _res, data_gen, index_gen, check = MANIFEST.unpack(buf)
+    if magic != MANIFEST_MAGIC:
+        raise CorruptPayloadError(path, f"not a diskhash store manifest (magic {magic!r})")
+    if version != MANIFEST_VERSION:
+        raise CorruptPayloadError(path, f"store manifest version {version} is not supported "
+                                        f"(this diskhash reads version {MANIFEST_VERSION})")
+    if check != xxh3_64_intdigest(buf[:32]):
+        raise CorruptPayloadError(path, "store manifest checksum mismatch")
+    return data_gen, index_gen
+
+
+# -- scanning the log ------------------------------------------------------------
+
+class Frame(NamedTuple):
+    """One valid frame found by ``scan``: ``offset`` is where its header starts;
+    ``raw`` the whole frame's bytes when the scan was asked for them."""
+
+    offset: int
+    kind: int
+    compression: int
+    stored_length: int
+    uncompressed_length: int
+    key: int
+    raw: "memoryview | bytes | None" = None
+
+
+def tombstone(key: int) -> bytes:
+    """The whole frame that deletes ``key``."""
+    body = pack_frame_body(KIND_TOMBSTONE, 0, 0, 0, key)
+    return checksum(body).to_bytes(4, "little") + body
+
+
+class ScanResult(NamedTuple):
+    """Where a scan stopped: ``end`` is the end of the last valid frame.
+
+    ``torn`` is True when bytes after ``end`` hold no valid frame (a record a
+    crash cut short, or zeros): cutting the file at ``end`` loses nothing.
+    """
+
+    end: int
+    file_size: int
+    torn: bool
+
+
+SCAN_CHUNK = 8 << 20
+
+
+def _frame_at(buf: "bytes | memoryview", pos: int, avail: int) -> "tuple[int, int, int, int, int, int] | None":
+    """Decode and check the frame at ``buf[pos:]``; None if it is not a whole valid frame."""
+    if avail - pos < FRAME_SIZE:
+        return None
+    ck, kind, comp, mark, slen, ulen, lo, hi = FRAME.unpack_from(buf, pos)
+    if mark != FRAME_MARK or comp > MAX_COMPRESSION:
+        return None
+    if kind == KIND_PUT:
+        if (comp == 0 and ulen != slen) or (comp and (slen == 0 or ulen == 0)):
+            return None
+    elif kind != KIND_TOMBSTONE or slen or ulen or comp:
+        return None
+    end = pos + FRAME_SIZE + slen
+    if end > avail:
+        return None
+    if xxh3_64_intdigest(memoryview(buf)[pos + 4:end]) & 0xFFFFFFFF != ck:
+        return None
+    return kind, comp, slen, ulen, lo | (hi << 64), end
+
+
+def _pread_exact(fd: int, size: int, offset: int) -> bytes:
+    import os
+    parts = []
+    while size > 0:
+        got = os.pread(fd, min(size, 1 << 30), offset)
+        if not got:
+            break
+        parts.append(got)
+        size -= len(got)
+        offset += len(got)
+    return parts[0] if len(parts) == 1 else b"".join(parts)
+
+
+def _valid_frame_after(fd: int, start: int, file_size: int) -> int:
+    """Offset of the first valid frame starting after ``start``, or -1.
+
+    Looks for the frame mark at every position, then checks the candidate
+    whole (lengths and checksum), so only a real frame counts.
+    """
+    pos = start + 1
+    while pos + FRAME_SIZE <= file_size:
+        size = min(SCAN_CHUNK, file_size - pos)
+        buf = _pread_exact(fd, size, pos)
+        find = 6
+        while True:
+            at = buf.find(_MARK_BYTES, find)
+            if at < 0:
+                break
+            cand = at - 6
+            if _frame_at(buf, cand, len(buf)) is not None:
+                return pos + cand
+            if cand + FRAME_SIZE <= len(buf):
+                head = FRAME.unpack_from(buf, cand)
+                need = FRAME_SIZE + head[4]
+                if head[1] in (KIND_PUT, KIND_TOMBSTONE) and cand + need > len(buf) \
+                        and pos + cand + need <= file_size:
+                    # A candidate longer than this chunk: read it whole.
+                    whole = _pread_exact(fd, need, pos + cand)
+                    if _frame_at(whole, 0, len(whole)) is not None:
+                        return pos + cand
+            find = at + 1
+        if pos + size >= file_size:
+            break
+        pos += size - FRAME_SIZE        # overlap: a header cut by the chunk edge
+    return -1
+
+
+def scan(fd: int, start: int, file_size: int, path: str,
+         progress: "object | None" = None, raw: bool = False) -> "Iterator[Frame | ScanResult]":
+    """Yield every valid frame from ``start``, then a ``ScanResult``.
+
+    An invalid frame followed (anywhere later) by a valid one is corruption in
+    the middle of the log: ``CorruptPayloadError`` naming the file and offset,
+    never a cut.  An invalid frame with nothing valid after it is a torn tail.
+    ``progress(done_bytes, total_bytes)`` is called every chunk if given.
+    """
+    pos = start
+    total = file_size
+    while pos < file_size:
+        size = min(SCAN_CHUNK, file_size - pos)
+        buf = _pread_exact(fd, size, pos)
+        avail = len(buf)
+        if not avail:               # the file shrank under us: it ends here
+            yield ScanResult(pos, pos, False)
+            return
+        view = memoryview(buf)
+        p = 0
+        while True:
+            got = _frame_at(buf, p, avail)
+            if got is None:
+                break
+            kind, comp, slen, ulen, key, end = got
+            yield Frame(pos + p, kind, comp, slen, ulen, key, view[p:end] if raw else None)
+            p = end
+        if p == 0 and avail - p >= FRAME_SIZE:
+            # Nothing valid at the chunk start: maybe one frame bigger than the chunk.
+            head = FRAME.unpack_from(buf, 0)
+            need = FRAME_SIZE + head[4]
+            if need > avail and pos + need <= file_size:
+                whole = _pread_exact(fd, need, pos)
+                got = _frame_at(whole, 0, len(whole))
+                if got is not None:
+                    kind, comp, slen, ulen, key, end = got
+                    yield Frame(pos, kind, comp, slen, ulen, key, whole if raw else None)
+                    pos += end
+                    if progress is not None:
+                        progress(pos, total)        # type: ignore[operator]
+                    continue
+        if p < avail and (p == 0 or pos + avail >= file_size):
+            # The frame at pos + p is not valid, and reading on cannot complete it.
+            bad = pos + p
+            later = _valid_frame_after(fd, bad, file_size)
+            if later >= 0:
+                raise CorruptPayloadError(
+                    path, f"damaged record in the middle of the log (a valid record "
+                          f"follows at offset {later})", offset=bad)
+            yield ScanResult(bad, file_size, True)
+            return
+        pos += p
+        if progress is not None:
+            progress(pos, total)                    # type: ignore[operator]
+    yield ScanResult(pos, file_size, False)

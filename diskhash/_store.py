@@ -1,0 +1,1047 @@
+"""PayloadStore: the payloads themselves, in a framed append-only data file the index points into.
+
+A store is a directory::
+
+    MANIFEST              which generation of each file is current (atomic rename)
+    data-000001.dat       the log: a header, then framed records (docs/store-format.md)
+    index-000001.idx      a SOCHIDX2 index: edge id -> PayloadMeta into the data file
+    index-000001.idx.lock the index's own lock / clean marker (diskhash core)
+    store.lock            one writer or many readers per store (flock)
+
+A put appends a frame to the data file, then indexes it; reads look the key
+up in the index and read (and check) the frame.  ``save()`` makes the data
+durable before the index and then records the checkpoint (the log offset the
+index covers) in the data file header; a writable open replays the log after
+the checkpoint, cutting a torn tail.  ``compact()`` and ``rebuild_index()``
+write new generations and switch to them by renaming a new MANIFEST into
+place.  See docs/store.md for the design and its reasons.
+"""
+
+from __future__ import annotations
+
+import errno
+import operator
+import os
+import threading
+import time
+import uuid
+import weakref
+from typing import Any, Callable, Iterable, Iterator, NamedTuple, Sequence
+
+from diskhash import _codecs
+from diskhash import _payload_format as fmt
+from diskhash._files import IndexLock, fsync_dir
+from diskhash._index import DiskHashIndex
+from diskhash._records import Compression, PayloadMeta
+from diskhash.errors import (
+    CorruptIndexError,
+    CorruptPayloadError,
+    DiskHashError,
+    IndexClosedError,
+    ReadOnlyIndexError,
+)
+
+__all__ = ["PayloadStore", "StoreStats", "SYNC_POLICIES"]
+
+_MISSING: Any = object()
+_U128 = 1 << 128
+_MASK64 = (1 << 64) - 1
+#: put_many writes its frames in pieces of about this many bytes (then indexes them).
+PUT_MANY_CHUNK = 16 << 20
+#: The sync policies besides a number of milliseconds.
+SYNC_POLICIES = ("save", "never")
+TMP_SUFFIX = ".tmp"
+
+
+class StoreStats(NamedTuple):
+    """A snapshot of a store (``PayloadStore.stats()``).
+
+    ``data_bytes`` is the data file's size, ``live_bytes`` the frames the
+    index points at (header + stored payload), so ``data_bytes - live_bytes``
+    is what ``compact()`` would reclaim.  ``stored_bytes`` and
+    ``uncompressed_bytes`` sum the live payloads as stored and as given.
+    """
+
+    entries: int
+    data_bytes: int
+    live_bytes: int
+    stored_bytes: int
+    uncompressed_bytes: int
+    index_bytes: int
+    garbage_ratio: float
+    data_generation: int
+    index_generation: int
+    checkpoint: int
+
+
+def _key_int(key: Any) -> int:
+    """``key`` as an int in [0, 2**128): the index's rules and messages."""
+    if type(key) is int and 0 <= key < _U128:
+        return key
+    if isinstance(key, uuid.UUID):
+        return key.int
+    return int(PayloadMeta(key, 0, 0, 0, 0).edge_id)
+
+
+def _payload_view(payload: Any, what: str = "payload") -> memoryview:
+    """A flat byte view of a bytes-like ``payload``; TypeError/ValueError before any write."""
+    if isinstance(payload, (str, int, float)) or payload is None:
+        raise TypeError(f"{what} must be bytes-like (bytes, bytearray, memoryview), "
+                        f"not {type(payload).__name__}")
+    try:
+        view = memoryview(payload)
+    except TypeError:
+        raise TypeError(f"{what} must be bytes-like (bytes, bytearray, memoryview), "
+                        f"not {type(payload).__name__}") from None
+    if view.nbytes > fmt.MAX_LENGTH:
+        raise ValueError(f"{what} is {view.nbytes} bytes; the limit is {fmt.MAX_LENGTH} (u32)")
+    if not view.c_contiguous or view.ndim != 1 or view.format not in ("B", "b", "c"):
+        view = memoryview(view.tobytes())
+    return view
+
+
+def _sync_interval(sync: Any) -> "float | None":
+    """Seconds between background saves for a number of ms, None for "save"/"never"."""
+    if isinstance(sync, str):
+        if sync not in SYNC_POLICIES:
+            raise ValueError(f"sync must be 'save', 'never' or a number of milliseconds, not {sync!r}")
+        return None
+    if isinstance(sync, bool) or not isinstance(sync, (int, float)):
+        raise TypeError(f"sync must be 'save', 'never' or a number of milliseconds, not {sync!r}")
+    if not (sync > 0 and sync < 1e9):
+        raise ValueError(f"sync interval must be a positive number of milliseconds, not {sync!r}")
+    return float(sync) / 1000.0
+
+
+def _fsync_data(fd: int) -> None:
+    os.fdatasync(fd)
+
+
+def _write_all(fd: int, buffers: Sequence[Any], offset: int) -> int:
+    """Write ``buffers`` at ``offset`` (retrying short writes); returns the new end."""
+    bufs = [v for v in (memoryview(b).cast("B") for b in buffers) if len(v)]
+    while bufs:
+        n = os.pwritev(fd, bufs[:512], offset)
+        if n <= 0:  # pragma: no cover - pwritev raises instead
+            raise OSError(errno.EIO, "short write")
+        offset += n
+        while n:
+            if n >= len(bufs[0]):
+                n -= len(bufs[0])
+                bufs.pop(0)
+            else:
+                bufs[0] = bufs[0][n:]
+                n = 0
+    return offset
+
+
+class _Generation:
+    """The files of one (data generation, index generation) pair, open.
+
+    Readers take a local reference (``g = store._gen``) for the length of one
+    call, so a generation replaced by ``compact()``/``rebuild_index()`` keeps
+    its descriptor and index until the last reader drops it (CPython frees it
+    then, closing both).  ``close()`` closes the index now (the core waits for
+    readers inside it) and leaves the descriptor to that finaliser, so a
+    reader racing close() reads a closed index, never a reused fd.
+    """
+
+    __slots__ = ("data_gen", "index_gen", "data_path", "index_path", "fd", "index",
+                 "__weakref__")
+
+    def __init__(self, data_gen: int, index_gen: int, data_path: str, index_path: str,
+                 fd: int, index: DiskHashIndex) -> None:
+        self.data_gen = data_gen
+        self.index_gen = index_gen
+        self.data_path = data_path
+        self.index_path = index_path
+        self.fd = fd
+        self.index = index
+        weakref.finalize(self, _release, fd, index)
+
+
+def _release(fd: int, index: DiskHashIndex) -> None:
+    try:
+        index.close()
+    except Exception:  # pragma: no cover - best effort in a finaliser
+        pass
+    try:
+        os.close(fd)
+    except OSError:  # pragma: no cover
+        pass
+
+
+class PayloadStore:
+    """Payload bytes by edge id: a framed, checksummed, compressed log plus its index.
+
+    ``PayloadStore(directory, *, readonly=False, compression=Compression.NONE,
+    timeout=0.0, verify_checksums=True, sync="save")``
+
+    * ``directory`` (str or path): created with its parents unless ``readonly``.
+    * ``readonly``: never writes a byte; many readers per store, or one writer
+      (across processes: ``IndexLockedError``).
+    * ``compression``: the default codec of ``put``/``put_many``.
+    * ``timeout``: seconds to wait for another process's lock (None: forever).
+    * ``verify_checksums``: check each read's checksum (default; a failed check
+      raises ``CorruptPayloadError``, wrong bytes are never returned).
+    * ``sync``: when data reaches the disk — ``"save"`` (at ``save()`` and
+      ``close()``), a number of milliseconds (a background ``save()`` that
+      often while there are unsaved writes, like Bitcask's
+      ``{seconds, N}``), or ``"never"`` (``save()`` and ``close()`` record
+      the checkpoint but never fsync: safe against a process crash, not
+      against power loss).
+
+    Raises ``OSError`` for the file system, ``IndexLockedError`` if another
+    writer holds the store, ``CorruptPayloadError`` for a damaged data file
+    or manifest, ``CorruptIndexError`` for a damaged index on a read-only
+    open (a writable open rebuilds it from the data file).
+    """
+
+    def __init__(
+        self,
+        directory: "str | os.PathLike[str]",
+        *,
+        readonly: bool = False,
+        compression: Any = Compression.NONE,
+        timeout: "float | None" = 0.0,
+        verify_checksums: bool = True,
+        sync: Any = "save",
+    ) -> None:
+        self._gen: "_Generation | None" = None
+        self._lock: "IndexLock | None" = None
+        self._closed = True
+        directory = os.fspath(directory)
+        if not isinstance(directory, str):
+            raise TypeError(f"directory must be a str path, not {type(directory).__name__}")
+        if not directory:
+            raise ValueError("directory must not be empty")
+        if not isinstance(readonly, bool):
+            raise TypeError(f"readonly must be a bool, not {type(readonly).__name__}")
+        if not isinstance(verify_checksums, bool):
+            raise TypeError(f"verify_checksums must be a bool, not {type(verify_checksums).__name__}")
+        self._compression = _codecs.require(compression)
+        self._sync_every = _sync_interval(sync)
+        self._sync = sync
+        self._readonly = readonly
+        self._verify = verify_checksums
+        self._write_lock = threading.RLock()
+        #: Held for the whole of compact() and rebuild_index() (and by close()).
+        self._maintenance = threading.Lock()
+        #: What the last compact() measured (seconds, puts_waited_seconds, bytes).
+        self.last_compaction: "dict[str, Any] | None" = None
+        self._unsaved = False
+        self._end = 0
+        self._checkpoint = 0
+        self._syncer: "threading.Thread | None" = None
+        self._stop_syncer = threading.Event()
+        #: What the writable open recovered: a dict (replayed records, cut bytes,
+        #: rebuilt) or None when the store was closed cleanly.
+        self.recovery: "dict[str, Any] | None" = None
+        if readonly:
+            if not os.path.isdir(directory):
+                raise FileNotFoundError(errno.ENOENT, "no PayloadStore directory", directory)
+        else:
+            os.makedirs(directory, exist_ok=True)
+        self._directory = os.path.realpath(directory)
+        self._manifest_path = os.path.join(self._directory, fmt.MANIFEST_NAME)
+        self._lock = IndexLock(os.path.join(self._directory, "store"), not readonly, timeout)
+        try:
+            if readonly:
+                self._open_readonly()
+            else:
+                self._open_writable()
+        except BaseException:
+            self._abandon()
+            raise
+        self._closed = False
+        if self._sync_every is not None and not readonly:
+            self._syncer = threading.Thread(target=self._sync_loop, name="diskhash-store-sync",
+                                            daemon=True)
+            self._syncer.start()
+
+    # -- opening -------------------------------------------------------------------
+
+    def _path(self, name: str) -> str:
+        return os.path.join(self._directory, name)
+
+    def _read_manifest(self) -> "tuple[int, int] | None":
+        try:
+            with open(self._manifest_path, "rb") as f:
+                return fmt.unpack_manifest(f.read(64), self._manifest_path)
+        except FileNotFoundError:
+            return None
+
+    def _write_manifest(self, data_gen: int, index_gen: int) -> None:
+        tmp = self._path(f".{fmt.MANIFEST_NAME}.{os.getpid()}{TMP_SUFFIX}")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+        try:
+            os.write(fd, fmt.pack_manifest(data_gen, index_gen))
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, self._manifest_path)
+        fsync_dir(self._directory)
+
+    def _create_data_file(self, data_gen: int) -> str:
+        path = self._path(fmt.data_name(data_gen))
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+        try:
+            os.pwrite(fd, fmt.pack_data_header(fmt.DATA_HEADER_SIZE, 0), 0)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        return path
+
+    def _remove_leftovers(self, data_gen: int, index_gen: int) -> list[str]:
+        """Files of other generations and temporaries a crash left behind (writers only)."""
+        keep = {fmt.data_name(data_gen), fmt.index_name(index_gen),
+                fmt.index_name(index_gen) + ".lock"}
+        removed = []
+        for entry in os.listdir(self._directory):
+            ours = (entry.startswith(("data-", "index-")) and
+                    (entry.endswith((".dat", ".idx", ".idx.lock")) or entry.endswith(TMP_SUFFIX)))
+            if (ours or (entry.startswith(".") and entry.endswith(TMP_SUFFIX))) and entry not in keep:
+                try:
+                    os.unlink(self._path(entry))
+                    removed.append(entry)
+                except FileNotFoundError:
+                    pass
+        return removed
+
+    def _open_data_fd(self, path: str, writable: bool) -> tuple[int, fmt.DataHeader, int]:
+        flags = (os.O_RDWR if writable else os.O_RDONLY) | os.O_CLOEXEC | os.O_NONBLOCK
+        fd = os.open(path, flags)
+        try:
+            import stat
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                raise CorruptPayloadError(path, "data file is not a regular file")
+            os.set_blocking(fd, True)
+            header = fmt.unpack_data_header(os.pread(fd, fmt.DATA_HEADER_SIZE, 0), path)
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd, header, st.st_size
+
+    def _open_readonly(self) -> None:
+        gens = self._read_manifest()
+        if gens is None:
+            raise FileNotFoundError(errno.ENOENT, "no PayloadStore here (MANIFEST missing)",
+                                    self._manifest_path)
+        data_gen, index_gen = gens
+        data_path, index_path = self._path(fmt.data_name(data_gen)), self._path(fmt.index_name(index_gen))
+        fd, header, size = self._open_data_fd(data_path, False)
+        try:
+            index = DiskHashIndex(index_path, readonly=True, timeout=0.0)
+        except BaseException:
+            os.close(fd)
+            raise
+        self._gen = _Generation(data_gen, index_gen, data_path, index_path, fd, index)
+        self._end = size
+        self._checkpoint = header.checkpoint
+
+    def _open_writable(self) -> None:
+        gens = self._read_manifest()
+        if gens is None:
+            stale = [e for e in os.listdir(self._directory)
+                     if e.startswith("data-") and e.endswith(".dat")
+                     and os.path.getsize(self._path(e)) > fmt.DATA_HEADER_SIZE]
+            if stale:
+                raise CorruptPayloadError(
+                    self._manifest_path,
+                    f"MANIFEST is missing but data files hold records ({', '.join(sorted(stale))}); "
+                    f"restore the manifest (see docs/store-format.md) rather than start over")
+            self._remove_leftovers(0, 0)
+            self._create_data_file(1)
+            self._write_manifest(1, 1)
+            gens = (1, 1)
+        data_gen, index_gen = gens
+        self._remove_leftovers(data_gen, index_gen)
+        data_path, index_path = self._path(fmt.data_name(data_gen)), self._path(fmt.index_name(index_gen))
+        fd, header, size = self._open_data_fd(data_path, True)
+        recovery: dict[str, Any] = {}
+        index = None
+        try:
+            rebuild_reason = None
+            if not os.path.exists(index_path) and size > fmt.DATA_HEADER_SIZE:
+                rebuild_reason = "index file missing"
+            else:
+                try:
+                    index = DiskHashIndex(index_path, timeout=0.0)
+                except CorruptIndexError as exc:
+                    rebuild_reason = f"index damaged: {exc}"
+                else:
+                    if index.recovery is not None and index.recovery.dropped:
+                        rebuild_reason = f"index repair dropped {len(index.recovery.dropped)} entries"
+                        index.close()
+                        index = None
+            if rebuild_reason is not None:
+                recovery["rebuilt"] = rebuild_reason
+                scan_end = self._scan_end(fd, size, data_path, recovery)
+                index_gen += 1
+                index_path = self._path(fmt.index_name(index_gen))
+                index = self._build_index(index_path, fd, scan_end, data_path, None)
+                self._end = scan_end
+                self._write_header(fd, scan_end, fmt.FLAG_DIRTY, sync=True)
+                self._write_manifest(data_gen, index_gen)
+                self._remove_leftovers(data_gen, index_gen)
+            else:
+                assert index is not None
+                checkpoint = min(max(header.checkpoint, fmt.DATA_HEADER_SIZE), size)
+                replayed, scan_end = self._replay(fd, index, checkpoint, size, data_path, recovery)
+                if replayed:
+                    recovery["replayed"] = replayed
+                self._end = scan_end
+                if header.flags & fmt.FLAG_DIRTY and self._pointers_past(index, scan_end):
+                    # Power loss: index pages reached the disk before the data they
+                    # point at.  The log is the truth: rebuild from it.
+                    recovery["rebuilt"] = "index points past the end of the data file"
+                    index.close()
+                    index = None
+                    index_gen += 1
+                    index_path = self._path(fmt.index_name(index_gen))
+                    index = self._build_index(index_path, fd, scan_end, data_path, None)
+                    self._write_header(fd, scan_end, fmt.FLAG_DIRTY, sync=True)
+                    self._write_manifest(data_gen, index_gen)
+                    self._remove_leftovers(data_gen, index_gen)
+                else:
+                    if replayed:
+                        if self._sync != "never":
+                            _fsync_data(fd)
+                        index.save()
+                        checkpoint = scan_end
+                    checkpoint = min(checkpoint, scan_end)
+                    self._write_header(fd, checkpoint, fmt.FLAG_DIRTY, sync=True)
+            self._checkpoint = self._read_checkpoint(fd, data_path)
+        except BaseException:
+            if index is not None:
+                index.close()
+            os.close(fd)
+            raise
+        self._gen = _Generation(data_gen, index_gen, data_path, index_path, fd, index)
+        self.recovery = recovery or None
+
+    def _read_checkpoint(self, fd: int, path: str) -> int:
+        return fmt.unpack_data_header(os.pread(fd, fmt.DATA_HEADER_SIZE, 0), path).checkpoint
+
+    def _write_header(self, fd: int, checkpoint: int, flags: int, sync: bool) -> None:
+        os.pwrite(fd, fmt.pack_data_header(checkpoint, flags), 0)
+        if sync and self._sync != "never":
+            _fsync_data(fd)
+
+    def _scan_end(self, fd: int, size: int, path: str, recovery: dict[str, Any]) -> int:
+        """End of the valid log (cutting a torn tail); raises on mid-log damage."""
+        result = None
+        for item in fmt.scan(fd, fmt.DATA_HEADER_SIZE, size, path):
+            if isinstance(item, fmt.ScanResult):
+                result = item
+        assert result is not None
+        return self._cut_tail(fd, result, recovery)
+
+    def _cut_tail(self, fd: int, result: fmt.ScanResult, recovery: dict[str, Any]) -> int:
+        if result.torn and result.end < result.file_size:
+            os.ftruncate(fd, result.end)
+            if self._sync != "never":
+                _fsync_data(fd)
+            recovery["cut_bytes"] = result.file_size - result.end
+        return result.end
+
+    def _replay(self, fd: int, index: DiskHashIndex, start: int, size: int, path: str,
+                recovery: dict[str, Any]) -> tuple[int, int]:
+        """Apply the log's frames from ``start`` to ``index`` in order; (count, end)."""
+        final: dict[int, "PayloadMeta | None"] = {}
+        result = None
+        for item in fmt.scan(fd, start, size, path):
+            if isinstance(item, fmt.Frame):
+                if item.kind == fmt.KIND_PUT:
+                    final[item.key] = PayloadMeta(item.key, item.offset + fmt.FRAME_SIZE,
+                                                  item.stored_length, item.compression,
+                                                  item.uncompressed_length)
+                else:
+                    final[item.key] = None
+            else:
+                result = item
+        assert result is not None
+        end = self._cut_tail(fd, result, recovery)
+        _apply(index, final)
+        return len(final), end
+
+    @staticmethod
+    def _pointers_past(index: DiskHashIndex, end: int) -> bool:
+        for meta in index.values():
+            if meta.offset + meta.length > end:
+                return True
+        return False
+
+    def _build_index(self, index_path: str, fd: int, end: int, data_path: str,
+                     progress: "Callable[[int, int], Any] | None") -> DiskHashIndex:
+        """A new index at ``index_path`` holding the log's final state (tombstones honoured)."""
+        for leftover in (index_path, index_path + ".lock"):
+            try:
+                os.unlink(leftover)
+            except FileNotFoundError:
+                pass
+        final: dict[int, "tuple[int, int, int, int] | None"] = {}
+        for item in fmt.scan(fd, fmt.DATA_HEADER_SIZE, end, data_path, progress):
+            if isinstance(item, fmt.Frame):
+                if item.kind == fmt.KIND_PUT:
+                    final[item.key] = (item.offset + fmt.FRAME_SIZE, item.stored_length,
+                                       item.compression, item.uncompressed_length)
+                else:
+                    final[item.key] = None
+            elif item.torn and item.end < end:
+                raise CorruptPayloadError(data_path, "log ends early while rebuilding", offset=item.end)
+        live = {k: v for k, v in final.items() if v is not None}
+        index = DiskHashIndex(index_path, capacity=max(len(live), 1), timeout=0.0)
+        try:
+            _bulk_insert(index, live)
+            index.save()
+            fsync_dir(self._directory)
+        except BaseException:
+            index.close()
+            raise
+        if progress is not None:
+            progress(end, end)
+        return index
+
+    def _abandon(self) -> None:
+        g, self._gen = self._gen, None
+        if g is not None:
+            g.index.close()
+        lock, self._lock = self._lock, None
+        if lock is not None:
+            lock.close()
+
+    # -- state -----------------------------------------------------------------------
+
+    def _live(self) -> _Generation:
+        g = self._gen
+        if g is None:
+            raise IndexClosedError(f"{getattr(self, '_directory', '?')}: store is closed")
+        return g
+
+    def _writable(self) -> _Generation:
+        if self._readonly:
+            raise ReadOnlyIndexError(f"{self._directory}: store was opened read-only")
+        return self._live()
+
+    @property
+    def directory(self) -> str:
+        """The store's directory (resolved: symlinks followed)."""
+        return self._directory
+
+    @property
+    def readonly(self) -> bool:
+        return self._readonly
+
+    @property
+    def closed(self) -> bool:
+        return self._gen is None
+
+    @property
+    def compression(self) -> Compression:
+        """The default codec of put/put_many."""
+        return self._compression
+
+    @property
+    def index(self) -> DiskHashIndex:
+        """The current index (read it, do not write it: the store keeps it in step with the log)."""
+        return self._live().index
+
+    @property
+    def data_path(self) -> str:
+        """The current data file's path."""
+        return self._live().data_path
+
+    # -- reads -------------------------------------------------------------------------
+
+    def _read(self, g: _Generation, meta: PayloadMeta) -> bytes:
+        off = meta.offset - fmt.FRAME_SIZE
+        n = meta.length
+        buf = os.pread(g.fd, fmt.FRAME_SIZE + n, off)
+        if len(buf) != fmt.FRAME_SIZE + n:
+            if len(buf) < fmt.FRAME_SIZE + n and off >= 0:
+                raise CorruptPayloadError(
+                    g.data_path, f"data file is shorter than the indexed offset + length "
+                                 f"({meta.offset} + {n})", edge_id=meta.edge_id, offset=meta.offset)
+        ck, kind, comp, mark, slen, ulen, lo, hi = fmt.FRAME.unpack_from(buf)
+        if (kind != fmt.KIND_PUT or mark != fmt.FRAME_MARK or slen != n or comp != meta.compression
+                or ulen != meta.uncompressed_length or lo != meta.edge_id & _MASK64
+                or hi != meta.edge_id >> 64):
+            raise CorruptPayloadError(g.data_path, "record header does not match the index",
+                                      edge_id=meta.edge_id, offset=off)
+        if self._verify and fmt.checksum(memoryview(buf)[4:]) != ck:
+            raise CorruptPayloadError(g.data_path, "payload checksum mismatch",
+                                      edge_id=meta.edge_id, offset=off)
+        if comp:
+            try:
+                return _codecs.decompress(comp, memoryview(buf)[fmt.FRAME_SIZE:], ulen)
+            except ValueError as exc:
+                raise CorruptPayloadError(g.data_path, str(exc), edge_id=meta.edge_id,
+                                          offset=off) from None
+        return buf[fmt.FRAME_SIZE:]
+
+    def get(self, edge_id: Any, default: Any = None) -> Any:
+        """The payload stored under ``edge_id`` (decompressed), or ``default``.
+
+        Raises ``CorruptPayloadError`` (edge id, file, offset) if the record
+        fails its checks, never returning wrong bytes; ``TypeError``/
+        ``ValueError`` for a bad key; ``IndexClosedError`` once closed.
+        """
+        g = self._live()
+        meta = g.index.get(edge_id)
+        if meta is None:
+            return default
+        return self._read(g, meta)
+
+    def __getitem__(self, edge_id: Any) -> bytes:
+        g = self._live()
+        meta = g.index.get(edge_id)
+        if meta is None:
+            raise KeyError(edge_id)
+        return self._read(g, meta)
+
+    def meta(self, edge_id: Any) -> "PayloadMeta | None":
+        """The ``PayloadMeta`` indexed for ``edge_id`` (where its stored bytes are), or None."""
+        return self._live().index.get(edge_id)
+
+    def __contains__(self, edge_id: object) -> bool:
+        return edge_id in self._live().index
+
+    def __len__(self) -> int:
+        return len(self._live().index)
+
+    def __iter__(self) -> Iterator[int]:
+        """The keys (ints), in index slot order; ``RuntimeError`` if keys change meanwhile."""
+        return iter(self._live().index)
+
+    def keys(self) -> Iterator[int]:
+        return iter(self._live().index)
+
+    def get_many(self, edge_ids: Iterable[Any]) -> "list[bytes | None]":
+        """The payloads of ``edge_ids``, in their order (None where absent).
+
+        Reads in data-file order, so a batch over a cold file reads forward.
+        Errors as for ``get``.
+        """
+        g = self._live()
+        index = g.index
+        metas = [index.get(k) for k in _key_list(edge_ids)]
+        out: "list[bytes | None]" = [None] * len(metas)
+        order = sorted((m.offset, i) for i, m in enumerate(metas) if m is not None)
+        for _off, i in order:
+            out[i] = self._read(g, metas[i])        # type: ignore[arg-type]
+        return out
+
+    def payload_range(self, edge_id: Any) -> "tuple[int, int, int] | None":
+        """``(fd, offset, length)`` of an uncompressed payload's bytes in the data file.
+
+        For ``os.sendfile``/``loop.sendfile``: the fd is the store's own (do
+        not close it) and stays valid until the next ``compact()``,
+        ``rebuild_index()`` or ``close()``.  None if absent or compressed.
+        The bytes are not checked here; ``get()`` checks them.
+        """
+        g = self._live()
+        meta = g.index.get(edge_id)
+        if meta is None or meta.compression != Compression.NONE:
+            return None
+        return g.fd, meta.offset, meta.length
+
+    # -- writes --------------------------------------------------------------------------
+
+    def _encode(self, key: int, view: memoryview, comp: Compression) -> tuple[list[Any], PayloadMeta, int]:
+        """(buffers of one frame, its meta relative to frame offset 0, frame size)."""
+        n = view.nbytes
+        stored: Any = view
+        used = 0
+        if comp and n:
+            packed = _codecs.compress(comp, view)
+            if packed is not None:
+                stored, used = packed, int(comp)
+        slen = len(stored) if used else n
+        body = fmt.pack_frame_body(fmt.KIND_PUT, used, slen, n, key)
+        h = fmt.xxh3_64()
+        h.update(body)
+        h.update(stored)
+        ck = (h.intdigest() & 0xFFFFFFFF).to_bytes(4, "little")
+        meta = PayloadMeta(key, fmt.FRAME_SIZE, slen, used, n)
+        return [ck, body, stored], meta, fmt.FRAME_SIZE + slen
+
+    def _append(self, g: _Generation, buffers: Sequence[Any]) -> int:
+        """Append ``buffers`` at the end of the log; on failure cut back, nothing changed."""
+        start = self._end
+        try:
+            end = _write_all(g.fd, buffers, start)
+        except BaseException:
+            self._truncate_back(g, start)
+            raise
+        self._end = end
+        self._unsaved = True
+        return start
+
+    def _truncate_back(self, g: _Generation, start: int) -> None:
+        try:
+            os.ftruncate(g.fd, start)
+        except OSError:  # pragma: no cover - a dead disk: the next open cuts the tail
+            pass
+
+    def put(self, edge_id: Any, payload: Any, *, compression: Any = None) -> PayloadMeta:
+        """Store ``payload`` (bytes-like) under ``edge_id``; returns the ``PayloadMeta`` indexed.
+
+        ``compression`` (default: the store's) is used only if it makes the
+        payload smaller; otherwise the record is stored as NONE.  Durable at
+        the next ``save()`` (or sync interval).  Raises ``TypeError`` for a
+        payload that is not bytes-like or a bad key, ``ValueError`` for one
+        over 4 GiB - 1 (before anything is written), ``ReadOnlyIndexError``,
+        ``OSError`` (disk full: nothing is stored).
+        """
+        key = _key_int(edge_id)
+        view = _payload_view(payload)
+        comp = self._compression if compression is None else _codecs.require(compression)
+        buffers, rel, size = self._encode(key, view, comp)
+        with self._write_lock:
+            g = self._writable()
+            start = self._append(g, buffers)
+            meta = rel._replace(offset=start + fmt.FRAME_SIZE)
+            try:
+                g.index.insert(key, meta)
+            except BaseException:
+                self._truncate_back(g, start)
+                self._end = start
+                raise
+            return meta
+
+    def _try_put(self, key: int, view: memoryview, compression: Any) -> "PayloadMeta | None":
+        """``put`` if it can finish without waiting: the writer lock free and no index
+        grow needed; else None and nothing written (the async store's inline lane)."""
+        comp = self._compression if compression is None else _codecs.require(compression)
+        buffers, rel, size = self._encode(key, view, comp)
+        if not self._write_lock.acquire(blocking=False):
+            return None
+        try:
+            g = self._writable()
+            start = self._append(g, buffers)
+            meta = rel._replace(offset=start + fmt.FRAME_SIZE)
+            done = False
+            try:
+                done = g.index._try_insert(key, meta)
+            finally:
+                if not done:
+                    self._truncate_back(g, start)
+                    self._end = start
+            return meta if done else None
+        finally:
+            self._write_lock.release()
+
+    def __setitem__(self, edge_id: Any, payload: Any) -> None:
+        self.put(edge_id, payload)
+
+    def put_many(self, edge_ids: Any, payloads: Sequence[Any], *, compression: Any = None) -> None:
+        """Store ``payloads[i]`` under ``edge_ids[i]`` for every i (a later duplicate wins).
+
+        ``edge_ids``: a sequence of keys or a numpy array of ``KEY_DTYPE`` or
+        unsigned ints.  Everything is validated before anything is written
+        (``TypeError``/``ValueError`` as for ``put``).  Frames are written in
+        pieces of about 16 MiB, each then indexed in bulk; a crash midway
+        leaves a prefix of the batch (each record whole or absent).
+        """
+        keys = _key_list(edge_ids)
+        if isinstance(payloads, (str, bytes, bytearray, memoryview)) or payloads is None:
+            raise TypeError("payloads must be a sequence of bytes-like objects")
+        payloads = list(payloads)
+        if len(keys) != len(payloads):
+            raise ValueError(f"put_many got {len(keys)} edge ids but {len(payloads)} payloads")
+        views = [_payload_view(p, f"payloads[{i}]") for i, p in enumerate(payloads)]
+        comp = self._compression if compression is None else _codecs.require(compression)
+        with self._write_lock:
+            self._writable()
+        i = 0
+        n = len(keys)
+        while i < n:
+            buffers: list[Any] = []
+            metas: list[PayloadMeta] = []
+            size = 0
+            while i < n and (size < PUT_MANY_CHUNK or not metas):
+                bufs, rel, fsize = self._encode(keys[i], views[i], comp)
+                buffers.extend(bufs)
+                metas.append(rel._replace(offset=size + fmt.FRAME_SIZE))
+                size += fsize
+                i += 1
+            with self._write_lock:
+                g = self._writable()
+                start = self._append(g, [b"".join(buffers)])
+                final = {m.edge_id: m._replace(offset=m.offset + start) for m in metas}
+                try:
+                    _apply(g.index, final)
+                except BaseException:
+                    self._truncate_back(g, start)
+                    self._end = start
+                    raise
+
+    def _delete_locked(self, g: _Generation, key: int) -> bool:
+        if key not in g.index:
+            return False
+        start = self._append(g, [fmt.tombstone(key)])
+        try:
+            g.index.delete(key)
+        except BaseException:
+            self._truncate_back(g, start)
+            self._end = start
+            raise
+        return True
+
+    def delete(self, edge_id: Any) -> bool:
+        """Remove ``edge_id`` (a tombstone in the log, then the index); returns whether it was there."""
+        key = _key_int(edge_id)
+        with self._write_lock:
+            return self._delete_locked(self._writable(), key)
+
+    def __delitem__(self, edge_id: Any) -> None:
+        if not self.delete(edge_id):
+            raise KeyError(edge_id)
+
+    def pop(self, edge_id: Any, default: Any = _MISSING) -> Any:
+        """Remove ``edge_id`` and return its payload (``default``, or ``KeyError`` if absent)."""
+        key = _key_int(edge_id)
+        with self._write_lock:
+            g = self._writable()
+            meta = g.index.get(key)
+            if meta is None:
+                if default is _MISSING:
+                    raise KeyError(edge_id)
+                return default
+            value = self._read(g, meta)
+            self._delete_locked(g, key)
+            return value
+
+    # -- durability ------------------------------------------------------------------------
+
+    def save(self) -> None:
+        """Make every put and delete before this call durable (crash or power loss).
+
+        Order: fdatasync the data file, save (msync) the index, then record
+        the checkpoint in the data file header and fdatasync it.  With
+        ``sync="never"`` the fsyncs are skipped (process-crash safe only).
+        """
+        with self._write_lock:
+            g = self._writable()
+            self._save_locked(g)
+
+    def _save_locked(self, g: _Generation) -> None:
+        end = self._end
+        sync = self._sync != "never"
+        if sync:
+            _fsync_data(g.fd)
+        g.index.save()
+        if end != self._checkpoint:
+            self._write_header(g.fd, end, fmt.FLAG_DIRTY, sync=True)
+            self._checkpoint = end
+        self._unsaved = False
+
+    def _sync_loop(self) -> None:
+        interval = self._sync_every
+        assert interval is not None
+        while not self._stop_syncer.wait(interval):
+            if not self._unsaved:
+                continue
+            try:
+                with self._write_lock:
+                    g = self._gen
+                    if g is None:
+                        return
+                    self._save_locked(g)
+            except Exception:  # pragma: no cover - the next save()/close() reports it
+                pass
+
+    def close(self) -> None:
+        """Save (unless read-only), mark the data file clean, close everything; idempotent."""
+        syncer, self._syncer = self._syncer, None
+        if syncer is not None:
+            self._stop_syncer.set()
+            syncer.join()
+        with self._maintenance, self._write_lock:
+            g = self._gen
+            if g is None:
+                return
+            try:
+                if not self._readonly:
+                    self._save_locked(g)
+                    self._write_header(g.fd, self._end, 0, sync=True)
+            finally:
+                self._gen = None
+                g.index.close()
+                self._abandon()
+
+    def __enter__(self) -> "PayloadStore":
+        self._live()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        if getattr(self, "_gen", None) is not None:
+            try:
+                self.close()
+            except Exception:
+                pass
+
+    def __repr__(self) -> str:
+        state = "closed" if self._gen is None else ("read-only" if self._readonly else "open")
+        return f"<PayloadStore {getattr(self, '_directory', '?')!r} {state}>"
+
+    def __reduce__(self) -> Any:
+        raise TypeError("a PayloadStore cannot be pickled; pass its directory and open it again")
+
+    # -- whole-store operations ---------------------------------------------------------------
+
+    def stats(self) -> StoreStats:
+        """A ``StoreStats`` snapshot (walks the index)."""
+        g = self._live()
+        entries = live = stored = raw = 0
+        for m in g.index.values():
+            entries += 1
+            live += fmt.FRAME_SIZE + m.length
+            stored += m.length
+            raw += m.uncompressed_length
+        size = os.fstat(g.fd).st_size
+        body = max(size - fmt.DATA_HEADER_SIZE, 0)
+        return StoreStats(entries, size, live, stored, raw, os.path.getsize(g.index_path),
+                          (body - live) / body if body else 0.0, g.data_gen, g.index_gen,
+                          self._checkpoint)
+
+    def verify(self) -> None:
+        """Check the whole store: the index (``CorruptIndexError``), every frame of the
+        log, and that every index entry points at a matching, intact record.
+
+        Raises ``CorruptPayloadError`` listing every defect; returns None if all is well.
+        """
+        g = self._live()
+        g.index.verify()
+        defects: list[str] = []
+        size = os.fstat(g.fd).st_size
+        frames: dict[int, fmt.Frame] = {}
+        try:
+            for item in fmt.scan(g.fd, fmt.DATA_HEADER_SIZE, size, g.data_path):
+                if isinstance(item, fmt.Frame):
+                    if item.kind == fmt.KIND_PUT:
+                        frames[item.offset + fmt.FRAME_SIZE] = item
+                elif item.torn and item.end < size:
+                    defects.append(f"torn tail: {size - item.end} bytes after offset {item.end} "
+                                   f"hold no valid record")
+        except CorruptPayloadError as exc:
+            defects.extend(f"{d} at offset {exc.offset}" for d in exc.defects)
+        for key, m in g.index.items():
+            f = frames.get(m.offset)
+            if f is None:
+                if not defects or len(defects) < 1000:
+                    try:
+                        self._read(g, m)
+                        continue            # beyond a mid-log defect but intact
+                    except CorruptPayloadError as exc:
+                        defects.append(f"edge id {key:#x} at offset {m.offset}: {exc.defects[0]}")
+                continue
+            if (f.key, f.stored_length, f.compression, f.uncompressed_length) != \
+                    (key, m.length, int(m.compression), m.uncompressed_length):
+                defects.append(f"edge id {key:#x}: index record {tuple(m)[1:]} does not match "
+                               f"the frame at offset {f.offset}")
+        if defects:
+            raise CorruptPayloadError(g.data_path, defects)
+
+    def rebuild_index(self, progress: "Callable[[int, int], Any] | None" = None) -> int:
+        """Rebuild the index from the data file alone; returns the entries indexed.
+
+        Reads the whole log in order (puts insert, tombstones delete), writes a
+        new index generation in bulk and switches to it by renaming a new
+        MANIFEST (a crash leaves the old or the new index, both complete).
+        ``progress(done_bytes, total_bytes)`` is called as the log is read.
+        Writers wait for the whole rebuild; readers go on with the old index.
+        """
+        with self._maintenance, self._write_lock:
+            g = self._writable()
+            self._save_locked(g)
+            index_gen = g.index_gen + 1
+            index_path = self._path(fmt.index_name(index_gen))
+            index = self._build_index(index_path, g.fd, self._end, g.data_path, progress)
+            try:
+                self._write_manifest(g.data_gen, index_gen)
+            except BaseException:
+                index.close()
+                raise
+            self._gen = _Generation(g.data_gen, index_gen, g.data_path, index_path,
+                                    os.dup(g.fd), index)
+            self._unlink(g.index_path, g.index_path + ".lock")
+            return len(index)
+
+    def _unlink(self, *paths: str) -> None:
+        for p in paths:
+            try:
+                os.unlink(p)
+            except FileNotFoundError:
+                pass
+
+    def compact(self) -> None:
+        """Rewrite the live records into a new data file; disk use returns to the live bytes.
+
+        Puts, deletes and reads go on while the live records are copied; puts
+        wait only for the final step (copying what was written meanwhile,
+        fsyncs, the MANIFEST rename).  See docs/store.md.
+        """
+        from diskhash._compact import compact
+        compact(self)
+
+
+def _key_list(edge_ids: Any) -> list[int]:
+    """Keys as validated ints: a sequence of keys, or a numpy KEY_DTYPE / unsigned int array."""
+    dtype = getattr(edge_ids, "dtype", None)
+    if dtype is not None and getattr(edge_ids, "ndim", 1) == 1:
+        names = getattr(dtype, "names", None)
+        if names and "lo" in names and "hi" in names:
+            return [int(lo) | (int(hi) << 64) for lo, hi in
+                    zip(edge_ids["lo"].tolist(), edge_ids["hi"].tolist())]
+        if dtype.kind == "u":
+            return [int(k) for k in edge_ids.tolist()]
+        if dtype.kind == "i":
+            vals = edge_ids.tolist()
+            return [_key_int(k) for k in vals]
+    if isinstance(edge_ids, (str, bytes)) or edge_ids is None:
+        raise TypeError("edge_ids must be a sequence of keys or a numpy key array")
+    return [_key_int(k) for k in edge_ids]
+
+
+def _apply(index: DiskHashIndex, final: "dict[int, PayloadMeta | None]") -> None:
+    """Make ``index`` hold ``final`` (None: absent), inserts in bulk where numpy allows."""
+    puts = {k: (m.offset, m.length, int(m.compression), m.uncompressed_length)
+            for k, m in final.items() if m is not None}
+    for k, m in final.items():
+        if m is None:
+            index.delete(k)
+    _bulk_insert(index, puts)
+
+
+def _bulk_insert(index: DiskHashIndex, records: "dict[int, tuple[int, int, int, int]]") -> None:
+    if not records:
+        return
+    if len(records) < 64:
+        for k, (off, n, comp, ulen) in records.items():
+            index.insert(k, (k, off, n, comp, ulen))
+        return
+    try:
+        from diskhash import _dtypes
+    except ImportError:
+        for k, (off, n, comp, ulen) in records.items():
+            index.insert(k, (k, off, n, comp, ulen))
+        return
+    np = _dtypes.np
+    keys = list(records)
+    karr = np.empty(len(keys), dtype=_dtypes.KEY_DTYPE)
+    karr["lo"] = [k & _MASK64 for k in keys]
+    karr["hi"] = [k >> 64 for k in keys]
+    recs = np.empty(len(keys), dtype=_dtypes.META_DTYPE)
+    vals = list(records.values())
+    recs["offset"] = [v[0] for v in vals]
+    recs["length"] = [v[1] for v in vals]
+    recs["compression"] = [v[2] for v in vals]
+    recs["uncompressed_length"] = [v[3] for v in vals]
+    index.insert_many(karr, recs)
+
