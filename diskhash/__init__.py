@@ -6,6 +6,7 @@ from diskhash.aio import AsyncDiskHashIndex
 from diskhash._store import PayloadStore, StoreStats
 from diskhash._aio_store import AsyncPayloadStore
 from diskhash._sharded import ShardedStats, ShardedStore
+from diskhash._sharded_aio import AsyncShardedStore
 from diskhash.errors import (
     CodecUnavailableError,
     CorruptIndexError,
@@ -22,6 +23,7 @@ from diskhash.errors import (
 __all__ = [
     "AsyncDiskHashIndex",
     "AsyncPayloadStore",
+    "AsyncShardedStore",
     "CodecUnavailableError",
     "Compression",
     "CorruptIndexError",

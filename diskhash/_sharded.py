@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from types import TracebackType
-from typing import Any, Iterator, NamedTuple, Sequence
+from typing import Any, Callable, Iterator, NamedTuple, Sequence
 
 from diskhash import _manifest, _routing
 from diskhash._manifest import Manifest
@@ -207,6 +207,9 @@ class ShardedStore:
         data file (see ``PayloadStore.payload_range``), or None."""
         return self._store(edge_id).payload_range(edge_id)
 
+    def __setitem__(self, edge_id: Any, payload: Any) -> None:
+        self.put(edge_id, payload)
+
     def __contains__(self, edge_id: object) -> bool:
         try:
             store = self._store(edge_id)
@@ -238,6 +241,9 @@ class ShardedStore:
         self._check_open()
         for s in self._stores:
             yield from s
+
+    def keys(self) -> Iterator[int]:
+        return iter(self)
 
     # -- batch calls -------------------------------------------------------
     def put_many(self, edge_ids: Any, payloads: Sequence[Any], *, compression: Any = None) -> None:
@@ -287,15 +293,36 @@ class ShardedStore:
         for s in self._stores:
             s.compact()
 
+    def rebuild_index(self, progress: "Callable[[int, int], Any] | None" = None) -> int:
+        """Rebuild every shard's index from its data file (``PayloadStore.rebuild_index``);
+        returns the entries indexed.  ``progress(done_bytes, total_bytes)``
+        counts over the whole set."""
+        self._check_open()
+        totals = [s.stats().data_bytes for s in self._stores] if progress is not None else []
+        grand = sum(totals)
+        done = 0
+        entries = 0
+        for i, s in enumerate(self._stores):
+            if progress is None:
+                entries += s.rebuild_index()
+            else:
+                base = done
+                entries += s.rebuild_index(lambda d, _t, base=base: progress(base + d, grand))
+                done += totals[i]
+        return entries
+
     def verify(self) -> None:
         """Check the manifest and markers again, then every shard's ``verify()``;
         raises ``ShardMismatchError`` or the first shard's corruption error."""
         self._check_open()
+        self._verify_layout()
+        for s in self._stores:
+            s.verify()
+
+    def _verify_layout(self) -> None:
         _manifest.check_no_extra_shards(self._directory, self._manifest)
         for i in range(self._manifest.shards):
             _manifest.check_shard(self._directory, self._manifest, i)
-        for s in self._stores:
-            s.verify()
 
     def stats(self) -> ShardedStats:
         """Totals and each shard's ``StoreStats``."""
