@@ -198,7 +198,7 @@ def read_manifest(directory: str) -> Manifest:
     try:
         doc = _load_json(path, "manifest", ManifestError)
     except FileNotFoundError:
-        if os.path.isdir(directory) and any(_SHARD_RE.match(n) for n in os.listdir(directory)):
+        if os.path.isdir(directory) and any(is_ours(n) for n in os.listdir(directory)):
             raise ManifestError(directory, "shard directories but no manifest.json: an "
                                 "unfinished or failed build, which never opens; build the "
                                 "set again (or delete the directory)") from None

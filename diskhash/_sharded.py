@@ -373,5 +373,8 @@ class ShardedStore:
         self.close()
 
     def __repr__(self) -> str:
+        manifest = getattr(self, "_manifest", None)
+        if manifest is None:
+            return f"<ShardedStore {getattr(self, '_directory', '?')!r} not open>"
         state = "closed" if self._closed else ("readonly" if self._readonly else "open")
-        return f"<ShardedStore {self._directory!r} shards={self._manifest.shards} {state}>"
+        return f"<ShardedStore {self._directory!r} shards={manifest.shards} {state}>"
