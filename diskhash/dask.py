@@ -513,12 +513,14 @@ class LookupService:
                 idx = order[lo:hi]
                 sub = keys[idx]
                 actor = self._actors[s]
-                calls.append((s, idx, sub, actor, actor.get_many(sub)))
+                calls.append((s, idx, sub, actor, self._call(actor, sub)))
         out = np.empty(len(keys), dtype=object)
         for s, idx, sub, actor, fut in calls:
             attempt = 0
             while True:
                 try:
+                    if isinstance(fut, Exception):
+                        raise fut
                     res = fut.result(timeout=self._timeout)
                     break
                 except Exception as exc:
@@ -526,11 +528,20 @@ class LookupService:
                         raise
                     attempt += 1
                     actor = self._revive(s, actor)
-                    fut = actor.get_many(sub)
+                    fut = self._call(actor, sub)
             part = np.empty(len(idx), dtype=object)
             part[:] = pickle.loads(res)
             out[idx] = part
         return out.tolist()
+
+    @staticmethod
+    def _call(actor: Any, sub: Any) -> Any:
+        """Start ``actor.get_many(sub)``: its future, or the exception raised at
+        once (Dask raises ``RuntimeError`` here when the actor's worker is gone)."""
+        try:
+            return actor.get_many(sub)
+        except Exception as exc:
+            return exc
 
     def get(self, edge_id: Any, default: Any = None) -> Any:
         """The payload of one key, or ``default``."""
