@@ -66,6 +66,8 @@ def main(argv: "Sequence[str] | None" = None) -> int:
         p.add_argument("path")
         p.add_argument("--timeout", type=float, default=0.0, help="seconds to wait for a lock")
         p.set_defaults(func=func)
+    from diskhash._cli_store import add_parser as add_store_parser
+    add_store_parser(sub)
     args = parser.parse_args(argv)
     try:
         return int(args.func(args))

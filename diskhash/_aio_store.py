@@ -54,22 +54,36 @@ class AsyncPayloadStore:
     work as on the sync store (inline), and so does ``await astore.contains(k)``.
     """
 
-    def __init__(self, sync: PayloadStore) -> None:
-        """Wrap an open ``PayloadStore`` (``open()`` is the usual way in)."""
+    def __init__(self, sync: PayloadStore, *, inline_read: "int | None" = None) -> None:
+        """Wrap an open ``PayloadStore`` (``open()`` is the usual way in).
+
+        ``inline_read``: payloads of at most this many stored bytes are read on
+        the event loop (default ``INLINE_READ``); 0 sends every read to a
+        worker thread, for data sets mostly not in the page cache.
+        """
         if not isinstance(sync, PayloadStore):
             raise TypeError(f"AsyncPayloadStore wraps a PayloadStore, got {type(sync).__name__}")
+        if inline_read is not None and (isinstance(inline_read, bool) or not isinstance(inline_read, int)
+                                        or inline_read < 0):
+            raise ValueError(f"inline_read must be an int >= 0, not {inline_read!r}")
+        self._inline_read = inline_read
         self._sync = sync
         self._lane = anyio.Lock()
         self._limiter = anyio.CapacityLimiter(THREADS_PER_STORE)
 
     @classmethod
-    async def open(cls, directory: "str | os.PathLike[str]", **kwargs: Any) -> "AsyncPayloadStore":
-        """Open (or create) the store in a worker thread; arguments as for ``PayloadStore``.
+    async def open(cls, directory: "str | os.PathLike[str]", *, inline_read: "int | None" = None,
+                   **kwargs: Any) -> "AsyncPayloadStore":
+        """Open (or create) the store in a worker thread; arguments as for
+        ``PayloadStore``, plus ``inline_read`` (see the constructor).
 
         A cancelled open either returned the store or opened nothing.
         """
+        if inline_read is not None and (isinstance(inline_read, bool) or not isinstance(inline_read, int)
+                                        or inline_read < 0):
+            raise ValueError(f"inline_read must be an int >= 0, not {inline_read!r}")
         store = await anyio.to_thread.run_sync(functools.partial(PayloadStore, directory, **kwargs))
-        return cls(store)
+        return cls(store, inline_read=inline_read)
 
     @property
     def sync(self) -> PayloadStore:
@@ -93,7 +107,8 @@ class AsyncPayloadStore:
         meta = g.index.get(edge_id)
         if meta is None:
             return default
-        if meta.length <= INLINE_READ:
+        limit = INLINE_READ if self._inline_read is None else self._inline_read
+        if meta.length <= limit:
             return sync._read(g, meta)
         return await self._thread(sync._read, g, meta)
 
@@ -119,10 +134,11 @@ class AsyncPayloadStore:
         """Payloads in key order: inline if the batch's stored bytes are at most
         ``INLINE_READ`` in all, else in a worker thread."""
         sync = self._sync
+        limit = INLINE_READ if self._inline_read is None else self._inline_read
         if isinstance(edge_ids, (list, tuple)) and len(edge_ids) <= 16:
             g = sync._live()
             metas = [g.index.get(k) for k in edge_ids]
-            if sum(m.length for m in metas if m is not None) <= INLINE_READ:
+            if sum(m.length for m in metas if m is not None) <= limit:
                 return [None if m is None else sync._read(g, m) for m in metas]
         return await self._thread(sync.get_many, edge_ids)
 
@@ -138,7 +154,7 @@ class AsyncPayloadStore:
         sync = self._sync
         key = _key_int(edge_id)
         view = _payload_view(payload)
-        if view.nbytes <= INLINE_WRITE and not self._lane.locked():
+        if len(view) <= INLINE_WRITE and not self._lane.locked():
             meta = sync._try_put(key, view, compression)
             if meta is not None:
                 return meta

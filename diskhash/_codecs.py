@@ -35,14 +35,16 @@ except ImportError:  # pragma: no cover
     _zstd = None
 
 _local = threading.local()
-_PACKAGES = {Compression.LZ4: ("lz4", _lz4), Compression.ZSTD: ("zstandard", _zstd)}
+_PACKAGES = {Compression.LZ4: "lz4", Compression.ZSTD: "zstandard"}
 
 
 def available(compression: Compression) -> bool:
     """Whether ``compression`` can be written and read here."""
-    if compression == Compression.NONE:
-        return True
-    return _PACKAGES[compression][1] is not None
+    if compression == Compression.LZ4:
+        return _lz4 is not None
+    if compression == Compression.ZSTD:
+        return _zstd is not None
+    return True
 
 
 def require(compression: Any) -> Compression:
@@ -55,7 +57,7 @@ def require(compression: Any) -> Compression:
     if isinstance(compression, bool):
         raise TypeError(f"compression must be a diskhash.Compression, not bool ({compression!r})")
     if not available(comp):
-        name = _PACKAGES[comp][0]
+        name = _PACKAGES[comp]
         raise CodecUnavailableError(f"Compression.{comp.name} needs the {name!r} package: {EXTRA}")
     return comp
 

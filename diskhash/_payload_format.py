@@ -13,6 +13,7 @@ bytes (frame offset + ``FRAME_SIZE``) and ``.length`` its stored size.
 
 from __future__ import annotations
 
+import os
 import struct
 from typing import Iterator, NamedTuple
 
@@ -25,7 +26,7 @@ __all__ = [
     "FRAME", "FRAME_SIZE", "FRAME_MARK", "KIND_PUT", "KIND_TOMBSTONE", "MAX_LENGTH",
     "MANIFEST", "MANIFEST_MAGIC", "MANIFEST_VERSION", "MANIFEST_NAME",
     "DataHeader", "Frame", "ScanResult",
-    "checksum", "pack_frame_body", "pack_data_header", "unpack_data_header",
+    "checksum", "pack_frame_body", "pread_exact", "FRAME_BODY", "pack_data_header", "unpack_data_header",
     "pack_manifest", "unpack_manifest", "data_name", "index_name", "scan", "tombstone",
     "xxh3_64",
 ]
@@ -206,8 +207,8 @@ def _frame_at(buf: "bytes | memoryview", pos: int, avail: int) -> "tuple[int, in
     return kind, comp, slen, ulen, lo | (hi << 64), end
 
 
-def _pread_exact(fd: int, size: int, offset: int) -> bytes:
-    import os
+def pread_exact(fd: int, size: int, offset: int) -> bytes:
+    """Up to ``size`` bytes at ``offset`` (fewer only at the end of the file)."""
     parts = []
     while size > 0:
         got = os.pread(fd, min(size, 1 << 30), offset)
@@ -228,7 +229,7 @@ def _valid_frame_after(fd: int, start: int, file_size: int) -> int:
     pos = start + 1
     while pos + FRAME_SIZE <= file_size:
         size = min(SCAN_CHUNK, file_size - pos)
-        buf = _pread_exact(fd, size, pos)
+        buf = pread_exact(fd, size, pos)
         find = 6
         while True:
             at = buf.find(_MARK_BYTES, find)
@@ -243,7 +244,7 @@ def _valid_frame_after(fd: int, start: int, file_size: int) -> int:
                 if head[1] in (KIND_PUT, KIND_TOMBSTONE) and cand + need > len(buf) \
                         and pos + cand + need <= file_size:
                     # A candidate longer than this chunk: read it whole.
-                    whole = _pread_exact(fd, need, pos + cand)
+                    whole = pread_exact(fd, need, pos + cand)
                     if _frame_at(whole, 0, len(whole)) is not None:
                         return pos + cand
             find = at + 1
@@ -266,7 +267,7 @@ def scan(fd: int, start: int, file_size: int, path: str,
     total = file_size
     while pos < file_size:
         size = min(SCAN_CHUNK, file_size - pos)
-        buf = _pread_exact(fd, size, pos)
+        buf = pread_exact(fd, size, pos)
         avail = len(buf)
         if not avail:               # the file shrank under us: it ends here
             yield ScanResult(pos, pos, False)
@@ -285,7 +286,7 @@ def scan(fd: int, start: int, file_size: int, path: str,
             head = FRAME.unpack_from(buf, 0)
             need = FRAME_SIZE + head[4]
             if need > avail and pos + need <= file_size:
-                whole = _pread_exact(fd, need, pos)
+                whole = pread_exact(fd, need, pos)
                 got = _frame_at(whole, 0, len(whole))
                 if got is not None:
                     kind, comp, slen, ulen, key, end = got

@@ -20,6 +20,7 @@ place.  See docs/store.md for the design and its reasons.
 from __future__ import annotations
 
 import errno
+import mmap
 import operator
 import os
 import threading
@@ -27,6 +28,8 @@ import time
 import uuid
 import weakref
 from typing import Any, Callable, Iterable, Iterator, NamedTuple, Sequence
+
+from xxhash import xxh3_64_intdigest
 
 from diskhash import _codecs
 from diskhash import _payload_format as fmt
@@ -46,6 +49,14 @@ __all__ = ["PayloadStore", "StoreStats", "SYNC_POLICIES"]
 _MISSING: Any = object()
 _U128 = 1 << 128
 _MASK64 = (1 << 64) - 1
+#: Payloads of more stored bytes than this are read with pread (GIL released), not the map.
+BIG_READ = 64 * 1024
+#: The data file grows by this fraction of its size (at least ALLOC_MIN, at most
+#: ALLOC_MAX bytes), allocated for real, so appends do not fail half-way on a full disk.
+ALLOC_MIN = 1 << 20
+ALLOC_MAX = 16 << 20
+#: madvise(MADV_POPULATE_WRITE) (Linux 5.14+; not in the mmap module's constants before 3.13?).
+_MADV_POPULATE_WRITE = getattr(mmap, "MADV_POPULATE_WRITE", 23)
 #: put_many writes its frames in pieces of about this many bytes (then indexes them).
 PUT_MANY_CHUNK = 16 << 20
 #: The sync policies besides a number of milliseconds.
@@ -83,8 +94,12 @@ def _key_int(key: Any) -> int:
     return int(PayloadMeta(key, 0, 0, 0, 0).edge_id)
 
 
-def _payload_view(payload: Any, what: str = "payload") -> memoryview:
-    """A flat byte view of a bytes-like ``payload``; TypeError/ValueError before any write."""
+def _payload_view(payload: Any, what: str = "payload") -> Any:
+    """``payload`` as bytes or a flat byte view; TypeError/ValueError before any write."""
+    if type(payload) is bytes:
+        if len(payload) > fmt.MAX_LENGTH:
+            raise ValueError(f"{what} is {len(payload)} bytes; the limit is {fmt.MAX_LENGTH} (u32)")
+        return payload
     if isinstance(payload, (str, int, float)) or payload is None:
         raise TypeError(f"{what} must be bytes-like (bytes, bytearray, memoryview), "
                         f"not {type(payload).__name__}")
@@ -97,6 +112,8 @@ def _payload_view(payload: Any, what: str = "payload") -> memoryview:
         raise ValueError(f"{what} is {view.nbytes} bytes; the limit is {fmt.MAX_LENGTH} (u32)")
     if not view.c_contiguous or view.ndim != 1 or view.format not in ("B", "b", "c"):
         view = memoryview(view.tobytes())
+    elif view.format != "B":
+        view = view.cast("B")
     return view
 
 
@@ -115,6 +132,39 @@ def _sync_interval(sync: Any) -> "float | None":
 
 def _fsync_data(fd: int) -> None:
     os.fdatasync(fd)
+
+
+def _populate(mm: "mmap.mmap | None", start: int, end: int) -> None:
+    """Fault in the map's pages [start, end) writable in one call.
+
+    Measured on ext4: a 1 KiB append into freshly allocated blocks costs
+    about 2.5 us through page faults, 0.3 us once the pages are populated
+    (plus about 1 ns a byte to populate them), and 6 us through pwrite.  An
+    old kernel without MADV_POPULATE_WRITE just takes the faults.
+    """
+    if mm is None or end <= start:
+        return
+    page = mmap.PAGESIZE
+    first = start - start % page
+    try:
+        mm.madvise(_MADV_POPULATE_WRITE, first, end - first)
+    except (OSError, ValueError):
+        pass
+
+
+def _allocate_blocks(fd: int, start: int, end: int) -> None:
+    """Make bytes [start, end) of the file real blocks (the file grows to ``end``)."""
+    if end <= start:
+        return
+    try:
+        os.posix_fallocate(fd, start, end - start)
+    except OSError as exc:
+        if exc.errno not in (errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+            raise
+        zeros = bytes(min(end - start, 1 << 20))    # no fallocate here: write zeros
+        pos = start
+        while pos < end:
+            pos += os.pwrite(fd, zeros[: min(len(zeros), end - pos)], pos)
 
 
 def _write_all(fd: int, buffers: Sequence[Any], offset: int) -> int:
@@ -140,24 +190,50 @@ class _Generation:
 
     Readers take a local reference (``g = store._gen``) for the length of one
     call, so a generation replaced by ``compact()``/``rebuild_index()`` keeps
-    its descriptor and index until the last reader drops it (CPython frees it
-    then, closing both).  ``close()`` closes the index now (the core waits for
-    readers inside it) and leaves the descriptor to that finaliser, so a
-    reader racing close() reads a closed index, never a reused fd.
+    its descriptor, map and index until the last reader drops it (CPython
+    frees it then, closing them).  ``close()`` closes the index now (the core
+    waits for readers inside it) and leaves the descriptor to that
+    finaliser, so a reader racing close() reads a closed index, never a
+    reused fd.
+
+    Reads of up to ``BIG_READ`` bytes copy from a read-only map of the data
+    file (``map``/``view``).  The map is never unmapped explicitly: a read
+    past its end maps the file again at its current size and the old map is
+    freed when the last reader lets go of it, so no reader can touch an
+    unmapped page.  Records lie inside the file (they are indexed only after
+    their write completed), so no read reaches past the end of the file.
     """
 
     __slots__ = ("data_gen", "index_gen", "data_path", "index_path", "fd", "index",
-                 "__weakref__")
+                 "map", "view", "alloc", "writable", "__weakref__")
 
     def __init__(self, data_gen: int, index_gen: int, data_path: str, index_path: str,
-                 fd: int, index: DiskHashIndex) -> None:
+                 fd: int, index: DiskHashIndex, writable: bool = True) -> None:
         self.data_gen = data_gen
         self.index_gen = index_gen
         self.data_path = data_path
         self.index_path = index_path
         self.fd = fd
         self.index = index
+        self.map: "mmap.mmap | None" = None
+        self.view: "memoryview | None" = None
+        #: Bytes of the file allocated (posix_fallocate) for appends.
+        self.alloc = os.fstat(fd).st_size
+        self.writable = writable
         weakref.finalize(self, _release, fd, index)
+
+    def remap(self) -> memoryview:
+        """Map the file at its current size (read-write for the writer); returns the new view."""
+        size = os.fstat(self.fd).st_size
+        access = mmap.ACCESS_WRITE if self.writable else mmap.ACCESS_READ
+        mm = mmap.mmap(self.fd, size, access=access)
+        try:
+            mm.madvise(mmap.MADV_RANDOM)
+        except (AttributeError, OSError):  # pragma: no cover
+            pass
+        view = memoryview(mm)
+        self.map, self.view = mm, view
+        return view
 
 
 def _release(fd: int, index: DiskHashIndex) -> None:
@@ -336,7 +412,7 @@ class PayloadStore:
         except BaseException:
             os.close(fd)
             raise
-        self._gen = _Generation(data_gen, index_gen, data_path, index_path, fd, index)
+        self._gen = _Generation(data_gen, index_gen, data_path, index_path, fd, index, writable=False)
         self._end = size
         self._checkpoint = header.checkpoint
 
@@ -362,6 +438,11 @@ class PayloadStore:
         recovery: dict[str, Any] = {}
         index = None
         try:
+            if size < header.checkpoint:
+                raise CorruptPayloadError(
+                    data_path, f"data file is {size} bytes, shorter than its checkpoint "
+                               f"({header.checkpoint}): it was cut behind the store's back; "
+                               f"records may be missing (open read-only to salvage)")
             rebuild_reason = None
             if not os.path.exists(index_path) and size > fmt.DATA_HEADER_SIZE:
                 rebuild_reason = "index file missing"
@@ -556,29 +637,64 @@ class PayloadStore:
     # -- reads -------------------------------------------------------------------------
 
     def _read(self, g: _Generation, meta: PayloadMeta) -> bytes:
-        off = meta.offset - fmt.FRAME_SIZE
+        off = meta.offset
         n = meta.length
-        buf = os.pread(g.fd, fmt.FRAME_SIZE + n, off)
-        if len(buf) != fmt.FRAME_SIZE + n:
-            if len(buf) < fmt.FRAME_SIZE + n and off >= 0:
-                raise CorruptPayloadError(
-                    g.data_path, f"data file is shorter than the indexed offset + length "
-                                 f"({meta.offset} + {n})", edge_id=meta.edge_id, offset=meta.offset)
-        ck, kind, comp, mark, slen, ulen, lo, hi = fmt.FRAME.unpack_from(buf)
-        if (kind != fmt.KIND_PUT or mark != fmt.FRAME_MARK or slen != n or comp != meta.compression
-                or ulen != meta.uncompressed_length or lo != meta.edge_id & _MASK64
-                or hi != meta.edge_id >> 64):
+        start = off - fmt.FRAME_SIZE
+        end = off + n
+        if n > BIG_READ:
+            return self._read_big(g, meta)
+        view = g.view
+        if view is None or end > len(view):
+            view = g.remap()
+            if end > len(view) or start < fmt.DATA_HEADER_SIZE:
+                raise self._short(g, meta)
+        ck, kind, comp, mark, slen, ulen, lo, hi = fmt.FRAME.unpack_from(view, start)
+        if (kind != 1 or slen != n or lo != meta.edge_id & _MASK64 or hi != meta.edge_id >> 64
+                or comp != meta.compression or ulen != meta.uncompressed_length
+                or mark != fmt.FRAME_MARK):
             raise CorruptPayloadError(g.data_path, "record header does not match the index",
-                                      edge_id=meta.edge_id, offset=off)
-        if self._verify and fmt.checksum(memoryview(buf)[4:]) != ck:
+                                      edge_id=meta.edge_id, offset=start)
+        if self._verify and xxh3_64_intdigest(view[start + 4:end]) & 0xFFFFFFFF != ck:
             raise CorruptPayloadError(g.data_path, "payload checksum mismatch",
-                                      edge_id=meta.edge_id, offset=off)
+                                      edge_id=meta.edge_id, offset=start)
         if comp:
-            try:
-                return _codecs.decompress(comp, memoryview(buf)[fmt.FRAME_SIZE:], ulen)
-            except ValueError as exc:
-                raise CorruptPayloadError(g.data_path, str(exc), edge_id=meta.edge_id,
-                                          offset=off) from None
+            return self._decompress(g, meta, view[off:end])
+        return view[off:end].tobytes()
+
+    def _short(self, g: _Generation, meta: PayloadMeta) -> CorruptPayloadError:
+        return CorruptPayloadError(
+            g.data_path, f"data file is shorter than the indexed offset + length "
+                         f"({meta.offset} + {meta.length})", edge_id=meta.edge_id,
+            offset=meta.offset - fmt.FRAME_SIZE)
+
+    def _decompress(self, g: _Generation, meta: PayloadMeta, data: Any) -> bytes:
+        try:
+            return _codecs.decompress(int(meta.compression), data, meta.uncompressed_length)
+        except ValueError as exc:
+            raise CorruptPayloadError(g.data_path, str(exc), edge_id=meta.edge_id,
+                                      offset=meta.offset - fmt.FRAME_SIZE) from None
+
+    def _read_big(self, g: _Generation, meta: PayloadMeta) -> bytes:
+        """A large record: one pread (the GIL released while it copies)."""
+        start = meta.offset - fmt.FRAME_SIZE
+        n = meta.length
+        if start < fmt.DATA_HEADER_SIZE:
+            raise self._short(g, meta)
+        buf = fmt.pread_exact(g.fd, fmt.FRAME_SIZE + n, start)
+        if len(buf) != fmt.FRAME_SIZE + n:
+            raise self._short(g, meta)
+        ck, kind, comp, mark, slen, ulen, lo, hi = fmt.FRAME.unpack_from(buf)
+        if (kind != 1 or slen != n or lo != meta.edge_id & _MASK64 or hi != meta.edge_id >> 64
+                or comp != meta.compression or ulen != meta.uncompressed_length
+                or mark != fmt.FRAME_MARK):
+            raise CorruptPayloadError(g.data_path, "record header does not match the index",
+                                      edge_id=meta.edge_id, offset=start)
+        mv = memoryview(buf)
+        if self._verify and xxh3_64_intdigest(mv[4:]) & 0xFFFFFFFF != ck:
+            raise CorruptPayloadError(g.data_path, "payload checksum mismatch",
+                                      edge_id=meta.edge_id, offset=start)
+        if comp:
+            return self._decompress(g, meta, mv[fmt.FRAME_SIZE:])
         return buf[fmt.FRAME_SIZE:]
 
     def get(self, edge_id: Any, default: Any = None) -> Any:
@@ -649,41 +765,67 @@ class PayloadStore:
 
     # -- writes --------------------------------------------------------------------------
 
-    def _encode(self, key: int, view: memoryview, comp: Compression) -> tuple[list[Any], PayloadMeta, int]:
-        """(buffers of one frame, its meta relative to frame offset 0, frame size)."""
-        n = view.nbytes
-        stored: Any = view
+    def _encode(self, key: int, view: Any, comp: int) -> tuple[bytes, bytes, int, int, int]:
+        """One frame as (checksum bytes, the rest of the frame, compression used,
+        stored length, uncompressed length)."""
+        n = len(view)
         used = 0
+        stored: Any = view
         if comp and n:
             packed = _codecs.compress(comp, view)
             if packed is not None:
-                stored, used = packed, int(comp)
-        slen = len(stored) if used else n
-        body = fmt.pack_frame_body(fmt.KIND_PUT, used, slen, n, key)
-        h = fmt.xxh3_64()
-        h.update(body)
-        h.update(stored)
-        ck = (h.intdigest() & 0xFFFFFFFF).to_bytes(4, "little")
-        meta = PayloadMeta(key, fmt.FRAME_SIZE, slen, used, n)
-        return [ck, body, stored], meta, fmt.FRAME_SIZE + slen
+                stored, used = packed, comp
+        slen = len(stored)
+        rest = fmt.FRAME_BODY.pack(1, used, fmt.FRAME_MARK, slen, n, key & _MASK64, key >> 64) + stored
+        return (xxh3_64_intdigest(rest) & 0xFFFFFFFF).to_bytes(4, "little"), rest, used, slen, n
 
-    def _append(self, g: _Generation, buffers: Sequence[Any]) -> int:
-        """Append ``buffers`` at the end of the log; on failure cut back, nothing changed."""
+    def _append(self, g: _Generation, buffers: Sequence[Any], size: int) -> int:
+        """Append ``buffers`` (``size`` bytes) at the end of the log; returns where
+        they start.
+
+        The bytes are copied into the writer's shared map of the file (no
+        system call), into blocks ``_allocate`` reserved beforehand: a full
+        disk fails there, before anything is written, never as a SIGBUS.
+        They reach the page cache at once (a killed process loses nothing)
+        and the disk at ``save()``.
+        """
         start = self._end
-        try:
-            end = _write_all(g.fd, buffers, start)
-        except BaseException:
-            self._truncate_back(g, start)
-            raise
+        end = start + size
+        if end > g.alloc:
+            self._allocate(g, end)
+        view = g.view
+        if view is None or end > len(view):
+            view = g.remap()
+        pos = start
+        for b in buffers:
+            n = len(b)
+            view[pos:pos + n] = b
+            pos += n
         self._end = end
         self._unsaved = True
         return start
 
-    def _truncate_back(self, g: _Generation, start: int) -> None:
+    def _allocate(self, g: _Generation, end: int) -> None:
+        """Allocate the file's blocks to past ``end`` and map them (ENOSPC here, nothing written)."""
+        want = end + min(max(end // 8, ALLOC_MIN), ALLOC_MAX)
         try:
-            os.ftruncate(g.fd, start)
-        except OSError:  # pragma: no cover - a dead disk: the next open cuts the tail
-            pass
+            _allocate_blocks(g.fd, g.alloc, want)
+        except OSError as exc:
+            if exc.errno != errno.ENOSPC:
+                raise
+            _allocate_blocks(g.fd, g.alloc, end)     # the last few bytes may still fit
+            want = end
+        old = g.alloc
+        g.alloc = max(want, os.fstat(g.fd).st_size)
+        g.remap()
+        _populate(g.map, old, g.alloc)
+
+    def _undo_append(self, g: _Generation, start: int, end: int) -> None:
+        """Forget an append whose indexing failed: zero it, so no open replays it."""
+        view = g.view
+        if view is not None and end <= len(view):
+            view[start:end] = bytes(end - start)
+        self._end = start
 
     def put(self, edge_id: Any, payload: Any, *, compression: Any = None) -> PayloadMeta:
         """Store ``payload`` (bytes-like) under ``edge_id``; returns the ``PayloadMeta`` indexed.
@@ -698,16 +840,15 @@ class PayloadStore:
         key = _key_int(edge_id)
         view = _payload_view(payload)
         comp = self._compression if compression is None else _codecs.require(compression)
-        buffers, rel, size = self._encode(key, view, comp)
+        ck, rest, used, slen, n = self._encode(key, view, comp)
         with self._write_lock:
             g = self._writable()
-            start = self._append(g, buffers)
-            meta = rel._replace(offset=start + fmt.FRAME_SIZE)
+            start = self._append(g, (ck, rest), fmt.FRAME_SIZE + slen)
+            meta = PayloadMeta(key, start + fmt.FRAME_SIZE, slen, used, n)
             try:
                 g.index.insert(key, meta)
             except BaseException:
-                self._truncate_back(g, start)
-                self._end = start
+                self._undo_append(g, start, start + fmt.FRAME_SIZE + slen)
                 raise
             return meta
 
@@ -715,20 +856,21 @@ class PayloadStore:
         """``put`` if it can finish without waiting: the writer lock free and no index
         grow needed; else None and nothing written (the async store's inline lane)."""
         comp = self._compression if compression is None else _codecs.require(compression)
-        buffers, rel, size = self._encode(key, view, comp)
+        ck, rest, used, slen, n = self._encode(key, view, comp)
         if not self._write_lock.acquire(blocking=False):
             return None
         try:
             g = self._writable()
-            start = self._append(g, buffers)
-            meta = rel._replace(offset=start + fmt.FRAME_SIZE)
+            if self._end + fmt.FRAME_SIZE + slen > g.alloc:
+                return None         # the file must grow: a worker thread does that
+            start = self._append(g, (ck, rest), fmt.FRAME_SIZE + slen)
+            meta = PayloadMeta(key, start + fmt.FRAME_SIZE, slen, used, n)
             done = False
             try:
                 done = g.index._try_insert(key, meta)
             finally:
                 if not done:
-                    self._truncate_back(g, start)
-                    self._end = start
+                    self._undo_append(g, start, start + fmt.FRAME_SIZE + slen)
             return meta if done else None
         finally:
             self._write_lock.release()
@@ -743,7 +885,8 @@ class PayloadStore:
         unsigned ints.  Everything is validated before anything is written
         (``TypeError``/``ValueError`` as for ``put``).  Frames are written in
         pieces of about 16 MiB, each then indexed in bulk; a crash midway
-        leaves a prefix of the batch (each record whole or absent).
+        leaves a prefix of the batch (each record whole or absent), and an
+        error (disk full) leaves the pieces before the failing one stored.
         """
         keys = _key_list(edge_ids)
         if isinstance(payloads, (str, bytes, bytearray, memoryview)) or payloads is None:
@@ -755,38 +898,40 @@ class PayloadStore:
         comp = self._compression if compression is None else _codecs.require(compression)
         with self._write_lock:
             self._writable()
+        encode = self._encode
+        total = len(keys)
         i = 0
-        n = len(keys)
-        while i < n:
-            buffers: list[Any] = []
-            metas: list[PayloadMeta] = []
+        while i < total:
+            parts: list[bytes] = []
+            rows: list[tuple[int, int, int, int, int]] = []
             size = 0
-            while i < n and (size < PUT_MANY_CHUNK or not metas):
-                bufs, rel, fsize = self._encode(keys[i], views[i], comp)
-                buffers.extend(bufs)
-                metas.append(rel._replace(offset=size + fmt.FRAME_SIZE))
-                size += fsize
+            while i < total and size < PUT_MANY_CHUNK:
+                key = keys[i]
+                ck, rest, used, slen, n = encode(key, views[i], comp)
+                parts.append(ck)
+                parts.append(rest)
+                rows.append((key, size + fmt.FRAME_SIZE, slen, used, n))
+                size += fmt.FRAME_SIZE + slen
                 i += 1
+            blob = b"".join(parts)
+            del parts
             with self._write_lock:
                 g = self._writable()
-                start = self._append(g, [b"".join(buffers)])
-                final = {m.edge_id: m._replace(offset=m.offset + start) for m in metas}
+                start = self._append(g, (blob,), size)
                 try:
-                    _apply(g.index, final)
+                    _insert_rows(g.index, rows, start)
                 except BaseException:
-                    self._truncate_back(g, start)
-                    self._end = start
+                    self._undo_append(g, start, start + size)
                     raise
 
     def _delete_locked(self, g: _Generation, key: int) -> bool:
         if key not in g.index:
             return False
-        start = self._append(g, [fmt.tombstone(key)])
+        start = self._append(g, (fmt.tombstone(key),), fmt.FRAME_SIZE)
         try:
             g.index.delete(key)
         except BaseException:
-            self._truncate_back(g, start)
-            self._end = start
+            self._undo_append(g, start, start + fmt.FRAME_SIZE)
             raise
         return True
 
@@ -831,6 +976,8 @@ class PayloadStore:
         end = self._end
         sync = self._sync != "never"
         if sync:
+            if g.map is not None:
+                g.map.flush()           # msync: the appends made through the map
             _fsync_data(g.fd)
         g.index.save()
         if end != self._checkpoint:
@@ -866,6 +1013,7 @@ class PayloadStore:
             try:
                 if not self._readonly:
                     self._save_locked(g)
+                    os.ftruncate(g.fd, self._end)       # give back the unused allocation
                     self._write_header(g.fd, self._end, 0, sync=True)
             finally:
                 self._gen = None
@@ -895,6 +1043,10 @@ class PayloadStore:
 
     # -- whole-store operations ---------------------------------------------------------------
 
+    def _data_end(self, g: _Generation) -> int:
+        """Where the log ends: the writer knows; a reader takes the file's size."""
+        return os.fstat(g.fd).st_size if self._readonly else self._end
+
     def stats(self) -> StoreStats:
         """A ``StoreStats`` snapshot (walks the index)."""
         g = self._live()
@@ -904,7 +1056,7 @@ class PayloadStore:
             live += fmt.FRAME_SIZE + m.length
             stored += m.length
             raw += m.uncompressed_length
-        size = os.fstat(g.fd).st_size
+        size = self._data_end(g)
         body = max(size - fmt.DATA_HEADER_SIZE, 0)
         return StoreStats(entries, size, live, stored, raw, os.path.getsize(g.index_path),
                           (body - live) / body if body else 0.0, g.data_gen, g.index_gen,
@@ -919,7 +1071,7 @@ class PayloadStore:
         g = self._live()
         g.index.verify()
         defects: list[str] = []
-        size = os.fstat(g.fd).st_size
+        size = self._data_end(g)
         frames: dict[int, fmt.Frame] = {}
         try:
             for item in fmt.scan(g.fd, fmt.DATA_HEADER_SIZE, size, g.data_path):
@@ -1017,6 +1169,40 @@ def _apply(index: DiskHashIndex, final: "dict[int, PayloadMeta | None]") -> None
         if m is None:
             index.delete(k)
     _bulk_insert(index, puts)
+
+
+def _insert_rows(index: DiskHashIndex, rows: "list[tuple[int, int, int, int, int]]", base: int) -> None:
+    """Index ``rows`` of (key, offset - base, length, compression, ulen) in order
+    (a later duplicate wins): one ``insert_many`` where numpy is installed."""
+    np = _numpy() if len(rows) >= 64 else None
+    if np is None:
+        for key, off, n, comp, ulen in rows:
+            index.insert(key, (key, off + base, n, comp, ulen))
+        return
+    from diskhash import _dtypes
+    keys, offs, lens, comps, ulens = zip(*rows)
+    karr = np.empty(len(rows), dtype=_dtypes.KEY_DTYPE)
+    if max(keys) <= _MASK64:
+        karr["lo"] = keys
+        karr["hi"] = 0
+    else:
+        karr["lo"] = [k & _MASK64 for k in keys]
+        karr["hi"] = [k >> 64 for k in keys]
+    recs = np.empty(len(rows), dtype=_dtypes.META_DTYPE)
+    recs["offset"] = offs
+    recs["offset"] += base
+    recs["length"] = lens
+    recs["compression"] = comps
+    recs["uncompressed_length"] = ulens
+    index.insert_many(karr, recs)
+
+
+def _numpy() -> Any:
+    try:
+        from diskhash import _dtypes
+    except ImportError:
+        return None
+    return _dtypes.np
 
 
 def _bulk_insert(index: DiskHashIndex, records: "dict[int, tuple[int, int, int, int]]") -> None:
