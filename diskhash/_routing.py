@@ -84,13 +84,13 @@ def key_array(keys: Any) -> Any:
 
     Accepts a numpy array of ``KEY_DTYPE`` or of non-negative integers (ids
     below 2**64), converted without a Python loop, or any other sequence of
-    keys (ints, UUIDs, numpy ints), converted one by one with
+    keys (ints, UUIDs, numpy ints; an object array too), converted one by one with
     ``key_halves``'s checks.  Raises ``TypeError``/``OverflowError``/
     ``ValueError`` naming the offending position.
     """
     from diskhash._dtypes import KEY_DTYPE, np
 
-    if isinstance(keys, np.ndarray):
+    if isinstance(keys, np.ndarray) and keys.dtype.kind != "O":
         if keys.ndim != 1:
             raise ValueError(f"keys must be a 1-D array, got {keys.ndim} dimensions")
         dt = keys.dtype
@@ -117,6 +117,8 @@ def key_array(keys: Any) -> Any:
     if isinstance(keys, (str, bytes, bytearray, memoryview)) or not hasattr(keys, "__len__"):
         raise TypeError(f"keys must be a sequence of edge ids or a numpy array, "
                         f"not {type(keys).__name__}")
+    if isinstance(keys, np.ndarray) and keys.ndim != 1:
+        raise ValueError(f"keys must be a 1-D array, got {keys.ndim} dimensions")
     out = np.empty(len(keys), dtype=KEY_DTYPE)
     lo = out["lo"]
     hi = out["hi"]

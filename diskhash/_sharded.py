@@ -106,6 +106,8 @@ class ShardedStore:
         if shards is not None:
             shards = _manifest.check_shard_count(shards)
         store_cls = _payload_store_class()
+        if os.path.lexists(path) and not os.path.isdir(path):
+            raise NotADirectoryError(20, "a sharded set is a directory; this is not one", path)
         try:
             manifest = _manifest.read_manifest(path)
         except FileNotFoundError:
@@ -211,11 +213,8 @@ class ShardedStore:
         self.put(edge_id, payload)
 
     def __contains__(self, edge_id: object) -> bool:
-        try:
-            store = self._store(edge_id)
-        except (TypeError, OverflowError):
-            return False
-        return edge_id in store
+        """Whether ``edge_id`` is stored; a bad key raises as ``PayloadStore``'s ``in`` does."""
+        return edge_id in self._store(edge_id)
 
     def delete(self, edge_id: Any) -> bool:
         """Remove ``edge_id``; True if it was present."""

@@ -151,3 +151,7 @@ def test_key_array_of_python_keys() -> None:
     assert arr["lo"].tolist() == [0, 2**64 - 1, 0, 3]
     assert arr["hi"].tolist() == [0, 2**64 - 1, 5, 0]
     assert _routing.key_array([]).shape == (0,)
+    objs = _routing.key_array(np.array([1, 2**100], dtype=object))     # as PayloadStore takes
+    assert objs["lo"].tolist() == [1, 0] and objs["hi"].tolist() == [0, 2**36]
+    with pytest.raises(OverflowError, match=r"keys\[0\]"):
+        _routing.key_array(np.array([-1], dtype=object))

@@ -146,7 +146,8 @@ def test_bad_keys(sharded: ShardedStore, bad: object, exc: type) -> None:
     for call in (sharded.get, sharded.delete, sharded.meta, lambda k: sharded.put(k, b"x")):
         with pytest.raises(exc):
             call(bad)
-    assert bad not in sharded
+    with pytest.raises(exc):
+        bad in sharded  # noqa: B015 - as PayloadStore's ``in``
 
 
 def test_closed(tmp_path: Path) -> None:
@@ -183,6 +184,10 @@ def test_creation_rules(tmp_path: Path) -> None:
                      ("a\0b", ValueError)):
         with pytest.raises(exc):
             ShardedStore(bad, shards=2)
+    (tmp_path / "file").write_text("x")
+    for kwargs in ({"shards": 2}, {"readonly": True}):
+        with pytest.raises(NotADirectoryError):
+            ShardedStore(tmp_path / "file", **kwargs)
     with ShardedStore(tmp_path / "np", shards=np.int64(3)) as sh:
         assert sh.shards == 3
 
