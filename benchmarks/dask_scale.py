@@ -36,7 +36,7 @@ import time
 import numpy as np
 
 
-def _part(seed: int, rows: int, payload: int) -> "object":
+def _part(seed: int, rows: int, payload: int) -> object:
     import pandas as pd
 
     rng = np.random.default_rng(seed)
@@ -51,7 +51,7 @@ def _noop(x: int) -> int:
     return x
 
 
-def _task_durations(stream: list, prefix: str) -> "list[float]":
+def _task_durations(stream: list, prefix: str) -> list[float]:
     out = []
     for t in stream:
         key = t.get("key")

@@ -29,8 +29,8 @@ from __future__ import annotations
 import json
 import operator
 import os
-import stat
 import re
+import stat
 import uuid
 from dataclasses import dataclass, field
 
@@ -38,10 +38,23 @@ from diskhash import _files
 from diskhash._routing import MAX_SHARDS, ROUTING_HASH
 from diskhash.errors import ManifestError, ShardMismatchError
 
-__all__ = ["MANIFEST_NAME", "SHARD_MARKER", "STORE_SUBDIR", "FORMAT", "VERSION",
-           "Location", "Manifest", "shard_name", "new_manifest", "write_manifest",
-           "read_manifest", "write_shard_marker", "check_shard", "check_no_extra_shards",
-           "is_ours"]
+__all__ = [
+    "FORMAT",
+    "MANIFEST_NAME",
+    "SHARD_MARKER",
+    "STORE_SUBDIR",
+    "VERSION",
+    "Location",
+    "Manifest",
+    "check_no_extra_shards",
+    "check_shard",
+    "is_ours",
+    "new_manifest",
+    "read_manifest",
+    "shard_name",
+    "write_manifest",
+    "write_shard_marker",
+]
 
 MANIFEST_NAME = "manifest.json"
 SHARD_MARKER = "shard.json"
@@ -66,7 +79,7 @@ class Location:
     ``host`` (None: wherever the set's directory is visible)."""
 
     path: str
-    host: "str | None" = None
+    host: str | None = None
 
 
 @dataclass(frozen=True)
@@ -76,7 +89,7 @@ class Manifest:
     set_id: str
     shards: int
     seed: int
-    locations: "tuple[Location, ...]" = field(default=())
+    locations: tuple[Location, ...] = field(default=())
 
     def shard_dir(self, directory: str, index: int) -> str:
         """The shard container directory of shard ``index`` on this machine."""
@@ -110,8 +123,8 @@ def new_seed() -> int:
     return _files.new_seed()
 
 
-def new_manifest(shards: int, locations: "list[Location] | None" = None,
-                 seed: "int | None" = None, set_id: "str | None" = None) -> Manifest:
+def new_manifest(shards: int, locations: list[Location] | None = None,
+                 seed: int | None = None, set_id: str | None = None) -> Manifest:
     """A fresh manifest: new set id, new routing seed, shards at ``shard-NNNNN``."""
     shards = check_shard_count(shards)
     if locations is None:

@@ -25,8 +25,15 @@ import operator
 import uuid
 from typing import Any
 
-__all__ = ["ROUTING_HASH", "MAX_SHARDS", "key_halves", "shard_of", "shards_of",
-           "key_array", "group_by_shard"]
+__all__ = [
+    "MAX_SHARDS",
+    "ROUTING_HASH",
+    "group_by_shard",
+    "key_array",
+    "key_halves",
+    "shard_of",
+    "shards_of",
+]
 
 #: The name the manifest records for this routing function (one place).
 ROUTING_HASH = "fmix64-chain-v1"
@@ -48,7 +55,7 @@ def _fmix64(x: int) -> int:
     return x
 
 
-def key_halves(key: Any) -> "tuple[int, int]":
+def key_halves(key: Any) -> tuple[int, int]:
     """``(lo, hi)`` of an edge id, with the index's rules and messages.
 
     ``key``: an int in [0, 2**128), a ``uuid.UUID`` or anything with
@@ -157,7 +164,7 @@ def shards_of(keys: Any, seed: int, shards: int) -> Any:
     return h.astype(np.uint32)
 
 
-def group_by_shard(shard_ids: Any, shards: int) -> "tuple[Any, Any]":
+def group_by_shard(shard_ids: Any, shards: int) -> tuple[Any, Any]:
     """``(order, bounds)``: ``order`` sorts the keys by shard (stable, so each
     shard's keys keep their relative order) and shard ``s``'s keys are
     ``order[bounds[s]:bounds[s + 1]]``."""

@@ -9,14 +9,15 @@ array at once (no Python loop per key) and hand each shard one sub-array.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Iterator, Sequence
 from types import TracebackType
-from typing import Any, Callable, Iterator, NamedTuple, Sequence
+from typing import Any, NamedTuple
 
 from diskhash import _manifest, _routing
 from diskhash._manifest import Manifest
 from diskhash.errors import ShardMismatchError
 
-__all__ = ["ShardedStore", "ShardedStats"]
+__all__ = ["ShardedStats", "ShardedStore"]
 
 _MISSING: Any = object()
 
@@ -35,10 +36,10 @@ class ShardedStats(NamedTuple):
     entries: int
     data_bytes: int
     live_bytes: int
-    shards: "tuple[Any, ...]"
+    shards: tuple[Any, ...]
 
 
-def _abspath(directory: "str | os.PathLike[str]") -> str:
+def _abspath(directory: str | os.PathLike[str]) -> str:
     if isinstance(directory, (bytes, bytearray)) or not isinstance(directory, (str, os.PathLike)):
         raise TypeError(f"directory must be a str or os.PathLike, not {type(directory).__name__}")
     path = os.fspath(directory)
@@ -97,9 +98,9 @@ class ShardedStore:
     can leave some shards saved and others not (each consistent on its own).
     """
 
-    def __init__(self, directory: "str | os.PathLike[str]", shards: "int | None" = None, *,
+    def __init__(self, directory: str | os.PathLike[str], shards: int | None = None, *,
                  readonly: bool = False, **store_kwargs: Any) -> None:
-        self._stores: "tuple[Any, ...]" = ()
+        self._stores: tuple[Any, ...] = ()
         self._closed = True
         path = _abspath(directory)
         self._directory = path
@@ -149,7 +150,7 @@ class ShardedStore:
 
     @staticmethod
     def _open(path: str, manifest: Manifest, store_cls: Any, readonly: bool,
-              kwargs: dict) -> "tuple[Any, ...]":
+              kwargs: dict) -> tuple[Any, ...]:
         _manifest.check_no_extra_shards(path, manifest)
         dirs = [_manifest.check_shard(path, manifest, i) for i in range(manifest.shards)]
         stores: list[Any] = []
@@ -180,7 +181,7 @@ class ShardedStore:
         if self._closed or not self._stores:
             raise IndexClosedError(f"{getattr(self, '_directory', '?')}: sharded store is closed")
 
-    def _route(self, edge_ids: Any) -> "tuple[Any, Any, Any]":
+    def _route(self, edge_ids: Any) -> tuple[Any, Any, Any]:
         keys = _routing.key_array(edge_ids)
         sid = _routing.shards_of(keys, self._manifest.seed, self._manifest.shards)
         order, bounds = _routing.group_by_shard(sid, self._manifest.shards)
@@ -262,7 +263,7 @@ class ShardedStore:
                 idx = order[lo:hi]
                 store.put_many(keys[idx], data[idx].tolist(), compression=compression)
 
-    def get_many(self, edge_ids: Any) -> "list[bytes | None]":
+    def get_many(self, edge_ids: Any) -> list[bytes | None]:
         """The payload of each key (None where absent), in key order: one
         ``get_many`` per shard, results scattered back by position."""
         from diskhash._dtypes import np
@@ -292,7 +293,7 @@ class ShardedStore:
         for s in self._stores:
             s.compact()
 
-    def rebuild_index(self, progress: "Callable[[int, int], Any] | None" = None) -> int:
+    def rebuild_index(self, progress: Callable[[int, int], Any] | None = None) -> int:
         """Rebuild every shard's index from its data file (``PayloadStore.rebuild_index``);
         returns the entries indexed.  ``progress(done_bytes, total_bytes)``
         counts over the whole set."""
@@ -364,11 +365,11 @@ class ShardedStore:
         """The set's manifest (set id, routing seed, shard locations)."""
         return self._manifest
 
-    def __enter__(self) -> "ShardedStore":
+    def __enter__(self) -> ShardedStore:
         return self
 
-    def __exit__(self, exc_type: "type[BaseException] | None", exc: "BaseException | None",
-                 tb: "TracebackType | None") -> None:
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
         self.close()
 
     def __repr__(self) -> str:

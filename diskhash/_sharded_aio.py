@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import functools
 import os
-from typing import Any, AsyncIterator, Awaitable, Callable, Sequence, TypeVar
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import Any, TypeVar
 
 import anyio
 import anyio.to_thread
@@ -25,13 +26,13 @@ _T = TypeVar("_T")
 _MISSING: Any = object()
 
 
-async def _fan(calls: "Sequence[Callable[[], Awaitable[_T]]]") -> "list[_T]":
+async def _fan(calls: Sequence[Callable[[], Awaitable[_T]]]) -> list[_T]:
     """Run ``calls`` concurrently; their results in order, or the first
     failing call's exception (not an exception group: the sync class's error)."""
     results: list[Any] = [None] * len(calls)
-    errors: "list[Exception | None]" = [None] * len(calls)
+    errors: list[Exception | None] = [None] * len(calls)
 
-    async def run(i: int, call: "Callable[[], Awaitable[_T]]") -> None:
+    async def run(i: int, call: Callable[[], Awaitable[_T]]) -> None:
         try:
             results[i] = await call()
         except Exception as exc:
@@ -62,8 +63,8 @@ class AsyncShardedStore:
         self._shards = tuple(AsyncPayloadStore(s) for s in sync._stores)
 
     @classmethod
-    async def open(cls, directory: "str | os.PathLike[str]", shards: "int | None" = None,
-                   **kwargs: Any) -> "AsyncShardedStore":
+    async def open(cls, directory: str | os.PathLike[str], shards: int | None = None,
+                   **kwargs: Any) -> AsyncShardedStore:
         """Open (or create) the set in a worker thread; arguments as for ``ShardedStore``."""
         store = await anyio.to_thread.run_sync(
             functools.partial(ShardedStore, directory, shards, **kwargs))
@@ -147,7 +148,7 @@ class AsyncShardedStore:
                                                compression=compression))
         await _fan(calls)
 
-    async def get_many(self, edge_ids: Any) -> "list[bytes | None]":
+    async def get_many(self, edge_ids: Any) -> list[bytes | None]:
         """As ``ShardedStore.get_many``; the shards are read concurrently."""
         from diskhash._dtypes import np
 
@@ -180,7 +181,7 @@ class AsyncShardedStore:
         self._sync._check_open()
         await _fan([shard.compact for shard in self._shards])
 
-    async def rebuild_index(self, progress: "Callable[[int, int], Any] | None" = None) -> int:
+    async def rebuild_index(self, progress: Callable[[int, int], Any] | None = None) -> int:
         """As ``ShardedStore.rebuild_index``, in a worker thread."""
         return await anyio.to_thread.run_sync(self._sync.rebuild_index, progress)
 
@@ -225,10 +226,10 @@ class AsyncShardedStore:
     def manifest(self) -> Manifest:
         return self._sync.manifest
 
-    async def __aenter__(self) -> "AsyncShardedStore":
+    async def __aenter__(self) -> AsyncShardedStore:
         return self
 
-    async def __aexit__(self, *exc: Any) -> None:
+    async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
     def __repr__(self) -> str:

@@ -21,8 +21,9 @@ import pickle
 import shutil
 import threading
 import uuid
+from collections.abc import Sequence
 from types import TracebackType
-from typing import Any, Sequence
+from typing import Any
 
 try:
     import dask
@@ -37,7 +38,7 @@ from diskhash._manifest import Location, Manifest
 from diskhash._sharded import _abspath, payload_array
 from diskhash.errors import ShardBuildError
 
-__all__ = ["build_store", "LookupService", "ShardActor"]
+__all__ = ["LookupService", "ShardActor", "build_store"]
 
 #: Prefix of the task keys of a build (how they are grouped in the dashboard).
 SPLIT_TASK = "diskhash-split"
@@ -82,7 +83,7 @@ def _bytes16_column(values: Any, name: str, byteorder: str) -> Any:
     return np.ascontiguousarray(octets).view(KEY_DTYPE).reshape(n)
 
 
-def _rows(part: Any, spec: "tuple[Any, ...]") -> "tuple[Any, Any]":
+def _rows(part: Any, spec: tuple[Any, ...]) -> tuple[Any, Any]:
     """(KEY_DTYPE keys, object array of payloads) of one input partition."""
     kind = spec[0]
     if kind == "bag":
@@ -113,7 +114,7 @@ def _rows(part: Any, spec: "tuple[Any, ...]") -> "tuple[Any, Any]":
     return keys, payload_array(part[payload_column].to_numpy(dtype=object), n)
 
 
-def _pack(payloads: Any) -> "tuple[Any, bytes]":
+def _pack(payloads: Any) -> tuple[Any, bytes]:
     """(end offsets, one blob) of a list of payloads: three frames on the wire
     instead of one per payload (Dask serialises a list element by element)."""
     ends = np.fromiter(map(len, payloads), dtype=np.int64, count=len(payloads))
@@ -121,13 +122,13 @@ def _pack(payloads: Any) -> "tuple[Any, bytes]":
     return ends, b"".join(payloads)
 
 
-def _unpack(ends: Any, blob: bytes) -> "list[memoryview]":
+def _unpack(ends: Any, blob: bytes) -> list[memoryview]:
     view = memoryview(blob)
     starts = [0, *ends[:-1].tolist()]
     return [view[a:b] for a, b in zip(starts, ends.tolist())]
 
 
-def _split(part: Any, spec: "tuple[Any, ...]", seed: int, shards: int) -> "tuple[Any, ...]":
+def _split(part: Any, spec: tuple[Any, ...], seed: int, shards: int) -> tuple[Any, ...]:
     """One input partition cut into ``shards`` pieces: (keys, payload ends, payload blob)."""
     keys, payloads = _rows(part, spec)
     sid = _routing.shards_of(keys, seed, shards)
@@ -142,7 +143,7 @@ def _split(part: Any, spec: "tuple[Any, ...]", seed: int, shards: int) -> "tuple
 # ---------------------------------------------------------------------------
 # One shard, written by one task
 
-def _worker_host() -> "str | None":
+def _worker_host() -> str | None:
     try:
         return str(get_address_host(distributed.get_worker().address))
     except ValueError:              # not on a worker (local scheduler)
@@ -162,7 +163,7 @@ def _clear_attempts(root: str, name: str) -> None:
 
 
 def _write_shard(root: str, manifest: Manifest, index: int, store_kwargs: dict,
-                 compression: Any, *pieces: "tuple[Any, Any, bytes]") -> "dict[str, Any]":
+                 compression: Any, *pieces: tuple[Any, Any, bytes]) -> dict[str, Any]:
     """Write shard ``index`` from scratch under ``root`` and return where it is.
 
     The shard is built in a fresh temp directory and renamed into place only
@@ -201,8 +202,8 @@ def _write_shard(root: str, manifest: Manifest, index: int, store_kwargs: dict,
 # ---------------------------------------------------------------------------
 # The build
 
-def _spec(collection: Any, id_columns: "str | Sequence[str]", payload_column: str,
-          id_byteorder: str) -> "tuple[Any, ...]":
+def _spec(collection: Any, id_columns: str | Sequence[str], payload_column: str,
+          id_byteorder: str) -> tuple[Any, ...]:
     import dask.bag
 
     if isinstance(collection, dask.bag.Bag):
@@ -249,11 +250,11 @@ def _get_client(client: Any) -> Any:
         return None
 
 
-def build_store(collection: Any, directory: "str | os.PathLike[str]", shards: int, *,
-                id_columns: "str | Sequence[str]" = "edge_id", payload_column: str = "payload",
+def build_store(collection: Any, directory: str | os.PathLike[str], shards: int, *,
+                id_columns: str | Sequence[str] = "edge_id", payload_column: str = "payload",
                 id_byteorder: str = "little", compression: Any = None,
-                local_dir: "str | None" = None, client: Any = None, progress: bool = False,
-                store_kwargs: "dict[str, Any] | None" = None) -> Manifest:
+                local_dir: str | None = None, client: Any = None, progress: bool = False,
+                store_kwargs: dict[str, Any] | None = None) -> Manifest:
     """Build a sharded set at ``directory`` from a Dask collection; returns its manifest.
 
     ``collection``: a Dask Bag of ``(edge_id, bytes)`` pairs, or a Dask
@@ -331,7 +332,7 @@ def _clear_temps(directory: str) -> None:
             shutil.rmtree(os.path.join(directory, n), ignore_errors=True)
 
 
-def _run(writes: list, client: Any, progress: bool, directory: str) -> "list[dict[str, Any]]":
+def _run(writes: list, client: Any, progress: bool, directory: str) -> list[dict[str, Any]]:
     if client is None:
         try:
             if progress:
@@ -355,7 +356,7 @@ def _run(writes: list, client: Any, progress: bool, directory: str) -> "list[dic
         client.cancel(futures)
 
 
-def _failed_shard(exc: BaseException) -> "int | None":
+def _failed_shard(exc: BaseException) -> int | None:
     text = str(exc)
     marker = f"{WRITE_TASK}-"
     at = text.find(marker)
@@ -379,7 +380,7 @@ class ShardActor:
     """
 
     def __init__(self, directory: str, manifest: Manifest, index: int,
-                 store_kwargs: "dict[str, Any] | None" = None) -> None:
+                 store_kwargs: dict[str, Any] | None = None) -> None:
         store_dir = _manifest.check_shard(directory, manifest, index)
         self.index = index
         self.store = _sharded._payload_store_class()(store_dir, readonly=True, **(store_kwargs or {}))
@@ -405,7 +406,7 @@ class ShardActor:
         """Entries in this shard."""
         return len(self.store)
 
-    def where(self) -> "tuple[str | None, int]":
+    def where(self) -> tuple[str | None, int]:
         """(host, pid) of the worker process serving this shard."""
         return _worker_host(), os.getpid()
 
@@ -444,9 +445,9 @@ class LookupService:
     Thread-safe: calls from several threads may overlap.
     """
 
-    def __init__(self, client: Any, directory: "str | os.PathLike[str]", *,
-                 store_kwargs: "dict[str, Any] | None" = None, retries: int = 1,
-                 timeout: "float | None" = 120.0) -> None:
+    def __init__(self, client: Any, directory: str | os.PathLike[str], *,
+                 store_kwargs: dict[str, Any] | None = None, retries: int = 1,
+                 timeout: float | None = 120.0) -> None:
         self._client = client
         self._directory = _abspath(directory)
         self._manifest = _manifest.read_manifest(self._directory)
@@ -468,7 +469,7 @@ class LookupService:
             self.close()
             raise
 
-    def _submit(self, s: int, workers: "list[str]") -> Any:
+    def _submit(self, s: int, workers: list[str]) -> Any:
         host = self._manifest.locations[s].host
         if host is not None:
             where, loose = [host], False
@@ -506,7 +507,7 @@ class LookupService:
         """The ``distributed.Actor`` serving ``shard`` now."""
         return self._actors[shard]
 
-    def get_many(self, edge_ids: Any) -> "list[bytes | None]":
+    def get_many(self, edge_ids: Any) -> list[bytes | None]:
         """The payload of each key (None where absent), in key order.
 
         ``edge_ids``: a numpy ``KEY_DTYPE``/unsigned array or a sequence of
@@ -574,9 +575,9 @@ class LookupService:
                     pass
         self._actors = [None] * self._manifest.shards
 
-    def __enter__(self) -> "LookupService":
+    def __enter__(self) -> LookupService:
         return self
 
-    def __exit__(self, exc_type: "type[BaseException] | None", exc: "BaseException | None",
-                 tb: "TracebackType | None") -> None:
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
         self.close()

@@ -16,18 +16,23 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import subprocess_env
 
 dask = pytest.importorskip("dask")
 distributed = pytest.importorskip("distributed")
 dd = pytest.importorskip("dask.dataframe")
-import dask.bag as db  # noqa: E402
-import pandas as pd  # noqa: E402
+import dask.bag as db
+import pandas as pd
 
-from diskhash import (KEY_DTYPE, ManifestError, PayloadStore, ShardBuildError,  # noqa: E402
-                      ShardedStore, ShardMismatchError)
-from diskhash.dask import LookupService, build_store  # noqa: E402
+from diskhash import (
+    KEY_DTYPE,
+    ManifestError,
+    PayloadStore,
+    ShardBuildError,
+    ShardedStore,
+    ShardMismatchError,
+)
+from diskhash.dask import LookupService, build_store
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +56,7 @@ def make_data(n: int, seed: int = 0) -> tuple[np.ndarray, list[bytes]]:
     return keys, payloads
 
 
-def frame(keys: np.ndarray, payloads: list[bytes], npartitions: int) -> "dd.DataFrame":
+def frame(keys: np.ndarray, payloads: list[bytes], npartitions: int) -> dd.DataFrame:
     df = pd.DataFrame({"lo": keys["lo"], "hi": keys["hi"],
                        "payload": pd.Series(payloads, dtype=object)})
     with dask.config.set({"dataframe.convert-string": False}):
@@ -240,7 +245,7 @@ def test_lookup_service_refuses_bad_sets(client, tmp_path: Path) -> None:
 # ---------------------------------------------------------------------------
 # Slow: the full-size equality and killed workers
 
-def _million_part(seed: int) -> "pd.DataFrame":
+def _million_part(seed: int) -> pd.DataFrame:
     keys, payloads = make_data(125_000, seed)
     return pd.DataFrame({"lo": keys["lo"], "hi": keys["hi"],
                          "payload": pd.Series(payloads, dtype=object)})

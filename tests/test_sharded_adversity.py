@@ -14,8 +14,8 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import subprocess_env
+
 from diskhash import ManifestError, ShardedStore
 
 

@@ -9,8 +9,13 @@ import anyio
 import numpy as np
 import pytest
 
-from diskhash import (KEY_DTYPE, AsyncShardedStore, IndexClosedError, ShardedStore,
-                      ShardMismatchError)
+from diskhash import (
+    KEY_DTYPE,
+    AsyncShardedStore,
+    IndexClosedError,
+    ShardedStore,
+    ShardMismatchError,
+)
 
 SYNC_ONLY = {"keys"}
 

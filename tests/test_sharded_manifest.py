@@ -10,10 +10,15 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import subprocess_env
-from diskhash import DiskHashError, ManifestError, ShardedStore, ShardMismatchError
-from diskhash import _manifest
+
+from diskhash import (
+    DiskHashError,
+    ManifestError,
+    ShardedStore,
+    ShardMismatchError,
+    _manifest,
+)
 
 
 @pytest.fixture
@@ -177,7 +182,6 @@ def test_verify_rechecks_the_layout(built: Path) -> None:
 def test_failed_open_leaves_no_shard_open(built: Path) -> None:
     # Shard 2 locked by a writer: the open fails and releases shards 0 and 1.
     import diskhash
-
     from diskhash import IndexLockedError
 
     with diskhash.PayloadStore(built / "shard-00002" / "store"):

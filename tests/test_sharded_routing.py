@@ -7,8 +7,7 @@ import uuid
 import numpy as np
 import pytest
 
-from diskhash import KEY_DTYPE
-from diskhash import _routing
+from diskhash import KEY_DTYPE, _routing
 
 SEED = 0x1234_5678_9ABC_DEF1
 

@@ -9,8 +9,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from diskhash import (KEY_DTYPE, Compression, IndexClosedError, IndexLockedError, PayloadStore,
-                      ReadOnlyIndexError, ShardedStore)
+from diskhash import (
+    KEY_DTYPE,
+    Compression,
+    IndexClosedError,
+    IndexLockedError,
+    PayloadStore,
+    ReadOnlyIndexError,
+    ShardedStore,
+)
 
 
 def keys_and_payloads(n: int, seed: int = 0) -> tuple[np.ndarray, list[bytes]]:
@@ -102,9 +109,8 @@ def test_reopen_and_readonly(tmp_path: Path) -> None:
 
 
 def test_one_writer_per_set(tmp_path: Path) -> None:
-    with ShardedStore(tmp_path / "set", shards=2):
-        with pytest.raises(IndexLockedError):
-            ShardedStore(tmp_path / "set")
+    with ShardedStore(tmp_path / "set", shards=2), pytest.raises(IndexLockedError):
+        ShardedStore(tmp_path / "set")
 
 
 def test_store_kwargs_reach_every_shard(tmp_path: Path) -> None:
