@@ -33,6 +33,7 @@ import re
 import stat
 import uuid
 from dataclasses import dataclass, field
+from typing import Any, TypeGuard
 
 from diskhash import _files
 from diskhash._routing import MAX_SHARDS, ROUTING_HASH
@@ -163,7 +164,7 @@ def is_ours(name: str) -> bool:
             or (name.startswith((f".{MANIFEST_NAME}.", ".shard-")) and name.endswith(_files.TMP_SUFFIX)))
 
 
-def _load_json(path: str, what: str, error: type) -> dict:
+def _load_json(path: str, what: str, error: type) -> dict[str, Any]:
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
     except FileNotFoundError:
@@ -195,7 +196,7 @@ def _load_json(path: str, what: str, error: type) -> dict:
     return doc
 
 
-def _is_int(v: object) -> bool:
+def _is_int(v: object) -> TypeGuard[int]:
     return isinstance(v, int) and not isinstance(v, bool)
 
 

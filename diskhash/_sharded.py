@@ -129,7 +129,7 @@ class ShardedStore:
         self._closed = False
 
     @staticmethod
-    def _create(path: str, shards: int, store_cls: Any, kwargs: dict) -> Manifest:
+    def _create(path: str, shards: int, store_cls: Any, kwargs: dict[str, Any]) -> Manifest:
         os.makedirs(path, exist_ok=True)
         foreign = [n for n in os.listdir(path) if not _manifest.is_ours(n)]
         if foreign:
@@ -150,7 +150,7 @@ class ShardedStore:
 
     @staticmethod
     def _open(path: str, manifest: Manifest, store_cls: Any, readonly: bool,
-              kwargs: dict) -> tuple[Any, ...]:
+              kwargs: dict[str, Any]) -> tuple[Any, ...]:
         _manifest.check_no_extra_shards(path, manifest)
         dirs = [_manifest.check_shard(path, manifest, i) for i in range(manifest.shards)]
         stores: list[Any] = []
@@ -199,7 +199,8 @@ class ShardedStore:
 
     def __getitem__(self, edge_id: Any) -> bytes:
         """The payload of ``edge_id``; ``KeyError`` if absent."""
-        return self._store(edge_id)[edge_id]
+        payload: bytes = self._store(edge_id)[edge_id]
+        return payload
 
     def meta(self, edge_id: Any) -> Any:
         """The ``PayloadMeta`` of ``edge_id`` in its shard, or None."""

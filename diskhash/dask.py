@@ -162,7 +162,7 @@ def _clear_attempts(root: str, name: str) -> None:
             shutil.rmtree(os.path.join(root, entry), ignore_errors=True)
 
 
-def _write_shard(root: str, manifest: Manifest, index: int, store_kwargs: dict,
+def _write_shard(root: str, manifest: Manifest, index: int, store_kwargs: dict[str, Any],
                  compression: Any, *pieces: tuple[Any, Any, bytes]) -> dict[str, Any]:
     """Write shard ``index`` from scratch under ``root`` and return where it is.
 
@@ -211,7 +211,7 @@ def _spec(collection: Any, id_columns: str | Sequence[str], payload_column: str,
     try:
         import dask.dataframe
     except ImportError:  # pragma: no cover
-        dask_df: tuple = ()
+        dask_df: tuple[type, ...] = ()
     else:
         dask_df = (dask.dataframe.DataFrame,)
     if not dask_df or not isinstance(collection, dask_df):
@@ -332,7 +332,7 @@ def _clear_temps(directory: str) -> None:
             shutil.rmtree(os.path.join(directory, n), ignore_errors=True)
 
 
-def _run(writes: list, client: Any, progress: bool, directory: str) -> list[dict[str, Any]]:
+def _run(writes: list[Any], client: Any, progress: bool, directory: str) -> list[dict[str, Any]]:
     if client is None:
         try:
             if progress:
