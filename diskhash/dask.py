@@ -36,7 +36,7 @@ from diskhash import _files, _manifest, _routing, _sharded
 from diskhash._dtypes import KEY_DTYPE, np
 from diskhash._manifest import Location, Manifest
 from diskhash._sharded import _abspath, payload_array
-from diskhash.errors import ShardBuildError
+from diskhash.errors import IndexClosedError, ShardBuildError
 
 __all__ = ["LookupService", "ShardActor", "build_store"]
 
@@ -448,6 +448,9 @@ class LookupService:
     def __init__(self, client: Any, directory: str | os.PathLike[str], *,
                  store_kwargs: dict[str, Any] | None = None, retries: int = 1,
                  timeout: float | None = 120.0) -> None:
+        if not callable(getattr(client, "submit", None)) or not callable(
+                getattr(client, "scheduler_info", None)):
+            raise TypeError(f"client must be a distributed.Client, not {type(client).__name__}")
         self._client = client
         self._directory = _abspath(directory)
         self._manifest = _manifest.read_manifest(self._directory)
@@ -516,7 +519,7 @@ class LookupService:
         worker).
         """
         if self._closed:
-            raise RuntimeError("LookupService is closed")
+            raise IndexClosedError(f"{self._directory}: LookupService is closed")
         shards = self._manifest.shards
         keys = _routing.key_array(edge_ids)
         sid = _routing.shards_of(keys, self._manifest.seed, shards)

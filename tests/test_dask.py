@@ -26,6 +26,7 @@ import pandas as pd
 
 from diskhash import (
     KEY_DTYPE,
+    IndexClosedError,
     ManifestError,
     PayloadStore,
     ShardBuildError,
@@ -222,6 +223,20 @@ def test_actor_lookups_equal_local_lookups(client, tmp_path: Path) -> None:
         assert len({pid for _, pid in where}) == 2                  # spread over both workers
         with pytest.raises(OverflowError):
             svc.get_many([1, -1])
+    with pytest.raises(IndexClosedError):
+        svc.get_many(mixed[:3])
+    with pytest.raises(TypeError, match="distributed.Client"):
+        LookupService(None, tmp_path / "set")
+
+
+def test_empty_input_and_more_shards_than_entries(client, tmp_path: Path) -> None:
+    build_store(db.from_sequence([], npartitions=1), tmp_path / "empty", shards=3)
+    with ShardedStore(tmp_path / "empty", readonly=True) as sh:
+        assert len(sh) == 0 and sh.shards == 3
+    build_store(db.from_sequence([(7, b"seven")], npartitions=1), tmp_path / "one", shards=5)
+    with ShardedStore(tmp_path / "one", readonly=True) as sh:
+        assert sh.get_many([7, 8]) == [b"seven", None]
+        assert sorted(s.entries for s in sh.stats().shards) == [0, 0, 0, 0, 1]
 
 
 def test_lookup_service_refuses_bad_sets(client, tmp_path: Path) -> None:
