@@ -36,7 +36,7 @@ from diskhash import _files, _manifest, _routing, _sharded
 from diskhash._dtypes import KEY_DTYPE, np
 from diskhash._manifest import Location, Manifest
 from diskhash._sharded import _abspath, payload_array
-from diskhash.errors import IndexClosedError, ShardBuildError
+from diskhash.errors import IndexClosedError, ShardBuildError, ShardMismatchError
 
 __all__ = ["LookupService", "ShardActor", "build_store"]
 
@@ -463,6 +463,13 @@ class LookupService:
         self._actors: list[Any] = [None] * self._manifest.shards
         self._closed = False
         workers = sorted(client.scheduler_info()["workers"])
+        hosts = {get_address_host(w) for w in workers}
+        for s, loc in enumerate(self._manifest.locations):
+            if loc.host is not None and loc.host not in hosts:
+                raise ShardMismatchError(
+                    os.path.join(self._directory, _manifest.MANIFEST_NAME),
+                    f"shard {s} lives on host {loc.host}, which runs no worker of this cluster "
+                    f"(worker hosts: {', '.join(sorted(hosts)) or 'none'})")
         try:
             for s in range(self._manifest.shards):
                 self._futures[s] = self._submit(s, workers)

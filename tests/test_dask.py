@@ -157,6 +157,10 @@ def test_local_dir_records_hosts_and_paths(client, tmp_path: Path) -> None:
         assert_same_set(tmp_path / "set", one, keys)
     with LookupService(client, tmp_path / "set") as svc:
         assert svc.get_many(keys) == payloads
+    doc["locations"][1]["host"] = "10.255.255.1"          # a machine without a worker
+    (tmp_path / "set" / "manifest.json").write_text(json.dumps(doc))
+    with pytest.raises(ShardMismatchError, match="shard 1 lives on host 10.255.255.1"):
+        LookupService(client, tmp_path / "set")
 
 
 def test_bad_input_fails_and_writes_no_manifest(client, tmp_path: Path) -> None:
