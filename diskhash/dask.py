@@ -301,10 +301,7 @@ def build_store(collection: Any, directory: str | os.PathLike[str], shards: int,
     splits = [dask.delayed(_split, pure=True, nout=shards)(
         p, spec, manifest.seed, shards, dask_key_name=f"{SPLIT_TASK}-{token}-{i}")
         for i, p in enumerate(parts)]
-    if shards == 1:
-        pieces_of = [[sp[0] for sp in splits]]
-    else:
-        pieces_of = [[sp[s] for sp in splits] for s in range(shards)]
+    pieces_of = [[sp[s] for sp in splits] for s in range(shards)]
     writes = [dask.delayed(_write_shard, pure=False)(
         root, manifest, s, kwargs, compression, *pieces_of[s],
         dask_key_name=f"{WRITE_TASK}-{token}-{s}") for s in range(shards)]

@@ -98,6 +98,22 @@ def test_core_package_does_not_import_dask(tmp_path: Path) -> None:
     assert "IMPORTED []" in out.stdout
 
 
+def test_build_without_a_distributed_client(tmp_path: Path) -> None:
+    # No Client in the process: the local threaded scheduler runs the build.
+    code = ("import sys, dask.bag as db\n"
+            "from diskhash import ShardedStore\n"
+            "from diskhash.dask import build_store\n"
+            "bag = db.from_sequence([(i, b'%d' % i) for i in range(500)], npartitions=3)\n"
+            "build_store(bag, sys.argv[1], shards=3, progress=True)\n"
+            "with ShardedStore(sys.argv[1], readonly=True) as s:\n"
+            "    assert s.get_many(list(range(501))) == [b'%d' % i for i in range(500)] + [None]\n"
+            "print('BUILT')\n")
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "s")], capture_output=True,
+                         text=True, timeout=180, env=subprocess_env())
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "BUILT" in out.stdout and "Completed" in out.stdout      # the progress bar showed
+
+
 def test_dataframe_build_equals_one_store(client, tmp_path: Path) -> None:
     keys, payloads = make_data(3000)
     keys[:5] = keys[100:105]                 # duplicates: the later occurrence wins
@@ -370,6 +386,7 @@ def test_build_fails_cleanly_when_workers_keep_dying(tmp_path: Path) -> None:
                 stop.set()
                 t.join()
     assert "KilledWorker" in str(info.value) or "died" in str(info.value)
+    assert info.value.shard in (0, 1)
     assert not (tmp_path / "set" / "manifest.json").exists()
     with pytest.raises(ManifestError):
         ShardedStore(tmp_path / "set", readonly=True)
