@@ -8,9 +8,11 @@ Scheduling is all this module adds; the rules are PayloadStore's.  Lanes:
   ``payload_range``, and a ``put`` of at most ``INLINE_WRITE`` bytes when the
   writer lock is free and the index needs no grow (one ``pwrite`` into the
   page cache plus an index store);
-* the writer lane, one worker thread at a time (callers queue on an
-  ``anyio.Lock`` in the loop): other puts, ``put_many``, ``delete``, ``pop``,
-  ``save``, ``compact``, ``rebuild_index``, ``verify``, ``stats``, ``close``;
+* the writer lane: other puts, ``put_many``, ``delete``, ``pop``, ``save``,
+  ``rebuild_index``, ``close`` run in anyio worker threads (the loop's default
+  thread limiter), where they queue on the store's write lock; ``compact``,
+  ``verify``, ``stats`` run in worker threads too.  Nothing loop-bound is
+  shared between calls, so one store may serve several event loops;
 * big reads (over ``INLINE_READ``) in worker threads, outside the lane.
 
 An inline read of a page that is not in memory blocks the loop for one disk
@@ -42,8 +44,6 @@ _MISSING: Any = object()
 INLINE_READ = 16 * 1024
 #: Puts of payloads up to this size may run on the event loop.
 INLINE_WRITE = 16 * 1024
-#: Worker threads one store may occupy at once.
-THREADS_PER_STORE = 4
 
 
 class AsyncPayloadStore:
@@ -68,8 +68,6 @@ class AsyncPayloadStore:
             raise ValueError(f"inline_read must be an int >= 0, not {inline_read!r}")
         self._inline_read = inline_read
         self._sync = sync
-        self._lane = anyio.Lock()
-        self._limiter = anyio.CapacityLimiter(THREADS_PER_STORE)
 
     @classmethod
     async def open(cls, directory: "str | os.PathLike[str]", *, inline_read: "int | None" = None,
@@ -91,11 +89,12 @@ class AsyncPayloadStore:
         return self._sync
 
     async def _thread(self, fn: Callable[..., _T], *args: Any) -> _T:
-        return await anyio.to_thread.run_sync(fn, *args, limiter=self._limiter)
+        return await anyio.to_thread.run_sync(fn, *args)
 
-    async def _in_lane(self, fn: Callable[..., _T], *args: Any) -> _T:
-        async with self._lane:
-            return await self._thread(fn, *args)
+    # The writer lane is the sync store's write lock, taken in the worker thread:
+    # no anyio primitive is shared between calls, so one AsyncPayloadStore may be
+    # used from several event loops (threads) at once without a hang.
+    _in_lane = _thread
 
     # -- reads ----------------------------------------------------------------------
 
@@ -154,7 +153,7 @@ class AsyncPayloadStore:
         sync = self._sync
         key = _key_int(edge_id)
         view = _payload_view(payload)
-        if len(view) <= INLINE_WRITE and not self._lane.locked():
+        if len(view) <= INLINE_WRITE:
             meta = sync._try_put(key, view, compression)
             if meta is not None:
                 return meta

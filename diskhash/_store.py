@@ -130,6 +130,18 @@ def _sync_interval(sync: Any) -> "float | None":
     return float(sync) / 1000.0
 
 
+def _check_timeout(timeout: Any) -> "float | None":
+    """None (wait forever) or seconds >= 0; ``inf`` means None.  NaN is refused."""
+    if timeout is None:
+        return None
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
+        raise TypeError(f"timeout must be a number of seconds or None, not {type(timeout).__name__}")
+    timeout = float(timeout)
+    if timeout != timeout or timeout < 0:
+        raise ValueError(f"timeout must be >= 0 seconds or None, not {timeout!r}")
+    return None if timeout == float("inf") else timeout
+
+
 def _fsync_data(fd: int) -> None:
     os.fdatasync(fd)
 
@@ -295,6 +307,7 @@ class PayloadStore:
             raise TypeError(f"readonly must be a bool, not {type(readonly).__name__}")
         if not isinstance(verify_checksums, bool):
             raise TypeError(f"verify_checksums must be a bool, not {type(verify_checksums).__name__}")
+        timeout = _check_timeout(timeout)
         self._compression = _codecs.require(compression)
         self._sync_every = _sync_interval(sync)
         self._sync = sync
