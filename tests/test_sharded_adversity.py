@@ -28,7 +28,7 @@ def test_close_racing_calls_from_threads(tmp_path: Path) -> None:
     code = """
         import sys, threading, numpy as np, diskhash
         from diskhash import ShardedStore, DiskHashError
-        for round in range(15):
+        for round in range(6):
             s = ShardedStore(f"{sys.argv[1]}/set{round}", shards=4)
             s.put_many(list(range(2000)), [b"x" * 50] * 2000)
             stop = threading.Event()
@@ -72,7 +72,7 @@ def test_sigkill_while_creating_and_filling(tmp_path: Path) -> None:
     """
     rng = random.Random(13)
     outcomes = set()
-    for attempt in range(8):
+    for attempt in range(5):
         path = tmp_path / f"set{attempt}"
         proc = subprocess.Popen([sys.executable, "-c", textwrap.dedent(code), str(path)],
                                 env=subprocess_env())
