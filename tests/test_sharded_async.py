@@ -102,3 +102,39 @@ async def test_concurrent_batches(tmp_path: Path) -> None:
                 tg.start_soon(read, lo)
         assert sorted(map(tuple, results)) == sorted(tuple(payloads[lo:lo + 200])
                                                       for lo in range(0, 800, 200))
+
+
+def test_one_async_set_shared_by_two_event_loops(tmp_path: Path) -> None:
+    # asyncio in one thread, trio in another, one AsyncShardedStore: no
+    # loop-bound state of ours (each shard's lane is AsyncPayloadStore's).
+    import threading
+
+    import trio
+
+    keys, payloads = keys_and_payloads(400)
+    store = anyio.run(AsyncShardedStore.open, tmp_path / "a", 3)
+    anyio.run(store.put_many, keys, payloads)
+    errors: list[BaseException] = []
+
+    async def work(offset: int) -> None:
+        for i in range(30):
+            await store.put(10**6 + offset * 1000 + i, b"v%d" % i)
+            assert await store.get_many(keys[i:i + 50]) == payloads[i:i + 50]
+
+    def run(backend: str, offset: int) -> None:
+        try:
+            if backend == "trio":
+                trio.run(work, offset)
+            else:
+                anyio.run(work, offset, backend=backend)
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(b, n)) for n, b in enumerate(["asyncio", "trio"])]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert not errors, errors
+    assert len(store) == 460
+    anyio.run(store.close)
