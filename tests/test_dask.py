@@ -21,10 +21,10 @@ from conftest import subprocess_env
 dask = pytest.importorskip("dask")
 distributed = pytest.importorskip("distributed")
 dd = pytest.importorskip("dask.dataframe")
-import dask.bag as db
-import pandas as pd
+import dask.bag as db  # noqa: E402  (after the importorskips)
+import pandas as pd  # noqa: E402
 
-from diskhash import (
+from diskhash import (  # noqa: E402
     KEY_DTYPE,
     IndexClosedError,
     ManifestError,
@@ -33,7 +33,7 @@ from diskhash import (
     ShardedStore,
     ShardMismatchError,
 )
-from diskhash.dask import LookupService, build_store
+from diskhash.dask import LookupService, build_store  # noqa: E402
 
 
 @pytest.fixture(scope="module")
