@@ -76,7 +76,7 @@ def build_once(workers: int, args: argparse.Namespace, root: str) -> dict:
                           "distributed.worker.memory.target": False,
                           "distributed.worker.memory.spill": False}):
         with distributed.LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                                      dashboard_address=None) as cluster, \
+                                      dashboard_address=":0") as cluster, \
                 distributed.Client(cluster, direct_to_workers=True) as client:
             ddf = dd.from_map(_part, list(range(args.partitions)), rows=rows,
                               payload=args.payload)
@@ -123,7 +123,7 @@ def lookups(set_dir: str, args: argparse.Namespace) -> dict:
         local_rate = len(sample) / (time.perf_counter() - t0)
     batches = [pool[rng.integers(0, len(pool), args.batch)] for _ in range(16)]
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                                  dashboard_address=None) as cluster, \
+                                  dashboard_address=":0") as cluster, \
             distributed.Client(cluster, direct_to_workers=True) as client, \
             LookupService(client, set_dir) as svc:
         assert svc.get_many(sample) == expect, "actor lookups differ from local lookups"

@@ -40,7 +40,7 @@ from diskhash.dask import LookupService, build_store  # noqa: E402
 def client():
     with dask.config.set({"dataframe.convert-string": False}):
         with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                                      dashboard_address=None) as cluster:
+                                      dashboard_address=":0") as cluster:
             with distributed.Client(cluster, direct_to_workers=True) as c:
                 yield c
 
@@ -337,7 +337,7 @@ def test_worker_killed_while_writing_a_shard(tmp_path: Path) -> None:
     keys, payloads = make_data(20_000, 8)
     marker = str(tmp_path / "killed-once")
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                                  dashboard_address=None) as cluster, \
+                                  dashboard_address=":0") as cluster, \
             distributed.Client(cluster, direct_to_workers=True) as c:
         c.run(_kill_first_put_many, marker)
         build_store(frame(keys, payloads, 4), tmp_path / "set", shards=4,
@@ -362,7 +362,7 @@ def test_build_fails_cleanly_when_workers_keep_dying(tmp_path: Path) -> None:
     keys, payloads = make_data(2000, 9)
     with dask.config.set({"distributed.scheduler.allowed-failures": 1}):
         with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                                      dashboard_address=None) as cluster, \
+                                      dashboard_address=":0") as cluster, \
                 distributed.Client(cluster, direct_to_workers=True) as c:
             c.run(_always_die)
             # Restarted workers come back unpatched: patch them again as they appear.
@@ -396,7 +396,7 @@ def test_build_fails_cleanly_when_workers_keep_dying(tmp_path: Path) -> None:
 def test_lookups_survive_a_worker_restart(tmp_path: Path) -> None:
     keys, payloads = make_data(5000, 10)
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                                  dashboard_address=None) as cluster, \
+                                  dashboard_address=":0") as cluster, \
             distributed.Client(cluster, direct_to_workers=True) as c:
         build_store(frame(keys, payloads, 2), tmp_path / "set", shards=4,
                     id_columns=("lo", "hi"), client=c)
