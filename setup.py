@@ -25,13 +25,14 @@ if DEBUG:
 
 compile_args = ["-O3", "-fno-strict-aliasing"] if not DEBUG else ["-O0", "-g"]
 
-modules = ["_format", "_convert", "_index", "_batch"]
+modules = ["_format", "_convert", "_index", "_batch", "_store_read"]
 extensions = [
     Extension(
         f"diskhash.{name}",
         [f"diskhash/{name}.pyx"],
         define_macros=macros,
         extra_compile_args=compile_args,
+        include_dirs=["diskhash"],      # _store_read: the vendored _vendor/xxhash.h
     )
     for name in modules
 ]

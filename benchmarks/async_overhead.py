@@ -18,9 +18,9 @@ import time
 
 import anyio
 import anyio.to_thread
+from _backends import backend_for
 
 from diskhash import AsyncDiskHashIndex, DiskHashIndex
-from _backends import backend_for
 
 
 def best_ns_per_call(fn, calls: int, repeat: int = 5) -> float:

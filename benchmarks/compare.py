@@ -441,7 +441,7 @@ def main() -> None:
                 results[s.name]["insert"] = min(results[s.name].get("insert", t), t)
             print(f"# build round {r + 1} done", flush=True)
         probes = {s.name: s.lookups() for s in stores}
-        for r in range(args.repeat):
+        for _ in range(args.repeat):
             for s in stores:
                 for key, (fn, count) in probes[s.name].items():
                     t = timed(fn, 1) / count
@@ -484,7 +484,10 @@ def main() -> None:
     for label, key in rows:
         print(f"{label:<28} {cell(dh, key):>20} {cell(dc, key):>20} {cell(lm, key):>20} {cell(sq, key):>20}")
     print(f"{'dict.get(k) hit':<28} {'':>20} {cell(dc, 'get_hit_call'):>20}")
-    b = lambda r: f"{r['bytes']:>20.1f}" if r else f"{'-':>20}"
+
+    def b(r):
+        return f"{r['bytes']:>20.1f}" if r else f"{'-':>20}"
+
     print(f"{'bytes on disk per entry':<28} {b(dh)} {'-':>20} {b(lm)} {b(sq)}")
     print(f"{'diskhash slots, load factor':<28} {dh['slots']:>11,} {n / dh['slots']:>8.3f}")
     print(f"{'process memory (MiB)':<28} baseline {mem[0]:.1f}, beyond the mapped file {mem[1]:.1f} "

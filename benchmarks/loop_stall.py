@@ -28,9 +28,9 @@ import threading
 import time
 
 import anyio
+from _backends import backend_for
 
 from diskhash import AsyncDiskHashIndex, DiskHashIndex
-from _backends import backend_for
 
 TARGET_MS = 10.0
 
@@ -187,7 +187,7 @@ def main() -> None:
             if chosen is None:
                 continue
             backend, options = chosen
-            for run in range(args.repeat):
+            for _ in range(args.repeat):
                 path = os.path.join(tmp, f"{name}.idx")
                 shutil.copyfile(base, path)          # every run grows the same full table
                 r = anyio.run(measure, path, keys, backend=backend, backend_options=options)

@@ -289,11 +289,13 @@ def targets(dh: dict, lm: dict | None) -> list[tuple[str, str, bool | None]]:
 
     if lm:
         r = lm["get"]["ns"] / dh["get"]["ns"]
-        add("get (NONE, checksum) >= 2x py-lmdb", f"{r:.2f}x ({dh['get']['ns']:.0f} vs {lm['get']['ns']:.0f} ns)", r >= 2)
+        add("get (NONE, checksum) >= 2x py-lmdb",
+            f"{r:.2f}x ({dh['get']['ns']:.0f} vs {lm['get']['ns']:.0f} ns)", r >= 2)
         r = lm["get"]["ns"] / dh["get_lz4"]["ns"]
         add("get (LZ4) >= py-lmdb", f"{r:.2f}x ({dh['get_lz4']['ns']:.0f} ns)", r >= 1)
         r = lm["put"]["ns"] / dh["put"]["ns"]
-        add("put one at a time >= 1.5x py-lmdb", f"{r:.2f}x ({dh['put']['ns']:.0f} vs {lm['put']['ns']:.0f} ns)", r >= 1.5)
+        add("put one at a time >= 1.5x py-lmdb",
+            f"{r:.2f}x ({dh['put']['ns']:.0f} vs {lm['put']['ns']:.0f} ns)", r >= 1.5)
     else:
         add("get / put vs py-lmdb", "lmdb not installed", None)
     add("put_many >= 500 MB/s", f"{dh['put_many']['mbs']:.0f} MB/s", dh["put_many"]["mbs"] >= 500)

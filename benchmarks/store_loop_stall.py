@@ -32,10 +32,9 @@ import tempfile
 import time
 
 import anyio
-
-from diskhash import AsyncPayloadStore, PayloadStore
-from diskhash import _aio_store
 from _backends import backend_for
+
+from diskhash import AsyncPayloadStore, PayloadStore, _aio_store
 
 
 def build(directory: str, entries: int, size: int) -> None:

@@ -45,7 +45,7 @@ WRITE_BATCH = 8 << 20
 
 
 def compact(store: "PayloadStore") -> dict[str, Any]:
-    from diskhash._store import _apply, _bulk_insert, _Generation, _fsync_data
+    from diskhash._store import _bulk_insert, _fsync_data, _Generation
 
     t_start = time.perf_counter()
     with store._maintenance:

@@ -21,10 +21,9 @@ from __future__ import annotations
 
 import errno
 import mmap
-import operator
 import os
+import stat
 import threading
-import time
 import uuid
 import weakref
 from typing import Any, Callable, Iterable, Iterator, NamedTuple, Sequence
@@ -32,6 +31,12 @@ from typing import Any, Callable, Iterable, Iterator, NamedTuple, Sequence
 from xxhash import xxh3_64_intdigest
 
 from diskhash import _codecs
+
+try:                                  # the compiled read path (diskhash/_store_read.pyx)
+    from diskhash._store_read import BEYOND, MapReader
+except ImportError:  # pragma: no cover - a build without it reads in Python
+    MapReader = None
+    BEYOND = 1
 from diskhash import _payload_format as fmt
 from diskhash._files import IndexLock, fsync_dir
 from diskhash._index import DiskHashIndex
@@ -39,7 +44,6 @@ from diskhash._records import Compression, PayloadMeta
 from diskhash.errors import (
     CorruptIndexError,
     CorruptPayloadError,
-    DiskHashError,
     IndexClosedError,
     ReadOnlyIndexError,
 )
@@ -217,7 +221,7 @@ class _Generation:
     """
 
     __slots__ = ("data_gen", "index_gen", "data_path", "index_path", "fd", "index",
-                 "map", "view", "alloc", "writable", "__weakref__")
+                 "map", "view", "reader", "alloc", "writable", "closed", "__weakref__")
 
     def __init__(self, data_gen: int, index_gen: int, data_path: str, index_path: str,
                  fd: int, index: DiskHashIndex, writable: bool = True) -> None:
@@ -229,6 +233,8 @@ class _Generation:
         self.index = index
         self.map: "mmap.mmap | None" = None
         self.view: "memoryview | None" = None
+        self.reader: Any = None
+        self.closed = False
         #: Bytes of the file allocated (posix_fallocate) for appends.
         self.alloc = os.fstat(fd).st_size
         self.writable = writable
@@ -236,6 +242,8 @@ class _Generation:
 
     def remap(self) -> memoryview:
         """Map the file at its current size (read-write for the writer); returns the new view."""
+        if self.closed:
+            raise IndexClosedError(f"{self.data_path}: store is closed")
         size = os.fstat(self.fd).st_size
         access = mmap.ACCESS_WRITE if self.writable else mmap.ACCESS_READ
         mm = mmap.mmap(self.fd, size, access=access)
@@ -245,7 +253,36 @@ class _Generation:
             pass
         view = memoryview(mm)
         self.map, self.view = mm, view
+        if MapReader is not None:
+            self.reader = MapReader(mm)
         return view
+
+
+    def release(self) -> None:
+        """Close now (``PayloadStore.close``): the map unmapped, the descriptor
+        pointed at /dev/null (its number stays reserved until the finaliser, so a
+        racing reader never reads another file), so the file system is let go."""
+        self.closed = True
+        reader, self.reader = self.reader, None
+        if reader is not None:
+            reader.release()
+        view, self.view = self.view, None
+        if view is not None:
+            try:
+                view.release()
+            except BufferError:  # pragma: no cover - a slice alive in a racing thread
+                pass
+        mm, self.map = self.map, None
+        if mm is not None:
+            try:
+                mm.close()
+            except BufferError:  # pragma: no cover - freed with the last slice
+                pass
+        null = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            os.dup2(null, self.fd)
+        finally:
+            os.close(null)
 
 
 def _release(fd: int, index: DiskHashIndex) -> None:
@@ -355,10 +392,15 @@ class PayloadStore:
 
     def _read_manifest(self) -> "tuple[int, int] | None":
         try:
-            with open(self._manifest_path, "rb") as f:
-                return fmt.unpack_manifest(f.read(64), self._manifest_path)
+            fd = os.open(self._manifest_path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
         except FileNotFoundError:
             return None
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):      # a FIFO would block a plain open
+                raise CorruptPayloadError(self._manifest_path, "store manifest is not a regular file")
+            return fmt.unpack_manifest(os.pread(fd, 64, 0), self._manifest_path)
+        finally:
+            os.close(fd)
 
     def _write_manifest(self, data_gen: int, index_gen: int) -> None:
         tmp = self._path(f".{fmt.MANIFEST_NAME}.{os.getpid()}{TMP_SUFFIX}")
@@ -401,7 +443,6 @@ class PayloadStore:
         flags = (os.O_RDWR if writable else os.O_RDONLY) | os.O_CLOEXEC | os.O_NONBLOCK
         fd = os.open(path, flags)
         try:
-            import stat
             st = os.fstat(fd)
             if not stat.S_ISREG(st.st_mode):
                 raise CorruptPayloadError(path, "data file is not a regular file")
@@ -650,6 +691,25 @@ class PayloadStore:
     # -- reads -------------------------------------------------------------------------
 
     def _read(self, g: _Generation, meta: PayloadMeta) -> bytes:
+        """The payload of ``meta``, checked; ``CorruptPayloadError`` if it does not check out."""
+        reader = g.reader
+        if reader is not None and meta[2] <= BIG_READ:
+            got = reader.read(meta, self._verify)
+            if type(got) is not bytes:
+                if got == BEYOND:
+                    g.remap()
+                    got = g.reader.read(meta, self._verify)
+                if type(got) is not bytes:
+                    if g.closed:
+                        raise IndexClosedError(f"{self._directory}: store is closed")
+                    return self._read_py(g, meta)       # raises the right error
+            if meta[3]:
+                return self._decompress(g, meta, got)
+            return got
+        return self._read_py(g, meta)
+
+    def _read_py(self, g: _Generation, meta: PayloadMeta) -> bytes:
+        """``_read`` in Python: big records (pread), no compiled module, and errors."""
         off = meta.offset
         n = meta.length
         start = off - fmt.FRAME_SIZE
@@ -695,6 +755,8 @@ class PayloadStore:
             raise self._short(g, meta)
         buf = fmt.pread_exact(g.fd, fmt.FRAME_SIZE + n, start)
         if len(buf) != fmt.FRAME_SIZE + n:
+            if g.closed:
+                raise IndexClosedError(f"{self._directory}: store is closed")
             raise self._short(g, meta)
         ck, kind, comp, mark, slen, ulen, lo, hi = fmt.FRAME.unpack_from(buf)
         if (kind != 1 or slen != n or lo != meta.edge_id & _MASK64 or hi != meta.edge_id >> 64
@@ -750,16 +812,23 @@ class PayloadStore:
     def get_many(self, edge_ids: Iterable[Any]) -> "list[bytes | None]":
         """The payloads of ``edge_ids``, in their order (None where absent).
 
-        Reads in data-file order, so a batch over a cold file reads forward.
-        Errors as for ``get``.
+        One compiled loop checks and copies the records.  Errors as for ``get``.
         """
         g = self._live()
-        index = g.index
-        metas = [index.get(k) for k in _key_list(edge_ids)]
-        out: "list[bytes | None]" = [None] * len(metas)
-        order = sorted((m.offset, i) for i, m in enumerate(metas) if m is not None)
-        for _off, i in order:
-            out[i] = self._read(g, metas[i])        # type: ignore[arg-type]
+        get = g.index.get
+        metas = [get(k) for k in _key_list(edge_ids)]
+        reader = g.reader
+        if reader is None:
+            return [None if m is None else self._read(g, m) for m in metas]
+        out = reader.read_many(metas, self._verify)
+        for i, got in enumerate(out):
+            if got is None:
+                continue
+            m = metas[i]
+            if type(got) is not bytes or m[2] > BIG_READ:
+                out[i] = self._read(g, m)       # remap, big record, or the error
+            elif m[3]:
+                out[i] = self._decompress(g, m, got)
         return out
 
     def payload_range(self, edge_id: Any) -> "tuple[int, int, int] | None":
@@ -1031,6 +1100,7 @@ class PayloadStore:
             finally:
                 self._gen = None
                 g.index.close()
+                g.release()
                 self._abandon()
 
     def __enter__(self) -> "PayloadStore":
@@ -1091,9 +1161,10 @@ class PayloadStore:
                 if isinstance(item, fmt.Frame):
                     if item.kind == fmt.KIND_PUT:
                         frames[item.offset + fmt.FRAME_SIZE] = item
-                elif item.torn and item.end < size:
+                elif item.torn and item.end < size and not _all_zero(g.fd, item.end, size):
+                    # (zeros are blocks a writer allocated ahead, not damage)
                     defects.append(f"torn tail: {size - item.end} bytes after offset {item.end} "
-                                   f"hold no valid record")
+                                   f"hold no valid record (a writable open cuts them)")
         except CorruptPayloadError as exc:
             defects.extend(f"{d} at offset {exc.offset}" for d in exc.defects)
         for key, m in g.index.items():
@@ -1154,6 +1225,16 @@ class PayloadStore:
         """
         from diskhash._compact import compact
         compact(self)
+
+
+def _all_zero(fd: int, start: int, end: int) -> bool:
+    """Whether bytes [start, end) of the file are all zero."""
+    while start < end:
+        chunk = os.pread(fd, min(end - start, 1 << 20), start)
+        if not chunk or chunk.count(0) != len(chunk):
+            return not chunk
+        start += len(chunk)
+    return True
 
 
 def _key_list(edge_ids: Any) -> list[int]:

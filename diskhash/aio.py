@@ -108,7 +108,12 @@ class AsyncDiskHashIndex:
     """
 
     def __init__(self, sync: DiskHashIndex) -> None:
-        """Wrap an open ``DiskHashIndex`` (``open()`` is the usual way in)."""
+        """Wrap an open ``DiskHashIndex`` (``open()`` is the usual way in).
+
+        ``sync``: the index to share; both objects then use the same table,
+        locks and file, and closing either closes both.  Raises ``TypeError``
+        if ``sync`` is not a ``DiskHashIndex``.
+        """
         if not isinstance(sync, DiskHashIndex):
             raise TypeError(f"AsyncDiskHashIndex wraps a DiskHashIndex, got {type(sync).__name__}")
         self._sync = sync
@@ -126,9 +131,23 @@ class AsyncDiskHashIndex:
     ) -> "AsyncDiskHashIndex":
         """Open (or create) the index at ``path`` in a worker thread.
 
-        Arguments as for ``DiskHashIndex``.  A cancelled open either returned
-        the index or opened nothing; with ``timeout=None`` it cannot be
-        cancelled while it waits for another process's lock.
+        Opening can scan the table (after an unclean close) or wait for
+        another process's lock, so it never runs on the event loop.
+
+        Parameters, as for ``DiskHashIndex``: ``path`` (created with its
+        parent directories unless ``readonly``); ``readonly`` (never write the
+        index file); ``capacity`` (entries that fit before the first grow);
+        ``timeout`` (seconds to wait for a conflicting lock, ``None`` forever).
+
+        Returns the open ``AsyncDiskHashIndex``.  Raises ``IndexLockedError``
+        (another process or index object holds a conflicting lock),
+        ``CorruptIndexError`` (the header breaks the format), ``ValueError``
+        (a negative ``capacity`` or ``timeout``, or ``capacity`` with
+        ``readonly``) and ``OSError`` (the file cannot be opened or created).
+
+        A cancelled open either returned the index or opened nothing; with
+        ``timeout=None`` it cannot be cancelled while it waits for another
+        process's lock.
         """
         opener = functools.partial(_open_counted, path, readonly=readonly,
                                    capacity=capacity, timeout=timeout)
@@ -136,7 +155,11 @@ class AsyncDiskHashIndex:
 
     @property
     def sync(self) -> DiskHashIndex:
-        """The wrapped synchronous index (shares state, locks and file)."""
+        """The wrapped synchronous ``DiskHashIndex`` (shares state, locks and file).
+
+        For code that needs a call the facade does not offer, from a worker
+        thread of its own.
+        """
         return self._sync
 
     # -- scheduling --------------------------------------------------------------
@@ -156,29 +179,54 @@ class AsyncDiskHashIndex:
     async def get(self, key: Any, default: _T) -> PayloadMeta | _T: ...
 
     async def get(self, key: Any, default: Any = None) -> Any:
-        """The ``PayloadMeta`` stored for ``key``, or ``default``.  Inline."""
+        """The ``PayloadMeta`` stored for ``key``, or ``default`` if absent.
+
+        ``key``: an int in ``[0, 2**128)`` or a ``uuid.UUID``.  Runs inline on
+        the event loop (a probe costs less than a thread hop would).  Raises
+        ``TypeError`` (not an integer, or a ``bool``), ``OverflowError`` (out
+        of range), ``CorruptIndexError`` (the probe met a damaged slot) and
+        ``IndexClosedError`` (after ``close()``).
+        """
         return self._sync.get(key, default)
 
     async def contains(self, key: Any) -> bool:
-        """``key in index``, awaitable.  Inline."""
+        """Whether ``key`` is stored: the awaitable form of ``key in index``.
+
+        ``key`` and the errors as for ``get``.  Runs inline.  (``in`` itself
+        raises ``TypeError`` on the async index, so a missing ``await`` cannot
+        pass silently.)
+        """
         return key in self._sync
 
     def __contains__(self, key: object) -> bool:
         raise TypeError("use 'await index.contains(key)' on an AsyncDiskHashIndex")
 
     def __len__(self) -> int:
+        """The entry count (inline; ``IndexClosedError`` after ``close()``)."""
         return len(self._sync)
 
     def keys(self) -> _AsyncIterator[int]:
-        """An async iterator over the keys, in slot order."""
+        """An async iterator over the keys (ints), in slot order.
+
+        Records are copied in worker threads, a few thousand slots per hop.
+        Its next step raises ``RuntimeError`` if keys were added or removed
+        since it started (overwrites are fine) and ``IndexClosedError`` once
+        the index is closed.
+        """
         return _AsyncIterator(self, 0)
 
     def values(self) -> _AsyncIterator[PayloadMeta]:
-        """An async iterator over the ``PayloadMeta`` records, in slot order."""
+        """An async iterator over the ``PayloadMeta`` records, in slot order.
+
+        Errors as for ``keys()``.
+        """
         return _AsyncIterator(self, 1)
 
     def items(self) -> _AsyncIterator[tuple[int, PayloadMeta]]:
-        """An async iterator over ``(key, PayloadMeta)`` pairs, in slot order."""
+        """An async iterator over ``(key, PayloadMeta)`` pairs, in slot order.
+
+        Errors as for ``keys()``.
+        """
         return _AsyncIterator(self, 2)
 
     def __aiter__(self) -> _AsyncIterator[int]:
@@ -187,10 +235,21 @@ class AsyncDiskHashIndex:
     # -- writes ------------------------------------------------------------------
 
     async def insert(self, key: Any, meta: Any) -> None:
-        """Store ``meta`` under ``key``: inline, or in the writer lane if the
-        table must grow or another writer holds the lock.
+        """Store ``meta`` under ``key``, overwriting a present key.
 
-        Cancelled, it either completed or never started.
+        ``key``: an int in ``[0, 2**128)`` or a ``uuid.UUID``; ``meta``: a
+        ``PayloadMeta`` (or a 5-tuple) whose ``edge_id`` equals ``key``.
+        Returns ``None``; the write is durable after ``save()``.
+
+        Runs inline, or in the writer lane if the table must grow or another
+        writer holds the lock, so the loop never waits for a grow.  Cancelled,
+        it either completed or never started.
+
+        Raises ``ValueError`` (``meta.edge_id`` differs from ``key``, or an
+        unknown compression), ``TypeError``/``OverflowError`` (a bad key or
+        field), ``ReadOnlyIndexError`` (a read-only index), ``OSError`` (a
+        grow failed: the index is unchanged), ``CorruptIndexError`` and
+        ``IndexClosedError``.
         """
         sync = self._sync
         if sync._try_insert(key, meta):
@@ -201,7 +260,12 @@ class AsyncDiskHashIndex:
             await self._thread(sync.insert, key, meta)
 
     async def delete(self, key: Any) -> bool:
-        """Remove ``key``; returns whether it was present.  Writer lane."""
+        """Remove ``key``; returns ``True`` if it was present, ``False`` if not.
+
+        Runs in the writer lane (a backward-shift delete may move a run of
+        entries).  Raises as ``insert`` does for a bad key, a read-only or a
+        closed index.
+        """
         return await self._in_lane(self._sync.delete, key)
 
     @overload
@@ -210,94 +274,152 @@ class AsyncDiskHashIndex:
     async def pop(self, key: Any, default: _T) -> PayloadMeta | _T: ...
 
     async def pop(self, key: Any, default: Any = _MISSING) -> Any:
-        """Remove ``key`` and return its record (``default``, or ``KeyError``).  Writer lane."""
+        """Remove ``key`` and return its ``PayloadMeta``.
+
+        If ``key`` is absent, returns ``default`` when one is given and raises
+        ``KeyError`` otherwise.  Runs in the writer lane; other errors as for
+        ``delete``.
+        """
         if default is _MISSING:
             return await self._in_lane(self._sync.pop, key)
         return await self._in_lane(self._sync.pop, key, default)
 
     async def reserve(self, capacity: int) -> None:
-        """Grow now, if needed, so ``capacity`` entries fit without another grow."""
+        """Grow now, if needed, so ``capacity`` entries fit without another grow.
+
+        ``capacity``: a number of entries (>= 0).  Returns ``None``.  Runs in
+        the writer lane.  Raises ``ValueError`` (negative), ``OSError`` (the
+        grow failed: the index is unchanged), ``ReadOnlyIndexError`` and
+        ``IndexClosedError``.
+        """
         await self._in_lane(self._sync.reserve, capacity)
 
     async def save(self) -> None:
-        """Make every write before this call durable (msync).  Writer lane.
+        """Make every write before this call durable (msync of the whole map).
 
-        Cancelled, the flush still runs to its end in its thread.
+        Returns ``None`` once those writes survive a kernel crash or a power
+        loss.  Runs in the writer lane; cancelled, the flush still runs to its
+        end in its thread.  Raises ``OSError`` (the msync failed),
+        ``ReadOnlyIndexError`` and ``IndexClosedError``.
         """
         await self._in_lane(self._sync.save)
 
     # -- batches -----------------------------------------------------------------
 
     async def get_many(self, keys: Any) -> Any:
-        """Batch lookup (see ``DiskHashIndex.get_many``): inline up to
-        ``INLINE_BATCH`` keys, else in the writer lane."""
+        """Look up a batch of keys (see ``DiskHashIndex.get_many``).
+
+        ``keys``: a 1-D array of unsigned ints (ids < 2**64), of
+        ``KEY_DTYPE``, or a list.  Returns a ``RESULT_DTYPE`` array, one row
+        per key (``found`` False and zeros for an absent key).  Inline up to
+        ``INLINE_BATCH`` keys, else in the writer lane.  Raises
+        ``TypeError``/``ValueError``/``OverflowError`` (bad keys),
+        ``ImportError`` (numpy missing), ``CorruptIndexError`` and
+        ``IndexClosedError``.
+        """
         if _small(keys):
             return self._sync.get_many(keys)
         return await self._in_lane(self._sync.get_many, keys)
 
     async def contains_many(self, keys: Any) -> Any:
-        """Batch membership: inline up to ``INLINE_BATCH`` keys, else in the writer lane."""
+        """Which of ``keys`` are stored: a ``bool`` array, one entry per key.
+
+        ``keys`` and errors as for ``get_many``.  Inline up to
+        ``INLINE_BATCH`` keys, else in the writer lane.
+        """
         if _small(keys):
             return self._sync.contains_many(keys)
         return await self._in_lane(self._sync.contains_many, keys)
 
     async def insert_many(self, keys: Any, records: Any) -> None:
-        """Batch insert (see ``DiskHashIndex.insert_many``).  Writer lane."""
+        """Insert ``records[i]`` under ``keys[i]``, in order (see ``DiskHashIndex.insert_many``).
+
+        ``keys`` as for ``get_many``; ``records``: a ``META_DTYPE`` array, as
+        many as keys.  Returns ``None``.  The whole batch is validated before
+        the first write, so a bad batch changes nothing.  Runs in the writer
+        lane.  Raises ``TypeError``/``ValueError``/``OverflowError`` (a bad
+        batch), ``OSError`` (the grow it needed failed: nothing inserted),
+        ``ReadOnlyIndexError``, ``CorruptIndexError`` and ``IndexClosedError``.
+        """
         await self._in_lane(self._sync.insert_many, keys, records)
 
     # -- whole-table operations --------------------------------------------------
 
     async def stats(self) -> IndexStats:
-        """``IndexStats`` (walks the table).  Writer lane."""
+        """The table's shape: ``IndexStats(entries, slots, load_factor,
+        file_bytes, longest_probe, mean_probe)``.
+
+        Walks the whole table, so it runs in the writer lane.  Raises
+        ``IndexClosedError``.
+        """
         return await self._in_lane(self._sync.stats)
 
     async def verify(self) -> None:
-        """Check the whole table; ``CorruptIndexError`` lists every defect.  Writer lane."""
+        """Check the whole table; returns ``None`` if it is sound.
+
+        Raises ``CorruptIndexError`` whose ``.defects`` lists every defect
+        found (see ``DiskHashIndex.verify``), and ``IndexClosedError``.  Runs
+        in the writer lane.
+        """
         await self._in_lane(self._sync.verify)
 
     async def repair(self) -> RepairReport:
-        """Rebuild from every readable entry (see ``DiskHashIndex.repair``).  Writer lane."""
+        """Rebuild a valid table from every readable entry (see ``DiskHashIndex.repair``).
+
+        Returns ``RepairReport(kept, dropped, slots)``, ``dropped`` listing
+        ``(slot, reason)`` for each entry it could not keep.  Runs in the
+        writer lane.  Raises ``OSError`` (the new file could not be written:
+        the index is unchanged), ``ReadOnlyIndexError`` and
+        ``IndexClosedError``.
+        """
         return await self._in_lane(self._sync.repair)
 
     # -- lifetime ----------------------------------------------------------------
 
     async def close(self) -> None:
-        """Flush, mark clean, unmap, unlock; idempotent.
+        """Flush (if writable), record a clean close, unmap, unlock.
 
-        Shielded from cancellation, so ``async with`` closes even in a
-        cancelled task.  Calls queued before it run first; anything after it
-        (inline calls, iterators' next steps, queued writers) gets
-        ``IndexClosedError``.
+        Returns ``None``; idempotent.  Shielded from cancellation, so
+        ``async with`` closes even in a cancelled task.  Calls queued before
+        it run first; anything after it (inline calls, iterators' next steps,
+        queued writers) gets ``IndexClosedError``.
         """
         with anyio.CancelScope(shield=True):
             await self._in_lane(self._sync.close)
 
     @property
     def closed(self) -> bool:
+        """Whether the index was closed (or inherited across ``fork()``)."""
         return self._sync.closed
 
     @property
     def path(self) -> str:
+        """The index file's absolute path."""
         return self._sync.path
 
     @property
     def readonly(self) -> bool:
+        """Whether the index was opened with ``readonly=True``."""
         return self._sync.readonly
 
     @property
     def recovery(self) -> RepairReport | None:
+        """What the open healed after an unclean close (a ``RepairReport``), or ``None``."""
         return self._sync.recovery
 
     @property
     def num_slots(self) -> int:
+        """The table's slot count (a power of two)."""
         return self._sync.num_slots
 
     @property
     def capacity(self) -> int:
+        """Entries that fit before the next grow."""
         return self._sync.capacity
 
     @property
     def seed(self) -> int:
+        """The file's hash seed."""
         return self._sync.seed
 
     async def __aenter__(self) -> "AsyncDiskHashIndex":

@@ -3,12 +3,16 @@ so the repository root is not put on sys.path by pytest)."""
 
 from __future__ import annotations
 
+import operator
 import os
 import shutil
-import struct
+import uuid
 from pathlib import Path
 
 import pytest
+from spec_model import HEADER, SLOT, file_size, slot_offset
+
+from diskhash import PayloadMeta
 
 DATA = Path(__file__).parent / "data"
 FIXTURES = ("empty", "small", "threshold")
@@ -86,12 +90,40 @@ def anyio_backend(request: pytest.FixtureRequest):
     return request.param
 
 
+U64 = (1 << 64) - 1
+U32 = (1 << 32) - 1
+
+
+def record(key: int, **fields) -> PayloadMeta:
+    """The suite's record for ``key`` (an int in ``[0, 2**128)`` or a UUID).
+
+    Every field derives from the key, so a torn record or one read back under
+    the wrong key shows; ``fields`` (``offset=``, ``length=``, ``compression=``,
+    ``uncompressed_length=``) override them, for an overwrite that differs.
+    """
+    k = key.int if isinstance(key, uuid.UUID) else operator.index(key)
+    values = {"offset": (k * 7) & U64, "length": (k >> 3) & U32,
+              "compression": k % 3, "uncompressed_length": (k >> 70) & U32}
+    values.update(fields)
+    return PayloadMeta(key, **values)
+
+
+def fill_to_capacity(idx, start: int = 0) -> list[int]:
+    """Insert ``record(k)`` for k = start, start+1, ... until the next new key
+    must grow the table; returns every key the index then holds from that
+    range (the ones present before included).  ``idx`` is a ``DiskHashIndex``
+    (for an ``AsyncDiskHashIndex`` pass ``.sync``)."""
+    keys = list(range(start, start + idx.capacity - len(idx)))
+    for k in keys:
+        idx.insert(k, record(k))
+    assert len(idx) == idx.capacity
+    return keys
+
+
 def fill_every_slot(path, slots=4096):
     """A table with no empty slot: every slot occupied by a distinct key."""
-    data = bytearray(64 + slots * 40)
-    data[:64] = struct.pack("<8sI4xQQQ24x", b"SOCHIDX2", 1, slots, slots, 12345)
+    data = bytearray(file_size(slots))
+    HEADER.pack_into(data, 0, b"SOCHIDX2", 1, bytes(4), slots, slots, 12345, bytes(24))
     for i in range(slots):
-        off = 64 + i * 40
-        data[off] = 1
-        data[off + 16: off + 32] = (i + 10**9).to_bytes(16, "little")
+        SLOT.pack_into(data, slot_offset(i), 1, 0, 0, 0, 0, 0, (i + 10**9).to_bytes(16, "little"), 0)
     path.write_bytes(bytes(data))

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import crash_child
-from spec_model import assert_valid
+from spec_model import HEADER, SLOT_FIELD, assert_valid, header_u64, slot_offset
 
 from diskhash import DiskHashIndex
 
@@ -49,12 +49,18 @@ class Stats:
     slots: list[int] = field(default_factory=list)
 
 
-def _read_lines(stream, lines: list[str], grow_seen: threading.Event) -> None:
-    for raw in stream:
-        line = raw.decode().strip()
-        lines.append(line)
-        if line.startswith("G "):
-            grow_seen.set()
+def _read_lines(stream, lines: list[str], ready: threading.Event, grow_seen: threading.Event) -> None:
+    """Collect the child's lines; ``ready`` is set at its "R" (or when it dies first)."""
+    try:
+        for raw in stream:
+            line = raw.decode().strip()
+            lines.append(line)
+            if line == "R":
+                ready.set()
+            elif line.startswith("G "):
+                grow_seen.set()
+    finally:
+        ready.set()
 
 
 def run_round(path: Path, seed: int, env: dict, rng: random.Random, stats: Stats,
@@ -65,13 +71,11 @@ def run_round(path: Path, seed: int, env: dict, rng: random.Random, stats: Stats
     proc = subprocess.Popen([sys.executable, str(CHILD), str(path), str(seed)],
                             stdout=subprocess.PIPE, env=env)
     lines: list[str] = []
-    grow_seen = threading.Event()
-    reader = threading.Thread(target=_read_lines, args=(proc.stdout, lines, grow_seen))
+    ready, grow_seen = threading.Event(), threading.Event()
+    reader = threading.Thread(target=_read_lines, args=(proc.stdout, lines, ready, grow_seen))
     reader.start()
     try:
-        deadline = time.monotonic() + 20
-        while "R" not in lines and proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.002)
+        ready.wait(20)
         assert "R" in lines, f"child did not start (exit {proc.poll()})"
         if rng.random() < 0.3:
             # Kill as soon as a grow starts (right after its checkpoint), or
@@ -145,13 +149,13 @@ def _num_slots(path: Path) -> int:
     if not path.exists():
         return 0
     with open(path, "rb") as f:
-        return int.from_bytes(f.read(24)[16:24], "little")
+        return header_u64(f.read(HEADER.size), "num_slots")
 
 
 def _occupied(path: Path) -> int:
     data = path.read_bytes()
     n = _num_slots(path)
-    return sum(1 for i in range(n) if data[64 + 40 * i] == 1)
+    return sum(1 for i in range(n) if data[slot_offset(i) + SLOT_FIELD["tag"]] == 1)
 
 
 def run(directory: Path, kills: int, seed: int, env: dict, rounds_per_file: int = 3,

@@ -5,12 +5,15 @@ from __future__ import annotations
 import threading
 
 import anyio
+import anyio.to_thread
 
-from diskhash import PayloadMeta, _files
+from diskhash import _files
 
 
-def meta(key: int, offset: int = 10) -> PayloadMeta:
-    return PayloadMeta(key, offset, key & 0xFFFF, key % 3, 40)
+async def wait_event(event: threading.Event, what: str, timeout: float = 10) -> None:
+    """Wait, without blocking the event loop, until another thread sets ``event``."""
+    if not await anyio.to_thread.run_sync(event.wait, timeout, abandon_on_cancel=True):
+        raise TimeoutError(f"waited {timeout} s for {what}")
 
 
 class GrowGate:
@@ -38,18 +41,9 @@ class GrowGate:
         monkeypatch.setattr(_files, "create_table_file", gated)
 
     async def wait_entered(self) -> None:
-        with anyio.fail_after(10):
-            while not self.entered.is_set():
-                await anyio.sleep(0.001)
+        """Wait until a grow's thread has reached the gate (``entered`` set)."""
+        await wait_event(self.entered, "a grow to reach the GrowGate")
 
     def release(self) -> None:
         self.released.set()
 
-
-async def fill_to_capacity(aidx) -> list[int]:
-    """Insert keys until the next new key must grow the table; returns them."""
-    keys = list(range(1, aidx.capacity + 1))
-    for k in keys[len(aidx):]:
-        await aidx.insert(k, meta(k))
-    assert len(aidx) == aidx.capacity
-    return keys

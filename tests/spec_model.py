@@ -6,11 +6,54 @@ spec, not just for diskhash itself.
 
 from __future__ import annotations
 
+import re
 import struct
 
 M64 = (1 << 64) - 1
 HEADER = struct.Struct("<8sI4sQQQ24s")
 SLOT = struct.Struct("<BBHIII16sQ")
+HEADER_NAMES = ("magic", "version", "reserved0", "num_slots", "num_entries", "seed", "reserved1")
+SLOT_NAMES = ("tag", "compression", "reserved0", "length", "uncompressed_length", "reserved1",
+              "key", "offset")
+
+
+def _field_offsets(layout: struct.Struct, names: tuple[str, ...]) -> dict[str, int]:
+    """Byte offset of each field of ``layout``, computed from its format string."""
+    order, codes = layout.format[0], re.findall(r"\d*[a-zA-Z]", layout.format[1:])
+    assert len(codes) == len(names)
+    return {name: struct.calcsize(order + "".join(codes[:i])) for i, name in enumerate(names)}
+
+
+#: Where each header field starts (``HEADER_FIELD["num_slots"]``: 16).
+HEADER_FIELD = _field_offsets(HEADER, HEADER_NAMES)
+#: Where each slot field starts, from the slot's first byte (``SLOT_FIELD["key"]``: 16).
+SLOT_FIELD = _field_offsets(SLOT, SLOT_NAMES)
+
+
+def slot_offset(i: int) -> int:
+    """The file offset of slot ``i``: after the header, ``i`` slots in."""
+    return HEADER.size + SLOT.size * i
+
+
+def file_size(num_slots: int) -> int:
+    """The size of a file of ``num_slots`` slots."""
+    return slot_offset(num_slots)
+
+
+def header_u64(data: bytes, name: str) -> int:
+    """A u64 header field (``num_slots``, ``num_entries``, ``seed``) of the bytes ``data``."""
+    return int.from_bytes(data[HEADER_FIELD[name]: HEADER_FIELD[name] + 8], "little")
+
+
+def set_header_u64(data: bytearray, name: str, value: int) -> None:
+    """Overwrite a u64 header field of ``data`` in place."""
+    data[HEADER_FIELD[name]: HEADER_FIELD[name] + 8] = value.to_bytes(8, "little")
+
+
+def slot_key(data: bytes, i: int) -> int:
+    """The 128-bit key stored in slot ``i`` of ``data``."""
+    at = slot_offset(i) + SLOT_FIELD["key"]
+    return int.from_bytes(data[at: at + 16], "little")
 
 
 def mix(x: int) -> int:
@@ -32,7 +75,7 @@ def read_table(data: bytes) -> dict:
     magic, version, res1, num_slots, num_entries, seed, res2 = HEADER.unpack_from(data, 0)
     slots = []
     for i in range(num_slots):
-        tag, comp, r0, length, ulen, r1, key, offset = SLOT.unpack_from(data, 64 + 40 * i)
+        tag, comp, r0, length, ulen, r1, key, offset = SLOT.unpack_from(data, slot_offset(i))
         if tag == 0:
             slots.append(None)
             continue
@@ -65,7 +108,7 @@ def assert_valid(data: bytes) -> dict[int, tuple]:
     n = t["num_slots"]
     assert n >= 4096 and n & (n - 1) == 0
     assert t["seed"] != 0
-    assert t["size"] == 64 + 40 * n
+    assert t["size"] == file_size(n)
     entries = {}
     for s in t["slots"]:
         if s is None:

@@ -11,7 +11,6 @@ is the next round's starting point.
 
 from __future__ import annotations
 
-import os
 import random
 import signal
 import subprocess
@@ -24,7 +23,7 @@ from diskhash import PayloadStore
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from store_crash_child import KEYS, payload  # noqa: E402
+from store_crash_child import payload  # noqa: E402
 
 
 @dataclass

@@ -9,7 +9,8 @@ import threading
 
 import numpy as np
 import pytest
-from conftest import fill_every_slot, subprocess_env
+from conftest import fill_every_slot, record, subprocess_env
+from spec_model import SLOT_FIELD, slot_offset
 
 import diskhash
 from diskhash import (
@@ -18,15 +19,10 @@ from diskhash import (
     IndexClosedError,
     PayloadMeta,
     ReadOnlyIndexError,
+    _batch,
 )
-from diskhash import _batch
 
 U64 = (1 << 64) - 1
-
-
-def record(key: int) -> PayloadMeta:
-    # Every field derives from the key, so a torn or misplaced record shows.
-    return PayloadMeta(key, (key * 7) & U64, (key >> 3) & 0xFFFFFFFF, key % 3, (key >> 70) & 0xFFFFFFFF)
 
 
 def key_array(keys: list[int]) -> np.ndarray:
@@ -328,10 +324,10 @@ def test_damaged_tables_raise_corrupt_index_error(index_path):
         seed = idx.seed
     data = bytearray(index_path.read_bytes())
     slot = home_slot(77, seed, 4096)
-    data[64 + slot * 40 + 1] = 9                              # unknown compression byte
+    data[slot_offset(slot) + SLOT_FIELD["compression"]] = 9                             # unknown compression byte
     bad = home_slot(78, seed, 4096)
     assert bad != slot
-    data[64 + bad * 40] = 0x07                                # bad tag
+    data[slot_offset(bad) + SLOT_FIELD["tag"]] = 0x07                              # bad tag
     index_path.write_bytes(bytes(data))
     with DiskHashIndex(index_path, readonly=True) as idx:
         with pytest.raises(CorruptIndexError, match="unknown compression byte 9"):

@@ -8,17 +8,18 @@ import threading
 
 import anyio
 import pytest
-from gates import GrowGate, fill_to_capacity, meta
+from conftest import fill_to_capacity, record
+from gates import GrowGate, wait_event
 
 from diskhash import AsyncDiskHashIndex, DiskHashIndex
 
 pytestmark = pytest.mark.anyio
 
 
-async def wait_for(predicate, what: str) -> None:
+async def all_other_tasks_blocked() -> None:
+    """Return once every other task waits for something (here: a worker thread)."""
     with anyio.fail_after(10):
-        while not predicate():
-            await anyio.sleep(0.001)
+        await anyio.wait_all_tasks_blocked()
 
 
 async def check_consistent(path, expected: dict[int, object]) -> None:
@@ -34,14 +35,14 @@ async def test_cancelled_growing_insert_completes_in_its_thread(index_path, monk
     """Cancelled while its grow runs in the worker thread: the cancel waits for
     the thread, the insert completed, the grown table is swapped in whole."""
     async with await AsyncDiskHashIndex.open(index_path) as idx:
-        keys = await fill_to_capacity(idx)
+        keys = fill_to_capacity(idx.sync, start=1)
         gate = GrowGate(monkeypatch)
         done_inside: list[bool] = []
         scope = anyio.CancelScope()
 
         async def inserter():
             with scope:
-                await idx.insert(10**9, meta(10**9))
+                await idx.insert(10**9, record(10**9))
                 await anyio.sleep(0)        # the first checkpoint after it
                 done_inside.append(True)
 
@@ -50,48 +51,50 @@ async def test_cancelled_growing_insert_completes_in_its_thread(index_path, monk
                 tg.start_soon(inserter)
                 await gate.wait_entered()
                 scope.cancel()
-                await anyio.sleep(0.05)     # the task cannot finish while its thread runs
-                assert not gate.finished.is_set()
+                await all_other_tasks_blocked()   # the task cannot finish while its thread runs
+                assert not gate.finished.is_set() and done_inside == []
                 gate.release()
         finally:
             gate.release()
         assert scope.cancel_called and done_inside == []
         assert gate.finished.is_set()
         # It completed: the entry is there, the table grew, and it is usable.
-        assert await idx.get(10**9) == meta(10**9)
+        assert await idx.get(10**9) == record(10**9)
         assert idx.num_slots == 8192 and len(idx) == len(keys) + 1
-        await idx.insert(10**9 + 1, meta(10**9 + 1))
+        await idx.insert(10**9 + 1, record(10**9 + 1))
         await idx.verify()
-    expected = {k: meta(k) for k in keys + [10**9, 10**9 + 1]}
+    expected = {k: record(k) for k in keys + [10**9, 10**9 + 1]}
     await check_consistent(index_path, expected)
 
 
 async def test_cancelled_queued_insert_never_starts(index_path, monkeypatch):
     """Cancelled while it waits its turn behind a grow: it never happened."""
     async with await AsyncDiskHashIndex.open(index_path) as idx:
-        keys = await fill_to_capacity(idx)
+        keys = fill_to_capacity(idx.sync, start=1)
         gate = GrowGate(monkeypatch)
         scope = anyio.CancelScope()
 
         async def queued():
             with scope:
-                await idx.insert(2 * 10**9, meta(2 * 10**9))
+                await idx.insert(2 * 10**9, record(2 * 10**9))
 
         try:
             async with anyio.create_task_group() as tg:
-                tg.start_soon(idx.insert, 10**9, meta(10**9))
+                tg.start_soon(idx.insert, 10**9, record(10**9))
                 await gate.wait_entered()
                 tg.start_soon(queued)
-                await wait_for(lambda: idx._lane.statistics().tasks_waiting == 1, "queued")
+                await all_other_tasks_blocked()
+                assert idx._lane.statistics().tasks_waiting == 1     # queued behind the grow
                 scope.cancel()
-                await wait_for(lambda: idx._lane.statistics().tasks_waiting == 0, "cancelled")
+                await all_other_tasks_blocked()
+                assert idx._lane.statistics().tasks_waiting == 0     # gave up its turn
                 gate.release()
         finally:
             gate.release()
         assert scope.cancelled_caught
         assert await idx.get(2 * 10**9) is None
-        assert await idx.get(10**9) == meta(10**9)
-    await check_consistent(index_path, {k: meta(k) for k in keys + [10**9]})
+        assert await idx.get(10**9) == record(10**9)
+    await check_consistent(index_path, {k: record(k) for k in keys + [10**9]})
 
 
 class _SaveProbe:
@@ -118,11 +121,11 @@ async def test_cancelled_save_finishes_its_flush(index_path, monkeypatch):
     in another thread holds it): the task ends only after the flush ran, and
     everything is in the file."""
     async with await AsyncDiskHashIndex.open(index_path) as idx:
-        keys = await fill_to_capacity(idx)
+        keys = fill_to_capacity(idx.sync, start=1)
         probe = _SaveProbe(idx.sync)
         idx._sync = probe             # type: ignore[assignment]
         gate = GrowGate(monkeypatch)
-        grower = threading.Thread(target=idx.sync._real.insert, args=(10**9, meta(10**9)))
+        grower = threading.Thread(target=idx.sync._real.insert, args=(10**9, record(10**9)))
         scope = anyio.CancelScope()
         ended_when_task_ended: list[bool] = []
 
@@ -136,43 +139,43 @@ async def test_cancelled_save_finishes_its_flush(index_path, monkeypatch):
             await gate.wait_entered()        # the grow holds the writer lock
             async with anyio.create_task_group() as tg:
                 tg.start_soon(saver)
-                await wait_for(probe.started.is_set, "save started")
+                await wait_event(probe.started, "save's thread to start")
                 scope.cancel()
-                await anyio.sleep(0.05)
-                assert not probe.ended.is_set()
+                await all_other_tasks_blocked()   # the saver waits for its thread
+                assert not probe.ended.is_set() and ended_when_task_ended == []
                 gate.release()
         finally:
             gate.release()
             await anyio.to_thread.run_sync(grower.join)
             idx._sync = probe._real
         assert ended_when_task_ended == [True]
-        assert await idx.get(10**9) == meta(10**9)
-        await idx.insert(5 * 10**9, meta(5 * 10**9))
+        assert await idx.get(10**9) == record(10**9)
+        await idx.insert(5 * 10**9, record(5 * 10**9))
         await idx.save()
-    await check_consistent(index_path, {k: meta(k) for k in keys + [10**9, 5 * 10**9]})
+    await check_consistent(index_path, {k: record(k) for k in keys + [10**9, 5 * 10**9]})
 
 
 async def test_save_cancelled_before_it_starts_changes_nothing(index_path):
     async with await AsyncDiskHashIndex.open(index_path) as idx:
-        await idx.insert(1, meta(1))
+        await idx.insert(1, record(1))
         with anyio.CancelScope() as scope:
             scope.cancel()
             await idx.save()
         assert scope.cancelled_caught
-        await idx.insert(2, meta(2))
+        await idx.insert(2, record(2))
         await idx.save()
-    await check_consistent(index_path, {1: meta(1), 2: meta(2)})
+    await check_consistent(index_path, {1: record(1), 2: record(2)})
 
 
 async def test_cancelled_async_with_body_still_closes(index_path):
     with anyio.CancelScope() as scope:
         async with await AsyncDiskHashIndex.open(index_path) as idx:
-            await idx.insert(1, meta(1))
+            await idx.insert(1, record(1))
             scope.cancel()
             await anyio.sleep(1)
     assert scope.cancelled_caught
     assert idx.closed                          # close() was shielded
-    await check_consistent(index_path, {1: meta(1)})
+    await check_consistent(index_path, {1: record(1)})
 
 
 async def test_open_cancelled_before_it_starts_opens_nothing(tmp_path):
@@ -210,7 +213,7 @@ async def test_open_cancelled_while_its_thread_opens_hands_over_the_index(index_
     with anyio.CancelScope() as scope:
         async with anyio.create_task_group() as tg:
             tg.start_soon(user)
-            await wait_for(in_thread.is_set, "the open to start")
+            await wait_event(in_thread, "the open's thread")
             scope.cancel()
             release.set()
     assert scope.cancelled_caught
@@ -229,15 +232,15 @@ async def test_many_cancelled_inserts_leave_a_consistent_index(index_path):
                 async def insert_range(base: int) -> None:
                     for k in range(base, base + 50_000):
                         attempted.append(k)
-                        await idx.insert(k, meta(k))
+                        await idx.insert(k, record(k))
                         if k % 64 == 0:
                             await anyio.sleep(0)
                 for w in range(4):
                     tg.start_soon(insert_range, w * 10**6)
         present = {k: v async for k, v in idx.items()}
         assert present and set(present) <= set(attempted)
-        assert all(v == meta(k) for k, v in present.items())
+        assert all(v == record(k) for k, v in present.items())
         await idx.verify()
-        await idx.insert(7 * 10**9, meta(7 * 10**9))
-        present[7 * 10**9] = meta(7 * 10**9)
+        await idx.insert(7 * 10**9, record(7 * 10**9))
+        present[7 * 10**9] = record(7 * 10**9)
     await check_consistent(index_path, present)

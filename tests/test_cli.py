@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 from conftest import DATA, load_tsv, subprocess_env
+from spec_model import SLOT_FIELD, slot_key, slot_offset
 
 from diskhash import DiskHashIndex
 
@@ -40,9 +41,9 @@ def test_verify_and_repair_a_damaged_file(fixture_copy):
     data = bytearray(path.read_bytes())
     # Put a bad compression byte in the first occupied slot.
     for i in range(4096):
-        if data[64 + 40 * i] == 1:
-            data[64 + 40 * i + 1] = 200
-            victim = int.from_bytes(data[64 + 40 * i + 16: 64 + 40 * i + 32], "little")
+        if data[slot_offset(i) + SLOT_FIELD["tag"]] == 1:
+            data[slot_offset(i) + SLOT_FIELD["compression"]] = 200
+            victim = slot_key(data, i)
             break
     path.write_bytes(bytes(data))
     r = run("verify", str(path))

@@ -2,20 +2,18 @@
 
 from __future__ import annotations
 
-import struct
-
 import pytest
 from conftest import fill_every_slot
+from spec_model import HEADER, SLOT_FIELD, file_size, slot_offset
 
 from diskhash import CorruptIndexError, DiskHashError, DiskHashIndex, PayloadMeta
 
 
 def write_header(path, magic=b"SOCHIDX2", version=1, slots=4096, entries=0, seed=99, size=None):
-    size = 64 + slots * 40 if size is None else size
-    data = bytearray(size)
-    if size >= 64:
-        data[:64] = struct.pack("<8sI4xQQQ24x", magic, version, slots, entries, seed)
-    path.write_bytes(bytes(data[:size]) if size < 64 else bytes(data))
+    size = file_size(slots) if size is None else size
+    data = bytearray(max(size, HEADER.size))
+    HEADER.pack_into(data, 0, magic, version, bytes(4), slots, entries, seed, bytes(24))
+    path.write_bytes(bytes(data[:size]))
 
 
 @pytest.mark.parametrize(
@@ -23,11 +21,11 @@ def write_header(path, magic=b"SOCHIDX2", version=1, slots=4096, entries=0, seed
     [
         (dict(magic=b"SOCHIDX1"), "bad magic"),
         (dict(version=2), "unknown format version 2"),
-        (dict(slots=4095, size=64 + 4096 * 40), "not a power of two"),
-        (dict(slots=0, size=64), "not a power of two"),
-        (dict(size=64 + 4095 * 40), "truncated"),
+        (dict(slots=4095, size=file_size(4096)), "not a power of two"),
+        (dict(slots=0, size=HEADER.size), "not a power of two"),
+        (dict(size=file_size(4095)), "truncated"),
         (dict(size=10), "shorter than the 64-byte header"),
-        (dict(slots=2**60, size=64 + 40), "truncated"),
+        (dict(slots=2**60, size=file_size(1)), "truncated"),
     ],
 )
 @pytest.mark.parametrize("readonly", [True, False])
@@ -67,7 +65,7 @@ def test_table_without_empty_slot_opens_fast_and_fails_at_lookup(index_path):
         with pytest.raises(CorruptIndexError, match="no empty slot"):
             idx.get(1)                                      # absent: must not spin
         with pytest.raises(CorruptIndexError, match="no empty slot"):
-            1 in idx
+            _ = 1 in idx
         with pytest.raises(CorruptIndexError) as info:
             idx.verify()
         assert any("no empty slot" in d for d in info.value.defects)
@@ -80,7 +78,7 @@ def test_bad_tag_met_by_a_lookup(index_path):
 
     data = bytearray(index_path.read_bytes())
     home = home_slot(77, seed, 4096)
-    data[64 + home * 40] = 0x07
+    data[slot_offset(home) + SLOT_FIELD["tag"]] = 0x07
     index_path.write_bytes(bytes(data))
     with DiskHashIndex(index_path, readonly=True) as idx:
         with pytest.raises(CorruptIndexError, match="bad tag 0x07"):
@@ -95,8 +93,8 @@ def test_unknown_compression_byte_is_an_error_not_none(index_path):
 
     data = bytearray(index_path.read_bytes())
     slot = home_slot(77, seed, 4096)
-    assert data[64 + slot * 40] == 1
-    data[64 + slot * 40 + 1] = 9
+    assert data[slot_offset(slot) + SLOT_FIELD["tag"]] == 1
+    data[slot_offset(slot) + SLOT_FIELD["compression"]] = 9
     index_path.write_bytes(bytes(data))
     with DiskHashIndex(index_path, readonly=True) as idx:
         assert 77 in idx

@@ -16,23 +16,10 @@ import tempfile
 from pathlib import Path
 
 import pytest
+from conftest import fill_to_capacity, record
+from spec_model import HEADER, file_size
 
-import diskhash
-from diskhash import DiskHashIndex, PayloadMeta
-from diskhash import _files
-
-
-def rec(key: int) -> PayloadMeta:
-    return PayloadMeta(key, key * 7, key % 1000, key % 3, key % 5000)
-
-
-def fill_to_capacity(idx, start: int = 0) -> int:
-    """Insert keys until the next new key would grow the table; returns the next key."""
-    k = start
-    while len(idx) < idx.capacity:
-        idx.insert(k, rec(k))
-        k += 1
-    return k
+from diskhash import DiskHashIndex, _files
 
 
 def temporaries(directory) -> list[str]:
@@ -51,17 +38,17 @@ def assert_failed_grow_left_index_intact(idx, path, exc_info, expected_errno, n_
     assert n_keys not in idx
     assert temporaries(os.path.dirname(path)) == []
     for k in range(n_keys):
-        assert idx[k] == rec(k)
+        assert idx[k] == record(k)
     idx.verify()
     # Still writable where no grow is needed: overwrite, delete, insert into the freed room.
-    idx.insert(0, rec(1)._replace(edge_id=0))
-    assert idx[0] == (0, *rec(1)[1:])
-    idx.insert(0, rec(0))
+    idx.insert(0, record(1)._replace(edge_id=0))
+    assert idx[0] == (0, *record(1)[1:])
+    idx.insert(0, record(0))
     assert idx.delete(1)
-    idx.insert(n_keys, rec(n_keys))
+    idx.insert(n_keys, record(n_keys))
     assert idx.num_slots == slots and len(idx) == n_keys
     with pytest.raises(OSError) as again:          # needs the grow again: fails the same way
-        idx.insert(1, rec(1))
+        idx.insert(1, record(1))
     assert again.value.errno == expected_errno and 1 not in idx
     idx.verify()
 
@@ -101,7 +88,7 @@ INJECTIONS = {
     "allocate-ENOSPC": (errno.ENOSPC, lambda mp: mp.setattr(_files, "_allocate", _no_space)),
     "open-EACCES": (errno.EACCES, lambda mp: mp.setattr(os, "open", _fail_for_temp(os.open, errno.EACCES))),
     "open-EROFS": (errno.EROFS, lambda mp: mp.setattr(os, "open", _fail_for_temp(os.open, errno.EROFS))),
-    "mmap-ENOMEM": (errno.ENOMEM, lambda mp: mp.setattr(mmap, "mmap", _fail_big_mmap(mmap.mmap, 64 + 4096 * 40))),
+    "mmap-ENOMEM": (errno.ENOMEM, lambda mp: mp.setattr(mmap, "mmap", _fail_big_mmap(mmap.mmap, file_size(4096)))),
     "fsync-EIO": (errno.EIO, lambda mp: mp.setattr(os, "fsync", _fail_fsync_of_temp(os.fsync))),
     "rename-EACCES": (errno.EACCES, lambda mp: mp.setattr(os, "replace", _fail_for_temp(os.replace, errno.EACCES))),
 }
@@ -111,17 +98,17 @@ INJECTIONS = {
 def test_injected_grow_failure_leaves_the_index_intact(index_path, monkeypatch, name):
     expected_errno, inject = INJECTIONS[name]
     with DiskHashIndex(index_path) as idx:
-        n = fill_to_capacity(idx)
+        n = len(fill_to_capacity(idx))     # keys 0..n-1
         with monkeypatch.context() as mp:
             inject(mp)
             with pytest.raises(OSError) as info:
-                idx.insert(n, rec(n))
+                idx.insert(n, record(n))
             assert_failed_grow_left_index_intact(idx, index_path, info, expected_errno, n, 4096)
             with pytest.raises(OSError):
                 idx.reserve(10_000)                 # an explicit grow fails the same way
             assert idx.num_slots == 4096
         # The fault is gone: the next grow succeeds.
-        idx.insert(n + 1, rec(n + 1))
+        idx.insert(n + 1, record(n + 1))
         assert idx.num_slots == 8192
         idx.verify()
         keys = set(idx)
@@ -134,15 +121,15 @@ def test_injected_grow_failure_leaves_the_index_intact(index_path, monkeypatch, 
 def test_failed_repair_rebuild_leaves_the_file_alone(index_path, monkeypatch):
     with DiskHashIndex(index_path) as idx:
         for k in range(100):
-            idx.insert(k, rec(k))
+            idx.insert(k, record(k))
     before = index_path.read_bytes()
     monkeypatch.setattr(_files, "_allocate", _no_space)
     with DiskHashIndex(index_path) as idx:
         with pytest.raises(OSError, match="rebuilding the table") as info:
             idx.repair()
         assert info.value.errno == errno.ENOSPC and info.value.filename == str(index_path)
-        assert idx[42] == rec(42) and len(idx) == 100
-    assert index_path.read_bytes()[64:] == before[64:]
+        assert idx[42] == record(42) and len(idx) == 100
+    assert index_path.read_bytes()[HEADER.size:] == before[HEADER.size:]
     assert temporaries(index_path.parent) == []
 
 
@@ -184,7 +171,7 @@ def test_disk_full_while_growing_for_real(small_fs):
             f.write(b"\1" * (2560 * 1024))    # leaves room for tables up to 16384 slots
         with pytest.raises(OSError) as info:
             while True:
-                idx.insert(k, rec(k))
+                idx.insert(k, record(k))
                 k += 1
         slots = idx.num_slots
         assert slots == 16384         # it did grow for real before the disk filled up
@@ -194,12 +181,12 @@ def test_disk_full_while_growing_for_real(small_fs):
     with DiskHashIndex(path) as idx:      # reopens on the full disk
         assert len(idx) == k and idx.recovery is None
         os.unlink(ballast)                # free space: the grow now succeeds
-        idx.insert(1, rec(1))             # (the helper left key 1 out, key k in)
+        idx.insert(1, record(1))             # (the helper left key 1 out, key k in)
         assert idx.num_slots == slots * 2 and len(idx) == k + 1
         idx.verify()
     assert temporaries(small_fs) == []
     with DiskHashIndex(path, readonly=True) as idx:
-        assert len(idx) == k + 1 and all(idx[i] == rec(i) for i in range(k + 1))
+        assert len(idx) == k + 1 and all(idx[i] == record(i) for i in range(k + 1))
 
 
 # -- a real permission failure: an unprivileged process, a read-only directory ---
@@ -213,7 +200,7 @@ def test_directory_not_writable_for_the_temporary_file():
     d.mkdir()
     path = d / "edges.idx"
     with DiskHashIndex(path) as idx:
-        n = fill_to_capacity(idx)
+        n = len(fill_to_capacity(idx))     # keys 0..n-1
     for p in (d, path, d / "edges.idx.lock"):
         os.chown(p, nobody, nobody)
     os.chmod(d, 0o555)                         # files stay writable, the directory does not
@@ -227,15 +214,15 @@ def test_directory_not_writable_for_the_temporary_file():
             os.setuid(nobody)
             with DiskHashIndex(path) as idx:
                 try:
-                    idx.insert(n, rec(n))
+                    idx.insert(n, record(n))
                     out = "grew: no error"
                 except PermissionError as exc:
                     ok = (exc.errno == errno.EACCES and str(path) in str(exc)
                           and "the index is unchanged" in str(exc)
-                          and idx.num_slots == 4096 and len(idx) == n and idx[5] == rec(5)
+                          and idx.num_slots == 4096 and len(idx) == n and idx[5] == record(5)
                           and not temporaries(d))
                     idx.verify()
-                    idx.insert(3, rec(4)._replace(edge_id=3))    # writes that fit still work
+                    idx.insert(3, record(4)._replace(edge_id=3))    # writes that fit still work
                     out = "ok" if ok else f"bad state: {exc}"
         except BaseException as exc:
             import traceback
@@ -250,7 +237,7 @@ def test_directory_not_writable_for_the_temporary_file():
     os.chmod(d, 0o755)
     assert out == "ok"
     with DiskHashIndex(path) as idx:
-        assert idx[3] == (3, *rec(4)[1:]) and len(idx) == n
-        idx.insert(n, rec(n))                  # root: the grow works
+        assert idx[3] == (3, *record(4)[1:]) and len(idx) == n
+        idx.insert(n, record(n))                  # root: the grow works
         assert idx.num_slots == 8192
     shutil.rmtree(top)

@@ -6,7 +6,7 @@ import random
 
 import pytest
 from conftest import DATA, FIXTURES, load_tsv
-from spec_model import assert_valid, spec_hash
+from spec_model import HEADER, HEADER_FIELD, assert_valid, file_size, spec_hash
 
 from diskhash import Compression, DiskHashIndex, PayloadMeta
 from diskhash._format import hash_key, home_slot
@@ -93,13 +93,12 @@ def test_written_file_is_valid_for_any_spec_reader(index_path):
 def test_new_file_layout(index_path):
     DiskHashIndex(index_path).close()
     data = index_path.read_bytes()
-    assert len(data) == 64 + 4096 * 40
-    assert data[:8] == b"SOCHIDX2"
-    assert int.from_bytes(data[8:12], "little") == 1
-    assert int.from_bytes(data[16:24], "little") == 4096
-    assert int.from_bytes(data[24:32], "little") == 0
-    assert int.from_bytes(data[32:40], "little") != 0
-    assert data[40:] == bytes(len(data) - 40)
+    assert len(data) == file_size(4096)
+    magic, version, _, num_slots, num_entries, seed, _ = HEADER.unpack_from(data)
+    assert (magic, version, num_slots, num_entries) == (b"SOCHIDX2", 1, 4096, 0)
+    assert seed != 0
+    after_seed = HEADER_FIELD["seed"] + 8       # reserved header bytes, then empty slots
+    assert data[after_seed:] == bytes(len(data) - after_seed)
 
 
 def test_seeds_differ_between_files(tmp_path):

@@ -8,7 +8,6 @@ from __future__ import annotations
 import faulthandler
 import functools
 import os
-import struct
 import tempfile
 from contextlib import contextmanager
 
@@ -16,18 +15,16 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
-from spec_model import assert_valid, spec_hash
+from spec_model import HEADER, HEADER_FIELD, SLOT, SLOT_FIELD, assert_valid, file_size, slot_offset, spec_hash
 
-from diskhash import CorruptIndexError, DiskHashIndex, PayloadMeta
-from diskhash import _files
+from diskhash import CorruptIndexError, DiskHashIndex, PayloadMeta, _files
 from diskhash._format import home_slot
 
 SEED = 0xF022_5EED_0000_0001
 SLOTS = 4096
-HEADER = struct.Struct("<8sI4sQQQ24s")
 SLOT_DTYPE = np.dtype([("tag", "u1"), ("comp", "u1"), ("r0", "<u2"), ("length", "<u4"),
                        ("ulen", "<u4"), ("r1", "<u4"), ("lo", "<u8"), ("hi", "<u8"), ("offset", "<u8")])
-assert SLOT_DTYPE.itemsize == 40
+assert SLOT_DTYPE.itemsize == SLOT.size
 
 
 @functools.lru_cache(maxsize=None)
@@ -62,15 +59,15 @@ class Reference:
     def __init__(self, data: bytes) -> None:
         self.data = data
         self.header_ok = False
-        if len(data) < 64:
+        if len(data) < HEADER.size:
             return
         magic, version, r1, n, count, seed, r2 = HEADER.unpack_from(data)
-        if magic != b"SOCHIDX2" or version != 1 or n == 0 or n & (n - 1) or len(data) < 64 + 40 * n:
+        if magic != b"SOCHIDX2" or version != 1 or n == 0 or n & (n - 1) or len(data) < file_size(n):
             return
         self.header_ok = True
         self.n, self.count, self.seed = n, count, seed
         self.header_reserved_ok = r1 == b"\0" * 4 and r2 == b"\0" * 24
-        self.slots = np.frombuffer(data, SLOT_DTYPE, count=n, offset=64)
+        self.slots = np.frombuffer(data, SLOT_DTYPE, count=n, offset=HEADER.size)
         self.rows = self.slots.tolist()      # (tag, comp, r0, length, ulen, r1, lo, hi, offset)
 
     def key(self, i: int) -> int:
@@ -107,7 +104,7 @@ class Reference:
 
     def valid(self) -> bool:
         """Every promise verify() checks, computed independently."""
-        s, n = self.slots, self.n
+        s = self.slots
         tags = s["tag"]
         occ = tags == 1
         if (not self.header_reserved_ok or self.seed == 0 or np.any(tags > 1)
@@ -147,8 +144,11 @@ def slot_mutation(draw):
     i = int(draw(near))
     kind = draw(st.sampled_from(["byte", "byte", "byte", "copy", "clear", "swap"]))
     if kind == "byte":
-        field = draw(st.one_of(st.sampled_from([0, 1, 2, 3, 12, 15]), st.integers(0, 39)))
-        return ("byte", 64 + 40 * i + field, draw(byte_values))
+        field = draw(st.one_of(st.sampled_from([SLOT_FIELD[f] for f in ("tag", "compression", "reserved0")]
+                                               + [SLOT_FIELD["reserved0"] + 1, SLOT_FIELD["reserved1"],
+                                                  SLOT_FIELD["reserved1"] + 3]),
+                               st.integers(0, SLOT.size - 1)))
+        return ("byte", slot_offset(i) + field, draw(byte_values))
     return (kind, i, int(draw(near)))
 
 
@@ -164,27 +164,27 @@ def apply(data: bytes, edits) -> bytes:
             out = out[: edit[1]] if edit[1] <= len(out) else out + bytes(edit[1] - len(out))
         else:
             kind, i, j = edit
-            a, b = 64 + 40 * i, 64 + 40 * j
+            a, b, size = slot_offset(i), slot_offset(j), SLOT.size
             if kind == "copy":
-                out[b: b + 40] = out[a: a + 40]
+                out[b: b + size] = out[a: a + size]
             elif kind == "clear":
-                out[a: a + 40] = bytes(40)
+                out[a: a + size] = bytes(size)
             else:
-                out[a: a + 40], out[b: b + 40] = out[b: b + 40], out[a: a + 40]
+                out[a: a + size], out[b: b + size] = out[b: b + size], out[a: a + size]
     return bytes(out)
 
 
 header_edit = st.one_of(
-    st.tuples(st.just("byte"), st.integers(0, 63), byte_values),
-    st.tuples(st.just("field"), st.just(16), st.just(8),
+    st.tuples(st.just("byte"), st.integers(0, HEADER.size - 1), byte_values),
+    st.tuples(st.just("field"), st.just(HEADER_FIELD["num_slots"]), st.just(8),
               st.one_of(st.sampled_from([0, 1, 2, 1024, 2048, 4095, 4096, 8192, 2**63]),
                         st.integers(0, 2**64 - 1))),
-    st.tuples(st.just("field"), st.just(24), st.just(8),
+    st.tuples(st.just("field"), st.just(HEADER_FIELD["num_entries"]), st.just(8),
               st.one_of(st.sampled_from([0, 1, 1499, 1500, 1501, 4096, 2**64 - 1]),
                         st.integers(0, 2**64 - 1))),
-    st.tuples(st.just("field"), st.just(32), st.just(8), st.sampled_from([0, 1, SEED ^ 1])),
-    st.tuples(st.just("resize"), st.sampled_from([0, 10, 63, 64, 104, 64 + 40 * 4095,
-                                                  64 + 40 * 4096 + 7, 64 + 40 * 8192])),
+    st.tuples(st.just("field"), st.just(HEADER_FIELD["seed"]), st.just(8), st.sampled_from([0, 1, SEED ^ 1])),
+    st.tuples(st.just("resize"), st.sampled_from([0, 10, HEADER.size - 1, file_size(0), file_size(1),
+                                                  file_size(4095), file_size(4096) + 7, file_size(8192)])),
 )
 
 
@@ -237,7 +237,7 @@ def probe_keys(ref: Reference, keys, edits) -> list[int]:
     base = base_reference()
     for edit in edits:
         if edit[0] in ("copy", "clear", "swap", "byte"):
-            first = edit[1] if edit[0] != "byte" else (edit[1] - 64) // 40
+            first = edit[1] if edit[0] != "byte" else (edit[1] - HEADER.size) // SLOT.size
             for i in range(first, first + 4):
                 for r in (base, ref):
                     if i < r.n and r.rows[i][0] != 0:
@@ -260,7 +260,7 @@ def check_read_only(path: str, ref: Reference, keys, edits=()) -> None:
                 with pytest.raises(CorruptIndexError):
                     idx.get(key)
                 with pytest.raises(CorruptIndexError):
-                    key in idx
+                    _ = key in idx
                 continue
             assert (key in idx) == (found[0] == "hit")
             if found[0] == "miss":
@@ -314,11 +314,12 @@ def check_repair(path: str, ref: Reference) -> None:
 
 
 FUZZ = settings(deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
+# The full runs are marked slow (``--run-slow``); the default run fuzzes a sample.
+SLOTS_EXAMPLES, HEADER_EXAMPLES, REPAIR_EXAMPLES = 900, 700, 300
+SAMPLE = 0.1
 
 
-@settings(FUZZ, max_examples=900)
-@given(data=st.data())
-def test_fuzzed_slots_read_only(files, data):
+def fuzz_slots_read_only(files, data) -> None:
     base, keys = base_file()
     edits = data.draw(st.lists(slot_mutation(), min_size=1, max_size=6))
     mutated = apply(base, edits)
@@ -328,9 +329,7 @@ def test_fuzzed_slots_read_only(files, data):
     files.remove(path)
 
 
-@settings(FUZZ, max_examples=700)
-@given(edits=st.lists(header_edit, min_size=1, max_size=3))
-def test_fuzzed_header_read_only(files, edits):
+def fuzz_header_read_only(files, edits) -> None:
     base, keys = base_file()
     mutated = apply(base, edits)
     path = files.write(mutated)
@@ -339,9 +338,7 @@ def test_fuzzed_header_read_only(files, edits):
     files.remove(path)
 
 
-@settings(FUZZ, max_examples=300)
-@given(data=st.data())
-def test_fuzzed_files_repair(files, data):
+def fuzz_repair(files, data) -> None:
     base, _ = base_file()
     edits = data.draw(st.lists(st.one_of(slot_mutation(), header_edit), min_size=1, max_size=5))
     mutated = apply(base, edits)
@@ -349,3 +346,45 @@ def test_fuzzed_files_repair(files, data):
     with watchdog(60):
         check_repair(path, Reference(mutated))
     files.remove(path)
+
+
+header_edits = st.lists(header_edit, min_size=1, max_size=3)
+
+
+@pytest.mark.slow
+@settings(FUZZ, max_examples=SLOTS_EXAMPLES)
+@given(data=st.data())
+def test_fuzzed_slots_read_only(files, data):
+    fuzz_slots_read_only(files, data)
+
+
+@settings(FUZZ, max_examples=int(SLOTS_EXAMPLES * SAMPLE))
+@given(data=st.data())
+def test_fuzzed_slots_read_only_sample(files, data):
+    fuzz_slots_read_only(files, data)
+
+
+@pytest.mark.slow
+@settings(FUZZ, max_examples=HEADER_EXAMPLES)
+@given(edits=header_edits)
+def test_fuzzed_header_read_only(files, edits):
+    fuzz_header_read_only(files, edits)
+
+
+@settings(FUZZ, max_examples=int(HEADER_EXAMPLES * SAMPLE))
+@given(edits=header_edits)
+def test_fuzzed_header_read_only_sample(files, edits):
+    fuzz_header_read_only(files, edits)
+
+
+@pytest.mark.slow
+@settings(FUZZ, max_examples=REPAIR_EXAMPLES)
+@given(data=st.data())
+def test_fuzzed_files_repair(files, data):
+    fuzz_repair(files, data)
+
+
+@settings(FUZZ, max_examples=int(REPAIR_EXAMPLES * SAMPLE))
+@given(data=st.data())
+def test_fuzzed_files_repair_sample(files, data):
+    fuzz_repair(files, data)

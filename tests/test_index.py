@@ -1,4 +1,4 @@
-"""The synchronous API: every promise the README makes about DiskHashIndex."""
+"""The synchronous API: every promise docs/api.md makes about DiskHashIndex."""
 
 from __future__ import annotations
 
@@ -8,6 +8,8 @@ import pickle
 import uuid
 
 import pytest
+from conftest import record
+from spec_model import file_size
 
 import diskhash
 from diskhash import (
@@ -18,11 +20,6 @@ from diskhash import (
     PayloadMeta,
     ReadOnlyIndexError,
 )
-
-
-def meta(key, offset=10, length=20, comp=Compression.LZ4, ulen=40):
-    return PayloadMeta(key, offset, length, comp, ulen)
-
 
 # -- PayloadMeta ---------------------------------------------------------------
 
@@ -87,9 +84,9 @@ def test_insert_get_contains_len(index_path):
         assert idx.get(1) is None
         assert idx.get(1, "dflt") == "dflt"
         assert (1 in idx) is False
-        idx.insert(1, meta(1))
-        assert idx.get(1) == meta(1)
-        assert idx[1] == meta(1)
+        idx.insert(1, record(1))
+        assert idx.get(1) == record(1)
+        assert idx[1] == record(1)
         assert (1 in idx) is True
         assert len(idx) == 1
         with pytest.raises(KeyError):
@@ -98,10 +95,10 @@ def test_insert_get_contains_len(index_path):
 
 def test_overwrite_keeps_count(index_path):
     with DiskHashIndex(index_path) as idx:
-        idx.insert(7, meta(7, offset=1))
-        idx.insert(7, meta(7, offset=2, comp=Compression.NONE))
+        idx.insert(7, record(7, offset=1))
+        idx.insert(7, record(7, offset=2, compression=Compression.NONE))
         assert len(idx) == 1
-        assert idx[7] == (7, 2, 20, 0, 40)
+        assert idx[7] == (7, 2, record(7).length, 0, record(7).uncompressed_length)
 
 
 def test_keys_of_every_width_and_uuid(index_path):
@@ -109,11 +106,11 @@ def test_keys_of_every_width_and_uuid(index_path):
     u = uuid.UUID("12345678-1234-5678-1234-567812345678")
     with DiskHashIndex(index_path) as idx:
         for k in keys:
-            idx.insert(k, meta(k, offset=k & 0xFFFF))
-        idx.insert(u, meta(u))
+            idx.insert(k, record(k, offset=k & 0xFFFF))
+        idx.insert(u, record(u))
         for k in keys:
-            assert idx[k] == (k, k & 0xFFFF, 20, 1, 40)
-        assert idx[u] == idx[u.int] == meta(u.int)
+            assert idx[k] == tuple(record(k, offset=k & 0xFFFF))
+        assert idx[u] == idx[u.int] == record(u.int)
         assert u in idx
         assert idx[u].edge_id == u.int and type(idx[u].edge_id) is int
         assert set(idx) == set(keys) | {u.int}
@@ -128,16 +125,16 @@ def test_int_subclass_and_index_protocol_keys(index_path):
             return 99
 
     with DiskHashIndex(index_path) as idx:
-        idx.insert(MyInt(5), meta(5))
-        assert idx[5] == meta(5)
+        idx.insert(MyInt(5), record(5))
+        assert idx[5] == record(5)
         assert MyInt(5) in idx
-        idx.insert(Indexable(), meta(99))
+        idx.insert(Indexable(), record(99))
         assert idx[99].edge_id == 99
 
 
 def test_iteration_views(index_path):
     with DiskHashIndex(index_path) as idx:
-        expected = {k: meta(k, offset=k) for k in range(0, 5000, 3)}
+        expected = {k: record(k, offset=k) for k in range(0, 5000, 3)}
         for k, m in expected.items():
             idx.insert(k, m)
         assert sorted(idx) == sorted(expected)
@@ -149,16 +146,16 @@ def test_iteration_views(index_path):
 def test_iteration_detects_size_change(index_path):
     with DiskHashIndex(index_path) as idx:
         for k in range(3000):
-            idx.insert(k, meta(k))
+            idx.insert(k, record(k))
         it = iter(idx)
         next(it)
-        idx.insert(10**9, meta(10**9))
+        idx.insert(10**9, record(10**9))
         with pytest.raises(RuntimeError, match="changed size"):
             list(it)
         # Overwrites do not change the key set: iteration goes on.
         it = iter(idx)
         next(it)
-        idx.insert(5, meta(5, offset=1))
+        idx.insert(5, record(5, offset=1))
         assert len(list(it)) == len(idx) - 1
 
 
@@ -169,24 +166,24 @@ def test_iteration_detects_size_change(index_path):
 )
 def test_bad_keys_are_rejected_everywhere(index_path, key, exc):
     with DiskHashIndex(index_path) as idx:
-        idx.insert(1, meta(1))
+        idx.insert(1, record(1))
         with pytest.raises(exc):
             idx.get(key)
         with pytest.raises(exc):
-            key in idx
+            _ = key in idx
         with pytest.raises(exc):
             idx[key]
         with pytest.raises(exc):
             idx.insert(key, (key, 0, 0, 0, 0))
         with pytest.raises(exc):
             idx.delete(key)
-        assert len(idx) == 1 and idx[1] == meta(1)
+        assert len(idx) == 1 and idx[1] == record(1)
 
 
 def test_meta_edge_id_must_match_key(index_path):
     with DiskHashIndex(index_path) as idx:
         with pytest.raises(ValueError, match="differs from the key"):
-            idx.insert(1, meta(2))
+            idx.insert(1, record(2))
         assert len(idx) == 0 and 1 not in idx and 2 not in idx
 
 
@@ -206,10 +203,10 @@ def test_meta_edge_id_must_match_key(index_path):
 )
 def test_bad_records_are_rejected_and_nothing_changes(index_path, bad, exc):
     with DiskHashIndex(index_path) as idx:
-        idx.insert(1, meta(1))
+        idx.insert(1, record(1))
         with pytest.raises(exc):
             idx.insert(1, bad)
-        assert idx[1] == meta(1)
+        assert idx[1] == record(1)
         assert len(idx) == 1
 
 
@@ -227,7 +224,7 @@ def test_reopen_keeps_everything_across_grows(index_path):
     n = 20_000
     with DiskHashIndex(index_path) as idx:
         for k in range(n):
-            idx.insert(k * 2654435761, meta(k * 2654435761, offset=k))
+            idx.insert(k * 2654435761, record(k * 2654435761, offset=k))
         assert idx.num_slots == 32768
     with DiskHashIndex(index_path, readonly=True) as idx:
         assert len(idx) == n
@@ -239,26 +236,26 @@ def test_reopen_keeps_everything_across_grows(index_path):
 def test_creates_parent_directories(tmp_path):
     path = tmp_path / "a" / "b" / "c.idx"
     with DiskHashIndex(path) as idx:
-        idx.insert(1, meta(1))
+        idx.insert(1, record(1))
     assert path.exists()
 
 
 def test_readonly_never_writes(index_path):
     with DiskHashIndex(index_path) as idx:
-        idx.insert(1, meta(1))
+        idx.insert(1, record(1))
     before = index_path.read_bytes()
     st = os.stat(index_path)
     os.chmod(index_path, 0o444)
     try:
         with DiskHashIndex(index_path, readonly=True) as idx:
             assert idx.readonly
-            assert idx[1] == meta(1)
-            for call in (lambda: idx.insert(2, meta(2)), lambda: idx.delete(1),
+            assert idx[1] == record(1)
+            for call in (lambda: idx.insert(2, record(2)), lambda: idx.delete(1),
                          lambda: idx.save(), lambda: idx.repair(), lambda: idx.reserve(10**6),
                          lambda: idx.pop(1)):
                 with pytest.raises(ReadOnlyIndexError, match="read-only"):
                     call()
-            assert idx[1] == meta(1)
+            assert idx[1] == record(1)
     finally:
         os.chmod(index_path, 0o644)
     assert index_path.read_bytes() == before
@@ -279,12 +276,12 @@ def test_readonly_error_is_a_diskhash_and_permission_error():
 
 def test_calls_after_close_raise_clearly(index_path):
     idx = DiskHashIndex(index_path)
-    idx.insert(1, meta(1))
+    idx.insert(1, record(1))
     idx.close()
     idx.close()  # idempotent
     assert idx.closed
     calls = [lambda: idx.get(1), lambda: 1 in idx, lambda: idx[1], lambda: len(idx),
-             lambda: idx.insert(2, meta(2)), lambda: idx.delete(1), lambda: list(idx),
+             lambda: idx.insert(2, record(2)), lambda: idx.delete(1), lambda: list(idx),
              lambda: idx.save(), lambda: idx.stats(), lambda: idx.verify(), lambda: idx.repair()]
     for call in calls:
         with pytest.raises(IndexClosedError, match="closed"):
@@ -295,7 +292,7 @@ def test_calls_after_close_raise_clearly(index_path):
 def test_iterator_after_close_raises(index_path):
     idx = DiskHashIndex(index_path)
     for k in range(2000):
-        idx.insert(k, meta(k))
+        idx.insert(k, record(k))
     it = iter(idx)
     next(it)
     idx.close()
@@ -305,42 +302,42 @@ def test_iterator_after_close_raises(index_path):
 
 def test_unclosed_index_warns(index_path):
     idx = DiskHashIndex(index_path)
-    idx.insert(1, meta(1))
+    idx.insert(1, record(1))
     with pytest.warns(ResourceWarning, match="unclosed DiskHashIndex"):
         del idx
         gc.collect()
     # The finaliser closed it cleanly: a writer can open it again at once.
     with DiskHashIndex(index_path) as idx:
-        assert idx[1] == meta(1)
+        assert idx[1] == record(1)
         assert idx.recovery is None
 
 
 def test_save_then_reopen(index_path):
     with DiskHashIndex(index_path) as idx:
-        idx.insert(1, meta(1))
+        idx.insert(1, record(1))
         idx.save()
-        idx.insert(2, meta(2))
+        idx.insert(2, record(2))
     with DiskHashIndex(index_path) as idx:
-        assert idx[1] == meta(1) and idx[2] == meta(2)
+        assert idx[1] == record(1) and idx[2] == record(2)
 
 
 def test_stats(index_path):
     with DiskHashIndex(index_path) as idx:
         for k in range(1000):
-            idx.insert(k, meta(k))
+            idx.insert(k, record(k))
         s = idx.stats()
         assert s.entries == 1000 and s.slots == 4096
         assert s.load_factor == pytest.approx(1000 / 4096)
-        assert s.file_bytes == 64 + 4096 * 40
+        assert s.file_bytes == file_size(4096)
         assert s.longest_probe >= 1 and 1.0 <= s.mean_probe <= s.longest_probe
 
 
 def test_reserve_grows_once(index_path):
     with DiskHashIndex(index_path) as idx:
-        idx.insert(1, meta(1))
+        idx.insert(1, record(1))
         idx.reserve(40_000)  # 40_000 / 32768 > 0.75 >= 40_000 / 65536
         slots = idx.num_slots
-        assert slots == 65536 and idx[1] == meta(1)
+        assert slots == 65536 and idx[1] == record(1)
         idx.reserve(10)  # never shrinks
         assert idx.num_slots == slots
         with pytest.raises(ValueError):

@@ -10,13 +10,12 @@ import sys
 import time
 
 import pytest
-from conftest import subprocess_env
+from conftest import record, subprocess_env
 
 from diskhash import (
     DiskHashIndex,
     IndexClosedError,
     IndexLockedError,
-    PayloadMeta,
 )
 
 HOLDER = """
@@ -32,10 +31,6 @@ idx.close()
 print("closed", flush=True)
 sys.stdin.readline()
 """
-
-
-def rec(key: int) -> PayloadMeta:
-    return PayloadMeta(key, key * 3, 11, 1, 22)
 
 
 class Holder:
@@ -74,7 +69,7 @@ class Holder:
 @pytest.fixture
 def existing(index_path):
     with DiskHashIndex(index_path) as idx:
-        idx.insert(1, rec(1))
+        idx.insert(1, record(1))
     return index_path
 
 
@@ -101,11 +96,11 @@ def test_a_writer_in_another_process_excludes_everyone(existing, readonly):
 def test_readers_in_two_processes_share_the_file_and_exclude_a_writer(existing):
     with Holder(existing, "r") as holder:
         with DiskHashIndex(existing, readonly=True) as idx:
-            assert idx[1] == rec(1)
+            assert idx[1] == record(1)
         assert_locked(existing, readonly=False)
         holder.close_index()
         with DiskHashIndex(existing) as idx:
-            idx.insert(2, rec(2))
+            idx.insert(2, record(2))
 
 
 def test_timeout_waits_then_raises_naming_the_file(existing):
@@ -128,21 +123,39 @@ def test_timeout_succeeds_once_the_holder_closes(existing):
         assert holder.proc.stdout.readline() == "closed\n"
 
 
+# A holder that says "waiting" once its first attempt at the lock has failed,
+# so the test knows it is waiting (the lock is polled: fcntl.flock with LOCK_NB).
+WAITING_HOLDER = """
+import fcntl
+_flock = fcntl.flock
+def flock(fd, op):
+    try:
+        return _flock(fd, op)
+    except BlockingIOError:
+        if not flock.said:
+            flock.said = True
+            print("waiting", flush=True)
+        raise
+flock.said = False
+fcntl.flock = flock
+""" + HOLDER
+
+
 def test_a_waiting_writer_in_another_process_gets_the_lock_after_close(existing):
     idx = DiskHashIndex(existing)
     with Holder.__new__(Holder) as holder:
         holder.proc = subprocess.Popen(
-            [sys.executable, "-c", HOLDER, str(existing), "w", "10"],
+            [sys.executable, "-c", WAITING_HOLDER, str(existing), "w", "10"],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
             text=True, env=subprocess_env(), cwd=existing.parent)
-        time.sleep(0.3)
+        assert holder.proc.stdout.readline() == "waiting\n"   # it found our lock taken
         assert holder.proc.poll() is None         # still waiting for our lock
-        idx.insert(3, rec(3))
+        idx.insert(3, record(3))
         idx.close()
         assert holder.proc.stdout.readline() == "ready\n"
         holder.close_index()
     with DiskHashIndex(existing, readonly=True) as idx:
-        assert idx[3] == rec(3) and idx[7] == (7, 70, 700, 0, 7000)
+        assert idx[3] == record(3) and idx[7] == (7, 70, 700, 0, 7000)
 
 
 def test_the_lock_dies_with_the_process(existing):
@@ -160,19 +173,19 @@ def test_two_objects_in_one_process_follow_the_same_rule(existing):
     with DiskHashIndex(existing) as writer:
         assert_locked(existing, readonly=False)
         assert_locked(existing, readonly=True)
-        writer.insert(5, rec(5))
+        writer.insert(5, record(5))
     with DiskHashIndex(existing, readonly=True) as r1, DiskHashIndex(existing, readonly=True) as r2:
-        assert r1[5] == r2[5] == rec(5)
+        assert r1[5] == r2[5] == record(5)
         assert_locked(existing, readonly=False)
     with DiskHashIndex(existing) as writer:       # close() released every lock
-        assert writer[5] == rec(5)
+        assert writer[5] == record(5)
 
 
 def test_a_failed_open_leaves_the_holders_lock_alone(existing):
     with DiskHashIndex(existing) as writer:
         for _ in range(3):
             assert_locked(existing, readonly=False)
-        writer.insert(6, rec(6))
+        writer.insert(6, record(6))
         r = subprocess.run([sys.executable, "-c", HOLDER, str(existing), "w", "0"],
                            capture_output=True, text=True, env=subprocess_env(), timeout=60,
                            cwd=existing.parent)
@@ -214,7 +227,7 @@ def test_a_forked_child_cannot_use_an_inherited_index(existing):
         results = []
         calls = {
             "get": lambda: idx.get(1), "getitem": lambda: idx[1], "contains": lambda: 1 in idx,
-            "len": lambda: len(idx), "iter": lambda: list(idx), "insert": lambda: idx.insert(9, rec(9)),
+            "len": lambda: len(idx), "iter": lambda: list(idx), "insert": lambda: idx.insert(9, record(9)),
             "delete": lambda: idx.delete(1), "pop": lambda: idx.pop(1), "save": idx.save,
             "verify": idx.verify, "repair": idx.repair, "reserve": lambda: idx.reserve(10**5),
             "with": lambda: idx.__enter__(),
@@ -231,19 +244,19 @@ def test_a_forked_child_cannot_use_an_inherited_index(existing):
         return "\n".join(results)
 
     with DiskHashIndex(existing) as idx:
-        idx.insert(2, rec(2))
+        idx.insert(2, record(2))
         out = _in_forked_child(idx, body)
         assert out.splitlines() and all(line.endswith(": ok") for line in out.splitlines()), out
         # The parent keeps its lock and its index.
         assert_locked(existing, readonly=False)
         assert_locked(existing, readonly=True)
-        idx.insert(3, rec(3))
+        idx.insert(3, record(3))
         for k in range(4, 5000):            # and can still grow
-            idx.insert(k, rec(k))
-        assert idx[1] == rec(1) and idx[2] == rec(2) and len(idx) == 4999
+            idx.insert(k, record(k))
+        assert idx[1] == record(1) and idx[2] == record(2) and len(idx) == 4999
         idx.verify()
     with DiskHashIndex(existing, readonly=True) as idx:
-        assert len(idx) == 4999 and idx[4999] == rec(4999)
+        assert len(idx) == 4999 and idx[4999] == record(4999)
 
 
 def test_a_forked_reader_child_cannot_use_it_either(existing):
@@ -253,7 +266,7 @@ def test_a_forked_reader_child_cannot_use_it_either(existing):
                 child_idx.get(1)
             return "done"
         assert _in_forked_child(idx, body) == "done"
-        assert idx[1] == rec(1)
+        assert idx[1] == record(1)
         assert_locked(existing, readonly=False)
 
 

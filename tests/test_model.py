@@ -21,10 +21,9 @@ from hypothesis.stateful import (
     precondition,
     rule,
 )
-from spec_model import assert_valid
+from spec_model import SLOT_FIELD, assert_valid, slot_offset
 
-from diskhash import DiskHashIndex, PayloadMeta
-from diskhash import _files
+from diskhash import DiskHashIndex, PayloadMeta, _files
 from diskhash._format import home_slot
 
 SEED = 0x5EED_0F_D15C_4A54  # the tests create their files with this seed
@@ -62,10 +61,6 @@ def make_index_file(path: str) -> None:
     """An empty 4096-slot table with the fixed SEED (so crafted keys collide)."""
     fd = _files.create_table_file(path, 4096, SEED)
     os.close(fd)
-
-
-def rec(key: int, offset: int, length: int, comp: int, ulen: int) -> PayloadMeta:
-    return PayloadMeta(key, offset, length, comp, ulen)
 
 
 def all_crafted() -> list[int]:
@@ -109,7 +104,7 @@ class IndexModel(RuleBasedStateMachine):
 
     @rule(key=keys, f=fields)
     def insert(self, key: int, f: tuple) -> None:
-        self.idx.insert(key, rec(key, *f))
+        self.idx.insert(key, PayloadMeta(key, *f))
         self.model[key] = (key, *f)
 
     @rule(key=keys)
@@ -151,7 +146,7 @@ class IndexModel(RuleBasedStateMachine):
         start = self.bulk_base
         self.bulk_base += n
         for k in range(start, start + n):
-            self.idx.insert(k, rec(k, *f))
+            self.idx.insert(k, PayloadMeta(k, *f))
             self.model[k] = (k, *f)
 
     @precondition(lambda self: len(self.model) > 0)
@@ -199,10 +194,21 @@ class IndexModel(RuleBasedStateMachine):
         assert len(self.idx) == len(self.model)
 
 
-IndexModel.TestCase.settings = settings(
-    max_examples=100, stateful_step_count=50, deadline=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
-TestIndexModel = IndexModel.TestCase
+MODEL = settings(stateful_step_count=50, deadline=None, database=None,
+                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+
+
+@pytest.mark.slow
+class TestIndexModel(IndexModel.TestCase):
+    """The full run: 100 sequences of up to 50 steps (``--run-slow``)."""
+
+    settings = settings(MODEL, max_examples=100)
+
+
+class TestIndexModelSample(IndexModel.TestCase):
+    """The default run: a sample of the same sequences."""
+
+    settings = settings(MODEL, max_examples=12)
 
 
 def test_backward_shift_across_the_wrap_through_grows():
@@ -219,18 +225,19 @@ def test_backward_shift_across_the_wrap_through_grows():
             filler = 1 << 80
             for target_slots in (4096, 8192, 16384):
                 while idx.num_slots < target_slots:
-                    idx.insert(filler, rec(filler, 1, 1, 0, 1))
+                    idx.insert(filler, PayloadMeta(filler, 1, 1, 0, 1))
                     model[filler] = (filler, 1, 1, 0, 1)
                     filler += 1
                 for victim_pos in range(len(wrap)):
                     for k in wrap:
-                        idx.insert(k, rec(k, k & 0xFFFF, 2, 1, 3))
+                        idx.insert(k, PayloadMeta(k, k & 0xFFFF, 2, 1, 3))
                         model[k] = (k, k & 0xFFFF, 2, 1, 3)
                     # The run really wraps: the last slot and slot 0 are occupied.
                     with open(path, "rb") as f:
                         data = f.read()
                     n = idx.num_slots
-                    assert data[64 + 40 * (n - 1)] == 1 and data[64] == 1
+                    tag = SLOT_FIELD["tag"]
+                    assert data[slot_offset(n - 1) + tag] == 1 and data[slot_offset(0) + tag] == 1
                     victim = wrap[victim_pos]
                     assert idx.pop(victim) == model.pop(victim)
                     for k in wrap:

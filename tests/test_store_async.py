@@ -7,9 +7,7 @@ import inspect
 import anyio
 import pytest
 
-from diskhash import AsyncPayloadStore, Compression, PayloadStore
-from diskhash import _aio_store
-
+from diskhash import AsyncPayloadStore, Compression, PayloadStore, _aio_store
 
 SYNC_ONLY = {"keys", "index", "data_path", "compression", "recovery", "last_compaction"}
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import uuid
+from pathlib import Path
 
 import pytest
 
@@ -142,3 +143,24 @@ def test_checksum_failure_names_id_file_offset(store_dir):
         # skipping the check is an explicit choice
     with PayloadStore(store_dir, verify_checksums=False) as s:
         assert s.get(42) == b"A" * 50 + b"B" + b"A" * 49
+
+
+def test_stored_bytes_decode_with_the_standard_codecs(store_dir):
+    """PayloadMeta.offset/.length give the stored bytes; LZ4 is a raw block and ZSTD a
+    standard frame (with its content size), so the plain library calls decode them."""
+    lz4_block = pytest.importorskip("lz4.block")
+    zstandard = pytest.importorskip("zstandard")
+    text = b"interoperable payload bytes " * 64
+    with PayloadStore(store_dir) as s:
+        m_lz4 = s.put(1, text, compression=Compression.LZ4)
+        m_zstd = s.put(2, text, compression=Compression.ZSTD)
+        m_none = s.put(3, text, compression=Compression.NONE)
+        path = s.data_path
+    raw = Path(path).read_bytes()
+
+    def stored(m):
+        return raw[m.offset:m.offset + m.length]
+
+    assert lz4_block.decompress(stored(m_lz4), uncompressed_size=m_lz4.uncompressed_length) == text
+    assert zstandard.ZstdDecompressor().decompress(stored(m_zstd)) == text
+    assert stored(m_none) == text

@@ -151,3 +151,28 @@ def test_sigkill_loop_hundreds(tmp_path, mode):
         assert stats.killed_mid_compact > 0
     if mode == "rebuild":
         assert stats.killed_mid_rebuild > 0
+
+
+def test_readonly_after_a_killed_writer(tmp_path):
+    """A writer killed mid-run leaves its allocated (zero) tail: a read-only open reads
+    and verifies fine without writing; the writable open afterwards cuts the tail."""
+    d = tmp_path / "s"
+    code = textwrap.dedent(f"""
+        import os, signal
+        from diskhash import PayloadStore
+        s = PayloadStore({str(d)!r})
+        s.put_many(range(100), [b"p%d" % i * 30 for i in range(100)])
+        s.save()
+        os.kill(os.getpid(), signal.SIGKILL)
+    """)
+    proc = subprocess.run([sys.executable, "-c", code], env=subprocess_env(), timeout=60)
+    assert proc.returncode == -signal.SIGKILL
+    data = next(p for p in d.iterdir() if p.name.startswith("data-"))
+    size = data.stat().st_size
+    with PayloadStore(d, readonly=True) as r:
+        assert len(r) == 100 and r.get(99) == b"p99" * 30
+        r.verify()
+    assert data.stat().st_size == size
+    with PayloadStore(d) as s:
+        s.verify()
+    assert data.stat().st_size < size

@@ -88,11 +88,22 @@ def test_fifo_as_data_file(tmp_path):
             PayloadStore(d, readonly=readonly, timeout=1)     # and no hang
 
 
+def test_fifo_as_manifest(tmp_path):
+    d = tmp_path / "s"
+    with PayloadStore(d) as s:
+        s.put(1, b"x")
+    (d / "MANIFEST").unlink()
+    os.mkfifo(d / "MANIFEST")
+    for readonly in (True, False):
+        with pytest.raises(DiskHashError, match="regular file"):
+            PayloadStore(d, readonly=readonly)
+
+
 def test_directory_in_place_of_manifest(tmp_path):
     d = tmp_path / "s"
     d.mkdir()
     (d / "MANIFEST").mkdir()
-    with pytest.raises(OSError):
+    with pytest.raises(DiskHashError, match="regular file"):
         PayloadStore(d)
 
 
@@ -118,54 +129,59 @@ def test_foreign_self():
         PayloadStore.put(object(), 1, b"x")
 
 
+def _race_close(path, delay: float) -> None:
+    s = PayloadStore(path)
+    s.put_many(range(500), [b"v%d" % i * 20 for i in range(500)])
+    errors: list = []
+    start = threading.Barrier(5)
+
+    def hammer(kind: int) -> None:
+        start.wait()
+        i = 0
+        while True:
+            i += 1
+            k = i % 500
+            try:
+                if kind == 0:
+                    got = s.get(k)
+                    if got is not None and got != b"v%d" % k * 20:
+                        errors.append((k, got[:20]))
+                elif kind == 1:
+                    s.put(k, b"v%d" % k * 20)
+                elif kind == 2:
+                    s.get_many([k, k + 1])
+                    if i % 50 == 0:
+                        s.stats()
+                else:
+                    if i % 20 == 0:
+                        s.compact()
+                    s.save()
+            except IndexClosedError:
+                return
+            except Exception as exc:        # pragma: no cover - reported below
+                errors.append(repr(exc))
+                return
+
+    threads = [threading.Thread(target=hammer, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    start.wait()
+    threading.Event().wait(delay)
+    s.close()
+    for t in threads:
+        t.join(30)
+        assert not t.is_alive()
+    assert not errors, errors[:3]
+    with PayloadStore(path) as s2:
+        s2.verify()
+        assert all(s2.get(k) == b"v%d" % k * 20 for k in range(500))
+
+
 def test_close_racing_everything(tmp_path):
     """Threads hammer every call while another closes: each call returns a right
     answer or raises IndexClosedError; nothing crashes, nothing wrong is read."""
     for round_ in range(5):
-        s = PayloadStore(tmp_path / f"s{round_}")
-        s.put_many(range(500), [b"v%d" % i * 20 for i in range(500)])
-        errors: list = []
-        start = threading.Barrier(5)
-
-        def hammer(kind: int) -> None:
-            start.wait()
-            i = 0
-            while True:
-                i += 1
-                k = i % 500
-                try:
-                    if kind == 0:
-                        got = s.get(k)
-                        if got is not None and got != b"v%d" % k * 20:
-                            errors.append((k, got[:20]))
-                    elif kind == 1:
-                        s.put(k, b"v%d" % k * 20)
-                    elif kind == 2:
-                        s.get_many([k, k + 1])
-                        s.stats() if i % 50 == 0 else None
-                    else:
-                        if i % 20 == 0:
-                            s.compact()
-                        s.save()
-                except IndexClosedError:
-                    return
-                except Exception as exc:        # pragma: no cover - reported below
-                    errors.append(repr(exc))
-                    return
-
-        threads = [threading.Thread(target=hammer, args=(k,)) for k in range(4)]
-        for t in threads:
-            t.start()
-        start.wait()
-        threading.Event().wait(0.05 * (round_ + 1))
-        s.close()
-        for t in threads:
-            t.join(30)
-            assert not t.is_alive()
-        assert not errors, errors[:3]
-        with PayloadStore(tmp_path / f"s{round_}") as s2:
-            s2.verify()
-            assert all(s2.get(k) == b"v%d" % k * 20 for k in range(500))
+        _race_close(tmp_path / f"s{round_}", 0.05 * (round_ + 1))
 
 
 TWO_LOOPS = """

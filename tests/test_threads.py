@@ -5,13 +5,9 @@ from __future__ import annotations
 import random
 import threading
 
-from diskhash import DiskHashIndex, IndexClosedError, PayloadMeta
+from conftest import record
 
-
-def record(key: int) -> PayloadMeta:
-    # Every field derives from the key, so a torn or misplaced record shows.
-    return PayloadMeta(key, key & 0xFFFFFFFFFFFF, (key >> 7) & 0xFFFFFFFF, key % 3,
-                       (key >> 40) & 0xFFFFFFFF)
+from diskhash import DiskHashIndex, IndexClosedError
 
 
 def test_readers_during_growth_never_see_wrong_or_torn_records(index_path):

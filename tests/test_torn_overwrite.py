@@ -15,21 +15,20 @@ import mmap
 import struct
 
 import pytest
+from spec_model import SLOT, SLOT_FIELD, header_u64, slot_key, slot_offset
 
 from diskhash import DiskHashIndex, PayloadMeta
 from diskhash._files import MARKER_SIZE, UNDO_OFFSET
 
 ARMED = int.from_bytes(b"DISKHUND", "little")
-UNDO = struct.Struct("<QQQ40s")
+UNDO = struct.Struct(f"<QQQ{SLOT.size}s")   # armed, slot, num_slots, the old slot bytes
 
 
 def slot_of(path, key: int) -> int:
     """The slot holding `key` (scan of the file, independent of the index)."""
     data = path.read_bytes()
-    num_slots = int.from_bytes(data[16:24], "little")
-    for i in range(num_slots):
-        s = data[64 + 40 * i: 104 + 40 * i]
-        if s[0] == 1 and int.from_bytes(s[16:32], "little") == key:
+    for i in range(header_u64(data, "num_slots")):
+        if data[slot_offset(i) + SLOT_FIELD["tag"]] == 1 and slot_key(data, i) == key:
             return i
     raise AssertionError(f"key {key} not in the file")
 
@@ -44,16 +43,17 @@ def crash_state(path, key: int, torn: bytes | None = None, undo_old: bytes | Non
     """Leave `path` as a writer killed inside an overwrite of `key` would."""
     slot = slot_of(path, key)
     with open(path, "r+b") as f:
-        f.seek(64 + 40 * slot)
-        old = f.read(40)
+        f.seek(slot_offset(slot))
+        old = f.read(SLOT.size)
         if torn is not None:
-            f.seek(64 + 40 * slot)
+            f.seek(slot_offset(slot))
             f.write(torn)
-        slots = int.from_bytes((f.seek(16), f.read(8))[1], "little")
+        f.seek(0)
+        slots = header_u64(f.read(slot_offset(0)), "num_slots")
     lock = path.parent / (path.name + ".lock")
     with open(lock, "r+b") as f:
         f.write(b"diskhash-dirty".ljust(MARKER_SIZE - 1) + b"\n")
-        with mmap.mmap(f.fileno(), 64, offset=UNDO_OFFSET) as m:
+        with mmap.mmap(f.fileno(), UNDO.size, offset=UNDO_OFFSET) as m:
             m[: UNDO.size] = UNDO.pack(ARMED, slot if undo_slot is None else undo_slot,
                                        slots if num_slots is None else num_slots,
                                        old if undo_old is None else undo_old)
@@ -63,8 +63,8 @@ def crash_state(path, key: int, torn: bytes | None = None, undo_old: bytes | Non
 def torn_slot(old: bytes, new: PayloadMeta) -> bytes:
     """Old record with the new compression and offset, the old lengths: a mix."""
     b = bytearray(old)
-    b[1] = int(new.compression)
-    b[32:40] = new.offset.to_bytes(8, "little")
+    b[SLOT_FIELD["compression"]] = int(new.compression)
+    b[SLOT_FIELD["offset"]: SLOT_FIELD["offset"] + 8] = new.offset.to_bytes(8, "little")
     return bytes(b)
 
 
@@ -83,7 +83,7 @@ def test_torn_overwrite_is_rolled_back_by_the_next_writable_open(index_path, sav
     # The torn record the kill left: neither the old nor the new one.
     slot = slot_of(index_path, 77)
     with open(index_path, "r+b") as f:
-        f.seek(64 + 40 * slot)
+        f.seek(slot_offset(slot))
         f.write(torn_slot(old_bytes, new))
     with DiskHashIndex(index_path, readonly=True) as idx:     # readers never write: still torn
         assert idx[77] not in (saved[77], new)

@@ -16,8 +16,9 @@ ROOT = Path(__file__).resolve().parent.parent
 @pytest.mark.skipif(importlib.util.find_spec("mypy") is None, reason="mypy not installed")
 def test_stubs_match_compiled_modules():
     modules = ["diskhash._index", "diskhash._format", "diskhash._convert"]
-    if importlib.util.find_spec("diskhash._batch") is not None:
-        modules.append("diskhash._batch")
+    for optional in ("diskhash._batch", "diskhash._store_read"):
+        if importlib.util.find_spec(optional) is not None:
+            modules.append(optional)
     env = subprocess_env()
     result = subprocess.run(
         [sys.executable, "-m", "mypy.stubtest", "--allowlist", str(ROOT / "stubtest-allowlist.txt"), *modules],
@@ -30,5 +31,5 @@ def test_package_ships_py_typed_and_stubs():
     import diskhash
 
     pkg = Path(diskhash.__file__).parent
-    for name in ("py.typed", "_index.pyi", "_format.pyi", "_convert.pyi", "_batch.pyi"):
+    for name in ("py.typed", "_index.pyi", "_format.pyi", "_convert.pyi", "_batch.pyi", "_store_read.pyi"):
         assert (pkg / name).is_file(), name

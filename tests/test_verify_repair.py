@@ -6,33 +6,32 @@ test_cli.py.)"""
 
 from __future__ import annotations
 
-import struct
-
 import pytest
-from spec_model import assert_valid
+from conftest import fill_every_slot, record
+from spec_model import (
+    HEADER,
+    HEADER_FIELD,
+    SLOT,
+    SLOT_FIELD,
+    assert_valid,
+    file_size,
+    header_u64,
+    set_header_u64,
+    slot_key,
+    slot_offset,
+)
 
 import diskhash
-from diskhash import CorruptIndexError, DiskHashIndex, PayloadMeta
+from diskhash import CorruptIndexError, DiskHashIndex
 from diskhash._format import home_slot
 
 N = 300
-
-
-def rec(key: int) -> PayloadMeta:
-    return PayloadMeta(key, key * 1000, key % 5000, key % 3, key % 7000)
-
-
-def slot_off(i: int) -> int:
-    return 64 + 40 * i
-
-
-def key_at(data, i: int) -> int:
-    return int.from_bytes(data[slot_off(i) + 16: slot_off(i) + 32], "little")
+TAG = SLOT_FIELD["tag"]
 
 
 def occupied_slots(data) -> list[int]:
-    n = int.from_bytes(data[16:24], "little")
-    return [i for i in range(n) if data[slot_off(i)] == 1]
+    n = header_u64(data, "num_slots")
+    return [i for i in range(n) if data[slot_offset(i) + TAG] == 1]
 
 
 @pytest.fixture
@@ -40,7 +39,7 @@ def built(index_path):
     """An index of N entries; returns (path, seed, bytearray of the file)."""
     with DiskHashIndex(index_path) as idx:
         for k in range(1, N + 1):
-            idx.insert(k, rec(k))
+            idx.insert(k, record(k))
         seed = idx.seed
     return index_path, seed, bytearray(index_path.read_bytes())
 
@@ -62,7 +61,7 @@ def verify_defects(path) -> list[str]:
 
 def empty_after_run(data, start: int, n: int = 4096) -> int:
     i = start
-    while data[slot_off(i)] != 0:
+    while data[slot_offset(i) + TAG] != 0:
         i = (i + 1) % n
     return i
 
@@ -72,99 +71,96 @@ def empty_after_run(data, start: int, n: int = 4096) -> int:
 def test_bad_tag(built):
     path, _, data = built
     victim = occupied_slots(data)[10]
-    data[slot_off(victim)] = 0x05
+    data[slot_offset(victim) + TAG] = 0x05
     write(path, data)
     assert f"slot {victim}: bad tag 0x05 (expected 0 or 1)" in verify_defects(path)
     report = diskhash.repair(path)
     assert report.kept == N - 1
     assert report.dropped == [(victim, f"slot {victim}: bad tag 0x05 (expected 0 or 1)")]
-    check_repaired(path, {k: rec(k) for k in range(1, N + 1) if k != key_at(data, victim)})
+    check_repaired(path, {k: record(k) for k in range(1, N + 1) if k != slot_key(data, victim)})
 
 
 def test_unknown_compression_byte(built):
     path, _, data = built
     victim = occupied_slots(data)[3]
-    data[slot_off(victim) + 1] = 3
+    data[slot_offset(victim) + SLOT_FIELD["compression"]] = 3
     write(path, data)
     assert f"slot {victim}: unknown compression byte 3" in verify_defects(path)
     with DiskHashIndex(path) as idx:
         report = idx.repair()
     assert report.kept == N - 1 and [s for s, _ in report.dropped] == [victim]
-    check_repaired(path, {k: rec(k) for k in range(1, N + 1) if k != key_at(data, victim)})
+    check_repaired(path, {k: record(k) for k in range(1, N + 1) if k != slot_key(data, victim)})
 
 
-@pytest.mark.parametrize("offset", [2, 3, 12, 15])
+@pytest.mark.parametrize("offset", [SLOT_FIELD["reserved0"], SLOT_FIELD["reserved0"] + 1,
+                                    SLOT_FIELD["reserved1"], SLOT_FIELD["reserved1"] + 3])
 def test_nonzero_reserved_slot_bytes_are_listed_and_zeroed(built, offset):
     path, _, data = built
     victim = occupied_slots(data)[7]
-    data[slot_off(victim) + offset] = 0xAA
+    data[slot_offset(victim) + offset] = 0xAA
     write(path, data)
     assert f"slot {victim}: nonzero reserved bytes" in verify_defects(path)
     report = diskhash.repair(path)
     assert report.kept == N and report.dropped == []
-    check_repaired(path, {k: rec(k) for k in range(1, N + 1)})
+    check_repaired(path, {k: record(k) for k in range(1, N + 1)})
 
 
-@pytest.mark.parametrize("offset", [12, 15, 40, 63])
+@pytest.mark.parametrize("offset", [HEADER_FIELD["reserved0"], HEADER_FIELD["reserved0"] + 3,
+                                    HEADER_FIELD["reserved1"], HEADER.size - 1])
 def test_nonzero_reserved_header_bytes(built, offset):
     path, _, data = built
     data[offset] = 0x01
     write(path, data)
     assert "nonzero reserved bytes in the header" in verify_defects(path)
     assert diskhash.repair(path).kept == N
-    check_repaired(path, {k: rec(k) for k in range(1, N + 1)})
+    check_repaired(path, {k: record(k) for k in range(1, N + 1)})
 
 
 def test_key_unreachable_from_its_home_slot(built):
     path, seed, data = built
     src = occupied_slots(data)[0]
-    key = key_at(data, src)
+    key = slot_key(data, src)
     home = home_slot(key, seed, 4096)
     # Move the entry past an empty slot that follows its home: lookups stop there.
     gap = empty_after_run(data, home)
     dst = empty_after_run(data, (gap + 1) % 4096)
-    data[slot_off(dst): slot_off(dst) + 40] = data[slot_off(src): slot_off(src) + 40]
-    data[slot_off(src): slot_off(src) + 40] = bytes(40)
+    data[slot_offset(dst): slot_offset(dst + 1)] = data[slot_offset(src): slot_offset(src + 1)]
+    data[slot_offset(src): slot_offset(src + 1)] = bytes(SLOT.size)
     write(path, data)
     with DiskHashIndex(path, readonly=True) as idx:
         assert idx.get(key) is None                      # what any spec reader sees
     assert f"slot {dst}: key {key} is unreachable from its home slot" in verify_defects(path)
     report = diskhash.repair(path)
     assert report.kept == N and report.dropped == []     # re-homed, not dropped
-    check_repaired(path, {k: rec(k) for k in range(1, N + 1)})
+    check_repaired(path, {k: record(k) for k in range(1, N + 1)})
 
 
 def test_duplicate_key(built):
     path, seed, data = built
     src = occupied_slots(data)[5]
-    key = key_at(data, src)
+    key = slot_key(data, src)
     dst = empty_after_run(data, src)                     # a second, reachable copy
-    data[slot_off(dst): slot_off(dst) + 40] = data[slot_off(src): slot_off(src) + 40]
-    data[24:32] = (N + 1).to_bytes(8, "little")          # the count agrees with the slots
+    data[slot_offset(dst): slot_offset(dst + 1)] = data[slot_offset(src): slot_offset(src + 1)]
+    set_header_u64(data, "num_entries", N + 1)          # the count agrees with the slots
     write(path, data)
     assert verify_defects(path) == [f"slot {dst}: duplicate of key {key}"]
     # A writable open heals this (a crashed delete can leave a duplicate) ...
     with DiskHashIndex(path) as idx:
         assert idx.recovery is not None and idx.recovery.kept == N
         idx.verify()
-    check_repaired(path, {k: rec(k) for k in range(1, N + 1)})
+    check_repaired(path, {k: record(k) for k in range(1, N + 1)})
 
 
 def test_count_mismatch_is_listed_by_a_reader(built):
     path, _, data = built
-    data[24:32] = (N + 5).to_bytes(8, "little")
+    set_header_u64(data, "num_entries", N + 5)
     write(path, data)
     assert verify_defects(path) == [f"header counts {N + 5} entries but {N} slots are occupied"]
 
 
 def test_no_empty_slot_is_listed_and_repair_grows_the_table(index_path):
     slots = 4096
-    data = bytearray(64 + slots * 40)
-    data[:64] = struct.pack("<8sI4xQQQ24x", b"SOCHIDX2", 1, slots, slots, 12345)
-    for i in range(slots):
-        data[slot_off(i)] = 1
-        data[slot_off(i) + 16: slot_off(i) + 32] = (i + 10**9).to_bytes(16, "little")
-    write(index_path, data)
+    fill_every_slot(index_path, slots)           # keys 10**9 + i, no clean-close marker
     assert any("no empty slot" in d for d in verify_defects(index_path))
     report = diskhash.repair(index_path)
     assert report.kept == slots and report.slots == 8192 and report.dropped == []
@@ -176,14 +172,14 @@ def test_no_empty_slot_is_listed_and_repair_grows_the_table(index_path):
 def test_every_defect_at_once_is_listed(built):
     path, seed, data = built
     occ = occupied_slots(data)
-    data[slot_off(occ[0])] = 0x09                        # bad tag
-    data[slot_off(occ[1]) + 1] = 7                       # compression
-    data[slot_off(occ[2]) + 12] = 1                      # reserved slot byte
+    data[slot_offset(occ[0]) + TAG] = 0x09                  # bad tag
+    data[slot_offset(occ[1]) + SLOT_FIELD["compression"]] = 7
+    data[slot_offset(occ[2]) + SLOT_FIELD["reserved1"]] = 1    # reserved slot byte
     dup_src = occ[3]
     dup_dst = empty_after_run(data, dup_src)
-    data[slot_off(dup_dst): slot_off(dup_dst) + 40] = data[slot_off(dup_src): slot_off(dup_src) + 40]
-    data[40] = 1                                         # reserved header byte
-    data[24:32] = (9999).to_bytes(8, "little")           # count
+    data[slot_offset(dup_dst): slot_offset(dup_dst + 1)] = data[slot_offset(dup_src): slot_offset(dup_src + 1)]
+    data[HEADER_FIELD["reserved1"]] = 1                  # reserved header byte
+    set_header_u64(data, "num_entries", 9999)            # count
     write(path, data)
     defects = verify_defects(path)
     for words in ("bad tag 0x09", "unknown compression byte 7", f"slot {occ[2]}: nonzero reserved",
@@ -192,29 +188,29 @@ def test_every_defect_at_once_is_listed(built):
     assert len(defects) == 6
     report = diskhash.repair(path)
     assert sorted(s for s, _ in report.dropped) == sorted([occ[0], occ[1]])
-    dropped_keys = {key_at(data, occ[0]), key_at(data, occ[1])}
-    check_repaired(path, {k: rec(k) for k in range(1, N + 1) if k not in dropped_keys})
+    dropped_keys = {slot_key(data, occ[0]), slot_key(data, occ[1])}
+    check_repaired(path, {k: record(k) for k in range(1, N + 1) if k not in dropped_keys})
 
 
 def test_zero_seed_is_listed_and_repair_picks_a_new_one(built):
     path, _, data = built
     # Rebuild the table by hand with seed 0 (every key at its seed-0 home).
-    table = bytearray(64 + 4096 * 40)
-    table[:64] = struct.pack("<8sI4xQQQ24x", b"SOCHIDX2", 1, 4096, N, 0)
+    table = bytearray(file_size(4096))
+    HEADER.pack_into(table, 0, b"SOCHIDX2", 1, bytes(4), 4096, N, 0, bytes(24))
     for i in occupied_slots(data):
-        key = key_at(data, i)
+        key = slot_key(data, i)
         j = home_slot(key, 0, 4096)
-        while table[slot_off(j)]:
+        while table[slot_offset(j) + TAG]:
             j = (j + 1) % 4096
-        table[slot_off(j): slot_off(j) + 40] = data[slot_off(i): slot_off(i) + 40]
+        table[slot_offset(j): slot_offset(j + 1)] = data[slot_offset(i): slot_offset(i + 1)]
     write(path, table)
     assert verify_defects(path) == ["hash seed is zero"]
     with DiskHashIndex(path, readonly=True) as idx:          # still readable
-        assert idx[17] == rec(17)
+        assert idx[17] == record(17)
     diskhash.repair(path)
     with DiskHashIndex(path, readonly=True) as idx:
         assert idx.seed != 0
-    check_repaired(path, {k: rec(k) for k in range(1, N + 1)})
+    check_repaired(path, {k: record(k) for k in range(1, N + 1)})
 
 
 def check_repaired(path, expected) -> None:
@@ -231,29 +227,29 @@ def check_repaired(path, expected) -> None:
 @pytest.mark.parametrize("count", [0, N - 1, N + 1, 4096, 2**64 - 1])
 def test_stale_header_count_never_fails_an_open(built, count):
     path, _, data = built
-    data[24:32] = count.to_bytes(8, "little")
+    set_header_u64(data, "num_entries", count)
     write(path, data)
     with DiskHashIndex(path, readonly=True) as idx:      # a reader recounts
         assert len(idx) == N
-        assert idx[1] == rec(1)
+        assert idx[1] == record(1)
         assert idx.recovery is None                      # and writes nothing
     assert path.read_bytes() == bytes(data)
     with DiskHashIndex(path) as idx:                     # a writer fixes the header
         assert len(idx) == N
         assert idx.recovery == (N, [], 4096)
         idx.verify()
-        idx.insert(N + 1, rec(N + 1))
+        idx.insert(N + 1, record(N + 1))
         assert len(idx) == N + 1
-    check_repaired(path, {k: rec(k) for k in range(1, N + 2)})
+    check_repaired(path, {k: record(k) for k in range(1, N + 2)})
 
 
 def test_stale_count_fixed_by_repair(built):
     path, _, data = built
-    data[24:32] = (3).to_bytes(8, "little")
+    set_header_u64(data, "num_entries", 3)
     write(path, data)
     report = diskhash.repair(path)
     assert report.kept == N and report.dropped == []
-    check_repaired(path, {k: rec(k) for k in range(1, N + 1)})
+    check_repaired(path, {k: record(k) for k in range(1, N + 1)})
 
 
 def test_clean_close_skips_the_recount(built):

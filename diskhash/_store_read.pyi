@@ -1,0 +1,19 @@
+"""Stubs for diskhash/_store_read.pyx (internal: the PayloadStore's read hot path)."""
+
+from typing import Any
+
+from typing_extensions import disjoint_base
+
+BEYOND: int
+MISMATCH: int
+BAD_CHECKSUM: int
+
+def checksum(data: Any) -> int: ...
+@disjoint_base
+class MapReader:
+    @property
+    def size(self) -> int: ...
+    def __new__(cls, mapping: Any) -> "MapReader": ...
+    def release(self) -> None: ...
+    def read_many(self, metas: list[Any], verify: bool) -> list[bytes | int | None]: ...
+    def read(self, meta: tuple[Any, ...], verify: bool) -> bytes | int: ...

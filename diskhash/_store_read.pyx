@@ -1,0 +1,120 @@
+# cython: language_level=3, binding=False, boundscheck=False, wraparound=False
+"""The PayloadStore's read hot path: check and copy one record out of the data file's map.
+
+``MapReader(mapping)`` holds a buffer of the map (an ``mmap``); ``read(meta,
+verify)`` checks the frame header against the ``PayloadMeta`` and, if asked,
+the XXH3 checksum (the vendored reference ``xxhash.h``, the same code the
+``xxhash`` package wraps), and returns the stored bytes, or a small int
+saying why not (``BEYOND`` the map, ``MISMATCH``, ``BAD_CHECKSUM``): the
+Python caller remaps or raises, so the messages live in one place
+(``diskhash/_store.py``).  The GIL is held: the copy is a few KiB at most
+(bigger records are read with ``pread``).
+"""
+
+from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
+from cpython.bytes cimport PyBytes_FromStringAndSize
+from cpython.long cimport PyLong_AsUnsignedLongLongMask
+from cpython.tuple cimport PyTuple_Check, PyTuple_GET_ITEM, PyTuple_GET_SIZE
+from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
+from libc.string cimport memcpy
+
+cdef extern from *:
+    """
+    #define XXH_INLINE_ALL
+    #include "_vendor/xxhash.h"
+    """
+    uint64_t XXH3_64bits(const void *data, size_t length) nogil
+
+BEYOND = 1
+MISMATCH = 2
+BAD_CHECKSUM = 3
+
+cdef enum:
+    FRAME_SIZE = 32
+    HEADER_SIZE = 64
+    FRAME_MARK = 0xD5A7
+
+cdef packed struct frame_t:
+    uint32_t checksum
+    uint8_t kind
+    uint8_t compression
+    uint16_t mark
+    uint32_t stored_length
+    uint32_t uncompressed_length
+    uint64_t key_lo
+    uint64_t key_hi
+
+
+def checksum(data):
+    """The frame checksum (low 32 bits of XXH3-64) of a bytes-like object."""
+    cdef Py_buffer view
+    PyObject_GetBuffer(data, &view, PyBUF_SIMPLE)
+    try:
+        return XXH3_64bits(view.buf, <size_t>view.len) & 0xFFFFFFFF
+    finally:
+        PyBuffer_Release(&view)
+
+
+cdef class MapReader:
+    """A buffer of a map of the data file, for ``read``."""
+
+    cdef Py_buffer view
+    cdef bint held
+    cdef const uint8_t *base
+    cdef readonly Py_ssize_t size
+
+    def __cinit__(self, mapping):
+        PyObject_GetBuffer(mapping, &self.view, PyBUF_SIMPLE)
+        self.held = True
+        self.base = <const uint8_t *>self.view.buf
+        self.size = self.view.len
+
+    def __dealloc__(self):
+        if self.held:
+            PyBuffer_Release(&self.view)
+            self.held = False
+
+    def release(self):
+        """Let go of the map (reads then answer ``BEYOND``), so it can be closed."""
+        if self.held:
+            PyBuffer_Release(&self.view)
+            self.held = False
+        self.base = NULL
+        self.size = 0
+
+    def read_many(self, list metas, bint verify):
+        """``read`` of each item of ``metas`` (None stays None), in one call."""
+        cdef Py_ssize_t i, n = len(metas)
+        cdef list out = [None] * n
+        for i in range(n):
+            m = metas[i]
+            if m is not None:
+                out[i] = self.read(m, verify)
+        return out
+
+    def read(self, meta, bint verify):
+        """The stored bytes of the record ``meta`` (a PayloadMeta), or an int error code."""
+        cdef frame_t f
+        cdef object edge_id
+        cdef uint64_t offset, length
+        cdef int compression
+        cdef uint64_t ulen
+        if not PyTuple_Check(meta) or PyTuple_GET_SIZE(meta) != 5:
+            raise TypeError("meta must be a PayloadMeta")
+        edge_id = <object>PyTuple_GET_ITEM(meta, 0)
+        offset = <uint64_t>(<object>PyTuple_GET_ITEM(meta, 1))
+        length = <uint64_t>(<object>PyTuple_GET_ITEM(meta, 2))
+        compression = <int>(<object>PyTuple_GET_ITEM(meta, 3))
+        ulen = <uint64_t>(<object>PyTuple_GET_ITEM(meta, 4))
+        if offset < HEADER_SIZE + FRAME_SIZE or offset + length > <uint64_t>self.size:
+            return BEYOND
+        memcpy(&f, self.base + offset - FRAME_SIZE, FRAME_SIZE)
+        if (f.kind != 1 or f.mark != FRAME_MARK or f.stored_length != length
+                or f.compression != compression or f.uncompressed_length != ulen
+                or f.key_lo != PyLong_AsUnsignedLongLongMask(edge_id)
+                or f.key_hi != <uint64_t>(edge_id >> 64)):
+            return MISMATCH
+        if verify and (XXH3_64bits(self.base + offset - FRAME_SIZE + 4,
+                                   <size_t>(FRAME_SIZE - 4 + length)) & 0xFFFFFFFF) != f.checksum:
+            return BAD_CHECKSUM
+        return PyBytes_FromStringAndSize(<const char *>(self.base + offset), <Py_ssize_t>length)
