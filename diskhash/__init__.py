@@ -14,6 +14,8 @@ except ImportError:
 from diskhash.aio import AsyncDiskHashIndex
 from diskhash._store import PayloadStore, StoreStats
 from diskhash._aio_store import AsyncPayloadStore
+from diskhash._sharded import ShardedStats, ShardedStore
+from diskhash._sharded_aio import AsyncShardedStore
 from diskhash.errors import (
     CodecUnavailableError,
     CorruptIndexError,
@@ -21,13 +23,17 @@ from diskhash.errors import (
     DiskHashError,
     IndexClosedError,
     IndexLockedError,
+    ManifestError,
     ReadOnlyIndexError,
+    ShardBuildError,
+    ShardMismatchError,
     WrongEventLoopError,
 )
 
 __all__ = [
     "AsyncDiskHashIndex",
     "AsyncPayloadStore",
+    "AsyncShardedStore",
     "CodecUnavailableError",
     "Compression",
     "CorruptIndexError",
@@ -37,10 +43,15 @@ __all__ = [
     "IndexClosedError",
     "IndexLockedError",
     "IndexStats",
+    "ManifestError",
     "PayloadMeta",
     "PayloadStore",
     "ReadOnlyIndexError",
     "RepairReport",
+    "ShardBuildError",
+    "ShardMismatchError",
+    "ShardedStats",
+    "ShardedStore",
     "StoreStats",
     "WrongEventLoopError",
     "repair",

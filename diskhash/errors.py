@@ -16,6 +16,9 @@ __all__ = [
     "WrongEventLoopError",
     "CorruptPayloadError",
     "CodecUnavailableError",
+    "ManifestError",
+    "ShardMismatchError",
+    "ShardBuildError",
 ]
 
 
@@ -125,3 +128,48 @@ def _rebuild_corrupt_payload(path: str, defects: "list[str]", edge_id: "int | No
 
 class CodecUnavailableError(DiskHashError, ImportError):
     """A compression codec's package is not installed; the message names the extra."""
+
+
+class ManifestError(DiskHashError):
+    """A sharded set cannot be opened: its manifest is missing, unreadable or
+    malformed, or the set was never finished (shard directories, no manifest).
+
+    ``path`` names the manifest (or the set's directory) and ``defects`` lists
+    every problem found, one string each.
+    """
+
+    def __init__(self, path: str, defects: "list[str] | str") -> None:
+        if isinstance(defects, str):
+            defects = [defects]
+        self.path = path
+        self.defects = list(defects)
+        super().__init__(f"{path}: {'; '.join(self.defects)}")
+
+    def __reduce__(self):  # keep both fields across pickling (Dask, multiprocessing)
+        return (type(self), (self.path, self.defects))
+
+
+class ShardMismatchError(ManifestError):
+    """The manifest of a sharded set and its shard directories disagree
+    (a shard missing, from another set, in the wrong place, or one too many)."""
+
+
+class ShardBuildError(DiskHashError):
+    """Building a sharded set failed; no manifest was written, so the
+    incomplete set never opens.  ``shard`` is the failing shard (or None)."""
+
+    def __init__(self, directory: str, shard: "int | None", message: str) -> None:
+        self.directory = directory
+        self.shard = shard
+        where = "" if shard is None else f"shard {shard}: "
+        super().__init__(f"{directory}: {where}{message}; no manifest was written")
+
+    def __reduce__(self):
+        return (_rebuild_shard_build_error, (self.directory, self.shard, str(self)))
+
+
+def _rebuild_shard_build_error(directory: str, shard: "int | None", text: str) -> "ShardBuildError":
+    exc = ShardBuildError.__new__(ShardBuildError)
+    exc.directory, exc.shard = directory, shard
+    Exception.__init__(exc, text)
+    return exc

@@ -1,0 +1,590 @@
+"""Build a sharded set on Dask, and serve lookups from Dask actors.
+
+Needs the ``dask`` extra (``pip install "diskhash[dask]"``); the rest of
+diskhash never imports this module.  docs/dask.md has the walk-through.
+
+* ``build_store(collection, directory, shards=N)`` writes a ``ShardedStore``
+  set from a Dask DataFrame or Bag.  Every input partition is split by shard
+  (vectorised routing) and each shard is then written by exactly one task
+  (``put_many`` into a fresh directory, renamed into place when complete),
+  so there is one writer per shard.  The manifest is written by the caller's
+  process only after every shard task has succeeded.
+* ``LookupService(client, directory)`` puts one ``ShardActor`` per shard on
+  a worker that sees the shard's files; ``get_many(keys)`` routes the batch,
+  calls the owning actors concurrently and returns the payloads in key order.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import shutil
+import threading
+import uuid
+from collections.abc import Sequence
+from types import TracebackType
+from typing import Any
+
+try:
+    import dask
+    import distributed
+    from distributed.comm import get_address_host
+except ImportError as exc:  # pragma: no cover - exercised in a subprocess
+    raise ImportError('diskhash.dask needs Dask: pip install "diskhash[dask]"') from exc
+
+from diskhash import _files, _manifest, _routing, _sharded
+from diskhash._dtypes import KEY_DTYPE, np
+from diskhash._manifest import Location, Manifest
+from diskhash._sharded import _abspath, payload_array
+from diskhash.errors import IndexClosedError, ShardBuildError, ShardMismatchError
+
+__all__ = ["LookupService", "ShardActor", "build_store"]
+
+#: Prefix of the task keys of a build (how they are grouped in the dashboard).
+SPLIT_TASK = "diskhash-split"
+WRITE_TASK = "diskhash-write-shard"
+ACTOR_TASK = "diskhash-shard-actor"
+#: Actor calls of at most this many keys run on the worker's event loop;
+#: larger ones in a thread, so a cold-disk batch does not stall the worker.
+INLINE_KEYS = 16384
+
+
+# ---------------------------------------------------------------------------
+# Input partitions -> (keys, payloads)
+
+def _int_column(values: Any, name: str) -> Any:
+    arr = np.asarray(values)
+    if arr.dtype.kind == "i":
+        neg = np.flatnonzero(arr < 0)
+        if neg.size:
+            raise OverflowError(f"column {name!r}: value {arr[neg[0]]} is negative (ids are unsigned)")
+    elif arr.dtype.kind != "u":
+        raise TypeError(f"column {name!r} must hold unsigned 64-bit integers, not {arr.dtype}")
+    return arr.astype(np.uint64, copy=False)
+
+
+def _bytes16_column(values: Any, name: str, byteorder: str) -> Any:
+    vals = np.asarray(values, dtype=object)
+    n = len(vals)
+    try:
+        lens = np.fromiter(map(len, vals), dtype=np.int64, count=n)
+        raw = b"".join(vals)
+    except TypeError:
+        bad = next(v for v in vals if not isinstance(v, (bytes, bytearray, memoryview)))
+        raise TypeError(f"column {name!r} must hold 16-byte ids, found a "
+                        f"{type(bad).__name__}") from None
+    wrong = np.flatnonzero(lens != 16)
+    if wrong.size:
+        raise ValueError(f"column {name!r}: row {int(wrong[0])} holds {int(lens[wrong[0]])} bytes, "
+                         f"ids are 16 bytes")
+    octets = np.frombuffer(raw, dtype=np.uint8).reshape(n, 16)
+    if byteorder == "big":
+        octets = octets[:, ::-1]
+    return np.ascontiguousarray(octets).view(KEY_DTYPE).reshape(n)
+
+
+def _rows(part: Any, spec: tuple[Any, ...]) -> tuple[Any, Any]:
+    """(KEY_DTYPE keys, object array of payloads) of one input partition."""
+    kind = spec[0]
+    if kind == "bag":
+        items = list(part)
+        try:
+            ids = [e for e, _ in items]
+            payloads = [p for _, p in items]
+        except (TypeError, ValueError):
+            raise TypeError("a Bag for build_store must hold (edge_id, bytes) pairs") from None
+        keys = _routing.key_array(ids)
+        return keys, payload_array(payloads, len(keys))
+    _, id_columns, payload_column, byteorder = spec
+    for col in (*id_columns, payload_column):
+        if col not in part.columns:
+            raise KeyError(f"the DataFrame has no column {col!r} (columns: {list(part.columns)})")
+    n = len(part)
+    if len(id_columns) == 2:
+        keys = np.empty(n, dtype=KEY_DTYPE)
+        keys["lo"] = _int_column(part[id_columns[0]].to_numpy(), id_columns[0])
+        keys["hi"] = _int_column(part[id_columns[1]].to_numpy(), id_columns[1])
+    else:
+        col = part[id_columns[0]]
+        if col.dtype.kind in "iu":
+            keys = np.zeros(n, dtype=KEY_DTYPE)
+            keys["lo"] = _int_column(col.to_numpy(), id_columns[0])
+        else:
+            keys = _bytes16_column(col.to_numpy(dtype=object), id_columns[0], byteorder)
+    return keys, payload_array(part[payload_column].to_numpy(dtype=object), n)
+
+
+def _pack(payloads: Any) -> tuple[Any, bytes]:
+    """(end offsets, one blob) of a list of payloads: three frames on the wire
+    instead of one per payload (Dask serialises a list element by element)."""
+    ends = np.fromiter(map(len, payloads), dtype=np.int64, count=len(payloads))
+    np.cumsum(ends, out=ends)
+    return ends, b"".join(payloads)
+
+
+def _unpack(ends: Any, blob: bytes) -> list[memoryview]:
+    view = memoryview(blob)
+    starts = [0, *ends[:-1].tolist()]
+    return [view[a:b] for a, b in zip(starts, ends.tolist())]
+
+
+def _split(part: Any, spec: tuple[Any, ...], seed: int, shards: int) -> tuple[Any, ...]:
+    """One input partition cut into ``shards`` pieces: (keys, payload ends, payload blob)."""
+    keys, payloads = _rows(part, spec)
+    sid = _routing.shards_of(keys, seed, shards)
+    order, bounds = _routing.group_by_shard(sid, shards)
+    pieces = []
+    for s in range(shards):
+        idx = order[bounds[s]:bounds[s + 1]]
+        pieces.append((keys[idx], *_pack(payloads[idx].tolist())))
+    return tuple(pieces)
+
+
+# ---------------------------------------------------------------------------
+# One shard, written by one task
+
+def _worker_host() -> str | None:
+    try:
+        return str(get_address_host(distributed.get_worker().address))
+    except ValueError:              # not on a worker (local scheduler)
+        return None
+
+
+def _clear_attempts(root: str, name: str) -> None:
+    """Remove this shard's temp directories left by earlier (killed) attempts."""
+    prefix = f".{name}."
+    try:
+        entries = os.listdir(root)
+    except FileNotFoundError:
+        return
+    for entry in entries:
+        if entry.startswith(prefix) and entry.endswith(_files.TMP_SUFFIX):
+            shutil.rmtree(os.path.join(root, entry), ignore_errors=True)
+
+
+def _write_shard(root: str, manifest: Manifest, index: int, store_kwargs: dict[str, Any],
+                 compression: Any, *pieces: tuple[Any, Any, bytes]) -> dict[str, Any]:
+    """Write shard ``index`` from scratch under ``root`` and return where it is.
+
+    The shard is built in a fresh temp directory and renamed into place only
+    when complete (store saved and closed, marker written, all fsynced); a
+    previous attempt's directory is removed first.  So a rerun after a
+    killed worker starts clean, and a shard directory is always whole.
+    """
+    name = _manifest.shard_name(index)
+    os.makedirs(root, exist_ok=True)
+    _clear_attempts(root, name)
+    final = os.path.join(root, name)
+    tmp = os.path.join(root, f".{name}.{uuid.uuid4().hex}{_files.TMP_SUFFIX}")
+    os.mkdir(tmp)
+    try:
+        store = _sharded._payload_store_class()(os.path.join(tmp, _manifest.STORE_SUBDIR), **store_kwargs)
+        try:
+            for keys, ends, blob in pieces:
+                if len(keys):
+                    store.put_many(keys, _unpack(ends, blob), compression=compression)
+            store.save()
+            entries = len(store)
+        finally:
+            store.close()
+        _manifest.write_shard_marker(tmp, manifest, index)
+        _files.fsync_dir(tmp)
+        if os.path.lexists(final):
+            shutil.rmtree(final)
+        os.rename(tmp, final)
+        _files.fsync_dir(root)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return {"index": index, "path": final, "host": _worker_host(), "entries": entries}
+
+
+# ---------------------------------------------------------------------------
+# The build
+
+def _spec(collection: Any, id_columns: str | Sequence[str], payload_column: str,
+          id_byteorder: str) -> tuple[Any, ...]:
+    import dask.bag
+
+    if isinstance(collection, dask.bag.Bag):
+        return ("bag",)
+    try:
+        import dask.dataframe
+    except ImportError:  # pragma: no cover
+        dask_df: tuple[type, ...] = ()
+    else:
+        dask_df = (dask.dataframe.DataFrame,)
+    if not dask_df or not isinstance(collection, dask_df):
+        raise TypeError(f"build_store takes a Dask DataFrame or Bag, not {type(collection).__name__}")
+    cols = (id_columns,) if isinstance(id_columns, str) else tuple(id_columns)
+    if not 1 <= len(cols) <= 2 or not all(isinstance(c, str) for c in cols):
+        raise TypeError("id_columns must be a column name (16-byte or integer ids) "
+                        "or a pair of names (low, high uint64 halves)")
+    if not isinstance(payload_column, str):
+        raise TypeError("payload_column must be a column name")
+    if id_byteorder not in ("little", "big"):
+        raise ValueError(f"id_byteorder must be 'little' or 'big', not {id_byteorder!r}")
+    return ("frame", cols, payload_column, id_byteorder)
+
+
+def _prepare_directory(directory: str) -> None:
+    os.makedirs(directory, exist_ok=True)
+    names = os.listdir(directory)
+    if _manifest.MANIFEST_NAME in names:
+        raise FileExistsError(17, "a sharded set already exists here (manifest.json); "
+                              "remove it before building another", directory)
+    foreign = [n for n in names if not _manifest.is_ours(n)]
+    if foreign:
+        raise FileExistsError(17, f"not building a sharded set in a directory holding other "
+                              f"files ({', '.join(sorted(foreign)[:5])})", directory)
+    for n in names:    # an earlier failed build's shards: rebuilt or dropped
+        shutil.rmtree(os.path.join(directory, n), ignore_errors=True)
+
+
+def _get_client(client: Any) -> Any:
+    if client is not None:
+        return client
+    try:
+        return distributed.get_client()
+    except ValueError:
+        return None
+
+
+def build_store(collection: Any, directory: str | os.PathLike[str], shards: int, *,
+                id_columns: str | Sequence[str] = "edge_id", payload_column: str = "payload",
+                id_byteorder: str = "little", compression: Any = None,
+                local_dir: str | None = None, client: Any = None, progress: bool = False,
+                store_kwargs: dict[str, Any] | None = None) -> Manifest:
+    """Build a sharded set at ``directory`` from a Dask collection; returns its manifest.
+
+    ``collection``: a Dask Bag of ``(edge_id, bytes)`` pairs, or a Dask
+    DataFrame with the id in ``id_columns`` — one column of 16-byte ids
+    (``id_byteorder`` "little" as ``int.to_bytes(16, "little")`` and
+    ``KEY_DTYPE``, "big" as ``uuid.UUID.bytes``) or of integer ids below
+    2**64, or a pair of uint64 columns (low half, high half) — and the
+    payload (bytes) in ``payload_column``.  ``shards``: how many shards.
+
+    ``directory`` is where the manifest goes, and the shards too unless
+    ``local_dir`` is given: then each shard is written to
+    ``<local_dir>/<set id>/shard-NNNNN`` on the local disk of the worker that
+    ran its task, and the manifest records that worker's host and path
+    (serve such a set with ``LookupService``).  ``directory`` must be empty,
+    new, or hold only an earlier failed build (which is replaced).
+
+    ``compression`` and ``store_kwargs`` go to each shard's PayloadStore;
+    ``client`` defaults to the current ``distributed`` client (without one,
+    the local scheduler runs the build); ``progress=True`` shows Dask's
+    progress bar (the dashboard shows the tasks in any case: groups
+    ``diskhash-split`` and ``diskhash-write-shard``).
+
+    Duplicate ids keep the payload of the last occurrence in the collection's
+    partition order.  A worker killed mid-build makes Dask rerun its tasks
+    (a shard is rebuilt from scratch); a task that keeps failing, or bad
+    input, raises ``ShardBuildError`` (the cause chained).  In every failure
+    no manifest is written, so the partial set never opens.
+    """
+    shards = _manifest.check_shard_count(shards)
+    directory = _abspath(directory)
+    spec = _spec(collection, id_columns, payload_column, id_byteorder)
+    if local_dir is not None:
+        local_dir = _abspath(local_dir)
+    client = _get_client(client)
+    if local_dir is not None and client is None:
+        raise ValueError("local_dir needs a distributed Client (the shard's host is its worker's)")
+    _prepare_directory(directory)
+    manifest = _manifest.new_manifest(shards)
+    root = directory if local_dir is None else os.path.join(local_dir, manifest.set_id)
+    kwargs = dict(store_kwargs or {})
+    token = manifest.set_id[:12]
+
+    parts = collection.to_delayed()
+    splits = [dask.delayed(_split, pure=True, nout=shards)(
+        p, spec, manifest.seed, shards, dask_key_name=f"{SPLIT_TASK}-{token}-{i}")
+        for i, p in enumerate(parts)]
+    pieces_of = [[sp[s] for sp in splits] for s in range(shards)]
+    writes = [dask.delayed(_write_shard, pure=False)(
+        root, manifest, s, kwargs, compression, *pieces_of[s],
+        dask_key_name=f"{WRITE_TASK}-{token}-{s}") for s in range(shards)]
+
+    results = _run(writes, client, progress, directory)
+    results.sort(key=lambda r: r["index"])
+    if [r["index"] for r in results] != list(range(shards)):
+        raise ShardBuildError(directory, None, "the shard tasks did not report every shard")
+    if local_dir is None:
+        locations = [Location(_manifest.shard_name(r["index"])) for r in results]
+    else:
+        locations = [Location(r["path"], r["host"]) for r in results]
+    final = Manifest(manifest.set_id, shards, manifest.seed, tuple(locations))
+    if local_dir is None:
+        for i in range(shards):     # every shard whole before the manifest makes it a set
+            _manifest.check_shard(directory, final, i)
+        _clear_temps(directory)
+    _manifest.write_manifest(directory, final)
+    return final
+
+
+def _clear_temps(directory: str) -> None:
+    for n in os.listdir(directory):
+        if n.startswith(".shard-") and n.endswith(_files.TMP_SUFFIX):
+            shutil.rmtree(os.path.join(directory, n), ignore_errors=True)
+
+
+def _run(writes: list[Any], client: Any, progress: bool, directory: str) -> list[dict[str, Any]]:
+    if client is None:
+        try:
+            if progress:
+                from dask.diagnostics import ProgressBar
+
+                with ProgressBar():
+                    return list(dask.compute(*writes, scheduler="threads"))
+            return list(dask.compute(*writes, scheduler="threads"))
+        except Exception as exc:
+            raise ShardBuildError(directory, _failed_shard(exc),
+                                  f"{type(exc).__name__}: {exc}") from exc
+    futures = client.compute(writes)
+    try:
+        if progress:
+            distributed.progress(futures)
+        return list(client.gather(futures))
+    except Exception as exc:
+        raise ShardBuildError(directory, _failed_shard(exc),
+                              f"{type(exc).__name__}: {exc}") from exc
+    finally:
+        client.cancel(futures)
+
+
+def _failed_shard(exc: BaseException) -> int | None:
+    text = str(exc)
+    marker = f"{WRITE_TASK}-"
+    at = text.find(marker)
+    if at < 0:
+        return None
+    tail = text[at + len(marker):].split("-", 1)[-1]
+    digits = "".join(ch for ch in tail[:6] if ch.isdigit())
+    return int(digits) if digits else None
+
+
+# ---------------------------------------------------------------------------
+# Serving
+
+class ShardActor:
+    """One shard of a set, opened read-only on the worker that holds its files.
+
+    Created by ``LookupService`` with ``client.submit(ShardActor, ...,
+    actor=True)``; the open checks the shard's marker against the manifest.
+    Read-only opens share the files safely with any other reader, so a
+    worker restart simply opens the shard again.
+    """
+
+    def __init__(self, directory: str, manifest: Manifest, index: int,
+                 store_kwargs: dict[str, Any] | None = None) -> None:
+        store_dir = _manifest.check_shard(directory, manifest, index)
+        self.index = index
+        self.store = _sharded._payload_store_class()(store_dir, readonly=True, **(store_kwargs or {}))
+
+    async def get_many(self, keys: Any) -> bytes:
+        """Payloads of ``keys`` (a ``KEY_DTYPE`` array routed to this shard), as
+        one pickled ``list[bytes | None]``.
+
+        Pickled here because Dask serialises a returned list element by
+        element (a frame per payload: ~25 us a key); one ``bytes`` object
+        costs one frame.  Small batches run on the worker's event loop,
+        larger ones in a thread.
+        """
+        if len(keys) <= INLINE_KEYS:
+            found = self.store.get_many(keys)
+        else:
+            import anyio.to_thread
+
+            found = await anyio.to_thread.run_sync(self.store.get_many, keys)
+        return pickle.dumps(found, protocol=pickle.HIGHEST_PROTOCOL)
+
+    def count(self) -> int:
+        """Entries in this shard."""
+        return len(self.store)
+
+    def where(self) -> tuple[str | None, int]:
+        """(host, pid) of the worker process serving this shard."""
+        return _worker_host(), os.getpid()
+
+    def close(self) -> None:
+        """Close the shard (the actor is unusable afterwards)."""
+        self.store.close()
+
+    def __del__(self) -> None:  # the worker dropped the actor: close its files
+        store = getattr(self, "store", None)
+        if store is not None:
+            store.close()
+
+
+def _lost(exc: BaseException) -> bool:
+    """Whether an actor call failed because the actor's worker went away."""
+    if isinstance(exc, OSError):
+        return True
+    if isinstance(exc, RuntimeError) and "Actor" in str(exc):
+        return True
+    return isinstance(exc, KeyError)
+
+
+class LookupService:
+    """Lookups in a sharded set through one Dask actor per shard.
+
+    ``LookupService(client, directory)`` reads the manifest at ``directory``
+    and starts one ``ShardActor`` per shard: on a worker of the shard's host
+    when the manifest records one (local disks), spread over the workers
+    otherwise (``directory`` must then be visible at the same path on every
+    worker).  Use ``Client(direct_to_workers=True)``: otherwise every actor
+    call is relayed through the scheduler.
+
+    ``get_many(keys)`` returns the payloads (None where absent) in key order.
+    An actor whose worker died is started again (its shard reopened,
+    read-only) and the call retried once; ``retries`` sets how often.
+    Thread-safe: calls from several threads may overlap.
+    """
+
+    def __init__(self, client: Any, directory: str | os.PathLike[str], *,
+                 store_kwargs: dict[str, Any] | None = None, retries: int = 1,
+                 timeout: float | None = 120.0) -> None:
+        if not callable(getattr(client, "submit", None)) or not callable(
+                getattr(client, "scheduler_info", None)):
+            raise TypeError(f"client must be a distributed.Client, not {type(client).__name__}")
+        self._client = client
+        self._directory = _abspath(directory)
+        self._manifest = _manifest.read_manifest(self._directory)
+        self._kwargs = dict(store_kwargs or {})
+        self._retries = int(retries)
+        self._timeout = timeout
+        self._lock = threading.Lock()
+        self._generation = [0] * self._manifest.shards
+        self._futures: list[Any] = [None] * self._manifest.shards
+        self._actors: list[Any] = [None] * self._manifest.shards
+        self._closed = False
+        workers = sorted(client.scheduler_info()["workers"])
+        hosts = {get_address_host(w) for w in workers}
+        for s, loc in enumerate(self._manifest.locations):
+            if loc.host is not None and loc.host not in hosts:
+                raise ShardMismatchError(
+                    os.path.join(self._directory, _manifest.MANIFEST_NAME),
+                    f"shard {s} lives on host {loc.host}, which runs no worker of this cluster "
+                    f"(worker hosts: {', '.join(sorted(hosts)) or 'none'})")
+        try:
+            for s in range(self._manifest.shards):
+                self._futures[s] = self._submit(s, workers)
+            for s in range(self._manifest.shards):
+                self._actors[s] = self._futures[s].result(timeout=timeout)
+        except BaseException:
+            self.close()
+            raise
+
+    def _submit(self, s: int, workers: list[str]) -> Any:
+        host = self._manifest.locations[s].host
+        if host is not None:
+            where, loose = [host], False
+        elif workers:
+            where, loose = [workers[s % len(workers)]], True
+        else:
+            where, loose = None, True
+        key = f"{ACTOR_TASK}-{self._manifest.set_id[:12]}-{s}-{self._generation[s]}"
+        self._generation[s] += 1
+        return self._client.submit(ShardActor, self._directory, self._manifest, s, self._kwargs,
+                                   actor=True, key=key, workers=where,
+                                   allow_other_workers=loose, pure=False)
+
+    def _revive(self, s: int, dead: Any) -> Any:
+        """A live actor for shard ``s`` (a new one if ``dead`` is still current)."""
+        with self._lock:
+            if self._actors[s] is dead:
+                old = self._futures[s]
+                workers = sorted(self._client.scheduler_info()["workers"])
+                self._futures[s] = self._submit(s, workers)
+                if old is not None:
+                    old.release()
+                self._actors[s] = self._futures[s].result(timeout=self._timeout)
+            return self._actors[s]
+
+    @property
+    def manifest(self) -> Manifest:
+        return self._manifest
+
+    @property
+    def shards(self) -> int:
+        return self._manifest.shards
+
+    def actor(self, shard: int) -> Any:
+        """The ``distributed.Actor`` serving ``shard`` now."""
+        return self._actors[shard]
+
+    def get_many(self, edge_ids: Any) -> list[bytes | None]:
+        """The payload of each key (None where absent), in key order.
+
+        ``edge_ids``: a numpy ``KEY_DTYPE``/unsigned array or a sequence of
+        keys.  Raises ``TypeError``/``OverflowError`` for bad keys (before any
+        call), or the actor's error (after ``retries`` restarts for a lost
+        worker).
+        """
+        if self._closed:
+            raise IndexClosedError(f"{self._directory}: LookupService is closed")
+        shards = self._manifest.shards
+        keys = _routing.key_array(edge_ids)
+        sid = _routing.shards_of(keys, self._manifest.seed, shards)
+        order, bounds = _routing.group_by_shard(sid, shards)
+        calls = []
+        for s in range(shards):
+            lo, hi = int(bounds[s]), int(bounds[s + 1])
+            if hi > lo:
+                idx = order[lo:hi]
+                sub = keys[idx]
+                actor = self._actors[s]
+                calls.append((s, idx, sub, actor, self._call(actor, sub)))
+        out = np.empty(len(keys), dtype=object)
+        for s, idx, sub, actor, fut in calls:
+            attempt = 0
+            while True:
+                try:
+                    if isinstance(fut, Exception):
+                        raise fut
+                    res = fut.result(timeout=self._timeout)
+                    break
+                except Exception as exc:
+                    if not _lost(exc) or attempt >= self._retries:
+                        raise
+                    attempt += 1
+                    actor = self._revive(s, actor)
+                    fut = self._call(actor, sub)
+            part = np.empty(len(idx), dtype=object)
+            part[:] = pickle.loads(res)
+            out[idx] = part
+        return out.tolist()
+
+    @staticmethod
+    def _call(actor: Any, sub: Any) -> Any:
+        """Start ``actor.get_many(sub)``: its future, or the exception raised at
+        once (Dask raises ``RuntimeError`` here when the actor's worker is gone)."""
+        try:
+            return actor.get_many(sub)
+        except Exception as exc:
+            return exc
+
+    def get(self, edge_id: Any, default: Any = None) -> Any:
+        """The payload of one key, or ``default``."""
+        lo, hi = _routing.key_halves(edge_id)
+        found = self.get_many(np.array([(lo, hi)], dtype=KEY_DTYPE))[0]
+        return default if found is None else found
+
+    def close(self) -> None:
+        """Release the actors (their shards close when the workers drop them)."""
+        self._closed = True
+        for f in self._futures:
+            if f is not None:
+                try:
+                    f.release()
+                except Exception:
+                    pass
+        self._actors = [None] * self._manifest.shards
+
+    def __enter__(self) -> LookupService:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
