@@ -18,7 +18,7 @@ delays the loop's wake-ups).  Target: no stall > 10 ms.
 ``--variants`` compares the core's ways of keeping a grow off the loop's CPU
 (benchmark knobs, not public API: ``diskhash._index._GROW_KNOBS``, see
 docs/async.md), each a ``+``-joined set of ``nice`` (nice 19 inside the grow's
-nogil sections only), ``yield`` / ``pause`` (rehash in slices, sched_yield or
+nogil sections only; ``niceN``: nice N), ``yield`` / ``pause`` (rehash in slices, sched_yield or
 a short sleep between them), ``writeback`` (sync_file_range per slice), or
 ``none``.  Variants run interleaved (one of each, then the next repeat) so
 the shared machine's mood hits all alike; the summary gives per backend and
@@ -222,7 +222,7 @@ def main() -> None:
     variants = args.variants.split(",") if args.variants else [default_knobs]
     for v in variants:
         for word in v.split("+"):
-            if word not in ("none", *core.GROW_KNOB_NAMES):
+            if word not in ("none", *core.GROW_KNOB_NAMES) and not (word[:4] == "nice" and word[4:].isdigit()):
                 parser.error(f"bad variant {v!r}: a '+'-joined set of {', '.join(core.GROW_KNOB_NAMES)}, or none")
 
     with tempfile.TemporaryDirectory(dir=args.dir) as tmp:

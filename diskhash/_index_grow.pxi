@@ -68,7 +68,8 @@ cdef int64_t rehash_range(const unsigned char *old, uint64_t start, uint64_t end
 #   nice       the grow's thread runs at nice 19 inside its nogil sections
 #              only (populate + rehash, msync), back to its own value before
 #              it takes the GIL again (a low thread holding the GIL would
-#              block the loop: priority inversion);
+#              block the loop: priority inversion); niceN (N in 1..19): at
+#              nice N instead of 19;
 #   yield      rehash in slices of GROW_SLICE_SLOTS old slots, sched_yield()
 #              between slices;
 #   pause      the same slices, a GROW_PAUSE_US sleep between them;
@@ -89,7 +90,7 @@ cdef extern from *:
     /* Lower the calling thread (not the process: Linux nice is per thread)
        to nice 19 if it can be put back afterwards: as root, or within
        RLIMIT_NICE.  *old gets the value to restore; returns 1 if lowered. */
-    static int dh_nice_lower(int *old) {
+    static int dh_nice_lower(int level, int *old) {
         static int refused = 0;
         pid_t tid = (pid_t)syscall(SYS_gettid);
         struct rlimit rl;
@@ -98,7 +99,7 @@ cdef extern from *:
         errno = 0;
         cur = getpriority(PRIO_PROCESS, (id_t)tid);
         if (cur == -1 && errno) return 0;
-        if (cur >= 19) return 0;
+        if (cur >= level) return 0;
         if (geteuid() != 0) {
             if (getrlimit(RLIMIT_NICE, &rl) != 0 || rl.rlim_cur == RLIM_INFINITY
                     || 20 - (long)rl.rlim_cur > cur) {
@@ -106,9 +107,9 @@ cdef extern from *:
                 return 0;
             }
         }
-        if (setpriority(PRIO_PROCESS, (id_t)tid, 19) != 0) return 0;
+        if (setpriority(PRIO_PROCESS, (id_t)tid, level) != 0) return 0;
         if (setpriority(PRIO_PROCESS, (id_t)tid, cur) != 0) { refused = 1; return 0; }
-        if (setpriority(PRIO_PROCESS, (id_t)tid, 19) != 0) return 0;
+        if (setpriority(PRIO_PROCESS, (id_t)tid, level) != 0) return 0;
         *old = cur;
         return 1;
     }
@@ -122,7 +123,7 @@ cdef extern from *:
         if (us) usleep(us); else sched_yield();
     }
     #else
-    static int dh_nice_lower(int *old) { (void)old; return 0; }
+    static int dh_nice_lower(int level, int *old) { (void)level; (void)old; return 0; }
     static void dh_nice_restore(int old) { (void)old; }
     static void dh_start_writeback(int fd, long long offset, long long nbytes) {
         (void)fd; (void)offset; (void)nbytes;
@@ -132,7 +133,7 @@ cdef extern from *:
     static void dh_pause(unsigned int us) { if (us) usleep(us); else sched_yield(); }
     #endif
     """
-    int dh_nice_lower(int *old) noexcept nogil
+    int dh_nice_lower(int level, int *old) noexcept nogil
     void dh_nice_restore(int old) noexcept nogil
     void dh_start_writeback(int fd, long long offset, long long nbytes) noexcept nogil
     void dh_pause(unsigned int us) noexcept nogil
@@ -151,13 +152,18 @@ cdef enum:
     WRITEBACK_LAG_SLOTS = 4096  # probe runs reach this far past a slice's end at most (in practice)
 
 
-cdef int grow_knobs() except -1:
-    """``_GROW_KNOBS`` as bit flags; a ValueError naming a bad word."""
+cdef int grow_knobs(int *nice_level) except -1:
+    """``_GROW_KNOBS`` as bit flags (and the nice level); a ValueError
+    naming a bad word."""
     cdef int flags = 0
     text = _GROW_KNOBS or "none"
+    nice_level[0] = 19
     for word in text.split("+"):
         if word == "none":
             continue
+        if word.startswith("nice") and word[4:].isdigit() and 1 <= int(word[4:]) <= 19:
+            nice_level[0] = int(word[4:])
+            word = "nice"
         if word not in GROW_KNOB_NAMES:
             raise ValueError(f"diskhash._index._GROW_KNOBS: unknown knob {word!r} in {text!r} "
                              f"(a '+'-joined set of {', '.join(GROW_KNOB_NAMES)}, or 'none')")
@@ -246,7 +252,8 @@ cdef int rebuild_table(DiskHashIndex self, uint64_t new_slots, bint salvage, uin
     cdef uint64_t old_slots = self._num_slots, seed = new_seed or self._seed
     cdef const unsigned char *obase = self._base
     cdef bint dense, lowered
-    cdef int knobs = grow_knobs(), old_nice = 0, c_fd
+    cdef int nice_level = 19, old_nice = 0, c_fd
+    cdef int knobs = grow_knobs(&nice_level)
     cdef bint in_order = new_slots == 2 * old_slots and seed == self._seed
     cdef uint64_t slice_slots = GROW_SLICE_SLOTS
     cdef unsigned int pause_us = GROW_PAUSE_US
@@ -268,7 +275,7 @@ cdef int rebuild_table(DiskHashIndex self, uint64_t new_slots, bint salvage, uin
         c_fd = fd
         with nogil:
             # Low priority only while the GIL is released (see above).
-            lowered = knobs & KNOB_NICE and dh_nice_lower(&old_nice)
+            lowered = knobs & KNOB_NICE and dh_nice_lower(nice_level, &old_nice)
             if dense:
                 populate_for_write(nbase, HEADER_SIZE + new_slots * SLOT_SIZE)
             placed = rehash(obase, old_slots, nbase, new_slots, seed, salvage,
@@ -282,7 +289,7 @@ cdef int rebuild_table(DiskHashIndex self, uint64_t new_slots, bint salvage, uin
                 self.path, "bad slot met while growing the table; run repair() first")
         (<uint64_t *>(nbase + OFF_NUM_ENTRIES))[0] = <uint64_t>placed
         with nogil:
-            lowered = knobs & KNOB_NICE and dh_nice_lower(&old_nice)
+            lowered = knobs & KNOB_NICE and dh_nice_lower(nice_level, &old_nice)
             msync(nbase, HEADER_SIZE + new_slots * SLOT_SIZE, MS_SYNC)
             if lowered:
                 dh_nice_restore(old_nice)
