@@ -255,7 +255,7 @@ cdef int rebuild_table(DiskHashIndex self, uint64_t new_slots, bint salvage, uin
     cdef int nice_level = 19, old_nice = 0, c_fd
     cdef int knobs = grow_knobs(&nice_level)
     cdef bint in_order = new_slots == 2 * old_slots and seed == self._seed
-    cdef uint64_t slice_slots = GROW_SLICE_SLOTS
+    cdef uint64_t slice_slots = max(1, GROW_SLICE_SLOTS)     # 0 would never advance
     cdef unsigned int pause_us = GROW_PAUSE_US
     action = "rebuilding the table" if salvage else "growing the table"
     if new_slots > DH_MAX_SLOTS:
