@@ -1,7 +1,7 @@
 """The longest event-loop stall while a table of several million entries grows.
 
     python benchmarks/loop_stall.py [--slots-log2 22] [--backend asyncio|uvloop|trio|all] [--repeat 2] [--dir DIR]
-                                    [--variants none,nice,batch,idle,writeback,affinity,idle+writeback]
+                                    [--variants none,nice,pause,writeback,nice+pause+writeback] [--no-controls]
 
 Fills a table to exactly its capacity (3.1 million entries at the default
 2**22 slots, through the sync API, not timed), then, on the event loop, a
@@ -15,31 +15,23 @@ duration, and with two controls: the loop idle, and a thread burning CPU for
 as long without ever taking the GIL (on a shared machine, a busy core alone
 delays the loop's wake-ups).  Target: no stall > 10 ms.
 
-``--variants`` measures ways of keeping the grow off the loop's CPU, each a
-``+``-joined set of:
-
-* ``none``: the grow as the library runs it (``await idx.insert``, writer lane);
-* ``nice`` / ``batch`` / ``idle``: the worker thread lowers its own priority
-  while it grows (``diskhash._thread_priority.lowered``: nice +19,
-  SCHED_BATCH, SCHED_IDLE for that thread only);
-* ``writeback``: a helper thread asks the kernel every 5 ms to start writing
-  back the new table's dirty pages (``sync_file_range(SYNC_FILE_RANGE_WRITE)``),
-  so the grow's final msync has less left to write in one go;
-* ``affinity``: the loop thread on one CPU, the grow's thread on the others
-  (fewer threads competing for the loop's CPU).
-
-Each line names its variant; the summary gives per variant the longest stall
-and the grow's duration against ``none`` (target: stall <= 10 ms with the grow
-no more than 20% slower).
+``--variants`` compares the core's ways of keeping a grow off the loop's CPU
+(benchmark knobs, not public API: ``diskhash._index._GROW_KNOBS``, see
+docs/async.md), each a ``+``-joined set of ``nice`` (nice 19 inside the grow's
+nogil sections only; ``niceN``: nice N), ``yield`` / ``pause`` (rehash in slices, sched_yield or
+a short sleep between them), ``writeback`` (sync_file_range per slice), or
+``none``.  Variants run interleaved (one of each, then the next repeat) so
+the shared machine's mood hits all alike; the summary gives per backend and
+variant the median and the longest stall and the grow's median duration
+against ``none`` (target: stall <= 10 ms, grow no more than 20% slower).
+Default: the library's own setting only.  The variant loop is after
+benchmarks/loop_stall.py on branch ``servers`` (there the knobs were applied
+from outside the core).
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
-import ctypes
-import functools
-import glob
 import hashlib
 import os
 import random
@@ -53,89 +45,10 @@ import anyio
 from _backends import backend_for
 
 from diskhash import AsyncDiskHashIndex, DiskHashIndex
-from diskhash._thread_priority import lowered
+from diskhash import _index as core
 
 TARGET_MS = 10.0
 TARGET_GROW_SLOWDOWN = 1.2
-VARIANT_PARTS = ("none", "nice", "batch", "idle", "writeback", "affinity")
-PRIORITIES = ("nice", "batch", "idle")
-WRITEBACK_INTERVAL_S = 0.005
-SYNC_FILE_RANGE_WRITE = 2
-
-
-def parse_variant(text: str) -> frozenset[str]:
-    parts = frozenset(text.split("+"))
-    unknown = parts - set(VARIANT_PARTS)
-    if unknown or len(parts & set(PRIORITIES)) > 1:
-        raise argparse.ArgumentTypeError(f"bad variant {text!r}: '+'-join at most one of {PRIORITIES} "
-                                         f"with writeback/affinity, or 'none'")
-    return parts
-
-
-class IncrementalWriteback:
-    """While a grow writes its new table file beside ``index_path``, start the
-    writeback of its dirty pages every few ms (Linux ``sync_file_range``)."""
-
-    def __init__(self, index_path: str) -> None:
-        head, name = os.path.split(index_path)
-        self._pattern = os.path.join(head, f".{name}.grow-{os.getpid()}-*.tmp")
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="incremental-writeback", daemon=True)
-        libc = ctypes.CDLL(None, use_errno=True)
-        self._sync_file_range = libc.sync_file_range
-        self._sync_file_range.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
-        self.calls = 0
-
-    def _run(self) -> None:
-        fd = -1
-        try:
-            while not self._stop.wait(WRITEBACK_INTERVAL_S):
-                if fd < 0:
-                    found = glob.glob(self._pattern)
-                    if not found:
-                        continue
-                    try:
-                        fd = os.open(found[0], os.O_RDONLY)
-                    except FileNotFoundError:
-                        continue
-                self._sync_file_range(fd, 0, 0, SYNC_FILE_RANGE_WRITE)     # start writeback, do not wait
-                self.calls += 1
-        finally:
-            if fd >= 0:
-                os.close(fd)
-
-    def __enter__(self) -> IncrementalWriteback:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-
-
-@contextlib.contextmanager
-def pinned(cpus: set[int]) -> contextlib.AbstractContextManager[None]:
-    """Keep the calling thread on ``cpus`` for the ``with`` body."""
-    tid = threading.get_native_id()
-    old = os.sched_getaffinity(tid)
-    os.sched_setaffinity(tid, cpus)
-    try:
-        yield
-    finally:
-        os.sched_setaffinity(tid, old)
-
-
-def grow_with(variant: frozenset[str], index_path: str, loop_cpu: int, fn, *args) -> None:
-    """Worker-thread side of a variant: ``fn(*args)`` (the growing insert) under it."""
-    with contextlib.ExitStack() as stack:
-        for policy in PRIORITIES:
-            if policy in variant:
-                stack.enter_context(lowered(policy))
-        if "affinity" in variant:
-            stack.enter_context(pinned(os.sched_getaffinity(0) - {loop_cpu}))
-        if "writeback" in variant:
-            stack.enter_context(IncrementalWriteback(index_path))
-        fn(*args)
 
 
 def build(path: str, slots_log2: int) -> list[int]:
@@ -213,8 +126,8 @@ async def reader(idx: AsyncDiskHashIndex, keys: list[int], stop: anyio.Event,
 
 
 async def observed(idx: AsyncDiskHashIndex, keys: list[int], work, gaps: list[float],
-                   blocked: list[float] | None = None,
-                   latencies: list[float] | None = None) -> None:
+                   blocked: "list[float] | None" = None,
+                   latencies: "list[float] | None" = None) -> None:
     """Run ``work()`` while a heartbeat records the loop's stalls and a reader
     task keeps doing inline gets."""
     stop = anyio.Event()
@@ -227,15 +140,13 @@ async def observed(idx: AsyncDiskHashIndex, keys: list[int], work, gaps: list[fl
         stop.set()
 
 
-async def measure(path: str, keys: list[int], variant: frozenset[str] = frozenset({"none"})) -> dict[str, float]:
-    if "affinity" in variant and len(os.sched_getaffinity(0)) < 2:
-        raise SystemExit("the affinity variant needs at least 2 CPUs")
-    loop_cpu = min(os.sched_getaffinity(0))
+async def measure(path: str, keys: list[int], controls: bool = True) -> dict[str, float]:
     async with await AsyncDiskHashIndex.open(path) as idx:
         slots = idx.num_slots
         # Idle loop, same tasks: the noise floor of this machine.
-        idle_gaps: list[float] = []
-        await observed(idx, keys, lambda: anyio.sleep(0.9), idle_gaps)
+        idle_gaps: list[float] = [0.0]
+        if controls:
+            await observed(idx, keys, lambda: anyio.sleep(0.9), idle_gaps)
 
         gaps: list[float] = []
         blocked: list[float] = []
@@ -246,23 +157,18 @@ async def measure(path: str, keys: list[int], variant: frozenset[str] = frozense
         async def grow() -> None:
             nonlocal grow_s
             t = time.perf_counter()
-            record = (new_key, 0, 1, 0, 1)
-            if variant == {"none"}:
-                await idx.insert(new_key, record)                 # grows in the writer lane's thread
-            else:
-                await anyio.to_thread.run_sync(functools.partial(
-                    grow_with, variant, path, loop_cpu, idx.sync.insert, new_key, record))
+            await idx.insert(new_key, (new_key, 0, 1, 0, 1))      # grows in a worker thread
             grow_s = time.perf_counter() - t
 
-        with pinned({loop_cpu}) if "affinity" in variant else contextlib.nullcontext():
-            await observed(idx, keys, grow, gaps, blocked, latencies)
+        await observed(idx, keys, grow, gaps, blocked, latencies)
         assert idx.num_slots == 2 * slots and len(idx) == len(keys) + 1
 
         # Control: a thread that never takes the GIL, busy for as long as the
         # grow was.  Its stalls are what this machine's CPU sharing costs.
-        control_gaps: list[float] = []
-        await observed(idx, keys, lambda: anyio.to_thread.run_sync(burn_cpu_without_gil, grow_s),
-                       control_gaps)
+        control_gaps: list[float] = [0.0]
+        if controls:
+            await observed(idx, keys, lambda: anyio.to_thread.run_sync(burn_cpu_without_gil, grow_s),
+                           control_gaps)
     latencies.sort()
     return dict(
         grow_ms=grow_s * 1e3,
@@ -278,20 +184,46 @@ async def measure(path: str, keys: list[int], variant: frozenset[str] = frozense
     )
 
 
+def summarise(results: dict[tuple[str, str], list[dict[str, float]]], backends: list[str],
+              variants: list[str]) -> None:
+    """Per backend and variant: median and longest stall, median grow vs ``none``."""
+    print(f"\n{'backend':<8} {'variant':<24} {'runs':>4} {'stall median':>12} {'stall max':>9} "
+          f"{'blocked max':>11} {'grow median':>11}  verdict")
+    for name in backends:
+        base = results.get((name, "none"))
+        base_grow = statistics.median(r["grow_ms"] for r in base) if base else None
+        for v in variants:
+            runs = results.get((name, v))
+            if not runs:
+                continue
+            stalls = [r["max_stall_ms"] for r in runs]
+            grow = statistics.median(r["grow_ms"] for r in runs)
+            ratio = f" ({grow / base_grow:.2f}x)" if base_grow else ""
+            ok = max(stalls) <= TARGET_MS and (base_grow is None or grow <= TARGET_GROW_SLOWDOWN * base_grow)
+            print(f"{name:<8} {v:<24} {len(runs):>4} {statistics.median(stalls):>9.2f} ms {max(stalls):>6.2f} ms "
+                  f"{max(r['max_blocked_ms'] for r in runs):>8.2f} ms {grow:>8.0f} ms{ratio}  "
+                  f"{'PASS' if ok else 'MISS'}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--slots-log2", type=int, default=22)
     parser.add_argument("--backend", default="all", choices=["asyncio", "uvloop", "trio", "all"])
     parser.add_argument("--repeat", type=int, default=2, help="runs per backend and variant")
-    parser.add_argument("--variants", default="none",
-                        help="comma-separated; each a '+'-joined set of " + ", ".join(VARIANT_PARTS))
+    parser.add_argument("--variants", default=None,
+                        help="comma-separated grow knob sets (default: the library's own, "
+                             f"{core._GROW_KNOBS!r})")
+    parser.add_argument("--no-controls", action="store_true",
+                        help="skip the idle-loop and GIL-free-thread controls (faster)")
     parser.add_argument("--dir", default=None, help="where to build (default: a temporary directory)")
     args = parser.parse_args()
     backends = ["asyncio", "uvloop", "trio"] if args.backend == "all" else [args.backend]
-    try:
-        variants = {name: parse_variant(name) for name in args.variants.split(",")}
-    except argparse.ArgumentTypeError as exc:
-        parser.error(str(exc))
+    default_knobs = core._GROW_KNOBS
+    variants = args.variants.split(",") if args.variants else [default_knobs]
+    for v in variants:
+        for word in v.split("+"):
+            if word not in ("none", *core.GROW_KNOB_NAMES) and not (word[:4] == "nice" and word[4:].isdigit()):
+                parser.error(f"bad variant {v!r}: a '+'-joined set of {', '.join(core.GROW_KNOB_NAMES)}, or none")
 
     with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
         base = os.path.join(tmp, "base.idx")
@@ -300,12 +232,39 @@ def main() -> None:
         print(f"built {len(keys):,} entries in {1 << args.slots_log2:,} slots "
               f"({time.perf_counter() - t0:.1f} s); each run grows a copy to {2 << args.slots_log2:,}")
         worst = worst_blocked = 0.0
-        per_variant: dict[str, list[dict[str, float]]] = {name: [] for name in variants}
-        for name in backends:
-            chosen = backend_for(name)
-            if chosen is None:
-                continue
-            backend, options = chosen
+        results: dict[tuple[str, str], list[dict[str, float]]] = {}
+        for _ in range(args.repeat):
+            for name in backends:
+                chosen = backend_for(name)
+                if chosen is None:
+                    continue
+                backend, options = chosen
+                for v in variants:                       # interleaved
+                    path = os.path.join(tmp, f"{name}.idx")
+                    shutil.copyfile(base, path)          # every run grows the same full table
+                    core._GROW_KNOBS = v
+                    try:
+                        r = anyio.run(measure, path, keys, not args.no_controls,
+                                      backend=backend, backend_options=options)
+                    finally:
+                        core._GROW_KNOBS = default_knobs
+                    os.unlink(path)
+                    results.setdefault((name, v), []).append(r)
+                    worst = max(worst, r["max_stall_ms"])
+                    worst_blocked = max(worst_blocked, r["max_blocked_ms"])
+                    print(f"{name:<8} {v:<22} grow {r['grow_ms']:7.1f} ms | longest stall "
+                          f"{r['max_stall_ms']:6.2f} ms (p99 {r['p99_stall_ms']:.2f} ms over {r['ticks']} ticks; "
+                          f"longest blocked {r['max_blocked_ms']:.2f} ms) | controls: idle loop "
+                          f"{r['idle_max_stall_ms']:.2f} ms, GIL-free CPU thread {r['control_max_stall_ms']:.2f} ms "
+                          f"| {r['gets']:,} inline gets meanwhile: "
+                          f"p50 {r['get_p50_us']:.1f} us, max {r['get_max_us']:.0f} us", flush=True)
+        summarise(results, backends, variants)
+        verdict = "PASS" if worst <= TARGET_MS else "MISS"
+        print(f"{verdict}: longest stall {worst:.2f} ms over all runs (target <= {TARGET_MS:.0f} ms); "
+              f"compare with the controls on the same lines")
+        verdict = "PASS" if worst_blocked <= TARGET_MS else "MISS"
+        print(f"{verdict}: longest time the loop thread was blocked (not running, not waiting "
+              f"for a CPU) beyond its 1 ms sleep: {worst_blocked:.2f} ms")
 
 
 if __name__ == "__main__":

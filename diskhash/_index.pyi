@@ -29,6 +29,13 @@ _StrPath = str | os.PathLike[str]
 MAX_SLOTS: int
 MAX_CAPACITY: int
 
+# Benchmark knobs for a grow (docs/async.md, "Loop stall during a grow"), not public API.
+GROW_KNOB_NAMES: tuple[str, ...]
+DEFAULT_GROW_KNOBS: str
+GROW_SLICE_SLOTS: int
+GROW_PAUSE_US: int
+_GROW_KNOBS: str
+
 @disjoint_base
 class DiskHashIndex:
     """A persistent map from 128-bit edge ids to ``PayloadMeta`` records,
