@@ -1,3 +1,6 @@
+# mypy: disable-error-code="attr-defined,no-untyped-call"
+# (Dask's packages re-export implicitly and ship partial annotations:
+# dask.delayed, dask.compute, distributed.comm.get_address_host.)
 """Build a sharded set on Dask, and serve lookups from Dask actors.
 
 Needs the ``dask`` extra (``pip install "diskhash[dask]"``); the rest of

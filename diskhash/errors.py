@@ -7,6 +7,8 @@ are the conventions callers already handle.
 
 from __future__ import annotations
 
+from typing import Any
+
 __all__ = [
     "DiskHashError",
     "CorruptIndexError",
@@ -145,7 +147,7 @@ class ManifestError(DiskHashError):
         self.defects = list(defects)
         super().__init__(f"{path}: {'; '.join(self.defects)}")
 
-    def __reduce__(self):  # keep both fields across pickling (Dask, multiprocessing)
+    def __reduce__(self) -> tuple[Any, ...]:  # keep both fields across pickling (Dask, multiprocessing)
         return (type(self), (self.path, self.defects))
 
 
@@ -164,7 +166,7 @@ class ShardBuildError(DiskHashError):
         where = "" if shard is None else f"shard {shard}: "
         super().__init__(f"{directory}: {where}{message}; no manifest was written")
 
-    def __reduce__(self):
+    def __reduce__(self) -> tuple[Any, ...]:
         return (_rebuild_shard_build_error, (self.directory, self.shard, str(self)))
 
 

@@ -21,6 +21,7 @@ import sys
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -45,6 +46,12 @@ SERVERS = {
 }
 #: One of each way of starting a server (the aiohttp variants differ only in how GET sends bytes).
 LAUNCHERS = ["aiohttp", "starlette", "uvicorn-cli", "trio", "hypercorn-cli"]
+
+
+def _fast(names: list[str], *fast: str) -> list[Any]:
+    """The cases of ``names`` outside ``fast`` run only with ``--run-slow``:
+    the default run covers each behaviour once, CI covers every server."""
+    return [n if n in fast else pytest.param(n, marks=pytest.mark.slow) for n in names]
 
 
 @dataclass
@@ -153,7 +160,7 @@ BAD_IDS = ["abc", "-1", "+1", str(2**128), "1" * 40, "1.5", "0x10", "1e3", "%201
 
 
 @pytest.mark.asyncio
-@pytest.mark.parametrize("name", list(SERVERS))
+@pytest.mark.parametrize("name", _fast(list(SERVERS), "aiohttp", "starlette", "trio"))
 async def test_every_route_round_trips_over_one_keep_alive_connection(name, store_dir):
     server = await start(name, store_dir)
     rng = random.Random(12)
@@ -196,7 +203,8 @@ async def test_every_route_round_trips_over_one_keep_alive_connection(name, stor
             assert r.status_code == 200 and r.json()["etag"] != old["etag"]
             stored[edge_id] = b"second version"
             r = await client.get(f"/payload/{edge_id}")
-            assert r.content == b"second version" and r.headers["etag"] == (await client.get(f"/meta/{edge_id}")).json()["etag"]
+            meta = (await client.get(f"/meta/{edge_id}")).json()
+            assert r.content == b"second version" and r.headers["etag"] == meta["etag"]
 
             # DELETE: 204, then absent everywhere; a second DELETE is 404.
             gone = list(stored)[1]
@@ -228,7 +236,7 @@ async def test_every_route_round_trips_over_one_keep_alive_connection(name, stor
 
 
 @pytest.mark.asyncio
-@pytest.mark.parametrize("name", ["aiohttp", "aiohttp-sendfile-all", "starlette", "trio"])
+@pytest.mark.parametrize("name", _fast(["aiohttp", "aiohttp-sendfile-all", "starlette", "trio"], "aiohttp"))
 async def test_many_concurrent_requests(name, store_dir):
     server = await start(name, store_dir)
     rng = random.Random(5)
@@ -253,7 +261,7 @@ async def test_many_concurrent_requests(name, store_dir):
 
 
 @pytest.mark.asyncio
-@pytest.mark.parametrize("name", LAUNCHERS)
+@pytest.mark.parametrize("name", _fast(LAUNCHERS, "aiohttp", "trio"))
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 async def test_a_signal_stops_it_and_closes_the_store(name, sig, store_dir):
     server = await start(name, store_dir)
@@ -267,7 +275,7 @@ async def test_a_signal_stops_it_and_closes_the_store(name, sig, store_dir):
 
 
 @pytest.mark.asyncio
-@pytest.mark.parametrize("name", LAUNCHERS)
+@pytest.mark.parametrize("name", _fast(LAUNCHERS, "starlette"))
 async def test_a_second_signal_during_the_shutdown_still_closes_the_store(name, store_dir):
     """A PUT whose body is still arriving holds the graceful shutdown open;
     a second signal lands during it.  The store is closed either way, and the
@@ -320,7 +328,8 @@ async def test_a_second_signal_during_the_shutdown_still_closes_the_store(name, 
 
 
 @pytest.mark.asyncio
-@pytest.mark.parametrize("name", ["aiohttp", "aiohttp-sendfile-all", "aiohttp-uvloop", "starlette", "trio"])
+@pytest.mark.parametrize("name", _fast(["aiohttp", "aiohttp-sendfile-all", "aiohttp-uvloop", "starlette", "trio"],
+                                       "aiohttp-sendfile-all"))
 async def test_head_answers_headers_only_and_the_connection_stays_usable(name, store_dir):
     """HEAD on a large payload (the sendfile path of the aiohttp app) sends no
     body bytes: the next answer on the same connection starts where it should."""
@@ -392,7 +401,7 @@ def small_ext4(tmp_path: Path):
 
 
 @pytest.mark.asyncio
-@pytest.mark.parametrize("name", ["aiohttp", "starlette", "trio"])
+@pytest.mark.parametrize("name", _fast(["aiohttp", "starlette", "trio"], "trio"))
 async def test_a_full_disk_answers_507_and_keeps_serving(name, small_ext4):
     store = small_ext4 / "store"
     server = await start(name, store)
@@ -423,7 +432,7 @@ async def test_a_full_disk_answers_507_and_keeps_serving(name, small_ext4):
 
 
 @pytest.mark.asyncio
-@pytest.mark.parametrize("name", ["aiohttp", "starlette", "trio"])
+@pytest.mark.parametrize("name", _fast(["aiohttp", "starlette", "trio"], "aiohttp"))
 async def test_sigkill_loses_nothing_that_was_answered(name, store_dir):
     """No clean shutdown at all: what a PUT or DELETE was answered for is in the
     store when the next writer opens it (the apps buffer nothing of their own)."""

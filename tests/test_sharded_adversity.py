@@ -24,6 +24,7 @@ def run_child(code: str, *args: str, timeout: float = 120) -> subprocess.Complet
                           capture_output=True, text=True, timeout=timeout, env=subprocess_env())
 
 
+@pytest.mark.slow
 def test_close_racing_calls_from_threads(tmp_path: Path) -> None:
     code = """
         import sys, threading, numpy as np, diskhash
@@ -59,6 +60,7 @@ def test_close_racing_calls_from_threads(tmp_path: Path) -> None:
     assert out.returncode == 0 and "OK" in out.stdout, (out.returncode, out.stderr[-3000:])
 
 
+@pytest.mark.slow
 def test_sigkill_while_creating_and_filling(tmp_path: Path) -> None:
     # Killed at a random moment, a set either opens with whole records or is
     # reported unfinished (ManifestError); never half a manifest or a crash.
