@@ -612,6 +612,13 @@ cdef class DiskHashIndex:
 
 
 def repair(path):
-    """Open the index at ``path`` for writing, repair it, close it; returns the report."""
+    """Open the index at ``path`` for writing, repair it, close it; returns the report.
+
+    Raises ``FileNotFoundError`` (and creates nothing) if there is no index
+    at ``path``: a writable open would create an empty one.
+    """
+    name = os.path.abspath(os.fsdecode(path)) if os.fsdecode(path) else ""
+    if name and not _files.check_existing(os.path.realpath(name), name):
+        raise FileNotFoundError(2, "no index file to repair", name)
     with DiskHashIndex(path) as idx:
         return idx.repair()
