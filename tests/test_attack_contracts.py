@@ -110,3 +110,40 @@ def test_a_full_stdout_names_standard_output_not_the_index(small_index, tmp_path
     with DiskHashIndex(small_index, readonly=True) as idx:
         idx.verify()
         assert len(idx) == 100
+
+
+# -- odd files in the lock file's place -----------------------------------------
+
+LOCK_IN_PLACE = r"""
+import os, sys
+from diskhash import DiskHashIndex
+path, kind, readonly = sys.argv[1], sys.argv[2], sys.argv[3] == "1"
+lock = path + ".lock"
+os.unlink(lock)
+if kind == "fifo":
+    os.mkfifo(lock)
+else:
+    os.symlink(kind, lock)
+try:
+    DiskHashIndex(path, readonly=readonly).close()
+except OSError as exc:
+    print(exc.errno, exc.filename, exc.strerror)
+else:
+    print("opened")
+"""
+
+
+@pytest.mark.parametrize("readonly", [False, True])
+@pytest.mark.parametrize("kind", ["fifo", "/dev/null", "/dev/zero"])
+def test_an_odd_file_in_the_lock_files_place_is_named(small_index, kind, readonly):
+    # A FIFO gave a bare "[Errno 29] Illegal seek", /dev/null a bare
+    # "[Errno 19] No such device" (from mmap), neither naming a file;
+    # a reader could even lock /dev/null.
+    r = subprocess.run([sys.executable, "-c", LOCK_IN_PLACE, str(small_index), kind,
+                        "1" if readonly else "0"], check=False, capture_output=True,
+                       text=True, timeout=60, env=subprocess_env())
+    assert r.returncode == 0, r.stderr
+    errno_, filename, message = r.stdout.strip().split(" ", 2)
+    assert int(errno_) == 22
+    assert filename == f"{small_index}.lock"
+    assert "lock file is a" in message and "not a regular file" in message
