@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
 import pytest
@@ -147,3 +148,21 @@ def test_an_odd_file_in_the_lock_files_place_is_named(small_index, kind, readonl
     assert int(errno_) == 22
     assert filename == f"{small_index}.lock"
     assert "lock file is a" in message and "not a regular file" in message
+
+
+@pytest.mark.parametrize(("keys", "named"), [
+    (None, "not NoneType"), ({1: 2}, "not dict"), ((k for k in range(3)), "not generator"),
+    ([1, None], "a NoneType among them"), ([1, uuid.UUID(int=2)], "a UUID among them"), ([1, True], "a bool among them"),
+])
+def test_batch_keys_that_are_not_ids_are_named(index_path, keys, named):
+    # These all said "ids of 2**64 and above go in a diskhash.KEY_DTYPE array".
+    with DiskHashIndex(index_path) as idx:
+        for call in (idx.get_many, idx.contains_many):
+            with pytest.raises(TypeError, match=named) as info:
+                call(keys)
+            assert "2**64 and above" not in str(info.value)
+
+
+def test_batch_keys_of_2_64_and_above_still_point_at_key_dtype(index_path):
+    with DiskHashIndex(index_path) as idx, pytest.raises(TypeError, match="KEY_DTYPE"):
+        idx.get_many([1, 2**64])
