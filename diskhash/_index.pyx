@@ -450,6 +450,12 @@ cdef class DiskHashIndex:
         if not self.delete(key):
             raise KeyError(key)
 
+    def __setitem__(self, key, meta):
+        # Defining __delitem__ alone makes Cython answer ``idx[k] = v`` with
+        # NotImplementedError; Python's protocol for "no item assignment" is TypeError.
+        raise TypeError("DiskHashIndex does not support item assignment: use "
+                        "insert(key, meta) (it checks meta.edge_id against the key)")
+
     def pop(self, key, default=_MISSING):
         """Remove ``key`` and return its record (``default``, or ``KeyError``, if absent)."""
         cdef uint64_t lo, hi

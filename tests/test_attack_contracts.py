@@ -166,3 +166,15 @@ def test_batch_keys_that_are_not_ids_are_named(index_path, keys, named):
 def test_batch_keys_of_2_64_and_above_still_point_at_key_dtype(index_path):
     with DiskHashIndex(index_path) as idx, pytest.raises(TypeError, match="KEY_DTYPE"):
         idx.get_many([1, 2**64])
+
+
+def test_item_assignment_is_a_typeerror_not_notimplemented(index_path):
+    # ``idx[k] = meta`` raised NotImplementedError ("Subscript assignment not
+    # supported"), Cython's answer when only __delitem__ is defined.
+    with DiskHashIndex(index_path) as idx:
+        with pytest.raises(TypeError, match="insert"):
+            idx[1] = record(1)
+        assert 1 not in idx
+        idx.insert(1, record(1))
+        del idx[1]
+        assert len(idx) == 0
