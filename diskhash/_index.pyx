@@ -295,10 +295,17 @@ cdef class DiskHashIndex:
     def _iterate(self, int what):
         generation, num_slots = self._iter_start()
         cdef uint64_t start = 0
+        cdef uint64_t gen = generation
         while start < num_slots:
             chunk = self._chunk(start, what, generation)
             start = chunk.next_slot
-            yield from chunk.items
+            for item in chunk.items:
+                # A chunk is copied ahead: re-check before each item, so a key
+                # deleted (or the index closed) meanwhile is never yielded.
+                if self._generation != gen or self._state != STATE_OPEN:
+                    self._iter_start()          # raises if closed
+                    raise RuntimeError(f"{self.path}: index changed size during iteration")
+                yield item
 
     def __iter__(self):
         return self._iterate(0)

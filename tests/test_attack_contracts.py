@@ -257,3 +257,54 @@ def test_sigkill_during_insert_many_and_its_rollback_leaves_a_healable_table(tmp
                     assert meta.offset == k * 3
                     found += 1
             assert found == len(idx) - 1000
+
+
+# -- iteration never yields a key after it is gone ------------------------------
+
+
+@pytest.mark.parametrize("what", ["keys", "values", "items"])
+def test_iteration_stops_at_the_next_item_after_a_delete(index_path, what):
+    # Iteration copies a chunk of slots ahead; a key deleted after the copy
+    # was still yielded (and the RuntimeError came a chunk later).
+    with DiskHashIndex(index_path) as idx:
+        for k in range(100):
+            idx.insert(k, record(k))
+        order = list(idx.keys())
+        it = iter(getattr(idx, what)())
+        next(it)
+        idx.delete(order[5])
+        with pytest.raises(RuntimeError, match="changed size during iteration"):
+            next(it)
+
+
+def test_iteration_after_close_raises_at_the_next_item(index_path):
+    from diskhash import IndexClosedError
+
+    idx = DiskHashIndex(index_path)
+    for k in range(100):
+        idx.insert(k, record(k))
+    it = iter(idx.items())
+    next(it)
+    idx.close()
+    with pytest.raises(IndexClosedError):
+        next(it)
+
+
+@pytest.mark.anyio
+async def test_async_iteration_stops_at_the_next_item_after_a_delete(index_path):
+    from diskhash import AsyncDiskHashIndex, IndexClosedError
+
+    idx = await AsyncDiskHashIndex.open(index_path)
+    async with idx:
+        for k in range(100):
+            await idx.insert(k, record(k))
+        order = list(idx.sync.keys())
+        it = idx.keys().__aiter__()
+        await it.__anext__()
+        await idx.delete(order[5])
+        with pytest.raises(RuntimeError, match="changed size during iteration"):
+            await it.__anext__()
+        it = idx.items().__aiter__()
+        await it.__anext__()
+    with pytest.raises(IndexClosedError):
+        await it.__anext__()
