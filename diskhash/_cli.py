@@ -29,8 +29,8 @@ import signal
 import stat
 import sys
 from collections.abc import Callable, Sequence
-from typing import TextIO
 from dataclasses import dataclass
+from typing import TextIO
 
 from diskhash._index import DiskHashIndex
 from diskhash._progress import Progress

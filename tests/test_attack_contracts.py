@@ -11,9 +11,9 @@ import uuid
 from pathlib import Path
 
 import pytest
+from conftest import record, subprocess_env
 
 import diskhash
-from conftest import record, subprocess_env
 from diskhash import DiskHashIndex
 from diskhash._index import MAX_CAPACITY
 
