@@ -364,6 +364,7 @@ cdef Py_ssize_t insert_range(DiskHashIndex idx, const uint64_t *kp, bint wide,
 
 def _key_array(keys):
     """``keys`` as an aligned contiguous array: (``<u8`` array, False) or (KEY_DTYPE array, True)."""
+    given = keys
     if not isinstance(keys, _np.ndarray):
         keys = _np.asarray(keys)
         if keys.size == 0:
@@ -388,7 +389,15 @@ def _key_array(keys):
     elif dt.kind == "b":
         raise TypeError("keys must be unsigned integers (ids), not bool")
     elif dt.kind == "O":
-        # What numpy makes of a list holding an int of 2**64 or more.
+        # What numpy makes of a list holding an int of 2**64 or more -- or of
+        # something that is not a sequence of ids at all (None, a generator).
+        items = arr.ravel().tolist() if arr.ndim else [arr.item()]
+        for x in items:
+            if isinstance(x, bool) or not isinstance(x, int):
+                what = type(given).__name__ if arr.ndim == 0 else f"a {type(x).__name__} among them"
+                raise TypeError(
+                    "keys must be an unsigned integer array (ids < 2**64), a list of ints or a "
+                    f"diskhash.KEY_DTYPE array, not {what}")
         raise TypeError(
             "keys must be an unsigned integer array (ids < 2**64) or a diskhash.KEY_DTYPE array, "
             "not dtype object: ids of 2**64 and above go in a diskhash.KEY_DTYPE array "

@@ -30,6 +30,7 @@ import stat
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TextIO
 
 from diskhash._index import DiskHashIndex
 from diskhash._progress import Progress
@@ -140,14 +141,14 @@ def _progress(args: argparse.Namespace, label: str, total: int | None = None) ->
 def info(args: argparse.Namespace) -> int:
     with DiskHashIndex(existing_file(args.path), readonly=True, timeout=args.timeout) as idx:
         s = idx.stats()
-        print(f"path           {idx.path}")
-        print(f"entries        {s.entries}")
-        print(f"slots          {s.slots}")
-        print(f"load factor    {s.load_factor:.4f}")
-        print(f"file bytes     {s.file_bytes}")
-        print(f"longest probe  {s.longest_probe}")
-        print(f"mean probe     {s.mean_probe:.3f}")
-        print(f"seed           0x{idx.seed:016x}")
+        _say(f"path           {idx.path}")
+        _say(f"entries        {s.entries}")
+        _say(f"slots          {s.slots}")
+        _say(f"load factor    {s.load_factor:.4f}")
+        _say(f"file bytes     {s.file_bytes}")
+        _say(f"longest probe  {s.longest_probe}")
+        _say(f"mean probe     {s.mean_probe:.3f}")
+        _say(f"seed           0x{idx.seed:016x}")
     return EXIT_OK
 
 
@@ -163,7 +164,7 @@ def verify(args: argparse.Namespace) -> int:
             for defect in exc.defects:
                 print(f"  {defect}", file=sys.stderr)
             return EXIT_INDEX_ERROR
-        print(f"{idx.path}: ok ({len(idx)} entries in {idx.num_slots} slots)")
+        _say(f"{idx.path}: ok ({len(idx)} entries in {idx.num_slots} slots)")
     return EXIT_OK
 
 
@@ -172,10 +173,10 @@ def repair(args: argparse.Namespace) -> int:
     with DiskHashIndex(existing_file(args.path), timeout=args.timeout) as idx, \
             _progress(args, "repair"):
         report = idx.repair()
-    print(f"{args.path}: kept {report.kept} entries in {report.slots} slots, "
-          f"dropped {len(report.dropped)}")
+    _say(f"{args.path}: kept {report.kept} entries in {report.slots} slots, "
+         f"dropped {len(report.dropped)}")
     for _slot, reason in report.dropped:      # each reason starts "slot N: "
-        print(f"  dropped {reason}")
+        _say(f"  dropped {reason}")
     return EXIT_OK
 
 
@@ -183,17 +184,52 @@ def repair(args: argparse.Namespace) -> int:
                  "uncompressed_length)", long_index_arguments)
 def dump(args: argparse.Namespace) -> int:
     out = sys.stdout
+    if out is None:             # started with stdout closed (`>&-`)
+        raise UsageError("standard output is closed: nowhere to dump to")
     with DiskHashIndex(existing_file(args.path), readonly=True, timeout=args.timeout) as idx:
         with _progress(args, "dump", len(idx)) as bar:
             pending = 0
             for key, m in idx.items():
-                out.write(f"{key}\t{m.offset}\t{m.length}\t{int(m.compression)}\t{m.uncompressed_length}\n")
+                _write(out, f"{key}\t{m.offset}\t{m.length}\t{int(m.compression)}\t"
+                            f"{m.uncompressed_length}\n")
                 pending += 1
                 if pending == DUMP_STEP:
                     bar.update(pending)
                     pending = 0
-        out.flush()
+        _flush(out)
     return EXIT_OK
+
+
+STDOUT_NAME = "standard output"
+
+
+def _write(out: TextIO, text: str) -> None:
+    """``out.write``, an error naming standard output (not the index) on failure."""
+    try:
+        out.write(text)
+    except BrokenPipeError:
+        raise
+    except OSError as exc:
+        raise OSError(exc.errno, exc.strerror or str(exc), STDOUT_NAME) from None
+
+
+def _say(line: str) -> None:
+    """Print ``line`` to standard output (nowhere if it is closed); a write
+    error names standard output, not the index."""
+    if sys.stdout is not None:
+        _write(sys.stdout, line + "\n")
+
+
+def _flush(out: TextIO | None) -> None:
+    """Flush ``out`` (if open); a write error names standard output."""
+    if out is None:
+        return
+    try:
+        out.flush()
+    except BrokenPipeError:
+        raise
+    except OSError as exc:
+        raise OSError(exc.errno, exc.strerror or str(exc), STDOUT_NAME) from None
 
 
 from diskhash._cli_store import register as _register_store  # noqa: E402  (diskhash store ...)
@@ -234,7 +270,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     prog = parser.prog
     try:
-        return int(args.run(args))
+        status = int(args.run(args))
+        _flush(sys.stdout)      # a full disk or closed pipe shows here, not at exit
+        return status
     except UsageError as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return EXIT_USAGE

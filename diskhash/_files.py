@@ -350,15 +350,34 @@ class IndexLock:
         self._acquire(fd, " through another name of the same file (a hard link)")
 
     def _open(self) -> int:
+        # O_NONBLOCK: a FIFO in the lock file's place must not block the open;
+        # anything but a regular file is refused (_checked_lock_file).
         try:
-            return os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NONBLOCK, 0o644)
         except OSError as exc:
             if self.exclusive or exc.errno not in (errno.EACCES, errno.EROFS, errno.EPERM):
                 raise
-        try:  # a reader in a read-only directory: lock if the file exists
-            return os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
-        except OSError:
-            return -1
+            try:  # a reader in a read-only directory: lock if the file exists
+                fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+            except OSError:
+                return -1
+        return self._checked_lock_file(fd)
+
+    def _checked_lock_file(self, fd: int) -> int:
+        """``fd`` if it is a regular file (O_NONBLOCK cleared); else closes it
+        and raises an ``OSError`` naming the lock file and what is there."""
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                kind = next((k for test, k in _KINDS if test(st.st_mode)), "not a regular file")
+                code = errno.EISDIR if stat.S_ISDIR(st.st_mode) else errno.EINVAL
+                raise OSError(code, f"the index's lock file is {kind}, not a regular file "
+                                    f"(remove it; diskhash creates it)", self.path)
+            fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_NONBLOCK)
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
 
     def _acquire(self, fd: int, where: str) -> None:
         op = fcntl.LOCK_EX if self.exclusive else fcntl.LOCK_SH

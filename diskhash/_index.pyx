@@ -295,10 +295,17 @@ cdef class DiskHashIndex:
     def _iterate(self, int what):
         generation, num_slots = self._iter_start()
         cdef uint64_t start = 0
+        cdef uint64_t gen = generation
         while start < num_slots:
             chunk = self._chunk(start, what, generation)
             start = chunk.next_slot
-            yield from chunk.items
+            for item in chunk.items:
+                # A chunk is copied ahead: re-check before each item, so a key
+                # deleted (or the index closed) meanwhile is never yielded.
+                if self._generation != gen or self._state != STATE_OPEN:
+                    self._iter_start()          # raises if closed
+                    raise RuntimeError(f"{self.path}: index changed size during iteration")
+                yield item
 
     def __iter__(self):
         return self._iterate(0)
@@ -449,6 +456,12 @@ cdef class DiskHashIndex:
     def __delitem__(self, key):
         if not self.delete(key):
             raise KeyError(key)
+
+    def __setitem__(self, key, meta):
+        # Defining __delitem__ alone makes Cython answer ``idx[k] = v`` with
+        # NotImplementedError; Python's protocol for "no item assignment" is TypeError.
+        raise TypeError("DiskHashIndex does not support item assignment: use "
+                        "insert(key, meta) (it checks meta.edge_id against the key)")
 
     def pop(self, key, default=_MISSING):
         """Remove ``key`` and return its record (``default``, or ``KeyError``, if absent)."""
@@ -612,6 +625,13 @@ cdef class DiskHashIndex:
 
 
 def repair(path):
-    """Open the index at ``path`` for writing, repair it, close it; returns the report."""
+    """Open the index at ``path`` for writing, repair it, close it; returns the report.
+
+    Raises ``FileNotFoundError`` (and creates nothing) if there is no index
+    at ``path``: a writable open would create an empty one.
+    """
+    name = os.path.abspath(os.fsdecode(path)) if os.fsdecode(path) else ""
+    if name and not _files.check_existing(os.path.realpath(name), name):
+        raise FileNotFoundError(2, "no index file to repair", name)
     with DiskHashIndex(path) as idx:
         return idx.repair()

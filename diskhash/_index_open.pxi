@@ -30,7 +30,12 @@ def _lock_timeout(value):
         return None
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"timeout must be a number of seconds or None, not {type(value).__name__}")
-    seconds = float(value)
+    try:
+        seconds = float(value)
+    except OverflowError:       # an int beyond float range: forever if positive
+        if value > 0:
+            return None
+        raise ValueError(f"timeout must be >= 0 seconds or None, got {value!r}") from None
     if math.isnan(seconds) or seconds < 0:
         raise ValueError(f"timeout must be >= 0 seconds or None, got {value!r}")
     return seconds
@@ -42,6 +47,10 @@ cdef int open_index(DiskHashIndex self, path, bint readonly, capacity, timeout) 
     name = os.fsdecode(path)
     if not name:
         raise ValueError("path is empty: name the index file")
+    if name.endswith(os.sep) and not os.path.isdir(name):
+        # abspath() would drop the slash and make a file of what names a directory
+        raise NotADirectoryError(20, "a path ending in '/' names a directory, not an index file",
+                                 name)
     if capacity is not None:
         capacity = _entry_count(capacity, "capacity")
         if readonly:

@@ -106,6 +106,11 @@ class _AsyncIterator(Generic[_I]):
             self._buffer, self._start = await self._owner._thread(
                 _fetch, sync, self._start, self._what, self._generation, self._num_slots)
             self._pos = 0
+        # The buffer is copied ahead: a key deleted (or the index closed)
+        # meanwhile must not be yielded (the sync iterators' rule).
+        sync = self._owner.sync
+        if sync._iter_start()[0] != self._generation:
+            raise RuntimeError(f"{sync.path}: index changed size during iteration")
         item: _I = self._buffer[self._pos]
         self._pos += 1
         return item
