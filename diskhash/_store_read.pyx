@@ -5,11 +5,10 @@
 verify)`` checks the frame header against the ``PayloadMeta`` and, if asked,
 the CRC-32C checksum (our own ``_crc32c.h``; this module's ``checksum`` is
 also the one the Python side computes frames with), and returns the stored
-bytes, or a small int
-saying why not (``BEYOND`` the map, ``MISMATCH``, ``BAD_CHECKSUM``): the
-Python caller remaps or raises, so the messages live in one place
-(``diskhash/_store.py``).  The GIL is held: the copy is a few KiB at most
-(bigger records are read with ``pread``).
+bytes, or a small int saying why not (``BEYOND`` the map, ``MISMATCH``,
+``BAD_CHECKSUM``): the Python caller remaps or raises, so the messages live
+in one place (``diskhash/_store.py``).  The GIL is held: the copy is a few
+KiB at most (bigger records are read with ``pread``).
 """
 
 from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
