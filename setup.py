@@ -32,7 +32,8 @@ extensions = [
         [f"diskhash/{name}.pyx"],
         define_macros=macros,
         extra_compile_args=compile_args,
-        include_dirs=["diskhash"],      # _store_read: the vendored _vendor/xxhash.h
+        include_dirs=["diskhash"],      # _store_read: diskhash/_crc32c.h
+        depends=["diskhash/_crc32c.h"] if name == "_store_read" else [],
     )
     for name in modules
 ]

@@ -3,9 +3,12 @@
 Byte-for-byte description: docs/store-format.md.  Everything here is
 little-endian.  A data file is a 64-byte header followed by frames; a frame
 is a 32-byte header followed by ``stored_length`` payload bytes.  The
-checksum is the low 32 bits of XXH3-64 (seed 0) over the frame from byte 4
-(everything after the checksum field) to the end of its payload, so one
-contiguous read checks header and payload together.
+checksum is CRC-32C (Castagnoli) over the frame from byte 4 (everything
+after the checksum field) to the end of its payload, so one contiguous read
+checks header and payload together.  The data file header and the manifest
+end in a u64 holding the CRC-32C of the bytes before it, zero-extended.
+``checksum`` is the compiled one (``diskhash/_store_read.pyx`` over
+``diskhash/_crc32c.h``): the Python paths call it too.
 
 ``PayloadMeta.offset`` of an indexed record is the offset of its payload
 bytes (frame offset + ``FRAME_SIZE``) and ``.length`` its stored size.
@@ -17,8 +20,7 @@ import os
 import struct
 from typing import Any, Callable, Iterator, NamedTuple
 
-from xxhash import xxh3_64, xxh3_64_intdigest
-
+from diskhash._store_read import checksum
 from diskhash.errors import CorruptPayloadError
 
 __all__ = [
@@ -28,7 +30,7 @@ __all__ = [
     "DataHeader", "Frame", "ScanResult",
     "checksum", "pack_frame_body", "pread_exact", "FRAME_BODY", "pack_data_header", "unpack_data_header",
     "pack_manifest", "unpack_manifest", "data_name", "index_name", "scan", "tombstone",
-    "xxh3_64", "replay",
+    "replay",
 ]
 
 # -- data file header (64 bytes) ---------------------------------------------
@@ -40,7 +42,7 @@ __all__ = [
 # 24  u32 flags: bit 0 = a writer has the file open (unclean if set at open)
 # 28  u32 reserved (0)
 # 32  24x reserved (0)
-# 56  u64 XXH3-64 of bytes 0..56
+# 56  u64 CRC-32C of bytes 0..56, zero-extended
 DATA_MAGIC = b"SOCHDATA"
 DATA_VERSION = 1
 DATA_HEADER = struct.Struct("<8sIIQII24xQ")
@@ -49,7 +51,7 @@ FLAG_DIRTY = 1
 assert DATA_HEADER.size == DATA_HEADER_SIZE
 
 # -- frame header (32 bytes) ---------------------------------------------------
-#  0  u32 checksum: low 32 bits of XXH3-64 over bytes [4, 32 + stored_length)
+#  0  u32 checksum: CRC-32C over bytes [4, 32 + stored_length)
 #  4  u8  kind: 1 put, 2 tombstone
 #  5  u8  compression (diskhash.Compression; 0 for a tombstone)
 #  6  u16 mark 0xD5A7 (a frame starts here; helps tell garbage from a frame)
@@ -75,7 +77,7 @@ _MASK64 = (1 << 64) - 1
 # 12  u32 reserved (0)
 # 16  u64 data generation  -> data file  "data-<gen:06d>.dat"
 # 24  u64 index generation -> index file "index-<gen:06d>.idx" (SOCHIDX2)
-# 32  u64 XXH3-64 of bytes 0..32
+# 32  u64 CRC-32C of bytes 0..32, zero-extended
 MANIFEST_NAME = "MANIFEST"
 MANIFEST_MAGIC = b"SOCHSTOR"
 MANIFEST_VERSION = 1
@@ -89,11 +91,6 @@ def data_name(gen: int) -> str:
 
 def index_name(gen: int) -> str:
     return f"index-{gen:06d}.idx"
-
-
-def checksum(buf: "bytes | memoryview") -> int:
-    """The frame checksum of ``buf`` (the frame from byte 4 on)."""
-    return xxh3_64_intdigest(buf) & 0xFFFFFFFF
 
 
 def pack_frame_body(kind: int, compression: int, stored_length: int,
@@ -111,7 +108,7 @@ class DataHeader(NamedTuple):
 
 def pack_data_header(checkpoint: int, flags: int) -> bytes:
     head = DATA_HEADER.pack(DATA_MAGIC, DATA_VERSION, DATA_HEADER_SIZE, checkpoint, flags, 0, 0)
-    return head[:56] + struct.pack("<Q", xxh3_64_intdigest(head[:56]))
+    return head[:56] + struct.pack("<Q", checksum(head[:56]))
 
 
 def unpack_data_header(buf: bytes, path: str) -> DataHeader:
@@ -126,14 +123,14 @@ def unpack_data_header(buf: bytes, path: str) -> DataHeader:
     if version != DATA_VERSION:
         raise CorruptPayloadError(path, f"data file version {version} is not supported "
                                         f"(this diskhash reads version {DATA_VERSION})")
-    if hsize != DATA_HEADER_SIZE or check != xxh3_64_intdigest(buf[:56]):
+    if hsize != DATA_HEADER_SIZE or check != checksum(buf[:56]):
         raise CorruptPayloadError(path, "data file header checksum mismatch", offset=0)
     return DataHeader(version, checkpoint, flags)
 
 
 def pack_manifest(data_gen: int, index_gen: int) -> bytes:
     head = MANIFEST.pack(MANIFEST_MAGIC, MANIFEST_VERSION, 0, data_gen, index_gen, 0)[:32]
-    return head + struct.pack("<Q", xxh3_64_intdigest(head))
+    return head + struct.pack("<Q", checksum(head))
 
 
 def unpack_manifest(buf: bytes, path: str) -> tuple[int, int]:
@@ -146,7 +143,7 @@ def unpack_manifest(buf: bytes, path: str) -> tuple[int, int]:
     if version != MANIFEST_VERSION:
         raise CorruptPayloadError(path, f"store manifest version {version} is not supported "
                                         f"(this diskhash reads version {MANIFEST_VERSION})")
-    if check != xxh3_64_intdigest(buf[:32]):
+    if check != checksum(buf[:32]):
         raise CorruptPayloadError(path, "store manifest checksum mismatch")
     return data_gen, index_gen
 
@@ -202,7 +199,7 @@ def _frame_at(buf: "bytes | memoryview", pos: int, avail: int) -> "tuple[int, in
     end = pos + FRAME_SIZE + slen
     if end > avail:
         return None
-    if xxh3_64_intdigest(memoryview(buf)[pos + 4:end]) & 0xFFFFFFFF != ck:
+    if checksum(memoryview(buf)[pos + 4:end]) != ck:
         return None
     return kind, comp, slen, ulen, lo | (hi << 64), end
 

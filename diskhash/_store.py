@@ -28,8 +28,6 @@ import uuid
 import weakref
 from typing import Any, Callable, Iterable, Iterator, NamedTuple, Sequence
 
-from xxhash import xxh3_64_intdigest
-
 from diskhash import _codecs
 
 try:                                  # the compiled read path (diskhash/_store_read.pyx)
@@ -708,7 +706,7 @@ class PayloadStore:
                 or mark != fmt.FRAME_MARK):
             raise CorruptPayloadError(g.data_path, "record header does not match the index",
                                       edge_id=meta.edge_id, offset=start)
-        if self._verify and xxh3_64_intdigest(view[start + 4:end]) & 0xFFFFFFFF != ck:
+        if self._verify and fmt.checksum(view[start + 4:end]) != ck:
             raise CorruptPayloadError(g.data_path, "payload checksum mismatch",
                                       edge_id=meta.edge_id, offset=start)
         if comp:
@@ -746,7 +744,7 @@ class PayloadStore:
             raise CorruptPayloadError(g.data_path, "record header does not match the index",
                                       edge_id=meta.edge_id, offset=start)
         mv = memoryview(buf)
-        if self._verify and xxh3_64_intdigest(mv[4:]) & 0xFFFFFFFF != ck:
+        if self._verify and fmt.checksum(mv[4:]) != ck:
             raise CorruptPayloadError(g.data_path, "payload checksum mismatch",
                                       edge_id=meta.edge_id, offset=start)
         if comp:
@@ -840,7 +838,7 @@ class PayloadStore:
                 stored, used = packed, comp
         slen = len(stored)
         rest = fmt.FRAME_BODY.pack(1, used, fmt.FRAME_MARK, slen, n, key & _MASK64, key >> 64) + stored
-        return (xxh3_64_intdigest(rest) & 0xFFFFFFFF).to_bytes(4, "little"), rest, used, slen, n
+        return fmt.checksum(rest).to_bytes(4, "little"), rest, used, slen, n
 
     def _append(self, g: _Generation, buffers: Sequence[Any], size: int) -> int:
         """Append one frame, given as (its 4 checksum bytes, the rest), at the end

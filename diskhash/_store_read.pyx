@@ -3,12 +3,12 @@
 
 ``MapReader(mapping)`` holds a buffer of the map (an ``mmap``); ``read(meta,
 verify)`` checks the frame header against the ``PayloadMeta`` and, if asked,
-the XXH3 checksum (the vendored reference ``xxhash.h``, the same code the
-``xxhash`` package wraps), and returns the stored bytes, or a small int
-saying why not (``BEYOND`` the map, ``MISMATCH``, ``BAD_CHECKSUM``): the
-Python caller remaps or raises, so the messages live in one place
-(``diskhash/_store.py``).  The GIL is held: the copy is a few KiB at most
-(bigger records are read with ``pread``).
+the CRC-32C checksum (our own ``_crc32c.h``; this module's ``checksum`` is
+also the one the Python side computes frames with), and returns the stored
+bytes, or a small int saying why not (``BEYOND`` the map, ``MISMATCH``,
+``BAD_CHECKSUM``): the Python caller remaps or raises, so the messages live
+in one place (``diskhash/_store.py``).  The GIL is held: the copy is a few
+KiB at most (bigger records are read with ``pread``).
 """
 
 from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
@@ -18,12 +18,12 @@ from cpython.tuple cimport PyTuple_Check, PyTuple_GET_ITEM, PyTuple_GET_SIZE
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
 from libc.string cimport memcpy
 
-cdef extern from *:
-    """
-    #define XXH_INLINE_ALL
-    #include "_vendor/xxhash.h"
-    """
-    uint64_t XXH3_64bits(const void *data, size_t length) nogil
+cdef extern from "_crc32c.h":
+    void dh_crc32c_init()
+    uint32_t dh_crc32c(uint32_t crc, const void *data, size_t n) nogil
+    uint32_t dh_crc32c_soft(uint32_t crc, const unsigned char *p, size_t n) nogil
+
+dh_crc32c_init()
 
 BEYOND = 1
 MISMATCH = 2
@@ -45,12 +45,35 @@ cdef packed struct frame_t:
     uint64_t key_hi
 
 
+cdef enum:
+    NOGIL_CHECKSUM = 1 << 16    # bytes from which checksum() lets other threads run
+
+
 def checksum(data):
-    """The frame checksum (low 32 bits of XXH3-64) of a bytes-like object."""
+    """The frame checksum (CRC-32C, as ``google_crc32c.value``) of a bytes-like object."""
     cdef Py_buffer view
+    cdef uint32_t crc
     PyObject_GetBuffer(data, &view, PyBUF_SIMPLE)
     try:
-        return XXH3_64bits(view.buf, <size_t>view.len) & 0xFFFFFFFF
+        if view.len >= NOGIL_CHECKSUM:
+            with nogil:
+                crc = dh_crc32c(0, view.buf, <size_t>view.len)
+        else:
+            crc = dh_crc32c(0, view.buf, <size_t>view.len)
+        return crc
+    finally:
+        PyBuffer_Release(&view)
+
+
+def _checksum_soft(data):
+    """``checksum`` by the portable table code even where the CPU has a crc32
+    instruction (for the tests: both paths must agree)."""
+    cdef Py_buffer view
+    cdef uint32_t crc
+    PyObject_GetBuffer(data, &view, PyBUF_SIMPLE)
+    try:
+        crc = dh_crc32c_soft(0xFFFFFFFF, <const unsigned char *>view.buf, <size_t>view.len)
+        return crc ^ 0xFFFFFFFF
     finally:
         PyBuffer_Release(&view)
 
@@ -86,7 +109,7 @@ def scan_into(data, Py_ssize_t p, long long base, dict final):
             end = p + FRAME_SIZE + <Py_ssize_t>f.stored_length
             if end > n:
                 break
-            if (XXH3_64bits(b + p + 4, <size_t>(FRAME_SIZE - 4 + f.stored_length)) & 0xFFFFFFFF) != f.checksum:
+            if dh_crc32c(0, b + p + 4, <size_t>(FRAME_SIZE - 4 + f.stored_length)) != f.checksum:
                 break
             if f.key_hi:
                 key = (<object>f.key_hi << 64) | <object>f.key_lo
@@ -132,7 +155,7 @@ def copy_live(data, Py_ssize_t p, long long base, get, list out, dict live, long
             end = p + FRAME_SIZE + <Py_ssize_t>f.stored_length
             if end > n:
                 break
-            if (XXH3_64bits(b + p + 4, <size_t>(FRAME_SIZE - 4 + f.stored_length)) & 0xFFFFFFFF) != f.checksum:
+            if dh_crc32c(0, b + p + 4, <size_t>(FRAME_SIZE - 4 + f.stored_length)) != f.checksum:
                 break
             if f.kind == 1:
                 if f.key_hi:
@@ -224,7 +247,7 @@ cdef class MapReader:
                 or f.key_lo != PyLong_AsUnsignedLongLongMask(edge_id)
                 or f.key_hi != <uint64_t>(edge_id >> 64)):
             return MISMATCH
-        if verify and (XXH3_64bits(self.base + offset - FRAME_SIZE + 4,
-                                   <size_t>(FRAME_SIZE - 4 + length)) & 0xFFFFFFFF) != f.checksum:
+        if verify and dh_crc32c(0, self.base + offset - FRAME_SIZE + 4,
+                                <size_t>(FRAME_SIZE - 4 + length)) != f.checksum:
             return BAD_CHECKSUM
         return PyBytes_FromStringAndSize(<const char *>(self.base + offset), <Py_ssize_t>length)

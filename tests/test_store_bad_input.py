@@ -244,13 +244,6 @@ def test_frame_format_constants():
     assert fmt.FRAME_SIZE == 32 and fmt.DATA_HEADER_SIZE == 64
 
 
-def test_compiled_checksum_is_the_xxhash_packages():
-    """The vendored xxhash.h of the compiled read path and the xxhash package agree."""
-    _store_read = pytest.importorskip("diskhash._store_read")
-    for data in (b"", b"a", os.urandom(31), os.urandom(1000), os.urandom(70000)):
-        assert _store_read.checksum(data) == fmt.checksum(data)
-
-
 def test_compiled_and_python_read_paths_agree(tmp_path):
     with PayloadStore(tmp_path / "s", compression=Compression.LZ4) as s:
         for i in range(50):
