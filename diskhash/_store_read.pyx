@@ -78,6 +78,31 @@ def _checksum_soft(data):
         PyBuffer_Release(&view)
 
 
+cdef inline Py_ssize_t _frame_end(const uint8_t *b, Py_ssize_t p, Py_ssize_t n, frame_t *f) noexcept nogil:
+    """Where the whole, valid frame at ``b + p`` ends (its header copied to
+    ``f``), or -1: a bad mark, kind or compression byte, lengths that do not
+    fit the kind, a frame running past ``n``, or a checksum mismatch."""
+    cdef Py_ssize_t end
+    memcpy(f, b + p, FRAME_SIZE)
+    if f.mark != FRAME_MARK or f.compression > 2:
+        return -1
+    if f.kind == 1:
+        if ((f.compression == 0 and f.uncompressed_length != f.stored_length)
+                or (f.compression != 0 and (f.stored_length == 0 or f.uncompressed_length == 0))):
+            return -1
+    elif f.kind == 2:
+        if f.stored_length or f.uncompressed_length or f.compression:
+            return -1
+    else:
+        return -1
+    end = p + FRAME_SIZE + <Py_ssize_t>f.stored_length
+    if end > n:
+        return -1
+    if dh_crc32c(0, b + p + 4, <size_t>(FRAME_SIZE - 4 + f.stored_length)) != f.checksum:
+        return -1
+    return end
+
+
 def scan_into(data, Py_ssize_t p, long long base, dict final):
     """Fold the valid frames of ``data[p:]`` (``data`` starts at file offset
     ``base``) into ``final``: key -> (payload offset, stored length,
@@ -94,22 +119,8 @@ def scan_into(data, Py_ssize_t p, long long base, dict final):
         b = <const uint8_t *>view.buf
         n = view.len
         while p + FRAME_SIZE <= n:
-            memcpy(&f, b + p, FRAME_SIZE)
-            if f.mark != FRAME_MARK or f.compression > 2:
-                break
-            if f.kind == 1:
-                if ((f.compression == 0 and f.uncompressed_length != f.stored_length)
-                        or (f.compression != 0 and (f.stored_length == 0 or f.uncompressed_length == 0))):
-                    break
-            elif f.kind == 2:
-                if f.stored_length or f.uncompressed_length or f.compression:
-                    break
-            else:
-                break
-            end = p + FRAME_SIZE + <Py_ssize_t>f.stored_length
-            if end > n:
-                break
-            if dh_crc32c(0, b + p + 4, <size_t>(FRAME_SIZE - 4 + f.stored_length)) != f.checksum:
+            end = _frame_end(b, p, n, &f)
+            if end < 0:
                 break
             if f.key_hi:
                 key = (<object>f.key_hi << 64) | <object>f.key_lo
@@ -140,22 +151,8 @@ def copy_live(data, Py_ssize_t p, long long base, get, list out, dict live, long
         b = <const uint8_t *>view.buf
         n = view.len
         while p + FRAME_SIZE <= n:
-            memcpy(&f, b + p, FRAME_SIZE)
-            if f.mark != FRAME_MARK or f.compression > 2:
-                break
-            if f.kind == 1:
-                if ((f.compression == 0 and f.uncompressed_length != f.stored_length)
-                        or (f.compression != 0 and (f.stored_length == 0 or f.uncompressed_length == 0))):
-                    break
-            elif f.kind == 2:
-                if f.stored_length or f.uncompressed_length or f.compression:
-                    break
-            else:
-                break
-            end = p + FRAME_SIZE + <Py_ssize_t>f.stored_length
-            if end > n:
-                break
-            if dh_crc32c(0, b + p + 4, <size_t>(FRAME_SIZE - 4 + f.stored_length)) != f.checksum:
+            end = _frame_end(b, p, n, &f)
+            if end < 0:
                 break
             if f.kind == 1:
                 if f.key_hi:
