@@ -1,7 +1,7 @@
 """A payload server on Starlette (served by uvicorn) whose storage is a diskhash AsyncPayloadStore.
 
     pip install "diskhash[examples]"
-    DISKHASH_STORE=./payload-store uvicorn examples.starlette_app:app --port 8080
+    cd examples && DISKHASH_STORE=../payload-store uvicorn starlette_app:app --port 8080
     python examples/starlette_app.py --store ./payload-store --port 8080
 
     GET    /payload/{id}   the payload bytes (Content-Length, ETag); 404 absent, 400 bad id
@@ -142,7 +142,7 @@ def create_app(directory: str) -> Starlette:
     )
 
 
-#: For ``uvicorn examples.starlette_app:app``: the store named by $DISKHASH_STORE.
+#: For ``uvicorn starlette_app:app``: the store named by $DISKHASH_STORE.
 app = create_app(store_dir())
 
 

@@ -3,7 +3,7 @@ its storage a diskhash AsyncPayloadStore.
 
     pip install "diskhash[examples]"
     python examples/trio_app.py --store ./payload-store --port 8080
-    DISKHASH_STORE=./payload-store hypercorn -k trio examples.trio_app:app --bind 127.0.0.1:8080
+    cd examples && DISKHASH_STORE=../payload-store hypercorn -k trio trio_app:app --bind 127.0.0.1:8080
 
     GET    /payload/{id}   the payload bytes (Content-Length, ETag); 404 absent, 400 bad id
     GET    /meta/{id}      the record (PayloadMeta) as JSON
@@ -181,7 +181,7 @@ async def read_body(scope: Scope, receive: Receive) -> bytes:
             return b"".join(chunks)
 
 
-#: For ``hypercorn -k trio examples.trio_app:app``: the store named by $DISKHASH_STORE.
+#: For ``hypercorn -k trio trio_app:app``: the store named by $DISKHASH_STORE.
 app = PayloadApp(store_dir())
 
 

@@ -1,7 +1,7 @@
 """The HTTP examples, each a real server process on 127.0.0.1, driven by httpx.
 
-Every example (and the two server command lines, ``uvicorn
-examples.starlette_app:app`` and ``hypercorn -k trio examples.trio_app:app``)
+Every example (and the two server command lines, ``uvicorn starlette_app:app``
+and ``hypercorn -k trio trio_app:app`` run in examples/, as docs/servers.md says)
 is started as a child process on a free port and asked real requests over
 keep-alive connections: every route, bad ids, absent ids, many requests at
 once; then it is stopped with SIGINT or SIGTERM (or both, the second during
@@ -40,9 +40,9 @@ SERVERS = {
     "aiohttp-no-sendfile": (["examples/aiohttp_app.py", "--sendfile-min", "0"], "stdout"),
     "aiohttp-uvloop": (["examples/aiohttp_app.py", "--uvloop", "--sendfile-min", "1"], "stdout"),
     "starlette": (["examples/starlette_app.py"], "stdout"),
-    "uvicorn-cli": (["-m", "uvicorn", "examples.starlette_app:app", "--log-level", "warning", "--fd"], "fd"),
+    "uvicorn-cli": (["-m", "uvicorn", "starlette_app:app", "--log-level", "warning", "--fd"], "fd"),
     "trio": (["examples/trio_app.py"], "stdout"),
-    "hypercorn-cli": (["-m", "hypercorn", "-k", "trio", "examples.trio_app:app", "--bind"], "fd"),
+    "hypercorn-cli": (["-m", "hypercorn", "-k", "trio", "trio_app:app", "--bind"], "fd"),
 }
 #: One of each way of starting a server (the aiohttp variants differ only in how GET sends bytes).
 LAUNCHERS = ["aiohttp", "starlette", "uvicorn-cli", "trio", "hypercorn-cli"]
@@ -101,8 +101,11 @@ async def start(name: str, store: Path) -> Server:
         pass_fds = (fd,)
     else:
         args = [*args, "--store", str(store), "--port", "0", "--shutdown-timeout", "3"]
+    # The server command lines import the app from the working directory:
+    # examples/ (in the repository root the source folder would shadow the
+    # installed diskhash).
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, *args, cwd=ROOT, env=env, pass_fds=pass_fds,
+        sys.executable, *args, cwd=EXAMPLES if port_from == "fd" else ROOT, env=env, pass_fds=pass_fds,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
     server = Server(name, proc, 0, store)
     try:
