@@ -285,6 +285,31 @@ class _Generation:
             os.close(null)
 
 
+class _MaintenanceLock:
+    """The lock of compact(), rebuild_index() and close().  Taking it again in
+    the thread that holds it (a ``rebuild_index`` progress callback calling
+    ``close()`` or ``compact()``) raises ``RuntimeError`` instead of deadlocking."""
+
+    __slots__ = ("_lock", "_owner")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._owner: "int | None" = None
+
+    def __enter__(self) -> "_MaintenanceLock":
+        me = threading.get_ident()
+        if self._owner == me:
+            raise RuntimeError("close(), compact() and rebuild_index() cannot be called "
+                               "while this thread runs one of them (from a progress callback)")
+        self._lock.acquire()
+        self._owner = me
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._owner = None
+        self._lock.release()
+
+
 def _release(fd: int, index: DiskHashIndex) -> None:
     try:
         index.close()
@@ -352,7 +377,7 @@ class PayloadStore:
         self._verify = verify_checksums
         self._write_lock = threading.RLock()
         #: Held for the whole of compact() and rebuild_index() (and by close()).
-        self._maintenance = threading.Lock()
+        self._maintenance = _MaintenanceLock()
         #: What the last compact() measured (seconds, puts_waited_seconds, bytes).
         self.last_compaction: "dict[str, Any] | None" = None
         self._unsaved = False
@@ -1240,8 +1265,11 @@ def _key_list(edge_ids: Any) -> list[int]:
     if dtype is not None and getattr(edge_ids, "ndim", 1) == 1:
         names = getattr(dtype, "names", None)
         if names and "lo" in names and "hi" in names:
-            return [int(lo) | (int(hi) << 64) for lo, hi in
+            keys = [int(lo) | (int(hi) << 64) for lo, hi in
                     zip(edge_ids["lo"].tolist(), edge_ids["hi"].tolist())]
+            if dtype["lo"].kind == "u" and dtype["hi"].kind == "u":
+                return keys
+            return [_key_int(k) for k in keys]     # signed fields: refuse negatives here
         if dtype.kind == "u":
             return [int(k) for k in edge_ids.tolist()]
         if dtype.kind == "i":

@@ -1,0 +1,98 @@
+"""Regressions found by the hostile pass over PayloadStore / ShardedStore (attack11).
+
+Crash and hang cases run in a child Python with a timeout.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from conftest import subprocess_env
+from diskhash import PayloadStore
+
+
+def _child(code: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True,
+                          text=True, timeout=timeout, env=subprocess_env())
+
+
+def test_compiled_reader_offset_that_wraps_past_2_64_is_beyond_not_a_segfault():
+    # offset + length wrapped around 2**64 and passed the bounds check: memcpy
+    # from before the map (SIGSEGV).
+    proc = _child("""
+        import mmap
+        from diskhash._store_read import BEYOND, MapReader
+        r = MapReader(mmap.mmap(-1, 4096))
+        meta = (0, 2**64 - 16, 32, 0, 32)
+        assert r.read(meta, True) == BEYOND, r.read(meta, True)
+        out, fixups = r.read_many([meta], True, 1 << 20)
+        assert out == [BEYOND] and fixups == [0], (out, fixups)
+        assert r.read((0, 4000, 2**64 - 1, 0, 0), False) == BEYOND
+        print("ok")
+    """)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "ok"
+
+
+@pytest.mark.parametrize("func", ["scan_into", "copy_live"])
+def test_compiled_scanners_refuse_a_negative_start(func):
+    # A negative start read before the buffer (out of bounds; a segfault on a map).
+    args = {"scan_into": "(mm, -4096, 0, {})",
+            "copy_live": "(mm, -4096, 0, lambda k: None, [], {}, 0)"}[func]
+    proc = _child(f"""
+        import mmap
+        from diskhash import _store_read
+        mm = mmap.mmap(-1, 4096)
+        mm[:] = b"\\xff" * 4096
+        try:
+            _store_read.{func}{args}
+        except ValueError as exc:
+            print("ValueError", exc)
+    """)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("ValueError"), proc.stdout
+
+
+@pytest.mark.parametrize("call", ["close", "compact", "rebuild_index"])
+def test_progress_callback_reentering_maintenance_raises_not_deadlocks(tmp_path, call):
+    # rebuild_index() holds the (non-reentrant) maintenance lock while it calls
+    # progress(); a callback calling close()/compact() hung forever.
+    proc = _child(f"""
+        from diskhash import PayloadStore
+        s = PayloadStore({str(tmp_path / "s")!r})
+        for i in range(50):
+            s.put(i, b"p%d" % i)
+        try:
+            s.rebuild_index(progress=lambda done, total: s.{call}())
+        except RuntimeError as exc:
+            print("RuntimeError")
+        assert not s.closed
+        assert len(s) == 50 and s.get(7) == b"p7"
+        s.put(100, b"after")
+        s.close()
+        with PayloadStore({str(tmp_path / "s")!r}, readonly=True) as r:
+            assert len(r) == 51 and r.get(100) == b"after" and r.get(49) == b"p49"
+        print("ok")
+    """, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["RuntimeError", "ok"], proc.stdout
+
+
+def test_signed_structured_key_array_is_refused_before_any_write(tmp_path):
+    np = pytest.importorskip("numpy")
+    keys = np.array([(5, 0), (-2, 0)], dtype=[("lo", "<i8"), ("hi", "<i8")])
+    with PayloadStore(tmp_path / "s") as s:
+        s.put(1, b"one")
+        size = s.stats().data_bytes
+        with pytest.raises(OverflowError, match="outside"):
+            s.put_many(keys, [b"a", b"b"])
+        with pytest.raises(OverflowError, match="outside"):
+            s.get_many(keys)
+        assert s.stats().data_bytes == size and len(s) == 1
+        ok = np.array([(5, 0), (6, 1)], dtype=[("lo", "<i8"), ("hi", "<i8")])
+        s.put_many(ok, [b"a", b"b"])
+        assert s.get_many([5, 6 | (1 << 64)]) == [b"a", b"b"]
