@@ -1163,7 +1163,13 @@ class PayloadStore:
             raw += m.uncompressed_length
         size = self._data_end(g)
         body = max(size - fmt.DATA_HEADER_SIZE, 0)
-        return StoreStats(entries, size, live, stored, raw, os.path.getsize(g.index_path),
+        try:
+            index_bytes = os.path.getsize(g.index_path)
+        except FileNotFoundError:
+            if self._gen is not g and self._gen is not None:
+                return self.stats()     # a racing compact()/rebuild_index() replaced it: again
+            raise
+        return StoreStats(entries, size, live, stored, raw, index_bytes,
                           (body - live) / body if body else 0.0, g.data_gen, g.index_gen,
                           self._checkpoint)
 

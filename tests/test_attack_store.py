@@ -96,3 +96,28 @@ def test_signed_structured_key_array_is_refused_before_any_write(tmp_path):
         ok = np.array([(5, 0), (6, 1)], dtype=[("lo", "<i8"), ("hi", "<i8")])
         s.put_many(ok, [b"a", b"b"])
         assert s.get_many([5, 6 | (1 << 64)]) == [b"a", b"b"]
+
+
+def test_stats_racing_rebuild_index_is_not_file_not_found(tmp_path, monkeypatch):
+    # stats() took the generation, then rebuild_index() (another thread)
+    # unlinked its index file: os.path.getsize raised FileNotFoundError.
+    import os
+
+    with PayloadStore(tmp_path / "s") as s:
+        for i in range(20):
+            s.put(i, b"x" * i)
+        real = os.path.getsize
+        raced = []
+
+        def getsize(path):
+            if not raced and str(path).endswith(".idx"):
+                raced.append(path)
+                s.rebuild_index()          # what a racing thread does at this moment
+            return real(path)
+
+        monkeypatch.setattr(os.path, "getsize", getsize)
+        st = s.stats()
+        monkeypatch.undo()
+        assert raced and st.entries == 20
+        assert st.index_generation == 2
+        assert st.index_bytes == real(os.path.join(s.directory, "index-000002.idx"))
