@@ -29,6 +29,27 @@ def _payload_store_class() -> Any:
     return PayloadStore
 
 
+#: Keys per shard whose routing an open checks (``verify()`` checks every key).
+_ROUTING_SAMPLE = 8
+
+
+def _check_routing(directory: str, manifest: Manifest, index: int, store: Any,
+                   limit: int | None) -> None:
+    """Raise ``ShardMismatchError`` if shard ``index`` holds a key that routes
+    elsewhere: its ``store/`` directory was swapped with another shard's (the
+    markers beside it cannot tell), which would make gets answer None."""
+    for n, key in enumerate(store):
+        if limit is not None and n >= limit:
+            return
+        want = _routing.shard_of(key, manifest.seed, manifest.shards)
+        if want != index:
+            raise ShardMismatchError(
+                os.path.join(directory, _manifest.MANIFEST_NAME),
+                f"shard {index} at {manifest.shard_dir(directory, index)} holds edge id "
+                f"{key:#x}, which routes to shard {want}: its store directory belongs "
+                f"to another shard (swapped or copied?)")
+
+
 class ShardedStats(NamedTuple):
     """``ShardedStore.stats()``: totals over the shards, then each shard's own
     ``StoreStats`` (index ``i`` is shard ``i``)."""
@@ -157,6 +178,8 @@ class ShardedStore:
         try:
             for d in dirs:
                 stores.append(store_cls(d, readonly=readonly, **kwargs))
+            for i, store in enumerate(stores):
+                _check_routing(path, manifest, i, store, _ROUTING_SAMPLE)
         except BaseException:
             for s in stores:
                 s.close()
@@ -324,6 +347,8 @@ class ShardedStore:
         _manifest.check_no_extra_shards(self._directory, self._manifest)
         for i in range(self._manifest.shards):
             _manifest.check_shard(self._directory, self._manifest, i)
+        for i, store in enumerate(self._stores):
+            _check_routing(self._directory, self._manifest, i, store, None)
 
     def stats(self) -> ShardedStats:
         """Totals and each shard's ``StoreStats``."""
