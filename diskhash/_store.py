@@ -809,11 +809,29 @@ class PayloadStore:
         return len(self._live().index)
 
     def __iter__(self) -> Iterator[int]:
-        """The keys (ints), in index slot order; ``RuntimeError`` if keys change meanwhile."""
-        return iter(self._live().index)
+        """The keys (ints), in index slot order; ``RuntimeError`` if keys change
+        meanwhile or ``compact()``/``rebuild_index()`` replaces the index."""
+        return self._keys(iter(self._live().index))
 
     def keys(self) -> Iterator[int]:
-        return iter(self._live().index)
+        return self._keys(iter(self._live().index))
+
+    def _keys(self, it: Iterator[int]) -> Iterator[int]:
+        # Holds the index iterator only (not the generation), so a replaced
+        # generation is let go and its index closed: that is a RuntimeError
+        # here, as for any change during iteration, not IndexClosedError on an
+        # open store.
+        while True:
+            try:
+                key = next(it)
+            except StopIteration:
+                return
+            except IndexClosedError:
+                if self._gen is None:
+                    raise
+                raise RuntimeError(f"{self._directory}: compact() or rebuild_index() replaced "
+                                   f"the index during iteration") from None
+            yield key
 
     def get_many(self, edge_ids: Iterable[Any]) -> "list[bytes | None]":
         """The payloads of ``edge_ids``, in their order (None where absent).

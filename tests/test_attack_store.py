@@ -148,3 +148,23 @@ def test_sharded_store_dirs_swapped_behind_the_markers_is_a_mismatch(tmp_path):
     with ShardedStore(d, readonly=True) as r:
         assert r.get_many(list(range(200))) == [b"v%d" % i for i in range(200)]
         r.verify()
+
+
+@pytest.mark.parametrize("op", ["compact", "rebuild_index"])
+def test_iteration_across_a_compaction_is_runtime_error_not_closed(tmp_path, op):
+    # The key iterator outlived the generation compact()/rebuild_index()
+    # replaced: it raised IndexClosedError although the store was open.
+    from diskhash import IndexClosedError
+
+    with PayloadStore(tmp_path / "s") as s:
+        s.put_many(list(range(5000)), [b"x"] * 5000)
+        it = iter(s)
+        first = [next(it) for _ in range(10)]
+        getattr(s, op)()
+        with pytest.raises(RuntimeError, match="replaced the index during iteration"):
+            list(it)
+        assert len(set(first)) == 10 and sorted(s) == list(range(5000))
+        it = s.keys()
+        next(it)
+    with pytest.raises(IndexClosedError):
+        list(it)
