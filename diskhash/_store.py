@@ -444,6 +444,9 @@ class PayloadStore:
         try:
             os.pwrite(fd, fmt.pack_data_header(fmt.DATA_HEADER_SIZE, 0), 0)
             os.fsync(fd)
+        except BaseException:
+            self._unlink(path)          # a full disk: leave no empty generation behind
+            raise
         finally:
             os.close(fd)
         return path

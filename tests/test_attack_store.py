@@ -168,3 +168,27 @@ def test_iteration_across_a_compaction_is_runtime_error_not_closed(tmp_path, op)
         next(it)
     with pytest.raises(IndexClosedError):
         list(it)
+
+
+def test_compact_failing_to_create_its_data_file_leaves_no_file(tmp_path, monkeypatch):
+    # On a full ext4 image compact() failed writing the new data file's header
+    # and left data-000002.dat behind (found with a 24 MiB loop image).
+    import errno
+    import os
+
+    with PayloadStore(tmp_path / "s") as s:
+        s.put_many(list(range(100)), [b"v%d" % i for i in range(100)])
+        s.delete(3)
+
+        def full(fd):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        monkeypatch.setattr(os, "fsync", full)
+        with pytest.raises(OSError) as info:
+            s.compact()
+        monkeypatch.undo()
+        assert info.value.errno == errno.ENOSPC
+        assert not [n for n in os.listdir(s.directory) if n.startswith("data-") and n != "data-000001.dat"]
+        assert len(s) == 99 and s.get(50) == b"v50"
+        s.compact()
+        assert s.get_many([2, 3, 4]) == [b"v2", None, b"v4"]
