@@ -832,9 +832,11 @@ class PayloadStore:
             except IndexClosedError:
                 if self._gen is None:
                     raise
-                raise RuntimeError(f"{self._directory}: compact() or rebuild_index() replaced "
-                                   f"the index during iteration") from None
+                raise RuntimeError(self._replaced_message()) from None
             yield key
+
+    def _replaced_message(self) -> str:
+        return f"{self._directory}: compact() or rebuild_index() replaced the index during iteration"
 
     def get_many(self, edge_ids: Iterable[Any]) -> "list[bytes | None]":
         """The payloads of ``edge_ids``, in their order (None where absent).

@@ -192,3 +192,21 @@ def test_compact_failing_to_create_its_data_file_leaves_no_file(tmp_path, monkey
         assert len(s) == 99 and s.get(50) == b"v50"
         s.compact()
         assert s.get_many([2, 3, 4]) == [b"v2", None, b"v4"]
+
+
+@pytest.mark.anyio
+async def test_async_iteration_across_a_compaction_is_runtime_error(tmp_path):
+    from diskhash import AsyncPayloadStore
+
+    s = await AsyncPayloadStore.open(tmp_path / "s")
+    try:
+        await s.put_many(list(range(20000)), [b"x"] * 20000)
+        n = 0
+        with pytest.raises(RuntimeError, match="replaced the index during iteration"):
+            async for _ in s:
+                n += 1
+                if n == 10:
+                    await s.compact()
+        assert len(s) == 20000
+    finally:
+        await s.close()
