@@ -10,8 +10,8 @@ import sys
 import textwrap
 
 import pytest
-
 from conftest import subprocess_env
+
 from diskhash import PayloadStore
 
 
