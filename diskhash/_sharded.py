@@ -9,6 +9,7 @@ array at once (no Python loop per key) and hand each shard one sub-array.
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Callable, Iterator, Sequence
 from types import TracebackType
 from typing import Any, NamedTuple
@@ -157,15 +158,25 @@ class ShardedStore:
             raise FileExistsError(17, f"not creating a sharded set in a directory holding "
                                   f"other files ({', '.join(sorted(foreign)[:5])})", path)
         manifest = _manifest.new_manifest(shards)
-        for i in range(shards):
-            sdir = manifest.shard_dir(path, i)
-            os.makedirs(sdir, exist_ok=True)
-            store = store_cls(os.path.join(sdir, _manifest.STORE_SUBDIR), **kwargs)
-            try:
-                store.save()
-            finally:
-                store.close()
-            _manifest.write_shard_marker(sdir, manifest, i)
+        made: list[str] = []
+        try:
+            for i in range(shards):
+                sdir = manifest.shard_dir(path, i)
+                if not os.path.lexists(sdir):
+                    made.append(sdir)
+                os.makedirs(sdir, exist_ok=True)
+                store = store_cls(os.path.join(sdir, _manifest.STORE_SUBDIR), **kwargs)
+                try:
+                    store.save()
+                finally:
+                    store.close()
+                _manifest.write_shard_marker(sdir, manifest, i)
+        except BaseException:
+            # A bad argument (or a full disk) must not leave shard directories
+            # without a manifest: that set would never open.  They are empty.
+            for sdir in made:
+                shutil.rmtree(sdir, ignore_errors=True)
+            raise
         _manifest.write_manifest(path, manifest)
         return manifest
 

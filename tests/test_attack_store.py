@@ -210,3 +210,22 @@ async def test_async_iteration_across_a_compaction_is_runtime_error(tmp_path):
         assert len(s) == 20000
     finally:
         await s.close()
+
+
+@pytest.mark.parametrize("kwargs, exc", [({"foo": 1}, TypeError),
+                                         ({"compression": "x"}, ValueError)])
+def test_sharded_create_with_a_bad_argument_leaves_nothing_behind(tmp_path, kwargs, exc):
+    # The first shard's PayloadStore refused the argument after its directory
+    # was made: the set directory then never opened ("unfinished build").
+    import os
+
+    from diskhash import ShardedStore
+
+    d = tmp_path / "set"
+    with pytest.raises(exc):
+        ShardedStore(d, shards=3, **kwargs)
+    assert not d.exists() or os.listdir(d) == []
+    with ShardedStore(d, shards=3) as s:
+        s.put(1, b"one")
+    with ShardedStore(d, readonly=True) as r:
+        assert r.get(1) == b"one"
