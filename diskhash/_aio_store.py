@@ -34,6 +34,7 @@ import anyio.to_thread
 from diskhash._records import PayloadMeta
 from diskhash._store import PayloadStore, StoreStats, _key_int, _payload_view
 from diskhash.aio import AsyncDiskHashIndex
+from diskhash.errors import IndexClosedError
 
 __all__ = ["AsyncPayloadStore", "INLINE_READ", "INLINE_WRITE"]
 
@@ -126,8 +127,23 @@ class AsyncPayloadStore:
         return len(self._sync)
 
     def __aiter__(self) -> Any:
-        """Async iterator over the keys (fetched in worker threads)."""
-        return AsyncDiskHashIndex(self._sync.index).keys()
+        """Async iterator over the keys (fetched in worker threads); ``RuntimeError``
+        if keys change meanwhile or ``compact()``/``rebuild_index()`` replaces the index."""
+        return self._keys(AsyncDiskHashIndex(self._sync.index).keys())
+
+    async def _keys(self, it: Any) -> Any:
+        # As PayloadStore._keys: a replaced generation's closed index is a
+        # RuntimeError, not IndexClosedError on an open store.
+        while True:
+            try:
+                key = await it.__anext__()
+            except StopAsyncIteration:
+                return
+            except IndexClosedError:
+                if self._sync.closed:
+                    raise
+                raise RuntimeError(self._sync._replaced_message()) from None
+            yield key
 
     async def get_many(self, edge_ids: Any) -> "list[bytes | None]":
         """Payloads in key order: inline if the batch's stored bytes are at most

@@ -9,6 +9,7 @@ array at once (no Python loop per key) and hand each shard one sub-array.
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Callable, Iterator, Sequence
 from types import TracebackType
 from typing import Any, NamedTuple
@@ -27,6 +28,27 @@ def _payload_store_class() -> Any:
     from diskhash import PayloadStore
 
     return PayloadStore
+
+
+#: Keys per shard whose routing an open checks (``verify()`` checks every key).
+_ROUTING_SAMPLE = 8
+
+
+def _check_routing(directory: str, manifest: Manifest, index: int, store: Any,
+                   limit: int | None) -> None:
+    """Raise ``ShardMismatchError`` if shard ``index`` holds a key that routes
+    elsewhere: its ``store/`` directory was swapped with another shard's (the
+    markers beside it cannot tell), which would make gets answer None."""
+    for n, key in enumerate(store):
+        if limit is not None and n >= limit:
+            return
+        want = _routing.shard_of(key, manifest.seed, manifest.shards)
+        if want != index:
+            raise ShardMismatchError(
+                os.path.join(directory, _manifest.MANIFEST_NAME),
+                f"shard {index} at {manifest.shard_dir(directory, index)} holds edge id "
+                f"{key:#x}, which routes to shard {want}: its store directory belongs "
+                f"to another shard (swapped or copied?)")
 
 
 class ShardedStats(NamedTuple):
@@ -136,15 +158,25 @@ class ShardedStore:
             raise FileExistsError(17, f"not creating a sharded set in a directory holding "
                                   f"other files ({', '.join(sorted(foreign)[:5])})", path)
         manifest = _manifest.new_manifest(shards)
-        for i in range(shards):
-            sdir = manifest.shard_dir(path, i)
-            os.makedirs(sdir, exist_ok=True)
-            store = store_cls(os.path.join(sdir, _manifest.STORE_SUBDIR), **kwargs)
-            try:
-                store.save()
-            finally:
-                store.close()
-            _manifest.write_shard_marker(sdir, manifest, i)
+        made: list[str] = []
+        try:
+            for i in range(shards):
+                sdir = manifest.shard_dir(path, i)
+                if not os.path.lexists(sdir):
+                    made.append(sdir)
+                os.makedirs(sdir, exist_ok=True)
+                store = store_cls(os.path.join(sdir, _manifest.STORE_SUBDIR), **kwargs)
+                try:
+                    store.save()
+                finally:
+                    store.close()
+                _manifest.write_shard_marker(sdir, manifest, i)
+        except BaseException:
+            # A bad argument (or a full disk) must not leave shard directories
+            # without a manifest: that set would never open.  They are empty.
+            for sdir in made:
+                shutil.rmtree(sdir, ignore_errors=True)
+            raise
         _manifest.write_manifest(path, manifest)
         return manifest
 
@@ -157,6 +189,8 @@ class ShardedStore:
         try:
             for d in dirs:
                 stores.append(store_cls(d, readonly=readonly, **kwargs))
+            for i, store in enumerate(stores):
+                _check_routing(path, manifest, i, store, _ROUTING_SAMPLE)
         except BaseException:
             for s in stores:
                 s.close()
@@ -324,6 +358,8 @@ class ShardedStore:
         _manifest.check_no_extra_shards(self._directory, self._manifest)
         for i in range(self._manifest.shards):
             _manifest.check_shard(self._directory, self._manifest, i)
+        for i, store in enumerate(self._stores):
+            _check_routing(self._directory, self._manifest, i, store, None)
 
     def stats(self) -> ShardedStats:
         """Totals and each shard's ``StoreStats``."""

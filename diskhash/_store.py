@@ -283,6 +283,31 @@ class _Generation:
             os.close(null)
 
 
+class _MaintenanceLock:
+    """The lock of compact(), rebuild_index() and close().  Taking it again in
+    the thread that holds it (a ``rebuild_index`` progress callback calling
+    ``close()`` or ``compact()``) raises ``RuntimeError`` instead of deadlocking."""
+
+    __slots__ = ("_lock", "_owner")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._owner: "int | None" = None
+
+    def __enter__(self) -> "_MaintenanceLock":
+        me = threading.get_ident()
+        if self._owner == me:
+            raise RuntimeError("close(), compact() and rebuild_index() cannot be called "
+                               "while this thread runs one of them (from a progress callback)")
+        self._lock.acquire()
+        self._owner = me
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._owner = None
+        self._lock.release()
+
+
 def _release(fd: int, index: DiskHashIndex) -> None:
     try:
         index.close()
@@ -350,7 +375,7 @@ class PayloadStore:
         self._verify = verify_checksums
         self._write_lock = threading.RLock()
         #: Held for the whole of compact() and rebuild_index() (and by close()).
-        self._maintenance = threading.Lock()
+        self._maintenance = _MaintenanceLock()
         #: What the last compact() measured (seconds, puts_waited_seconds, bytes).
         self.last_compaction: "dict[str, Any] | None" = None
         self._unsaved = False
@@ -417,6 +442,9 @@ class PayloadStore:
         try:
             os.pwrite(fd, fmt.pack_data_header(fmt.DATA_HEADER_SIZE, 0), 0)
             os.fsync(fd)
+        except BaseException:
+            self._unlink(path)          # a full disk: leave no empty generation behind
+            raise
         finally:
             os.close(fd)
         return path
@@ -782,11 +810,31 @@ class PayloadStore:
         return len(self._live().index)
 
     def __iter__(self) -> Iterator[int]:
-        """The keys (ints), in index slot order; ``RuntimeError`` if keys change meanwhile."""
-        return iter(self._live().index)
+        """The keys (ints), in index slot order; ``RuntimeError`` if keys change
+        meanwhile or ``compact()``/``rebuild_index()`` replaces the index."""
+        return self._keys(iter(self._live().index))
 
     def keys(self) -> Iterator[int]:
-        return iter(self._live().index)
+        return self._keys(iter(self._live().index))
+
+    def _keys(self, it: Iterator[int]) -> Iterator[int]:
+        # Holds the index iterator only (not the generation), so a replaced
+        # generation is let go and its index closed: that is a RuntimeError
+        # here, as for any change during iteration, not IndexClosedError on an
+        # open store.
+        while True:
+            try:
+                key = next(it)
+            except StopIteration:
+                return
+            except IndexClosedError:
+                if self._gen is None:
+                    raise
+                raise RuntimeError(self._replaced_message()) from None
+            yield key
+
+    def _replaced_message(self) -> str:
+        return f"{self._directory}: compact() or rebuild_index() replaced the index during iteration"
 
     def get_many(self, edge_ids: Iterable[Any]) -> "list[bytes | None]":
         """The payloads of ``edge_ids``, in their order (None where absent).
@@ -1136,7 +1184,13 @@ class PayloadStore:
             raw += m.uncompressed_length
         size = self._data_end(g)
         body = max(size - fmt.DATA_HEADER_SIZE, 0)
-        return StoreStats(entries, size, live, stored, raw, os.path.getsize(g.index_path),
+        try:
+            index_bytes = os.path.getsize(g.index_path)
+        except FileNotFoundError:
+            if self._gen is not g and self._gen is not None:
+                return self.stats()     # a racing compact()/rebuild_index() replaced it: again
+            raise
+        return StoreStats(entries, size, live, stored, raw, index_bytes,
                           (body - live) / body if body else 0.0, g.data_gen, g.index_gen,
                           self._checkpoint)
 
@@ -1238,8 +1292,11 @@ def _key_list(edge_ids: Any) -> list[int]:
     if dtype is not None and getattr(edge_ids, "ndim", 1) == 1:
         names = getattr(dtype, "names", None)
         if names and "lo" in names and "hi" in names:
-            return [int(lo) | (int(hi) << 64) for lo, hi in
+            keys = [int(lo) | (int(hi) << 64) for lo, hi in
                     zip(edge_ids["lo"].tolist(), edge_ids["hi"].tolist())]
+            if dtype["lo"].kind == "u" and dtype["hi"].kind == "u":
+                return keys
+            return [_key_int(k) for k in keys]     # signed fields: refuse negatives here
         if dtype.kind == "u":
             return [int(k) for k in edge_ids.tolist()]
         if dtype.kind == "i":

@@ -114,6 +114,8 @@ def scan_into(data, Py_ssize_t p, long long base, dict final):
     cdef frame_t f
     cdef const uint8_t *b
     cdef Py_ssize_t n, end
+    if p < 0:
+        raise ValueError(f"start offset must be >= 0, not {p}")
     PyObject_GetBuffer(data, &view, PyBUF_SIMPLE)
     try:
         b = <const uint8_t *>view.buf
@@ -146,6 +148,8 @@ def copy_live(data, Py_ssize_t p, long long base, get, list out, dict live, long
     cdef frame_t f
     cdef const uint8_t *b
     cdef Py_ssize_t n, end
+    if p < 0:
+        raise ValueError(f"start offset must be >= 0, not {p}")
     PyObject_GetBuffer(data, &view, PyBUF_SIMPLE)
     try:
         b = <const uint8_t *>view.buf
@@ -236,7 +240,9 @@ cdef class MapReader:
         length = <uint64_t>(<object>PyTuple_GET_ITEM(meta, 2))
         compression = <int>(<object>PyTuple_GET_ITEM(meta, 3))
         ulen = <uint64_t>(<object>PyTuple_GET_ITEM(meta, 4))
-        if offset < HEADER_SIZE + FRAME_SIZE or offset + length > <uint64_t>self.size:
+        # (offset + length could wrap past 2**64: compare without adding)
+        if (offset < HEADER_SIZE + FRAME_SIZE or offset > <uint64_t>self.size
+                or length > <uint64_t>self.size - offset):
             return BEYOND
         memcpy(&f, self.base + offset - FRAME_SIZE, FRAME_SIZE)
         if (f.kind != 1 or f.mark != FRAME_MARK or f.stored_length != length
