@@ -26,7 +26,7 @@ import threading
 import uuid
 from collections.abc import Sequence
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 try:
     import dask
@@ -40,6 +40,9 @@ from diskhash._dtypes import KEY_DTYPE, np
 from diskhash._manifest import Location, Manifest
 from diskhash._sharded import _abspath, payload_array
 from diskhash.errors import IndexClosedError, ShardBuildError, ShardMismatchError
+
+if TYPE_CHECKING:
+    from numpy.typing import NDArray
 
 __all__ = ["LookupService", "ShardActor", "build_store"]
 
@@ -80,7 +83,7 @@ def _bytes16_column(values: Any, name: str, byteorder: str) -> Any:
     if wrong.size:
         raise ValueError(f"column {name!r}: row {int(wrong[0])} holds {int(lens[wrong[0]])} bytes, "
                          f"ids are 16 bytes")
-    octets = np.frombuffer(raw, dtype=np.uint8).reshape(n, 16)
+    octets: NDArray[np.uint8] = np.frombuffer(raw, dtype=np.uint8).reshape(n, 16)
     if byteorder == "big":
         octets = octets[:, ::-1]
     return np.ascontiguousarray(octets).view(KEY_DTYPE).reshape(n)
