@@ -172,9 +172,10 @@ def test_item_assignment_is_a_typeerror_not_notimplemented(index_path):
     # ``idx[k] = meta`` raised NotImplementedError ("Subscript assignment not
     # supported"), Cython's answer when only __delitem__ is defined.
     with DiskHashIndex(index_path) as idx:
+        key = 1
         with pytest.raises(TypeError, match="insert"):
-            idx[1] = record(1)
-        assert 1 not in idx
+            idx[key] = record(key)
+        assert key not in idx
         idx.insert(1, record(1))
         del idx[1]
         assert len(idx) == 0

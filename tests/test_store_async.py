@@ -34,7 +34,7 @@ async def test_round_trip(tmp_path):
         assert await s.get(1) == small and await s.get(2) == big
         assert await s.get(3) is None and await s.get(3, b"d") == b"d"
         assert (await s.meta(2)).length == len(big) > _aio_store.INLINE_READ
-        assert 1 in s and await s.contains(2) and len(s) == 2
+        assert (1 in s) and await s.contains(2) and len(s) == 2
         await s.put_many([5, 6], [b"five", b"six"])
         assert await s.get_many([6, 7, 5]) == [b"six", None, b"five"]
         assert await s.delete(5) and not await s.delete(5)
