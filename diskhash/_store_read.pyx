@@ -103,6 +103,13 @@ cdef inline Py_ssize_t _frame_end(const uint8_t *b, Py_ssize_t p, Py_ssize_t n, 
     return end
 
 
+cdef inline object _frame_key(const frame_t *f):
+    """The frame's edge id as a Python int (small ids skip the 128-bit join)."""
+    if f.key_hi:
+        return (<object>f.key_hi << 64) | <object>f.key_lo
+    return <object>f.key_lo
+
+
 def scan_into(data, Py_ssize_t p, long long base, dict final):
     """Fold the valid frames of ``data[p:]`` (``data`` starts at file offset
     ``base``) into ``final``: key -> (payload offset, stored length,
@@ -124,10 +131,7 @@ def scan_into(data, Py_ssize_t p, long long base, dict final):
             end = _frame_end(b, p, n, &f)
             if end < 0:
                 break
-            if f.key_hi:
-                key = (<object>f.key_hi << 64) | <object>f.key_lo
-            else:
-                key = <object>f.key_lo
+            key = _frame_key(&f)
             if f.kind == 1:
                 final[key] = (base + p + FRAME_SIZE, f.stored_length, f.compression, f.uncompressed_length)
             else:
@@ -159,10 +163,7 @@ def copy_live(data, Py_ssize_t p, long long base, get, list out, dict live, long
             if end < 0:
                 break
             if f.kind == 1:
-                if f.key_hi:
-                    key = (<object>f.key_hi << 64) | <object>f.key_lo
-                else:
-                    key = <object>f.key_lo
+                key = _frame_key(&f)
                 m = get(key)
                 if m is not None and <long long>(<object>PyTuple_GET_ITEM(m, 1)) == base + p + FRAME_SIZE:
                     out.append(PyBytes_FromStringAndSize(<const char *>(b + p), end - p))
