@@ -29,8 +29,8 @@ import os
 from typing import Any, Callable, TypeVar
 
 import anyio
-import anyio.to_thread
 
+from diskhash import _threads
 from diskhash._records import PayloadMeta
 from diskhash._store import PayloadStore, StoreStats, _key_int, _payload_view
 from diskhash.aio import AsyncDiskHashIndex
@@ -81,7 +81,7 @@ class AsyncPayloadStore:
         if inline_read is not None and (isinstance(inline_read, bool) or not isinstance(inline_read, int)
                                         or inline_read < 0):
             raise ValueError(f"inline_read must be an int >= 0, not {inline_read!r}")
-        store = await anyio.to_thread.run_sync(functools.partial(PayloadStore, directory, **kwargs))
+        store = await _threads.run_sync(functools.partial(PayloadStore, directory, **kwargs))
         return cls(store, inline_read=inline_read)
 
     @property
@@ -90,7 +90,7 @@ class AsyncPayloadStore:
         return self._sync
 
     async def _thread(self, fn: Callable[..., _T], *args: Any) -> _T:
-        return await anyio.to_thread.run_sync(fn, *args)
+        return await _threads.run_sync(fn, *args)
 
     # The writer lane is the sync store's write lock, taken in the worker thread:
     # no anyio primitive is shared between calls, so one AsyncPayloadStore may be
@@ -102,6 +102,8 @@ class AsyncPayloadStore:
     async def get(self, edge_id: Any, default: Any = None) -> Any:
         """The payload under ``edge_id`` or ``default``: inline up to ``INLINE_READ``
         stored bytes, else in a worker thread.  Errors as for ``PayloadStore.get``."""
+        if _threads.pending:
+            _threads.handoff()
         sync = self._sync
         g = sync._live()
         meta = g.index.get(edge_id)
@@ -114,10 +116,14 @@ class AsyncPayloadStore:
 
     async def meta(self, edge_id: Any) -> "PayloadMeta | None":
         """The ``PayloadMeta`` indexed for ``edge_id``, or None.  Inline."""
+        if _threads.pending:
+            _threads.handoff()
         return self._sync.meta(edge_id)
 
     async def contains(self, edge_id: Any) -> bool:
         """``edge_id in store``, awaitable.  Inline."""
+        if _threads.pending:
+            _threads.handoff()
         return edge_id in self._sync
 
     def __contains__(self, edge_id: object) -> bool:
@@ -151,6 +157,8 @@ class AsyncPayloadStore:
         sync = self._sync
         limit = INLINE_READ if self._inline_read is None else self._inline_read
         if isinstance(edge_ids, (list, tuple)) and len(edge_ids) <= 16:
+            if _threads.pending:
+                _threads.handoff()
             g = sync._live()
             metas = [g.index.get(k) for k in edge_ids]
             if sum(m.length for m in metas if m is not None) <= limit:
@@ -170,6 +178,8 @@ class AsyncPayloadStore:
         key = _key_int(edge_id)
         view = _payload_view(payload)
         if len(view) <= INLINE_WRITE:
+            if _threads.pending:
+                _threads.handoff()
             meta = sync._try_put(key, view, compression)
             if meta is not None:
                 return meta

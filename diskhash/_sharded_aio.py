@@ -14,8 +14,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 import anyio
-import anyio.to_thread
 
+from diskhash import _threads
 from diskhash._aio_store import AsyncPayloadStore
 from diskhash._manifest import Manifest
 from diskhash._sharded import ShardedStats, ShardedStore, payload_array
@@ -66,7 +66,7 @@ class AsyncShardedStore:
     async def open(cls, directory: str | os.PathLike[str], shards: int | None = None,
                    **kwargs: Any) -> AsyncShardedStore:
         """Open (or create) the set in a worker thread; arguments as for ``ShardedStore``."""
-        store = await anyio.to_thread.run_sync(
+        store = await _threads.run_sync(
             functools.partial(ShardedStore, directory, shards, **kwargs))
         return cls(store)
 
@@ -183,12 +183,12 @@ class AsyncShardedStore:
 
     async def rebuild_index(self, progress: Callable[[int, int], Any] | None = None) -> int:
         """As ``ShardedStore.rebuild_index``, in a worker thread."""
-        return await anyio.to_thread.run_sync(self._sync.rebuild_index, progress)
+        return await _threads.run_sync(self._sync.rebuild_index, progress)
 
     async def verify(self) -> None:
         """As ``ShardedStore.verify`` (markers, then every shard), in worker threads."""
         self._sync._check_open()
-        await anyio.to_thread.run_sync(self._sync._verify_layout)
+        await _threads.run_sync(self._sync._verify_layout)
         for shard in self._shards:
             await shard.verify()
 
@@ -204,7 +204,7 @@ class AsyncShardedStore:
         with anyio.CancelScope(shield=True):
             for shard in self._shards:
                 await shard.close()
-            await anyio.to_thread.run_sync(self._sync.close)
+            await _threads.run_sync(self._sync.close)
 
     @property
     def closed(self) -> bool:

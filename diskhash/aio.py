@@ -41,8 +41,8 @@ from typing import TYPE_CHECKING, Any, Callable, Generic, TypeVar, overload
 
 import anyio
 import anyio.lowlevel
-import anyio.to_thread
 
+from diskhash import _threads
 from diskhash._index import DiskHashIndex
 from diskhash._records import IndexStats, PayloadMeta, RepairReport
 from diskhash.errors import WrongEventLoopError
@@ -179,7 +179,7 @@ class AsyncDiskHashIndex:
         """
         opener = functools.partial(_open_counted, path, readonly=readonly,
                                    capacity=capacity, timeout=timeout)
-        return cls(await anyio.to_thread.run_sync(opener))
+        return cls(await _threads.run_sync(opener))
 
     @property
     def sync(self) -> DiskHashIndex:
@@ -218,7 +218,7 @@ class AsyncDiskHashIndex:
     async def _thread(self, fn: Callable[..., _T], *args: Any) -> _T:
         _, limiter = self._bind()
         try:
-            return await anyio.to_thread.run_sync(fn, *args, limiter=limiter)
+            return await _threads.run_sync(fn, *args, limiter=limiter)
         finally:
             self._unbind()
 
@@ -226,7 +226,7 @@ class AsyncDiskHashIndex:
         lane, limiter = self._bind()
         try:
             async with lane:
-                return await anyio.to_thread.run_sync(fn, *args, limiter=limiter)
+                return await _threads.run_sync(fn, *args, limiter=limiter)
         finally:
             self._unbind()
 
@@ -246,6 +246,8 @@ class AsyncDiskHashIndex:
         of range), ``CorruptIndexError`` (the probe met a damaged slot) and
         ``IndexClosedError`` (after ``close()``).
         """
+        if _threads.pending:
+            _threads.handoff()
         return self._sync.get(key, default)
 
     async def contains(self, key: Any) -> bool:
@@ -255,6 +257,8 @@ class AsyncDiskHashIndex:
         raises ``TypeError`` on the async index, so a missing ``await`` cannot
         pass silently.)
         """
+        if _threads.pending:
+            _threads.handoff()
         return key in self._sync
 
     def __contains__(self, key: object) -> bool:
@@ -311,6 +315,8 @@ class AsyncDiskHashIndex:
         ``IndexClosedError``.
         """
         sync = self._sync
+        if _threads.pending:
+            _threads.handoff()
         if sync._try_insert(key, meta):
             return
         lane, limiter = self._bind()
@@ -318,7 +324,7 @@ class AsyncDiskHashIndex:
             async with lane:
                 if sync._try_insert(key, meta):     # the writer before us made room
                     return
-                await anyio.to_thread.run_sync(sync.insert, key, meta, limiter=limiter)
+                await _threads.run_sync(sync.insert, key, meta, limiter=limiter)
         finally:
             self._unbind()
 
@@ -381,6 +387,8 @@ class AsyncDiskHashIndex:
         ``IndexClosedError``.
         """
         if _small(keys):
+            if _threads.pending:
+                _threads.handoff()
             return self._sync.get_many(keys)
         return await self._in_lane(self._sync.get_many, keys)
 
@@ -391,6 +399,8 @@ class AsyncDiskHashIndex:
         ``INLINE_BATCH`` keys, else in the writer lane.
         """
         if _small(keys):
+            if _threads.pending:
+                _threads.handoff()
             return self._sync.contains_many(keys)
         return await self._in_lane(self._sync.contains_many, keys)
 

@@ -144,10 +144,10 @@ def test_sigkill_loop_short(tmp_path):
 @pytest.mark.parametrize("mode", ["mixed", "compact", "rebuild"])
 def test_sigkill_loop_hundreds(tmp_path, mode):
     from store_crash_model import run
-    stats = run(tmp_path / "store", kills=120, seed=zlib.crc32(mode.encode()) & 0xFFFF, env=subprocess_env(),
-                max_delay=1.2, modes=(mode,))
+    stats = run(tmp_path / "store", kills=100, seed=zlib.crc32(mode.encode()) & 0xFFFF, env=subprocess_env(),
+                max_delay=0.7, modes=(mode,))
     print(stats)
-    assert stats.rounds == 120
+    assert stats.rounds == 100
     if mode == "compact":
         assert stats.killed_mid_compact > 0
     if mode == "rebuild":
