@@ -3,6 +3,7 @@
 from libc.stdint cimport uint64_t
 from libc.stdlib cimport calloc, free
 from cpython.exc cimport PyErr_CheckSignals
+from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
 from diskhash._format cimport (
     MAX_COMPRESSION,
     TAG_EMPTY,
@@ -17,9 +18,13 @@ from diskhash._format cimport (
 # Whole-table scan: shared by verify, stats, the recount after an unclean
 # close and repair's report.  Linear in the slots: each run (the occupied
 # slots between two empty ones) is checked in one pass, its keys kept in a
-# small scratch set to find duplicates.  It runs in steps of SCAN_STEP slots
-# with the GIL released, checking for signals between steps, so Ctrl-C
-# interrupts a scan of any size.
+# small scratch set to find duplicates.  It runs with the GIL released in
+# slices of about SCAN_SLICE_NS (whole steps of SCAN_STEP slots), checking for
+# signals between slices, so Ctrl-C interrupts a scan of any size.  A slice
+# lasts milliseconds, not the ~50 us of one step, because a thread waiting for
+# the GIL needs time to wake and take it: a scan that dropped and retook the
+# GIL every step won the race every time and starved the other threads of the
+# process (an event loop, or the thread that sends the SIGINT in the tests).
 
 cdef enum:
     D_BAD_TAG = 0
@@ -34,7 +39,8 @@ cdef enum:
     SCAN_SEED_RUN = 1       # the run that wraps past the end into slot 0: its tail
     SCAN_MAIN = 2           # slot order, 0 .. num_slots-1
     SCAN_DONE = 3
-    SCAN_STEP = 16384       # slots between two checks for signals
+    SCAN_STEP = 16384       # slots between two looks at the clock
+    SCAN_SLICE_NS = 2000000 # time with the GIL released between two checks for signals
     SEEN_MIN = 1024         # first size of the duplicate-finding set
 
 ctypedef struct defect_t:
@@ -203,15 +209,24 @@ cdef void scan_step(const unsigned char *base, uint64_t nslots, uint64_t seed,
 cdef int scan_table(const unsigned char *base, uint64_t nslots, uint64_t seed,
                     scan_t *out) except -1:
     """Scan the whole table into `out` (zeroed by the caller but for the
-    defect buffer).  Called with the GIL; releases it for each step and
+    defect buffer).  Called with the GIL; releases it for each slice and
     raises ``KeyboardInterrupt`` (or what a signal handler raises) between
     steps.  The caller keeps the map alive (read lock, or the only user)."""
+    cdef timespec t0, t
     out.phase = SCAN_FIND_EMPTY
     out.pos = nslots
     try:
         while out.phase != SCAN_DONE:
             with nogil:
-                scan_step(base, nslots, seed, out)
+                clock_gettime(CLOCK_MONOTONIC, &t0)
+                while True:
+                    scan_step(base, nslots, seed, out)
+                    if out.phase == SCAN_DONE or out.out_of_memory:
+                        break
+                    clock_gettime(CLOCK_MONOTONIC, &t)
+                    if ((t.tv_sec - t0.tv_sec) * 1000000000 + (t.tv_nsec - t0.tv_nsec)
+                            >= SCAN_SLICE_NS):
+                        break
             if out.out_of_memory:
                 raise MemoryError("no memory for the duplicate check of a table scan")
             if PyErr_CheckSignals() < 0:
