@@ -35,6 +35,7 @@ try:                                  # the compiled read path (diskhash/_store_
 except ImportError:  # pragma: no cover - a build without it reads in Python
     MapReader = None  # type: ignore[misc,assignment]
     BEYOND = 1
+_decompress = _codecs.decompress
 from diskhash import _payload_format as fmt
 from diskhash._files import IndexLock, fsync_dir
 from diskhash._index import DiskHashIndex
@@ -252,7 +253,7 @@ class _Generation:
         view = memoryview(mm)
         self.map, self.view = mm, view
         if MapReader is not None:
-            self.reader = MapReader(mm)
+            self.reader = MapReader(mm, self.index, _decompress)
         return view
 
 
@@ -786,6 +787,20 @@ class PayloadStore:
         fails its checks, never returning wrong bytes; ``TypeError``/
         ``ValueError`` for a bad key; ``IndexClosedError`` once closed.
         """
+        g = self._gen
+        if g is not None:
+            reader = g.reader
+            if reader is not None:          # one compiled call: probe, check, copy
+                got = reader.get(edge_id, self._verify, BIG_READ)
+                if type(got) is bytes:
+                    return got
+                if got is None:
+                    return default
+        return self._get_slow(edge_id, default)
+
+    def _get_slow(self, edge_id: Any, default: Any) -> Any:
+        """``get`` through the index's PayloadMeta: no map yet, a remap, big
+        records, and every error."""
         g = self._live()
         meta = g.index.get(edge_id)
         if meta is None:
@@ -793,11 +808,10 @@ class PayloadStore:
         return self._read(g, meta)
 
     def __getitem__(self, edge_id: Any) -> bytes:
-        g = self._live()
-        meta = g.index.get(edge_id)
-        if meta is None:
+        got = self.get(edge_id, _MISSING)
+        if got is _MISSING:
             raise KeyError(edge_id)
-        return self._read(g, meta)
+        return got  # type: ignore[no-any-return]
 
     def meta(self, edge_id: Any) -> "PayloadMeta | None":
         """The ``PayloadMeta`` indexed for ``edge_id`` (where its stored bytes are), or None."""
@@ -839,24 +853,27 @@ class PayloadStore:
     def get_many(self, edge_ids: Iterable[Any]) -> "list[bytes | None]":
         """The payloads of ``edge_ids``, in their order (None where absent).
 
-        One compiled loop checks and copies the records.  Errors as for ``get``.
+        One compiled loop probes the index, checks and copies the records;
+        only the unusual ones (big, remapped, damaged) go through ``get``'s
+        Python path.  Errors as for ``get``.
         """
         g = self._live()
-        get = g.index.get
-        metas = [get(k) for k in _key_list(edge_ids)]
         reader = g.reader
         if reader is None:
-            return [None if m is None else self._read(g, m) for m in metas]
-        out: "list[Any]"
-        out, fixups = reader.read_many(metas, self._verify, BIG_READ)
+            return [self._get_slow(k, None) for k in _key_list(edge_ids)]
+        halves = _key_halves(edge_ids)
+        keys: "list[Any]"
+        if halves is not None:
+            out, fixups = reader.get_many_u128(halves[0], halves[1], self._verify, BIG_READ)
+            lo, hi = halves
+            for i in fixups:
+                out[i] = self._get_slow(int(lo[i]) | (int(hi[i]) << 64), None)
+            return out  # type: ignore[no-any-return]
+        keys = edge_ids if type(edge_ids) is list else _key_list(edge_ids)
+        out, fixups = reader.get_many(keys, self._verify, BIG_READ)
         for i in fixups:
-            m = metas[i]
-            got = out[i]
-            if type(got) is bytes and m[2] <= BIG_READ:
-                out[i] = self._decompress(g, m, got)
-            else:
-                out[i] = self._read(g, m)       # remap, big record, or the error
-        return out
+            out[i] = self._get_slow(keys[i], None)
+        return out  # type: ignore[no-any-return]
 
     def payload_range(self, edge_id: Any) -> "tuple[int, int, int] | None":
         """``(fd, offset, length)`` of an uncompressed payload's bytes in the data file.
@@ -1305,6 +1322,27 @@ def _key_list(edge_ids: Any) -> list[int]:
     if isinstance(edge_ids, (str, bytes)) or edge_ids is None:
         raise TypeError("edge_ids must be a sequence of keys or a numpy key array")
     return [_key_int(k) for k in edge_ids]
+
+
+def _key_halves(edge_ids: Any) -> "tuple[Any, Any] | None":
+    """A 1-D numpy array of unsigned ids or of KEY_DTYPE as contiguous ``uint64``
+    (low halves, high halves); None for anything else (``_key_list`` takes it)."""
+    dtype = getattr(edge_ids, "dtype", None)
+    if dtype is None or getattr(edge_ids, "ndim", 0) != 1:
+        return None
+    np = _numpy()
+    if np is None or not isinstance(edge_ids, np.ndarray):
+        return None
+    names = dtype.names
+    if names:
+        if "lo" in names and "hi" in names and dtype["lo"].kind == "u" and dtype["hi"].kind == "u":
+            return (np.ascontiguousarray(edge_ids["lo"], dtype=np.uint64),
+                    np.ascontiguousarray(edge_ids["hi"], dtype=np.uint64))
+        return None
+    if dtype.kind == "u":
+        lo = np.ascontiguousarray(edge_ids, dtype=np.uint64)
+        return lo, np.zeros(len(lo), dtype=np.uint64)
+    return None
 
 
 def _apply(index: DiskHashIndex, final: "dict[int, tuple[int, int, int, int] | None]") -> None:

@@ -14,9 +14,22 @@ KiB at most (bigger records are read with ``pread``).
 from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
 from cpython.bytes cimport PyBytes_FromStringAndSize
 from cpython.long cimport PyLong_AsUnsignedLongLongMask
+from cpython.mem cimport PyMem_Free, PyMem_Malloc
 from cpython.tuple cimport PyTuple_Check, PyTuple_GET_ITEM, PyTuple_GET_SIZE
-from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
+from libc.stdint cimport int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 from libc.string cimport memcpy
+
+from diskhash._convert cimport key_to_u128
+from diskhash._format cimport (
+    DH_PREFETCH,
+    MAX_COMPRESSION,
+    PROBE_MISS,
+    dh_slot,
+    hash_u128,
+    probe_from,
+    slot_at,
+)
+from diskhash._index cimport DiskHashIndex
 
 cdef extern from "_crc32c.h":
     void dh_crc32c_init()
@@ -28,6 +41,8 @@ dh_crc32c_init()
 BEYOND = 1
 MISMATCH = 2
 BAD_CHECKSUM = 3
+#: ``MapReader.get``: the record needs the Python path (see there).
+FALLBACK = 4
 
 cdef enum:
     FRAME_SIZE = 32
@@ -175,19 +190,58 @@ def copy_live(data, Py_ssize_t p, long long base, get, list out, dict live, long
         PyBuffer_Release(&view)
 
 
+cdef enum:
+    SLOT_ABSENT = 0
+    SLOT_FOUND = 1
+    SLOT_DAMAGED = 2      # a bad tag or a full table: DiskHashIndex.get raises
+    GET_CHUNK = 4096      # get_many: keys probed per shared hold of the index's map lock
+    PREFETCH_AHEAD = 8    # get_many: the slot / frame this many keys ahead is prefetched
+
+cdef object _FALLBACK = FALLBACK
+
+
+cdef inline int _probe_copy(DiskHashIndex index, uint64_t lo, uint64_t hi,
+                            dh_slot *out) except -1:
+    """Probe ``index`` for the key as ``DiskHashIndex.get`` does -- under its
+    read lock (taken without the GIL if it must wait; it raises
+    ``IndexClosedError`` once closed), the slot copied out before the lock is
+    let go, since a grow may swap and unmap the table right after."""
+    cdef uint64_t empty = 0
+    cdef int64_t r
+    index._read_acquire()
+    r = probe_from(index._base, index._mask, hash_u128(lo, hi, index._seed) & index._mask,
+                   lo, hi, &empty)
+    if r >= 0:
+        out[0] = slot_at(index._base, <uint64_t>r)[0]
+    index._read_release()
+    if r >= 0:
+        return SLOT_FOUND
+    return SLOT_ABSENT if r == PROBE_MISS else SLOT_DAMAGED
+
+
 cdef class MapReader:
-    """A buffer of a map of the data file, for ``read``."""
+    """A buffer of a map of the data file, for ``read`` and the fused ``get``.
+
+    ``MapReader(mapping, index=None, decode=None)``: ``index`` is the
+    generation's ``DiskHashIndex`` (``get``/``get_many`` probe it directly),
+    ``decode(compression, data, uncompressed_length)`` decompresses (a
+    ``ValueError`` from it sends the record to the Python path).
+    """
 
     cdef Py_buffer view
     cdef bint held
     cdef const uint8_t *base
     cdef readonly Py_ssize_t size
+    cdef DiskHashIndex index
+    cdef object decode
 
-    def __cinit__(self, mapping):
+    def __cinit__(self, mapping, DiskHashIndex index=None, decode=None):
         PyObject_GetBuffer(mapping, &self.view, PyBUF_SIMPLE)
         self.held = True
         self.base = <const uint8_t *>self.view.buf
         self.size = self.view.len
+        self.index = index
+        self.decode = decode
 
     def __dealloc__(self):
         if self.held:
@@ -201,6 +255,161 @@ cdef class MapReader:
             self.held = False
         self.base = NULL
         self.size = 0
+
+    cdef object _payload(self, const dh_slot *s, bint verify, uint64_t limit):
+        """The checked payload of the record in slot copy ``s``, or None when the
+        Python path must take it: unknown compression byte, more than ``limit``
+        stored bytes, beyond the map, a frame that does not match the slot, a
+        checksum mismatch, or a payload that does not decode.  The GIL is held
+        throughout, so ``release()`` cannot run in the middle."""
+        cdef frame_t f
+        cdef uint64_t offset = s.offset
+        cdef uint64_t length = s.length
+        cdef const uint8_t *p
+        if s.compression > MAX_COMPRESSION or length > limit:
+            return None
+        # (offset + length could wrap past 2**64: compare without adding)
+        if (offset < HEADER_SIZE + FRAME_SIZE or offset > <uint64_t>self.size
+                or length > <uint64_t>self.size - offset):
+            return None
+        p = self.base + offset - FRAME_SIZE
+        memcpy(&f, p, FRAME_SIZE)
+        if (f.kind != 1 or f.mark != FRAME_MARK or f.stored_length != s.length
+                or f.compression != s.compression or f.uncompressed_length != s.uncompressed_length
+                or f.key_lo != s.key_lo or f.key_hi != s.key_hi):
+            return None
+        if verify and dh_crc32c(0, p + 4, <size_t>(FRAME_SIZE - 4 + length)) != f.checksum:
+            return None
+        data = PyBytes_FromStringAndSize(<const char *>(p + FRAME_SIZE), <Py_ssize_t>length)
+        if s.compression == 0:
+            return data
+        if self.decode is None:
+            return None
+        try:
+            return self.decode(s.compression, data, s.uncompressed_length)
+        except ValueError:
+            return None
+
+    def get(self, key, bint verify, Py_ssize_t limit):
+        """The payload under ``key`` in one call: probe the index, check the
+        frame (and, with ``verify``, its checksum), copy, decompress.
+
+        Returns the bytes, None if the key is absent, or ``FALLBACK`` when the
+        Python path must answer: a record of more than ``limit`` stored bytes,
+        one beyond the map (remap), damage of any kind (it raises the error).
+        Raises as ``DiskHashIndex.get`` for a bad key or a closed index.
+        """
+        cdef uint64_t lo, hi
+        cdef dh_slot s
+        cdef int found
+        if self.index is None:
+            raise ValueError("this MapReader was made without an index")
+        key_to_u128(key, &lo, &hi)
+        found = _probe_copy(self.index, lo, hi, &s)
+        if found == SLOT_ABSENT:
+            return None
+        if found == SLOT_FOUND and limit >= 0:
+            got = self._payload(&s, verify, <uint64_t>limit)
+            if got is not None:
+                return got
+        return _FALLBACK
+
+    def get_many(self, list keys, bint verify, Py_ssize_t limit):
+        """``get`` of each of ``keys`` (a list), in one call.
+
+        Returns ``(results, fixups)``: ``results[i]`` the payload or None
+        (absent), ``fixups`` the positions the Python path must still answer
+        (as ``get``'s ``FALLBACK``; their ``results`` entry is None).  The keys
+        are all converted first (a bad key raises before any lookup), then
+        probed under the index's read lock a chunk at a time without the GIL,
+        then checked and copied, prefetching the frames a few keys ahead.
+        """
+        cdef Py_ssize_t i, n = len(keys)
+        cdef uint64_t *kv
+        if self.index is None:
+            raise ValueError("this MapReader was made without an index")
+        kv = <uint64_t *>PyMem_Malloc(<size_t>(2 * n + 1) * sizeof(uint64_t))
+        if kv == NULL:
+            raise MemoryError()
+        try:
+            for i in range(n):
+                key_to_u128(keys[i], &kv[2 * i], &kv[2 * i + 1])
+            return self._get_many(kv, n, verify, limit)
+        finally:
+            PyMem_Free(kv)
+
+    def get_many_u128(self, const uint64_t[::1] lo, const uint64_t[::1] hi, bint verify,
+                      Py_ssize_t limit):
+        """``get_many`` of the keys ``lo[i] | hi[i] << 64`` (contiguous ``uint64`` arrays)."""
+        cdef Py_ssize_t i, n = lo.shape[0]
+        cdef uint64_t *kv
+        if hi.shape[0] != n:
+            raise ValueError(f"get_many_u128 got {n} low halves but {hi.shape[0]} high halves")
+        if self.index is None:
+            raise ValueError("this MapReader was made without an index")
+        kv = <uint64_t *>PyMem_Malloc(<size_t>(2 * n + 1) * sizeof(uint64_t))
+        if kv == NULL:
+            raise MemoryError()
+        try:
+            for i in range(n):
+                kv[2 * i] = lo[i]
+                kv[2 * i + 1] = hi[i]
+            return self._get_many(kv, n, verify, limit)
+        finally:
+            PyMem_Free(kv)
+
+    cdef tuple _get_many(self, const uint64_t *kv, Py_ssize_t n, bint verify, Py_ssize_t limit):
+        cdef DiskHashIndex index = self.index
+        cdef dh_slot *slots
+        cdef uint8_t *state
+        cdef Py_ssize_t i, pos = 0, end
+        cdef uint64_t empty = 0, off
+        cdef int64_t r
+        cdef list out = [None] * n
+        cdef list fixups = []
+        slots = <dh_slot *>PyMem_Malloc(<size_t>(n + 1) * (sizeof(dh_slot) + 1))
+        if slots == NULL:
+            raise MemoryError()
+        state = <uint8_t *>(slots + n + 1)
+        try:
+            while pos < n:
+                end = min(pos + GET_CHUNK, n)
+                index._read_acquire()
+                with nogil:
+                    for i in range(pos, end):
+                        if i + PREFETCH_AHEAD < end:
+                            DH_PREFETCH(slot_at(index._base, hash_u128(
+                                kv[2 * (i + PREFETCH_AHEAD)], kv[2 * (i + PREFETCH_AHEAD) + 1],
+                                index._seed) & index._mask))
+                        r = probe_from(index._base, index._mask,
+                                       hash_u128(kv[2 * i], kv[2 * i + 1], index._seed) & index._mask,
+                                       kv[2 * i], kv[2 * i + 1], &empty)
+                        if r >= 0:
+                            slots[i] = slot_at(index._base, <uint64_t>r)[0]
+                            state[i] = SLOT_FOUND
+                        elif r == PROBE_MISS:
+                            state[i] = SLOT_ABSENT
+                        else:
+                            state[i] = SLOT_DAMAGED
+                index._read_release()
+                pos = end
+            for i in range(n):
+                if i + PREFETCH_AHEAD < n and state[i + PREFETCH_AHEAD] == SLOT_FOUND:
+                    off = slots[i + PREFETCH_AHEAD].offset
+                    if off >= HEADER_SIZE + FRAME_SIZE and off < <uint64_t>self.size:
+                        DH_PREFETCH(self.base + off - FRAME_SIZE)
+                        DH_PREFETCH(self.base + off + 32)
+                if state[i] == SLOT_ABSENT:
+                    continue
+                if state[i] == SLOT_FOUND and limit >= 0:
+                    got = self._payload(&slots[i], verify, <uint64_t>limit)
+                    if got is not None:
+                        out[i] = got
+                        continue
+                fixups.append(i)
+            return out, fixups
+        finally:
+            PyMem_Free(slots)
 
     def read_many(self, list metas, bint verify, Py_ssize_t big):
         """``read`` of each item of ``metas`` (None stays None), in one call.
