@@ -196,8 +196,23 @@ cdef enum:
     SLOT_DAMAGED = 2      # a bad tag or a full table: DiskHashIndex.get raises
     GET_CHUNK = 4096      # get_many: keys probed per shared hold of the index's map lock
     PREFETCH_AHEAD = 8    # get_many: the slot / frame this many keys ahead is prefetched
+    PREFETCH_BYTES = 4096 # get_many: ... up to this many bytes of the frame
 
 cdef object _FALLBACK = FALLBACK
+
+
+cdef inline void _prefetch_frame(const uint8_t *base, uint64_t size, const dh_slot *s) noexcept nogil:
+    """Ask for the cache lines of the frame ``s`` points at (up to PREFETCH_BYTES of it)."""
+    cdef uint64_t p, end
+    if s.offset < HEADER_SIZE + FRAME_SIZE or s.offset > size:
+        return
+    p = s.offset - FRAME_SIZE
+    end = s.offset + (s.length if s.length < PREFETCH_BYTES else PREFETCH_BYTES)
+    if end > size:
+        end = size
+    while p < end:
+        DH_PREFETCH(base + p)
+        p += 64
 
 
 cdef inline int _probe_copy(DiskHashIndex index, uint64_t lo, uint64_t hi,
@@ -395,10 +410,7 @@ cdef class MapReader:
                 pos = end
             for i in range(n):
                 if i + PREFETCH_AHEAD < n and state[i + PREFETCH_AHEAD] == SLOT_FOUND:
-                    off = slots[i + PREFETCH_AHEAD].offset
-                    if off >= HEADER_SIZE + FRAME_SIZE and off < <uint64_t>self.size:
-                        DH_PREFETCH(self.base + off - FRAME_SIZE)
-                        DH_PREFETCH(self.base + off + 32)
+                    _prefetch_frame(self.base, <uint64_t>self.size, &slots[i + PREFETCH_AHEAD])
                 if state[i] == SLOT_ABSENT:
                     continue
                 if state[i] == SLOT_FOUND and limit >= 0:
