@@ -35,7 +35,6 @@ try:                                  # the compiled read path (diskhash/_store_
 except ImportError:  # pragma: no cover - a build without it reads in Python
     MapReader = None  # type: ignore[misc,assignment]
     BEYOND = 1
-_decompress = _codecs.decompress
 from diskhash import _payload_format as fmt
 from diskhash._files import IndexLock, fsync_dir
 from diskhash._index import DiskHashIndex
@@ -48,6 +47,8 @@ from diskhash.errors import (
 )
 
 __all__ = ["PayloadStore", "StoreStats", "SYNC_POLICIES"]
+
+_decompress = _codecs.decompress
 
 _MISSING: Any = object()
 _U128 = 1 << 128
