@@ -35,6 +35,10 @@ try:                                  # the compiled read path (diskhash/_store_
 except ImportError:  # pragma: no cover - a build without it reads in Python
     MapReader = None  # type: ignore[misc,assignment]
     BEYOND = 1
+try:                                  # the compiled frame builder of put_many (_store_write.pyx)
+    from diskhash._store_write import encode_frames as _encode_frames
+except ImportError:  # pragma: no cover - a build without it encodes in Python
+    _encode_frames = None
 from diskhash import _payload_format as fmt
 from diskhash._files import IndexLock, fsync_dir
 from diskhash._index import DiskHashIndex
@@ -63,6 +67,8 @@ ALLOC_MAX = 16 << 20
 _MADV_POPULATE_WRITE = getattr(mmap, "MADV_POPULATE_WRITE", 23)
 #: put_many writes its frames in pieces of about this many bytes (then indexes them).
 PUT_MANY_CHUNK = 16 << 20
+#: put_many of at least this many records sizes the index for all of them first.
+PUT_MANY_RESERVE = 4096
 #: The sync policies besides a number of milliseconds.
 SYNC_POLICIES = ("save", "never")
 TMP_SUFFIX = ".tmp"
@@ -933,21 +939,22 @@ class PayloadStore:
         self._unsaved = True
         return start
 
-    def _append_frames(self, g: _Generation, blob: bytes) -> int:
+    def _append_frames(self, g: _Generation, blob: "bytes | memoryview") -> int:
         """Append many whole frames with one ``pwrite``: the kernel copies in
         file order and stops between pages on SIGKILL, so a crash leaves a prefix
         of the frames (the last one possibly torn), never a hole."""
         start = self._end
         end = start + len(blob)
         if end > g.alloc:
-            self._allocate(g, end)
+            self._allocate(g, end, populate=False)      # pwrite fills the pages itself
         _write_all(g.fd, (blob,), start)
         self._end = end
         self._unsaved = True
         return start
 
-    def _allocate(self, g: _Generation, end: int) -> None:
-        """Allocate the file's blocks to past ``end`` and map them (ENOSPC here, nothing written)."""
+    def _allocate(self, g: _Generation, end: int, populate: bool = True) -> None:
+        """Allocate the file's blocks to past ``end`` and map them (ENOSPC here, nothing
+        written); with ``populate``, fault the new pages in for writes through the map."""
         want = end + min(max(end // 8, ALLOC_MIN), ALLOC_MAX)
         try:
             _allocate_blocks(g.fd, g.alloc, want)
@@ -959,7 +966,8 @@ class PayloadStore:
         old = g.alloc
         g.alloc = max(want, os.fstat(g.fd).st_size)
         g.remap()
-        _populate(g.map, old, g.alloc)
+        if populate:
+            _populate(g.map, old, g.alloc)
 
     def _undo_append(self, g: _Generation, start: int, end: int) -> None:
         """Forget an append whose indexing failed: zero it, so no open replays it."""
@@ -1036,12 +1044,18 @@ class PayloadStore:
         payloads = list(payloads)
         if len(keys) != len(payloads):
             raise ValueError(f"put_many got {len(keys)} edge ids but {len(payloads)} payloads")
-        views = [_payload_view(p, f"payloads[{i}]") for i, p in enumerate(payloads)]
+        limit = fmt.MAX_LENGTH
+        views = [p if type(p) is bytes and len(p) <= limit else _payload_view(p, f"payloads[{i}]")
+                 for i, p in enumerate(payloads)]
         comp = self._compression if compression is None else _codecs.require(compression)
         with self._write_lock:
             self._writable()
-        encode = self._encode
         total = len(keys)
+        np = _numpy() if comp == 0 and total >= 64 and _encode_frames is not None else None
+        if np is not None:
+            self._put_many_frames(keys, views, np)
+            return
+        encode = self._encode
         i = 0
         while i < total:
             parts: list[bytes] = []
@@ -1065,6 +1079,35 @@ class PayloadStore:
                 except BaseException:
                     self._undo_append(g, start, start + size)
                     raise
+
+    def _put_many_frames(self, keys: "list[int]", views: "list[Any]", np: Any) -> None:
+        """``put_many`` without compression: each piece's frames and index rows
+        built in one compiled call (``_store_write.encode_frames``), written with
+        one pwrite, indexed with one ``insert_many``.  A big batch grows the
+        index once, up front, to hold every key (overwrites count too: at most
+        twice the slots needed), not once per doubling on the way."""
+        from diskhash import _dtypes
+        total = len(keys)
+        if total >= PUT_MANY_RESERVE:
+            with self._write_lock:
+                g = self._writable()
+                g.index.reserve(len(g.index) + total)
+        buf = bytearray()
+        i = 0
+        while i < total:
+            i_next, size, key_rows, meta_rows = _encode_frames(keys, views, i, PUT_MANY_CHUNK, buf)
+            karr = np.frombuffer(key_rows, dtype=_dtypes.KEY_DTYPE)
+            recs = np.frombuffer(meta_rows, dtype=_dtypes.META_DTYPE)
+            with memoryview(buf) as blob, self._write_lock:
+                g = self._writable()
+                start = self._append_frames(g, blob[:size])
+                try:
+                    recs["offset"] += start
+                    g.index.insert_many(karr, recs)
+                except BaseException:
+                    self._undo_append(g, start, start + size)
+                    raise
+            i = i_next
 
     def _delete_locked(self, g: _Generation, key: int) -> bool:
         if key not in g.index:
