@@ -360,6 +360,22 @@ def replay(fd: int, start: int, file_size: int, path: str,
     return final, result
 
 
+def fold(fd: int, start: int, file_size: int, path: str, table: Any,
+         progress: "Callable[[int, int], Any] | None" = None) -> ScanResult:
+    """``replay`` into a compiled ``LogFold`` (``table``) instead of a dict: the
+    log's final state stays in C until ``table.rows()``.  Same walk, checks and
+    errors as ``replay``."""
+    def parse(buf: bytes, p: int, base: int) -> int:
+        return int(table.fold(buf, p, base))
+
+    result = None
+    for item in _walk(fd, start, file_size, path, parse, progress):
+        if item is not None:
+            result = item
+    assert result is not None
+    return result
+
+
 try:
     from diskhash._store_read import scan_into as _scan_into
 except ImportError:  # pragma: no cover

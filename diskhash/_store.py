@@ -31,9 +31,10 @@ from typing import Any, Callable, Iterable, Iterator, NamedTuple, Sequence
 from diskhash import _codecs
 
 try:                                  # the compiled read path (diskhash/_store_read.pyx)
-    from diskhash._store_read import BEYOND, MapReader
+    from diskhash._store_read import BEYOND, LogFold, MapReader
 except ImportError:  # pragma: no cover - a build without it reads in Python
     MapReader = None  # type: ignore[misc,assignment]
+    LogFold = None  # type: ignore[misc,assignment]
     BEYOND = 1
 try:                                  # the compiled frame builder of put_many (_store_write.pyx)
     from diskhash._store_write import encode_frames as _encode_frames
@@ -638,13 +639,30 @@ class PayloadStore:
                 os.unlink(leftover)
             except FileNotFoundError:
                 pass
-        final, result = fmt.replay(fd, fmt.DATA_HEADER_SIZE, end, data_path, progress)
+        np = _numpy() if LogFold is not None else None
+        if np is not None:
+            # The log folded in C, indexed with one insert_many (docs/store.md).
+            from diskhash import _dtypes
+            table = LogFold()
+            result = fmt.fold(fd, fmt.DATA_HEADER_SIZE, end, data_path, table, progress)
+            count = table.live
+            key_rows, meta_rows = table.rows()
+            del table
+            live: "dict[int, tuple[int, int, int, int]]" = {}
+        else:
+            final, result = fmt.replay(fd, fmt.DATA_HEADER_SIZE, end, data_path, progress)
+            live = {k: v for k, v in final.items() if v is not None}
+            count = len(live)
         if result.torn and result.end < end:
             raise CorruptPayloadError(data_path, "log ends early while rebuilding", offset=result.end)
-        live = {k: v for k, v in final.items() if v is not None}
-        index = DiskHashIndex(index_path, capacity=max(len(live), 1), timeout=0.0)
+        index = DiskHashIndex(index_path, capacity=max(count, 1), timeout=0.0)
         try:
-            _bulk_insert(index, live)
+            if np is not None:
+                if count:
+                    index.insert_many(np.frombuffer(key_rows, dtype=_dtypes.KEY_DTYPE),
+                                      np.frombuffer(meta_rows, dtype=_dtypes.META_DTYPE))
+            else:
+                _bulk_insert(index, live)
             index.save()
             fsync_dir(self._directory)
         except BaseException:

@@ -12,12 +12,14 @@ KiB at most (bigger records are read with ``pread``).
 """
 
 from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
-from cpython.bytes cimport PyBytes_FromStringAndSize
+from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_GET_SIZE, PyByteArray_Resize
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
 from cpython.long cimport PyLong_AsUnsignedLongLongMask
 from cpython.mem cimport PyMem_Free, PyMem_Malloc
 from cpython.tuple cimport PyTuple_Check, PyTuple_GET_ITEM, PyTuple_GET_SIZE
 from libc.stdint cimport int64_t, uint8_t, uint16_t, uint32_t, uint64_t
-from libc.string cimport memcpy
+from libc.stdlib cimport calloc, free
+from libc.string cimport memcpy, memset
 
 from diskhash._convert cimport key_to_u128
 from diskhash._format cimport (
@@ -476,3 +478,193 @@ cdef class MapReader:
                                 <size_t>(FRAME_SIZE - 4 + length)) != f.checksum:
             return BAD_CHECKSUM
         return PyBytes_FromStringAndSize(<const char *>(self.base + offset), <Py_ssize_t>length)
+
+
+# ---------------------------------------------------------------------------
+# Whole-log passes of rebuild_index() and compact(): the log folded into C
+# arrays, then indexed with one insert_many.
+
+ctypedef struct log_entry:
+    uint64_t lo
+    uint64_t hi
+    uint64_t offset             # of the payload in the file
+    uint32_t length
+    uint32_t uncompressed_length
+    uint8_t compression
+    uint8_t state               # LOG_EMPTY, LOG_PUT or LOG_DELETED
+
+cdef enum:
+    LOG_EMPTY = 0
+    LOG_PUT = 1
+    LOG_DELETED = 2
+    LOG_MIN_SLOTS = 1024
+    KEY_ROW = 16                # KEY_DTYPE: lo@0, hi@8
+    META_ROW = 24               # META_DTYPE: offset@0, length@8, compression@12, uncompressed_length@16
+
+cdef uint64_t LOG_SEED = 0x9E3779B97F4A7C15ULL
+
+
+cdef class LogFold:
+    """The final state of the keys of a log, folded frame by frame in C (an
+    open-addressing table in memory): each key's last put, or deleted.
+
+    ``fold`` takes the frames of a chunk (as ``scan_into``); ``rows()`` gives
+    the live records as ``KEY_DTYPE`` and ``META_DTYPE`` rows (bytes) for
+    ``insert_many``; ``live`` counts them.
+    """
+
+    cdef log_entry *slots
+    cdef uint64_t mask
+    cdef uint64_t used
+    cdef readonly uint64_t live
+
+    def __cinit__(self):
+        self.slots = <log_entry *>calloc(LOG_MIN_SLOTS, sizeof(log_entry))
+        if self.slots == NULL:
+            raise MemoryError()
+        self.mask = LOG_MIN_SLOTS - 1
+
+    def __dealloc__(self):
+        free(self.slots)
+
+    cdef int _grow(self) except -1:
+        cdef uint64_t n = (self.mask + 1) * 2, i, j
+        cdef log_entry *new = <log_entry *>calloc(<size_t>n, sizeof(log_entry))
+        if new == NULL:
+            raise MemoryError(f"no memory to fold a log of {self.used} keys")
+        for i in range(self.mask + 1):
+            if self.slots[i].state != LOG_EMPTY:
+                j = hash_u128(self.slots[i].lo, self.slots[i].hi, LOG_SEED) & (n - 1)
+                while new[j].state != LOG_EMPTY:
+                    j = (j + 1) & (n - 1)
+                new[j] = self.slots[i]
+        free(self.slots)
+        self.slots = new
+        self.mask = n - 1
+        return 0
+
+    cdef int note(self, uint64_t lo, uint64_t hi, uint8_t state, uint64_t offset, uint32_t length,
+                 uint8_t compression, uint32_t ulen) except -1:
+        """Record a put (``LOG_PUT``) or a tombstone (``LOG_DELETED``) of the key."""
+        cdef uint64_t i
+        cdef log_entry *e
+        if (self.used + 1) * 4 > (self.mask + 1) * 3:
+            self._grow()
+        i = hash_u128(lo, hi, LOG_SEED) & self.mask
+        while True:
+            e = &self.slots[i]
+            if e.state == LOG_EMPTY:
+                if state == LOG_DELETED:
+                    return 0            # never put: nothing to forget
+                self.used += 1
+                e.lo = lo
+                e.hi = hi
+                break
+            if e.lo == lo and e.hi == hi:
+                break
+            i = (i + 1) & self.mask
+        if e.state == LOG_PUT:
+            self.live -= 1
+        e.state = state
+        if state == LOG_PUT:
+            self.live += 1
+            e.offset = offset
+            e.length = length
+            e.compression = compression
+            e.uncompressed_length = ulen
+        return 0
+
+    def fold(self, data, Py_ssize_t p, long long base):
+        """Fold the valid frames of ``data[p:]`` (``data`` starts at file offset
+        ``base``); returns where the first frame that is not valid (or not
+        whole) starts.  The checks are those of ``scan_into``."""
+        cdef Py_buffer view
+        cdef frame_t f
+        cdef const uint8_t *b
+        cdef Py_ssize_t n, end
+        if p < 0:
+            raise ValueError(f"start offset must be >= 0, not {p}")
+        PyObject_GetBuffer(data, &view, PyBUF_SIMPLE)
+        try:
+            b = <const uint8_t *>view.buf
+            n = view.len
+            while p + FRAME_SIZE <= n:
+                end = _frame_end(b, p, n, &f)
+                if end < 0:
+                    break
+                self.note(f.key_lo, f.key_hi, LOG_PUT if f.kind == 1 else LOG_DELETED,
+                         <uint64_t>(base + p + FRAME_SIZE), f.stored_length, f.compression,
+                         f.uncompressed_length)
+                p = end
+            return p
+        finally:
+            PyBuffer_Release(&view)
+
+    def rows(self):
+        """``(key_rows, meta_rows)``: the live records as ``KEY_DTYPE`` and
+        ``META_DTYPE`` rows (bytes, ``live`` rows each), in table order."""
+        cdef uint64_t i, k = 0
+        cdef log_entry *e
+        cdef uint8_t *kr
+        cdef uint8_t *mr
+        key_rows = PyBytes_FromStringAndSize(NULL, <Py_ssize_t>(self.live * KEY_ROW))
+        meta_rows = PyBytes_FromStringAndSize(NULL, <Py_ssize_t>(self.live * META_ROW))
+        kr = <uint8_t *>PyBytes_AS_STRING(key_rows)
+        mr = <uint8_t *>PyBytes_AS_STRING(meta_rows)
+        memset(mr, 0, <size_t>(self.live * META_ROW))
+        for i in range(self.mask + 1):
+            e = &self.slots[i]
+            if e.state != LOG_PUT:
+                continue
+            if k == self.live:          # cannot happen: live counts the LOG_PUT entries
+                raise AssertionError("LogFold: more live entries than counted")
+            memcpy(kr + k * KEY_ROW, &e.lo, 8)
+            memcpy(kr + k * KEY_ROW + 8, &e.hi, 8)
+            memcpy(mr + k * META_ROW, &e.offset, 8)
+            memcpy(mr + k * META_ROW + 8, &e.length, 4)
+            mr[k * META_ROW + 12] = e.compression
+            memcpy(mr + k * META_ROW + 16, &e.uncompressed_length, 4)
+            k += 1
+        return key_rows, meta_rows
+
+
+def copy_live_into(data, Py_ssize_t p, long long base, DiskHashIndex index not None,
+                   bytearray out not None, Py_ssize_t used, LogFold live not None,
+                   long long new_base):
+    """Compaction's copy step over ``data[p:]`` (at file offset ``base``), in C:
+    each valid put frame that ``index`` still points at is appended to
+    ``out[used:]`` (grown as needed) and recorded in ``live`` at its new place
+    (``new_base`` onwards).  The index is probed as ``DiskHashIndex.get`` does
+    (its read lock; writers go on meanwhile).  Returns ``(stop, used,
+    new_base)``; frame checks as in ``scan_into``.
+    """
+    cdef Py_buffer view
+    cdef frame_t f
+    cdef dh_slot s
+    cdef const uint8_t *b
+    cdef Py_ssize_t n, end, size, cap
+    if p < 0 or used < 0 or used > PyByteArray_GET_SIZE(out):
+        raise ValueError(f"bad start ({p}) or fill ({used}) of the copy")
+    PyObject_GetBuffer(data, &view, PyBUF_SIMPLE)
+    try:
+        b = <const uint8_t *>view.buf
+        n = view.len
+        while p + FRAME_SIZE <= n:
+            end = _frame_end(b, p, n, &f)
+            if end < 0:
+                break
+            if (f.kind == 1 and _probe_copy(index, f.key_lo, f.key_hi, &s) == SLOT_FOUND
+                    and s.offset == <uint64_t>(base + p + FRAME_SIZE)):
+                size = end - p
+                cap = PyByteArray_GET_SIZE(out)
+                if used + size > cap:
+                    PyByteArray_Resize(out, max(used + size, 2 * cap))
+                memcpy(PyByteArray_AS_STRING(out) + used, b + p, <size_t>size)
+                used += size
+                live.note(f.key_lo, f.key_hi, LOG_PUT, <uint64_t>(new_base + FRAME_SIZE),
+                         f.stored_length, f.compression, f.uncompressed_length)
+                new_base += size
+            p = end
+        return p, used, new_base
+    finally:
+        PyBuffer_Release(&view)
