@@ -162,9 +162,9 @@ def _copy_live(g: Any, fd: int, e0: int, live: dict[int, tuple[int, int, int, in
 
 
 try:
+    from diskhash._store_read import LogFold as _LogFold
     from diskhash._store_read import copy_live as _copy_live_c
     from diskhash._store_read import copy_live_into as _copy_live_into
-    from diskhash._store_read import LogFold as _LogFold
 except ImportError:  # pragma: no cover
     _copy_live_c = None  # type: ignore[assignment]
     _copy_live_into = None  # type: ignore[assignment]
@@ -204,7 +204,6 @@ def _copy_live_indexed(g: Any, fd: int, e0: int,
     if state["used"]:
         flush()
     assert state["written"] == state["new_end"]
-    del out
     key_rows, meta_rows = live.rows()
     new = DiskHashIndex(index_path, capacity=max(live.live, 1), timeout=0.0)
     try:
