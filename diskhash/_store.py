@@ -38,8 +38,10 @@ except ImportError:  # pragma: no cover - a build without it reads in Python
     BEYOND = 1
 try:                                  # the compiled frame builder of put_many (_store_write.pyx)
     from diskhash._store_write import encode_frames as _encode_frames
+    from diskhash._store_write import put_frame as _put_frame
 except ImportError:  # pragma: no cover - a build without it encodes in Python
     _encode_frames = None
+    _put_frame = None
 from diskhash import _payload_format as fmt
 from diskhash._files import IndexLock, fsync_dir
 from diskhash._index import DiskHashIndex
@@ -1005,6 +1007,12 @@ class PayloadStore:
         over 4 GiB - 1 (before anything is written), ``ReadOnlyIndexError``,
         ``OSError`` (disk full: nothing is stored).
         """
+        if (type(payload) is bytes and compression is None and not self._compression
+                and _put_frame is not None):
+            with self._write_lock:
+                g = self._writable()
+                if type(g.index) is DiskHashIndex:
+                    return self._put_frame(g, edge_id, payload)
         key = _key_int(edge_id)
         view = _payload_view(payload)
         comp = self._compression if compression is None else _codecs.require(compression)
@@ -1019,6 +1027,23 @@ class PayloadStore:
                 self._undo_append(g, start, start + fmt.FRAME_SIZE + slen)
                 raise
             return meta
+
+    def _put_frame(self, g: _Generation, edge_id: Any, payload: bytes) -> PayloadMeta:
+        """``put`` of uncompressed bytes, the writer lock held: the frame written
+        into the map and indexed in one compiled call (``_store_write.put_frame``;
+        the same order and undo as ``_append`` + ``insert``)."""
+        start = self._end
+        end = start + fmt.FRAME_SIZE + len(payload)
+        if end > g.alloc:
+            _key_int(edge_id)               # a bad key raises before the file grows
+            self._allocate(g, end)
+        view = g.view
+        if view is None or end > len(view):
+            view = g.remap()
+        meta: PayloadMeta = _put_frame(g.index, view, start, edge_id, payload)
+        self._end = end
+        self._unsaved = True
+        return meta
 
     def _try_put(self, key: int, view: memoryview, compression: Any) -> "PayloadMeta | None":
         """``put`` if it can finish without waiting: the writer lock free and no index

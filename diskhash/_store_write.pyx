@@ -1,5 +1,8 @@
 # cython: language_level=3, binding=False, boundscheck=False, wraparound=False
-"""The PayloadStore's bulk write path: the frames of a ``put_many`` piece in one compiled loop.
+"""The PayloadStore's write hot paths: ``put`` in one call, the frames of a ``put_many`` piece in one loop.
+
+``put_frame(index, view, start, key, payload)`` writes one uncompressed frame
+into the writer's map and indexes it (see there).
 
 ``encode_frames(keys, payloads, start, max_bytes, blob)`` lays out the put frames
 (uncompressed, docs/store-format.md) of ``keys[start:]``/``payloads[start:]``
@@ -11,7 +14,7 @@ store's ``_key_list``), the payloads bytes or flat byte views
 (``_payload_view``).  The GIL is held: the copies are the work.
 """
 
-from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
+from cpython.buffer cimport PyBUF_SIMPLE, PyBUF_WRITABLE, PyBuffer_Release, PyObject_GetBuffer
 from cpython.bytearray cimport (
     PyByteArray_AS_STRING,
     PyByteArray_FromStringAndSize,
@@ -28,7 +31,11 @@ from cpython.object cimport PyObject_Length
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
 from libc.string cimport memcpy, memset
 
-from diskhash._convert cimport key_to_u128
+from cpython.long cimport PyLong_CheckExact
+
+from diskhash._convert cimport key_to_u128, make_record, meta_fields, u128_to_int
+from diskhash._format cimport DH_COMPILER_BARRIER
+from diskhash._index cimport DiskHashIndex
 
 cdef extern from "_crc32c.h":
     void dh_crc32c_init()
@@ -147,3 +154,64 @@ def encode_frames(list keys, list payloads, Py_ssize_t start, Py_ssize_t max_byt
     if pos != size:
         raise ValueError("a payload changed size during put_many")
     return stop, size, key_rows, meta_rows
+
+
+def put_frame(DiskHashIndex index not None, view, Py_ssize_t start, key, bytes payload not None):
+    """``put`` of an uncompressed payload in one call: the frame written into
+    ``view`` (the writer's map of the data file) at ``start``, then indexed.
+
+    The caller holds the store's writer lock and has allocated and mapped the
+    frame's bytes.  Order, as ``PayloadStore._append`` documents: bytes 4..end
+    of the frame first, its checksum last (``start .. start + 4`` are zero
+    until then), then the index entry (``DiskHashIndex.insert``: its writer
+    lock, the same slot writes).  If indexing fails the frame is zeroed again
+    and the error raised, so no open replays it.  A bad key raises before any
+    byte is written.  Returns the ``PayloadMeta`` indexed.
+    """
+    cdef uint64_t lo, hi
+    cdef Py_buffer buf
+    cdef frame_t f
+    cdef meta_fields m
+    cdef Py_ssize_t length = PyBytes_GET_SIZE(payload)
+    cdef uint8_t *p
+    cdef uint32_t crc
+    key_to_u128(key, &lo, &hi)
+    if length > 0xFFFFFFFF:
+        raise ValueError(f"payload is {length} bytes; the limit is {0xFFFFFFFF} (u32)")
+    PyObject_GetBuffer(view, &buf, PyBUF_WRITABLE)
+    try:
+        if start < 0 or start > buf.len or FRAME_SIZE + length > buf.len - start:
+            raise ValueError(f"the frame at {start} ({FRAME_SIZE + length} bytes) is outside "
+                             f"the map ({buf.len} bytes)")
+        p = <uint8_t *>buf.buf + start
+        f.checksum = 0
+        f.kind = KIND_PUT
+        f.compression = 0
+        f.mark = FRAME_MARK
+        f.stored_length = <uint32_t>length
+        f.uncompressed_length = <uint32_t>length
+        f.key_lo = lo
+        f.key_hi = hi
+        memcpy(p + 4, (<uint8_t *>&f) + 4, FRAME_SIZE - 4)
+        memcpy(p + FRAME_SIZE, PyBytes_AS_STRING(payload), <size_t>length)
+        crc = dh_crc32c(0, p + 4, <size_t>(FRAME_SIZE - 4 + length))
+        DH_COMPILER_BARRIER()
+        memcpy(p, &crc, 4)
+        m.offset = <uint64_t>(start + FRAME_SIZE)
+        m.length = <uint32_t>length
+        m.uncompressed_length = <uint32_t>length
+        m.compression = 0
+        try:
+            index._write_acquire(True)
+            try:
+                index._insert_locked(lo, hi, &m)
+            finally:
+                index._write_release()
+        except BaseException:
+            memset(p, 0, <size_t>(FRAME_SIZE + length))
+            raise
+    finally:
+        PyBuffer_Release(&buf)
+    if not PyLong_CheckExact(key):
+        key = u128_to_int(lo, hi)
+    return make_record(key, 0, m.offset, m.length, m.uncompressed_length)
