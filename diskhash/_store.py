@@ -40,8 +40,8 @@ try:                                  # the compiled frame builder of put_many (
     from diskhash._store_write import encode_frames as _encode_frames
     from diskhash._store_write import put_frame as _put_frame
 except ImportError:  # pragma: no cover - a build without it encodes in Python
-    _encode_frames = None
-    _put_frame = None
+    _encode_frames = None  # type: ignore[assignment]
+    _put_frame = None  # type: ignore[assignment]
 from diskhash import _payload_format as fmt
 from diskhash._files import IndexLock, fsync_dir
 from diskhash._index import DiskHashIndex

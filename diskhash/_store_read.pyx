@@ -196,9 +196,9 @@ cdef enum:
     SLOT_ABSENT = 0
     SLOT_FOUND = 1
     SLOT_DAMAGED = 2      # a bad tag or a full table: DiskHashIndex.get raises
-    GET_CHUNK = 4096      # get_many: keys probed per shared hold of the index's map lock
-    PREFETCH_AHEAD = 8    # get_many: the slot / frame this many keys ahead is prefetched
-    PREFETCH_BYTES = 4096 # get_many: ... up to this many bytes of the frame
+    GET_CHUNK = 4096        # get_many: keys probed per shared hold of the index's map lock
+    PREFETCH_AHEAD = 8      # get_many: the slot / frame this many keys ahead is prefetched
+    PREFETCH_BYTES = 4096   # get_many: ... up to this many bytes of the frame
 
 cdef object _FALLBACK = FALLBACK
 
@@ -380,7 +380,7 @@ cdef class MapReader:
         cdef dh_slot *slots
         cdef uint8_t *state
         cdef Py_ssize_t i, pos = 0, end
-        cdef uint64_t empty = 0, off
+        cdef uint64_t empty = 0
         cdef int64_t r
         cdef list out = [None] * n
         cdef list fixups = []
@@ -543,8 +543,8 @@ cdef class LogFold:
         self.mask = n - 1
         return 0
 
-    cdef int note(self, uint64_t lo, uint64_t hi, uint8_t state, uint64_t offset, uint32_t length,
-                 uint8_t compression, uint32_t ulen) except -1:
+    cdef int note(self, uint64_t lo, uint64_t hi, uint8_t state, uint64_t offset,
+                  uint32_t length, uint8_t compression, uint32_t ulen) except -1:
         """Record a put (``LOG_PUT``) or a tombstone (``LOG_DELETED``) of the key."""
         cdef uint64_t i
         cdef log_entry *e
@@ -593,8 +593,8 @@ cdef class LogFold:
                 if end < 0:
                     break
                 self.note(f.key_lo, f.key_hi, LOG_PUT if f.kind == 1 else LOG_DELETED,
-                         <uint64_t>(base + p + FRAME_SIZE), f.stored_length, f.compression,
-                         f.uncompressed_length)
+                          <uint64_t>(base + p + FRAME_SIZE), f.stored_length, f.compression,
+                          f.uncompressed_length)
                 p = end
             return p
         finally:
@@ -662,7 +662,7 @@ def copy_live_into(data, Py_ssize_t p, long long base, DiskHashIndex index not N
                 memcpy(PyByteArray_AS_STRING(out) + used, b + p, <size_t>size)
                 used += size
                 live.note(f.key_lo, f.key_hi, LOG_PUT, <uint64_t>(new_base + FRAME_SIZE),
-                         f.stored_length, f.compression, f.uncompressed_length)
+                          f.stored_length, f.compression, f.uncompressed_length)
                 new_base += size
             p = end
         return p, used, new_base
