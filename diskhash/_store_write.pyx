@@ -50,6 +50,8 @@ cdef enum:
     KEY_ROW = 16          # KEY_DTYPE: lo@0, hi@8
     META_ROW = 24         # META_DTYPE: offset@0, length@8, compression@12, uncompressed_length@16
 
+cdef uint64_t MAX_PAYLOAD = 0xFFFFFFFFU     # stored_length is a u32 (_payload_format.MAX_LENGTH)
+
 cdef packed struct frame_t:
     uint32_t checksum
     uint8_t kind
@@ -98,8 +100,8 @@ def encode_frames(list keys, list payloads, Py_ssize_t start, Py_ssize_t max_byt
     stop = start
     while stop < n and (stop == start or size < max_bytes):
         length = _length(payloads[stop])
-        if length > 0xFFFFFFFF:
-            raise ValueError(f"payloads[{stop}] is {length} bytes; the limit is {0xFFFFFFFF} (u32)")
+        if <uint64_t>length > MAX_PAYLOAD:
+            raise ValueError(f"payloads[{stop}] is {length} bytes; the limit is {MAX_PAYLOAD} (u32)")
         size += FRAME_SIZE + length
         stop += 1
     count = stop - start
@@ -176,8 +178,8 @@ def put_frame(DiskHashIndex index not None, view, Py_ssize_t start, key, bytes p
     cdef uint8_t *p
     cdef uint32_t crc
     key_to_u128(key, &lo, &hi)
-    if length > 0xFFFFFFFF:
-        raise ValueError(f"payload is {length} bytes; the limit is {0xFFFFFFFF} (u32)")
+    if <uint64_t>length > MAX_PAYLOAD:
+        raise ValueError(f"payload is {length} bytes; the limit is {MAX_PAYLOAD} (u32)")
     PyObject_GetBuffer(view, &buf, PyBUF_WRITABLE)
     try:
         if start < 0 or start > buf.len or FRAME_SIZE + length > buf.len - start:
