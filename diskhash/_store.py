@@ -56,6 +56,8 @@ from diskhash.errors import (
 __all__ = ["PayloadStore", "StoreStats", "SYNC_POLICIES"]
 
 _decompress = _codecs.decompress
+#: The compiled get decodes LZ4 with this directly (errors: via _decompress).
+_lz4_decompress = getattr(_codecs._lz4, "decompress", None)
 
 _MISSING: Any = object()
 _U128 = 1 << 128
@@ -263,7 +265,7 @@ class _Generation:
         view = memoryview(mm)
         self.map, self.view = mm, view
         if MapReader is not None:
-            self.reader = MapReader(mm, self.index, _decompress)
+            self.reader = MapReader(mm, self.index, _decompress, _lz4_decompress)
         return view
 
 

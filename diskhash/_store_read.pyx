@@ -13,7 +13,12 @@ KiB at most (bigger records are read with ``pread``).
 
 from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
 from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_GET_SIZE, PyByteArray_Resize
-from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
+from cpython.bytes cimport (
+    PyBytes_AS_STRING,
+    PyBytes_CheckExact,
+    PyBytes_FromStringAndSize,
+    PyBytes_GET_SIZE,
+)
 from cpython.long cimport PyLong_AsUnsignedLongLongMask
 from cpython.mem cimport PyMem_Free, PyMem_Malloc
 from cpython.tuple cimport PyTuple_Check, PyTuple_GET_ITEM, PyTuple_GET_SIZE
@@ -239,10 +244,11 @@ cdef inline int _probe_copy(DiskHashIndex index, uint64_t lo, uint64_t hi,
 cdef class MapReader:
     """A buffer of a map of the data file, for ``read`` and the fused ``get``.
 
-    ``MapReader(mapping, index=None, decode=None)``: ``index`` is the
-    generation's ``DiskHashIndex`` (``get``/``get_many`` probe it directly),
-    ``decode(compression, data, uncompressed_length)`` decompresses (a
-    ``ValueError`` from it sends the record to the Python path).
+    ``MapReader(mapping, index=None, decode=None, lz4=None)``: ``index`` is
+    the generation's ``DiskHashIndex`` (``get``/``get_many`` probe it
+    directly), ``decode(compression, data, uncompressed_length)``
+    decompresses (a ``ValueError`` from it sends the record to the Python
+    path), ``lz4`` (``lz4.block.decompress``) decodes LZ4 records directly.
     """
 
     cdef Py_buffer view
@@ -251,14 +257,16 @@ cdef class MapReader:
     cdef readonly Py_ssize_t size
     cdef DiskHashIndex index
     cdef object decode
+    cdef object lz4
 
-    def __cinit__(self, mapping, DiskHashIndex index=None, decode=None):
+    def __cinit__(self, mapping, DiskHashIndex index=None, decode=None, lz4=None):
         PyObject_GetBuffer(mapping, &self.view, PyBUF_SIMPLE)
         self.held = True
         self.base = <const uint8_t *>self.view.buf
         self.size = self.view.len
         self.index = index
         self.decode = decode
+        self.lz4 = lz4
 
     def __dealloc__(self):
         if self.held:
@@ -300,6 +308,16 @@ cdef class MapReader:
         data = PyBytes_FromStringAndSize(<const char *>(p + FRAME_SIZE), <Py_ssize_t>length)
         if s.compression == 0:
             return data
+        if s.compression == 1 and self.lz4 is not None:
+            # lz4.block.decompress called directly (no Python frame between):
+            # any failure, or a wrong length, is the Python path's to report.
+            try:
+                out = self.lz4(data, s.uncompressed_length)
+            except Exception:
+                return None
+            if PyBytes_CheckExact(out) and PyBytes_GET_SIZE(out) == <Py_ssize_t>s.uncompressed_length:
+                return out
+            return None
         if self.decode is None:
             return None
         try:
