@@ -361,3 +361,37 @@ def test_compaction_racing_fused_reads(tmp_path):
         assert s.get_many(keys) == [model[k] for k in keys]
     finally:
         s.close()
+
+
+@pytest.mark.parametrize("ulen_delta, direct", [(0, True), (0, False), (5, True), (5, False),
+                                                (-1, True), (-1, False)])
+def test_lz4_decode_length_is_checked(tmp_path, ulen_delta, direct):
+    """A frame (checksum right, frame and index agreeing) whose LZ4 block does
+    not decode to the recorded length is the Python path's to report: the
+    compiled get answers FALLBACK, whether it calls lz4 directly or the codec."""
+    import lz4.block
+
+    from diskhash import DiskHashIndex, PayloadMeta, _codecs
+    original = b"some text, some text, some more text " * 30
+    block = lz4.block.compress(original, store_size=False)
+    ulen = len(original) + ulen_delta
+    body = fmt.FRAME_BODY.pack(1, 1, fmt.FRAME_MARK, len(block), ulen, 7, 0) + block
+    frame = fmt.checksum(body).to_bytes(4, "little") + body
+    m = mmap.mmap(-1, 4096)
+    m[fmt.DATA_HEADER_SIZE:fmt.DATA_HEADER_SIZE + len(frame)] = frame
+    with DiskHashIndex(str(tmp_path / "i.idx")) as idx:
+        idx.insert(7, PayloadMeta(7, fmt.DATA_HEADER_SIZE + fmt.FRAME_SIZE, len(block),
+                                  Compression.LZ4, ulen))
+        r = _store_read.MapReader(m, idx, _codecs.decompress,
+                                  lz4.block.decompress if direct else None)
+        try:
+            got = r.get(7, True, 1 << 16)
+            if ulen_delta == 0:
+                assert got == original
+            else:
+                assert got == _store_read.FALLBACK
+            assert r.get_many([7, 8], True, 1 << 16) == (
+                ([original, None], []) if ulen_delta == 0 else ([None, None], [0]))
+        finally:
+            r.release()
+    m.close()
