@@ -1010,10 +1010,13 @@ class PayloadStore:
         ``OSError`` (disk full: nothing is stored).
         """
         if (type(payload) is bytes and compression is None and not self._compression
-                and _put_frame is not None):
+                and _put_frame is not None and not self._readonly
+                and len(payload) <= fmt.MAX_LENGTH):
+            # (read-only, closed and oversized calls take the path below, which
+            # reports a bad key first, as it always has)
             with self._write_lock:
-                g = self._writable()
-                if type(g.index) is DiskHashIndex:
+                g = self._gen
+                if g is not None and type(g.index) is DiskHashIndex:
                     return self._put_frame(g, edge_id, payload)
         key = _key_int(edge_id)
         view = _payload_view(payload)

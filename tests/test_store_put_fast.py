@@ -105,3 +105,23 @@ def test_compressed_and_non_bytes_puts_take_the_python_path(tmp_path):
         assert s.put(2, b"abc" * 1000, compression=Compression.NONE).compression == Compression.NONE
         assert s.put(3, bytearray(b"xyz")).length == 3
         assert s.get_many([1, 2, 3]) == [b"abc" * 1000, b"abc" * 1000, b"xyz"]
+
+
+def test_errors_come_in_the_old_order(tmp_path):
+    """A bad key is reported before a read-only or closed store is."""
+    d = tmp_path / "s"
+    with PayloadStore(d) as s:
+        s.put(1, b"one")
+    with PayloadStore(d, readonly=True) as s:
+        with pytest.raises(TypeError):
+            s.put("bad", b"x")
+        from diskhash.errors import ReadOnlyIndexError
+        with pytest.raises(ReadOnlyIndexError):
+            s.put(2, b"x")
+    s = PayloadStore(d)
+    s.close()
+    with pytest.raises(TypeError):
+        s.put("bad", b"x")
+    from diskhash.errors import IndexClosedError
+    with pytest.raises(IndexClosedError):
+        s.put(2, b"x")
