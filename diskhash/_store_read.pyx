@@ -1,14 +1,23 @@
 # cython: language_level=3, binding=False, boundscheck=False, wraparound=False
-"""The PayloadStore's read hot path: check and copy one record out of the data file's map.
+"""The PayloadStore's read hot paths and whole-log passes, over the data file's map.
 
-``MapReader(mapping)`` holds a buffer of the map (an ``mmap``); ``read(meta,
-verify)`` checks the frame header against the ``PayloadMeta`` and, if asked,
-the CRC-32C checksum (our own ``_crc32c.h``; this module's ``checksum`` is
-also the one the Python side computes frames with), and returns the stored
-bytes, or a small int saying why not (``BEYOND`` the map, ``MISMATCH``,
-``BAD_CHECKSUM``): the Python caller remaps or raises, so the messages live
-in one place (``diskhash/_store.py``).  The GIL is held: the copy is a few
-KiB at most (bigger records are read with ``pread``).
+``MapReader(mapping, index, decode, lz4)`` holds a buffer of the map (an
+``mmap``).  ``get(key, verify, limit)`` is a whole ``store.get`` in one call:
+it probes the ``DiskHashIndex`` (cimported; its read lock, as its own
+``get``), checks the frame against the slot and, if asked, the CRC-32C
+checksum (our own ``_crc32c.h``; this module's ``checksum`` is also the one
+the Python side computes frames with), and returns the bytes (decoded), None
+for an absent key, or ``FALLBACK``: anything unusual is the Python path's,
+which remaps or raises, so the messages live in one place
+(``diskhash/_store.py``).  ``get_many`` does the same for a batch.
+``read(meta, verify)`` checks a given ``PayloadMeta`` and returns the bytes
+or a small int saying why not (``BEYOND`` the map, ``MISMATCH``,
+``BAD_CHECKSUM``).  The GIL is held while copying: a few KiB at most (bigger
+records are read with ``pread``).
+
+The whole-log passes: ``scan_into`` (the log's final state into a dict, for
+the replay at open), ``LogFold`` (the same state kept in C, for
+``rebuild_index``), ``copy_live``/``copy_live_into`` (compaction's copy).
 """
 
 from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
