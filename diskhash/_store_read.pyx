@@ -467,6 +467,8 @@ cdef class MapReader:
         cdef list out = [None] * n
         cdef list fixups = []
         for i in range(n):
+            if i >= PyList_GET_SIZE(metas):    # a field's __index__ shrank the list
+                raise RuntimeError("metas changed size during read_many")
             m = metas[i]
             if m is None:
                 continue
