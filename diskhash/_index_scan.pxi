@@ -40,7 +40,7 @@ cdef enum:
     SCAN_MAIN = 2           # slot order, 0 .. num_slots-1
     SCAN_DONE = 3
     SCAN_STEP = 16384       # slots between two looks at the clock
-    SCAN_SLICE_NS = 2000000 # time with the GIL released between two checks for signals
+    SCAN_SLICE_NS = 2000000  # time with the GIL released between two checks for signals
     SEEN_MIN = 1024         # first size of the duplicate-finding set
 
 ctypedef struct defect_t:
