@@ -25,15 +25,15 @@ if DEBUG:
 
 compile_args = ["-O3", "-fno-strict-aliasing"] if not DEBUG else ["-O0", "-g"]
 
-modules = ["_format", "_convert", "_index", "_batch", "_store_read"]
+modules = ["_format", "_convert", "_index", "_batch", "_store_read", "_store_write"]
 extensions = [
     Extension(
         f"diskhash.{name}",
         [f"diskhash/{name}.pyx"],
         define_macros=macros,
         extra_compile_args=compile_args,
-        include_dirs=["diskhash"],      # _store_read: diskhash/_crc32c.h
-        depends=["diskhash/_crc32c.h"] if name == "_store_read" else [],
+        include_dirs=["diskhash"],      # _store_read, _store_write: diskhash/_crc32c.h
+        depends=["diskhash/_crc32c.h"] if name.startswith("_store_") else [],
     )
     for name in modules
 ]

@@ -32,7 +32,7 @@ import anyio
 
 from diskhash import _threads
 from diskhash._records import PayloadMeta
-from diskhash._store import PayloadStore, StoreStats, _key_int, _payload_view
+from diskhash._store import BIG_READ, PayloadStore, StoreStats, _key_int, _payload_view
 from diskhash.aio import AsyncDiskHashIndex
 from diskhash.errors import IndexClosedError
 
@@ -105,11 +105,20 @@ class AsyncPayloadStore:
         if _threads.pending:
             _threads.handoff()
         sync = self._sync
+        limit = INLINE_READ if self._inline_read is None else self._inline_read
+        g = sync._gen
+        if g is not None:
+            reader = g.reader
+            if reader is not None:          # one compiled call for a record within the limit
+                got = reader.get(edge_id, sync._verify, min(limit, BIG_READ))
+                if type(got) is bytes:
+                    return got
+                if got is None:
+                    return default
         g = sync._live()
         meta = g.index.get(edge_id)
         if meta is None:
             return default
-        limit = INLINE_READ if self._inline_read is None else self._inline_read
         if meta.length <= limit:
             return sync._read(g, meta)
         return await self._thread(sync._read, g, meta)

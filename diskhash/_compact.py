@@ -63,11 +63,15 @@ def compact(store: "PayloadStore") -> dict[str, Any]:
         switched = False
         try:
             # 2. the live records up to e0, verbatim
-            live: dict[int, tuple[int, int, int, int]] = {}
-            copied_bytes, new_end = _copy_live(g, fd, e0, live)
-            index = DiskHashIndex(index_path, capacity=max(len(live), 1), timeout=0.0)
-            _bulk_insert(index, live)
-            del live
+            built = _copy_live_indexed(g, fd, e0, index_path)
+            if built is not None:
+                index, copied_bytes, new_end = built
+            else:
+                live: dict[int, tuple[int, int, int, int]] = {}
+                copied_bytes, new_end = _copy_live(g, fd, e0, live)
+                index = DiskHashIndex(index_path, capacity=max(len(live), 1), timeout=0.0)
+                _bulk_insert(index, live)
+                del live
 
             # 3. catch up with what was written meanwhile
             done = e0
@@ -158,9 +162,58 @@ def _copy_live(g: Any, fd: int, e0: int, live: dict[int, tuple[int, int, int, in
 
 
 try:
+    from diskhash._store_read import LogFold as _LogFold
     from diskhash._store_read import copy_live as _copy_live_c
+    from diskhash._store_read import copy_live_into as _copy_live_into
 except ImportError:  # pragma: no cover
     _copy_live_c = None  # type: ignore[assignment]
+    _copy_live_into = None  # type: ignore[assignment]
+    _LogFold = None  # type: ignore[assignment,misc]
+
+
+def _copy_live_indexed(g: Any, fd: int, e0: int,
+                       index_path: str) -> "tuple[DiskHashIndex, int, int] | None":
+    """``_copy_live`` in C, then the new index: the live frames gathered into one
+    buffer (written every ``WRITE_BATCH`` bytes), their new places kept in a
+    ``LogFold`` and indexed with one ``insert_many``.  Returns (index, bytes
+    copied, new end), or None where the compiled module or numpy is missing."""
+    from diskhash._store import _numpy
+    np = _numpy() if _copy_live_into is not None else None
+    if np is None:
+        return None
+    from diskhash import _dtypes
+    live = _LogFold()
+    out = bytearray(WRITE_BATCH + (1 << 20))
+    state = {"used": 0, "new_end": fmt.DATA_HEADER_SIZE, "written": fmt.DATA_HEADER_SIZE}
+    index = g.index
+
+    def parse(buf: bytes, p: int, base: int) -> int:
+        stop, state["used"], state["new_end"] = _copy_live_into(
+            buf, p, base, index, out, state["used"], live, state["new_end"])
+        return int(stop)
+
+    def flush() -> None:
+        from diskhash._store import _write_all
+        with memoryview(out) as view:
+            state["written"] = _write_all(fd, [view[:state["used"]]], state["written"])
+        state["used"] = 0
+
+    for item in fmt._walk(g.fd, fmt.DATA_HEADER_SIZE, e0, g.data_path, parse):
+        if item is None and state["used"] >= WRITE_BATCH:
+            flush()
+    if state["used"]:
+        flush()
+    assert state["written"] == state["new_end"]
+    key_rows, meta_rows = live.rows()
+    new = DiskHashIndex(index_path, capacity=max(live.live, 1), timeout=0.0)
+    try:
+        if live.live:
+            new.insert_many(np.frombuffer(key_rows, dtype=_dtypes.KEY_DTYPE),
+                            np.frombuffer(meta_rows, dtype=_dtypes.META_DTYPE))
+    except BaseException:
+        new.close()
+        raise
+    return new, state["new_end"] - fmt.DATA_HEADER_SIZE, state["new_end"]
 
 
 def _write(fd: int, pending: list[Any], offset: int) -> int:

@@ -16,6 +16,7 @@ bytes (frame offset + ``FRAME_SIZE``) and ``.length`` its stored size.
 
 from __future__ import annotations
 
+import mmap
 import os
 import struct
 from typing import Any, Callable, Iterator, NamedTuple
@@ -253,9 +254,11 @@ def _valid_frame_after(fd: int, start: int, file_size: int) -> int:
 
 def _walk(fd: int, start: int, file_size: int, path: str,
           parse: "Callable[[bytes, int, int], int]",
-          progress: "Callable[[int, int], Any] | None" = None) -> "Iterator[ScanResult | None]":
+          progress: "Callable[[int, int], Any] | None" = None,
+          read: "Callable[[int, int, int], Any]" = pread_exact) -> "Iterator[ScanResult | None]":
     """Read the log from ``start`` in chunks; ``parse(buf, p, file_offset_of_buf)``
     consumes the valid frames from ``buf[p:]`` and returns where it stopped.
+    ``read(fd, size, offset)`` gets a chunk (``pread_exact``, or a slice of a map).
 
     Yields None after each parsed piece, then one ``ScanResult``.  An invalid
     frame followed (anywhere later) by a valid one is corruption in the middle
@@ -265,7 +268,7 @@ def _walk(fd: int, start: int, file_size: int, path: str,
     pos = start
     while pos < file_size:
         size = min(SCAN_CHUNK, file_size - pos)
-        buf = pread_exact(fd, size, pos)
+        buf = read(fd, size, pos)
         avail = len(buf)
         if not avail:               # the file shrank under us: it ends here
             yield ScanResult(pos, pos, False)
@@ -276,7 +279,7 @@ def _walk(fd: int, start: int, file_size: int, path: str,
             # Nothing valid at the chunk start: maybe one frame bigger than the chunk.
             need = FRAME_SIZE + FRAME.unpack_from(buf, 0)[4]
             if need > avail and pos + need <= file_size:
-                whole = pread_exact(fd, need, pos)
+                whole = read(fd, need, pos)
                 if parse(whole, 0, pos) == need:
                     yield None
                     pos += need
@@ -358,6 +361,44 @@ def replay(fd: int, start: int, file_size: int, path: str,
             result = item
     assert result is not None
     return final, result
+
+
+def fold(fd: int, start: int, file_size: int, path: str, table: Any,
+         progress: "Callable[[int, int], Any] | None" = None) -> ScanResult:
+    """``replay`` into a compiled ``LogFold`` (``table``) instead of a dict: the
+    log's final state stays in C until ``table.rows()``.  Same walk, checks and
+    errors as ``replay``."""
+    def parse(buf: bytes, p: int, base: int) -> int:
+        return int(table.fold(buf, p, base))
+
+    # The chunks are slices of a read-only map of the file (no copy); the map
+    # ends at the file's end, so a slice past it comes back short, as pread would.
+    length = min(file_size, os.fstat(fd).st_size)
+    mm = mmap.mmap(fd, length, access=mmap.ACCESS_READ) if length > start else None
+    view = memoryview(mm) if mm is not None else memoryview(b"")
+    try:
+        if mm is not None:
+            try:
+                mm.madvise(mmap.MADV_SEQUENTIAL)
+            except (AttributeError, OSError):  # pragma: no cover
+                pass
+
+        def read(_fd: int, size: int, offset: int) -> Any:
+            return view[offset:offset + size]
+
+        result = None
+        for item in _walk(fd, start, file_size, path, parse, progress, read):
+            if item is not None:
+                result = item
+    finally:
+        view.release()
+        if mm is not None:
+            try:
+                mm.close()
+            except BufferError:     # a slice held by a raised error's traceback: freed with it
+                pass
+    assert result is not None
+    return result
 
 
 try:

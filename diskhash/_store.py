@@ -31,10 +31,17 @@ from typing import Any, Callable, Iterable, Iterator, NamedTuple, Sequence
 from diskhash import _codecs
 
 try:                                  # the compiled read path (diskhash/_store_read.pyx)
-    from diskhash._store_read import BEYOND, MapReader
+    from diskhash._store_read import BEYOND, LogFold, MapReader
 except ImportError:  # pragma: no cover - a build without it reads in Python
     MapReader = None  # type: ignore[misc,assignment]
+    LogFold = None  # type: ignore[misc,assignment]
     BEYOND = 1
+try:                                  # the compiled frame builder of put_many (_store_write.pyx)
+    from diskhash._store_write import encode_frames as _encode_frames
+    from diskhash._store_write import put_frame as _put_frame
+except ImportError:  # pragma: no cover - a build without it encodes in Python
+    _encode_frames = None  # type: ignore[assignment]
+    _put_frame = None  # type: ignore[assignment]
 from diskhash import _payload_format as fmt
 from diskhash._files import IndexLock, fsync_dir
 from diskhash._index import DiskHashIndex
@@ -47,6 +54,10 @@ from diskhash.errors import (
 )
 
 __all__ = ["PayloadStore", "StoreStats", "SYNC_POLICIES"]
+
+_decompress = _codecs.decompress
+#: The compiled get decodes LZ4 with this directly (errors: via _decompress).
+_lz4_decompress = getattr(_codecs._lz4, "decompress", None)
 
 _MISSING: Any = object()
 _U128 = 1 << 128
@@ -61,6 +72,8 @@ ALLOC_MAX = 16 << 20
 _MADV_POPULATE_WRITE = getattr(mmap, "MADV_POPULATE_WRITE", 23)
 #: put_many writes its frames in pieces of about this many bytes (then indexes them).
 PUT_MANY_CHUNK = 16 << 20
+#: put_many of at least this many records sizes the index for all of them first.
+PUT_MANY_RESERVE = 4096
 #: The sync policies besides a number of milliseconds.
 SYNC_POLICIES = ("save", "never")
 TMP_SUFFIX = ".tmp"
@@ -252,7 +265,7 @@ class _Generation:
         view = memoryview(mm)
         self.map, self.view = mm, view
         if MapReader is not None:
-            self.reader = MapReader(mm)
+            self.reader = MapReader(mm, self.index, _decompress, _lz4_decompress)
         return view
 
 
@@ -630,13 +643,30 @@ class PayloadStore:
                 os.unlink(leftover)
             except FileNotFoundError:
                 pass
-        final, result = fmt.replay(fd, fmt.DATA_HEADER_SIZE, end, data_path, progress)
+        np = _numpy() if LogFold is not None else None
+        if np is not None:
+            # The log folded in C, indexed with one insert_many (docs/store.md).
+            from diskhash import _dtypes
+            table = LogFold()
+            result = fmt.fold(fd, fmt.DATA_HEADER_SIZE, end, data_path, table, progress)
+            count = table.live
+            key_rows, meta_rows = table.rows()
+            del table
+            live: "dict[int, tuple[int, int, int, int]]" = {}
+        else:
+            final, result = fmt.replay(fd, fmt.DATA_HEADER_SIZE, end, data_path, progress)
+            live = {k: v for k, v in final.items() if v is not None}
+            count = len(live)
         if result.torn and result.end < end:
             raise CorruptPayloadError(data_path, "log ends early while rebuilding", offset=result.end)
-        live = {k: v for k, v in final.items() if v is not None}
-        index = DiskHashIndex(index_path, capacity=max(len(live), 1), timeout=0.0)
+        index = DiskHashIndex(index_path, capacity=max(count, 1), timeout=0.0)
         try:
-            _bulk_insert(index, live)
+            if np is not None:
+                if count:
+                    index.insert_many(np.frombuffer(key_rows, dtype=_dtypes.KEY_DTYPE),
+                                      np.frombuffer(meta_rows, dtype=_dtypes.META_DTYPE))
+            else:
+                _bulk_insert(index, live)
             index.save()
             fsync_dir(self._directory)
         except BaseException:
@@ -786,6 +816,20 @@ class PayloadStore:
         fails its checks, never returning wrong bytes; ``TypeError``/
         ``ValueError`` for a bad key; ``IndexClosedError`` once closed.
         """
+        g = self._gen
+        if g is not None:
+            reader = g.reader
+            if reader is not None:          # one compiled call: probe, check, copy
+                got = reader.get(edge_id, self._verify, BIG_READ)
+                if type(got) is bytes:
+                    return got
+                if got is None:
+                    return default
+        return self._get_slow(edge_id, default)
+
+    def _get_slow(self, edge_id: Any, default: Any) -> Any:
+        """``get`` through the index's PayloadMeta: no map yet, a remap, big
+        records, and every error."""
         g = self._live()
         meta = g.index.get(edge_id)
         if meta is None:
@@ -793,11 +837,10 @@ class PayloadStore:
         return self._read(g, meta)
 
     def __getitem__(self, edge_id: Any) -> bytes:
-        g = self._live()
-        meta = g.index.get(edge_id)
-        if meta is None:
+        got = self.get(edge_id, _MISSING)
+        if got is _MISSING:
             raise KeyError(edge_id)
-        return self._read(g, meta)
+        return got  # type: ignore[no-any-return]
 
     def meta(self, edge_id: Any) -> "PayloadMeta | None":
         """The ``PayloadMeta`` indexed for ``edge_id`` (where its stored bytes are), or None."""
@@ -839,24 +882,27 @@ class PayloadStore:
     def get_many(self, edge_ids: Iterable[Any]) -> "list[bytes | None]":
         """The payloads of ``edge_ids``, in their order (None where absent).
 
-        One compiled loop checks and copies the records.  Errors as for ``get``.
+        One compiled loop probes the index, checks and copies the records;
+        only the unusual ones (big, remapped, damaged) go through ``get``'s
+        Python path.  Errors as for ``get``.
         """
         g = self._live()
-        get = g.index.get
-        metas = [get(k) for k in _key_list(edge_ids)]
         reader = g.reader
         if reader is None:
-            return [None if m is None else self._read(g, m) for m in metas]
-        out: "list[Any]"
-        out, fixups = reader.read_many(metas, self._verify, BIG_READ)
+            return [self._get_slow(k, None) for k in _key_list(edge_ids)]
+        halves = _key_halves(edge_ids)
+        keys: "list[Any]"
+        if halves is not None:
+            out, fixups = reader.get_many_u128(halves[0], halves[1], self._verify, BIG_READ)
+            lo, hi = halves
+            for i in fixups:
+                out[i] = self._get_slow(int(lo[i]) | (int(hi[i]) << 64), None)
+            return out  # type: ignore[no-any-return]
+        keys = edge_ids if type(edge_ids) is list else _key_list(edge_ids)
+        out, fixups = reader.get_many(keys, self._verify, BIG_READ)
         for i in fixups:
-            m = metas[i]
-            got = out[i]
-            if type(got) is bytes and m[2] <= BIG_READ:
-                out[i] = self._decompress(g, m, got)
-            else:
-                out[i] = self._read(g, m)       # remap, big record, or the error
-        return out
+            out[i] = self._get_slow(keys[i], None)
+        return out  # type: ignore[no-any-return]
 
     def payload_range(self, edge_id: Any) -> "tuple[int, int, int] | None":
         """``(fd, offset, length)`` of an uncompressed payload's bytes in the data file.
@@ -915,21 +961,22 @@ class PayloadStore:
         self._unsaved = True
         return start
 
-    def _append_frames(self, g: _Generation, blob: bytes) -> int:
+    def _append_frames(self, g: _Generation, blob: "bytes | memoryview") -> int:
         """Append many whole frames with one ``pwrite``: the kernel copies in
         file order and stops between pages on SIGKILL, so a crash leaves a prefix
         of the frames (the last one possibly torn), never a hole."""
         start = self._end
         end = start + len(blob)
         if end > g.alloc:
-            self._allocate(g, end)
+            self._allocate(g, end, populate=False)      # pwrite fills the pages itself
         _write_all(g.fd, (blob,), start)
         self._end = end
         self._unsaved = True
         return start
 
-    def _allocate(self, g: _Generation, end: int) -> None:
-        """Allocate the file's blocks to past ``end`` and map them (ENOSPC here, nothing written)."""
+    def _allocate(self, g: _Generation, end: int, populate: bool = True) -> None:
+        """Allocate the file's blocks to past ``end`` and map them (ENOSPC here, nothing
+        written); with ``populate``, fault the new pages in for writes through the map."""
         want = end + min(max(end // 8, ALLOC_MIN), ALLOC_MAX)
         try:
             _allocate_blocks(g.fd, g.alloc, want)
@@ -941,7 +988,8 @@ class PayloadStore:
         old = g.alloc
         g.alloc = max(want, os.fstat(g.fd).st_size)
         g.remap()
-        _populate(g.map, old, g.alloc)
+        if populate:
+            _populate(g.map, old, g.alloc)
 
     def _undo_append(self, g: _Generation, start: int, end: int) -> None:
         """Forget an append whose indexing failed: zero it, so no open replays it."""
@@ -961,6 +1009,15 @@ class PayloadStore:
         over 4 GiB - 1 (before anything is written), ``ReadOnlyIndexError``,
         ``OSError`` (disk full: nothing is stored).
         """
+        if (type(payload) is bytes and compression is None and not self._compression
+                and _put_frame is not None and not self._readonly
+                and len(payload) <= fmt.MAX_LENGTH):
+            # (read-only, closed and oversized calls take the path below, which
+            # reports a bad key first, as it always has)
+            with self._write_lock:
+                g = self._gen
+                if g is not None and type(g.index) is DiskHashIndex:
+                    return self._put_frame(g, edge_id, payload)
         key = _key_int(edge_id)
         view = _payload_view(payload)
         comp = self._compression if compression is None else _codecs.require(compression)
@@ -975,6 +1032,23 @@ class PayloadStore:
                 self._undo_append(g, start, start + fmt.FRAME_SIZE + slen)
                 raise
             return meta
+
+    def _put_frame(self, g: _Generation, edge_id: Any, payload: bytes) -> PayloadMeta:
+        """``put`` of uncompressed bytes, the writer lock held: the frame written
+        into the map and indexed in one compiled call (``_store_write.put_frame``;
+        the same order and undo as ``_append`` + ``insert``)."""
+        start = self._end
+        end = start + fmt.FRAME_SIZE + len(payload)
+        if end > g.alloc:
+            _key_int(edge_id)               # a bad key raises before the file grows
+            self._allocate(g, end)
+        view = g.view
+        if view is None or end > len(view):
+            view = g.remap()
+        meta: PayloadMeta = _put_frame(g.index, view, start, edge_id, payload)
+        self._end = end
+        self._unsaved = True
+        return meta
 
     def _try_put(self, key: int, view: memoryview, compression: Any) -> "PayloadMeta | None":
         """``put`` if it can finish without waiting: the writer lock free and no index
@@ -1018,12 +1092,18 @@ class PayloadStore:
         payloads = list(payloads)
         if len(keys) != len(payloads):
             raise ValueError(f"put_many got {len(keys)} edge ids but {len(payloads)} payloads")
-        views = [_payload_view(p, f"payloads[{i}]") for i, p in enumerate(payloads)]
+        limit = fmt.MAX_LENGTH
+        views = [p if type(p) is bytes and len(p) <= limit else _payload_view(p, f"payloads[{i}]")
+                 for i, p in enumerate(payloads)]
         comp = self._compression if compression is None else _codecs.require(compression)
         with self._write_lock:
             self._writable()
-        encode = self._encode
         total = len(keys)
+        np = _numpy() if comp == 0 and total >= 64 and _encode_frames is not None else None
+        if np is not None:
+            self._put_many_frames(keys, views, np)
+            return
+        encode = self._encode
         i = 0
         while i < total:
             parts: list[bytes] = []
@@ -1047,6 +1127,35 @@ class PayloadStore:
                 except BaseException:
                     self._undo_append(g, start, start + size)
                     raise
+
+    def _put_many_frames(self, keys: "list[int]", views: "list[Any]", np: Any) -> None:
+        """``put_many`` without compression: each piece's frames and index rows
+        built in one compiled call (``_store_write.encode_frames``), written with
+        one pwrite, indexed with one ``insert_many``.  A big batch grows the
+        index once, up front, to hold every key (overwrites count too: at most
+        twice the slots needed), not once per doubling on the way."""
+        from diskhash import _dtypes
+        total = len(keys)
+        if total >= PUT_MANY_RESERVE:
+            with self._write_lock:
+                g = self._writable()
+                g.index.reserve(len(g.index) + total)
+        buf = bytearray()
+        i = 0
+        while i < total:
+            i_next, size, key_rows, meta_rows = _encode_frames(keys, views, i, PUT_MANY_CHUNK, buf)
+            karr = np.frombuffer(key_rows, dtype=_dtypes.KEY_DTYPE)
+            recs = np.frombuffer(meta_rows, dtype=_dtypes.META_DTYPE)
+            with memoryview(buf) as blob, self._write_lock:
+                g = self._writable()
+                start = self._append_frames(g, blob[:size])
+                try:
+                    recs["offset"] += start
+                    g.index.insert_many(karr, recs)
+                except BaseException:
+                    self._undo_append(g, start, start + size)
+                    raise
+            i = i_next
 
     def _delete_locked(self, g: _Generation, key: int) -> bool:
         if key not in g.index:
@@ -1305,6 +1414,27 @@ def _key_list(edge_ids: Any) -> list[int]:
     if isinstance(edge_ids, (str, bytes)) or edge_ids is None:
         raise TypeError("edge_ids must be a sequence of keys or a numpy key array")
     return [_key_int(k) for k in edge_ids]
+
+
+def _key_halves(edge_ids: Any) -> "tuple[Any, Any] | None":
+    """A 1-D numpy array of unsigned ids or of KEY_DTYPE as contiguous ``uint64``
+    (low halves, high halves); None for anything else (``_key_list`` takes it)."""
+    dtype = getattr(edge_ids, "dtype", None)
+    if dtype is None or getattr(edge_ids, "ndim", 0) != 1:
+        return None
+    np = _numpy()
+    if np is None or not isinstance(edge_ids, np.ndarray):
+        return None
+    names = dtype.names
+    if names:
+        if "lo" in names and "hi" in names and dtype["lo"].kind == "u" and dtype["hi"].kind == "u":
+            return (np.ascontiguousarray(edge_ids["lo"], dtype=np.uint64),
+                    np.ascontiguousarray(edge_ids["hi"], dtype=np.uint64))
+        return None
+    if dtype.kind == "u":
+        lo = np.ascontiguousarray(edge_ids, dtype=np.uint64)
+        return lo, np.zeros(len(lo), dtype=np.uint64)
+    return None
 
 
 def _apply(index: DiskHashIndex, final: "dict[int, tuple[int, int, int, int] | None]") -> None:

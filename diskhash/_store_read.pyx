@@ -1,22 +1,51 @@
 # cython: language_level=3, binding=False, boundscheck=False, wraparound=False
-"""The PayloadStore's read hot path: check and copy one record out of the data file's map.
+"""The PayloadStore's read hot paths and whole-log passes, over the data file's map.
 
-``MapReader(mapping)`` holds a buffer of the map (an ``mmap``); ``read(meta,
-verify)`` checks the frame header against the ``PayloadMeta`` and, if asked,
-the CRC-32C checksum (our own ``_crc32c.h``; this module's ``checksum`` is
-also the one the Python side computes frames with), and returns the stored
-bytes, or a small int saying why not (``BEYOND`` the map, ``MISMATCH``,
-``BAD_CHECKSUM``): the Python caller remaps or raises, so the messages live
-in one place (``diskhash/_store.py``).  The GIL is held: the copy is a few
-KiB at most (bigger records are read with ``pread``).
+``MapReader(mapping, index, decode, lz4)`` holds a buffer of the map (an
+``mmap``).  ``get(key, verify, limit)`` is a whole ``store.get`` in one call:
+it probes the ``DiskHashIndex`` (cimported; its read lock, as its own
+``get``), checks the frame against the slot and, if asked, the CRC-32C
+checksum (our own ``_crc32c.h``; this module's ``checksum`` is also the one
+the Python side computes frames with), and returns the bytes (decoded), None
+for an absent key, or ``FALLBACK``: anything unusual is the Python path's,
+which remaps or raises, so the messages live in one place
+(``diskhash/_store.py``).  ``get_many`` does the same for a batch.
+``read(meta, verify)`` checks a given ``PayloadMeta`` and returns the bytes
+or a small int saying why not (``BEYOND`` the map, ``MISMATCH``,
+``BAD_CHECKSUM``).  The GIL is held while copying: a few KiB at most (bigger
+records are read with ``pread``).
+
+The whole-log passes: ``scan_into`` (the log's final state into a dict, for
+the replay at open), ``LogFold`` (the same state kept in C, for
+``rebuild_index``), ``copy_live``/``copy_live_into`` (compaction's copy).
 """
 
 from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
-from cpython.bytes cimport PyBytes_FromStringAndSize
+from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_GET_SIZE, PyByteArray_Resize
+from cpython.bytes cimport (
+    PyBytes_AS_STRING,
+    PyBytes_CheckExact,
+    PyBytes_FromStringAndSize,
+    PyBytes_GET_SIZE,
+)
 from cpython.long cimport PyLong_AsUnsignedLongLongMask
+from cpython.mem cimport PyMem_Free, PyMem_Malloc
 from cpython.tuple cimport PyTuple_Check, PyTuple_GET_ITEM, PyTuple_GET_SIZE
-from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
-from libc.string cimport memcpy
+from libc.stdint cimport int64_t, uint8_t, uint16_t, uint32_t, uint64_t
+from libc.stdlib cimport calloc, free
+from libc.string cimport memcpy, memset
+
+from diskhash._convert cimport key_to_u128
+from diskhash._format cimport (
+    DH_PREFETCH,
+    MAX_COMPRESSION,
+    PROBE_MISS,
+    dh_slot,
+    hash_u128,
+    probe_from,
+    slot_at,
+)
+from diskhash._index cimport DiskHashIndex
 
 cdef extern from "_crc32c.h":
     void dh_crc32c_init()
@@ -28,6 +57,8 @@ dh_crc32c_init()
 BEYOND = 1
 MISMATCH = 2
 BAD_CHECKSUM = 3
+#: ``MapReader.get``: the record needs the Python path (see there).
+FALLBACK = 4
 
 cdef enum:
     FRAME_SIZE = 32
@@ -175,19 +206,76 @@ def copy_live(data, Py_ssize_t p, long long base, get, list out, dict live, long
         PyBuffer_Release(&view)
 
 
+cdef enum:
+    SLOT_ABSENT = 0
+    SLOT_FOUND = 1
+    SLOT_DAMAGED = 2      # a bad tag or a full table: DiskHashIndex.get raises
+    GET_CHUNK = 4096        # get_many: keys probed per shared hold of the index's map lock
+    PREFETCH_AHEAD = 8      # get_many: the slot / frame this many keys ahead is prefetched
+    PREFETCH_BYTES = 4096   # get_many: ... up to this many bytes of the frame
+
+cdef object _FALLBACK = FALLBACK
+
+
+cdef inline void _prefetch_frame(const uint8_t *base, uint64_t size, const dh_slot *s) noexcept nogil:
+    """Ask for the cache lines of the frame ``s`` points at (up to PREFETCH_BYTES of it)."""
+    cdef uint64_t p, end
+    if s.offset < HEADER_SIZE + FRAME_SIZE or s.offset > size:
+        return
+    p = s.offset - FRAME_SIZE
+    end = s.offset + (s.length if s.length < PREFETCH_BYTES else PREFETCH_BYTES)
+    if end > size:
+        end = size
+    while p < end:
+        DH_PREFETCH(base + p)
+        p += 64
+
+
+cdef inline int _probe_copy(DiskHashIndex index, uint64_t lo, uint64_t hi,
+                            dh_slot *out) except -1:
+    """Probe ``index`` for the key as ``DiskHashIndex.get`` does -- under its
+    read lock (taken without the GIL if it must wait; it raises
+    ``IndexClosedError`` once closed), the slot copied out before the lock is
+    let go, since a grow may swap and unmap the table right after."""
+    cdef uint64_t empty = 0
+    cdef int64_t r
+    index._read_acquire()
+    r = probe_from(index._base, index._mask, hash_u128(lo, hi, index._seed) & index._mask,
+                   lo, hi, &empty)
+    if r >= 0:
+        out[0] = slot_at(index._base, <uint64_t>r)[0]
+    index._read_release()
+    if r >= 0:
+        return SLOT_FOUND
+    return SLOT_ABSENT if r == PROBE_MISS else SLOT_DAMAGED
+
+
 cdef class MapReader:
-    """A buffer of a map of the data file, for ``read``."""
+    """A buffer of a map of the data file, for ``read`` and the fused ``get``.
+
+    ``MapReader(mapping, index=None, decode=None, lz4=None)``: ``index`` is
+    the generation's ``DiskHashIndex`` (``get``/``get_many`` probe it
+    directly), ``decode(compression, data, uncompressed_length)``
+    decompresses (a ``ValueError`` from it sends the record to the Python
+    path), ``lz4`` (``lz4.block.decompress``) decodes LZ4 records directly.
+    """
 
     cdef Py_buffer view
     cdef bint held
     cdef const uint8_t *base
     cdef readonly Py_ssize_t size
+    cdef DiskHashIndex index
+    cdef object decode
+    cdef object lz4
 
-    def __cinit__(self, mapping):
+    def __cinit__(self, mapping, DiskHashIndex index=None, decode=None, lz4=None):
         PyObject_GetBuffer(mapping, &self.view, PyBUF_SIMPLE)
         self.held = True
         self.base = <const uint8_t *>self.view.buf
         self.size = self.view.len
+        self.index = index
+        self.decode = decode
+        self.lz4 = lz4
 
     def __dealloc__(self):
         if self.held:
@@ -201,6 +289,168 @@ cdef class MapReader:
             self.held = False
         self.base = NULL
         self.size = 0
+
+    cdef object _payload(self, const dh_slot *s, bint verify, uint64_t limit):
+        """The checked payload of the record in slot copy ``s``, or None when the
+        Python path must take it: unknown compression byte, more than ``limit``
+        stored bytes, beyond the map, a frame that does not match the slot, a
+        checksum mismatch, or a payload that does not decode.  The GIL is held
+        throughout, so ``release()`` cannot run in the middle."""
+        cdef frame_t f
+        cdef uint64_t offset = s.offset
+        cdef uint64_t length = s.length
+        cdef const uint8_t *p
+        if s.compression > MAX_COMPRESSION or length > limit:
+            return None
+        # (offset + length could wrap past 2**64: compare without adding)
+        if (offset < HEADER_SIZE + FRAME_SIZE or offset > <uint64_t>self.size
+                or length > <uint64_t>self.size - offset):
+            return None
+        p = self.base + offset - FRAME_SIZE
+        memcpy(&f, p, FRAME_SIZE)
+        if (f.kind != 1 or f.mark != FRAME_MARK or f.stored_length != s.length
+                or f.compression != s.compression or f.uncompressed_length != s.uncompressed_length
+                or f.key_lo != s.key_lo or f.key_hi != s.key_hi):
+            return None
+        if verify and dh_crc32c(0, p + 4, <size_t>(FRAME_SIZE - 4 + length)) != f.checksum:
+            return None
+        data = PyBytes_FromStringAndSize(<const char *>(p + FRAME_SIZE), <Py_ssize_t>length)
+        if s.compression == 0:
+            return data
+        if s.compression == 1 and self.lz4 is not None:
+            # lz4.block.decompress called directly (no Python frame between):
+            # any failure, or a wrong length, is the Python path's to report.
+            try:
+                out = self.lz4(data, s.uncompressed_length)
+            except Exception:
+                return None
+            if PyBytes_CheckExact(out) and PyBytes_GET_SIZE(out) == <Py_ssize_t>s.uncompressed_length:
+                return out
+            return None
+        if self.decode is None:
+            return None
+        try:
+            return self.decode(s.compression, data, s.uncompressed_length)
+        except ValueError:
+            return None
+
+    def get(self, key, bint verify, Py_ssize_t limit):
+        """The payload under ``key`` in one call: probe the index, check the
+        frame (and, with ``verify``, its checksum), copy, decompress.
+
+        Returns the bytes, None if the key is absent, or ``FALLBACK`` when the
+        Python path must answer: a record of more than ``limit`` stored bytes,
+        one beyond the map (remap), damage of any kind (it raises the error).
+        Raises as ``DiskHashIndex.get`` for a bad key or a closed index.
+        """
+        cdef uint64_t lo, hi
+        cdef dh_slot s
+        cdef int found
+        if self.index is None:
+            raise ValueError("this MapReader was made without an index")
+        key_to_u128(key, &lo, &hi)
+        found = _probe_copy(self.index, lo, hi, &s)
+        if found == SLOT_ABSENT:
+            return None
+        if found == SLOT_FOUND and limit >= 0:
+            got = self._payload(&s, verify, <uint64_t>limit)
+            if got is not None:
+                return got
+        return _FALLBACK
+
+    def get_many(self, list keys, bint verify, Py_ssize_t limit):
+        """``get`` of each of ``keys`` (a list), in one call.
+
+        Returns ``(results, fixups)``: ``results[i]`` the payload or None
+        (absent), ``fixups`` the positions the Python path must still answer
+        (as ``get``'s ``FALLBACK``; their ``results`` entry is None).  The keys
+        are all converted first (a bad key raises before any lookup), then
+        probed under the index's read lock a chunk at a time without the GIL,
+        then checked and copied, prefetching the frames a few keys ahead.
+        """
+        cdef Py_ssize_t i, n = len(keys)
+        cdef uint64_t *kv
+        if self.index is None:
+            raise ValueError("this MapReader was made without an index")
+        kv = <uint64_t *>PyMem_Malloc(<size_t>(2 * n + 1) * sizeof(uint64_t))
+        if kv == NULL:
+            raise MemoryError()
+        try:
+            for i in range(n):
+                key_to_u128(keys[i], &kv[2 * i], &kv[2 * i + 1])
+            return self._get_many(kv, n, verify, limit)
+        finally:
+            PyMem_Free(kv)
+
+    def get_many_u128(self, const uint64_t[::1] lo, const uint64_t[::1] hi, bint verify,
+                      Py_ssize_t limit):
+        """``get_many`` of the keys ``lo[i] | hi[i] << 64`` (contiguous ``uint64`` arrays)."""
+        cdef Py_ssize_t i, n = lo.shape[0]
+        cdef uint64_t *kv
+        if hi.shape[0] != n:
+            raise ValueError(f"get_many_u128 got {n} low halves but {hi.shape[0]} high halves")
+        if self.index is None:
+            raise ValueError("this MapReader was made without an index")
+        kv = <uint64_t *>PyMem_Malloc(<size_t>(2 * n + 1) * sizeof(uint64_t))
+        if kv == NULL:
+            raise MemoryError()
+        try:
+            for i in range(n):
+                kv[2 * i] = lo[i]
+                kv[2 * i + 1] = hi[i]
+            return self._get_many(kv, n, verify, limit)
+        finally:
+            PyMem_Free(kv)
+
+    cdef tuple _get_many(self, const uint64_t *kv, Py_ssize_t n, bint verify, Py_ssize_t limit):
+        cdef DiskHashIndex index = self.index
+        cdef dh_slot *slots
+        cdef uint8_t *state
+        cdef Py_ssize_t i, pos = 0, end
+        cdef uint64_t empty = 0
+        cdef int64_t r
+        cdef list out = [None] * n
+        cdef list fixups = []
+        slots = <dh_slot *>PyMem_Malloc(<size_t>(n + 1) * (sizeof(dh_slot) + 1))
+        if slots == NULL:
+            raise MemoryError()
+        state = <uint8_t *>(slots + n + 1)
+        try:
+            while pos < n:
+                end = min(pos + GET_CHUNK, n)
+                index._read_acquire()
+                with nogil:
+                    for i in range(pos, end):
+                        if i + PREFETCH_AHEAD < end:
+                            DH_PREFETCH(slot_at(index._base, hash_u128(
+                                kv[2 * (i + PREFETCH_AHEAD)], kv[2 * (i + PREFETCH_AHEAD) + 1],
+                                index._seed) & index._mask))
+                        r = probe_from(index._base, index._mask,
+                                       hash_u128(kv[2 * i], kv[2 * i + 1], index._seed) & index._mask,
+                                       kv[2 * i], kv[2 * i + 1], &empty)
+                        if r >= 0:
+                            slots[i] = slot_at(index._base, <uint64_t>r)[0]
+                            state[i] = SLOT_FOUND
+                        elif r == PROBE_MISS:
+                            state[i] = SLOT_ABSENT
+                        else:
+                            state[i] = SLOT_DAMAGED
+                index._read_release()
+                pos = end
+            for i in range(n):
+                if i + PREFETCH_AHEAD < n and state[i + PREFETCH_AHEAD] == SLOT_FOUND:
+                    _prefetch_frame(self.base, <uint64_t>self.size, &slots[i + PREFETCH_AHEAD])
+                if state[i] == SLOT_ABSENT:
+                    continue
+                if state[i] == SLOT_FOUND and limit >= 0:
+                    got = self._payload(&slots[i], verify, <uint64_t>limit)
+                    if got is not None:
+                        out[i] = got
+                        continue
+                fixups.append(i)
+            return out, fixups
+        finally:
+            PyMem_Free(slots)
 
     def read_many(self, list metas, bint verify, Py_ssize_t big):
         """``read`` of each item of ``metas`` (None stays None), in one call.
@@ -255,3 +505,193 @@ cdef class MapReader:
                                 <size_t>(FRAME_SIZE - 4 + length)) != f.checksum:
             return BAD_CHECKSUM
         return PyBytes_FromStringAndSize(<const char *>(self.base + offset), <Py_ssize_t>length)
+
+
+# ---------------------------------------------------------------------------
+# Whole-log passes of rebuild_index() and compact(): the log folded into C
+# arrays, then indexed with one insert_many.
+
+ctypedef struct log_entry:
+    uint64_t lo
+    uint64_t hi
+    uint64_t offset             # of the payload in the file
+    uint32_t length
+    uint32_t uncompressed_length
+    uint8_t compression
+    uint8_t state               # LOG_EMPTY, LOG_PUT or LOG_DELETED
+
+cdef enum:
+    LOG_EMPTY = 0
+    LOG_PUT = 1
+    LOG_DELETED = 2
+    LOG_MIN_SLOTS = 1024
+    KEY_ROW = 16                # KEY_DTYPE: lo@0, hi@8
+    META_ROW = 24               # META_DTYPE: offset@0, length@8, compression@12, uncompressed_length@16
+
+cdef uint64_t LOG_SEED = 0x9E3779B97F4A7C15ULL
+
+
+cdef class LogFold:
+    """The final state of the keys of a log, folded frame by frame in C (an
+    open-addressing table in memory): each key's last put, or deleted.
+
+    ``fold`` takes the frames of a chunk (as ``scan_into``); ``rows()`` gives
+    the live records as ``KEY_DTYPE`` and ``META_DTYPE`` rows (bytes) for
+    ``insert_many``; ``live`` counts them.
+    """
+
+    cdef log_entry *slots
+    cdef uint64_t mask
+    cdef uint64_t used
+    cdef readonly uint64_t live
+
+    def __cinit__(self):
+        self.slots = <log_entry *>calloc(LOG_MIN_SLOTS, sizeof(log_entry))
+        if self.slots == NULL:
+            raise MemoryError()
+        self.mask = LOG_MIN_SLOTS - 1
+
+    def __dealloc__(self):
+        free(self.slots)
+
+    cdef int _grow(self) except -1:
+        cdef uint64_t n = (self.mask + 1) * 2, i, j
+        cdef log_entry *new = <log_entry *>calloc(<size_t>n, sizeof(log_entry))
+        if new == NULL:
+            raise MemoryError(f"no memory to fold a log of {self.used} keys")
+        for i in range(self.mask + 1):
+            if self.slots[i].state != LOG_EMPTY:
+                j = hash_u128(self.slots[i].lo, self.slots[i].hi, LOG_SEED) & (n - 1)
+                while new[j].state != LOG_EMPTY:
+                    j = (j + 1) & (n - 1)
+                new[j] = self.slots[i]
+        free(self.slots)
+        self.slots = new
+        self.mask = n - 1
+        return 0
+
+    cdef int note(self, uint64_t lo, uint64_t hi, uint8_t state, uint64_t offset,
+                  uint32_t length, uint8_t compression, uint32_t ulen) except -1:
+        """Record a put (``LOG_PUT``) or a tombstone (``LOG_DELETED``) of the key."""
+        cdef uint64_t i
+        cdef log_entry *e
+        if (self.used + 1) * 4 > (self.mask + 1) * 3:
+            self._grow()
+        i = hash_u128(lo, hi, LOG_SEED) & self.mask
+        while True:
+            e = &self.slots[i]
+            if e.state == LOG_EMPTY:
+                if state == LOG_DELETED:
+                    return 0            # never put: nothing to forget
+                self.used += 1
+                e.lo = lo
+                e.hi = hi
+                break
+            if e.lo == lo and e.hi == hi:
+                break
+            i = (i + 1) & self.mask
+        if e.state == LOG_PUT:
+            self.live -= 1
+        e.state = state
+        if state == LOG_PUT:
+            self.live += 1
+            e.offset = offset
+            e.length = length
+            e.compression = compression
+            e.uncompressed_length = ulen
+        return 0
+
+    def fold(self, data, Py_ssize_t p, long long base):
+        """Fold the valid frames of ``data[p:]`` (``data`` starts at file offset
+        ``base``); returns where the first frame that is not valid (or not
+        whole) starts.  The checks are those of ``scan_into``."""
+        cdef Py_buffer view
+        cdef frame_t f
+        cdef const uint8_t *b
+        cdef Py_ssize_t n, end
+        if p < 0:
+            raise ValueError(f"start offset must be >= 0, not {p}")
+        PyObject_GetBuffer(data, &view, PyBUF_SIMPLE)
+        try:
+            b = <const uint8_t *>view.buf
+            n = view.len
+            while p + FRAME_SIZE <= n:
+                end = _frame_end(b, p, n, &f)
+                if end < 0:
+                    break
+                self.note(f.key_lo, f.key_hi, LOG_PUT if f.kind == 1 else LOG_DELETED,
+                          <uint64_t>(base + p + FRAME_SIZE), f.stored_length, f.compression,
+                          f.uncompressed_length)
+                p = end
+            return p
+        finally:
+            PyBuffer_Release(&view)
+
+    def rows(self):
+        """``(key_rows, meta_rows)``: the live records as ``KEY_DTYPE`` and
+        ``META_DTYPE`` rows (bytes, ``live`` rows each), in table order."""
+        cdef uint64_t i, k = 0
+        cdef log_entry *e
+        cdef uint8_t *kr
+        cdef uint8_t *mr
+        key_rows = PyBytes_FromStringAndSize(NULL, <Py_ssize_t>(self.live * KEY_ROW))
+        meta_rows = PyBytes_FromStringAndSize(NULL, <Py_ssize_t>(self.live * META_ROW))
+        kr = <uint8_t *>PyBytes_AS_STRING(key_rows)
+        mr = <uint8_t *>PyBytes_AS_STRING(meta_rows)
+        memset(mr, 0, <size_t>(self.live * META_ROW))
+        for i in range(self.mask + 1):
+            e = &self.slots[i]
+            if e.state != LOG_PUT:
+                continue
+            if k == self.live:          # cannot happen: live counts the LOG_PUT entries
+                raise AssertionError("LogFold: more live entries than counted")
+            memcpy(kr + k * KEY_ROW, &e.lo, 8)
+            memcpy(kr + k * KEY_ROW + 8, &e.hi, 8)
+            memcpy(mr + k * META_ROW, &e.offset, 8)
+            memcpy(mr + k * META_ROW + 8, &e.length, 4)
+            mr[k * META_ROW + 12] = e.compression
+            memcpy(mr + k * META_ROW + 16, &e.uncompressed_length, 4)
+            k += 1
+        return key_rows, meta_rows
+
+
+def copy_live_into(data, Py_ssize_t p, long long base, DiskHashIndex index not None,
+                   bytearray out not None, Py_ssize_t used, LogFold live not None,
+                   long long new_base):
+    """Compaction's copy step over ``data[p:]`` (at file offset ``base``), in C:
+    each valid put frame that ``index`` still points at is appended to
+    ``out[used:]`` (grown as needed) and recorded in ``live`` at its new place
+    (``new_base`` onwards).  The index is probed as ``DiskHashIndex.get`` does
+    (its read lock; writers go on meanwhile).  Returns ``(stop, used,
+    new_base)``; frame checks as in ``scan_into``.
+    """
+    cdef Py_buffer view
+    cdef frame_t f
+    cdef dh_slot s
+    cdef const uint8_t *b
+    cdef Py_ssize_t n, end, size, cap
+    if p < 0 or used < 0 or used > PyByteArray_GET_SIZE(out):
+        raise ValueError(f"bad start ({p}) or fill ({used}) of the copy")
+    PyObject_GetBuffer(data, &view, PyBUF_SIMPLE)
+    try:
+        b = <const uint8_t *>view.buf
+        n = view.len
+        while p + FRAME_SIZE <= n:
+            end = _frame_end(b, p, n, &f)
+            if end < 0:
+                break
+            if (f.kind == 1 and _probe_copy(index, f.key_lo, f.key_hi, &s) == SLOT_FOUND
+                    and s.offset == <uint64_t>(base + p + FRAME_SIZE)):
+                size = end - p
+                cap = PyByteArray_GET_SIZE(out)
+                if used + size > cap:
+                    PyByteArray_Resize(out, max(used + size, 2 * cap))
+                memcpy(PyByteArray_AS_STRING(out) + used, b + p, <size_t>size)
+                used += size
+                live.note(f.key_lo, f.key_hi, LOG_PUT, <uint64_t>(new_base + FRAME_SIZE),
+                          f.stored_length, f.compression, f.uncompressed_length)
+                new_base += size
+            p = end
+        return p, used, new_base
+    finally:
+        PyBuffer_Release(&view)

@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parent.parent
 @pytest.mark.skipif(importlib.util.find_spec("mypy") is None, reason="mypy not installed")
 def test_stubs_match_compiled_modules():
     modules = ["diskhash._index", "diskhash._format", "diskhash._convert"]
-    for optional in ("diskhash._batch", "diskhash._store_read"):
+    for optional in ("diskhash._batch", "diskhash._store_read", "diskhash._store_write"):
         if importlib.util.find_spec(optional) is not None:
             modules.append(optional)
     env = subprocess_env()
@@ -31,7 +31,8 @@ def test_package_ships_py_typed_and_stubs():
     import diskhash
 
     pkg = Path(diskhash.__file__).parent
-    for name in ("py.typed", "_index.pyi", "_format.pyi", "_convert.pyi", "_batch.pyi", "_store_read.pyi"):
+    for name in ("py.typed", "_index.pyi", "_format.pyi", "_convert.pyi", "_batch.pyi", "_store_read.pyi",
+                 "_store_write.pyi"):
         assert (pkg / name).is_file(), name
 
 

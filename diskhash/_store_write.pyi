@@ -1,0 +1,10 @@
+"""Stubs for diskhash/_store_write.pyx (internal: the PayloadStore's bulk write path)."""
+
+from typing import Any
+
+from diskhash._index import DiskHashIndex
+from diskhash._records import PayloadMeta
+
+def encode_frames(keys: list[Any], payloads: list[Any], start: int, max_bytes: int,
+                  blob: bytearray) -> tuple[int, int, bytes, bytearray]: ...
+def put_frame(index: DiskHashIndex, view: Any, start: int, key: Any, payload: bytes) -> PayloadMeta: ...

@@ -1,0 +1,219 @@
+# cython: language_level=3, binding=False, boundscheck=False, wraparound=False
+"""The PayloadStore's write hot paths: ``put`` in one call, the frames of a ``put_many`` piece in one loop.
+
+``put_frame(index, view, start, key, payload)`` writes one uncompressed frame
+into the writer's map and indexes it (see there).
+
+``encode_frames(keys, payloads, start, max_bytes, blob)`` lays out the put frames
+(uncompressed, docs/store-format.md) of ``keys[start:]``/``payloads[start:]``
+back to back in one bytearray -- header, payload, CRC-32C over both -- and
+beside it the ``KEY_DTYPE`` and ``META_DTYPE`` rows that ``insert_many``
+indexes them with, so the Python caller writes the piece with one ``pwrite``
+and indexes it with one call.  The keys must already be validated ints (the
+store's ``_key_list``), the payloads bytes or flat byte views
+(``_payload_view``).  The GIL is held: the copies are the work.
+"""
+
+from cpython.buffer cimport PyBUF_SIMPLE, PyBUF_WRITABLE, PyBuffer_Release, PyObject_GetBuffer
+from cpython.bytearray cimport (
+    PyByteArray_AS_STRING,
+    PyByteArray_FromStringAndSize,
+    PyByteArray_GET_SIZE,
+    PyByteArray_Resize,
+)
+from cpython.bytes cimport (
+    PyBytes_AS_STRING,
+    PyBytes_CheckExact,
+    PyBytes_FromStringAndSize,
+    PyBytes_GET_SIZE,
+)
+from cpython.object cimport PyObject_Length
+from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
+from libc.string cimport memcpy, memset
+
+from cpython.long cimport PyLong_CheckExact
+
+from diskhash._convert cimport key_to_u128, make_record, meta_fields, u128_to_int
+from diskhash._format cimport DH_COMPILER_BARRIER
+from diskhash._index cimport DiskHashIndex
+
+cdef extern from "_crc32c.h":
+    void dh_crc32c_init()
+    uint32_t dh_crc32c(uint32_t crc, const void *data, size_t n) nogil
+
+dh_crc32c_init()
+
+cdef enum:
+    FRAME_SIZE = 32
+    FRAME_MARK = 0xD5A7
+    KIND_PUT = 1
+    KEY_ROW = 16          # KEY_DTYPE: lo@0, hi@8
+    META_ROW = 24         # META_DTYPE: offset@0, length@8, compression@12, uncompressed_length@16
+
+cdef uint64_t MAX_PAYLOAD = 0xFFFFFFFFU     # stored_length is a u32 (_payload_format.MAX_LENGTH)
+
+cdef packed struct frame_t:
+    uint32_t checksum
+    uint8_t kind
+    uint8_t compression
+    uint16_t mark
+    uint32_t stored_length
+    uint32_t uncompressed_length
+    uint64_t key_lo
+    uint64_t key_hi
+
+
+cdef inline Py_ssize_t _length(object payload) except -1:
+    if PyBytes_CheckExact(payload):
+        return PyBytes_GET_SIZE(payload)
+    return PyObject_Length(payload)
+
+
+def encode_frames(list keys, list payloads, Py_ssize_t start, Py_ssize_t max_bytes,
+                  bytearray blob not None):
+    """The frames of records ``start``, ``start + 1``, ... until they hold at
+    least ``max_bytes`` bytes (or the lists end; one record at least), written
+    at the start of ``blob`` (grown if it is too small; reused across pieces,
+    so the pages of a fresh 16 MiB buffer are faulted in once per batch).
+
+    Returns ``(stop, size, key_rows, meta_rows)``: ``stop`` the first record
+    not taken, ``size`` the bytes of ``blob`` the frames fill, ``key_rows`` (bytes) and
+    ``meta_rows`` (bytearray, writable: the caller adds where the blob
+    lands in the file to each offset) the ``KEY_DTYPE``/``META_DTYPE`` rows,
+    offsets relative to the blob's start.
+    """
+    cdef Py_ssize_t n = len(keys)
+    cdef Py_ssize_t i, stop, count, size = 0, pos = 0, length
+    cdef uint64_t lo, hi, off
+    cdef frame_t f
+    cdef Py_buffer view
+    cdef const char *src
+    cdef char *out
+    cdef uint8_t *krow
+    cdef uint8_t *mrow
+    cdef uint32_t ulen32
+    cdef bint held
+    if len(payloads) != n:
+        raise ValueError(f"encode_frames got {n} keys but {len(payloads)} payloads")
+    if start < 0 or start >= n:
+        raise ValueError(f"start {start} is outside [0, {n})")
+    stop = start
+    while stop < n and (stop == start or size < max_bytes):
+        length = _length(payloads[stop])
+        if <uint64_t>length > MAX_PAYLOAD:
+            raise ValueError(f"payloads[{stop}] is {length} bytes; the limit is {MAX_PAYLOAD} (u32)")
+        size += FRAME_SIZE + length
+        stop += 1
+    count = stop - start
+    if PyByteArray_GET_SIZE(blob) < size:
+        PyByteArray_Resize(blob, size)
+    key_rows = PyBytes_FromStringAndSize(NULL, count * KEY_ROW)
+    meta_rows = PyByteArray_FromStringAndSize(NULL, count * META_ROW)
+    out = PyByteArray_AS_STRING(blob)
+    krow = <uint8_t *>PyBytes_AS_STRING(key_rows)
+    mrow = <uint8_t *>PyByteArray_AS_STRING(meta_rows)
+    memset(mrow, 0, <size_t>(count * META_ROW))
+    f.kind = KIND_PUT
+    f.compression = 0
+    f.mark = FRAME_MARK
+    for i in range(start, stop):
+        key_to_u128(keys[i], &lo, &hi)
+        payload = payloads[i]
+        if PyBytes_CheckExact(payload):
+            src = PyBytes_AS_STRING(payload)
+            length = PyBytes_GET_SIZE(payload)
+            held = False
+        else:
+            PyObject_GetBuffer(payload, &view, PyBUF_SIMPLE)
+            held = True
+            src = <const char *>view.buf
+            length = view.len
+        try:
+            if pos + FRAME_SIZE + length > size:
+                raise ValueError(f"payloads[{i}] changed size during put_many")
+            ulen32 = <uint32_t>length
+            f.stored_length = ulen32
+            f.uncompressed_length = ulen32
+            f.key_lo = lo
+            f.key_hi = hi
+            f.checksum = 0
+            memcpy(out + pos, &f, FRAME_SIZE)
+            memcpy(out + pos + FRAME_SIZE, src, <size_t>length)
+        finally:
+            if held:
+                PyBuffer_Release(&view)
+        f.checksum = dh_crc32c(0, out + pos + 4, <size_t>(FRAME_SIZE - 4 + length))
+        memcpy(out + pos, &f.checksum, 4)
+        memcpy(krow, &lo, 8)
+        memcpy(krow + 8, &hi, 8)
+        off = <uint64_t>(pos + FRAME_SIZE)
+        memcpy(mrow, &off, 8)
+        memcpy(mrow + 8, &ulen32, 4)
+        memcpy(mrow + 16, &ulen32, 4)
+        krow += KEY_ROW
+        mrow += META_ROW
+        pos += FRAME_SIZE + length
+    if pos != size:
+        raise ValueError("a payload changed size during put_many")
+    return stop, size, key_rows, meta_rows
+
+
+def put_frame(DiskHashIndex index not None, view, Py_ssize_t start, key, bytes payload not None):
+    """``put`` of an uncompressed payload in one call: the frame written into
+    ``view`` (the writer's map of the data file) at ``start``, then indexed.
+
+    The caller holds the store's writer lock and has allocated and mapped the
+    frame's bytes.  Order, as ``PayloadStore._append`` documents: bytes 4..end
+    of the frame first, its checksum last (``start .. start + 4`` are zero
+    until then), then the index entry (``DiskHashIndex.insert``: its writer
+    lock, the same slot writes).  If indexing fails the frame is zeroed again
+    and the error raised, so no open replays it.  A bad key raises before any
+    byte is written.  Returns the ``PayloadMeta`` indexed.
+    """
+    cdef uint64_t lo, hi
+    cdef Py_buffer buf
+    cdef frame_t f
+    cdef meta_fields m
+    cdef Py_ssize_t length = PyBytes_GET_SIZE(payload)
+    cdef uint8_t *p
+    cdef uint32_t crc
+    key_to_u128(key, &lo, &hi)
+    if <uint64_t>length > MAX_PAYLOAD:
+        raise ValueError(f"payload is {length} bytes; the limit is {MAX_PAYLOAD} (u32)")
+    PyObject_GetBuffer(view, &buf, PyBUF_WRITABLE)
+    try:
+        if start < 0 or start > buf.len or FRAME_SIZE + length > buf.len - start:
+            raise ValueError(f"the frame at {start} ({FRAME_SIZE + length} bytes) is outside "
+                             f"the map ({buf.len} bytes)")
+        p = <uint8_t *>buf.buf + start
+        f.checksum = 0
+        f.kind = KIND_PUT
+        f.compression = 0
+        f.mark = FRAME_MARK
+        f.stored_length = <uint32_t>length
+        f.uncompressed_length = <uint32_t>length
+        f.key_lo = lo
+        f.key_hi = hi
+        memcpy(p + 4, (<uint8_t *>&f) + 4, FRAME_SIZE - 4)
+        memcpy(p + FRAME_SIZE, PyBytes_AS_STRING(payload), <size_t>length)
+        crc = dh_crc32c(0, p + 4, <size_t>(FRAME_SIZE - 4 + length))
+        DH_COMPILER_BARRIER()
+        memcpy(p, &crc, 4)
+        m.offset = <uint64_t>(start + FRAME_SIZE)
+        m.length = <uint32_t>length
+        m.uncompressed_length = <uint32_t>length
+        m.compression = 0
+        try:
+            index._write_acquire(True)
+            try:
+                index._insert_locked(lo, hi, &m)
+            finally:
+                index._write_release()
+        except BaseException:
+            memset(p, 0, <size_t>(FRAME_SIZE + length))
+            raise
+    finally:
+        PyBuffer_Release(&buf)
+    if not PyLong_CheckExact(key):
+        key = u128_to_int(lo, hi)
+    return make_record(key, 0, m.offset, m.length, m.uncompressed_length)

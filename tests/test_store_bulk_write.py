@@ -1,0 +1,120 @@
+"""put_many's compiled frame builder (``_store_write.encode_frames``) writes
+exactly the frames the Python encoder writes, and the store it fills reads
+back as a dict model says: duplicates (the later wins), empty payloads,
+128-bit keys, bytearray and memoryview payloads, pieces, a big batch.
+"""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from diskhash import KEY_DTYPE, META_DTYPE, Compression, PayloadStore, _store_write
+from diskhash import _payload_format as fmt
+
+np = pytest.importorskip("numpy")
+
+
+def _python_frames(store: PayloadStore, keys: "list[int]", payloads: "list[bytes]") -> bytes:
+    out = []
+    for k, p in zip(keys, payloads):
+        ck, rest, used, slen, n = store._encode(k, memoryview(p), 0)
+        assert used == 0 and slen == n == len(p)
+        out.append(ck + rest)
+    return b"".join(out)
+
+
+def test_encode_frames_matches_the_python_encoder(tmp_path):
+    rng = random.Random(3)
+    keys = [rng.getrandbits(rng.choice((1, 64, 128))) for _ in range(400)]
+    payloads = [rng.randbytes(rng.choice((0, 1, 31, 32, 33, 1000, 5000))) for _ in keys]
+    views = [p if i % 3 else memoryview(bytearray(p)) for i, p in enumerate(payloads)]
+    with PayloadStore(tmp_path / "s") as s:
+        want = _python_frames(s, keys, payloads)
+    buf = bytearray()
+    got = b""
+    start = 0
+    rows_k: list[tuple[int, int]] = []
+    rows_m: list[tuple[int, int, int, int]] = []
+    while start < len(keys):
+        stop, size, key_rows, meta_rows = _store_write.encode_frames(keys, views, start, 20000, buf)
+        assert stop > start
+        base = len(got)
+        got += bytes(buf[:size])
+        karr = np.frombuffer(key_rows, dtype=KEY_DTYPE)
+        marr = np.frombuffer(meta_rows, dtype=META_DTYPE)
+        assert len(karr) == len(marr) == stop - start
+        rows_k += [(int(a), int(b)) for a, b in zip(karr["lo"], karr["hi"])]
+        rows_m += [(int(r["offset"]) + base, int(r["length"]), int(r["compression"]),
+                    int(r["uncompressed_length"])) for r in marr]
+        start = stop
+    assert got == want
+    pos = 0
+    for k, p, (lo, hi), (off, n, comp, ulen) in zip(keys, payloads, rows_k, rows_m):
+        assert (lo | hi << 64) == k
+        assert (off, n, comp, ulen) == (pos + fmt.FRAME_SIZE, len(p), 0, len(p))
+        pos += fmt.FRAME_SIZE + len(p)
+
+
+def test_encode_frames_bad_arguments():
+    buf = bytearray()
+    with pytest.raises(ValueError):
+        _store_write.encode_frames([1, 2], [b"a"], 0, 100, buf)
+    with pytest.raises(ValueError):
+        _store_write.encode_frames([1], [b"a"], 1, 100, buf)
+    with pytest.raises(ValueError):
+        _store_write.encode_frames([1], [b"a"], -1, 100, buf)
+    with pytest.raises(TypeError):
+        _store_write.encode_frames((1,), [b"a"], 0, 100, buf)
+    with pytest.raises(TypeError):
+        _store_write.encode_frames([1], [b"a"], 0, 100, b"not a bytearray")
+    with pytest.raises(TypeError):
+        _store_write.encode_frames([1], ["text"], 0, 100, buf)
+    for bad_key, exc in ((-1, OverflowError), (2**128, OverflowError), ("1", TypeError)):
+        with pytest.raises(exc):
+            _store_write.encode_frames([bad_key], [b"a"], 0, 100, buf)
+
+
+@pytest.mark.parametrize("n", [100, 5000])
+def test_put_many_reads_back_as_the_model(tmp_path, n):
+    """Under and over PUT_MANY_RESERVE; pieces of a few KiB so a batch spans many."""
+    rng = random.Random(n)
+    keys = [rng.getrandbits(rng.choice((20, 64, 128))) for _ in range(n)]
+    keys += keys[: n // 10]                       # duplicates: the later wins
+    payloads = [rng.randbytes(rng.randrange(0, 3000)) for _ in keys]
+    kinds = [p if i % 4 else bytearray(p) for i, p in enumerate(payloads)]
+    model = dict(zip(keys, payloads))
+    d = tmp_path / "s"
+    with PayloadStore(d) as s:
+        s.put(keys[0], b"before")
+        s.put_many(keys, kinds)
+        assert len(s) == len(model)
+        assert s.get_many(list(model)) == list(model.values())
+        s.verify()
+    with PayloadStore(d, readonly=True) as s:
+        for k, v in model.items():
+            assert s.get(k) == v
+    with PayloadStore(d) as s:                      # a rebuild from the log agrees
+        s.rebuild_index()
+        assert s.get_many(list(model)) == list(model.values())
+
+
+def test_put_many_small_pieces(tmp_path, monkeypatch):
+    from diskhash import _store
+    monkeypatch.setattr(_store, "PUT_MANY_CHUNK", 4096)
+    rng = random.Random(9)
+    keys = list(range(1000))
+    payloads = [rng.randbytes(rng.randrange(0, 900)) for _ in keys]
+    with PayloadStore(tmp_path / "s") as s:
+        s.put_many(np.array(keys, dtype=np.uint64), payloads)
+        assert s.get_many(keys) == payloads
+        s.verify()
+
+
+def test_put_many_compressed_takes_the_python_path(tmp_path):
+    payloads = [b"abc" * 500] * 100
+    with PayloadStore(tmp_path / "s") as s:
+        s.put_many(range(100), payloads, compression=Compression.LZ4)
+        assert all(s.meta(k).compression == Compression.LZ4 for k in range(100))
+        assert s.get_many(range(100)) == payloads

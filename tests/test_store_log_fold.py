@@ -1,0 +1,146 @@
+"""rebuild_index() and compact() through the compiled log passes (``LogFold``,
+``copy_live_into``) give the same state as the Python passes: the log's last
+put of each key, tombstones honoured, the same new data file byte for byte.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+
+import pytest
+
+from diskhash import KEY_DTYPE, META_DTYPE, Compression, PayloadStore, _store_read
+from diskhash import _payload_format as fmt
+
+np = pytest.importorskip("numpy")
+
+
+def _history(s: PayloadStore, rng: random.Random, n: int) -> "dict[int, bytes]":
+    """Puts, overwrites, deletes and re-puts; returns the final model."""
+    model: dict[int, bytes] = {}
+    keys = [rng.getrandbits(rng.choice((10, 64, 128))) for _ in range(n)]
+    for step in range(3 * n):
+        k = rng.choice(keys)
+        r = rng.random()
+        if r < 0.2 and k in model:
+            assert s.delete(k)
+            del model[k]
+        else:
+            v = rng.randbytes(rng.randrange(0, 2500)) if r < 0.6 else b"word %d " % step * 40
+            comp = Compression.LZ4 if step % 5 == 0 else Compression.NONE
+            s.put(k, v, compression=comp)
+            model[k] = v
+        if step % 1000 == 0:
+            s.put_many([k], [b"batch"])
+            model[k] = b"batch"
+    return model
+
+
+def _python_state(s: PayloadStore) -> "dict[int, tuple[int, int, int, int]]":
+    final, result = fmt.replay(s._gen.fd, fmt.DATA_HEADER_SIZE, s._end, s.data_path)
+    assert not result.torn
+    return {k: v for k, v in final.items() if v is not None}
+
+
+def _index_state(s: PayloadStore) -> "dict[int, tuple[int, int, int, int]]":
+    return {k: (m.offset, m.length, int(m.compression), m.uncompressed_length)
+            for k, m in s.index.items()}
+
+
+def test_log_fold_equals_the_python_replay(tmp_path):
+    rng = random.Random(1)
+    with PayloadStore(tmp_path / "s") as s:
+        model = _history(s, rng, 3000)          # > 1024 keys: the fold's table grows
+        s.save()
+        table = _store_read.LogFold()
+        result = fmt.fold(s._gen.fd, fmt.DATA_HEADER_SIZE, s._end, s.data_path, table)
+        assert not result.torn and result.end == s._end
+        key_rows, meta_rows = table.rows()
+        karr = np.frombuffer(key_rows, dtype=KEY_DTYPE)
+        marr = np.frombuffer(meta_rows, dtype=META_DTYPE)
+        got = {int(lo) | int(hi) << 64: (int(m["offset"]), int(m["length"]), int(m["compression"]),
+                                         int(m["uncompressed_length"]))
+               for lo, hi, m in zip(karr["lo"], karr["hi"], marr)}
+        assert table.live == len(got) == len(model)
+        assert got == _python_state(s) == _index_state(s)
+
+
+def test_rebuild_index_matches_the_old_index_and_the_model(tmp_path):
+    rng = random.Random(2)
+    with PayloadStore(tmp_path / "s") as s:
+        model = _history(s, rng, 2000)
+        before = _index_state(s)
+        assert s.rebuild_index() == len(model)
+        assert _index_state(s) == before
+        assert s.get_many(list(model)) == list(model.values())
+        s.verify()
+
+
+def test_rebuild_of_an_empty_and_an_all_deleted_log(tmp_path):
+    with PayloadStore(tmp_path / "a") as s:
+        assert s.rebuild_index() == 0
+        assert len(s) == 0
+    with PayloadStore(tmp_path / "b") as s:
+        s.put_many(range(100), [b"x"] * 100)
+        for k in range(100):
+            s.delete(k)
+        assert s.rebuild_index() == 0
+        assert len(s) == 0 and s.get(5) is None
+
+
+def test_rebuild_index_after_deleting_the_index_file(tmp_path):
+    rng = random.Random(3)
+    d = tmp_path / "s"
+    with PayloadStore(d) as s:
+        model = _history(s, rng, 500)
+        index_path = s._gen.index_path
+    os.unlink(index_path)
+    with PayloadStore(d) as s:
+        assert s.recovery and "rebuilt" in s.recovery
+        assert dict(zip(model, s.get_many(list(model)))) == model
+        assert len(s) == len(model)
+
+
+def test_compact_compiled_and_python_write_the_same_files(tmp_path, monkeypatch):
+    from diskhash import _compact
+    rng = random.Random(4)
+    d = tmp_path / "s"
+    with PayloadStore(d) as s:
+        model = _history(s, rng, 1500)
+    shutil.copytree(d, tmp_path / "p")
+    results = {}
+    for name in ("s", "p"):
+        with monkeypatch.context() as m:
+            if name == "p":
+                m.setattr(_compact, "_copy_live_into", None)
+            with PayloadStore(tmp_path / name) as s:
+                s.compact()
+                assert s.get_many(list(model)) == list(model.values())
+                assert len(s) == len(model)
+                s.verify()
+                with open(s.data_path, "rb") as f:
+                    data = f.read(s._end)
+                results[name] = (data[fmt.DATA_HEADER_SIZE:], _index_state(s))
+    assert results["s"] == results["p"]
+
+
+def test_copy_live_into_bad_arguments(tmp_path):
+    with PayloadStore(tmp_path / "s") as s:
+        s.put(1, b"one")
+        live = _store_read.LogFold()
+        out = bytearray(10)
+        buf = b"\0" * 64
+        for args in ((buf, 0, 0, object(), out, 0, live, 64),
+                     (buf, 0, 0, s.index, b"bytes", 0, live, 64),
+                     (buf, 0, 0, s.index, out, 0, object(), 64),
+                     ("text", 0, 0, s.index, out, 0, live, 64)):
+            with pytest.raises(TypeError):
+                _store_read.copy_live_into(*args)
+        for p, used in ((-1, 0), (0, -1), (0, 11)):
+            with pytest.raises(ValueError):
+                _store_read.copy_live_into(buf, p, 0, s.index, out, used, live, 64)
+        with pytest.raises(ValueError):
+            live.fold(buf, -1, 0)
+        assert live.live == 0 and live.rows() == (b"", b"")
