@@ -35,10 +35,10 @@ try:
 except ImportError as exc:  # pragma: no cover - exercised in a subprocess
     raise ImportError('diskhash.dask needs Dask: pip install "diskhash[dask]"') from exc
 
-from diskhash import _files, _manifest, _routing, _sharded
+from diskhash import _files, _manifest, _packed, _routing, _sharded
 from diskhash._dtypes import KEY_DTYPE, np
 from diskhash._manifest import Location, Manifest
-from diskhash._sharded import _abspath, payload_array
+from diskhash._sharded import _abspath
 from diskhash.errors import IndexClosedError, ShardBuildError, ShardMismatchError
 
 if TYPE_CHECKING:
@@ -100,7 +100,7 @@ def _rows(part: Any, spec: tuple[Any, ...]) -> tuple[Any, Any]:
         except (TypeError, ValueError):
             raise TypeError("a Bag for build_store must hold (edge_id, bytes) pairs") from None
         keys = _routing.key_array(ids)
-        return keys, payload_array(payloads, len(keys))
+        return keys, _packed.bytes_payloads(payloads, len(keys))
     _, id_columns, payload_column, byteorder = spec
     for col in (*id_columns, payload_column):
         if col not in part.columns:
@@ -117,33 +117,17 @@ def _rows(part: Any, spec: tuple[Any, ...]) -> tuple[Any, Any]:
             keys["lo"] = _int_column(col.to_numpy(), id_columns[0])
         else:
             keys = _bytes16_column(col.to_numpy(dtype=object), id_columns[0], byteorder)
-    return keys, payload_array(part[payload_column].to_numpy(dtype=object), n)
+    return keys, _packed.bytes_payloads(part[payload_column].to_numpy(dtype=object), n)
 
 
-def _pack(payloads: Any) -> tuple[Any, bytes]:
-    """(end offsets, one blob) of a list of payloads: three frames on the wire
-    instead of one per payload (Dask serialises a list element by element)."""
-    ends = np.fromiter(map(len, payloads), dtype=np.int64, count=len(payloads))
-    np.cumsum(ends, out=ends)
-    return ends, b"".join(payloads)
-
-
-def _unpack(ends: Any, blob: bytes) -> list[memoryview]:
-    view = memoryview(blob)
-    starts = [0, *ends[:-1].tolist()]
-    return [view[a:b] for a, b in zip(starts, ends.tolist())]
-
-
-def _split(part: Any, spec: tuple[Any, ...], seed: int, shards: int) -> tuple[Any, ...]:
-    """One input partition cut into ``shards`` pieces: (keys, payload ends, payload blob)."""
+def _split(part: Any, spec: tuple[Any, ...], seed: int, shards: int) -> tuple[bytes, ...]:
+    """One input partition cut into ``shards`` pieces, each one packed buffer
+    (``_packed``: keys, payload ends, payloads): one frame per piece on the
+    wire, not one per payload or per array."""
     keys, payloads = _rows(part, spec)
     sid = _routing.shards_of(keys, seed, shards)
     order, bounds = _routing.group_by_shard(sid, shards)
-    pieces = []
-    for s in range(shards):
-        idx = order[bounds[s]:bounds[s + 1]]
-        pieces.append((keys[idx], *_pack(payloads[idx].tolist())))
-    return tuple(pieces)
+    return tuple(_packed.pack_pieces(keys, payloads, order, bounds))
 
 
 # ---------------------------------------------------------------------------
@@ -168,8 +152,23 @@ def _clear_attempts(root: str, name: str) -> None:
             shutil.rmtree(os.path.join(root, entry), ignore_errors=True)
 
 
+def _shard_records(pieces: Sequence[bytes]) -> tuple[Any, list[bytes]]:
+    """The keys (one ``KEY_DTYPE`` array) and payloads (``bytes``) of a shard's
+    pieces, in partition order, so a later duplicate still wins."""
+    key_parts = []
+    payloads: list[bytes] = []
+    for piece in pieces:
+        keys, ends, blob = _packed.unpack_piece(piece)
+        if len(keys):
+            key_parts.append(keys)
+            payloads += _packed.payload_list(ends, blob)
+    if not key_parts:
+        return np.empty(0, dtype=KEY_DTYPE), payloads
+    return np.concatenate(key_parts), payloads
+
+
 def _write_shard(root: str, manifest: Manifest, index: int, store_kwargs: dict[str, Any],
-                 compression: Any, *pieces: tuple[Any, Any, bytes]) -> dict[str, Any]:
+                 compression: Any, *pieces: bytes) -> dict[str, Any]:
     """Write shard ``index`` from scratch under ``root`` and return where it is.
 
     The shard is built in a fresh temp directory and renamed into place only
@@ -186,9 +185,9 @@ def _write_shard(root: str, manifest: Manifest, index: int, store_kwargs: dict[s
     try:
         store = _sharded._payload_store_class()(os.path.join(tmp, _manifest.STORE_SUBDIR), **store_kwargs)
         try:
-            for keys, ends, blob in pieces:
-                if len(keys):
-                    store.put_many(keys, _unpack(ends, blob), compression=compression)
+            keys, payloads = _shard_records(pieces)
+            if len(keys):       # one put_many: one index reserve, frames in 16 MiB runs
+                store.put_many(keys, payloads, compression=compression)
             store.save()
             entries = len(store)
         finally:
