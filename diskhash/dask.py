@@ -467,7 +467,7 @@ class ShardActor:
         if len(shards) != len(counts) or sum(counts) != len(keys):
             raise ValueError(f"get_group: {len(shards)} shards, {len(counts)} counts "
                              f"for {len(keys)} keys")
-        jobs = []
+        jobs: list[tuple[Any, Any] | None] = []
         start = 0
         for s, n in zip(shards, counts):
             owner = self if s == self.index else (
