@@ -371,19 +371,18 @@ def _run(pieces_of: list[list[Any]], write_args: tuple[Any, ...], token: str, cl
     root, manifest, kwargs, compression = write_args
     shards = len(pieces_of)
     parts = len(pieces_of[0]) if shards else 0
-    futures: list[Any] = []
+    writes: list[Any] = []
     try:
         flat = client.compute([p for pieces in pieces_of for p in pieces])
-        futures += flat
         workers = sorted(client.scheduler_info()["workers"])
-        writes = []
         for s in range(shards):
             where = [workers[s % len(workers)]] if workers else None
             writes.append(client.submit(
                 _write_shard, root, manifest, s, kwargs, compression,
                 *flat[s * parts:(s + 1) * parts], key=f"{WRITE_TASK}-{token}-{s}",
                 workers=where, allow_other_workers=True, pure=False))
-        futures += writes
+        # Only the writers hold the pieces now: each writer's pieces are
+        # released when it finishes, not kept until the whole build ends.
         del flat
         if progress:
             distributed.progress(writes)
@@ -391,7 +390,7 @@ def _run(pieces_of: list[list[Any]], write_args: tuple[Any, ...], token: str, cl
     except Exception as exc:
         raise _build_failed(directory, exc) from exc
     finally:
-        client.cancel(futures)
+        client.cancel(writes)
 
 
 def _failed_shard(exc: BaseException) -> int | None:
