@@ -14,7 +14,8 @@ diskhash never imports this module.  docs/dask.md has the walk-through.
   process only after every shard task has succeeded.
 * ``LookupService(client, directory)`` puts one ``ShardActor`` per shard on
   a worker that sees the shard's files; ``get_many(keys)`` routes the batch,
-  calls the owning actors concurrently and returns the payloads in key order.
+  calls the owning actors concurrently (one call per worker process, which
+  answers for all of its shards) and returns the payloads in key order.
 """
 
 from __future__ import annotations
@@ -529,7 +530,10 @@ class LookupService:
     call is relayed through the scheduler.
 
     ``get_many(keys)`` returns the payloads (None where absent) in key order.
-    An actor whose worker died is started again (its shard reopened,
+    It makes one actor call per worker process, not per shard: the shards
+    whose actors share a process are answered by one of them
+    (``ShardActor.get_group``), since a Dask actor call costs more CPU than
+    the store's work on a few thousand keys.  An actor whose worker died is started again (its shard reopened,
     read-only) and the call retried once; ``retries`` sets how often.
     Thread-safe: calls from several threads may overlap.
     """
