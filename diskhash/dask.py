@@ -533,8 +533,9 @@ class LookupService:
     It makes one actor call per worker process, not per shard: the shards
     whose actors share a process are answered by one of them
     (``ShardActor.get_group``), since a Dask actor call costs more CPU than
-    the store's work on a few thousand keys.  An actor whose worker died is started again (its shard reopened,
-    read-only) and the call retried once; ``retries`` sets how often.
+    the store's work on a few thousand keys.  An actor whose worker died is
+    started again (its shard reopened, read-only) and the call retried once;
+    ``retries`` sets how often.
     Thread-safe: calls from several threads may overlap.
     """
 
