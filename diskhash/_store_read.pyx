@@ -28,6 +28,7 @@ from cpython.bytes cimport (
     PyBytes_FromStringAndSize,
     PyBytes_GET_SIZE,
 )
+from cpython.list cimport PyList_GET_SIZE
 from cpython.long cimport PyLong_AsUnsignedLongLongMask
 from cpython.mem cimport PyMem_Free, PyMem_Malloc
 from cpython.tuple cimport PyTuple_Check, PyTuple_GET_ITEM, PyTuple_GET_SIZE
@@ -377,6 +378,9 @@ cdef class MapReader:
             raise MemoryError()
         try:
             for i in range(n):
+                # (a key's __index__ may run Python code that shrinks the list)
+                if i >= PyList_GET_SIZE(keys):
+                    raise RuntimeError("keys changed size during get_many")
                 key_to_u128(keys[i], &kv[2 * i], &kv[2 * i + 1])
             return self._get_many(kv, n, verify, limit)
         finally:
@@ -463,6 +467,8 @@ cdef class MapReader:
         cdef list out = [None] * n
         cdef list fixups = []
         for i in range(n):
+            if i >= PyList_GET_SIZE(metas):    # a field's __index__ shrank the list
+                raise RuntimeError("metas changed size during read_many")
             m = metas[i]
             if m is None:
                 continue

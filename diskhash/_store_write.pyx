@@ -31,6 +31,7 @@ from cpython.object cimport PyObject_Length
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
 from libc.string cimport memcpy, memset
 
+from cpython.list cimport PyList_GET_SIZE
 from cpython.long cimport PyLong_CheckExact
 
 from diskhash._convert cimport key_to_u128, make_record, meta_fields, u128_to_int
@@ -99,6 +100,8 @@ def encode_frames(list keys, list payloads, Py_ssize_t start, Py_ssize_t max_byt
         raise ValueError(f"start {start} is outside [0, {n})")
     stop = start
     while stop < n and (stop == start or size < max_bytes):
+        if stop >= PyList_GET_SIZE(payloads):     # a payload's __len__ shrank the list
+            raise RuntimeError("payloads changed size during put_many")
         length = _length(payloads[stop])
         if <uint64_t>length > MAX_PAYLOAD:
             raise ValueError(f"payloads[{stop}] is {length} bytes; the limit is {MAX_PAYLOAD} (u32)")
@@ -117,6 +120,9 @@ def encode_frames(list keys, list payloads, Py_ssize_t start, Py_ssize_t max_byt
     f.compression = 0
     f.mark = FRAME_MARK
     for i in range(start, stop):
+        # (a payload's buffer export may run Python code that changes the lists)
+        if i >= PyList_GET_SIZE(keys) or i >= PyList_GET_SIZE(payloads):
+            raise RuntimeError("keys or payloads changed size during put_many")
         key_to_u128(keys[i], &lo, &hi)
         payload = payloads[i]
         if PyBytes_CheckExact(payload):

@@ -7,8 +7,11 @@ back as a dict model says: duplicates (the later wins), empty payloads,
 from __future__ import annotations
 
 import random
+import subprocess
+import sys
 
 import pytest
+from conftest import subprocess_env
 
 from diskhash import KEY_DTYPE, META_DTYPE, Compression, PayloadStore, _store_write
 from diskhash import _payload_format as fmt
@@ -118,3 +121,25 @@ def test_put_many_compressed_takes_the_python_path(tmp_path):
         s.put_many(range(100), payloads, compression=Compression.LZ4)
         assert all(s.meta(k).compression == Compression.LZ4 for k in range(100))
         assert s.get_many(range(100)) == payloads
+
+
+
+def test_payload_that_shrinks_the_lists_does_not_crash(tmp_path):
+    """A payload whose __len__ empties the list: RuntimeError, never a read
+    past the list (in a child: a regression would crash)."""
+    code = """
+import pytest
+from diskhash import _store_write
+payloads = []
+class Shrinking:
+    def __len__(self):
+        payloads.clear()
+        return 3
+payloads.extend([Shrinking(), b"b", b"c"])
+with pytest.raises(RuntimeError, match="changed size"):
+    _store_write.encode_frames([1, 2, 3], payloads, 0, 100, bytearray())
+print("ok")
+"""
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       timeout=120, env=subprocess_env(), cwd=tmp_path)
+    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stdout + r.stderr

@@ -13,9 +13,12 @@ from __future__ import annotations
 import mmap
 import os
 import random
+import subprocess
+import sys
 import threading
 
 import pytest
+from conftest import subprocess_env
 
 from diskhash import KEY_DTYPE, Compression, PayloadStore, _store_read
 from diskhash import _payload_format as fmt
@@ -395,3 +398,27 @@ def test_lz4_decode_length_is_checked(tmp_path, ulen_delta, direct):
         finally:
             r.release()
     m.close()
+
+
+
+def test_key_that_shrinks_the_list_does_not_crash(tmp_path):
+    """A key whose __index__ empties the key list mid-conversion: RuntimeError,
+    never a read past the list (in a child: a regression would crash)."""
+    code = f"""
+import pytest
+from diskhash import PayloadStore
+keys = []
+class Shrinking:
+    def __index__(self):
+        keys.clear()
+        return 1
+keys.extend([Shrinking(), 2, 3, 4])
+with PayloadStore({str(tmp_path / "s")!r}) as s:
+    s.put(1, b"one")
+    with pytest.raises(RuntimeError, match="changed size"):
+        s._gen.reader.get_many(keys, True, 1 << 16)
+print("ok")
+"""
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       timeout=120, env=subprocess_env(), cwd=tmp_path)
+    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stdout + r.stderr
