@@ -1,0 +1,103 @@
+"""Hostile pass over the compiled store paths (``_store_read``, ``_store_write``).
+
+Each test here is a crash, hang or wrong answer found by attacking the fused
+read, the frame encoder and the whole-log passes directly: Python code run in
+the middle of a compiled loop (a key's ``__index__``, an int subclass's
+operators, a foreign "index" callable) must never leave a C pointer into a
+buffer that code freed or released.  Crash regressions run in a child process
+with a timeout, so a regression fails the test instead of killing the suite.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+import pytest
+from conftest import subprocess_env
+
+pytest.importorskip("numpy")
+
+
+def _child(code: str, tmp_path, prelude: str = "", timeout: float = 120) -> str:
+    """Run ``prelude`` + ``code`` in a child Python; its stdout (asserting it exited cleanly)."""
+    r = subprocess.run([sys.executable, "-c", prelude + textwrap.dedent(code)], capture_output=True,
+                       text=True, timeout=timeout, env=subprocess_env(), cwd=tmp_path)
+    assert r.returncode == 0, f"child exited {r.returncode}\n{r.stdout}\n{r.stderr}"
+    return r.stdout
+
+
+_FRAME = """
+import struct
+from diskhash import _store_read as sr
+
+def frame(key, payload):
+    body = struct.pack("<BBHIIQQ", 1, 0, 0xD5A7, len(payload), len(payload),
+                       key & (2**64 - 1), key >> 64) + payload
+    return struct.pack("<I", sr.checksum(body)) + body
+"""
+
+
+def test_encode_frames_key_that_resizes_the_blob(tmp_path):
+    """A key whose ``__index__`` shrinks the output bytearray mid-loop: an
+    error, never a copy into the freed buffer (it crashed the interpreter)."""
+    out = _child("""
+        import pytest
+        from diskhash._store_write import encode_frames
+        blob = bytearray(1 << 20)
+        class Shrinker:
+            def __index__(self):
+                blob.clear()
+                blob.extend(b"x" * 10)
+                return 5
+        keys = [1, Shrinker(), 3]
+        payloads = [b"a" * 300_000, b"b" * 300_000, b"c" * 300_000]
+        with pytest.raises(BufferError):
+            encode_frames(keys, payloads, 0, 1 << 30, blob)
+        # the ordinary call still works on the same buffer
+        stop, size, krows, mrows = encode_frames([1, 2], [b"x", b"yy"], 0, 1 << 30, blob)
+        assert (stop, size, len(krows), len(mrows)) == (2, 67, 32, 48)
+        print("ok")
+    """, tmp_path)
+    assert out.strip() == "ok"
+
+
+def test_map_reader_read_edge_id_that_releases_the_map(tmp_path):
+    """``MapReader.read`` with an int-subclass edge id whose ``>>`` releases the
+    reader and closes the map: no checksum read through the released pointer."""
+    out = _child("""
+        import mmap
+        mm = mmap.mmap(-1, 1 << 16)
+        f = frame(7, b"p" * 1000)
+        mm[64:64 + len(f)] = f
+        r = sr.MapReader(mm)
+        assert r.read((7, 96, 1000, 0, 1000), True) == b"p" * 1000
+        class Releasing(int):
+            def __rshift__(self, n):
+                r.release()
+                mm.close()
+                return int(self) >> n
+        got = r.read((Releasing(7), 96, 1000, 0, 1000), True)
+        assert got == b"p" * 1000 or got == sr.BEYOND, got
+        assert r.read((7, 96, 1000, 0, 1000), True) == sr.BEYOND
+        print("ok")
+    """, tmp_path, _FRAME)
+    assert out.strip() == "ok"
+
+
+def test_copy_live_get_returning_a_non_tuple(tmp_path):
+    """``copy_live``'s ``get`` (the index's) returning something other than a
+    PayloadMeta: ``TypeError``, not a read of a list as a tuple's items."""
+    out = _child("""
+        import pytest
+        data = frame(7, b"p" * 100)
+        for ret in ([1, 96], 5, (1,), (), "ab"):
+            with pytest.raises(TypeError):
+                sr.copy_live(data, 0, 64, lambda k: ret, [], {}, 64)
+        out, live = [], {}
+        assert sr.copy_live(data, 0, 64, lambda k: (7, 96, 100, 0, 100), out, live, 64) == (132, 196)
+        assert out == [data] and live == {7: (96, 100, 0, 100)}
+        print("ok")
+    """, tmp_path, _FRAME)
+    assert out.strip() == "ok"
