@@ -62,6 +62,8 @@ _lz4_decompress = getattr(_codecs._lz4, "decompress", None)
 _MISSING: Any = object()
 _U128 = 1 << 128
 _MASK64 = (1 << 64) - 1
+#: No file is larger (off_t): an offset past it is a damaged index entry.
+_MAX_FILE = (1 << 63) - 1
 #: Payloads of more stored bytes than this are read with pread (GIL released), not the map.
 BIG_READ = 64 * 1024
 #: The data file grows by this fraction of its size (at least ALLOC_MIN, at most
@@ -753,10 +755,12 @@ class PayloadStore:
         end = off + n
         if n > BIG_READ:
             return self._read_big(g, meta)
+        if start < fmt.DATA_HEADER_SIZE:        # (a damaged index: not a negative slice)
+            raise self._short(g, meta)
         view = g.view
         if view is None or end > len(view):
             view = g.remap()
-            if end > len(view) or start < fmt.DATA_HEADER_SIZE:
+            if end > len(view):
                 raise self._short(g, meta)
         ck, kind, comp, mark, slen, ulen, lo, hi = fmt.FRAME.unpack_from(view, start)
         if (kind != 1 or slen != n or lo != meta.edge_id & _MASK64 or hi != meta.edge_id >> 64
@@ -788,8 +792,8 @@ class PayloadStore:
         """A large record: one pread (the GIL released while it copies)."""
         start = meta.offset - fmt.FRAME_SIZE
         n = meta.length
-        if start < fmt.DATA_HEADER_SIZE:
-            raise self._short(g, meta)
+        if start < fmt.DATA_HEADER_SIZE or start + fmt.FRAME_SIZE + n > _MAX_FILE:
+            raise self._short(g, meta)          # (a damaged index: not pread's OverflowError)
         buf = fmt.pread_exact(g.fd, fmt.FRAME_SIZE + n, start)
         if len(buf) != fmt.FRAME_SIZE + n:
             if g.closed:

@@ -101,3 +101,26 @@ def test_copy_live_get_returning_a_non_tuple(tmp_path):
         print("ok")
     """, tmp_path, _FRAME)
     assert out.strip() == "ok"
+
+
+@pytest.mark.parametrize("offset,length", [
+    (1, 10), (31, 10), (40, 0),                         # before the first frame
+    (2**64 - 1, 100_000), (2**63, 70_000),              # past any file, over BIG_READ
+    (2**64 - 1, 10), (2**63 + 96, 0),                   # past any file, small
+])
+def test_damaged_index_entry_raises_corrupt_payload(tmp_path, offset, length):
+    """An index entry whose offset lies before the first frame or past any
+    possible file (a damaged index file; here written through ``store.index``):
+    the fused get falls back and the Python path raises ``CorruptPayloadError``,
+    not ``struct.error`` (a negative offset) or ``OverflowError`` (pread)."""
+    from diskhash import PayloadMeta, PayloadStore
+    from diskhash.errors import CorruptPayloadError
+
+    with PayloadStore(tmp_path / "s") as s:
+        s.put(1, b"one")
+        s.index.insert(5, PayloadMeta(5, offset, length, 0, length))
+        with pytest.raises(CorruptPayloadError):
+            s.get(5)
+        with pytest.raises(CorruptPayloadError):
+            s.get_many([1, 5])
+        assert s.get(1) == b"one"
