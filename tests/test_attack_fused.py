@@ -124,3 +124,22 @@ def test_damaged_index_entry_raises_corrupt_payload(tmp_path, offset, length):
         with pytest.raises(CorruptPayloadError):
             s.get_many([1, 5])
         assert s.get(1) == b"one"
+
+
+def test_sigkill_during_the_compiled_write_paths(tmp_path):
+    """The SIGKILL model (tests/store_crash_model.py) in ``plain`` mode: puts and
+    put_manys of uncompressed payloads, which take the compiled paths
+    (``put_frame``, ``encode_frames``) the LZ4-default modes never reach."""
+    from store_crash_model import run
+    stats = run(tmp_path / "store", kills=8, seed=5, env=subprocess_env(), max_delay=0.6,
+                modes=("plain",))
+    assert stats.rounds == 8
+
+
+@pytest.mark.slow
+def test_sigkill_during_the_compiled_write_paths_hundreds(tmp_path):
+    from store_crash_model import run
+    stats = run(tmp_path / "store", kills=100, seed=23, env=subprocess_env(), max_delay=0.7,
+                modes=("plain",))
+    print(stats)
+    assert stats.rounds == 100 and stats.killed_mid_put_many > 0
