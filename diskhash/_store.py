@@ -1018,6 +1018,11 @@ class PayloadStore:
                 and len(payload) <= fmt.MAX_LENGTH):
             # (read-only, closed and oversized calls take the path below, which
             # reports a bad key first, as it always has)
+            if type(edge_id) is not int:
+                # Before the writer lock: a key's __index__ is Python code, which
+                # may put to this store (the lock is reentrant) and must not do
+                # so between _put_frame's reading the log's end and its write.
+                edge_id = _key_int(edge_id)
             with self._write_lock:
                 g = self._gen
                 if g is not None and type(g.index) is DiskHashIndex:
