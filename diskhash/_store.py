@@ -1365,8 +1365,15 @@ class PayloadStore:
             self._save_locked(g)
             index_gen = g.index_gen + 1
             index_path = self._path(fmt.index_name(index_gen))
-            index = self._build_index(index_path, g.fd, self._end, g.data_path, progress)
+            end = self._end
+            index = self._build_index(index_path, g.fd, end, g.data_path, progress)
             try:
+                if self._end != end:
+                    # ``progress`` wrote (the writer lock is reentrant): the
+                    # frames it appended are indexed too, or they would be lost.
+                    final, _ = fmt.replay(g.fd, end, self._end, g.data_path)
+                    _apply(index, final)
+                    index.save()
                 self._write_manifest(g.data_gen, index_gen)
             except BaseException:
                 index.close()

@@ -163,3 +163,31 @@ def test_put_key_whose_index_puts_to_the_same_store(tmp_path):
         assert s.get(1) == b"outer"
         assert s.get(2) == b"nested" * 10
         s.verify()
+
+
+def test_writes_from_a_rebuild_progress_callback_are_kept(tmp_path):
+    """``rebuild_index(progress)`` holds the (reentrant) writer lock while it
+    folds the log up to where it ended at the start: a put or delete made by
+    the callback reached the old index only, and the switch to the new one
+    lost it (the put returned, then the key was absent, also after reopening)."""
+    from diskhash import PayloadStore
+
+    d = tmp_path / "s"
+    with PayloadStore(d) as s:
+        s.put_many(list(range(1000)), [b"x" * 100] * 1000)
+        calls = []
+
+        def progress(done, total):
+            if not calls:
+                s.put(5000, b"put from progress")
+                s.put_many(list(range(6000, 6100)), [b"y"] * 100)
+                s.delete(3)
+            calls.append(done)
+
+        assert s.rebuild_index(progress) == 1000 + 1 + 100 - 1
+        assert calls
+        assert s.get(5000) == b"put from progress" and s.get(6050) == b"y" and s.get(3) is None
+        s.verify()
+    with PayloadStore(d) as s:
+        assert s.get(5000) == b"put from progress" and s.get(6050) == b"y" and s.get(3) is None
+        assert len(s) == 1100
