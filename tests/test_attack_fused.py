@@ -63,6 +63,28 @@ def test_encode_frames_key_that_resizes_the_blob(tmp_path):
     assert out.strip() == "ok"
 
 
+@pytest.mark.skipif(sys.version_info < (3, 12), reason="__buffer__ (PEP 688) is 3.12+")
+def test_encode_frames_payload_buffer_that_resizes_the_blob(tmp_path):
+    """The same through a payload's ``__buffer__``, which ``encode_frames``'
+    buffer request runs mid-loop."""
+    out = _child("""
+        import pytest
+        from diskhash._store_write import encode_frames
+        blob = bytearray(1 << 20)
+        class Payload:
+            def __len__(self):
+                return 300_000
+            def __buffer__(self, flags):
+                blob.clear()
+                blob.extend(b"q" * 5)
+                return memoryview(b"z" * 300_000)
+        with pytest.raises(BufferError):
+            encode_frames([1, 2], [b"a" * 300_000, Payload()], 0, 1 << 30, blob)
+        print("ok")
+    """, tmp_path)
+    assert out.strip() == "ok"
+
+
 def test_map_reader_read_edge_id_that_releases_the_map(tmp_path):
     """``MapReader.read`` with an int-subclass edge id whose ``>>`` releases the
     reader and closes the map: no checksum read through the released pointer."""
