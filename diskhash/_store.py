@@ -973,7 +973,15 @@ class PayloadStore:
         end = start + len(blob)
         if end > g.alloc:
             self._allocate(g, end, populate=False)      # pwrite fills the pages itself
-        _write_all(g.fd, (blob,), start)
+        try:
+            _write_all(g.fd, (blob,), start)
+        except BaseException:
+            # Some frames may be written (Ctrl-C right after the pwrite, an I/O
+            # error after a short one): zero them, or the next append's shorter
+            # frames would leave whole ones after a torn one -- damage in the
+            # middle of the log, which a writable open then refuses.
+            self._undo_append(g, start, end)
+            raise
         self._end = end
         self._unsaved = True
         return start
