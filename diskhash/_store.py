@@ -1011,6 +1011,21 @@ class PayloadStore:
             pass
         self._end = start
 
+    def _undo_unindexed(self, g: _Generation, end: int, rows: "list[tuple[int, int]]") -> None:
+        """``_undo_append`` for the frames the index did not take, after indexing
+        raised: ``rows`` (key, payload offset) are the frames up to ``end``, indexed
+        in order.  An exception is not proof that nothing was indexed: Ctrl-C
+        lands at the next bytecode, after the call returned, and an
+        ``insert`` loop may stop midway.  Zeroing an indexed frame would
+        leave its key pointing at whatever the next append writes there, so
+        the indexed prefix stays (the log's end after it) and the rest is zeroed."""
+        kept = _indexed_prefix(g.index, rows)
+        if kept < len(rows):
+            self._undo_append(g, rows[kept][1] - fmt.FRAME_SIZE, end)
+        else:
+            self._end = end
+            self._unsaved = True
+
     def put(self, edge_id: Any, payload: Any, *, compression: Any = None) -> PayloadMeta:
         """Store ``payload`` (bytes-like) under ``edge_id``; returns the ``PayloadMeta`` indexed.
 
@@ -1046,7 +1061,7 @@ class PayloadStore:
             try:
                 g.index.insert(key, meta)
             except BaseException:
-                self._undo_append(g, start, start + fmt.FRAME_SIZE + slen)
+                self._undo_unindexed(g, start + fmt.FRAME_SIZE + slen, [(key, meta.offset)])
                 raise
             return meta
 
@@ -1062,7 +1077,15 @@ class PayloadStore:
         view = g.view
         if view is None or end > len(view):
             view = g.remap()
-        meta: PayloadMeta = _put_frame(g.index, view, start, edge_id, payload)
+        try:
+            meta: PayloadMeta = _put_frame(g.index, view, start, edge_id, payload)
+        except BaseException:
+            # (put_frame zeroes a frame it could not index; one it did index, with
+            # Ctrl-C landing as it returned, is kept)
+            if type(edge_id) is int and _indexed_prefix(g.index, [(edge_id, start + fmt.FRAME_SIZE)]):
+                self._end = end
+                self._unsaved = True
+            raise
         self._end = end
         self._unsaved = True
         return meta
@@ -1083,9 +1106,11 @@ class PayloadStore:
             done = False
             try:
                 done = g.index._try_insert(key, meta)
-            finally:
-                if not done:
-                    self._undo_append(g, start, start + fmt.FRAME_SIZE + slen)
+            except BaseException:
+                self._undo_unindexed(g, start + fmt.FRAME_SIZE + slen, [(key, meta.offset)])
+                raise
+            if not done:
+                self._undo_append(g, start, start + fmt.FRAME_SIZE + slen)
             return meta if done else None
         finally:
             self._write_lock.release()
@@ -1142,7 +1167,7 @@ class PayloadStore:
                 try:
                     _insert_rows(g.index, rows, start)
                 except BaseException:
-                    self._undo_append(g, start, start + size)
+                    self._undo_unindexed(g, start + size, [(r[0], r[1] + start) for r in rows])
                     raise
 
     def _put_many_frames(self, keys: "list[int]", views: "list[Any]", np: Any) -> None:
@@ -1170,7 +1195,8 @@ class PayloadStore:
                     recs["offset"] += start
                     g.index.insert_many(karr, recs)
                 except BaseException:
-                    self._undo_append(g, start, start + size)
+                    self._undo_unindexed(g, start + size,
+                                         _frame_rows(keys[i:i_next], views[i:i_next], start))
                     raise
             i = i_next
 
@@ -1182,7 +1208,8 @@ class PayloadStore:
         try:
             g.index.delete(key)
         except BaseException:
-            self._undo_append(g, start, start + fmt.FRAME_SIZE)
+            if _still_there(g.index, key):     # (not after Ctrl-C landed as delete returned)
+                self._undo_append(g, start, start + fmt.FRAME_SIZE)
             raise
         return True
 
@@ -1407,6 +1434,38 @@ class PayloadStore:
         """
         from diskhash._compact import compact
         compact(self)
+
+
+def _indexed_prefix(index: DiskHashIndex, rows: "list[tuple[int, int]]") -> int:
+    """How many of ``rows`` (key, payload offset), indexed in order, ``index``
+    holds: the last row whose key points at its offset ends the prefix (a key
+    repeated later in the rows points at a later row once that is indexed)."""
+    for i in range(len(rows) - 1, -1, -1):
+        key, offset = rows[i]
+        try:
+            meta = index.get(key)
+        except Exception:           # a bad key (never indexed) or a closed index
+            continue
+        if meta is not None and meta.offset == offset:
+            return i + 1
+    return 0
+
+
+def _still_there(index: DiskHashIndex, key: int) -> bool:
+    try:
+        return key in index
+    except Exception:               # a closed index: the delete did not happen
+        return True
+
+
+def _frame_rows(keys: "list[int]", views: "list[Any]", start: int) -> "list[tuple[int, int]]":
+    """(key, payload offset) of uncompressed frames laid out from ``start``."""
+    rows = []
+    pos = start
+    for key, view in zip(keys, views):
+        rows.append((key, pos + fmt.FRAME_SIZE))
+        pos += fmt.FRAME_SIZE + len(view)
+    return rows
 
 
 def _all_zero(fd: int, start: int, end: int) -> bool:
