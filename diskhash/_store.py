@@ -1402,6 +1402,7 @@ class PayloadStore:
             index_path = self._path(fmt.index_name(index_gen))
             end = self._end
             index = self._build_index(index_path, g.fd, end, g.data_path, progress)
+            committed = False
             try:
                 if self._end != end:
                     # ``progress`` wrote (the writer lock is reentrant): the
@@ -1410,12 +1411,17 @@ class PayloadStore:
                     _apply(index, final)
                     index.save()
                 self._write_manifest(g.data_gen, index_gen)
-            except BaseException:
-                index.close()
-                raise
-            self._gen = _Generation(g.data_gen, index_gen, g.data_path, index_path,
-                                    os.dup(g.fd), index)
-            self._unlink(g.index_path, g.index_path + ".lock")
+                committed = True
+            finally:
+                # The rename is the commit (as in compact()): once the MANIFEST
+                # names the new index, switch to it even if what followed raised.
+                if committed or self._read_manifest() == (g.data_gen, index_gen):
+                    self._gen = _Generation(g.data_gen, index_gen, g.data_path, index_path,
+                                            os.dup(g.fd), index)
+                    if committed:
+                        self._unlink(g.index_path, g.index_path + ".lock")
+                else:
+                    index.close()
             return len(index)
 
     def _unlink(self, *paths: str) -> None:

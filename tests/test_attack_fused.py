@@ -458,3 +458,65 @@ def test_ctrl_c_after_delete_keeps_the_tombstone(tmp_path):
             s.delete(1)
         restore()
         _check_after(s, {1: None, 2: b"two"})      # rebuild_index does not bring it back
+
+
+@pytest.mark.parametrize("op", ["compact", "rebuild_index"])
+def test_ctrl_c_after_the_manifest_rename_switches(tmp_path, monkeypatch, op):
+    """Ctrl-C landing after the MANIFEST rename (during the directory fsync that
+    follows it): compact() deleted its new files and went on with the old
+    generation, whose files the next open removed as leftovers -- every record
+    lost; rebuild_index() went on with the old index, and the next open used
+    the new one without the writes made meanwhile.  The rename is the commit:
+    the store switches to what the MANIFEST names."""
+    from diskhash import PayloadStore
+
+    d = tmp_path / "s"
+    s = PayloadStore(d)
+    s.put_many(list(range(100)), [b"v%d" % k for k in range(100)])
+    for k in range(0, 100, 2):
+        s.delete(k)
+    s.save()
+    real = PayloadStore._write_manifest
+
+    def interrupted(self, *args):
+        real(self, *args)
+        raise KeyboardInterrupt
+    monkeypatch.setattr(PayloadStore, "_write_manifest", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        getattr(s, op)()
+    monkeypatch.setattr(PayloadStore, "_write_manifest", real)
+    s.put(1000, b"after")
+    assert s.get(1) == b"v1" and s.get(1000) == b"after"
+    s.close()
+    with PayloadStore(d) as s:
+        assert s.get(1) == b"v1" and s.get(1000) == b"after" and s.get(2) is None
+        assert len(s) == 51
+        s.verify()
+
+
+@pytest.mark.parametrize("op", ["compact", "rebuild_index"])
+def test_failure_before_the_manifest_rename_keeps_the_old_generation(tmp_path, monkeypatch, op):
+    """The other side of the commit point: a MANIFEST write that fails before its
+    rename leaves the old generation in use and on disk."""
+    import errno
+
+    from diskhash import PayloadStore
+
+    d = tmp_path / "s"
+    s = PayloadStore(d)
+    s.put_many(list(range(100)), [b"v%d" % k for k in range(100)])
+
+    def full(self, *args):
+        raise OSError(errno.ENOSPC, "no space")
+    monkeypatch.setattr(PayloadStore, "_write_manifest", full)
+    before = s.stats()
+    with pytest.raises(OSError):
+        getattr(s, op)()
+    monkeypatch.undo()
+    assert (s.stats().data_generation, s.stats().index_generation) == \
+        (before.data_generation, before.index_generation)
+    s.put(1000, b"after")
+    s.close()
+    with PayloadStore(d) as s:
+        assert s.get(1) == b"v1" and s.get(1000) == b"after" and len(s) == 101
+        s.verify()
