@@ -328,10 +328,13 @@ def _release(fd: int, index: DiskHashIndex) -> None:
         index.close()
     except Exception:  # pragma: no cover - best effort in a finaliser
         pass
-    try:
-        os.close(fd)
-    except OSError:  # pragma: no cover
-        pass
+    finally:
+        # (even after Ctrl-C in index.close(): the descriptor of a replaced,
+        # unlinked data file would otherwise hold its blocks until exit)
+        try:
+            os.close(fd)
+        except OSError:  # pragma: no cover
+            pass
 
 
 class PayloadStore:
@@ -979,7 +982,9 @@ class PayloadStore:
             # Some frames may be written (Ctrl-C right after the pwrite, an I/O
             # error after a short one): zero them, or the next append's shorter
             # frames would leave whole ones after a torn one -- damage in the
-            # middle of the log, which a writable open then refuses.
+            # middle of the log, which a writable open then refuses.  (The end
+            # stays past them if the zeroing does not happen.)
+            self._end = end
             self._undo_append(g, start, end)
             raise
         self._end = end
@@ -1004,12 +1009,24 @@ class PayloadStore:
             _populate(g.map, old, g.alloc)
 
     def _undo_append(self, g: _Generation, start: int, end: int) -> None:
-        """Forget an append whose indexing failed: zero it, so no open replays it."""
+        """Forget an append whose indexing failed: zero it, so no open replays it.
+
+        The log's end moves back to ``start`` only once the zeros are there
+        (read back, so that Ctrl-C landing around the write cannot split the
+        two): an end moved back over frames left whole would let the next,
+        shorter append leave valid frames after a torn one, and zeros left
+        before the end are a hole in the middle of the log.  Either is damage
+        a writable open refuses."""
         try:
             _write_all(g.fd, (bytes(end - start),), start)
         except OSError:  # pragma: no cover - a dead disk; the frames stay unindexed
             pass
-        self._end = start
+        finally:
+            try:
+                if os.pread(g.fd, fmt.FRAME_SIZE, start).count(0) == fmt.FRAME_SIZE:
+                    self._end = start
+            except OSError:  # pragma: no cover
+                pass
 
     def _undo_unindexed(self, g: _Generation, end: int, rows: "list[tuple[int, int]]") -> None:
         """``_undo_append`` for the frames the index did not take, after indexing

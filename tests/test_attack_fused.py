@@ -520,3 +520,47 @@ def test_failure_before_the_manifest_rename_keeps_the_old_generation(tmp_path, m
     with PayloadStore(d) as s:
         assert s.get(1) == b"v1" and s.get(1000) == b"after" and len(s) == 101
         s.verify()
+
+
+def test_ctrl_c_after_the_undo_zeroes_moves_the_end_back(tmp_path, monkeypatch):
+    """An insert_many that fails (nothing indexed) has its frames zeroed; Ctrl-C
+    landing right after that zero write left the log's end past the zeros, so
+    the next append made a hole in the middle of the log (verify() and
+    rebuild_index() then refuse the store)."""
+    from diskhash import PayloadStore, _store
+
+    class Failing:
+        def __init__(self, real):
+            self._real = real
+
+        def __getattr__(self, name):
+            if name == "insert_many":
+                def fail(*args):
+                    raise OSError(5, "simulated I/O error")
+                return fail
+            return getattr(self._real, name)
+
+    real_write = _store._write_all
+    calls = []
+
+    def write_then_interrupt(fd, bufs, offset):
+        out = real_write(fd, bufs, offset)
+        calls.append(offset)
+        if len(calls) == 2:             # the first writes the frames, the second the zeros
+            raise KeyboardInterrupt
+        return out
+
+    with PayloadStore(tmp_path / "s") as s:
+        s.put_many(list(range(100)), [b"old"] * 100)
+        g = s._gen
+        real_index = g.index
+        g.index = Failing(real_index)
+        monkeypatch.setattr(_store, "_write_all", write_then_interrupt)
+        with pytest.raises(KeyboardInterrupt):
+            s.put_many(list(range(100, 200)), [b"new"] * 100)
+        monkeypatch.setattr(_store, "_write_all", real_write)
+        g.index = real_index
+        s.put(7, b"after")
+        s.verify()
+        assert s.rebuild_index() == 100
+        assert s.get(7) == b"after" and s.get(150) is None and s.get(50) == b"old"
