@@ -100,12 +100,23 @@ def compact(store: "PayloadStore") -> dict[str, Any]:
                 if store._sync != "never":
                     _fsync_data(fd)
                 fsync_dir(store._directory)
-                store._write_manifest(data_gen, index_gen)
-                switched = True
-                store._gen = _Generation(data_gen, index_gen, data_path, index_path, fd, index)
-                store._end = new_end
-                store._checkpoint = new_end
-                store._unlink(g.data_path, g.index_path, g.index_path + ".lock")
+                committed = False
+                try:
+                    store._write_manifest(data_gen, index_gen)
+                    committed = True
+                finally:
+                    # The rename is the commit.  Once the MANIFEST names the new
+                    # generation, the store switches to it even if what followed
+                    # the rename raised (Ctrl-C during the directory fsync): else
+                    # this process writes on into files the next open deletes.
+                    # The old files then stay, for that open to remove.
+                    if committed or store._read_manifest() == (data_gen, index_gen):
+                        switched = True
+                        store._gen = _Generation(data_gen, index_gen, data_path, index_path, fd, index)
+                        store._end = new_end
+                        store._checkpoint = new_end
+                        if committed:
+                            store._unlink(g.data_path, g.index_path, g.index_path + ".lock")
             waited = time.perf_counter() - wait_start
         except BaseException:
             if not switched:

@@ -62,6 +62,8 @@ _lz4_decompress = getattr(_codecs._lz4, "decompress", None)
 _MISSING: Any = object()
 _U128 = 1 << 128
 _MASK64 = (1 << 64) - 1
+#: No file is larger (off_t): an offset past it is a damaged index entry.
+_MAX_FILE = (1 << 63) - 1
 #: Payloads of more stored bytes than this are read with pread (GIL released), not the map.
 BIG_READ = 64 * 1024
 #: The data file grows by this fraction of its size (at least ALLOC_MIN, at most
@@ -326,10 +328,13 @@ def _release(fd: int, index: DiskHashIndex) -> None:
         index.close()
     except Exception:  # pragma: no cover - best effort in a finaliser
         pass
-    try:
-        os.close(fd)
-    except OSError:  # pragma: no cover
-        pass
+    finally:
+        # (even after Ctrl-C in index.close(): the descriptor of a replaced,
+        # unlinked data file would otherwise hold its blocks until exit)
+        try:
+            os.close(fd)
+        except OSError:  # pragma: no cover
+            pass
 
 
 class PayloadStore:
@@ -753,10 +758,12 @@ class PayloadStore:
         end = off + n
         if n > BIG_READ:
             return self._read_big(g, meta)
+        if start < fmt.DATA_HEADER_SIZE:        # (a damaged index: not a negative slice)
+            raise self._short(g, meta)
         view = g.view
         if view is None or end > len(view):
             view = g.remap()
-            if end > len(view) or start < fmt.DATA_HEADER_SIZE:
+            if end > len(view):
                 raise self._short(g, meta)
         ck, kind, comp, mark, slen, ulen, lo, hi = fmt.FRAME.unpack_from(view, start)
         if (kind != 1 or slen != n or lo != meta.edge_id & _MASK64 or hi != meta.edge_id >> 64
@@ -788,8 +795,8 @@ class PayloadStore:
         """A large record: one pread (the GIL released while it copies)."""
         start = meta.offset - fmt.FRAME_SIZE
         n = meta.length
-        if start < fmt.DATA_HEADER_SIZE:
-            raise self._short(g, meta)
+        if start < fmt.DATA_HEADER_SIZE or start + fmt.FRAME_SIZE + n > _MAX_FILE:
+            raise self._short(g, meta)          # (a damaged index: not pread's OverflowError)
         buf = fmt.pread_exact(g.fd, fmt.FRAME_SIZE + n, start)
         if len(buf) != fmt.FRAME_SIZE + n:
             if g.closed:
@@ -969,7 +976,17 @@ class PayloadStore:
         end = start + len(blob)
         if end > g.alloc:
             self._allocate(g, end, populate=False)      # pwrite fills the pages itself
-        _write_all(g.fd, (blob,), start)
+        try:
+            _write_all(g.fd, (blob,), start)
+        except BaseException:
+            # Some frames may be written (Ctrl-C right after the pwrite, an I/O
+            # error after a short one): zero them, or the next append's shorter
+            # frames would leave whole ones after a torn one -- damage in the
+            # middle of the log, which a writable open then refuses.  (The end
+            # stays past them if the zeroing does not happen.)
+            self._end = end
+            self._undo_append(g, start, end)
+            raise
         self._end = end
         self._unsaved = True
         return start
@@ -992,12 +1009,39 @@ class PayloadStore:
             _populate(g.map, old, g.alloc)
 
     def _undo_append(self, g: _Generation, start: int, end: int) -> None:
-        """Forget an append whose indexing failed: zero it, so no open replays it."""
+        """Forget an append whose indexing failed: zero it, so no open replays it.
+
+        The log's end moves back to ``start`` only once the zeros are there
+        (read back, so that Ctrl-C landing around the write cannot split the
+        two): an end moved back over frames left whole would let the next,
+        shorter append leave valid frames after a torn one, and zeros left
+        before the end are a hole in the middle of the log.  Either is damage
+        a writable open refuses."""
         try:
             _write_all(g.fd, (bytes(end - start),), start)
         except OSError:  # pragma: no cover - a dead disk; the frames stay unindexed
             pass
-        self._end = start
+        finally:
+            try:
+                if os.pread(g.fd, fmt.FRAME_SIZE, start).count(0) == fmt.FRAME_SIZE:
+                    self._end = start
+            except OSError:  # pragma: no cover
+                pass
+
+    def _undo_unindexed(self, g: _Generation, end: int, rows: "list[tuple[int, int]]") -> None:
+        """``_undo_append`` for the frames the index did not take, after indexing
+        raised: ``rows`` (key, payload offset) are the frames up to ``end``, indexed
+        in order.  An exception is not proof that nothing was indexed: Ctrl-C
+        lands at the next bytecode, after the call returned, and an
+        ``insert`` loop may stop midway.  Zeroing an indexed frame would
+        leave its key pointing at whatever the next append writes there, so
+        the indexed prefix stays (the log's end after it) and the rest is zeroed."""
+        kept = _indexed_prefix(g.index, rows)
+        if kept < len(rows):
+            self._undo_append(g, rows[kept][1] - fmt.FRAME_SIZE, end)
+        else:
+            self._end = end
+            self._unsaved = True
 
     def put(self, edge_id: Any, payload: Any, *, compression: Any = None) -> PayloadMeta:
         """Store ``payload`` (bytes-like) under ``edge_id``; returns the ``PayloadMeta`` indexed.
@@ -1014,6 +1058,11 @@ class PayloadStore:
                 and len(payload) <= fmt.MAX_LENGTH):
             # (read-only, closed and oversized calls take the path below, which
             # reports a bad key first, as it always has)
+            if type(edge_id) is not int:
+                # Before the writer lock: a key's __index__ is Python code, which
+                # may put to this store (the lock is reentrant) and must not do
+                # so between _put_frame's reading the log's end and its write.
+                edge_id = _key_int(edge_id)
             with self._write_lock:
                 g = self._gen
                 if g is not None and type(g.index) is DiskHashIndex:
@@ -1029,7 +1078,7 @@ class PayloadStore:
             try:
                 g.index.insert(key, meta)
             except BaseException:
-                self._undo_append(g, start, start + fmt.FRAME_SIZE + slen)
+                self._undo_unindexed(g, start + fmt.FRAME_SIZE + slen, [(key, meta.offset)])
                 raise
             return meta
 
@@ -1045,7 +1094,15 @@ class PayloadStore:
         view = g.view
         if view is None or end > len(view):
             view = g.remap()
-        meta: PayloadMeta = _put_frame(g.index, view, start, edge_id, payload)
+        try:
+            meta: PayloadMeta = _put_frame(g.index, view, start, edge_id, payload)
+        except BaseException:
+            # (put_frame zeroes a frame it could not index; one it did index, with
+            # Ctrl-C landing as it returned, is kept)
+            if type(edge_id) is int and _indexed_prefix(g.index, [(edge_id, start + fmt.FRAME_SIZE)]):
+                self._end = end
+                self._unsaved = True
+            raise
         self._end = end
         self._unsaved = True
         return meta
@@ -1066,9 +1123,11 @@ class PayloadStore:
             done = False
             try:
                 done = g.index._try_insert(key, meta)
-            finally:
-                if not done:
-                    self._undo_append(g, start, start + fmt.FRAME_SIZE + slen)
+            except BaseException:
+                self._undo_unindexed(g, start + fmt.FRAME_SIZE + slen, [(key, meta.offset)])
+                raise
+            if not done:
+                self._undo_append(g, start, start + fmt.FRAME_SIZE + slen)
             return meta if done else None
         finally:
             self._write_lock.release()
@@ -1125,7 +1184,7 @@ class PayloadStore:
                 try:
                     _insert_rows(g.index, rows, start)
                 except BaseException:
-                    self._undo_append(g, start, start + size)
+                    self._undo_unindexed(g, start + size, [(r[0], r[1] + start) for r in rows])
                     raise
 
     def _put_many_frames(self, keys: "list[int]", views: "list[Any]", np: Any) -> None:
@@ -1153,7 +1212,8 @@ class PayloadStore:
                     recs["offset"] += start
                     g.index.insert_many(karr, recs)
                 except BaseException:
-                    self._undo_append(g, start, start + size)
+                    self._undo_unindexed(g, start + size,
+                                         _frame_rows(keys[i:i_next], views[i:i_next], start))
                     raise
             i = i_next
 
@@ -1165,7 +1225,8 @@ class PayloadStore:
         try:
             g.index.delete(key)
         except BaseException:
-            self._undo_append(g, start, start + fmt.FRAME_SIZE)
+            if _still_there(g.index, key):     # (not after Ctrl-C landed as delete returned)
+                self._undo_append(g, start, start + fmt.FRAME_SIZE)
             raise
         return True
 
@@ -1356,15 +1417,28 @@ class PayloadStore:
             self._save_locked(g)
             index_gen = g.index_gen + 1
             index_path = self._path(fmt.index_name(index_gen))
-            index = self._build_index(index_path, g.fd, self._end, g.data_path, progress)
+            end = self._end
+            index = self._build_index(index_path, g.fd, end, g.data_path, progress)
+            committed = False
             try:
+                if self._end != end:
+                    # ``progress`` wrote (the writer lock is reentrant): the
+                    # frames it appended are indexed too, or they would be lost.
+                    final, _ = fmt.replay(g.fd, end, self._end, g.data_path)
+                    _apply(index, final)
+                    index.save()
                 self._write_manifest(g.data_gen, index_gen)
-            except BaseException:
-                index.close()
-                raise
-            self._gen = _Generation(g.data_gen, index_gen, g.data_path, index_path,
-                                    os.dup(g.fd), index)
-            self._unlink(g.index_path, g.index_path + ".lock")
+                committed = True
+            finally:
+                # The rename is the commit (as in compact()): once the MANIFEST
+                # names the new index, switch to it even if what followed raised.
+                if committed or self._read_manifest() == (g.data_gen, index_gen):
+                    self._gen = _Generation(g.data_gen, index_gen, g.data_path, index_path,
+                                            os.dup(g.fd), index)
+                    if committed:
+                        self._unlink(g.index_path, g.index_path + ".lock")
+                else:
+                    index.close()
             return len(index)
 
     def _unlink(self, *paths: str) -> None:
@@ -1383,6 +1457,38 @@ class PayloadStore:
         """
         from diskhash._compact import compact
         compact(self)
+
+
+def _indexed_prefix(index: DiskHashIndex, rows: "list[tuple[int, int]]") -> int:
+    """How many of ``rows`` (key, payload offset), indexed in order, ``index``
+    holds: the last row whose key points at its offset ends the prefix (a key
+    repeated later in the rows points at a later row once that is indexed)."""
+    for i in range(len(rows) - 1, -1, -1):
+        key, offset = rows[i]
+        try:
+            meta = index.get(key)
+        except Exception:           # a bad key (never indexed) or a closed index
+            continue
+        if meta is not None and meta.offset == offset:
+            return i + 1
+    return 0
+
+
+def _still_there(index: DiskHashIndex, key: int) -> bool:
+    try:
+        return key in index
+    except Exception:               # a closed index: the delete did not happen
+        return True
+
+
+def _frame_rows(keys: "list[int]", views: "list[Any]", start: int) -> "list[tuple[int, int]]":
+    """(key, payload offset) of uncompressed frames laid out from ``start``."""
+    rows = []
+    pos = start
+    for key, view in zip(keys, views):
+        rows.append((key, pos + fmt.FRAME_SIZE))
+        pos += fmt.FRAME_SIZE + len(view)
+    return rows
 
 
 def _all_zero(fd: int, start: int, end: int) -> bool:

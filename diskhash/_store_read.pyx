@@ -197,6 +197,8 @@ def copy_live(data, Py_ssize_t p, long long base, get, list out, dict live, long
             if f.kind == 1:
                 key = _frame_key(&f)
                 m = get(key)
+                if m is not None and (not PyTuple_Check(m) or PyTuple_GET_SIZE(m) != 5):
+                    raise TypeError(f"get({key}) returned {type(m).__name__}, not a PayloadMeta or None")
                 if m is not None and <long long>(<object>PyTuple_GET_ITEM(m, 1)) == base + p + FRAME_SIZE:
                     out.append(PyBytes_FromStringAndSize(<const char *>(b + p), end - p))
                     live[key] = (new_base + FRAME_SIZE, f.stored_length, f.compression, f.uncompressed_length)
@@ -487,12 +489,16 @@ cdef class MapReader:
         """The stored bytes of the record ``meta`` (a PayloadMeta), or an int error code."""
         cdef frame_t f
         cdef object edge_id
-        cdef uint64_t offset, length
+        cdef uint64_t offset, length, key_lo, key_hi
         cdef int compression
         cdef uint64_t ulen
         if not PyTuple_Check(meta) or PyTuple_GET_SIZE(meta) != 5:
             raise TypeError("meta must be a PayloadMeta")
+        # Every field converted before the map is touched: the conversions may
+        # run Python code (an int subclass's operators), which may release it.
         edge_id = <object>PyTuple_GET_ITEM(meta, 0)
+        key_lo = PyLong_AsUnsignedLongLongMask(edge_id)
+        key_hi = <uint64_t>(edge_id >> 64)
         offset = <uint64_t>(<object>PyTuple_GET_ITEM(meta, 1))
         length = <uint64_t>(<object>PyTuple_GET_ITEM(meta, 2))
         compression = <int>(<object>PyTuple_GET_ITEM(meta, 3))
@@ -504,8 +510,7 @@ cdef class MapReader:
         memcpy(&f, self.base + offset - FRAME_SIZE, FRAME_SIZE)
         if (f.kind != 1 or f.mark != FRAME_MARK or f.stored_length != length
                 or f.compression != compression or f.uncompressed_length != ulen
-                or f.key_lo != PyLong_AsUnsignedLongLongMask(edge_id)
-                or f.key_hi != <uint64_t>(edge_id >> 64)):
+                or f.key_lo != key_lo or f.key_hi != key_hi):
             return MISMATCH
         if verify and dh_crc32c(0, self.base + offset - FRAME_SIZE + 4,
                                 <size_t>(FRAME_SIZE - 4 + length)) != f.checksum:

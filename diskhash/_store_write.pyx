@@ -84,16 +84,8 @@ def encode_frames(list keys, list payloads, Py_ssize_t start, Py_ssize_t max_byt
     offsets relative to the blob's start.
     """
     cdef Py_ssize_t n = len(keys)
-    cdef Py_ssize_t i, stop, count, size = 0, pos = 0, length
-    cdef uint64_t lo, hi, off
-    cdef frame_t f
-    cdef Py_buffer view
-    cdef const char *src
-    cdef char *out
-    cdef uint8_t *krow
-    cdef uint8_t *mrow
-    cdef uint32_t ulen32
-    cdef bint held
+    cdef Py_ssize_t stop, count, size = 0, length
+    cdef Py_buffer blob_view
     if len(payloads) != n:
         raise ValueError(f"encode_frames got {n} keys but {len(payloads)} payloads")
     if start < 0 or start >= n:
@@ -112,9 +104,30 @@ def encode_frames(list keys, list payloads, Py_ssize_t start, Py_ssize_t max_byt
         PyByteArray_Resize(blob, size)
     key_rows = PyBytes_FromStringAndSize(NULL, count * KEY_ROW)
     meta_rows = PyByteArray_FromStringAndSize(NULL, count * META_ROW)
-    out = PyByteArray_AS_STRING(blob)
-    krow = <uint8_t *>PyBytes_AS_STRING(key_rows)
-    mrow = <uint8_t *>PyByteArray_AS_STRING(meta_rows)
+    # ``blob`` exported for the loop: a key's __index__ or a payload's buffer
+    # export runs Python code, which must not be able to resize (free) the
+    # buffer the frames are copied into (BufferError instead).
+    PyObject_GetBuffer(blob, &blob_view, PyBUF_WRITABLE)
+    try:
+        _encode_loop(keys, payloads, start, stop, size, <char *>blob_view.buf,
+                     <uint8_t *>PyBytes_AS_STRING(key_rows),
+                     <uint8_t *>PyByteArray_AS_STRING(meta_rows), count)
+    finally:
+        PyBuffer_Release(&blob_view)
+    return stop, size, key_rows, meta_rows
+
+
+cdef int _encode_loop(list keys, list payloads, Py_ssize_t start, Py_ssize_t stop,
+                      Py_ssize_t size, char *out, uint8_t *krow, uint8_t *mrow,
+                      Py_ssize_t count) except -1:
+    """``encode_frames``' copy loop, into buffers the caller holds exports of."""
+    cdef Py_ssize_t i, pos = 0, length
+    cdef uint64_t lo, hi, off
+    cdef frame_t f
+    cdef Py_buffer view
+    cdef const char *src
+    cdef uint32_t ulen32
+    cdef bint held
     memset(mrow, 0, <size_t>(count * META_ROW))
     f.kind = KIND_PUT
     f.compression = 0
@@ -161,7 +174,7 @@ def encode_frames(list keys, list payloads, Py_ssize_t start, Py_ssize_t max_byt
         pos += FRAME_SIZE + length
     if pos != size:
         raise ValueError("a payload changed size during put_many")
-    return stop, size, key_rows, meta_rows
+    return 0
 
 
 def put_frame(DiskHashIndex index not None, view, Py_ssize_t start, key, bytes payload not None):

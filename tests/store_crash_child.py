@@ -4,7 +4,9 @@
 and does random operations until it is killed, writing each operation to
 JOURNAL *before* doing it and ``S`` *after* each ``save()`` returns, one
 ``os.write`` per line, so the parent knows what might have happened.
-MODE: ``mixed``, ``compact`` (compacts often) or ``rebuild`` (rebuilds often).
+MODE: ``mixed``, ``compact`` (compacts often), ``rebuild`` (rebuilds often)
+or ``plain`` (no compression: the compiled write paths, ``put_frame`` for a
+put and ``encode_frames`` for a put_many of 64 records or more).
 """
 
 from __future__ import annotations
@@ -37,7 +39,9 @@ def main() -> None:
         os.write(jfd, (line + "\n").encode())
 
     version = seed * 1_000_000
-    store = PayloadStore(directory, timeout=10.0, compression=Compression.LZ4)
+    plain = mode == "plain"
+    store = PayloadStore(directory, timeout=10.0,
+                         compression=Compression.NONE if plain else Compression.LZ4)
     log("O")                                   # opened (recovery done)
     while True:
         r = rng.random()
@@ -45,10 +49,14 @@ def main() -> None:
             version += 1
             k = rng.randrange(KEYS)
             log(f"P {k} {version}")
-            store.put(k, payload(k, version), compression=Compression(version % 3))
+            if plain:
+                store.put(k, payload(k, version))
+            else:
+                store.put(k, payload(k, version), compression=Compression(version % 3))
         elif r < 0.60:
             items = []
-            for _ in range(rng.randrange(1, 300)):
+            n = rng.choice((64, 300, 5000)) if plain else rng.randrange(1, 300)
+            for _ in range(n):
                 version += 1
                 items.append((rng.randrange(KEYS), version))
             log("M " + ",".join(f"{k}:{v}" for k, v in items))
