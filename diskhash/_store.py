@@ -26,6 +26,7 @@ import stat
 import threading
 import uuid
 import weakref
+from contextlib import nullcontext
 from typing import Any, Callable, Iterable, Iterator, NamedTuple, Sequence
 
 from diskhash import _codecs
@@ -1343,16 +1344,24 @@ class PayloadStore:
         """Where the log ends: the writer knows; a reader takes the file's size."""
         return os.fstat(g.fd).st_size if self._readonly else self._end
 
+    def _writers_paused(self) -> Any:
+        """Hold this store's writers off while a walk of the index runs (a put
+        or delete from another thread would end the walk with ``RuntimeError``:
+        the index changed size).  A read-only store has no writers to stop."""
+        return nullcontext() if self._readonly else self._write_lock
+
     def stats(self) -> StoreStats:
-        """A ``StoreStats`` snapshot (walks the index)."""
-        g = self._live()
-        entries = live = stored = raw = 0
-        for m in g.index.values():
-            entries += 1
-            live += fmt.FRAME_SIZE + m.length
-            stored += m.length
-            raw += m.uncompressed_length
-        size = self._data_end(g)
+        """A ``StoreStats`` snapshot (walks the index; puts and deletes from
+        other threads wait for the walk)."""
+        with self._writers_paused():
+            g = self._live()
+            entries = live = stored = raw = 0
+            for m in g.index.values():
+                entries += 1
+                live += fmt.FRAME_SIZE + m.length
+                stored += m.length
+                raw += m.uncompressed_length
+            size = self._data_end(g)
         body = max(size - fmt.DATA_HEADER_SIZE, 0)
         try:
             index_bytes = os.path.getsize(g.index_path)
@@ -1369,7 +1378,12 @@ class PayloadStore:
         log, and that every index entry points at a matching, intact record.
 
         Raises ``CorruptPayloadError`` listing every defect; returns None if all is well.
+        Puts and deletes from other threads wait until it is done.
         """
+        with self._writers_paused():
+            self._verify_locked()
+
+    def _verify_locked(self) -> None:
         g = self._live()
         g.index.verify()
         defects: list[str] = []
