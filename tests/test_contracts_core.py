@@ -376,6 +376,10 @@ SIGINT_SCAN = r"""
 import os, signal, sys, threading, time
 from diskhash import DiskHashIndex
 idx = DiskHashIndex(sys.argv[1], readonly=True)
+# A child inherits an ignored SIGINT (a CI job started in the background by a
+# shell without job control ignores it, and Python then leaves it ignored):
+# Ctrl-C's handler is what this test needs, so install it.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 def interrupt():
     time.sleep(0.3)
     signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
