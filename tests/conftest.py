@@ -22,6 +22,15 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption("--run-slow", action="store_true", help="run long stress tests")
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    # The child Pythons the suite starts (``python -c ...``, ``python -m
+    # diskhash``) put their working directory first on sys.path.  Run from the
+    # repository root (the README's ``pytest``), that is the source folder
+    # diskhash/, whose extensions a regular install does not build there: the
+    # children would import it and fail.  This directory holds no such folder.
+    os.chdir(Path(__file__).parent)
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     if config.getoption("--run-slow"):
         return
