@@ -28,7 +28,7 @@ from cpython.bytes cimport (
     PyBytes_GET_SIZE,
 )
 from cpython.object cimport PyObject_Length
-from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
+from libc.stdint cimport uint8_t, uint32_t, uint64_t
 from libc.string cimport memcpy, memset
 
 from cpython.list cimport PyList_GET_SIZE
@@ -36,32 +36,16 @@ from cpython.long cimport PyLong_CheckExact
 
 from diskhash._convert cimport key_to_u128, make_record, meta_fields, u128_to_int
 from diskhash._format cimport DH_COMPILER_BARRIER
+from diskhash._frame cimport FRAME_MARK, FRAME_SIZE, KIND_PUT, dh_crc32c, dh_crc32c_init, frame_t
 from diskhash._index cimport DiskHashIndex
-
-cdef extern from "_crc32c.h":
-    void dh_crc32c_init()
-    uint32_t dh_crc32c(uint32_t crc, const void *data, size_t n) nogil
 
 dh_crc32c_init()
 
 cdef enum:
-    FRAME_SIZE = 32
-    FRAME_MARK = 0xD5A7
-    KIND_PUT = 1
     KEY_ROW = 16          # KEY_DTYPE: lo@0, hi@8
     META_ROW = 24         # META_DTYPE: offset@0, length@8, compression@12, uncompressed_length@16
 
 cdef uint64_t MAX_PAYLOAD = 0xFFFFFFFFU     # stored_length is a u32 (_payload_format.MAX_LENGTH)
-
-cdef packed struct frame_t:
-    uint32_t checksum
-    uint8_t kind
-    uint8_t compression
-    uint16_t mark
-    uint32_t stored_length
-    uint32_t uncompressed_length
-    uint64_t key_lo
-    uint64_t key_hi
 
 
 cdef inline Py_ssize_t _length(object payload) except -1:
