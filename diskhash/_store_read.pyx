@@ -32,7 +32,7 @@ from cpython.list cimport PyList_GET_SIZE
 from cpython.long cimport PyLong_AsUnsignedLongLongMask
 from cpython.mem cimport PyMem_Free, PyMem_Malloc
 from cpython.tuple cimport PyTuple_Check, PyTuple_GET_ITEM, PyTuple_GET_SIZE
-from libc.stdint cimport int64_t, uint8_t, uint16_t, uint32_t, uint64_t
+from libc.stdint cimport int64_t, uint8_t, uint32_t, uint64_t
 from libc.stdlib cimport calloc, free
 from libc.string cimport memcpy, memset
 
@@ -46,12 +46,17 @@ from diskhash._format cimport (
     probe_from,
     slot_at,
 )
+from diskhash._frame cimport (
+    FRAME_MARK,
+    FRAME_SIZE,
+    HEADER_SIZE,
+    KIND_PUT,
+    dh_crc32c,
+    dh_crc32c_init,
+    dh_crc32c_soft,
+    frame_t,
+)
 from diskhash._index cimport DiskHashIndex
-
-cdef extern from "_crc32c.h":
-    void dh_crc32c_init()
-    uint32_t dh_crc32c(uint32_t crc, const void *data, size_t n) nogil
-    uint32_t dh_crc32c_soft(uint32_t crc, const unsigned char *p, size_t n) nogil
 
 dh_crc32c_init()
 
@@ -60,22 +65,6 @@ MISMATCH = 2
 BAD_CHECKSUM = 3
 #: ``MapReader.get``: the record needs the Python path (see there).
 FALLBACK = 4
-
-cdef enum:
-    FRAME_SIZE = 32
-    HEADER_SIZE = 64
-    FRAME_MARK = 0xD5A7
-
-cdef packed struct frame_t:
-    uint32_t checksum
-    uint8_t kind
-    uint8_t compression
-    uint16_t mark
-    uint32_t stored_length
-    uint32_t uncompressed_length
-    uint64_t key_lo
-    uint64_t key_hi
-
 
 cdef enum:
     NOGIL_CHECKSUM = 1 << 16    # bytes from which checksum() lets other threads run
@@ -118,7 +107,7 @@ cdef inline Py_ssize_t _frame_end(const uint8_t *b, Py_ssize_t p, Py_ssize_t n, 
     memcpy(f, b + p, FRAME_SIZE)
     if f.mark != FRAME_MARK or f.compression > 2:
         return -1
-    if f.kind == 1:
+    if f.kind == KIND_PUT:
         if ((f.compression == 0 and f.uncompressed_length != f.stored_length)
                 or (f.compression != 0 and (f.stored_length == 0 or f.uncompressed_length == 0))):
             return -1
@@ -164,7 +153,7 @@ def scan_into(data, Py_ssize_t p, long long base, dict final):
             if end < 0:
                 break
             key = _frame_key(&f)
-            if f.kind == 1:
+            if f.kind == KIND_PUT:
                 final[key] = (base + p + FRAME_SIZE, f.stored_length, f.compression, f.uncompressed_length)
             else:
                 final[key] = None
@@ -194,7 +183,7 @@ def copy_live(data, Py_ssize_t p, long long base, get, list out, dict live, long
             end = _frame_end(b, p, n, &f)
             if end < 0:
                 break
-            if f.kind == 1:
+            if f.kind == KIND_PUT:
                 key = _frame_key(&f)
                 m = get(key)
                 if m is not None and (not PyTuple_Check(m) or PyTuple_GET_SIZE(m) != 5):
@@ -311,7 +300,7 @@ cdef class MapReader:
             return None
         p = self.base + offset - FRAME_SIZE
         memcpy(&f, p, FRAME_SIZE)
-        if (f.kind != 1 or f.mark != FRAME_MARK or f.stored_length != s.length
+        if (f.kind != KIND_PUT or f.mark != FRAME_MARK or f.stored_length != s.length
                 or f.compression != s.compression or f.uncompressed_length != s.uncompressed_length
                 or f.key_lo != s.key_lo or f.key_hi != s.key_hi):
             return None
@@ -458,33 +447,6 @@ cdef class MapReader:
         finally:
             PyMem_Free(slots)
 
-    def read_many(self, list metas, bint verify, Py_ssize_t big):
-        """``read`` of each item of ``metas`` (None stays None), in one call.
-
-        Returns ``(results, fixups)``: ``fixups`` lists the positions the caller
-        must still handle (a compressed payload to decode, a record over ``big``
-        bytes to read with pread, an error code).
-        """
-        cdef Py_ssize_t i, n = len(metas)
-        cdef list out = [None] * n
-        cdef list fixups = []
-        for i in range(n):
-            if i >= PyList_GET_SIZE(metas):    # a field's __index__ shrank the list
-                raise RuntimeError("metas changed size during read_many")
-            m = metas[i]
-            if m is None:
-                continue
-            if not PyTuple_Check(m) or PyTuple_GET_SIZE(m) != 5:
-                raise TypeError("metas must hold PayloadMeta records or None")
-            if <Py_ssize_t>(<object>PyTuple_GET_ITEM(m, 2)) > big:
-                fixups.append(i)
-                continue
-            got = self.read(m, verify)
-            out[i] = got
-            if type(got) is not bytes or <int>(<object>PyTuple_GET_ITEM(m, 3)) != 0:
-                fixups.append(i)
-        return out, fixups
-
     def read(self, meta, bint verify):
         """The stored bytes of the record ``meta`` (a PayloadMeta), or an int error code."""
         cdef frame_t f
@@ -508,7 +470,7 @@ cdef class MapReader:
                 or length > <uint64_t>self.size - offset):
             return BEYOND
         memcpy(&f, self.base + offset - FRAME_SIZE, FRAME_SIZE)
-        if (f.kind != 1 or f.mark != FRAME_MARK or f.stored_length != length
+        if (f.kind != KIND_PUT or f.mark != FRAME_MARK or f.stored_length != length
                 or f.compression != compression or f.uncompressed_length != ulen
                 or f.key_lo != key_lo or f.key_hi != key_hi):
             return MISMATCH
@@ -630,7 +592,7 @@ cdef class LogFold:
                 end = _frame_end(b, p, n, &f)
                 if end < 0:
                     break
-                self.note(f.key_lo, f.key_hi, LOG_PUT if f.kind == 1 else LOG_DELETED,
+                self.note(f.key_lo, f.key_hi, LOG_PUT if f.kind == KIND_PUT else LOG_DELETED,
                           <uint64_t>(base + p + FRAME_SIZE), f.stored_length, f.compression,
                           f.uncompressed_length)
                 p = end
@@ -691,7 +653,7 @@ def copy_live_into(data, Py_ssize_t p, long long base, DiskHashIndex index not N
             end = _frame_end(b, p, n, &f)
             if end < 0:
                 break
-            if (f.kind == 1 and _probe_copy(index, f.key_lo, f.key_hi, &s) == SLOT_FOUND
+            if (f.kind == KIND_PUT and _probe_copy(index, f.key_lo, f.key_hi, &s) == SLOT_FOUND
                     and s.offset == <uint64_t>(base + p + FRAME_SIZE)):
                 size = end - p
                 cap = PyByteArray_GET_SIZE(out)

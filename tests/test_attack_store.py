@@ -29,8 +29,6 @@ def test_compiled_reader_offset_that_wraps_past_2_64_is_beyond_not_a_segfault():
         r = MapReader(mmap.mmap(-1, 4096))
         meta = (0, 2**64 - 16, 32, 0, 32)
         assert r.read(meta, True) == BEYOND, r.read(meta, True)
-        out, fixups = r.read_many([meta], True, 1 << 20)
-        assert out == [BEYOND] and fixups == [0], (out, fixups)
         assert r.read((0, 4000, 2**64 - 1, 0, 0), False) == BEYOND
         print("ok")
     """)

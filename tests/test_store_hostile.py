@@ -254,7 +254,5 @@ def test_compiled_reader_refuses_foreign_records(tmp_path):
         for bad in ("str", 5, (1, 2), [1, 2, 3, 4, 5]):
             with pytest.raises(TypeError):
                 reader.read(bad, True)
-            with pytest.raises(TypeError):
-                reader.read_many([bad], True, 100)
         assert reader.read((1, 10**12, 5, 0, 5), True) == _store_read.BEYOND
         assert reader.read((2, 96, 1, 0, 1), True) == _store_read.MISMATCH     # another key
