@@ -12,10 +12,11 @@ took 10-30 s instead of ~15 ms.
 The cure is on the loop side, where the starving happens: while any of our
 worker-thread calls is in flight, the async classes' inline fast paths call
 ``handoff()``, which at most once per ``HANDOFF_INTERVAL`` sleeps for zero
-seconds.  That drops the GIL and gives up the CPU, so the waiting worker
-takes the GIL, runs until it blocks again (a syscall, the nogil rehash), and
-the loop carries on.  With no thread call in flight ``handoff()`` is one
-global read.
+seconds.  That drops the GIL inside a system call, long enough that the
+waiting worker takes it (measured: the grows above fell to ~15-35 ms), runs
+until it blocks again (a syscall, the nogil rehash), and the loop carries
+on.  With no thread call in flight the inline paths pay one global read
+(``pending``) and never call ``handoff()``.
 """
 
 from __future__ import annotations
