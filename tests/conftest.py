@@ -22,7 +22,16 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption("--run-slow", action="store_true", help="run long stress tests")
 
 
+@pytest.hookimpl(trylast=True)
 def pytest_configure(config: pytest.Config) -> None:
+    # trylast: the other plugins have made their relative paths (--junitxml,
+    # --basetemp, --log-file) absolute against the invocation directory first.
+    # Not in an xdist controller (``-n``, on by default): the workers it starts
+    # inherit its working directory and resolve the command line's relative
+    # test paths against it (``pytest tests/test_format.py`` from the root ran
+    # no tests); it runs no tests itself, and each worker moves here in turn.
+    if getattr(config.option, "numprocesses", None) and not hasattr(config, "workerinput"):
+        return
     # The child Pythons the suite starts (``python -c ...``, ``python -m
     # diskhash``) put their working directory first on sys.path.  Run from the
     # repository root (the README's ``pytest``), that is the source folder

@@ -1,0 +1,43 @@
+"""Attack pass 4: the store's walks under the writer lock, scans that let
+SIGINT in, and the suite's own working-directory move (tests/conftest.py)."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _pytest(args: "list[str]", cwd: Path, tmp_path: Path) -> "subprocess.CompletedProcess[str]":
+    return subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+         "--basetemp", str(tmp_path / "bt"), *args],
+        cwd=cwd, capture_output=True, text=True, timeout=300, check=False)
+
+
+def test_relative_test_path_from_the_root_runs_its_tests_under_xdist(tmp_path):
+    # pyproject's addopts has -n auto: the controller used to chdir into
+    # tests/ before starting its workers, which then looked for
+    # tests/tests/test_format.py and ran nothing ("no tests ran", exit 5).
+    r = _pytest(["-n", "2", "tests/test_format.py"], ROOT, tmp_path)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    assert re.search(r"\b[1-9][0-9]* passed", r.stdout), r.stdout[-2000:]
+
+
+def test_relative_junitxml_lands_where_pytest_was_started(tmp_path):
+    # conftest's chdir ran before junitxml made --junitxml absolute: the
+    # report was written into tests/ instead of the invocation directory.
+    name = f"attack4-{os.getpid()}.xml"
+    try:
+        r = _pytest(["-n", "0", f"--junitxml={name}", "tests/test_format.py"], ROOT, tmp_path)
+        assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+        assert (ROOT / name).exists()
+        assert not (ROOT / "tests" / name).exists()
+    finally:
+        for p in (ROOT / name, ROOT / "tests" / name):
+            if p.exists():
+                p.unlink()
