@@ -13,8 +13,10 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def _pytest(args: "list[str]", cwd: Path, tmp_path: Path) -> "subprocess.CompletedProcess[str]":
+    # The pytest script, as the README runs it: ``python -m pytest`` in the
+    # root would put the source folder diskhash/ first on sys.path.
     return subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+        [str(Path(sys.executable).parent / "pytest"), "-q", "-p", "no:cacheprovider",
          "--basetemp", str(tmp_path / "bt"), *args],
         cwd=cwd, capture_output=True, text=True, timeout=300, check=False)
 
