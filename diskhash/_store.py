@@ -39,6 +39,7 @@ except ImportError:  # pragma: no cover - a build without it reads in Python
     BEYOND = 1
 try:                                  # the compiled frame builder of put_many (_store_write.pyx)
     from diskhash._store_write import encode_frames as _encode_frames
+    from diskhash._store_write import encode_frames_u128 as _encode_frames_u128
     from diskhash._store_write import put_frame as _put_frame
 except ImportError:  # pragma: no cover - a build without it encodes in Python
     _encode_frames = None  # type: ignore[assignment]
@@ -1146,23 +1147,29 @@ class PayloadStore:
         leaves a prefix of the batch (each record whole or absent), and an
         error (disk full) leaves the pieces before the failing one stored.
         """
-        keys = _key_list(edge_ids)
+        pairs = _key_pairs(edge_ids)     # a numpy key array: never Python ints on the fast path
+        keys = _key_list(edge_ids) if pairs is None else None
+        total = len(keys) if pairs is None else len(pairs) // 2
         if isinstance(payloads, (str, bytes, bytearray, memoryview)) or payloads is None:
             raise TypeError("payloads must be a sequence of bytes-like objects")
         payloads = list(payloads)
-        if len(keys) != len(payloads):
-            raise ValueError(f"put_many got {len(keys)} edge ids but {len(payloads)} payloads")
+        if total != len(payloads):
+            raise ValueError(f"put_many got {total} edge ids but {len(payloads)} payloads")
         limit = fmt.MAX_LENGTH
-        views = [p if type(p) is bytes and len(p) <= limit else _payload_view(p, f"payloads[{i}]")
-                 for i, p in enumerate(payloads)]
+        if set(map(type, payloads)) <= {bytes} and max(map(len, payloads), default=0) <= limit:
+            views = payloads        # all bytes, none too long: checked in two C-speed passes
+        else:
+            views = [p if type(p) is bytes and len(p) <= limit else _payload_view(p, f"payloads[{i}]")
+                     for i, p in enumerate(payloads)]
         comp = self._compression if compression is None else _codecs.require(compression)
         with self._write_lock:
             self._writable()
-        total = len(keys)
         np = _numpy() if comp == 0 and total >= 64 and _encode_frames is not None else None
         if np is not None:
-            self._put_many_frames(keys, views, np)
+            self._put_many_frames(keys, pairs, views, np)
             return
+        if keys is None:
+            keys = _pair_keys(pairs, 0, total)
         encode = self._encode
         i = 0
         while i < total:
@@ -1188,14 +1195,16 @@ class PayloadStore:
                     self._undo_unindexed(g, start + size, [(r[0], r[1] + start) for r in rows])
                     raise
 
-    def _put_many_frames(self, keys: "list[int]", views: "list[Any]", np: Any) -> None:
+    def _put_many_frames(self, keys: "list[int] | None", pairs: Any, views: "list[Any]",
+                         np: Any) -> None:
         """``put_many`` without compression: each piece's frames and index rows
-        built in one compiled call (``_store_write.encode_frames``), written with
+        built in one compiled call (``_store_write.encode_frames``, or
+        ``encode_frames_u128`` over ``pairs`` when ``keys`` is None), written with
         one pwrite, indexed with one ``insert_many``.  A big batch grows the
         index once, up front, to hold every key (overwrites count too: at most
         twice the slots needed), not once per doubling on the way."""
         from diskhash import _dtypes
-        total = len(keys)
+        total = len(views)
         if total >= PUT_MANY_RESERVE:
             with self._write_lock:
                 g = self._writable()
@@ -1203,7 +1212,10 @@ class PayloadStore:
         buf = bytearray()
         i = 0
         while i < total:
-            i_next, size, key_rows, meta_rows = _encode_frames(keys, views, i, PUT_MANY_CHUNK, buf)
+            if keys is None:
+                i_next, size, key_rows, meta_rows = _encode_frames_u128(pairs, views, i, PUT_MANY_CHUNK, buf)
+            else:
+                i_next, size, key_rows, meta_rows = _encode_frames(keys, views, i, PUT_MANY_CHUNK, buf)
             karr = np.frombuffer(key_rows, dtype=_dtypes.KEY_DTYPE)
             recs = np.frombuffer(meta_rows, dtype=_dtypes.META_DTYPE)
             with memoryview(buf) as blob, self._write_lock:
@@ -1213,8 +1225,8 @@ class PayloadStore:
                     recs["offset"] += start
                     g.index.insert_many(karr, recs)
                 except BaseException:
-                    self._undo_unindexed(g, start + size,
-                                         _frame_rows(keys[i:i_next], views[i:i_next], start))
+                    piece = keys[i:i_next] if keys is not None else _pair_keys(pairs, i, i_next)
+                    self._undo_unindexed(g, start + size, _frame_rows(piece, views[i:i_next], start))
                     raise
             i = i_next
 
@@ -1555,6 +1567,32 @@ def _key_halves(edge_ids: Any) -> "tuple[Any, Any] | None":
         lo = np.ascontiguousarray(edge_ids, dtype=np.uint64)
         return lo, np.zeros(len(lo), dtype=np.uint64)
     return None
+
+
+def _key_pairs(edge_ids: Any) -> Any:
+    """A 1-D numpy array of unsigned ids or of KEY_DTYPE as one contiguous
+    ``uint64`` array of (low, high) pairs -- ``KEY_DTYPE``'s layout; None for
+    anything else (``_key_list`` takes it)."""
+    np = _numpy()
+    if np is not None and isinstance(edge_ids, np.ndarray) and edge_ids.ndim == 1:
+        from diskhash import _dtypes
+        if edge_ids.dtype == _dtypes.KEY_DTYPE:     # already the layout: one copy (ours to keep)
+            return np.array(edge_ids, dtype=_dtypes.KEY_DTYPE, order="C").view(np.uint64)
+    halves = _key_halves(edge_ids)
+    if halves is None:
+        return None
+    lo, hi = halves
+    pairs = np.empty(2 * len(lo), dtype=np.uint64)
+    pairs[0::2] = lo
+    pairs[1::2] = hi
+    return pairs
+
+
+def _pair_keys(pairs: Any, start: int, stop: int) -> "list[int]":
+    """Keys ``start`` to ``stop`` of a ``_key_pairs`` array as ints."""
+    lo = pairs[2 * start:2 * stop:2].tolist()
+    hi = pairs[2 * start + 1:2 * stop:2].tolist()
+    return [a | (b << 64) for a, b in zip(lo, hi)]
 
 
 def _apply(index: DiskHashIndex, final: "dict[int, tuple[int, int, int, int] | None]") -> None:

@@ -143,3 +143,114 @@ print("ok")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                        timeout=120, env=subprocess_env(), cwd=tmp_path)
     assert r.returncode == 0 and r.stdout.strip() == "ok", r.stdout + r.stderr
+
+
+# ---------------------------------------------------------------------------
+# put_many over a numpy key array: encode_frames_u128, no Python int per key
+
+def _key_array(keys: "list[int]") -> "np.ndarray":
+    arr = np.empty(len(keys), dtype=KEY_DTYPE)
+    arr["lo"] = [k & (2**64 - 1) for k in keys]
+    arr["hi"] = [k >> 64 for k in keys]
+    return arr
+
+
+def test_encode_frames_u128_matches_encode_frames():
+    rng = random.Random(11)
+    keys = [rng.getrandbits(rng.choice((1, 64, 128))) for _ in range(300)]
+    payloads = [rng.randbytes(rng.choice((0, 7, 1000))) for _ in keys]
+    pairs = _key_array(keys).view(np.uint64)
+    for start in (0, 17, 299):
+        a, b = bytearray(), bytearray()
+        want = _store_write.encode_frames(keys, payloads, start, 5000, a)
+        got = _store_write.encode_frames_u128(pairs, payloads, start, 5000, b)
+        assert got[:2] == want[:2] and bytes(got[2]) == bytes(want[2]) and got[3] == want[3]
+        assert a[:want[1]] == b[:got[1]]
+
+
+def test_encode_frames_u128_bad_arguments():
+    buf = bytearray()
+    with pytest.raises(ValueError, match="not pairs"):
+        _store_write.encode_frames_u128(np.zeros(3, dtype=np.uint64), [b"a"], 0, 100, buf)
+    with pytest.raises(ValueError):
+        _store_write.encode_frames_u128(np.zeros(4, dtype=np.uint64), [b"a"], 0, 100, buf)
+    with pytest.raises(ValueError):
+        _store_write.encode_frames_u128(np.zeros(2, dtype=np.uint64), [b"a"], 1, 100, buf)
+    with pytest.raises(ValueError):          # not uint64 (a float array): refused by the memoryview
+        _store_write.encode_frames_u128(np.zeros(2, dtype=np.float64), [b"a"], 0, 100, buf)
+    with pytest.raises(TypeError):
+        _store_write.encode_frames_u128(np.zeros(2, dtype=np.uint64), ["text"], 0, 100, buf)
+
+
+@pytest.mark.parametrize("kind", ["key_dtype", "uint64", "uint32", "strided"])
+def test_put_many_numpy_keys_write_what_int_keys_write(tmp_path, kind):
+    """A numpy key array gives byte for byte the data file (and the same
+    index answers) as the same keys as a list of ints; duplicates: the later wins."""
+    rng = random.Random(5)
+    wide = kind in ("key_dtype", "strided")
+    keys = [rng.getrandbits(128 if wide else 32) for _ in range(3000)]
+    keys += keys[:300]
+    payloads = [rng.randbytes(rng.randrange(0, 400)) for _ in keys]
+    if kind == "key_dtype":
+        arr = _key_array(keys)
+    elif kind == "strided":
+        arr = _key_array([k for pair in zip(keys, keys) for k in pair])[::2]
+    else:
+        arr = np.array(keys, dtype=np.uint64 if kind == "uint64" else np.uint32)
+    with PayloadStore(tmp_path / "ints") as a, PayloadStore(tmp_path / "arr") as b:
+        a.put_many(keys, payloads)
+        b.put_many(arr, payloads)
+        model = dict(zip(keys, payloads))
+        assert len(b) == len(model)
+        assert b.get_many(list(model)) == list(model.values())
+        assert [b.meta(k) for k in model] == [a.meta(k) for k in model]
+        b.verify()
+    logs = sorted(p.name for p in (tmp_path / "ints").glob("data-*.dat"))
+    assert logs
+    for name in logs:
+        assert (tmp_path / "ints" / name).read_bytes() == (tmp_path / "arr" / name).read_bytes(), name
+
+
+def test_put_many_numpy_keys_bad_input_changes_nothing(tmp_path):
+    with PayloadStore(tmp_path / "s") as s:
+        s.put(1, b"kept")
+        with pytest.raises(ValueError, match="edge ids"):
+            s.put_many(np.arange(100, dtype=np.uint64), [b"x"] * 99)
+        with pytest.raises(TypeError):
+            s.put_many(np.arange(100, dtype=np.uint64), [b"x"] * 99 + ["str"])
+        with pytest.raises(OverflowError):
+            s.put_many(np.array([5, -1] * 50, dtype=np.int64), [b"x"] * 100)
+        assert len(s) == 1 and s.get(1) == b"kept"
+
+
+def test_put_many_numpy_keys_undo_when_indexing_fails(tmp_path, monkeypatch):
+    """insert_many failing after a piece's frames are written: the piece is
+    undone (its frames never replay) and the keys it reports are the array's."""
+    from diskhash import _store
+    keys = _key_array([(7 << 64) | i for i in range(200)])
+    seen = []
+    real = _store._frame_rows
+
+    def spy(piece, views, start):
+        seen.extend(piece)
+        return real(piece, views, start)
+
+    monkeypatch.setattr(_store, "_frame_rows", spy)
+    d = tmp_path / "s"
+    with PayloadStore(d) as s:
+        s.put(1, b"kept")
+        s.save()
+        from diskhash import _batch
+
+        def boom(index, k, r):
+            raise OSError(28, "No space left on device (injected)")
+
+        monkeypatch.setattr(_batch, "insert_many", boom)
+        with pytest.raises(OSError, match="injected"):
+            s.put_many(keys, [b"p%d" % i for i in range(200)])
+        monkeypatch.undo()
+        assert seen == [(7 << 64) | i for i in range(200)]
+        assert len(s) == 1
+    with PayloadStore(d) as s:                  # reopen: nothing of the batch replays
+        assert len(s) == 1 and s.get(1) == b"kept"
+        assert s.get((7 << 64) | 5) is None
