@@ -345,6 +345,9 @@ cdef class MapReader:
         if found == SLOT_ABSENT:
             return None
         if found == SLOT_FOUND and limit >= 0:
+            # Every line of the frame requested at once: the misses overlap
+            # instead of the checksum loop meeting them one after another.
+            _prefetch_frame(self.base, <uint64_t>self.size, &s)
             got = self._payload(&s, verify, <uint64_t>limit)
             if got is not None:
                 return got
