@@ -143,9 +143,9 @@ def _data_map_flags(data_path: str) -> "list[str]":
 
 @pytest.mark.skipif(not os.path.exists("/proc/self/smaps"), reason="needs /proc/self/smaps")
 def test_populate_leaves_the_whole_map_advised_random(tmp_path):
-    """_populate advises the new range normal while it faults it in (3.7x
-    faster), then random again: readers of the map must never trigger
-    read-ahead, before or after the data file grew."""
+    """The data file's map stays advised random however it grows (readers
+    must never trigger read-ahead); _populate's read-ahead of the new range
+    goes through the file, not the map's advice."""
     from diskhash import _store
     with PayloadStore(tmp_path / "s") as s:
         payload = os.urandom(1024)
