@@ -39,6 +39,7 @@ except ImportError:  # pragma: no cover - a build without it reads in Python
     BEYOND = 1
 try:                                  # the compiled frame builder of put_many (_store_write.pyx)
     from diskhash._store_write import encode_frames as _encode_frames
+    from diskhash._store_write import encode_frames_packed as _encode_frames_packed
     from diskhash._store_write import encode_frames_u128 as _encode_frames_u128
     from diskhash._store_write import put_frame as _put_frame
 except ImportError:  # pragma: no cover - a build without it encodes in Python
@@ -1242,6 +1243,67 @@ class PayloadStore:
                     raise
             i = i_next
 
+    def _put_many_packed(self, pieces: "Sequence[tuple[Any, Any, Any]]") -> bool:
+        """``put_many`` of records already packed, uncompressed: each piece a
+        ``(keys, ends, data)`` triple -- a ``KEY_DTYPE`` array, the ``int64``
+        end offset of each payload in ``data``, and the payload bytes back to
+        back (``_packed.unpack_piece``; the sharded build's shard writers).
+        No Python object per record.  Returns False, having written nothing,
+        when the store compresses by default or the compiled module or numpy
+        is missing (the caller then takes ``put_many``); raises ``TypeError``/
+        ``ValueError`` for keys or ends that do not fit, before anything is
+        written."""
+        np = _numpy()
+        if self._compression or np is None or _encode_frames is None:
+            return False
+        from diskhash import _dtypes
+        with self._write_lock:
+            self._writable()
+        prepared = []
+        total = 0
+        for keys, ends, data in pieces:
+            if not isinstance(keys, np.ndarray) or keys.dtype != _dtypes.KEY_DTYPE or keys.ndim != 1:
+                raise TypeError("packed keys must be a 1-D diskhash.KEY_DTYPE array")
+            pairs = np.ascontiguousarray(keys).view(np.uint64)
+            ends = np.ascontiguousarray(ends, dtype=np.int64)
+            if len(ends) != len(keys):
+                raise ValueError(f"{len(keys)} packed keys but {len(ends)} payload ends")
+            size = memoryview(data).nbytes
+            if len(ends):
+                lengths = np.diff(ends, prepend=0)
+                if int(lengths.min()) < 0 or int(ends[-1]) > size:
+                    raise ValueError(f"packed payload ends do not fit {size} payload bytes")
+                if int(lengths.max()) > fmt.MAX_LENGTH:
+                    raise ValueError(f"a packed payload is over the {fmt.MAX_LENGTH}-byte limit")
+            prepared.append((pairs, ends, data))
+            total += len(keys)
+        if total >= PUT_MANY_RESERVE:
+            with self._write_lock:
+                g = self._writable()
+                g.index.reserve(len(g.index) + total)
+        buf = bytearray()
+        for pairs, ends, data in prepared:
+            n = len(ends)
+            i = 0
+            while i < n:
+                i_next, size, key_rows, meta_rows = _encode_frames_packed(
+                    pairs, ends, data, i, PUT_MANY_CHUNK, buf)
+                karr = np.frombuffer(key_rows, dtype=_dtypes.KEY_DTYPE)
+                recs = np.frombuffer(meta_rows, dtype=_dtypes.META_DTYPE)
+                with memoryview(buf) as blob, self._write_lock:
+                    g = self._writable()
+                    start = self._append_frames(g, blob[:size])
+                    try:
+                        recs["offset"] += start
+                        g.index.insert_many(karr, recs)
+                    except BaseException:
+                        piece_keys = _pair_keys(pairs, i, i_next)
+                        views = _packed_views(ends, data, i, i_next)
+                        self._undo_unindexed(g, start + size, _frame_rows(piece_keys, views, start))
+                        raise
+                i = i_next
+        return True
+
     def _delete_locked(self, g: _Generation, key: int) -> bool:
         if key not in g.index:
             return False
@@ -1598,6 +1660,14 @@ def _key_pairs(edge_ids: Any) -> Any:
     pairs[0::2] = lo
     pairs[1::2] = hi
     return pairs
+
+
+def _packed_views(ends: Any, data: Any, start: int, stop: int) -> "list[memoryview]":
+    """Payloads ``start`` to ``stop`` of packed ``ends``/``data`` as views."""
+    view = memoryview(data).cast("B")
+    stops = ends[start:stop].tolist()
+    firsts = [int(ends[start - 1]) if start else 0, *stops[:-1]]
+    return [view[a:b] for a, b in zip(firsts, stops)]
 
 
 def _pair_keys(pairs: Any, start: int, stop: int) -> "list[int]":

@@ -29,7 +29,7 @@ from cpython.bytes cimport (
     PyBytes_GET_SIZE,
 )
 from cpython.object cimport PyObject_Length
-from libc.stdint cimport uint8_t, uint32_t, uint64_t
+from libc.stdint cimport int64_t, uint8_t, uint32_t, uint64_t
 from libc.string cimport memcpy, memset
 
 from cpython.list cimport PyList_GET_SIZE
@@ -83,6 +83,90 @@ def encode_frames_u128(const uint64_t[::1] pairs, list payloads, Py_ssize_t star
     if n == 0:
         return _encode_frames(None, NULL, 0, payloads, start, max_bytes, blob)
     return _encode_frames(None, &pairs[0], n, payloads, start, max_bytes, blob)
+
+
+def encode_frames_packed(const uint64_t[::1] pairs, const int64_t[::1] ends,
+                         const uint8_t[::1] data, Py_ssize_t start, Py_ssize_t max_bytes,
+                         bytearray blob not None):
+    """``encode_frames_u128`` with the payloads packed: payload ``i`` is
+    ``data[ends[i - 1]:ends[i]]`` (``ends[-1]`` taken as 0), the layout of a
+    ``_packed`` piece.  No Python object per record, and the copy loop runs
+    without the GIL.  Raises ``ValueError`` for ends that go backwards or
+    past ``data``, or a payload over the u32 limit, before any copy.
+    """
+    cdef Py_ssize_t n = pairs.shape[0] // 2
+    cdef Py_ssize_t i, stop, count, size = 0, length
+    cdef int64_t prev
+    cdef Py_buffer blob_view
+    cdef uint64_t off, lo, hi
+    cdef uint32_t ulen32
+    cdef frame_t f
+    cdef char *out
+    cdef uint8_t *krow
+    cdef uint8_t *mrow
+    cdef Py_ssize_t pos = 0
+    if pairs.shape[0] != 2 * n:
+        raise ValueError(f"encode_frames_packed got {pairs.shape[0]} halves, not pairs")
+    if ends.shape[0] != n:
+        raise ValueError(f"encode_frames_packed got {n} keys but {ends.shape[0]} payload ends")
+    if start < 0 or start >= n:
+        raise ValueError(f"start {start} is outside [0, {n})")
+    prev = ends[start - 1] if start else 0
+    stop = start
+    while stop < n and (stop == start or size < max_bytes):
+        if ends[stop] < prev or ends[stop] > data.shape[0]:
+            raise ValueError(f"payload end {ends[stop]} of record {stop} is outside "
+                             f"[{prev}, {data.shape[0]}]")
+        length = <Py_ssize_t>(ends[stop] - prev)
+        if <uint64_t>length > MAX_PAYLOAD:
+            raise ValueError(f"payloads[{stop}] is {length} bytes; the limit is {MAX_PAYLOAD} (u32)")
+        size += FRAME_SIZE + length
+        prev = ends[stop]
+        stop += 1
+    count = stop - start
+    if PyByteArray_GET_SIZE(blob) < size:
+        PyByteArray_Resize(blob, size)
+    key_rows = PyBytes_FromStringAndSize(NULL, count * KEY_ROW)
+    meta_rows = PyByteArray_FromStringAndSize(NULL, count * META_ROW)
+    krow = <uint8_t *>PyBytes_AS_STRING(key_rows)
+    mrow = <uint8_t *>PyByteArray_AS_STRING(meta_rows)
+    PyObject_GetBuffer(blob, &blob_view, PyBUF_WRITABLE)
+    try:
+        out = <char *>blob_view.buf
+        with nogil:
+            memset(mrow, 0, <size_t>(count * META_ROW))
+            f.kind = KIND_PUT
+            f.compression = 0
+            f.mark = FRAME_MARK
+            prev = ends[start - 1] if start else 0
+            for i in range(start, stop):
+                lo = pairs[2 * i]
+                hi = pairs[2 * i + 1]
+                length = <Py_ssize_t>(ends[i] - prev)
+                ulen32 = <uint32_t>length
+                f.stored_length = ulen32
+                f.uncompressed_length = ulen32
+                f.key_lo = lo
+                f.key_hi = hi
+                f.checksum = 0
+                memcpy(out + pos, &f, FRAME_SIZE)
+                if length:
+                    memcpy(out + pos + FRAME_SIZE, &data[prev], <size_t>length)
+                f.checksum = dh_crc32c(0, out + pos + 4, <size_t>(FRAME_SIZE - 4 + length))
+                memcpy(out + pos, &f.checksum, 4)
+                memcpy(krow, &lo, 8)
+                memcpy(krow + 8, &hi, 8)
+                off = <uint64_t>(pos + FRAME_SIZE)
+                memcpy(mrow, &off, 8)
+                memcpy(mrow + 8, &ulen32, 4)
+                memcpy(mrow + 16, &ulen32, 4)
+                krow += KEY_ROW
+                mrow += META_ROW
+                pos += FRAME_SIZE + length
+                prev = ends[i]
+    finally:
+        PyBuffer_Release(&blob_view)
+    return stop, size, key_rows, meta_rows
 
 
 cdef tuple _encode_frames(list keys, const uint64_t *kv, Py_ssize_t n, list payloads,

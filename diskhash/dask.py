@@ -187,9 +187,11 @@ def _write_shard(root: str, manifest: Manifest, index: int, store_kwargs: dict[s
     try:
         store = _sharded._payload_store_class()(os.path.join(tmp, _manifest.STORE_SUBDIR), **store_kwargs)
         try:
-            keys, payloads = _shard_records(pieces)
-            if len(keys):       # one put_many: one index reserve, frames in 16 MiB runs
-                store.put_many(keys, payloads, compression=compression)
+            if compression or not store._put_many_packed(
+                    [_packed.unpack_piece(p) for p in pieces]):
+                keys, payloads = _shard_records(pieces)
+                if len(keys):   # one put_many: one index reserve, frames in 16 MiB runs
+                    store.put_many(keys, payloads, compression=compression)
             store.save()
             entries = len(store)
         finally:

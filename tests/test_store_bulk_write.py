@@ -254,3 +254,78 @@ def test_put_many_numpy_keys_undo_when_indexing_fails(tmp_path, monkeypatch):
     with PayloadStore(d) as s:                  # reopen: nothing of the batch replays
         assert len(s) == 1 and s.get(1) == b"kept"
         assert s.get((7 << 64) | 5) is None
+
+
+# ---------------------------------------------------------------------------
+# _put_many_packed: the sharded build's writers, (keys, ends, data) pieces
+
+def _packed_piece(keys: "list[int]", payloads: "list[bytes]"):
+    ends = np.cumsum([len(p) for p in payloads], dtype=np.int64)
+    return _key_array(keys), ends, memoryview(b"".join(payloads))
+
+
+def test_encode_frames_packed_matches_encode_frames():
+    rng = random.Random(12)
+    keys = [rng.getrandbits(rng.choice((1, 64, 128))) for _ in range(300)]
+    payloads = [rng.randbytes(rng.choice((0, 7, 1000))) for _ in keys]
+    karr, ends, data = _packed_piece(keys, payloads)
+    pairs = karr.view(np.uint64)
+    for start in (0, 17, 299):
+        a, b = bytearray(), bytearray()
+        want = _store_write.encode_frames(keys, payloads, start, 5000, a)
+        got = _store_write.encode_frames_packed(pairs, ends, data, start, 5000, b)
+        assert got[:2] == want[:2] and bytes(got[2]) == bytes(want[2]) and got[3] == want[3]
+        assert a[:want[1]] == b[:got[1]]
+
+
+def test_encode_frames_packed_bad_ends():
+    buf = bytearray()
+    pairs = np.zeros(4, dtype=np.uint64)
+    for ends, data in (([3, 2], b"abc"), ([2, 9], b"abc"), ([-1, 2], b"abc")):
+        with pytest.raises(ValueError, match="outside"):
+            _store_write.encode_frames_packed(pairs, np.array(ends, dtype=np.int64), data, 0, 100, buf)
+    with pytest.raises(ValueError):
+        _store_write.encode_frames_packed(pairs, np.array([1], dtype=np.int64), b"a", 0, 100, buf)
+
+
+def test_put_many_packed_writes_what_put_many_writes(tmp_path):
+    rng = random.Random(13)
+    keys = [rng.getrandbits(128) for _ in range(5000)]
+    keys += keys[:500]                                  # the later duplicate wins
+    payloads = [rng.randbytes(rng.randrange(0, 700)) for _ in keys]
+    cut = 3000
+    pieces = [_packed_piece(keys[:cut], payloads[:cut]), _packed_piece(keys[cut:], payloads[cut:])]
+    with PayloadStore(tmp_path / "a") as a, PayloadStore(tmp_path / "b") as b:
+        a.put_many(keys, payloads)
+        assert b._put_many_packed(pieces) is True
+        model = dict(zip(keys, payloads))
+        assert len(b) == len(model)
+        assert b.get_many(list(model)) == list(model.values())
+        assert [b.meta(k) for k in model] == [a.meta(k) for k in model]
+        b.verify()
+    for log in sorted((tmp_path / "a").glob("data-*.dat")):
+        assert log.read_bytes() == (tmp_path / "b" / log.name).read_bytes()
+
+
+def test_put_many_packed_bad_pieces_write_nothing(tmp_path):
+    good = _packed_piece([1, 2], [b"ab", b"cd"])
+    bad_pieces = [
+        (good[0], np.array([2, 1], dtype=np.int64), good[2]),           # backwards
+        (good[0], np.array([2, 5], dtype=np.int64), good[2]),           # past the data
+        (good[0], np.array([2], dtype=np.int64), good[2]),              # one end short
+        (np.array([1, 2], dtype=np.uint64), good[1], good[2]),          # not KEY_DTYPE
+    ]
+    with PayloadStore(tmp_path / "s") as s:
+        s.put(9, b"kept")
+        s.save()
+        size = s.stats().data_bytes
+        for bad in bad_pieces:
+            with pytest.raises((ValueError, TypeError)):
+                s._put_many_packed([good, bad])               # the good piece is not written either
+        assert len(s) == 1 and s.stats().data_bytes == size
+
+
+def test_put_many_packed_declines_a_compressing_store(tmp_path):
+    with PayloadStore(tmp_path / "s", compression=Compression.LZ4) as s:
+        assert s._put_many_packed([_packed_piece([1], [b"x" * 100])]) is False
+        assert len(s) == 0
