@@ -93,15 +93,21 @@ def encode_frames_packed(const uint64_t[::1] pairs, const int64_t[::1] ends,
     ``_packed`` piece.  No Python object per record, and the copy loop runs
     without the GIL.  Raises ``ValueError`` for ends that go backwards or
     past ``data``, or a payload over the u32 limit, before any copy.
+
+    Another thread may write ``pairs`` and ``ends`` while the copy runs (they
+    are the caller's arrays): the keys and lengths are checked and copied
+    into the key and meta rows (ours) with the GIL held, and the loop without
+    the GIL reads only those, so it never copies outside ``data`` or ``blob``.
     """
     cdef Py_ssize_t n = pairs.shape[0] // 2
     cdef Py_ssize_t i, stop, count, size = 0, length
-    cdef int64_t prev
+    cdef int64_t prev, first, end
     cdef Py_buffer blob_view
-    cdef uint64_t off, lo, hi
+    cdef uint64_t off, src
     cdef uint32_t ulen32
     cdef frame_t f
     cdef char *out
+    cdef const uint8_t *base
     cdef uint8_t *krow
     cdef uint8_t *mrow
     cdef Py_ssize_t pos = 0
@@ -111,17 +117,21 @@ def encode_frames_packed(const uint64_t[::1] pairs, const int64_t[::1] ends,
         raise ValueError(f"encode_frames_packed got {n} keys but {ends.shape[0]} payload ends")
     if start < 0 or start >= n:
         raise ValueError(f"start {start} is outside [0, {n})")
-    prev = ends[start - 1] if start else 0
+    first = ends[start - 1] if start else 0
+    if first < 0 or first > data.shape[0]:
+        raise ValueError(f"payload end {first} of record {start - 1} is outside [0, {data.shape[0]}]")
+    prev = first
     stop = start
     while stop < n and (stop == start or size < max_bytes):
-        if ends[stop] < prev or ends[stop] > data.shape[0]:
-            raise ValueError(f"payload end {ends[stop]} of record {stop} is outside "
+        end = ends[stop]
+        if end < prev or end > data.shape[0]:
+            raise ValueError(f"payload end {end} of record {stop} is outside "
                              f"[{prev}, {data.shape[0]}]")
-        length = <Py_ssize_t>(ends[stop] - prev)
+        length = <Py_ssize_t>(end - prev)
         if <uint64_t>length > MAX_PAYLOAD:
             raise ValueError(f"payloads[{stop}] is {length} bytes; the limit is {MAX_PAYLOAD} (u32)")
         size += FRAME_SIZE + length
-        prev = ends[stop]
+        prev = end
         stop += 1
     count = stop - start
     if PyByteArray_GET_SIZE(blob) < size:
@@ -130,40 +140,49 @@ def encode_frames_packed(const uint64_t[::1] pairs, const int64_t[::1] ends,
     meta_rows = PyByteArray_FromStringAndSize(NULL, count * META_ROW)
     krow = <uint8_t *>PyBytes_AS_STRING(key_rows)
     mrow = <uint8_t *>PyByteArray_AS_STRING(meta_rows)
+    memset(mrow, 0, <size_t>(count * META_ROW))
+    # The rows, with the GIL: making the rows above may have run Python code
+    # (a collection), so the ends are checked again as they are copied.
+    prev = first
+    for i in range(start, stop):
+        end = ends[i]
+        length = <Py_ssize_t>(end - prev)
+        if end < prev or end > data.shape[0] or pos + FRAME_SIZE + length > size:
+            raise ValueError("payload ends changed during encode_frames_packed")
+        ulen32 = <uint32_t>length
+        memcpy(krow + (i - start) * KEY_ROW, &pairs[2 * i], 16)
+        off = <uint64_t>(pos + FRAME_SIZE)
+        memcpy(mrow + (i - start) * META_ROW, &off, 8)
+        memcpy(mrow + (i - start) * META_ROW + 8, &ulen32, 4)
+        memcpy(mrow + (i - start) * META_ROW + 16, &ulen32, 4)
+        pos += FRAME_SIZE + length
+        prev = end
+    if pos != size:
+        raise ValueError("payload ends changed during encode_frames_packed")
+    base = &data[0] if data.shape[0] else NULL
     PyObject_GetBuffer(blob, &blob_view, PyBUF_WRITABLE)
     try:
         out = <char *>blob_view.buf
         with nogil:
-            memset(mrow, 0, <size_t>(count * META_ROW))
             f.kind = KIND_PUT
             f.compression = 0
             f.mark = FRAME_MARK
-            prev = ends[start - 1] if start else 0
-            for i in range(start, stop):
-                lo = pairs[2 * i]
-                hi = pairs[2 * i + 1]
-                length = <Py_ssize_t>(ends[i] - prev)
-                ulen32 = <uint32_t>length
+            src = <uint64_t>first
+            for i in range(count):
+                memcpy(&f.key_lo, krow + i * KEY_ROW, 8)
+                memcpy(&f.key_hi, krow + i * KEY_ROW + 8, 8)
+                memcpy(&off, mrow + i * META_ROW, 8)
+                memcpy(&ulen32, mrow + i * META_ROW + 8, 4)
                 f.stored_length = ulen32
                 f.uncompressed_length = ulen32
-                f.key_lo = lo
-                f.key_hi = hi
                 f.checksum = 0
+                pos = <Py_ssize_t>off - FRAME_SIZE
                 memcpy(out + pos, &f, FRAME_SIZE)
-                if length:
-                    memcpy(out + pos + FRAME_SIZE, &data[prev], <size_t>length)
-                f.checksum = dh_crc32c(0, out + pos + 4, <size_t>(FRAME_SIZE - 4 + length))
+                if ulen32:
+                    memcpy(out + off, base + src, <size_t>ulen32)
+                f.checksum = dh_crc32c(0, out + pos + 4, <size_t>(FRAME_SIZE - 4 + ulen32))
                 memcpy(out + pos, &f.checksum, 4)
-                memcpy(krow, &lo, 8)
-                memcpy(krow + 8, &hi, 8)
-                off = <uint64_t>(pos + FRAME_SIZE)
-                memcpy(mrow, &off, 8)
-                memcpy(mrow + 8, &ulen32, 4)
-                memcpy(mrow + 16, &ulen32, 4)
-                krow += KEY_ROW
-                mrow += META_ROW
-                pos += FRAME_SIZE + length
-                prev = ends[i]
+                src += ulen32
     finally:
         PyBuffer_Release(&blob_view)
     return stop, size, key_rows, meta_rows

@@ -1,0 +1,91 @@
+"""Hostile pass over the packed and numpy-keyed ``put_many`` paths.
+
+``_store_write.encode_frames_packed`` copies without the GIL, so another
+thread runs Python code in the middle of it: whatever that thread can write
+(the caller's key and end arrays) must not steer a copy outside the buffers.
+``PayloadStore._put_many_packed`` promises to check every piece before it
+writes any.  Crash regressions run in a child process with a timeout, so a
+regression fails the test instead of killing the suite.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+import pytest
+from conftest import subprocess_env
+
+np = pytest.importorskip("numpy")
+
+from diskhash import KEY_DTYPE, PayloadStore  # noqa: E402
+from diskhash import _store_write  # noqa: E402
+
+
+def _child(code: str, tmp_path, timeout: float = 120) -> str:
+    """Run ``code`` in a child Python; its stdout (asserting it exited cleanly)."""
+    r = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True,
+                       text=True, timeout=timeout, env=subprocess_env(), cwd=tmp_path)
+    assert r.returncode == 0, f"child exited {r.returncode}\n{r.stdout}\n{r.stderr}"
+    return r.stdout
+
+
+def _key_array(keys: "list[int]"):
+    arr = np.zeros(len(keys), dtype=KEY_DTYPE)
+    arr["lo"] = [k & (2**64 - 1) for k in keys]
+    arr["hi"] = [k >> 64 for k in keys]
+    return arr
+
+
+def test_encode_frames_packed_ends_written_during_the_copy(tmp_path):
+    """Another thread moving an end far past the data while the GIL-free copy
+    runs: the copy read the end again and wrote past the blob (segfault)."""
+    out = _child("""
+        import threading
+        import numpy as np
+        from diskhash._store_write import encode_frames_packed
+        n = 200_000
+        pairs = np.zeros(2 * n, dtype=np.uint64)
+        ends = np.arange(1, n + 1, dtype=np.int64) * 100
+        data = bytes(100 * n)
+        done = False
+        def flip():
+            while not done:
+                ends[n // 2] = 10**12
+                ends[n // 2] = (n // 2 + 1) * 100
+        t = threading.Thread(target=flip)
+        t.start()
+        ok = 0
+        try:
+            for _ in range(100):
+                buf = bytearray()
+                try:
+                    stop, size, krows, mrows = encode_frames_packed(pairs, ends, data, 0, 1 << 40, buf)
+                except ValueError:
+                    continue
+                assert (stop, size) == (n, 132 * n)
+                ok += 1
+        finally:
+            done = True
+            t.join()
+        print("ok", ok)
+    """, tmp_path)
+    assert out.startswith("ok")
+
+
+def test_encode_frames_packed_end_before_start_is_refused():
+    """``ends[start - 1]`` (where record ``start`` begins) was not checked: a
+    negative one copied the bytes in front of ``data`` into the frame."""
+    secret = b"S" * 64 + b"abcd"
+    data = memoryview(secret)[64:]
+    pairs = np.zeros(4, dtype=np.uint64)
+    buf = bytearray()
+    for ends in ([-64, 4], [9, 4]):
+        with pytest.raises(ValueError, match="outside"):
+            _store_write.encode_frames_packed(pairs, np.array(ends, dtype=np.int64), data, 1, 100, buf)
+    assert b"S" not in buf
+    # start 1 of good ends still works
+    stop, size, _, _ = _store_write.encode_frames_packed(
+        pairs, np.array([1, 4], dtype=np.int64), data, 1, 100, buf)
+    assert (stop, size) == (2, 32 + 3) and bytes(buf[32:35]) == b"bcd"
