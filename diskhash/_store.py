@@ -1264,11 +1264,22 @@ class PayloadStore:
         for keys, ends, data in pieces:
             if not isinstance(keys, np.ndarray) or keys.dtype != _dtypes.KEY_DTYPE or keys.ndim != 1:
                 raise TypeError("packed keys must be a 1-D diskhash.KEY_DTYPE array")
-            pairs = np.ascontiguousarray(keys).view(np.uint64)
-            ends = np.ascontiguousarray(ends, dtype=np.int64)
+            # copies of keys and ends (ours: the undo must see what was written),
+            # the data as flat bytes: anything else is refused here, not after
+            # earlier pieces are written
+            pairs = np.array(keys, order="C").view(np.uint64)
+            ends = np.asarray(ends)
+            if ends.ndim != 1 or (ends.dtype.kind not in "iu" and len(ends)):
+                raise TypeError("packed payload ends must be a 1-D integer array")
+            ends = np.array(ends, dtype=np.int64)
             if len(ends) != len(keys):
                 raise ValueError(f"{len(keys)} packed keys but {len(ends)} payload ends")
-            size = memoryview(data).nbytes
+            try:
+                data = memoryview(data).cast("B")
+            except TypeError:
+                raise TypeError(f"packed payload data must be a C-contiguous bytes-like object, "
+                                f"not {type(data).__name__}") from None
+            size = data.nbytes
             if len(ends):
                 lengths = np.diff(ends, prepend=0)
                 if int(lengths.min()) < 0 or int(ends[-1]) > size:

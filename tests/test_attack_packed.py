@@ -89,3 +89,30 @@ def test_encode_frames_packed_end_before_start_is_refused():
     stop, size, _, _ = _store_write.encode_frames_packed(
         pairs, np.array([1, 4], dtype=np.int64), data, 1, 100, buf)
     assert (stop, size) == (2, 32 + 3) and bytes(buf[32:35]) == b"bcd"
+
+
+def test_put_many_packed_checks_every_piece_before_writing(tmp_path):
+    """A later piece whose data is not flat bytes or whose ends are not a 1-D
+    integer array: refused before the first piece is written (the compiled
+    call refused it after earlier pieces were stored), and float ends are
+    not truncated into other payload boundaries."""
+    good = (_key_array([1, 2]), np.array([2, 4], dtype=np.int64), b"abcd")
+    keys, ends = _key_array([3, 4]), np.array([2, 4], dtype=np.int64)
+    bad_pieces = [
+        (keys, ends, memoryview(b"aXbXcXdX")[::2]),            # not contiguous
+        (keys, np.array([[2], [4]], dtype=np.int64), b"abcd"),  # 2-D ends
+        (keys, np.array([1.5, 3.9]), b"abcd"),                  # float ends
+        (keys, ends, "abcd"),                                   # str
+    ]
+    with PayloadStore(tmp_path / "s") as s:
+        s.put(9, b"kept")
+        s.save()
+        size = s.stats().data_bytes
+        for bad in bad_pieces:
+            with pytest.raises(TypeError):
+                s._put_many_packed([good, bad])
+            assert len(s) == 1 and s.stats().data_bytes == size
+        # flat views of other formats are their bytes, as put_many takes them
+        assert s._put_many_packed([good, (keys, ends, np.frombuffer(b"wxyz", dtype=np.int8)),
+                                   (_key_array([5]), [4], memoryview(b"pqrs").cast("B", (2, 2)))])
+        assert s.get_many([1, 2, 3, 4, 5]) == [b"ab", b"cd", b"wx", b"yz", b"pqrs"]
