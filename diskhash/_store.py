@@ -1659,6 +1659,8 @@ def _key_pairs(edge_ids: Any) -> Any:
     ``uint64`` array of (low, high) pairs -- ``KEY_DTYPE``'s layout; None for
     anything else (``_key_list`` takes it)."""
     np = _numpy()
+    if np is not None and np.ma.isMaskedArray(edge_ids):
+        return None         # _key_list: a masked key is refused, never written under its hidden value
     if np is not None and isinstance(edge_ids, np.ndarray) and edge_ids.ndim == 1:
         from diskhash import _dtypes
         if edge_ids.dtype == _dtypes.KEY_DTYPE:     # already the layout: one copy (ours to keep)

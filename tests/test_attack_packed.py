@@ -116,3 +116,15 @@ def test_put_many_packed_checks_every_piece_before_writing(tmp_path):
         assert s._put_many_packed([good, (keys, ends, np.frombuffer(b"wxyz", dtype=np.int8)),
                                    (_key_array([5]), [4], memoryview(b"pqrs").cast("B", (2, 2)))])
         assert s.get_many([1, 2, 3, 4, 5]) == [b"ab", b"cd", b"wx", b"yz", b"pqrs"]
+
+
+def test_put_many_masked_key_array_is_not_written_under_hidden_keys(tmp_path):
+    """A numpy masked array of keys: a masked key is refused, as put_many
+    always did (the numpy fast path stored the value hidden under the mask)."""
+    keys = np.ma.masked_array(np.arange(100, dtype=np.uint64), mask=[i == 5 for i in range(100)])
+    with PayloadStore(tmp_path / "s") as s:
+        with pytest.raises(TypeError):
+            s.put_many(keys, [b"x"] * 100)
+        assert len(s) == 0
+        s.put_many(np.ma.masked_array(np.arange(100, dtype=np.uint64)), [b"y"] * 100)
+        assert len(s) == 100 and s.get(99) == b"y"
