@@ -20,7 +20,9 @@ place.  See docs/store.md for the design and its reasons.
 from __future__ import annotations
 
 import errno
+import itertools
 import mmap
+import operator
 import os
 import stat
 import threading
@@ -1169,8 +1171,12 @@ class PayloadStore:
         if total != len(payloads):
             raise ValueError(f"put_many got {total} edge ids but {len(payloads)} payloads")
         limit = fmt.MAX_LENGTH
-        if set(map(type, payloads)) <= {bytes} and max(map(len, payloads), default=0) <= limit:
-            views = payloads        # all bytes, none too long: checked in two C-speed passes
+        # all bytes, none too long: checked in two C-speed passes ("is", not a set of
+        # the types: a metaclass's __eq__/__hash__ can make a bytes subclass with
+        # a lying __len__ equal to bytes)
+        if (all(map(operator.is_, map(type, payloads), itertools.repeat(bytes)))
+                and max(map(len, payloads), default=0) <= limit):
+            views = payloads
         else:
             views = [p if type(p) is bytes and len(p) <= limit else _payload_view(p, f"payloads[{i}]")
                      for i, p in enumerate(payloads)]

@@ -19,7 +19,7 @@ from conftest import subprocess_env
 
 np = pytest.importorskip("numpy")
 
-from diskhash import KEY_DTYPE, PayloadStore  # noqa: E402
+from diskhash import KEY_DTYPE, Compression, PayloadStore  # noqa: E402
 from diskhash import _store_write  # noqa: E402
 
 
@@ -128,3 +128,35 @@ def test_put_many_masked_key_array_is_not_written_under_hidden_keys(tmp_path):
         assert len(s) == 0
         s.put_many(np.ma.masked_array(np.arange(100, dtype=np.uint64)), [b"y"] * 100)
         assert len(s) == 100 and s.get(99) == b"y"
+
+
+class _EqualsBytes(type):
+    """A metaclass that makes its classes equal to ``bytes`` (and hash alike)."""
+
+    def __eq__(cls, other):
+        return other is bytes or type.__eq__(cls, other)
+
+    def __hash__(cls):
+        return hash(bytes)
+
+
+class _LyingBytes(bytes, metaclass=_EqualsBytes):
+    def __len__(self):
+        return 3
+
+
+@pytest.mark.parametrize("n,compression", [(10, None), (100, None), (10, Compression.LZ4)])
+def test_put_many_bytes_subclass_equal_to_bytes_with_a_lying_len(tmp_path, n, compression):
+    """A set of the payloads' types took a bytes subclass that compares equal
+    to ``bytes`` for ``bytes``: its lying ``__len__`` went into the frame
+    headers, and the log was damaged beyond reopening (or the fast path
+    raised midway).  Every payload is stored whole, as its bytes."""
+    pytest.importorskip("lz4") if compression else None
+    real = b"abcdefgh" * 20
+    payloads = [b"first"] + [_LyingBytes(real)] * (n - 1)
+    with PayloadStore(tmp_path / "s") as s:
+        s.put_many(np.arange(n, dtype=np.uint64), payloads, compression=compression)
+        assert s.get_many(list(range(n))) == [b"first"] + [real] * (n - 1)
+        s.verify()
+    with PayloadStore(tmp_path / "s") as s:
+        assert len(s) == n and s.get(n - 1) == real
