@@ -19,8 +19,7 @@ from conftest import subprocess_env
 
 np = pytest.importorskip("numpy")
 
-from diskhash import KEY_DTYPE, Compression, PayloadStore  # noqa: E402
-from diskhash import _store_write  # noqa: E402
+from diskhash import KEY_DTYPE, Compression, PayloadStore, _store_write  # noqa: E402
 
 
 def _child(code: str, tmp_path, timeout: float = 120) -> str:
