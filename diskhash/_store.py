@@ -1164,7 +1164,7 @@ class PayloadStore:
         """
         pairs = _key_pairs(edge_ids)     # a numpy key array: never Python ints on the fast path
         keys = _key_list(edge_ids) if pairs is None else None
-        total = len(keys) if pairs is None else len(pairs) // 2
+        total = len(keys) if keys is not None else len(pairs) // 2
         if isinstance(payloads, (str, bytes, bytearray, memoryview)) or payloads is None:
             raise TypeError("payloads must be a sequence of bytes-like objects")
         payloads = list(payloads)
