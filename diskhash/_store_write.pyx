@@ -5,7 +5,7 @@
 into the writer's map and indexes it (see there).
 
 ``encode_frames(keys, payloads, start, max_bytes, blob)`` (and
-``encode_frames_u128(lo, hi, payloads, ...)`` for a numpy key array) lays out the put frames
+``encode_frames_u128(pairs, payloads, ...)`` for a numpy key array) lays out the put frames
 (uncompressed, docs/store-format.md) of ``keys[start:]``/``payloads[start:]``
 back to back in one bytearray -- header, payload, CRC-32C over both -- and
 beside it the ``KEY_DTYPE`` and ``META_DTYPE`` rows that ``insert_many``
