@@ -504,6 +504,45 @@ cdef enum:
 cdef uint64_t LOG_SEED = 0x9E3779B97F4A7C15ULL
 
 
+cdef extern from "<sys/mman.h>" nogil:
+    void *mmap(void *addr, size_t length, int prot, int flags, int fd, long offset)
+    int munmap(void *addr, size_t length)
+    int madvise(void *addr, size_t length, int advice)
+    void *MAP_FAILED
+    int PROT_READ, PROT_WRITE, MAP_PRIVATE, MAP_ANONYMOUS
+
+cdef enum:
+    LOG_MAP_BYTES = 1 << 21     # tables from this size are mapped (huge pages where allowed)
+    LOG_MADV_HUGEPAGE = 14      # MADV_HUGEPAGE: 2 MiB pages, 1/512 of the faults
+
+
+cdef log_entry *_table_alloc(uint64_t n, size_t *mapped) noexcept nogil:
+    """``n`` zeroed entries: ``calloc`` for a small table; a big one is an
+    anonymous map advised to use huge pages (``*mapped`` is its length, for
+    ``_table_free``).  Measured (200,000 records of 1 KiB, fold alone): 33 ms
+    with huge pages, 63 ms with 4 KiB ones, mostly page faults of the tables
+    the grows make."""
+    cdef size_t size = <size_t>n * sizeof(log_entry)
+    cdef void *p
+    mapped[0] = 0
+    if size < LOG_MAP_BYTES:
+        return <log_entry *>calloc(<size_t>n, sizeof(log_entry))
+    size = (size + LOG_MAP_BYTES - 1) & ~(<size_t>LOG_MAP_BYTES - 1)
+    p = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0)
+    if p == MAP_FAILED:
+        return NULL
+    madvise(p, size, LOG_MADV_HUGEPAGE)     # best effort (THP off: 4 KiB pages)
+    mapped[0] = size
+    return <log_entry *>p
+
+
+cdef void _table_free(log_entry *t, size_t mapped) noexcept nogil:
+    if mapped:
+        munmap(t, mapped)
+    else:
+        free(t)
+
+
 cdef class LogFold:
     """The final state of the keys of a log, folded frame by frame in C (an
     open-addressing table in memory): each key's last put, or deleted.
@@ -514,22 +553,28 @@ cdef class LogFold:
     """
 
     cdef log_entry *slots
+    cdef size_t mapped          # the table's map length, 0 for calloc
     cdef uint64_t mask
     cdef uint64_t used
     cdef readonly uint64_t live
 
     def __cinit__(self):
-        self.slots = <log_entry *>calloc(LOG_MIN_SLOTS, sizeof(log_entry))
+        # No sizing up front: measured (200,000 keys), a table grown by
+        # doubling folds faster than one made at its final size, its early
+        # part staying in the CPU cache.
+        self.slots = _table_alloc(LOG_MIN_SLOTS, &self.mapped)
         if self.slots == NULL:
             raise MemoryError()
         self.mask = LOG_MIN_SLOTS - 1
 
     def __dealloc__(self):
-        free(self.slots)
+        if self.slots != NULL:
+            _table_free(self.slots, self.mapped)
 
     cdef int _grow(self) except -1:
         cdef uint64_t n = (self.mask + 1) * 2, i, j
-        cdef log_entry *new = <log_entry *>calloc(<size_t>n, sizeof(log_entry))
+        cdef size_t mapped
+        cdef log_entry *new = _table_alloc(n, &mapped)
         if new == NULL:
             raise MemoryError(f"no memory to fold a log of {self.used} keys")
         for i in range(self.mask + 1):
@@ -538,8 +583,9 @@ cdef class LogFold:
                 while new[j].state != LOG_EMPTY:
                     j = (j + 1) & (n - 1)
                 new[j] = self.slots[i]
-        free(self.slots)
+        _table_free(self.slots, self.mapped)
         self.slots = new
+        self.mapped = mapped
         self.mask = n - 1
         return 0
 
