@@ -187,8 +187,8 @@ def _copy_live_indexed(g: Any, fd: int, e0: int,
     """``_copy_live`` in C, then the new index: the live frames, read through a
     map of the old log, gathered into one buffer (written every ``WRITE_BATCH``
     bytes), their new places kept in a ``LogFold`` and indexed with one
-    ``insert_many``.  Returns (index, bytes
-    copied, new end), or None where the compiled module or numpy is missing."""
+    ``insert_many``.  Returns (index, bytes copied, new end), or None where
+    the compiled module or numpy is missing."""
     from diskhash._store import _numpy
     np = _numpy() if _copy_live_into is not None else None
     if np is None:

@@ -169,3 +169,75 @@ def test_copy_live_into_bad_arguments(tmp_path):
         with pytest.raises(ValueError):
             live.fold(buf, -1, 0)
         assert live.live == 0 and live.rows() == (b"", b"")
+
+
+def _flip_payload_byte(s: PayloadStore, key: int) -> int:
+    """Flip one payload byte of ``key``'s record in the data file (the store
+    open): its checksum no longer matches.  Returns the frame's offset."""
+    meta = s.index[key]
+    with open(s.data_path, "r+b") as f:
+        f.seek(meta.offset)
+        b = f.read(1)
+        f.seek(meta.offset)
+        f.write(bytes([b[0] ^ 0xFF]))
+    return meta.offset - fmt.FRAME_SIZE
+
+
+@pytest.mark.parametrize("compiled", [True, False])
+def test_mapped_passes_refuse_a_damaged_record_in_the_middle(tmp_path, monkeypatch, compiled):
+    """rebuild_index() (fold) and compact() (the copy) read the log through a
+    map: a record damaged while the store is open, with valid records after
+    it, is reported (CorruptPayloadError at its offset) by both, the compiled
+    and the Python passes alike, and the store goes on with its generation."""
+    from diskhash import CorruptPayloadError
+    from diskhash import _compact
+    from diskhash import _store as store_mod
+    if not compiled:
+        monkeypatch.setattr(store_mod, "LogFold", None)
+        monkeypatch.setattr(_compact, "_copy_live_into", None)
+    keys = list(range(1, 3001))
+    with PayloadStore(tmp_path / "s") as s:
+        s.put_many(keys, [b"payload %d " % k * 30 for k in keys])
+        s.save()
+        gens = (s._gen.data_gen, s._gen.index_gen)
+        files = sorted(os.listdir(tmp_path / "s"))
+        bad = _flip_payload_byte(s, 1500)
+        with pytest.raises(CorruptPayloadError) as err:
+            s.rebuild_index()
+        assert err.value.offset == bad
+        with pytest.raises(CorruptPayloadError) as err:
+            s.compact()
+        assert err.value.offset == bad
+        assert (s._gen.data_gen, s._gen.index_gen) == gens
+        assert s.get(1501) == b"payload 1501 " * 30
+        assert sorted(os.listdir(tmp_path / "s")) == files      # the new generation removed
+
+
+def _damaged_last_record_outcome(d, compiled: bool) -> tuple:
+    from diskhash import CorruptPayloadError
+    from diskhash import _compact
+    from diskhash import _store as store_mod
+    with pytest.MonkeyPatch.context() as m:
+        if not compiled:
+            m.setattr(store_mod, "LogFold", None)
+            m.setattr(_compact, "_copy_live_into", None)
+        keys = list(range(1, 2001))
+        with PayloadStore(d) as s:
+            s.put_many(keys, [b"v%d" % k * 50 for k in keys])
+            s.save()
+            _flip_payload_byte(s, keys[-1])
+            with pytest.raises(CorruptPayloadError):
+                s.rebuild_index()           # the index points into the "torn" tail
+            try:
+                s.compact()
+            except CorruptPayloadError as exc:
+                return ("error", exc.offset, sorted(os.listdir(d)))
+            return ("ok", len(s), s.get(keys[-2]), sorted(os.listdir(d)))
+
+
+def test_mapped_passes_on_a_damaged_last_record(tmp_path):
+    """The last record damaged while open (nothing valid after it): the walk
+    reads it as a torn tail.  rebuild_index() refuses ("log ends early"),
+    and compact() gives the same outcome through the map as the Python pass."""
+    assert (_damaged_last_record_outcome(tmp_path / "c", True)
+            == _damaged_last_record_outcome(tmp_path / "p", False))
