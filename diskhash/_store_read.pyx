@@ -17,7 +17,8 @@ records are read with ``pread``).
 
 The whole-log passes: ``scan_into`` (the log's final state into a dict, for
 the replay at open), ``LogFold`` (the same state kept in C, for
-``rebuild_index``), ``copy_live``/``copy_live_into`` (compaction's copy).
+``rebuild_index``), ``copy_live``/``copy_live_into`` (compaction's copy,
+the new places in a ``RowLog``).
 """
 
 from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
@@ -33,7 +34,7 @@ from cpython.long cimport PyLong_AsUnsignedLongLongMask
 from cpython.mem cimport PyMem_Free, PyMem_Malloc
 from cpython.tuple cimport PyTuple_Check, PyTuple_GET_ITEM, PyTuple_GET_SIZE
 from libc.stdint cimport int64_t, uint8_t, uint32_t, uint64_t
-from libc.stdlib cimport calloc, free
+from libc.stdlib cimport calloc, free, realloc
 from libc.string cimport memcpy, memset
 
 from diskhash._convert cimport key_to_u128
@@ -674,8 +675,64 @@ cdef class LogFold:
         return key_rows, meta_rows
 
 
+cdef class RowLog:
+    """Records in the order they are added, as ``KEY_DTYPE`` and ``META_DTYPE``
+    rows for one ``insert_many`` (which lets a later duplicate win): what
+    compaction's copy needs, since it adds each live record once, in log
+    order.  Unlike a ``LogFold`` there is no table to probe or grow: rows
+    are appended (the arrays doubled as needed).  Measured on compaction of
+    200,000 x 1 KiB records: the fold's table cost ~10% of the compaction,
+    most of it faulting in fresh memory.  ``live`` counts the rows.
+    """
+
+    cdef uint8_t *keys
+    cdef uint8_t *metas
+    cdef uint64_t cap
+    cdef readonly uint64_t live
+
+    def __dealloc__(self):
+        free(self.keys)
+        free(self.metas)
+
+    cdef int add(self, uint64_t lo, uint64_t hi, uint64_t offset, uint32_t length,
+                 uint8_t compression, uint32_t ulen) except -1:
+        cdef uint64_t n
+        cdef uint8_t *k
+        cdef uint8_t *m
+        cdef uint8_t *row
+        if self.live == self.cap:
+            n = self.cap * 2 if self.cap else LOG_MIN_SLOTS
+            k = <uint8_t *>realloc(self.keys, <size_t>(n * KEY_ROW))
+            if k == NULL:
+                raise MemoryError(f"no memory for {n} rows")
+            self.keys = k
+            m = <uint8_t *>realloc(self.metas, <size_t>(n * META_ROW))
+            if m == NULL:
+                raise MemoryError(f"no memory for {n} rows")
+            self.metas = m
+            self.cap = n
+        row = self.keys + self.live * KEY_ROW
+        memcpy(row, &lo, 8)
+        memcpy(row + 8, &hi, 8)
+        row = self.metas + self.live * META_ROW
+        memset(row, 0, META_ROW)
+        memcpy(row, &offset, 8)
+        memcpy(row + 8, &length, 4)
+        row[12] = compression
+        memcpy(row + 16, &ulen, 4)
+        self.live += 1
+        return 0
+
+    def rows(self):
+        """``(key_rows, meta_rows)``: the rows added, in order, as bytes."""
+        if not self.live:
+            return b"", b""
+        return (PyBytes_FromStringAndSize(<const char *>self.keys, <Py_ssize_t>(self.live * KEY_ROW)),
+                PyBytes_FromStringAndSize(<const char *>self.metas, <Py_ssize_t>(self.live * META_ROW)))
+
+
 def copy_live_into(data, Py_ssize_t p, long long base, DiskHashIndex index not None,
-                   bytearray out not None, Py_ssize_t used, LogFold live not None,
+                   bytearray out not None, Py_ssize_t used, RowLog live not None,
                    long long new_base):
     """Compaction's copy step over ``data[p:]`` (at file offset ``base``), in C:
     each valid put frame that ``index`` still points at is appended to
@@ -707,8 +764,8 @@ def copy_live_into(data, Py_ssize_t p, long long base, DiskHashIndex index not N
                     PyByteArray_Resize(out, max(used + size, 2 * cap))
                 memcpy(PyByteArray_AS_STRING(out) + used, b + p, <size_t>size)
                 used += size
-                live.note(f.key_lo, f.key_hi, LOG_PUT, <uint64_t>(new_base + FRAME_SIZE),
-                          f.stored_length, f.compression, f.uncompressed_length)
+                live.add(f.key_lo, f.key_hi, <uint64_t>(new_base + FRAME_SIZE),
+                         f.stored_length, f.compression, f.uncompressed_length)
                 new_base += size
             p = end
         return p, used, new_base

@@ -154,7 +154,7 @@ def test_compact_compiled_and_python_write_the_same_files(tmp_path, monkeypatch)
 def test_copy_live_into_bad_arguments(tmp_path):
     with PayloadStore(tmp_path / "s") as s:
         s.put(1, b"one")
-        live = _store_read.LogFold()
+        live = _store_read.RowLog()
         out = bytearray(10)
         buf = b"\0" * 64
         for args in ((buf, 0, 0, object(), out, 0, live, 64),
@@ -166,8 +166,10 @@ def test_copy_live_into_bad_arguments(tmp_path):
         for p, used in ((-1, 0), (0, -1), (0, 11)):
             with pytest.raises(ValueError):
                 _store_read.copy_live_into(buf, p, 0, s.index, out, used, live, 64)
+        with pytest.raises(TypeError):          # a LogFold is not a RowLog
+            _store_read.copy_live_into(buf, 0, 0, s.index, out, 0, _store_read.LogFold(), 64)
         with pytest.raises(ValueError):
-            live.fold(buf, -1, 0)
+            _store_read.LogFold().fold(buf, -1, 0)
         assert live.live == 0 and live.rows() == (b"", b"")
 
 
@@ -241,3 +243,33 @@ def test_mapped_passes_on_a_damaged_last_record(tmp_path):
     and compact() gives the same outcome through the map as the Python pass."""
     assert (_damaged_last_record_outcome(tmp_path / "c", True)
             == _damaged_last_record_outcome(tmp_path / "p", False))
+
+
+def test_row_log_keeps_the_rows_in_order(tmp_path):
+    """compact()'s RowLog: the live frames' new places, one row per copied
+    frame in log order (grown past its first 1,024 rows), as insert_many rows."""
+    rng = random.Random(7)
+    keys = [rng.getrandbits(128) for _ in range(5000)]
+    payloads = [rng.randbytes(rng.randrange(0, 300)) for _ in keys]
+    with PayloadStore(tmp_path / "s") as s:
+        s.put_many(keys, payloads)
+        s.save()
+        live = _store_read.RowLog()
+        out = bytearray(1 << 20)
+        with fmt.mapped_reader(s._gen.fd, fmt.DATA_HEADER_SIZE, s._end) as read:
+            buf = read(s._gen.fd, s._end, 0)
+            stop, used, new_end = _store_read.copy_live_into(
+                buf, fmt.DATA_HEADER_SIZE, 0, s.index, out, 0, live, fmt.DATA_HEADER_SIZE)
+            del buf
+        assert stop == s._end and used == s._end - fmt.DATA_HEADER_SIZE
+        with open(s.data_path, "rb") as f:
+            assert bytes(out[:used]) == f.read()[fmt.DATA_HEADER_SIZE:s._end]
+        key_rows, meta_rows = live.rows()
+        karr = np.frombuffer(key_rows, dtype=KEY_DTYPE)
+        marr = np.frombuffer(meta_rows, dtype=META_DTYPE)
+        assert live.live == len(karr) == len(keys)
+        assert [int(lo) | int(hi) << 64 for lo, hi in zip(karr["lo"], karr["hi"])] == keys
+        want = [(m.offset, m.length, int(m.compression), m.uncompressed_length)
+                for m in (s.index[k] for k in keys)]
+        assert list(zip(marr["offset"].tolist(), marr["length"].tolist(),
+                        marr["compression"].tolist(), marr["uncompressed_length"].tolist())) == want
