@@ -191,8 +191,7 @@ def test_mapped_passes_refuse_a_damaged_record_in_the_middle(tmp_path, monkeypat
     map: a record damaged while the store is open, with valid records after
     it, is reported (CorruptPayloadError at its offset) by both, the compiled
     and the Python passes alike, and the store goes on with its generation."""
-    from diskhash import CorruptPayloadError
-    from diskhash import _compact
+    from diskhash import CorruptPayloadError, _compact
     from diskhash import _store as store_mod
     if not compiled:
         monkeypatch.setattr(store_mod, "LogFold", None)
@@ -216,8 +215,7 @@ def test_mapped_passes_refuse_a_damaged_record_in_the_middle(tmp_path, monkeypat
 
 
 def _damaged_last_record_outcome(d, compiled: bool) -> tuple:
-    from diskhash import CorruptPayloadError
-    from diskhash import _compact
+    from diskhash import CorruptPayloadError, _compact
     from diskhash import _store as store_mod
     with pytest.MonkeyPatch.context() as m:
         if not compiled:
