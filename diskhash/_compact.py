@@ -173,27 +173,28 @@ def _copy_live(g: Any, fd: int, e0: int, live: dict[int, tuple[int, int, int, in
 
 
 try:
-    from diskhash._store_read import LogFold as _LogFold
+    from diskhash._store_read import RowLog as _RowLog
     from diskhash._store_read import copy_live as _copy_live_c
     from diskhash._store_read import copy_live_into as _copy_live_into
 except ImportError:  # pragma: no cover
     _copy_live_c = None  # type: ignore[assignment]
     _copy_live_into = None  # type: ignore[assignment]
-    _LogFold = None  # type: ignore[assignment,misc]
+    _RowLog = None  # type: ignore[assignment,misc]
 
 
 def _copy_live_indexed(g: Any, fd: int, e0: int,
                        index_path: str) -> "tuple[DiskHashIndex, int, int] | None":
-    """``_copy_live`` in C, then the new index: the live frames gathered into one
-    buffer (written every ``WRITE_BATCH`` bytes), their new places kept in a
-    ``LogFold`` and indexed with one ``insert_many``.  Returns (index, bytes
-    copied, new end), or None where the compiled module or numpy is missing."""
+    """``_copy_live`` in C, then the new index: the live frames, read through a
+    map of the old log, gathered into one buffer (written every ``WRITE_BATCH``
+    bytes), their new places kept in a ``RowLog`` (in log order: each key
+    once) and indexed with one ``insert_many``.  Returns (index, bytes copied, new end), or None where
+    the compiled module or numpy is missing."""
     from diskhash._store import _numpy
     np = _numpy() if _copy_live_into is not None else None
     if np is None:
         return None
     from diskhash import _dtypes
-    live = _LogFold()
+    live = _RowLog()
     out = bytearray(WRITE_BATCH + (1 << 20))
     state = {"used": 0, "new_end": fmt.DATA_HEADER_SIZE, "written": fmt.DATA_HEADER_SIZE}
     index = g.index
@@ -209,9 +210,12 @@ def _copy_live_indexed(g: Any, fd: int, e0: int,
             state["written"] = _write_all(fd, [view[:state["used"]]], state["written"])
         state["used"] = 0
 
-    for item in fmt._walk(g.fd, fmt.DATA_HEADER_SIZE, e0, g.data_path, parse):
-        if item is None and state["used"] >= WRITE_BATCH:
-            flush()
+    # The old log read through a map (no pread copies): its frames before e0
+    # never change, and the file never shrinks while the store is open.
+    with fmt.mapped_reader(g.fd, fmt.DATA_HEADER_SIZE, e0) as read:
+        for item in fmt._walk(g.fd, fmt.DATA_HEADER_SIZE, e0, g.data_path, parse, read=read):
+            if item is None and state["used"] >= WRITE_BATCH:
+                flush()
     if state["used"]:
         flush()
     assert state["written"] == state["new_end"]

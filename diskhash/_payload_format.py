@@ -16,6 +16,7 @@ bytes (frame offset + ``FRAME_SIZE``) and ``.length`` its stored size.
 
 from __future__ import annotations
 
+import contextlib
 import mmap
 import os
 import struct
@@ -363,16 +364,15 @@ def replay(fd: int, start: int, file_size: int, path: str,
     return final, result
 
 
-def fold(fd: int, start: int, file_size: int, path: str, table: Any,
-         progress: "Callable[[int, int], Any] | None" = None) -> ScanResult:
-    """``replay`` into a compiled ``LogFold`` (``table``) instead of a dict: the
-    log's final state stays in C until ``table.rows()``.  Same walk, checks and
-    errors as ``replay``."""
-    def parse(buf: bytes, p: int, base: int) -> int:
-        return int(table.fold(buf, p, base))
-
-    # The chunks are slices of a read-only map of the file (no copy); the map
-    # ends at the file's end, so a slice past it comes back short, as pread would.
+@contextlib.contextmanager
+def mapped_reader(fd: int, start: int, file_size: int) -> "Iterator[Callable[[int, int, int], Any]]":
+    """A ``read`` for ``_walk`` that returns slices of a read-only map of the
+    file (no copy) instead of ``pread`` copies.  The map ends at the file's
+    end, so a slice past it comes back short, as ``pread`` would.  For the
+    whole-log passes (``fold``, compaction's copy); the file must not shrink
+    meanwhile (the store's lock: only the writable open cuts a torn tail).
+    Measured (200,000 records of 1 KiB): a copy of 211 MB through 8 MiB
+    ``pread`` chunks took 150-400 ms, through the map's slices 85-100 ms."""
     length = min(file_size, os.fstat(fd).st_size)
     mm = mmap.mmap(fd, length, access=mmap.ACCESS_READ) if length > start else None
     view = memoryview(mm) if mm is not None else memoryview(b"")
@@ -386,10 +386,7 @@ def fold(fd: int, start: int, file_size: int, path: str, table: Any,
         def read(_fd: int, size: int, offset: int) -> Any:
             return view[offset:offset + size]
 
-        result = None
-        for item in _walk(fd, start, file_size, path, parse, progress, read):
-            if item is not None:
-                result = item
+        yield read
     finally:
         view.release()
         if mm is not None:
@@ -397,6 +394,21 @@ def fold(fd: int, start: int, file_size: int, path: str, table: Any,
                 mm.close()
             except BufferError:     # a slice held by a raised error's traceback: freed with it
                 pass
+
+
+def fold(fd: int, start: int, file_size: int, path: str, table: Any,
+         progress: "Callable[[int, int], Any] | None" = None) -> ScanResult:
+    """``replay`` into a compiled ``LogFold`` (``table``) instead of a dict: the
+    log's final state stays in C until ``table.rows()``.  Same walk, checks and
+    errors as ``replay``; the chunks are slices of a map (``mapped_reader``)."""
+    def parse(buf: bytes, p: int, base: int) -> int:
+        return int(table.fold(buf, p, base))
+
+    result = None
+    with mapped_reader(fd, start, file_size) as read:
+        for item in _walk(fd, start, file_size, path, parse, progress, read):
+            if item is not None:
+                result = item
     assert result is not None
     return result
 

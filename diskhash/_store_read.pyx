@@ -17,7 +17,8 @@ records are read with ``pread``).
 
 The whole-log passes: ``scan_into`` (the log's final state into a dict, for
 the replay at open), ``LogFold`` (the same state kept in C, for
-``rebuild_index``), ``copy_live``/``copy_live_into`` (compaction's copy).
+``rebuild_index``), ``copy_live``/``copy_live_into`` (compaction's copy,
+the new places in a ``RowLog``).
 """
 
 from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
@@ -33,7 +34,7 @@ from cpython.long cimport PyLong_AsUnsignedLongLongMask
 from cpython.mem cimport PyMem_Free, PyMem_Malloc
 from cpython.tuple cimport PyTuple_Check, PyTuple_GET_ITEM, PyTuple_GET_SIZE
 from libc.stdint cimport int64_t, uint8_t, uint32_t, uint64_t
-from libc.stdlib cimport calloc, free
+from libc.stdlib cimport calloc, free, realloc
 from libc.string cimport memcpy, memset
 
 from diskhash._convert cimport key_to_u128
@@ -507,6 +508,45 @@ cdef enum:
 cdef uint64_t LOG_SEED = 0x9E3779B97F4A7C15ULL
 
 
+cdef extern from "<sys/mman.h>" nogil:
+    void *mmap(void *addr, size_t length, int prot, int flags, int fd, long offset)
+    int munmap(void *addr, size_t length)
+    int madvise(void *addr, size_t length, int advice)
+    void *MAP_FAILED
+    int PROT_READ, PROT_WRITE, MAP_PRIVATE, MAP_ANONYMOUS
+
+cdef enum:
+    LOG_MAP_BYTES = 1 << 21     # tables from this size are mapped (huge pages where allowed)
+    LOG_MADV_HUGEPAGE = 14      # MADV_HUGEPAGE: 2 MiB pages, 1/512 of the faults
+
+
+cdef log_entry *_table_alloc(uint64_t n, size_t *mapped) noexcept nogil:
+    """``n`` zeroed entries: ``calloc`` for a small table; a big one is an
+    anonymous map advised to use huge pages (``*mapped`` is its length, for
+    ``_table_free``).  Measured (200,000 records of 1 KiB, fold alone): 33 ms
+    with huge pages, 63 ms with 4 KiB ones, mostly page faults of the tables
+    the grows make."""
+    cdef size_t size = <size_t>n * sizeof(log_entry)
+    cdef void *p
+    mapped[0] = 0
+    if size < LOG_MAP_BYTES:
+        return <log_entry *>calloc(<size_t>n, sizeof(log_entry))
+    size = (size + LOG_MAP_BYTES - 1) & ~(<size_t>LOG_MAP_BYTES - 1)
+    p = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0)
+    if p == MAP_FAILED:
+        return NULL
+    madvise(p, size, LOG_MADV_HUGEPAGE)     # best effort (THP off: 4 KiB pages)
+    mapped[0] = size
+    return <log_entry *>p
+
+
+cdef void _table_free(log_entry *t, size_t mapped) noexcept nogil:
+    if mapped:
+        munmap(t, mapped)
+    else:
+        free(t)
+
+
 cdef class LogFold:
     """The final state of the keys of a log, folded frame by frame in C (an
     open-addressing table in memory): each key's last put, or deleted.
@@ -517,22 +557,28 @@ cdef class LogFold:
     """
 
     cdef log_entry *slots
+    cdef size_t mapped          # the table's map length, 0 for calloc
     cdef uint64_t mask
     cdef uint64_t used
     cdef readonly uint64_t live
 
     def __cinit__(self):
-        self.slots = <log_entry *>calloc(LOG_MIN_SLOTS, sizeof(log_entry))
+        # No sizing up front: measured (200,000 keys), a table grown by
+        # doubling folds faster than one made at its final size, its early
+        # part staying in the CPU cache.
+        self.slots = _table_alloc(LOG_MIN_SLOTS, &self.mapped)
         if self.slots == NULL:
             raise MemoryError()
         self.mask = LOG_MIN_SLOTS - 1
 
     def __dealloc__(self):
-        free(self.slots)
+        if self.slots != NULL:
+            _table_free(self.slots, self.mapped)
 
     cdef int _grow(self) except -1:
         cdef uint64_t n = (self.mask + 1) * 2, i, j
-        cdef log_entry *new = <log_entry *>calloc(<size_t>n, sizeof(log_entry))
+        cdef size_t mapped
+        cdef log_entry *new = _table_alloc(n, &mapped)
         if new == NULL:
             raise MemoryError(f"no memory to fold a log of {self.used} keys")
         for i in range(self.mask + 1):
@@ -541,8 +587,9 @@ cdef class LogFold:
                 while new[j].state != LOG_EMPTY:
                     j = (j + 1) & (n - 1)
                 new[j] = self.slots[i]
-        free(self.slots)
+        _table_free(self.slots, self.mapped)
         self.slots = new
+        self.mapped = mapped
         self.mask = n - 1
         return 0
 
@@ -631,8 +678,64 @@ cdef class LogFold:
         return key_rows, meta_rows
 
 
+cdef class RowLog:
+    """Records in the order they are added, as ``KEY_DTYPE`` and ``META_DTYPE``
+    rows for one ``insert_many`` (which lets a later duplicate win): what
+    compaction's copy needs, since it adds each live record once, in log
+    order.  Unlike a ``LogFold`` there is no table to probe or grow: rows
+    are appended (the arrays doubled as needed).  Measured on compaction of
+    200,000 x 1 KiB records: the fold's table cost ~10% of the compaction,
+    most of it faulting in fresh memory.  ``live`` counts the rows.
+    """
+
+    cdef uint8_t *keys
+    cdef uint8_t *metas
+    cdef uint64_t cap
+    cdef readonly uint64_t live
+
+    def __dealloc__(self):
+        free(self.keys)
+        free(self.metas)
+
+    cdef int add(self, uint64_t lo, uint64_t hi, uint64_t offset, uint32_t length,
+                 uint8_t compression, uint32_t ulen) except -1:
+        cdef uint64_t n
+        cdef uint8_t *k
+        cdef uint8_t *m
+        cdef uint8_t *row
+        if self.live == self.cap:
+            n = self.cap * 2 if self.cap else LOG_MIN_SLOTS
+            k = <uint8_t *>realloc(self.keys, <size_t>(n * KEY_ROW))
+            if k == NULL:
+                raise MemoryError(f"no memory for {n} rows")
+            self.keys = k
+            m = <uint8_t *>realloc(self.metas, <size_t>(n * META_ROW))
+            if m == NULL:
+                raise MemoryError(f"no memory for {n} rows")
+            self.metas = m
+            self.cap = n
+        row = self.keys + self.live * KEY_ROW
+        memcpy(row, &lo, 8)
+        memcpy(row + 8, &hi, 8)
+        row = self.metas + self.live * META_ROW
+        memset(row, 0, META_ROW)
+        memcpy(row, &offset, 8)
+        memcpy(row + 8, &length, 4)
+        row[12] = compression
+        memcpy(row + 16, &ulen, 4)
+        self.live += 1
+        return 0
+
+    def rows(self):
+        """``(key_rows, meta_rows)``: the rows added, in order, as bytes."""
+        if not self.live:
+            return b"", b""
+        return (PyBytes_FromStringAndSize(<const char *>self.keys, <Py_ssize_t>(self.live * KEY_ROW)),
+                PyBytes_FromStringAndSize(<const char *>self.metas, <Py_ssize_t>(self.live * META_ROW)))
+
+
 def copy_live_into(data, Py_ssize_t p, long long base, DiskHashIndex index not None,
-                   bytearray out not None, Py_ssize_t used, LogFold live not None,
+                   bytearray out not None, Py_ssize_t used, RowLog live not None,
                    long long new_base):
     """Compaction's copy step over ``data[p:]`` (at file offset ``base``), in C:
     each valid put frame that ``index`` still points at is appended to
@@ -664,8 +767,8 @@ def copy_live_into(data, Py_ssize_t p, long long base, DiskHashIndex index not N
                     PyByteArray_Resize(out, max(used + size, 2 * cap))
                 memcpy(PyByteArray_AS_STRING(out) + used, b + p, <size_t>size)
                 used += size
-                live.note(f.key_lo, f.key_hi, LOG_PUT, <uint64_t>(new_base + FRAME_SIZE),
-                          f.stored_length, f.compression, f.uncompressed_length)
+                live.add(f.key_lo, f.key_hi, <uint64_t>(new_base + FRAME_SIZE),
+                         f.stored_length, f.compression, f.uncompressed_length)
                 new_base += size
             p = end
         return p, used, new_base

@@ -119,6 +119,43 @@ def test_insert_many_equals_sequential_inserts_duplicates_last_wins(tmp_path):
         b.verify()
 
 
+@pytest.mark.parametrize("history", ["fresh", "emptied", "one_entry"])
+def test_bulk_insert_into_an_empty_table_zero_fill(tmp_path, history):
+    """A batch big enough to populate the whole map, into a table with no entry,
+    first writes the slots' zeros with pwrite (``zero_fill_empty``): the same
+    entries as one insert at a time, for a new file, a table emptied by deletes
+    (stale bytes behind empty tags) and one that still holds an entry (no fill);
+    durable through save() and a reopen."""
+    rng = random.Random(11)
+    keys = [rng.getrandbits(128) for _ in range(20_000)]
+    recs = meta_array(keys)
+    path = tmp_path / "b.idx"
+    with DiskHashIndex(path, capacity=len(keys)) as b, DiskHashIndex(tmp_path / "a.idx") as a:
+        slots = b.stats().slots
+        if history != "fresh":
+            old = [rng.getrandbits(128) for _ in range(2000)]
+            b.insert_many(key_array(old), meta_array(old))
+            for k in old[1 if history == "one_entry" else 0:]:
+                assert b.delete(k)
+            assert len(b) == (1 if history == "one_entry" else 0)
+            if history == "one_entry":
+                a.insert(old[0], b[old[0]])
+        assert len(keys) * 8 >= slots                  # the populate (and zero fill) branch
+        b.insert_many(key_array(keys), recs)
+        for i, k in enumerate(keys):
+            r = recs[i]
+            a.insert(k, PayloadMeta(k, int(r["offset"]), int(r["length"]), int(r["compression"]),
+                                    int(r["uncompressed_length"])))
+        assert b.stats().slots == slots
+        assert dict(b.items()) == dict(a.items())
+        b.verify()
+        b.save()
+        want = dict(a.items())
+    with DiskHashIndex(path) as b:
+        assert dict(b.items()) == want
+        b.verify()
+
+
 @pytest.mark.parametrize("dtype", ["u1", "u2", "u4", "u8", ">u8", "i2", "i8", ">i8"])
 def test_every_integer_key_dtype_is_accepted(index_path, dtype):
     keys = list(range(0, 120, 3))

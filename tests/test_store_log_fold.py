@@ -67,6 +67,31 @@ def test_log_fold_equals_the_python_replay(tmp_path):
         assert got == _python_state(s) == _index_state(s)
 
 
+def test_log_fold_with_mapped_tables_equals_the_python_replay(tmp_path):
+    """Past 2 MiB the fold's table is an anonymous map (huge pages advised),
+    not calloc: 150,000 keys grow it through several mapped sizes."""
+    rng = random.Random(5)
+    keys = [rng.getrandbits(128) for _ in range(150_000)]
+    with PayloadStore(tmp_path / "s") as s:
+        s.put_many(keys, [b"v%d" % i for i in range(len(keys))])
+        s.put_many(keys[::3], [b"w"] * len(keys[::3]))          # overwrites
+        for k in keys[1::7]:
+            s.delete(k)
+        s.save()
+        table = _store_read.LogFold()
+        result = fmt.fold(s._gen.fd, fmt.DATA_HEADER_SIZE, s._end, s.data_path, table)
+        assert not result.torn and result.end == s._end
+        key_rows, meta_rows = table.rows()
+        karr = np.frombuffer(key_rows, dtype=KEY_DTYPE)
+        marr = np.frombuffer(meta_rows, dtype=META_DTYPE)
+        got = dict(zip((karr["lo"].astype(object) | karr["hi"].astype(object) << 64).tolist(),
+                       zip(marr["offset"].tolist(), marr["length"].tolist(),
+                           marr["compression"].tolist(), marr["uncompressed_length"].tolist())))
+        assert table.live == len(got) == len(s)
+        assert got == _python_state(s) == _index_state(s)
+        del table                   # frees the mapped table
+
+
 def test_rebuild_index_matches_the_old_index_and_the_model(tmp_path):
     rng = random.Random(2)
     with PayloadStore(tmp_path / "s") as s:
@@ -129,7 +154,7 @@ def test_compact_compiled_and_python_write_the_same_files(tmp_path, monkeypatch)
 def test_copy_live_into_bad_arguments(tmp_path):
     with PayloadStore(tmp_path / "s") as s:
         s.put(1, b"one")
-        live = _store_read.LogFold()
+        live = _store_read.RowLog()
         out = bytearray(10)
         buf = b"\0" * 64
         for args in ((buf, 0, 0, object(), out, 0, live, 64),
@@ -141,6 +166,108 @@ def test_copy_live_into_bad_arguments(tmp_path):
         for p, used in ((-1, 0), (0, -1), (0, 11)):
             with pytest.raises(ValueError):
                 _store_read.copy_live_into(buf, p, 0, s.index, out, used, live, 64)
+        with pytest.raises(TypeError):          # a LogFold is not a RowLog
+            _store_read.copy_live_into(buf, 0, 0, s.index, out, 0, _store_read.LogFold(), 64)
         with pytest.raises(ValueError):
-            live.fold(buf, -1, 0)
+            _store_read.LogFold().fold(buf, -1, 0)
         assert live.live == 0 and live.rows() == (b"", b"")
+
+
+def _flip_payload_byte(s: PayloadStore, key: int) -> int:
+    """Flip one payload byte of ``key``'s record in the data file (the store
+    open): its checksum no longer matches.  Returns the frame's offset."""
+    meta = s.index[key]
+    with open(s.data_path, "r+b") as f:
+        f.seek(meta.offset)
+        b = f.read(1)
+        f.seek(meta.offset)
+        f.write(bytes([b[0] ^ 0xFF]))
+    return meta.offset - fmt.FRAME_SIZE
+
+
+@pytest.mark.parametrize("compiled", [True, False])
+def test_mapped_passes_refuse_a_damaged_record_in_the_middle(tmp_path, monkeypatch, compiled):
+    """rebuild_index() (fold) and compact() (the copy) read the log through a
+    map: a record damaged while the store is open, with valid records after
+    it, is reported (CorruptPayloadError at its offset) by both, the compiled
+    and the Python passes alike, and the store goes on with its generation."""
+    from diskhash import CorruptPayloadError, _compact
+    from diskhash import _store as store_mod
+    if not compiled:
+        monkeypatch.setattr(store_mod, "LogFold", None)
+        monkeypatch.setattr(_compact, "_copy_live_into", None)
+    keys = list(range(1, 3001))
+    with PayloadStore(tmp_path / "s") as s:
+        s.put_many(keys, [b"payload %d " % k * 30 for k in keys])
+        s.save()
+        gens = (s._gen.data_gen, s._gen.index_gen)
+        files = sorted(os.listdir(tmp_path / "s"))
+        bad = _flip_payload_byte(s, 1500)
+        with pytest.raises(CorruptPayloadError) as err:
+            s.rebuild_index()
+        assert err.value.offset == bad
+        with pytest.raises(CorruptPayloadError) as err:
+            s.compact()
+        assert err.value.offset == bad
+        assert (s._gen.data_gen, s._gen.index_gen) == gens
+        assert s.get(1501) == b"payload 1501 " * 30
+        assert sorted(os.listdir(tmp_path / "s")) == files      # the new generation removed
+
+
+def _damaged_last_record_outcome(d, compiled: bool) -> tuple:
+    from diskhash import CorruptPayloadError, _compact
+    from diskhash import _store as store_mod
+    with pytest.MonkeyPatch.context() as m:
+        if not compiled:
+            m.setattr(store_mod, "LogFold", None)
+            m.setattr(_compact, "_copy_live_into", None)
+        keys = list(range(1, 2001))
+        with PayloadStore(d) as s:
+            s.put_many(keys, [b"v%d" % k * 50 for k in keys])
+            s.save()
+            _flip_payload_byte(s, keys[-1])
+            with pytest.raises(CorruptPayloadError):
+                s.rebuild_index()           # the index points into the "torn" tail
+            try:
+                s.compact()
+            except CorruptPayloadError as exc:
+                return ("error", exc.offset, sorted(os.listdir(d)))
+            return ("ok", len(s), s.get(keys[-2]), sorted(os.listdir(d)))
+
+
+def test_mapped_passes_on_a_damaged_last_record(tmp_path):
+    """The last record damaged while open (nothing valid after it): the walk
+    reads it as a torn tail.  rebuild_index() refuses ("log ends early"),
+    and compact() gives the same outcome through the map as the Python pass."""
+    assert (_damaged_last_record_outcome(tmp_path / "c", True)
+            == _damaged_last_record_outcome(tmp_path / "p", False))
+
+
+def test_row_log_keeps_the_rows_in_order(tmp_path):
+    """compact()'s RowLog: the live frames' new places, one row per copied
+    frame in log order (grown past its first 1,024 rows), as insert_many rows."""
+    rng = random.Random(7)
+    keys = [rng.getrandbits(128) for _ in range(5000)]
+    payloads = [rng.randbytes(rng.randrange(0, 300)) for _ in keys]
+    with PayloadStore(tmp_path / "s") as s:
+        s.put_many(keys, payloads)
+        s.save()
+        live = _store_read.RowLog()
+        out = bytearray(1 << 20)
+        with fmt.mapped_reader(s._gen.fd, fmt.DATA_HEADER_SIZE, s._end) as read:
+            buf = read(s._gen.fd, s._end, 0)
+            stop, used, new_end = _store_read.copy_live_into(
+                buf, fmt.DATA_HEADER_SIZE, 0, s.index, out, 0, live, fmt.DATA_HEADER_SIZE)
+            del buf
+        assert stop == s._end and used == s._end - fmt.DATA_HEADER_SIZE
+        with open(s.data_path, "rb") as f:
+            assert bytes(out[:used]) == f.read()[fmt.DATA_HEADER_SIZE:s._end]
+        key_rows, meta_rows = live.rows()
+        karr = np.frombuffer(key_rows, dtype=KEY_DTYPE)
+        marr = np.frombuffer(meta_rows, dtype=META_DTYPE)
+        assert live.live == len(karr) == len(keys)
+        assert [int(lo) | int(hi) << 64 for lo, hi in zip(karr["lo"], karr["hi"])] == keys
+        want = [(m.offset, m.length, int(m.compression), m.uncompressed_length)
+                for m in (s.index[k] for k in keys)]
+        assert list(zip(marr["offset"].tolist(), marr["length"].tolist(),
+                        marr["compression"].tolist(), marr["uncompressed_length"].tolist())) == want
