@@ -120,12 +120,11 @@ def test_insert_many_equals_sequential_inserts_duplicates_last_wins(tmp_path):
 
 
 @pytest.mark.parametrize("history", ["fresh", "emptied", "one_entry"])
-def test_bulk_insert_into_an_empty_table_zero_fill(tmp_path, history):
-    """A batch big enough to populate the whole map, into a table with no entry,
-    first writes the slots' zeros with pwrite (``zero_fill_empty``): the same
-    entries as one insert at a time, for a new file, a table emptied by deletes
-    (stale bytes behind empty tags) and one that still holds an entry (no fill);
-    durable through save() and a reopen."""
+def test_bulk_insert_into_an_empty_table(tmp_path, history):
+    """A batch big enough to populate the whole map (read ahead first,
+    ``read_ahead_table``): the same entries as one insert at a time, for a new
+    file, a table emptied by deletes (stale bytes behind empty tags) and one
+    that still holds an entry; durable through save() and a reopen."""
     rng = random.Random(11)
     keys = [rng.getrandbits(128) for _ in range(20_000)]
     recs = meta_array(keys)
@@ -140,7 +139,7 @@ def test_bulk_insert_into_an_empty_table_zero_fill(tmp_path, history):
             assert len(b) == (1 if history == "one_entry" else 0)
             if history == "one_entry":
                 a.insert(old[0], b[old[0]])
-        assert len(keys) * 8 >= slots                  # the populate (and zero fill) branch
+        assert len(keys) * 8 >= slots                  # the read-ahead + populate branch
         b.insert_many(key_array(keys), recs)
         for i, k in enumerate(keys):
             r = recs[i]
