@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 from diskhash import _payload_format as fmt
 from diskhash._files import fsync_dir
 from diskhash._index import DiskHashIndex
+from diskhash.errors import CorruptPayloadError
 
 if TYPE_CHECKING:
     from diskhash._store import PayloadStore
@@ -136,6 +137,16 @@ def compact(store: "PayloadStore") -> dict[str, Any]:
     return report
 
 
+def _refuse_early_end(g: Any, result: "fmt.ScanResult", e0: int) -> None:
+    """Every frame before ``e0`` was whole when this store wrote or opened it:
+    a pass that stops short of ``e0`` met a record damaged since, at the end
+    of the log.  Refused as ``rebuild_index`` refuses it -- copying what came
+    before would drop that record's key from the index without a word (its
+    get raised ``CorruptPayloadError``; after the switch it would be absent)."""
+    if result.end < e0:
+        raise CorruptPayloadError(g.data_path, "log ends early while compacting", offset=result.end)
+
+
 def _copy_live(g: Any, fd: int, e0: int, live: dict[int, tuple[int, int, int, int]]) -> tuple[int, int]:
     """Copy every put frame of the old log before ``e0`` that the old index still
     points at into the new data file ``fd``; fills ``live``; (bytes copied, new end)."""
@@ -166,6 +177,8 @@ def _copy_live(g: Any, fd: int, e0: int, live: dict[int, tuple[int, int, int, in
         if item is None and state["new_end"] - state["written"] >= WRITE_BATCH:
             state["written"] = _write(fd, pending, state["written"])
             pending.clear()
+        elif item is not None:
+            _refuse_early_end(g, item, e0)
     if pending:
         state["written"] = _write(fd, pending, state["written"])
     assert state["written"] == state["new_end"]
@@ -216,6 +229,8 @@ def _copy_live_indexed(g: Any, fd: int, e0: int,
         for item in fmt._walk(g.fd, fmt.DATA_HEADER_SIZE, e0, g.data_path, parse, read=read):
             if item is None and state["used"] >= WRITE_BATCH:
                 flush()
+            elif item is not None:
+                _refuse_early_end(g, item, e0)
     if state["used"]:
         flush()
     assert state["written"] == state["new_end"]
