@@ -312,20 +312,34 @@ def test_million_entries_eight_shards_equal_one_store(client, tmp_path: Path) ->
 
 
 def _kill_first_put_many(marker: str) -> None:
-    """On a worker: the first put_many anywhere writes half its batch, then the
-    worker process dies (SIGKILL), leaving a half-written shard directory."""
+    """On a worker: the first bulk write anywhere (``put_many``, or the packed
+    pieces the shard writers put) writes half its batch, then the worker
+    process dies (SIGKILL), leaving a half-written shard directory."""
     import diskhash
     from diskhash import _sharded
 
+    def first() -> bool:
+        try:
+            fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            return False
+        os.close(fd)
+        return True
+
     class Dying(diskhash.PayloadStore):
         def put_many(self, edge_ids, payloads, **kw):  # type: ignore[no-untyped-def]
-            try:
-                fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-            except FileExistsError:
+            if not first():
                 return super().put_many(edge_ids, payloads, **kw)
-            os.close(fd)
             half = len(payloads) // 2
             super().put_many(edge_ids[:half], payloads[:half], **kw)
+            self.save()
+            os.kill(os.getpid(), signal.SIGKILL)
+
+        def _put_many_packed(self, pieces):  # type: ignore[no-untyped-def]
+            if not first():
+                return super()._put_many_packed(pieces)
+            wrote = super()._put_many_packed(pieces[:max(1, len(pieces) // 2)])
+            assert wrote
             self.save()
             os.kill(os.getpid(), signal.SIGKILL)
 
