@@ -1378,7 +1378,9 @@ class PayloadStore:
             if g.map is not None:
                 g.map.flush()           # msync: the appends made through the map
             _fsync_data(g.fd)
-        g.index.save()
+            # (sync="never": the index's writes are in the page cache, which
+            # a process crash keeps; its msync is an fsync, skipped too)
+            g.index.save()
         if end != self._checkpoint:
             self._write_header(g.fd, end, fmt.FLAG_DIRTY, sync=True)
             self._checkpoint = end

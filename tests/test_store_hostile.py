@@ -60,6 +60,48 @@ def test_sync_interval_saves_in_the_background(tmp_path):
         assert s.stats().checkpoint == s._end
 
 
+class _SaveSpy:
+    """An index stand-in that counts save() calls (the rest goes to the index)."""
+
+    def __init__(self, index):
+        self._index = index
+        self.saves = 0
+
+    def __getattr__(self, name):
+        return getattr(self._index, name)
+
+    def __contains__(self, key):
+        return key in self._index
+
+    def __len__(self):
+        return len(self._index)
+
+    def save(self):
+        self.saves += 1
+        self._index.save()
+
+
+@pytest.mark.parametrize("sync, saves", [("save", 1), ("never", 0)])
+def test_sync_never_does_not_sync_the_index(tmp_path, sync, saves):
+    """sync="never": save() records the checkpoint and fsyncs nothing -- the
+    index's msync (an fsync of its map) included -- and a reopen still finds
+    every put (the index's writes are in the page cache)."""
+    d = tmp_path / "s"
+    with PayloadStore(d, sync=sync) as s:
+        s.put(2, b"two")                # the data file allocated and mapped first
+        real = s._gen.index
+        spy = s._gen.index = _SaveSpy(real)
+        try:
+            s.put(1, b"one")
+            s.save()
+        finally:
+            s._gen.index = real
+        assert spy.saves == saves
+        assert s.stats().checkpoint == s._end
+    with PayloadStore(d, readonly=True) as s:
+        assert s.get(1) == b"one"
+
+
 def test_odd_paths(tmp_path, monkeypatch):
     with pytest.raises(ValueError):
         PayloadStore("")
