@@ -77,7 +77,10 @@ def compact(store: "PayloadStore") -> dict[str, Any]:
             # 3. catch up with what was written meanwhile
             done = e0
             for _ in range(CATCH_UP_ROUNDS):
-                target = store._end
+                with store._write_lock:
+                    # Read under the lock: a put whose insert declines
+                    # (_try_put) moves the end past its frame, then back.
+                    target = store._end
                 if target - done <= CATCH_UP_SMALL:
                     break
                 new_end = _catch_up(g, fd, index, done, target, new_end)
