@@ -11,8 +11,7 @@ import threading
 
 import pytest
 
-from diskhash import PayloadStore
-from diskhash import _compact
+from diskhash import PayloadStore, _compact
 
 pytest.importorskip("numpy")
 
