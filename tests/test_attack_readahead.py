@@ -102,7 +102,54 @@ def test_compact_catch_up_never_reads_an_end_a_backed_out_put_moves_back(tmp_pat
         if state["t"] is not None:
             state["t"].join(30)
         s.close()
+    monkeypatch.undo()
     with PayloadStore(tmp_path / "s") as s:
         assert s.get(888) == b"y" * 5000
         s.compact()
         assert s.get(888) == b"y" * 5000
+
+
+@pytest.mark.parametrize("compiled", [True, False])
+@pytest.mark.parametrize("rounds", ["locked", "unlocked"])
+def test_compact_refuses_a_record_damaged_after_its_start(tmp_path, monkeypatch, compiled, rounds):
+    """The early-end refusal covers the catch-up too: a record written after
+    compact() noted the log's end ``e0`` (an overwrite), then damaged, is the
+    log's last record.  The catch-up's scan stopped short of it and the switch
+    went on, so the key silently got its older value back (before, its get
+    raised ``CorruptPayloadError``).  Now compact() refuses, as for a damaged
+    record before ``e0``, leaving the store on its generation."""
+    import os
+
+    from diskhash import CorruptPayloadError
+
+    if not compiled:
+        monkeypatch.setattr(_compact, "_copy_live_into", None)
+        monkeypatch.setattr(_compact, "_copy_live_c", None)
+    s = PayloadStore(tmp_path / "s")
+    s.put_many(list(range(100)), [b"old %d" % k * 20 for k in range(100)])
+    s.save()
+    gens = (s._gen.data_gen, s._gen.index_gen)
+    real_copy = _compact._copy_live_indexed
+
+    def copy_then_damage(*args):
+        built = real_copy(*args)
+        if rounds == "unlocked":            # more than CATCH_UP_SMALL behind
+            s.put_many(list(range(1000, 1040)), [b"m" * 40_000] * 40)
+        meta = s.put(7, b"new value " * 30)
+        os.pwrite(s._gen.fd, b"\xff", meta.offset + 5)
+        return built
+
+    monkeypatch.setattr(_compact, "_copy_live_indexed", copy_then_damage)
+    try:
+        files = sorted(os.listdir(tmp_path / "s"))
+        with pytest.raises(CorruptPayloadError, match="ends early"):
+            s.compact()
+        assert (s._gen.data_gen, s._gen.index_gen) == gens
+        assert sorted(os.listdir(tmp_path / "s")) == files
+        with pytest.raises(CorruptPayloadError):
+            s.get(7)                        # the damage is reported, not hidden
+        assert s.get(8) == b"old 8" * 20
+        s.put(9, b"still writable")
+        assert s.get(9) == b"still writable"
+    finally:
+        s.close()
