@@ -77,7 +77,10 @@ def compact(store: "PayloadStore") -> dict[str, Any]:
             # 3. catch up with what was written meanwhile
             done = e0
             for _ in range(CATCH_UP_ROUNDS):
-                target = store._end
+                with store._write_lock:
+                    # Read under the lock: a put whose insert declines
+                    # (_try_put) moves the end past its frame, then back.
+                    target = store._end
                 if target - done <= CATCH_UP_SMALL:
                     break
                 new_end = _catch_up(g, fd, index, done, target, new_end)
@@ -138,7 +141,8 @@ def compact(store: "PayloadStore") -> dict[str, Any]:
 
 
 def _refuse_early_end(g: Any, result: "fmt.ScanResult", e0: int) -> None:
-    """Every frame before ``e0`` was whole when this store wrote or opened it:
+    """Every frame before ``e0`` (the end a pass reads to: step 2's, or a
+    catch-up's) was whole when this store wrote or opened it:
     a pass that stops short of ``e0`` met a record damaged since, at the end
     of the log.  Refused as ``rebuild_index`` refuses it -- copying what came
     before would drop that record's key from the index without a word (its
@@ -262,6 +266,7 @@ def _catch_up(g: Any, fd: int, index: DiskHashIndex, start: int, end: int, new_e
     pos = new_end
     for item in fmt.scan(g.fd, start, end, g.data_path, raw=True):
         if not isinstance(item, fmt.Frame):
+            _refuse_early_end(g, item, end)
             continue
         if item.kind == fmt.KIND_PUT:
             final[item.key] = (pos + fmt.FRAME_SIZE, item.stored_length, item.compression,
