@@ -22,7 +22,6 @@ positions ahead is prefetched while the current key is probed
 from cpython.mem cimport PyMem_RawFree, PyMem_RawMalloc
 from libc.stdint cimport int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 from libc.string cimport memset
-from posix.fcntl cimport POSIX_FADV_WILLNEED, posix_fadvise
 
 from diskhash._format cimport (
     DH_COMPILER_BARRIER,
@@ -498,21 +497,6 @@ cdef int _grow_up_front(DiskHashIndex idx, const uint64_t *kp, bint wide, Py_ssi
     return 0
 
 
-cdef void read_ahead_table(DiskHashIndex idx) noexcept nogil:
-    """Read the whole table ahead (POSIX_FADV_WILLNEED) before the map is
-    populated for a bulk insert.  The map is advised random, under which the
-    populate creates the page cache's pages one fault at a time; read-ahead
-    creates them in one pass, as 4 KiB pages still.  (Writing the slots'
-    zeros with pwrite first was faster -- populate + msync of a 21 MB table
-    11-14 ms against 25-35 -- but the page cache then held the table in
-    large folios, and a save() after 100 random puts into a rebuilt store
-    wrote 17 MB instead of 3.6 MB.)  Best effort: an error changes nothing.
-    """
-    if idx._fd >= 0:
-        posix_fadvise(idx._fd, 0, <long>(HEADER_SIZE + idx._num_slots * SLOT_SIZE),
-                      POSIX_FADV_WILLNEED)
-
-
 def insert_many(DiskHashIndex index not None, keys, records):
     """Insert ``records[i]`` under ``keys[i]`` for every i, in order (a later duplicate wins).
 
@@ -561,7 +545,10 @@ def insert_many(DiskHashIndex index not None, keys, records):
         with nogil:
             if <uint64_t>n * POPULATE_RATIO >= idx._num_slots:
                 # A batch this large writes nearly every page of the table.
-                read_ahead_table(idx)
+                # (Not pwrite'd zeros first: faster, but the page cache then
+                # held the table in large folios, and a save() of 100 puts
+                # after rebuild_index dirtied 17 MB instead of 3.6 MB; read-
+                # ahead first measured no faster: tests/test_store_rebuild.py.)
                 populate_for_write(idx._base, HEADER_SIZE + idx._num_slots * SLOT_SIZE)
             pos = insert_range(idx, <const uint64_t *>&kview[0], wide,
                                <const dh_meta *>&rview[0], 0, n, dist, &fail, log)

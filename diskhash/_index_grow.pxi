@@ -5,7 +5,6 @@ import os
 
 from libc.stdint cimport int64_t, uint64_t
 from libc.string cimport memcpy
-from posix.fcntl cimport POSIX_FADV_WILLNEED, posix_fadvise
 from posix.mman cimport MS_SYNC, msync
 from diskhash._format cimport (
     DH_MAX_SLOTS,
@@ -278,11 +277,6 @@ cdef int rebuild_table(DiskHashIndex self, uint64_t new_slots, bint salvage, uin
             # Low priority only while the GIL is released (see above).
             lowered = knobs & KNOB_NICE and dh_nice_lower(nice_level, &old_nice)
             if dense:
-                # Read ahead first: the map is advised random, under which the
-                # populate creates the pages one fault at a time (1.1 against
-                # 0.8 ns a byte); read-ahead keeps them 4 KiB pages, so save()
-                # still writes a page per changed slot (save_after_grow.py).
-                posix_fadvise(c_fd, 0, HEADER_SIZE + new_slots * SLOT_SIZE, POSIX_FADV_WILLNEED)
                 populate_for_write(nbase, HEADER_SIZE + new_slots * SLOT_SIZE)
             placed = rehash(obase, old_slots, nbase, new_slots, seed, salvage,
                             knobs, c_fd, in_order, slice_slots, pause_us)

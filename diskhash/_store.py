@@ -173,16 +173,15 @@ def _populate(mm: "mmap.mmap | None", fd: int, start: int, end: int) -> None:
 
     Measured on ext4: a 1 KiB append into freshly allocated blocks costs
     about 2.5 us through page faults, 0.3 us once the pages are populated
-    (plus 0.8-1.1 ns a byte to populate them), and 6 us through pwrite.  An
-    old kernel without MADV_POPULATE_WRITE just takes the faults.
+    (plus about 0.8 ns a byte to populate them), and 6 us through pwrite.
+    An old kernel without MADV_POPULATE_WRITE just takes the faults.
 
     The map is advised random (no read-ahead for readers), so the populate
     would create the page cache's pages one fault at a time; read-ahead of
     the range first (POSIX_FADV_WILLNEED: no I/O for fallocated blocks)
-    creates them in one pass: 0.8 against 1.1 ns a byte.  Advising the range
-    normal for the populate was faster still (0.5) but left the page cache
-    holding the file in larger folios: a put + save() then wrote 29.8 KB
-    instead of 17.4 KB (benchmarks: docs/store.md, "Speed").
+    takes it from 0.96 to 0.80 ns a byte, keeping 4 KiB pages (advised
+    normal instead, a put + save() wrote 29.8 KB, not 17.4: docs/store.md,
+    "Speed"; benchmarks/save_after_grow.py prints the current figure).
     """
     if mm is None or end <= start:
         return

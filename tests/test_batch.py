@@ -121,10 +121,10 @@ def test_insert_many_equals_sequential_inserts_duplicates_last_wins(tmp_path):
 
 @pytest.mark.parametrize("history", ["fresh", "emptied", "one_entry"])
 def test_bulk_insert_into_an_empty_table(tmp_path, history):
-    """A batch big enough to populate the whole map (read ahead first,
-    ``read_ahead_table``): the same entries as one insert at a time, for a new
-    file, a table emptied by deletes (stale bytes behind empty tags) and one
-    that still holds an entry; durable through save() and a reopen."""
+    """A batch big enough to populate the whole map: the same entries as one
+    insert at a time, for a new file, a table emptied by deletes (stale bytes
+    behind empty tags) and one that still holds an entry; durable through
+    save() and a reopen."""
     rng = random.Random(11)
     keys = [rng.getrandbits(128) for _ in range(20_000)]
     recs = meta_array(keys)
