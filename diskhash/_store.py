@@ -1221,12 +1221,8 @@ class PayloadStore:
         one pwrite, indexed with one ``insert_many``.  A big batch grows the
         index once, up front, to hold every key (overwrites count too: at most
         twice the slots needed), not once per doubling on the way."""
-        from diskhash import _dtypes
         total = len(views)
-        if total >= PUT_MANY_RESERVE:
-            with self._write_lock:
-                g = self._writable()
-                g.index.reserve(len(g.index) + total)
+        self._reserve_for(total)
         buf = bytearray()
         i = 0
         while i < total:
@@ -1234,19 +1230,39 @@ class PayloadStore:
                 i_next, size, key_rows, meta_rows = _encode_frames_u128(pairs, views, i, PUT_MANY_CHUNK, buf)
             else:
                 i_next, size, key_rows, meta_rows = _encode_frames(keys, views, i, PUT_MANY_CHUNK, buf)
-            karr = np.frombuffer(key_rows, dtype=_dtypes.KEY_DTYPE)
-            recs = np.frombuffer(meta_rows, dtype=_dtypes.META_DTYPE)
-            with memoryview(buf) as blob, self._write_lock:
-                g = self._writable()
-                start = self._append_frames(g, blob[:size])
-                try:
-                    recs["offset"] += start
-                    g.index.insert_many(karr, recs)
-                except BaseException:
-                    piece = keys[i:i_next] if keys is not None else _pair_keys(pairs, i, i_next)
-                    self._undo_unindexed(g, start + size, _frame_rows(piece, views[i:i_next], start))
-                    raise
+            self._append_indexed(buf, size, key_rows, meta_rows, np)
             i = i_next
+
+    def _reserve_for(self, total: int) -> None:
+        """Grow the index once, up front, for a batch of ``total`` new keys."""
+        if total >= PUT_MANY_RESERVE:
+            with self._write_lock:
+                g = self._writable()
+                g.index.reserve(len(g.index) + total)
+
+    def _append_indexed(self, buf: bytearray, size: int, key_rows: bytes, meta_rows: bytearray,
+                        np: Any) -> None:
+        """Write the whole frames ``buf[:size]`` at the log's end with one
+        ``pwrite`` and index them with one ``insert_many`` (``key_rows`` /
+        ``meta_rows``: the ``encode_frames*`` rows, offsets relative to the
+        frames' start).  If indexing fails the frames are zeroed again (their
+        keys and places read back from the rows: the lengths, which the
+        offset update leaves alone) and the error raised, so no open replays
+        them."""
+        from diskhash import _dtypes
+        karr = np.frombuffer(key_rows, dtype=_dtypes.KEY_DTYPE)
+        recs = np.frombuffer(meta_rows, dtype=_dtypes.META_DTYPE)
+        with memoryview(buf) as blob, self._write_lock:
+            g = self._writable()
+            start = self._append_frames(g, blob[:size])
+            try:
+                recs["offset"] += start
+                g.index.insert_many(karr, recs)
+            except BaseException:
+                rows = _frame_rows(_pair_keys(karr.view(np.uint64), 0, len(karr)),
+                                   recs["length"].tolist(), start)
+                self._undo_unindexed(g, start + size, rows)
+                raise
 
     def _put_many_packed(self, pieces: "Sequence[tuple[Any, Any, Any]]") -> bool:
         """``put_many`` of records already packed, uncompressed: each piece a
@@ -1293,10 +1309,7 @@ class PayloadStore:
                     raise ValueError(f"a packed payload is over the {fmt.MAX_LENGTH}-byte limit")
             prepared.append((pairs, ends, data))
             total += len(keys)
-        if total >= PUT_MANY_RESERVE:
-            with self._write_lock:
-                g = self._writable()
-                g.index.reserve(len(g.index) + total)
+        self._reserve_for(total)
         buf = bytearray()
         for pairs, ends, data in prepared:
             n = len(ends)
@@ -1304,19 +1317,7 @@ class PayloadStore:
             while i < n:
                 i_next, size, key_rows, meta_rows = _encode_frames_packed(
                     pairs, ends, data, i, PUT_MANY_CHUNK, buf)
-                karr = np.frombuffer(key_rows, dtype=_dtypes.KEY_DTYPE)
-                recs = np.frombuffer(meta_rows, dtype=_dtypes.META_DTYPE)
-                with memoryview(buf) as blob, self._write_lock:
-                    g = self._writable()
-                    start = self._append_frames(g, blob[:size])
-                    try:
-                        recs["offset"] += start
-                        g.index.insert_many(karr, recs)
-                    except BaseException:
-                        piece_keys = _pair_keys(pairs, i, i_next)
-                        views = _packed_views(ends, data, i, i_next)
-                        self._undo_unindexed(g, start + size, _frame_rows(piece_keys, views, start))
-                        raise
+                self._append_indexed(buf, size, key_rows, meta_rows, np)
                 i = i_next
         return True
 
@@ -1599,13 +1600,13 @@ def _still_there(index: DiskHashIndex, key: int) -> bool:
         return True
 
 
-def _frame_rows(keys: "list[int]", views: "list[Any]", start: int) -> "list[tuple[int, int]]":
-    """(key, payload offset) of uncompressed frames laid out from ``start``."""
+def _frame_rows(keys: "list[int]", lengths: "Iterable[int]", start: int) -> "list[tuple[int, int]]":
+    """(key, payload offset) of uncompressed frames of these payload lengths laid out from ``start``."""
     rows = []
     pos = start
-    for key, view in zip(keys, views):
+    for key, length in zip(keys, lengths):
         rows.append((key, pos + fmt.FRAME_SIZE))
-        pos += fmt.FRAME_SIZE + len(view)
+        pos += fmt.FRAME_SIZE + length
     return rows
 
 
@@ -1680,14 +1681,6 @@ def _key_pairs(edge_ids: Any) -> Any:
     pairs[0::2] = lo
     pairs[1::2] = hi
     return pairs
-
-
-def _packed_views(ends: Any, data: Any, start: int, stop: int) -> "list[memoryview]":
-    """Payloads ``start`` to ``stop`` of packed ``ends``/``data`` as views."""
-    view = memoryview(data).cast("B")
-    stops = ends[start:stop].tolist()
-    firsts = [int(ends[start - 1]) if start else 0, *stops[:-1]]
-    return [view[a:b] for a, b in zip(firsts, stops)]
 
 
 def _pair_keys(pairs: Any, start: int, stop: int) -> "list[int]":
