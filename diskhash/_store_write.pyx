@@ -49,6 +49,40 @@ cdef enum:
 cdef uint64_t MAX_PAYLOAD = 0xFFFFFFFFU     # stored_length is a u32 (_payload_format.MAX_LENGTH)
 
 
+cdef inline void _write_put_frame(uint8_t *p, uint64_t lo, uint64_t hi, const void *src,
+                                  uint32_t length) noexcept nogil:
+    """One uncompressed put frame at ``p``: bytes 4..end (header, payload)
+    first, the CRC-32C over them last, so a frame written into the live map
+    is never whole before it is right (``PayloadStore._append``'s order)."""
+    cdef frame_t f
+    cdef uint32_t crc
+    f.checksum = 0
+    f.kind = KIND_PUT
+    f.compression = 0
+    f.mark = FRAME_MARK
+    f.stored_length = length
+    f.uncompressed_length = length
+    f.key_lo = lo
+    f.key_hi = hi
+    memcpy(p + 4, (<uint8_t *>&f) + 4, FRAME_SIZE - 4)
+    if length:
+        memcpy(p + FRAME_SIZE, src, length)
+    crc = dh_crc32c(0, p + 4, <size_t>(FRAME_SIZE - 4 + length))
+    DH_COMPILER_BARRIER()
+    memcpy(p, &crc, 4)
+
+
+cdef inline void _write_rows(uint8_t *krow, uint8_t *mrow, uint64_t lo, uint64_t hi,
+                             uint64_t offset, uint32_t length) noexcept nogil:
+    """A record's ``KEY_DTYPE`` and ``META_DTYPE`` rows (compression NONE; the
+    meta row's padding zeroed by the caller)."""
+    memcpy(krow, &lo, 8)
+    memcpy(krow + 8, &hi, 8)
+    memcpy(mrow, &offset, 8)
+    memcpy(mrow + 8, &length, 4)
+    memcpy(mrow + 16, &length, 4)
+
+
 cdef inline Py_ssize_t _length(object payload) except -1:
     if PyBytes_CheckExact(payload):
         return PyBytes_GET_SIZE(payload)
@@ -103,9 +137,8 @@ def encode_frames_packed(const uint64_t[::1] pairs, const int64_t[::1] ends,
     cdef Py_ssize_t i, stop, count, size = 0, length
     cdef int64_t prev, first, end
     cdef Py_buffer blob_view
-    cdef uint64_t off, src
+    cdef uint64_t off, src, lo, hi
     cdef uint32_t ulen32
-    cdef frame_t f
     cdef char *out
     cdef const uint8_t *base
     cdef uint8_t *krow
@@ -149,12 +182,8 @@ def encode_frames_packed(const uint64_t[::1] pairs, const int64_t[::1] ends,
         length = <Py_ssize_t>(end - prev)
         if end < prev or end > data.shape[0] or pos + FRAME_SIZE + length > size:
             raise ValueError("payload ends changed during encode_frames_packed")
-        ulen32 = <uint32_t>length
-        memcpy(krow + (i - start) * KEY_ROW, &pairs[2 * i], 16)
-        off = <uint64_t>(pos + FRAME_SIZE)
-        memcpy(mrow + (i - start) * META_ROW, &off, 8)
-        memcpy(mrow + (i - start) * META_ROW + 8, &ulen32, 4)
-        memcpy(mrow + (i - start) * META_ROW + 16, &ulen32, 4)
+        _write_rows(krow + (i - start) * KEY_ROW, mrow + (i - start) * META_ROW,
+                    pairs[2 * i], pairs[2 * i + 1], <uint64_t>(pos + FRAME_SIZE), <uint32_t>length)
         pos += FRAME_SIZE + length
         prev = end
     if pos != size:
@@ -164,24 +193,13 @@ def encode_frames_packed(const uint64_t[::1] pairs, const int64_t[::1] ends,
     try:
         out = <char *>blob_view.buf
         with nogil:
-            f.kind = KIND_PUT
-            f.compression = 0
-            f.mark = FRAME_MARK
             src = <uint64_t>first
             for i in range(count):
-                memcpy(&f.key_lo, krow + i * KEY_ROW, 8)
-                memcpy(&f.key_hi, krow + i * KEY_ROW + 8, 8)
+                memcpy(&lo, krow + i * KEY_ROW, 8)
+                memcpy(&hi, krow + i * KEY_ROW + 8, 8)
                 memcpy(&off, mrow + i * META_ROW, 8)
                 memcpy(&ulen32, mrow + i * META_ROW + 8, 4)
-                f.stored_length = ulen32
-                f.uncompressed_length = ulen32
-                f.checksum = 0
-                pos = <Py_ssize_t>off - FRAME_SIZE
-                memcpy(out + pos, &f, FRAME_SIZE)
-                if ulen32:
-                    memcpy(out + off, base + src, <size_t>ulen32)
-                f.checksum = dh_crc32c(0, out + pos + 4, <size_t>(FRAME_SIZE - 4 + ulen32))
-                memcpy(out + pos, &f.checksum, 4)
+                _write_put_frame(<uint8_t *>out + off - FRAME_SIZE, lo, hi, base + src, ulen32)
                 src += ulen32
     finally:
         PyBuffer_Release(&blob_view)
@@ -230,16 +248,11 @@ cdef int _encode_loop(list keys, const uint64_t *kv, list payloads, Py_ssize_t s
                       Py_ssize_t count) except -1:
     """``encode_frames``' copy loop, into buffers the caller holds exports of."""
     cdef Py_ssize_t i, pos = 0, length
-    cdef uint64_t lo, hi, off
-    cdef frame_t f
+    cdef uint64_t lo, hi
     cdef Py_buffer view
     cdef const char *src
-    cdef uint32_t ulen32
     cdef bint held
     memset(mrow, 0, <size_t>(count * META_ROW))
-    f.kind = KIND_PUT
-    f.compression = 0
-    f.mark = FRAME_MARK
     for i in range(start, stop):
         # (a payload's buffer export may run Python code that changes the lists)
         if (kv == NULL and i >= PyList_GET_SIZE(keys)) or i >= PyList_GET_SIZE(payloads):
@@ -262,25 +275,11 @@ cdef int _encode_loop(list keys, const uint64_t *kv, list payloads, Py_ssize_t s
         try:
             if pos + FRAME_SIZE + length > size:
                 raise ValueError(f"payloads[{i}] changed size during put_many")
-            ulen32 = <uint32_t>length
-            f.stored_length = ulen32
-            f.uncompressed_length = ulen32
-            f.key_lo = lo
-            f.key_hi = hi
-            f.checksum = 0
-            memcpy(out + pos, &f, FRAME_SIZE)
-            memcpy(out + pos + FRAME_SIZE, src, <size_t>length)
+            _write_put_frame(<uint8_t *>out + pos, lo, hi, src, <uint32_t>length)
         finally:
             if held:
                 PyBuffer_Release(&view)
-        f.checksum = dh_crc32c(0, out + pos + 4, <size_t>(FRAME_SIZE - 4 + length))
-        memcpy(out + pos, &f.checksum, 4)
-        memcpy(krow, &lo, 8)
-        memcpy(krow + 8, &hi, 8)
-        off = <uint64_t>(pos + FRAME_SIZE)
-        memcpy(mrow, &off, 8)
-        memcpy(mrow + 8, &ulen32, 4)
-        memcpy(mrow + 16, &ulen32, 4)
+        _write_rows(krow, mrow, lo, hi, <uint64_t>(pos + FRAME_SIZE), <uint32_t>length)
         krow += KEY_ROW
         mrow += META_ROW
         pos += FRAME_SIZE + length
@@ -303,11 +302,9 @@ def put_frame(DiskHashIndex index not None, view, Py_ssize_t start, key, bytes p
     """
     cdef uint64_t lo, hi
     cdef Py_buffer buf
-    cdef frame_t f
     cdef meta_fields m
     cdef Py_ssize_t length = PyBytes_GET_SIZE(payload)
     cdef uint8_t *p
-    cdef uint32_t crc
     key_to_u128(key, &lo, &hi)
     if <uint64_t>length > MAX_PAYLOAD:
         raise ValueError(f"payload is {length} bytes; the limit is {MAX_PAYLOAD} (u32)")
@@ -317,19 +314,7 @@ def put_frame(DiskHashIndex index not None, view, Py_ssize_t start, key, bytes p
             raise ValueError(f"the frame at {start} ({FRAME_SIZE + length} bytes) is outside "
                              f"the map ({buf.len} bytes)")
         p = <uint8_t *>buf.buf + start
-        f.checksum = 0
-        f.kind = KIND_PUT
-        f.compression = 0
-        f.mark = FRAME_MARK
-        f.stored_length = <uint32_t>length
-        f.uncompressed_length = <uint32_t>length
-        f.key_lo = lo
-        f.key_hi = hi
-        memcpy(p + 4, (<uint8_t *>&f) + 4, FRAME_SIZE - 4)
-        memcpy(p + FRAME_SIZE, PyBytes_AS_STRING(payload), <size_t>length)
-        crc = dh_crc32c(0, p + 4, <size_t>(FRAME_SIZE - 4 + length))
-        DH_COMPILER_BARRIER()
-        memcpy(p, &crc, 4)
+        _write_put_frame(p, lo, hi, PyBytes_AS_STRING(payload), <uint32_t>length)
         m.offset = <uint64_t>(start + FRAME_SIZE)
         m.length = <uint32_t>length
         m.uncompressed_length = <uint32_t>length
