@@ -145,3 +145,15 @@ def fill_every_slot(path, slots=4096):
     for i in range(slots):
         SLOT.pack_into(data, slot_offset(i), 1, 0, 0, 0, 0, 0, (i + 10**9).to_bytes(16, "little"), 0)
     path.write_bytes(bytes(data))
+
+
+def random_key_array(rng, n: int):
+    """``n`` random 128-bit ids as a ``KEY_DTYPE`` array, drawn from the numpy
+    Generator ``rng`` (low halves, then high halves)."""
+    import numpy as np
+
+    from diskhash import KEY_DTYPE
+    keys = np.empty(n, dtype=KEY_DTYPE)
+    keys["lo"] = rng.integers(0, 2**64, n, dtype=np.uint64)
+    keys["hi"] = rng.integers(0, 2**64, n, dtype=np.uint64)
+    return keys

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import subprocess_env
+from conftest import random_key_array, subprocess_env
 
 dask = pytest.importorskip("dask")
 distributed = pytest.importorskip("distributed")
@@ -25,7 +25,6 @@ import dask.bag as db  # noqa: E402  (after the importorskips)
 import pandas as pd  # noqa: E402
 
 from diskhash import (  # noqa: E402
-    KEY_DTYPE,
     IndexClosedError,
     ManifestError,
     PayloadStore,
@@ -47,9 +46,7 @@ def client():
 
 def make_data(n: int, seed: int = 0) -> tuple[np.ndarray, list[bytes]]:
     rng = np.random.default_rng(seed)
-    keys = np.empty(n, dtype=KEY_DTYPE)
-    keys["lo"] = rng.integers(0, 2**64, n, dtype=np.uint64)
-    keys["hi"] = rng.integers(0, 2**64, n, dtype=np.uint64)
+    keys = random_key_array(rng, n)
     sizes = rng.integers(0, 120, n)
     blob = rng.bytes(int(sizes.sum()))
     ends = np.cumsum(sizes)

@@ -13,6 +13,7 @@ import pytest
 dask = pytest.importorskip("dask")
 distributed = pytest.importorskip("distributed")
 import anyio  # noqa: E402
+from conftest import random_key_array  # noqa: E402
 
 from diskhash import KEY_DTYPE, ShardedStore, _manifest, _routing  # noqa: E402
 from diskhash.dask import LookupService, ShardActor  # noqa: E402
@@ -20,9 +21,7 @@ from diskhash.dask import LookupService, ShardActor  # noqa: E402
 
 def make_set(path: Path, n: int = 3000, shards: int = 3) -> tuple[np.ndarray, list[bytes]]:
     rng = np.random.default_rng(7)
-    keys = np.empty(n, dtype=KEY_DTYPE)
-    keys["lo"] = rng.integers(0, 2**64, n, dtype=np.uint64)
-    keys["hi"] = rng.integers(0, 2**64, n, dtype=np.uint64)
+    keys = random_key_array(rng, n)
     sizes = rng.integers(0, 50, n)
     sizes[::5] = 0                                   # empty payloads
     payloads = [rng.bytes(int(s)) for s in sizes]

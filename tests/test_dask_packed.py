@@ -5,16 +5,15 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import random_key_array
 
-from diskhash import KEY_DTYPE, _routing
+from diskhash import _routing
 from diskhash._packed import bytes_payloads, pack_pieces, payload_list, unpack_piece
 
 
 def records(n: int, seed: int = 0) -> tuple[np.ndarray, list[bytes]]:
     rng = np.random.default_rng(seed)
-    keys = np.empty(n, dtype=KEY_DTYPE)
-    keys["lo"] = rng.integers(0, 2**64, n, dtype=np.uint64)
-    keys["hi"] = rng.integers(0, 2**64, n, dtype=np.uint64)
+    keys = random_key_array(rng, n)
     sizes = rng.integers(0, 40, n)
     sizes[::7] = 0                                  # empty payloads among the others
     return keys, [rng.bytes(int(s)) for s in sizes]

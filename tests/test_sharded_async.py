@@ -8,9 +8,9 @@ from pathlib import Path
 import anyio
 import numpy as np
 import pytest
+from conftest import random_key_array
 
 from diskhash import (
-    KEY_DTYPE,
     AsyncShardedStore,
     IndexClosedError,
     ShardedStore,
@@ -33,9 +33,7 @@ def test_mirrors_sync_api() -> None:
 
 def keys_and_payloads(n: int) -> tuple[np.ndarray, list[bytes]]:
     rng = np.random.default_rng(5)
-    keys = np.empty(n, dtype=KEY_DTYPE)
-    keys["lo"] = rng.integers(0, 2**64, n, dtype=np.uint64)
-    keys["hi"] = rng.integers(0, 2**64, n, dtype=np.uint64)
+    keys = random_key_array(rng, n)
     return keys, [rng.bytes(int(rng.integers(0, 200))) for _ in range(n)]
 
 

@@ -6,17 +6,16 @@ import uuid
 
 import numpy as np
 import pytest
+from conftest import random_key_array
 
-from diskhash import KEY_DTYPE, _routing
+from diskhash import _routing
 
 SEED = 0x1234_5678_9ABC_DEF1
 
 
 def random_keys(n: int, seed: int = 0) -> np.ndarray:
     rng = np.random.default_rng(seed)
-    keys = np.empty(n, dtype=KEY_DTYPE)
-    keys["lo"] = rng.integers(0, 2**64, n, dtype=np.uint64)
-    keys["hi"] = rng.integers(0, 2**64, n, dtype=np.uint64)
+    keys = random_key_array(rng, n)
     return keys
 
 

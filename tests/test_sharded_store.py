@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import random_key_array
 
 from diskhash import (
     KEY_DTYPE,
@@ -22,9 +23,7 @@ from diskhash import (
 
 def keys_and_payloads(n: int, seed: int = 0) -> tuple[np.ndarray, list[bytes]]:
     rng = np.random.default_rng(seed)
-    keys = np.empty(n, dtype=KEY_DTYPE)
-    keys["lo"] = rng.integers(0, 2**64, n, dtype=np.uint64)
-    keys["hi"] = rng.integers(0, 2**64, n, dtype=np.uint64)
+    keys = random_key_array(rng, n)
     payloads = [rng.bytes(int(rng.integers(0, 300))) for _ in range(n)]
     return keys, payloads
 

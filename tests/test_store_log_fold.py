@@ -49,21 +49,27 @@ def _index_state(s: PayloadStore) -> "dict[int, tuple[int, int, int, int]]":
             for k, m in s.index.items()}
 
 
+def _fold_state(s: PayloadStore) -> "tuple[int, dict[int, tuple[int, int, int, int]]]":
+    """Fold the whole log of ``s`` with ``LogFold``: (its live count, key -> record)."""
+    table = _store_read.LogFold()
+    result = fmt.fold(s._gen.fd, fmt.DATA_HEADER_SIZE, s._end, s.data_path, table)
+    assert not result.torn and result.end == s._end
+    key_rows, meta_rows = table.rows()
+    karr = np.frombuffer(key_rows, dtype=KEY_DTYPE)
+    marr = np.frombuffer(meta_rows, dtype=META_DTYPE)
+    got = dict(zip((karr["lo"].astype(object) | karr["hi"].astype(object) << 64).tolist(),
+                   zip(marr["offset"].tolist(), marr["length"].tolist(),
+                       marr["compression"].tolist(), marr["uncompressed_length"].tolist())))
+    return table.live, got
+
+
 def test_log_fold_equals_the_python_replay(tmp_path):
     rng = random.Random(1)
     with PayloadStore(tmp_path / "s") as s:
         model = _history(s, rng, 3000)          # > 1024 keys: the fold's table grows
         s.save()
-        table = _store_read.LogFold()
-        result = fmt.fold(s._gen.fd, fmt.DATA_HEADER_SIZE, s._end, s.data_path, table)
-        assert not result.torn and result.end == s._end
-        key_rows, meta_rows = table.rows()
-        karr = np.frombuffer(key_rows, dtype=KEY_DTYPE)
-        marr = np.frombuffer(meta_rows, dtype=META_DTYPE)
-        got = {int(lo) | int(hi) << 64: (int(m["offset"]), int(m["length"]), int(m["compression"]),
-                                         int(m["uncompressed_length"]))
-               for lo, hi, m in zip(karr["lo"], karr["hi"], marr)}
-        assert table.live == len(got) == len(model)
+        live, got = _fold_state(s)
+        assert live == len(got) == len(model)
         assert got == _python_state(s) == _index_state(s)
 
 
@@ -78,18 +84,9 @@ def test_log_fold_with_mapped_tables_equals_the_python_replay(tmp_path):
         for k in keys[1::7]:
             s.delete(k)
         s.save()
-        table = _store_read.LogFold()
-        result = fmt.fold(s._gen.fd, fmt.DATA_HEADER_SIZE, s._end, s.data_path, table)
-        assert not result.torn and result.end == s._end
-        key_rows, meta_rows = table.rows()
-        karr = np.frombuffer(key_rows, dtype=KEY_DTYPE)
-        marr = np.frombuffer(meta_rows, dtype=META_DTYPE)
-        got = dict(zip((karr["lo"].astype(object) | karr["hi"].astype(object) << 64).tolist(),
-                       zip(marr["offset"].tolist(), marr["length"].tolist(),
-                           marr["compression"].tolist(), marr["uncompressed_length"].tolist())))
-        assert table.live == len(got) == len(s)
+        live, got = _fold_state(s)          # (the mapped table is freed on return)
+        assert live == len(got) == len(s)
         assert got == _python_state(s) == _index_state(s)
-        del table                   # frees the mapped table
 
 
 def test_rebuild_index_matches_the_old_index_and_the_model(tmp_path):
