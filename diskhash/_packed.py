@@ -11,9 +11,10 @@ A *piece* is::
 
 ``pack_pieces`` cuts a batch into one piece per shard with a single copy of
 the payload bytes (one ``bytes.join``); ``unpack_piece`` reads a piece back as
-zero-copy numpy views; ``payload_list`` turns the blob into the ``bytes``
-objects ``PayloadStore.put_many`` takes on its fast path (a ``memoryview``
-per payload would send every record through its Python checks).
+zero-copy numpy views, which the shard writers hand to
+``PayloadStore._put_many_packed`` as they are; ``payload_list`` turns the
+blob into ``bytes`` objects for the one writer that cannot (a store that
+compresses: ``put_many`` encodes payload by payload).
 ``bytes_payloads`` checks an input column once and, when every payload is
 already ``bytes`` (the common case), without a Python call per payload.
 """
