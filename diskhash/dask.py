@@ -383,7 +383,7 @@ def _run(pieces_of: list[list[Any]], write_args: tuple[Any, ...], token: str, cl
             writes.append(client.submit(
                 _write_shard, root, manifest, s, kwargs, compression,
                 *flat[s * parts:(s + 1) * parts], key=f"{WRITE_TASK}-{token}-{s}",
-                workers=where, allow_other_workers=True, pure=False))
+                workers=where, allow_other_workers=where is not None, pure=False))
         # Only the writers hold the pieces now: each writer's pieces are
         # released when it finishes, not kept until the whole build ends.
         del flat
@@ -588,8 +588,8 @@ class LookupService:
             where, loose = [host], False
         elif workers:
             where, loose = [workers[s % len(workers)]], True
-        else:
-            where, loose = None, True
+        else:           # (distributed refuses allow_other_workers without workers=)
+            where, loose = None, False
         key = f"{ACTOR_TASK}-{self._manifest.set_id[:12]}-{s}-{self._generation[s]}"
         self._generation[s] += 1
         return self._client.submit(ShardActor, self._directory, self._manifest, s, self._kwargs,

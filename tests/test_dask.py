@@ -220,6 +220,30 @@ def test_build_refuses_existing_set_and_foreign_files(client, tmp_path: Path) ->
         build_store(bag, tmp_path / "x", shards=0)
 
 
+def test_build_while_the_scheduler_lists_no_worker(client, tmp_path: Path, monkeypatch) -> None:
+    """Writer placement asks the scheduler for its workers; with none listed
+    (workers still registering, or restarted by an earlier test) the writers
+    go unplaced.  They were submitted with allow_other_workers=True and no
+    workers=, which distributed refuses: the build failed (seen in .ci/run)."""
+    real = type(client).scheduler_info
+
+    def no_workers(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        info = dict(real(self, *args, **kwargs))
+        info["workers"] = {}
+        return info
+
+    monkeypatch.setattr(type(client), "scheduler_info", no_workers)
+    keys, payloads = make_data(2000, 9)
+    build_store(frame(keys, payloads, 2), tmp_path / "set", shards=3, id_columns=("lo", "hi"),
+                client=client)
+    with ShardedStore(tmp_path / "set", readonly=True) as local, \
+            LookupService(client, tmp_path / "set") as svc:     # the actors unplaced too
+        assert svc.get_many(keys[:500]) == local.get_many(keys[:500])
+    monkeypatch.undo()
+    with single_store(tmp_path / "one", keys, payloads) as one:
+        assert_same_set(tmp_path / "set", one, keys)
+
+
 def test_actor_lookups_equal_local_lookups(client, tmp_path: Path) -> None:
     keys, payloads = make_data(4000, 5)
     build_store(frame(keys, payloads, 3), tmp_path / "set", shards=4, id_columns=("lo", "hi"))
