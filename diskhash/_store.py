@@ -1418,7 +1418,10 @@ class PayloadStore:
                     self._write_header(g.fd, self._end, 0, sync=True)
             finally:
                 self._gen = None
-                g.index.close()
+                if self._sync == "never":
+                    g.index._close_unsynced()   # no msync: as in _save_locked
+                else:
+                    g.index.close()
                 g.release()
                 self._abandon()
 
