@@ -178,6 +178,8 @@ class DiskHashIndex:
 
         Idempotent; other threads' later calls raise ``IndexClosedError``.
         """
+    def _close_unsynced(self) -> None:
+        """``close()`` without the msync (process-crash safe only)."""
     @property
     def closed(self) -> bool:
         """Whether the index was closed (or inherited across ``fork()``)."""

@@ -574,6 +574,11 @@ cdef class DiskHashIndex:
         """
         close_index(self)
 
+    def _close_unsynced(self):
+        """``close()`` without the msync: the writes stay in the page cache,
+        which a process crash keeps (``PayloadStore(sync="never")``)."""
+        close_index(self, False)
+
     @property
     def closed(self):
         return self._state != STATE_OPEN

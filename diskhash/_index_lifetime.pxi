@@ -25,8 +25,9 @@ def _disable_inherited_indexes():
 os.register_at_fork(after_in_child=_disable_inherited_indexes)
 
 
-cdef int close_index(DiskHashIndex self) except -1:
-    """Flush (if writable), record a clean close, unmap, unlock.  Idempotent.
+cdef int close_index(DiskHashIndex self, bint sync=True) except -1:
+    """Flush (if writable; not without ``sync``), record a clean close, unmap,
+    unlock.  Idempotent.
 
     Other threads blocked on the index get ``IndexClosedError``.
     """
@@ -43,7 +44,8 @@ cdef int close_index(DiskHashIndex self) except -1:
         error = None
         if not self.readonly:
             try:
-                self._sync_locked()
+                if sync:
+                    self._sync_locked()
                 self._lock.mark_clean(os.fstat(self._fd), self._num_entries)
             except OSError as exc:
                 error = exc

@@ -994,6 +994,10 @@ class PayloadStore:
             self._allocate(g, end, populate=False)      # pwrite fills the pages itself
         try:
             _write_all(g.fd, (blob,), start)
+            # (in the try: Ctrl-C between the pwrite and this line would leave
+            # the frames written past an end the next append writes over)
+            self._end = end
+            self._unsaved = True
         except BaseException:
             # Some frames may be written (Ctrl-C right after the pwrite, an I/O
             # error after a short one): zero them, or the next append's shorter
@@ -1003,8 +1007,6 @@ class PayloadStore:
             self._end = end
             self._undo_append(g, start, end)
             raise
-        self._end = end
-        self._unsaved = True
         return start
 
     def _allocate(self, g: _Generation, end: int, populate: bool = True) -> None:
@@ -1206,11 +1208,13 @@ class PayloadStore:
             del parts
             with self._write_lock:
                 g = self._writable()
-                start = self._append_frames(g, blob)
+                start = self._end
                 try:
+                    self._append_frames(g, blob)        # (in the try: see _append_indexed)
                     _insert_rows(g.index, rows, start)
                 except BaseException:
-                    self._undo_unindexed(g, start + size, [(r[0], r[1] + start) for r in rows])
+                    if self._end != start:
+                        self._undo_unindexed(g, start + size, [(r[0], r[1] + start) for r in rows])
                     raise
 
     def _put_many_frames(self, keys: "list[int] | None", pairs: Any, views: "list[Any]",
@@ -1254,14 +1258,18 @@ class PayloadStore:
         recs = np.frombuffer(meta_rows, dtype=_dtypes.META_DTYPE)
         with memoryview(buf) as blob, self._write_lock:
             g = self._writable()
-            start = self._append_frames(g, blob[:size])
+            start = self._end
             try:
+                # (the append in the try: Ctrl-C after it returned, before a
+                # try, would leave its frames unindexed for an open to replay)
+                self._append_frames(g, blob[:size])
                 recs["offset"] += start
                 g.index.insert_many(karr, recs)
             except BaseException:
-                rows = _frame_rows(_pair_keys(karr.view(np.uint64), 0, len(karr)),
-                                   recs["length"].tolist(), start)
-                self._undo_unindexed(g, start + size, rows)
+                if self._end != start:      # written (a failed append undoes itself)
+                    rows = _frame_rows(_pair_keys(karr.view(np.uint64), 0, len(karr)),
+                                       recs["length"].tolist(), start)
+                    self._undo_unindexed(g, start + size, rows)
                 raise
 
     def _put_many_packed(self, pieces: "Sequence[tuple[Any, Any, Any]]") -> bool:
@@ -1418,7 +1426,10 @@ class PayloadStore:
                     self._write_header(g.fd, self._end, 0, sync=True)
             finally:
                 self._gen = None
-                g.index.close()
+                if self._sync == "never":
+                    g.index._close_unsynced()   # no msync: as in _save_locked
+                else:
+                    g.index.close()
                 g.release()
                 self._abandon()
 
