@@ -1,7 +1,7 @@
 """diskhash: a memory-mapped, crash-safe hash index of 128-bit ids (SOCHIDX2)."""
 
 try:
-    from diskhash._records import Compression, IndexStats, PayloadMeta, RepairReport
+    from diskhash._records import Compression, IndexStats, PayloadMeta, RepairReport, SalvageReport
     from diskhash._index import DiskHashIndex, repair
 except ImportError:
     from diskhash._checkout import missing_extensions as _missing_extensions
@@ -20,6 +20,7 @@ from diskhash.errors import (
     CodecUnavailableError,
     CorruptIndexError,
     CorruptPayloadError,
+    DamagedRecordsError,
     DiskHashError,
     IndexClosedError,
     IndexLockedError,
@@ -38,6 +39,7 @@ __all__ = [
     "Compression",
     "CorruptIndexError",
     "CorruptPayloadError",
+    "DamagedRecordsError",
     "DiskHashError",
     "DiskHashIndex",
     "IndexClosedError",
@@ -48,6 +50,7 @@ __all__ = [
     "PayloadStore",
     "ReadOnlyIndexError",
     "RepairReport",
+    "SalvageReport",
     "ShardBuildError",
     "ShardMismatchError",
     "ShardedStats",

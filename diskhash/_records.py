@@ -96,6 +96,19 @@ class RepairReport(NamedTuple):
     slots: int
 
 
+class SalvageReport(NamedTuple):
+    """What ``compact(salvage=True)`` or ``rebuild_index(salvage=True)`` dropped.
+
+    ``keys``: the edge ids whose newest record was damaged and is gone from
+    the store; ``frames`` and ``bytes``: the damaged frames (live and dead)
+    passed over.
+    """
+
+    keys: tuple[int, ...]
+    frames: int
+    bytes: int
+
+
 # The compiled record builder (lookups, iteration) makes records of these
 # classes; ``PayloadMeta(...)`` with five positional arguments also goes
 # straight to the validator (a vectorcall, skipping ``type.__call__``).

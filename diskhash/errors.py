@@ -7,7 +7,7 @@ are the conventions callers already handle.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
 
 __all__ = [
     "DiskHashError",
@@ -17,6 +17,7 @@ __all__ = [
     "ReadOnlyIndexError",
     "WrongEventLoopError",
     "CorruptPayloadError",
+    "DamagedRecordsError",
     "CodecUnavailableError",
     "ManifestError",
     "ShardMismatchError",
@@ -126,6 +127,30 @@ class CorruptPayloadError(DiskHashError):
 def _rebuild_corrupt_payload(path: str, defects: "list[str]", edge_id: "int | None",
                              offset: "int | None") -> "CorruptPayloadError":
     return CorruptPayloadError(path, defects, edge_id=edge_id, offset=offset)
+
+
+class DamagedRecordsError(CorruptPayloadError):
+    """Maintenance (``compact()``, ``rebuild_index()``) found live records whose
+    frames are damaged, and refused rather than lose them silently.
+
+    ``keys`` lists the edge ids whose newest record cannot be read back.
+    Nothing was changed.  Calling again with ``salvage=True`` (CLI:
+    ``--salvage``) proceeds, drops exactly these keys and reports them in
+    ``PayloadStore.last_salvage``.
+    """
+
+    def __init__(self, path: str, defects: "list[str] | str", keys: "Sequence[int]", *,
+                 offset: "int | None" = None) -> None:
+        self.keys = tuple(keys)
+        super().__init__(path, defects, offset=offset)
+
+    def __reduce__(self):  # type: ignore[no-untyped-def]
+        return (_rebuild_damaged, (self.path, self.defects, self.keys, self.offset))
+
+
+def _rebuild_damaged(path: str, defects: "list[str]", keys: "Sequence[int]",
+                     offset: "int | None") -> "DamagedRecordsError":
+    return DamagedRecordsError(path, defects, keys, offset=offset)
 
 
 class CodecUnavailableError(DiskHashError, ImportError):
