@@ -47,6 +47,7 @@ from diskhash._dtypes import KEY_DTYPE as _KEY_DTYPE
 from diskhash._dtypes import META_DTYPE as _META_DTYPE
 from diskhash._dtypes import RESULT_DTYPE as _RESULT_DTYPE
 from diskhash._dtypes import np as _np
+from diskhash.errors import KeyRangeError
 
 cdef extern from *:
     """
@@ -384,7 +385,7 @@ def _key_array(keys):
             neg = _np.flatnonzero(arr < 0)
             if neg.size:
                 k = int(neg[0])
-                raise OverflowError(f"keys[{k}] = {arr[k]} is outside [0, 2**128)")
+                raise KeyRangeError(int(arr[k]), f"keys[{k}]")
         wide = False
     elif dt.kind == "b":
         raise TypeError("keys must be unsigned integers (ids), not bool")

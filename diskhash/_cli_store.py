@@ -31,8 +31,8 @@ import binascii
 import importlib
 import json
 import os
+import re
 import sys
-import uuid
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Sequence
 
@@ -76,19 +76,33 @@ def _command(name: str, help: str, arguments: "Callable[[argparse.ArgumentParser
 
 # -- helpers -------------------------------------------------------------------------
 
+_DECIMAL_KEY = re.compile(r"[0-9]+")
+_HEX_KEY = re.compile(r"0[xX][0-9a-fA-F]+")
+_UUID_KEY = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
+
+
 def parse_key(text: str) -> int:
-    """A key from the command line or a file: decimal, 0x hex, or a UUID."""
-    t = text.strip()
-    try:
-        if t.lower().startswith("0x"):
-            key = int(t, 16)
-        elif "-" in t and len(t) == 36:
-            key = uuid.UUID(t).int
-        else:
-            key = int(t, 10)
-    except ValueError:
-        raise UsageError(f"{text!r} is not a key (decimal, 0x hex, or a UUID)") from None
-    if not 0 <= key < 1 << 128:
+    """A key from the command line or a file: ASCII decimal digits, ``0x`` and
+    hex digits, or a UUID in its 8-4-4-4-12 form; nothing else.
+
+    Python's ``int()`` would also take other scripts' digits (``"١"`` is 1),
+    underscores, signs and inner spaces: a key typed or exported wrongly
+    must be refused, not read as another key."""
+    t = text.strip(" \t\r\n")
+    # Leading zeros dropped and long strings refused by length: int() of
+    # thousands of digits is slow, and refused past 4300 on 3.11+.
+    if _DECIMAL_KEY.fullmatch(t):
+        digits = t.lstrip("0") or "0"
+        key = int(digits, 10) if len(digits) <= 39 else 1 << 128
+    elif _HEX_KEY.fullmatch(t):
+        digits = t[2:].lstrip("0") or "0"
+        key = int(digits, 16) if len(digits) <= 32 else 1 << 128
+    elif _UUID_KEY.fullmatch(t):
+        key = int(t.replace("-", ""), 16)
+    else:
+        raise UsageError(f"{text!r} is not a key (ASCII decimal digits, 0x and hex digits, "
+                         f"or a UUID such as 12345678-1234-5678-1234-567812345678)")
+    if key >> 128:
         raise UsageError(f"{text!r} is not a key: keys are in [0, 2**128)")
     return key
 

@@ -9,6 +9,8 @@ almost surely a bug.  Records are built by filling a tuple subclass directly
 import operator
 import uuid
 
+from diskhash.errors import KeyRangeError
+
 from cpython.object cimport PyObject, PyTypeObject
 from cpython.ref cimport Py_INCREF
 from cpython.tuple cimport PyTuple_GET_SIZE
@@ -188,7 +190,7 @@ cdef int _key_slow(object key, uint64_t *lo, uint64_t *hi) except -1:
                 f"not {type(key).__name__}")
         key = as_int
     if key < 0 or key >= 2**128:
-        raise OverflowError(f"edge_id {key} is outside [0, 2**128)")
+        raise KeyRangeError(key)
     dh_long_to_u128(int(key), lo, hi)
     return 0
 
@@ -199,7 +201,7 @@ cdef int key_to_u128(object key, uint64_t *lo, uint64_t *hi) except -1:
             return 0
         if PyErr_ExceptionMatches(OverflowError):
             PyErr_Clear()
-            raise OverflowError(f"edge_id {key} is outside [0, 2**128)") from None
+            raise KeyRangeError(key) from None
         return -1                       # some other error: already set
     return _key_slow(key, lo, hi)
 

@@ -335,13 +335,38 @@ class IndexLock:
         self.undo_map: mmap.mmap | None = None
         self.deadline = None if timeout is None else time.monotonic() + max(timeout, 0.0)
         self.timeout = timeout
-        self.fd = self._open()
-        if self.fd >= 0:
+        while True:
+            self.fd = self._open()
+            if self.fd < 0:
+                return
             try:
                 self._acquire(self.fd, "")
+                if self._still_at_path(self.fd):
+                    return
             except BaseException:
                 self.close(unlock=False)
                 raise
+            # The holder we waited for unlinked the file (a failed create,
+            # see discard_file): this lock guards nothing; take the new one.
+            self.close()
+
+    def _still_at_path(self, fd: int) -> bool:
+        """Whether the locked file is still the one at ``self.path`` (the
+        classic lock-file protocol: only then does its lock exclude others)."""
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            return False
+        mine = os.fstat(fd)
+        return (st.st_ino, st.st_dev) == (mine.st_ino, mine.st_dev)
+
+    def discard_file(self) -> None:
+        """Unlink the lock file, then release it: a create that failed leaves
+        nothing behind.  Only while holding it exclusively; a process that
+        waited on it finds the inode gone from the path and opens a new one."""
+        if self.exclusive and self.fd >= 0 and self._still_at_path(self.fd):
+            _unlink_quietly(self.path)
+        self.close()
 
     def lock_table(self, fd: int) -> None:
         """Lock the index file's own inode (``fd``) the same way, within the

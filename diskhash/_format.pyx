@@ -10,6 +10,8 @@ import mmap
 
 from libc.stdint cimport uint64_t
 
+from diskhash.errors import KeyRangeError
+
 MAGIC = b"SOCHIDX2"
 VERSION = FORMAT_VERSION
 # The .pxd's C constants under their own names (a plain assignment cannot
@@ -104,7 +106,7 @@ def hash_key(key, seed):
     """``hash(key, seed)`` of the spec, for a key in [0, 2**128)."""
     key = int(key)
     if not 0 <= key < 2**128:
-        raise OverflowError(f"key {key} is outside [0, 2**128)")
+        raise KeyRangeError(key)
     cdef uint64_t lo = key & 0xFFFFFFFFFFFFFFFF
     cdef uint64_t hi = key >> 64
     cdef uint64_t s = seed

@@ -4,7 +4,8 @@ The docstrings here complete the compiled module's for editors and readers:
 each names its parameters, what it returns and what it raises.  Errors every
 call shares are not repeated: ``IndexClosedError`` after ``close()`` (or in a
 child after ``fork()``); for a key, ``TypeError`` (not an integer, or a
-``bool``) and ``OverflowError`` (outside ``[0, 2**128)``); for a write,
+``bool``) and ``KeyRangeError`` (outside ``[0, 2**128)``: a ``ValueError``
+and an ``OverflowError``); for a write,
 ``ReadOnlyIndexError`` on a ``readonly=True`` index; ``CorruptIndexError``
 when a probe meets a damaged slot.
 """
@@ -136,7 +137,7 @@ class DiskHashIndex:
 
         ``keys``: a 1-D array (or list) of unsigned ints, of signed ints with
         no negative value, or of ``KEY_DTYPE``.  Raises ``TypeError`` (another
-        dtype), ``OverflowError`` (a negative key), ``ValueError`` (not 1-D)
+        dtype), ``KeyRangeError`` (a negative key), ``ValueError`` (not 1-D)
         and ``ImportError`` (numpy is not installed).  The GIL is released
         for the whole batch.
         """

@@ -73,7 +73,13 @@ cdef int open_index(DiskHashIndex self, path, bint readonly, capacity, timeout) 
     try:
         open_or_create(self, capacity)
     except BaseException:
-        release_resources(self, True)
+        if not readonly and not os.path.lexists(self._file):
+            # A create that failed (disk full, too big): leave no lock file.
+            lock, self._lock = self._lock, None
+            release_resources(self, True)
+            lock.discard_file()
+        else:
+            release_resources(self, True)
         raise
     _open_indexes.add(self)
     return 0

@@ -22,6 +22,14 @@ filesystem).  The manifest is written only once every shard is complete
 leaves shard directories without a manifest, which never opens.  Each
 ``shard.json`` repeats the set id, its index and the shard count, so a
 manifest cannot silently pair with a shard of another set or another slot.
+
+``ShardedStore(directory, shards=N)`` creates a set under ``manifest.lock``
+(an exclusive ``flock``, see ``creation_lock``): concurrent creators take
+turns, and each one re-reads the manifest once it holds the lock, so the
+first creates and the others open what it made.  A creation that died
+(SIGKILL, power loss) leaves shard directories of empty stores and no
+manifest; the next creator removes them (``clear_unfinished``) and starts
+again, but never removes a shard that holds a record.
 """
 
 from __future__ import annotations
@@ -30,8 +38,11 @@ import json
 import operator
 import os
 import re
+import shutil
 import stat
 import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, TypeGuard
 
@@ -40,6 +51,7 @@ from diskhash._routing import MAX_SHARDS, ROUTING_HASH
 from diskhash.errors import ManifestError, ShardMismatchError
 
 __all__ = [
+    "CREATION_LOCK",
     "FORMAT",
     "MANIFEST_NAME",
     "SHARD_MARKER",
@@ -49,6 +61,8 @@ __all__ = [
     "Manifest",
     "check_no_extra_shards",
     "check_shard",
+    "clear_unfinished",
+    "creation_lock",
     "is_ours",
     "new_manifest",
     "read_manifest",
@@ -58,6 +72,8 @@ __all__ = [
 ]
 
 MANIFEST_NAME = "manifest.json"
+#: The lock file creators take turns on (gone again once a creation ends).
+CREATION_LOCK = "manifest.lock"
 SHARD_MARKER = "shard.json"
 STORE_SUBDIR = "store"
 FORMAT = "diskhash-sharded-set"
@@ -160,8 +176,90 @@ def write_manifest(directory: str, manifest: Manifest) -> str:
 
 def is_ours(name: str) -> bool:
     """Whether a directory entry is one a sharded set creates (shards, manifest, temps)."""
-    return (name == MANIFEST_NAME or bool(_SHARD_RE.match(name))
+    return (name in (MANIFEST_NAME, CREATION_LOCK) or bool(_SHARD_RE.match(name))
             or (name.startswith((f".{MANIFEST_NAME}.", ".shard-")) and name.endswith(_files.TMP_SUFFIX)))
+
+
+@contextmanager
+def creation_lock(directory: str) -> Iterator[None]:
+    """Hold the set's creation lock (``<directory>/manifest.lock``) for the block.
+
+    An exclusive ``flock`` on a lock file, waited for as long as the creator
+    ahead takes (a creator that dies releases it with its descriptor).  On
+    the way out the holder unlinks the file before unlocking; a process that
+    was waiting then finds that the inode it locked is no longer at the path
+    and locks the new file instead (``_files.IndexLock``), so no lock file
+    is left behind and two holders never overlap.
+    """
+    lock = _files.IndexLock(os.path.join(directory, "manifest"), True, None,
+                            name=os.path.join(directory, CREATION_LOCK))
+    try:
+        yield
+    finally:
+        lock.discard_file()
+
+
+def _store_is_empty(store_dir: str, open_store: Callable[[str], Any]) -> bool:
+    """Whether the PayloadStore at ``store_dir`` holds no live record.
+
+    A store whose own MANIFEST was never written never accepted a put (its
+    creation did not finish), so it is empty if its data files hold nothing
+    past their header; one with a MANIFEST is opened and counted."""
+    if not os.path.isdir(store_dir):
+        return True
+    from diskhash import _payload_format as pfmt
+
+    if not os.path.lexists(os.path.join(store_dir, pfmt.MANIFEST_NAME)):
+        return all(os.lstat(os.path.join(store_dir, n)).st_size <= pfmt.DATA_HEADER_SIZE
+                   for n in os.listdir(store_dir) if n.startswith("data-"))
+    store = open_store(store_dir)
+    try:
+        return len(store) == 0
+    finally:
+        store.close()
+
+
+def clear_unfinished(directory: str, open_store: Callable[[str], Any]) -> list[str]:
+    """Remove what an interrupted creation left in ``directory`` (no manifest):
+    shard directories (and their temp twins) whose stores hold no record,
+    and manifest temp files.  Call it holding ``creation_lock``.  Returns the
+    names removed.
+
+    Raises ``ManifestError`` naming a shard that holds records, or that
+    cannot be opened to find out (``open_store``'s error chained), before
+    anything is removed: such a directory is an unfinished ``build_store``
+    (build it again) or damage, never something to delete silently.
+    """
+    names = sorted(n for n in os.listdir(directory) if is_ours(n)
+                   and n not in (MANIFEST_NAME, CREATION_LOCK))
+    for n in names:
+        path = os.path.join(directory, n)
+        if os.path.islink(path) or not os.path.isdir(path):
+            if n.endswith(_files.TMP_SUFFIX) and not os.path.islink(path):
+                continue        # a manifest or marker temp file
+            raise ManifestError(directory, f"shard directories but no manifest.json, and "
+                                f"{path} is not a shard directory; not removing it")
+        store_dir = os.path.join(path, STORE_SUBDIR)
+        try:
+            empty = _store_is_empty(store_dir, open_store)
+        except Exception as exc:
+            raise ManifestError(directory, f"shard directories but no manifest.json, and "
+                                f"{store_dir} cannot be opened to check that it holds no "
+                                f"record ({exc}); not removing it") from exc
+        if not empty:
+            raise ManifestError(directory, f"shard directories but no manifest.json, and "
+                                f"{store_dir} holds records: an unfinished build_store "
+                                f"(build the set again with build_store, which replaces it) "
+                                f"or damage; nothing was removed")
+    for n in names:
+        path = os.path.join(directory, n)
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path)
+        else:
+            os.unlink(path)
+    if names:
+        _files.fsync_dir(directory)
+    return names
 
 
 def _load_json(path: str, what: str, error: type) -> dict[str, Any]:
@@ -214,8 +312,10 @@ def read_manifest(directory: str) -> Manifest:
     except FileNotFoundError:
         if os.path.isdir(directory) and any(is_ours(n) for n in os.listdir(directory)):
             raise ManifestError(directory, "shard directories but no manifest.json: an "
-                                "unfinished or failed build, which never opens; build the "
-                                "set again (or delete the directory)") from None
+                                "unfinished or failed build (or a creation still running); "
+                                "ShardedStore(directory, shards=N) finishes an interrupted "
+                                "creation of empty shards, build_store replaces a failed "
+                                "build") from None
         raise FileNotFoundError(2, "no sharded set here (no manifest.json)", path) from None
     defects = []
     if doc.get("format") != FORMAT:

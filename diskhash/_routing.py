@@ -25,6 +25,8 @@ import operator
 import uuid
 from typing import Any
 
+from diskhash.errors import KeyRangeError
+
 __all__ = [
     "MAX_SHARDS",
     "ROUTING_HASH",
@@ -60,8 +62,8 @@ def key_halves(key: Any) -> tuple[int, int]:
 
     ``key``: an int in [0, 2**128), a ``uuid.UUID`` or anything with
     ``__index__`` (numpy ints) — what ``DiskHashIndex`` accepts.  Raises
-    ``TypeError`` (str, bytes, float, bool, None ...) or ``OverflowError``
-    (out of range), so a bad key fails before it reaches any shard.
+    ``TypeError`` (str, bytes, float, bool, None ...) or ``KeyRangeError``
+    (out of range: a ``ValueError`` and an ``OverflowError``), so a bad key fails before it reaches any shard.
     """
     if isinstance(key, uuid.UUID):
         k = key.int
@@ -75,7 +77,7 @@ def key_halves(key: Any) -> tuple[int, int]:
                 f"edge_id must be an int in [0, 2**128) or a uuid.UUID, "
                 f"not {type(key).__name__}") from None
     if k < 0 or k >> 128:
-        raise OverflowError(f"edge_id {k} is outside [0, 2**128)")
+        raise KeyRangeError(k)
     return k & _M64, k >> 64
 
 
@@ -92,7 +94,7 @@ def key_array(keys: Any) -> Any:
     Accepts a numpy array of ``KEY_DTYPE`` or of non-negative integers (ids
     below 2**64), converted without a Python loop, or any other sequence of
     keys (ints, UUIDs, numpy ints; an object array too), converted one by one with
-    ``key_halves``'s checks.  Raises ``TypeError``/``OverflowError``/
+    ``key_halves``'s checks.  Raises ``TypeError``/``KeyRangeError``/
     ``ValueError`` naming the offending position.
     """
     from diskhash._dtypes import KEY_DTYPE, np
@@ -113,7 +115,7 @@ def key_array(keys: Any) -> Any:
             neg = np.flatnonzero(keys < 0)
             if neg.size:
                 k = int(neg[0])
-                raise OverflowError(f"keys[{k}] = {keys[k]} is outside [0, 2**128)")
+                raise KeyRangeError(int(keys[k]), f"keys[{k}]")
         elif dt.kind != "u":
             raise TypeError(
                 f"keys must be an unsigned integer array (ids < 2**64) or a diskhash.KEY_DTYPE "
@@ -132,8 +134,10 @@ def key_array(keys: Any) -> Any:
     for i, key in enumerate(keys):
         try:
             lo[i], hi[i] = key_halves(key)
-        except (TypeError, OverflowError) as exc:
-            raise type(exc)(f"keys[{i}]: {exc}") from None
+        except KeyRangeError as exc:
+            raise KeyRangeError(exc.key, f"keys[{i}]") from None
+        except TypeError as exc:
+            raise TypeError(f"keys[{i}]: {exc}") from None
     return out
 
 

@@ -103,12 +103,15 @@ class ShardedStore:
       every shard checked against the manifest; ``shards``, if given, must
       equal the set's count.
     * otherwise, with ``shards=N`` and not ``readonly``, a new set of N empty
-      shards is created, the manifest written last.
+      shards is created, the manifest written last.  Creators in several
+      processes take turns (``manifest.lock``): the first creates, the
+      others open what it made.  What a creation that died part way left
+      (empty shards, no manifest) is removed and the set created afresh.
     * ``store_kwargs`` (``compression``, ``timeout``, ``verify_checksums``,
       ``sync``) go to every shard's ``PayloadStore``.
 
-    Raises ``ManifestError`` (bad manifest, or shards without one: an
-    unfinished build), ``ShardMismatchError`` (manifest and shard
+    Raises ``ManifestError`` (bad manifest, or shards without one that hold
+    records: an unfinished ``build_store``), ``ShardMismatchError`` (manifest and shard
     directories disagree), ``FileNotFoundError`` (no set here and nothing to
     create), and whatever a shard's ``PayloadStore`` raises on open
     (``IndexLockedError``, ``CorruptIndexError`` ...), with every shard
@@ -131,32 +134,51 @@ class ShardedStore:
         store_cls = _payload_store_class()
         if os.path.lexists(path) and not os.path.isdir(path):
             raise NotADirectoryError(20, "a sharded set is a directory; this is not one", path)
-        try:
-            manifest = _manifest.read_manifest(path)
-        except FileNotFoundError:
-            if readonly or shards is None:
+        if (not readonly and shards is not None
+                and not os.path.lexists(os.path.join(path, _manifest.MANIFEST_NAME))):
+            manifest = self._open_or_create(path, shards, store_cls, store_kwargs)
+        else:
+            try:
+                manifest = _manifest.read_manifest(path)
+            except FileNotFoundError:
                 raise FileNotFoundError(
                     2, "no sharded set here (no manifest.json)"
                     + ("" if readonly else "; pass shards=N to create one"), path) from None
-            manifest = self._create(path, shards, store_cls, store_kwargs)
-            self._stores = self._open(path, manifest, store_cls, False, store_kwargs)
-        else:
-            if shards is not None and shards != manifest.shards:
-                raise ShardMismatchError(os.path.join(path, _manifest.MANIFEST_NAME),
-                                         f"the set has {manifest.shards} shards, "
-                                         f"shards={shards} was asked for")
-            self._stores = self._open(path, manifest, store_cls, readonly, store_kwargs)
+        if shards is not None and shards != manifest.shards:
+            raise ShardMismatchError(os.path.join(path, _manifest.MANIFEST_NAME),
+                                     f"the set has {manifest.shards} shards, "
+                                     f"shards={shards} was asked for")
+        self._stores = self._open(path, manifest, store_cls, readonly, store_kwargs)
         self._manifest = manifest
         self._readonly = bool(readonly)
         self._closed = False
 
-    @staticmethod
-    def _create(path: str, shards: int, store_cls: Any, kwargs: dict[str, Any]) -> Manifest:
+    @classmethod
+    def _open_or_create(cls, path: str, shards: int, store_cls: Any,
+                        kwargs: dict[str, Any]) -> Manifest:
+        """The set's manifest, creating the set first if nobody has.
+
+        Creators take turns under the creation lock and look again once they
+        hold it: the first one creates, later ones (another process, or a
+        creator that lost the race) read what it wrote.  A creation that died
+        part way is cleared first, if its shards hold no record."""
         os.makedirs(path, exist_ok=True)
+        with _manifest.creation_lock(path):
+            if os.path.lexists(os.path.join(path, _manifest.MANIFEST_NAME)):
+                return _manifest.read_manifest(path)
+            cls._check_no_foreign(path)
+            _manifest.clear_unfinished(path, lambda d: store_cls(d, **{**kwargs, "timeout": 0.0}))
+            return cls._create(path, shards, store_cls, kwargs)
+
+    @staticmethod
+    def _check_no_foreign(path: str) -> None:
         foreign = [n for n in os.listdir(path) if not _manifest.is_ours(n)]
         if foreign:
             raise FileExistsError(17, f"not creating a sharded set in a directory holding "
                                   f"other files ({', '.join(sorted(foreign)[:5])})", path)
+
+    @staticmethod
+    def _create(path: str, shards: int, store_cls: Any, kwargs: dict[str, Any]) -> Manifest:
         manifest = _manifest.new_manifest(shards)
         made: list[str] = []
         try:
@@ -201,7 +223,8 @@ class ShardedStore:
     def shard_of(self, edge_id: Any) -> int:
         """The index of the shard that holds (or would hold) ``edge_id``.
 
-        Raises ``TypeError``/``OverflowError`` for an invalid key."""
+        Raises ``TypeError``, or ``KeyRangeError`` (a ``ValueError`` and an
+        ``OverflowError``) for an int outside [0, 2**128)."""
         return _routing.shard_of(edge_id, self._manifest.seed, self._manifest.shards)
 
     def _store(self, edge_id: Any) -> Any:

@@ -1223,10 +1223,10 @@ class PayloadStore:
         built in one compiled call (``_store_write.encode_frames``, or
         ``encode_frames_u128`` over ``pairs`` when ``keys`` is None), written with
         one pwrite, indexed with one ``insert_many``.  A big batch grows the
-        index once, up front, to hold every key (overwrites count too: at most
-        twice the slots needed), not once per doubling on the way."""
+        index once, up front, to hold every key it adds, not once per
+        doubling on the way."""
         total = len(views)
-        self._reserve_for(total)
+        self._reserve_for(total, [pairs] if keys is None else keys)
         buf = bytearray()
         i = 0
         while i < total:
@@ -1237,12 +1237,22 @@ class PayloadStore:
             self._append_indexed(buf, size, key_rows, meta_rows, np)
             i = i_next
 
-    def _reserve_for(self, total: int) -> None:
-        """Grow the index once, up front, for a batch of ``total`` new keys."""
+    def _reserve_for(self, total: int, keys: Any) -> None:
+        """Grow the index once, up front, for the keys of a batch of ``total``
+        that it does not hold yet (an overwrite takes no new slot, so a batch
+        of overwrites must not double the table).  ``keys``: a list of ints,
+        or a list of uint64 arrays of (low, high) pairs."""
         if total >= PUT_MANY_RESERVE:
             with self._write_lock:
                 g = self._writable()
-                g.index.reserve(len(g.index) + total)
+                index = g.index
+                if keys and not isinstance(keys[0], int):
+                    from diskhash import _dtypes
+                    new = sum(len(p) // 2 - int(index.contains_many(p.view(_dtypes.KEY_DTYPE)).sum())
+                              for p in keys)
+                else:
+                    new = sum(1 for k in keys if k not in index)
+                index.reserve(len(index) + new)
 
     def _append_indexed(self, buf: bytearray, size: int, key_rows: bytes, meta_rows: bytearray,
                         np: Any) -> None:
@@ -1317,7 +1327,7 @@ class PayloadStore:
                     raise ValueError(f"a packed payload is over the {fmt.MAX_LENGTH}-byte limit")
             prepared.append((pairs, ends, data))
             total += len(keys)
-        self._reserve_for(total)
+        self._reserve_for(total, [p[0] for p in prepared])
         buf = bytearray()
         for pairs, ends, data in prepared:
             n = len(ends)

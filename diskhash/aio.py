@@ -242,7 +242,7 @@ class AsyncDiskHashIndex:
 
         ``key``: an int in ``[0, 2**128)`` or a ``uuid.UUID``.  Runs inline on
         the event loop (a probe costs less than a thread hop would).  Raises
-        ``TypeError`` (not an integer, or a ``bool``), ``OverflowError`` (out
+        ``TypeError`` (not an integer, or a ``bool``), ``KeyRangeError`` (out
         of range), ``CorruptIndexError`` (the probe met a damaged slot) and
         ``IndexClosedError`` (after ``close()``).
         """

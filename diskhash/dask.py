@@ -41,7 +41,7 @@ from diskhash import _files, _manifest, _packed, _routing, _sharded
 from diskhash._dtypes import KEY_DTYPE, np
 from diskhash._manifest import Location, Manifest
 from diskhash._sharded import _abspath
-from diskhash.errors import IndexClosedError, ShardBuildError, ShardMismatchError
+from diskhash.errors import IndexClosedError, KeyRangeError, ShardBuildError, ShardMismatchError
 
 if TYPE_CHECKING:
     from numpy.typing import NDArray
@@ -65,7 +65,7 @@ def _int_column(values: Any, name: str) -> Any:
     if arr.dtype.kind == "i":
         neg = np.flatnonzero(arr < 0)
         if neg.size:
-            raise OverflowError(f"column {name!r}: value {arr[neg[0]]} is negative (ids are unsigned)")
+            raise KeyRangeError(int(arr[neg[0]]), f"column {name!r}")
     elif arr.dtype.kind != "u":
         raise TypeError(f"column {name!r} must hold unsigned 64-bit integers, not {arr.dtype}")
     return arr.astype(np.uint64, copy=False)
@@ -629,7 +629,7 @@ class LookupService:
         """The payload of each key (None where absent), in key order.
 
         ``edge_ids``: a numpy ``KEY_DTYPE``/unsigned array or a sequence of
-        keys.  Raises ``TypeError``/``OverflowError`` for bad keys (before any
+        keys.  Raises ``TypeError``/``KeyRangeError`` for bad keys (before any
         call), or the actor's error (after ``retries`` restarts for a lost
         worker).
         """

@@ -2,7 +2,9 @@
 
 Argument errors stay Python's own (``TypeError``, ``ValueError``,
 ``OverflowError``, ``KeyError``) and file-system errors stay ``OSError``: those
-are the conventions callers already handle.
+are the conventions callers already handle.  The one exception is a key out
+of range: ``KeyRangeError`` is a ``ValueError`` and an ``OverflowError`` at
+once, so either ``except`` catches it.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ __all__ = [
     "IndexLockedError",
     "ReadOnlyIndexError",
     "WrongEventLoopError",
+    "KeyRangeError",
     "CorruptPayloadError",
     "DamagedRecordsError",
     "CodecUnavailableError",
@@ -89,6 +92,38 @@ class WrongEventLoopError(DiskHashError, RuntimeError):
     other (``asyncio.run`` twice) is fine: the facade moves to a new loop
     whenever the old one has no call in flight.
     """
+
+
+#: Keys are ints in this range; every API checks it (``KeyRangeError``).
+KEY_RANGE = "[0, 2**128)"
+
+
+def _shown_key(key: object) -> str:
+    # A key of thousands of digits would make a useless message (and
+    # str() of a huge int raises on 3.11+): say how big it is instead.
+    if isinstance(key, int) and key.bit_length() > 256:
+        return f"{'-' if key < 0 else ''}<an int of {key.bit_length()} bits>"
+    return str(key)
+
+
+class KeyRangeError(DiskHashError, OverflowError, ValueError):
+    """An edge id that is an int but outside ``[0, 2**128)`` (negative, or too big).
+
+    Both a ``ValueError`` (what the docs promise for a bad value) and an
+    ``OverflowError`` (what an int that does not fit a C type raises in
+    Python), so ``except ValueError`` and ``except OverflowError`` both
+    catch it.  ``key`` is the offending value; ``where`` (e.g. ``"keys[3]"``)
+    its position in a batch, or ``""``.
+    """
+
+    def __init__(self, key: object, where: str = "") -> None:
+        self.key = key
+        self.where = where
+        prefix = f"{where}: " if where else ""
+        super().__init__(f"{prefix}edge_id {_shown_key(key)} is outside {KEY_RANGE}")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.key, self.where))
 
 
 class CorruptPayloadError(DiskHashError):

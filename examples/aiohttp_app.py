@@ -37,6 +37,7 @@ from aiohttp import web
 from payload_web import (
     MAX_BODY,
     BadId,
+    body_too_large,
     etag,
     listening,
     meta_json,
@@ -156,6 +157,10 @@ async def get_meta(request: web.Request) -> web.Response:
 @routes.put("/payload/{id:[^/]+}")
 async def put_payload(request: web.Request) -> web.Response:
     edge_id = edge_id_of(request)
+    if body_too_large(request.headers.get("Content-Length")):     # 413 from the headers alone
+        raise web.HTTPRequestEntityTooLarge(
+            MAX_BODY, request.content_length or 0, content_type="application/json",
+            text=json.dumps({"error": f"a payload is at most {MAX_BODY} bytes"}))
     body = await request.read()           # at most client_max_size (MAX_BODY), else 413
     try:
         meta = await request.app[STORE].put(edge_id, body)

@@ -49,6 +49,20 @@ def parse_edge_id(text: str) -> int:
     raise BadId(f"bad edge id {text[:80]!r}: expected a decimal integer or a hyphenated UUID")
 
 
+def body_too_large(content_length: "str | bytes | None") -> bool:
+    """Whether a request's Content-Length header already says its body is over
+    MAX_BODY: then the app answers 413 at once, from the headers alone, rather
+    than waiting for (and reading) a body it will refuse.  A missing or
+    malformed header is left to the server and the body reader."""
+    if content_length is None:
+        return False
+    text = content_length.decode("latin-1") if isinstance(content_length, bytes) else content_length
+    text = text.strip()
+    if not (text.isascii() and text.isdigit()):
+        return False
+    return len(text.lstrip("0")) > 20 or int(text) > MAX_BODY
+
+
 def out_of_space(exc: OSError) -> bool:
     """Whether a failed put failed for want of disk space (answer 507, not 500).
 

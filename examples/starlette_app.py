@@ -44,6 +44,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))    # payload_web.
 from payload_web import (
     MAX_BODY,
     BadId,
+    body_too_large,
     etag,
     listening,
     meta_json,
@@ -66,7 +67,10 @@ def edge_id_of(request: Request) -> int:
 
 
 async def read_body(request: Request) -> bytes:
-    """The request body, refused (413) beyond MAX_BODY before it is all read."""
+    """The request body, refused (413) beyond MAX_BODY: at once when its
+    Content-Length says so, else before it is all read."""
+    if body_too_large(request.headers.get("content-length")):
+        raise HTTPException(413, f"a payload is at most {MAX_BODY} bytes")
     chunks, size = [], 0
     async for chunk in request.stream():
         size += len(chunk)

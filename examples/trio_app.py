@@ -37,6 +37,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))    # payload_web.
 from payload_web import (
     MAX_BODY,
     BadId,
+    body_too_large,
     etag,
     listening,
     meta_json,
@@ -166,7 +167,10 @@ class PayloadApp:
 
 
 async def read_body(scope: Scope, receive: Receive) -> bytes:
-    """The request body, refused (413) beyond MAX_BODY before it is all read."""
+    """The request body, refused (413) beyond MAX_BODY: at once when its
+    Content-Length says so, else before it is all read."""
+    if body_too_large(dict(scope["headers"]).get(b"content-length")):
+        raise HTTPError(413, f"a payload is at most {MAX_BODY} bytes")
     chunks, size = [], 0
     while True:
         message = await receive()

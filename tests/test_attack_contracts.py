@@ -78,14 +78,51 @@ def test_a_timeout_beyond_float_range_waits_forever_not_overflowerror(tmp_path):
         DiskHashIndex(tmp_path / "a.idx", timeout=-(10**400))
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "a create that fails (EFBIG/ENOSPC) leaves the new <index>.lock behind; removing "
-    "a lock file other processes may be waiting on can let in two writers, so the "
-    "fix is not a one-liner (docs/files-and-locks.md says a failed open leaves nothing)"))
 def test_a_failed_create_leaves_no_lock_file(tmp_path):
     with pytest.raises(OSError):
         DiskHashIndex(tmp_path / "huge.idx", capacity=MAX_CAPACITY)
     assert sorted(os.listdir(tmp_path)) == []
+
+
+WAIT_FOR_LOCK = r"""
+import sys, time
+from diskhash import DiskHashIndex
+with DiskHashIndex(sys.argv[1], timeout=60) as idx:
+    print("OPEN", flush=True)
+    sys.stdin.readline()
+"""
+
+
+def test_a_process_waiting_on_a_discarded_lock_file_locks_the_new_one(tmp_path):
+    # The failed creator unlinks its lock file while holding it; a process
+    # that was already waiting on that inode must not take a lock that no
+    # longer guards the path (two writers): it re-checks and locks the new file.
+    import fcntl
+    import time
+
+    from diskhash import _files
+
+    path = str(tmp_path / "a.idx")
+    held = _files.IndexLock(path, True, 0.0)
+    child = subprocess.Popen([sys.executable, "-c", WAIT_FOR_LOCK, path], stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, text=True, env=subprocess_env())
+    try:
+        time.sleep(0.5)                 # the child opened the old lock file and waits on it
+        held.discard_file()
+        assert child.stdout.readline().strip() == "OPEN"
+        assert os.path.exists(path + ".lock")
+        fd = os.open(path + ".lock", os.O_RDWR)
+        try:
+            with pytest.raises(BlockingIOError):      # the file at the path is the one held
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        finally:
+            os.close(fd)
+        with pytest.raises(diskhash.IndexLockedError):
+            DiskHashIndex(path, timeout=0)
+    finally:
+        child.stdin.close()
+        assert child.wait(timeout=60) == 0
+        child.stdout.close()
 
 
 # -- the command line ------------------------------------------------------------

@@ -459,3 +459,41 @@ async def test_sigkill_loses_nothing_that_was_answered(name, store_dir):
         assert len(reopened) == len(expected)
         for edge_id, payload in expected.items():
             assert reopened.get(edge_id) == payload
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("name", _fast(LAUNCHERS, "aiohttp", "starlette", "trio"))
+async def test_an_oversized_content_length_is_refused_from_the_headers(name, store_dir):
+    """A PUT whose Content-Length is over MAX_BODY gets 413 at once: the apps
+    used to wait for the body (reading up to MAX_BODY of it) before refusing."""
+    server = await start(name, store_dir)
+    try:
+        for length in ((64 << 20) + 1, 1 << 40):     # payload_web.MAX_BODY + 1
+            reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+            try:
+                writer.write(b"PUT /payload/7 HTTP/1.1\r\nHost: t\r\n"
+                             b"Content-Length: %d\r\n\r\n" % length)      # headers only, no body
+                await writer.drain()
+                head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+                assert head.startswith(b"HTTP/1.1 413"), head[:200]
+            finally:
+                writer.close()
+        async with server.client() as client:       # still serving; nothing stored
+            assert (await client.get("/payload/7")).status_code == 404
+            assert (await client.put("/payload/7", content=b"ok")).status_code == 200
+    finally:
+        status, out, err = await server.stop(signal.SIGINT)
+    assert status == exit_status(name, signal.SIGINT), err
+    assert_closed_and_free(out, store_dir, {7: b"ok"})
+
+
+def test_body_too_large_reads_only_a_plain_decimal_length():
+    sys.path.insert(0, str(EXAMPLES))
+    try:
+        from payload_web import MAX_BODY, body_too_large
+    finally:
+        sys.path.remove(str(EXAMPLES))
+    assert MAX_BODY == 64 << 20
+    assert body_too_large(str(MAX_BODY + 1)) and body_too_large(b"9" * 400)
+    assert not body_too_large(str(MAX_BODY)) and not body_too_large(None)
+    assert not body_too_large("１２") and not body_too_large("-5") and not body_too_large("")

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from conftest import subprocess_env
 
-from diskhash import ManifestError, ShardedStore
+from diskhash import ManifestError, ShardedStore, ShardMismatchError
 
 
 def run_child(code: str, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
@@ -141,3 +141,146 @@ def test_full_disk_keeps_what_was_saved(small_ext4: Path) -> None:
     with ShardedStore(small_ext4 / "set", readonly=True) as s:
         for k in range(0, saved, 7):
             assert s.get(k) == bytes([(k // 50) % 251]) * 20000
+
+
+# -- creating a set: concurrent creators, an interrupted creation -------------------
+
+CREATOR = """
+import os, sys, time
+from diskhash import ShardedStore
+base, wid, rounds = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+for r in range(rounds):
+    go = os.path.join(base, f"go{r}")
+    while not os.path.exists(go):
+        time.sleep(0.0005)
+    with ShardedStore(os.path.join(base, f"set{r}"), shards=4, timeout=60) as s:
+        s.put(1000 * r + wid, b"w%d" % wid)
+        s.save()
+    open(os.path.join(base, f"done{r}-{wid}"), "w").close()
+print("OK")
+"""
+
+
+def _race_creators(base: Path, rounds: int, workers: int = 4) -> None:
+    procs = [subprocess.Popen([sys.executable, "-c", CREATOR, str(base), str(w), str(rounds)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              env=subprocess_env()) for w in range(workers)]
+    try:
+        time.sleep(0.3)             # let them all start
+        for r in range(rounds):
+            (base / f"go{r}").touch()
+            deadline = time.monotonic() + 120
+            while not all((base / f"done{r}-{w}").exists() for w in range(workers)):
+                dead = [p for p in procs if p.poll() is not None and p.returncode != 0]
+                assert not dead, dead[0].communicate()[1][-3000:]
+                assert time.monotonic() < deadline, "creators hung"
+                time.sleep(0.005)
+            with ShardedStore(base / f"set{r}", readonly=True) as s:
+                assert sorted(s) == [1000 * r + w for w in range(workers)], f"round {r}"
+                for w in range(workers):
+                    assert s.get(1000 * r + w) == b"w%d" % w
+                s.verify()
+            assert not (base / f"set{r}" / "manifest.lock").exists()
+        for p in procs:
+            out, err = p.communicate(timeout=60)
+            assert p.returncode == 0 and "OK" in out, err[-3000:]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.communicate()
+
+
+def test_concurrent_creators_make_one_set(tmp_path: Path) -> None:
+    # Four processes opening-or-creating one new directory at once: the
+    # manifest named one set and the markers another (every open then a
+    # ShardMismatchError), or a late creator re-seeded a set holding records.
+    _race_creators(tmp_path, rounds=4)
+    with pytest.raises(ShardMismatchError, match="4 shards, shards=3"):
+        ShardedStore(tmp_path / "set0", shards=3)
+
+
+@pytest.mark.slow
+def test_concurrent_creators_make_one_set_many_rounds(tmp_path: Path) -> None:
+    _race_creators(tmp_path, rounds=40)
+
+
+KILLED_CREATOR = """
+import os, signal, sys
+import diskhash
+from diskhash import ShardedStore, _manifest
+point, k = sys.argv[2], int(sys.argv[3])
+calls = [0]
+def killer(orig):
+    def call(*a, **kw):
+        calls[0] += 1
+        if calls[0] == k:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return orig(*a, **kw)
+    return call
+if point == "store-data":
+    diskhash.PayloadStore._create_data_file = killer(diskhash.PayloadStore._create_data_file)
+elif point == "store-manifest":
+    diskhash.PayloadStore._write_manifest = killer(diskhash.PayloadStore._write_manifest)
+elif point == "marker":
+    _manifest.write_shard_marker = killer(_manifest.write_shard_marker)
+elif point == "manifest":
+    _manifest.write_manifest = killer(_manifest.write_manifest)
+elif point == "clear":      # a second creator killed while clearing the first one's leftovers
+    import shutil
+    shutil.rmtree = killer(shutil.rmtree)
+ShardedStore(sys.argv[1], shards=4).close()
+print("NOT KILLED")
+"""
+
+
+@pytest.mark.parametrize("point,k", [("store-data", 1), ("store-manifest", 3), ("marker", 1),
+                                     ("marker", 4), ("manifest", 1)])
+def test_a_killed_creation_is_redone(tmp_path: Path, point: str, k: int) -> None:
+    # A creator SIGKILLed part way left shards and no manifest; every later
+    # ShardedStore(dir, shards=N) raised ManifestError ("build the set
+    # again"), which is what failed.  Now the next creator clears and redoes it.
+    path = tmp_path / "set"
+    r = run_child(KILLED_CREATOR, str(path), point, str(k))
+    assert r.returncode == -signal.SIGKILL, (r.stdout, r.stderr[-2000:])
+    assert (path / "manifest.lock").exists()        # the killed holder could not remove it
+    assert not (path / "manifest.json").exists()
+    with pytest.raises(ManifestError, match="unfinished"):
+        ShardedStore(path)                           # no shards=: nothing to create
+    if len([n for n in os.listdir(path) if n.startswith("shard-")]) >= 2:
+        # a second creator killed while clearing the leftovers (one shard
+        # directory removed, not the next): the third finishes
+        r = run_child(KILLED_CREATOR, str(path), "clear", "2")
+        assert r.returncode == -signal.SIGKILL, (r.stdout, r.stderr[-2000:])
+    with ShardedStore(path, shards=4) as s:
+        s.put_many(list(range(100)), [b"%d" % i for i in range(100)])
+    with ShardedStore(path, readonly=True) as s:
+        assert len(s) == 100 and s.get(42) == b"42"
+        s.verify()
+    assert sorted(os.listdir(path)) == ["manifest.json"] + [f"shard-{i:05d}" for i in range(4)]
+
+
+def test_an_unfinished_set_holding_records_is_never_cleared(tmp_path: Path) -> None:
+    # No manifest but records (an interrupted build_store, or a lost
+    # manifest.json): a creator refuses and removes nothing.
+    path = tmp_path / "set"
+    with ShardedStore(path, shards=3) as s:
+        s.put_many(list(range(50)), [b"x%d" % i for i in range(50)])
+    manifest = (path / "manifest.json").read_bytes()
+    (path / "manifest.json").unlink()
+    before = sorted(os.listdir(path))
+    with pytest.raises(ManifestError, match="holds records"):
+        ShardedStore(path, shards=3)
+    assert sorted(os.listdir(path)) == before
+    (path / "manifest.json").write_bytes(manifest)
+    with ShardedStore(path, readonly=True) as s:
+        assert len(s) == 50 and s.get(7) == b"x7"
+
+
+def test_an_unfinished_set_with_a_foreign_entry_is_not_cleared(tmp_path: Path) -> None:
+    path = tmp_path / "set"
+    (path / "shard-00000").mkdir(parents=True)
+    (path / "shard-00001").write_bytes(b"not a shard")
+    with pytest.raises(ManifestError, match="not a shard directory"):
+        ShardedStore(path, shards=2)
+    assert (path / "shard-00001").read_bytes() == b"not a shard"

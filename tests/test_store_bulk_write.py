@@ -329,3 +329,31 @@ def test_put_many_packed_declines_a_compressing_store(tmp_path):
     with PayloadStore(tmp_path / "s", compression=Compression.LZ4) as s:
         assert s._put_many_packed([_packed_piece([1], [b"x" * 100])]) is False
         assert len(s) == 0
+
+
+def test_put_many_of_keys_already_stored_does_not_grow_the_index(tmp_path):
+    # put_many reserved index room for every key of a big batch, overwrites
+    # included: rewriting 6000 stored keys doubled a table that had room.
+    from diskhash import _packed
+
+    n = 6000
+    keys = np.arange(1, n + 1, dtype=np.uint64)
+    with PayloadStore(tmp_path / "s") as s:
+        s.put_many(keys, [b"a"] * n)
+        slots = s._gen.index.stats().slots
+        assert s._gen.index.stats().entries == n
+        s.put_many(keys, [b"b"] * n)                        # numpy pairs path
+        s.put_many(keys.tolist(), [b"c"] * n)               # list of ints path
+        s.put_many(keys.tolist(), [b"d"] * n, compression=Compression.NONE)
+        wide = np.zeros(n, dtype=KEY_DTYPE)
+        wide["lo"] = keys
+        payloads = np.empty(n, dtype=object)
+        payloads[:] = [b"e"] * n
+        (piece,) = _packed.pack_pieces(wide, payloads, np.arange(n), [0, n])
+        assert s._put_many_packed([_packed.unpack_piece(piece)])    # the sharded build's path
+        assert s._gen.index.stats().slots == slots
+        assert s.get(1) == b"e" and len(s) == n
+        # new keys still get their room up front
+        s.put_many(np.arange(n + 1, 3 * n + 1, dtype=np.uint64), [b"f"] * (2 * n))
+        assert s._gen.index.stats().slots > slots and len(s) == 3 * n
+        s.verify()

@@ -127,3 +127,34 @@ def test_locked_store_exit_1(tmp_path):
     with PayloadStore(d):
         r = run("stats", str(d))
         assert r.returncode == 1 and b"locked" in r.stderr
+
+
+def test_keys_are_exactly_what_the_docs_say():
+    # int() also reads other scripts' digits ("١" is 1), underscores, signs and
+    # inner spaces: such a "key" named another record.  docs/store.md: ASCII
+    # decimal, 0x hex or a UUID; nothing else.
+    import pytest
+
+    from diskhash._cli_store import UsageError, parse_key
+
+    good = {"0": 0, "42": 42, " 42\n": 42, "007": 7, "0x10": 16, "0XfF": 255,
+            "0x" + "f" * 32: 2**128 - 1, str(2**128 - 1): 2**128 - 1, "0" * 5000 + "5": 5,
+            "12345678-1234-5678-1234-567812345678": 0x12345678123456781234567812345678}
+    for text, key in good.items():
+        assert parse_key(text) == key, text
+    bad = ["١", "٤٢", "４２", "1_000", "0x_10", "+5", "-1", "1 2", "", "0x", "1e3", "0b101", "0o7",
+           "1.0", "{12345678-1234-5678-1234-567812345678}",
+           "urn:uuid:12345678-1234-5678-1234-567812345678", "1234567-81234-5678-1234-567812345678",
+           "12345678-1234-5678-1234-56781234567٨", str(2**128), "0x1" + "0" * 32, "9" * 5000]
+    for text in bad:
+        with pytest.raises(UsageError, match="is not a key"):
+            parse_key(text)
+
+
+def test_a_unicode_digit_key_is_a_usage_error(tmp_path):
+    d = str(tmp_path / "s")
+    with PayloadStore(d) as s:
+        s.put(1, b"one")
+    r = run("get", d, "١")
+    assert r.returncode == 2 and b"is not a key" in r.stderr and r.stdout == b"", r
+    assert run("get", d, "1").stdout == b"one"
