@@ -33,7 +33,7 @@ __all__ = [
     "DataHeader", "Frame", "ScanResult",
     "checksum", "pack_frame_body", "pread_exact", "FRAME_BODY", "pack_data_header", "unpack_data_header",
     "pack_manifest", "unpack_manifest", "data_name", "index_name", "generation_file",
-    "is_store_temporary", "scan", "tombstone", "replay", "next_frame", "Damage", "WALK_MODES",
+    "is_store_temporary", "scan", "tombstone", "replay", "next_frame", "Damage", "WALK_MODES", "scan_resync",
 ]
 
 # -- data file header (64 bytes) ---------------------------------------------
@@ -264,7 +264,7 @@ def _claimed_end(buf: "bytes | memoryview", at: int) -> int:
             return -1
     elif kind != KIND_TOMBSTONE or slen or ulen or comp:
         return -1
-    return FRAME_SIZE + slen
+    return FRAME_SIZE + int(slen)
 
 
 def _header_key(head: "bytes | memoryview") -> "int | None":
@@ -298,7 +298,7 @@ def _whole_frame_end(fd: int, pos: int, file_size: int,
     need = _claimed_end(head, 0)
     if need < 0 or pos + need > file_size:
         return -1
-    want = int.from_bytes(bytes(head[:4]), "little")
+    want: int = FRAME.unpack_from(head)[0]
     crc = checksum(head[4:])
     off, end = pos + FRAME_SIZE, pos + need
     while off < end:
@@ -368,7 +368,20 @@ def _walk(fd: int, start: int, file_size: int, path: str,
           parse: "Callable[[bytes, int, int], int]",
           progress: "Callable[[int, int], Any] | None" = None,
           read: "Callable[[int, int, int], Any]" = pread_exact,
-          mode: str = "raise") -> "Iterator[ScanResult | Damage | None]":
+          mode: str = "raise") -> "Iterator[ScanResult | None]":
+    """``_walk_modes`` in ``"raise"`` or ``"stop"`` mode: no ``Damage`` items."""
+    if mode == "resync":
+        raise ValueError("_walk does not resync: use _walk_modes")
+    for item in _walk_modes(fd, start, file_size, path, parse, progress, read, mode):
+        assert not isinstance(item, Damage)
+        yield item
+
+
+def _walk_modes(fd: int, start: int, file_size: int, path: str,
+                parse: "Callable[[bytes, int, int], int]",
+                progress: "Callable[[int, int], Any] | None" = None,
+                read: "Callable[[int, int, int], Any]" = pread_exact,
+                mode: str = "raise") -> "Iterator[ScanResult | Damage | None]":
     """Read the log from ``start`` in chunks; ``parse(buf, p, file_offset_of_buf)``
     consumes the valid frames from ``buf[p:]`` and returns where it stopped.
     ``read(fd, size, offset)`` gets a chunk (``pread_exact``, or a slice of a map).
@@ -441,13 +454,31 @@ def _walk(fd: int, start: int, file_size: int, path: str,
 
 def scan(fd: int, start: int, file_size: int, path: str,
          progress: "Callable[[int, int], Any] | None" = None,
-         raw: bool = False, mode: str = "raise") -> "Iterator[Frame | Damage | ScanResult]":
-    """Yield every valid frame from ``start``, then a ``ScanResult`` (see ``_walk``;
-    in ``mode="resync"`` a ``Damage`` for each stretch passed over, in log order).
+         raw: bool = False, mode: str = "raise") -> "Iterator[Frame | ScanResult]":
+    """Yield every valid frame from ``start``, then a ``ScanResult`` (see
+    ``_walk_modes``; ``mode`` "raise" or "stop": ``scan_resync`` passes over damage).
 
     ``raw``: each ``Frame`` carries its bytes.  ``progress(done_bytes,
     total_bytes)`` is called every chunk if given.
     """
+    if mode == "resync":
+        raise ValueError("scan does not resync: use scan_resync")
+    for item in _scan(fd, start, file_size, path, progress, raw, mode):
+        assert not isinstance(item, Damage)
+        yield item
+
+
+def scan_resync(fd: int, start: int, file_size: int, path: str,
+                progress: "Callable[[int, int], Any] | None" = None,
+                raw: bool = False) -> "Iterator[Frame | Damage | ScanResult]":
+    """``scan`` that passes over each invalid stretch to the next valid frame,
+    yielding a ``Damage`` for it in log order."""
+    return _scan(fd, start, file_size, path, progress, raw, "resync")
+
+
+def _scan(fd: int, start: int, file_size: int, path: str,
+          progress: "Callable[[int, int], Any] | None", raw: bool,
+          mode: str) -> "Iterator[Frame | Damage | ScanResult]":
     frames: list[Frame] = []
 
     def parse(buf: bytes, p: int, base: int) -> int:
@@ -461,7 +492,7 @@ def scan(fd: int, start: int, file_size: int, path: str,
             frames.append(Frame(base + p, kind, comp, slen, ulen, key, view[p:end] if raw else None))
             p = end
 
-    for item in _walk(fd, start, file_size, path, parse, progress, mode=mode):
+    for item in _walk_modes(fd, start, file_size, path, parse, progress, mode=mode):
         if item is None:
             yield from frames
             frames.clear()
@@ -496,7 +527,7 @@ def replay(fd: int, start: int, file_size: int, path: str,
                 final[key] = (base + p + FRAME_SIZE, slen, comp, ulen) if kind == KIND_PUT else None
                 p = end
     result = None
-    for item in _walk(fd, start, file_size, path, parse, progress, mode=mode):
+    for item in _walk_modes(fd, start, file_size, path, parse, progress, mode=mode):
         if isinstance(item, Damage):
             if damages is not None:
                 damages.append(item)
@@ -550,7 +581,7 @@ def fold(fd: int, start: int, file_size: int, path: str, table: Any,
 
     result = None
     with mapped_reader(fd, start, file_size) as read:
-        for item in _walk(fd, start, file_size, path, parse, progress, read, mode):
+        for item in _walk_modes(fd, start, file_size, path, parse, progress, read, mode):
             if isinstance(item, Damage):
                 if damages is not None:
                     damages.append(item)

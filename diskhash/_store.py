@@ -619,7 +619,7 @@ class PayloadStore:
             # after the last save() was promised durable, so that is where it ends.
             final, result = fmt.replay(fd, checkpoint, size, data_path, mode="stop")
             cut = result.end
-            cut_frames, cut_keys = 0, set()
+            cut_frames, cut_keys = 0, set[int]()
             if result.torn and cut < size:
                 cut_frames, cut_keys = self._after_cut(fd, cut, size, data_path)
                 if cut_frames and rebuilt is None:
@@ -681,6 +681,7 @@ class PayloadStore:
                 self._unlink(built, built + ".lock")
             os.close(fd)
             raise
+        assert index is not None
         self._gen = _Generation(data_gen, index_gen, data_path, index_path, fd, index)
         recovery = StoreRecovery(len(final), size - cut, cut_frames, tuple(sorted(cut_keys)),
                                  rebuilt, tuple(removed))
@@ -699,8 +700,8 @@ class PayloadStore:
         """What the point-in-time cut at ``cut`` drops: the whole valid frames
         after it (found frame by frame past each invalid stretch) and the edge
         ids they, and a torn record's still plausible header, name."""
-        frames, keys = 0, set()
-        for item in fmt.scan(fd, cut, size, path, mode="resync"):
+        frames, keys = 0, set[int]()
+        for item in fmt.scan_resync(fd, cut, size, path):
             if isinstance(item, fmt.Frame):
                 frames += 1
                 keys.add(item.key)
@@ -1824,7 +1825,7 @@ def _damaged_live(fd: int, end: int, path: str, damages: "list[fmt.Damage]",
     if not newest:
         return []
     last: "dict[int, int]" = {}
-    for item in fmt.scan(fd, damages[0].start, end, path, mode="resync"):
+    for item in fmt.scan_resync(fd, damages[0].start, end, path):
         if isinstance(item, fmt.Frame) and item.key in newest:
             last[item.key] = item.offset
     return sorted(k for k, at in newest.items() if last.get(k, -1) < at)
