@@ -220,10 +220,12 @@ class AsyncPayloadStore:
         puts go on meanwhile; they wait only for its final switch)."""
         await self._thread(self._sync.compact)
 
-    async def rebuild_index(self, progress: "Callable[[int, int], Any] | None" = None) -> int:
+    async def rebuild_index(self, progress: "Callable[[int, int], Any] | None" = None, *,
+                            salvage: bool = False) -> int:
         """As ``PayloadStore.rebuild_index``.  Writer lane; ``progress`` is called
         in the worker thread."""
-        return await self._in_lane(self._sync.rebuild_index, progress)
+        return await self._in_lane(functools.partial(self._sync.rebuild_index, salvage=salvage),
+                                   progress)
 
     async def verify(self) -> None:
         """As ``PayloadStore.verify``.  Worker thread."""

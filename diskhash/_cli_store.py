@@ -196,11 +196,23 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-@_command("rebuild", "rebuild the index from the data file alone", _progress_arg)
+def _rebuild_args(p: argparse.ArgumentParser) -> None:
+    _progress_arg(p)
+    p.add_argument("--salvage", action="store_true",
+                   help="drop the keys whose newest record is damaged (listed) instead of refusing")
+
+
+@_command("rebuild", "rebuild the index from the data file alone", _rebuild_args)
 def cmd_rebuild(args: argparse.Namespace) -> int:
     with _open(args, readonly=False) as store:
         with _Bar(args.progress, None, "rebuild") as bar:
-            n = store.rebuild_index(progress=bar.to)
+            n = store.rebuild_index(progress=bar.to, salvage=args.salvage)
+        report = store.last_salvage
+        if report is not None:
+            print(f"{store.directory}: passed over {report.frames} damaged stretch(es), "
+                  f"{report.bytes} bytes; dropped {len(report.keys)} key(s)", file=sys.stderr)
+            for key in report.keys:
+                print(f"  dropped {key:#x}", file=sys.stderr)
         print(f"{store.directory}: index rebuilt, {n} entries")
     return EXIT_OK
 

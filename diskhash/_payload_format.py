@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import mmap
 import os
+import re
 import struct
 from typing import Any, Callable, Iterator, NamedTuple
 
@@ -31,8 +32,8 @@ __all__ = [
     "MANIFEST", "MANIFEST_MAGIC", "MANIFEST_VERSION", "MANIFEST_NAME",
     "DataHeader", "Frame", "ScanResult",
     "checksum", "pack_frame_body", "pread_exact", "FRAME_BODY", "pack_data_header", "unpack_data_header",
-    "pack_manifest", "unpack_manifest", "data_name", "index_name", "scan", "tombstone",
-    "replay",
+    "pack_manifest", "unpack_manifest", "data_name", "index_name", "generation_file",
+    "is_store_temporary", "scan", "tombstone", "replay", "next_frame", "Damage", "WALK_MODES", "scan_resync",
 ]
 
 # -- data file header (64 bytes) ---------------------------------------------
@@ -93,6 +94,33 @@ def data_name(gen: int) -> str:
 
 def index_name(gen: int) -> str:
     return f"index-{gen:06d}.idx"
+
+
+_GENERATION_FILE = re.compile(r"(data|index)-([0-9]{6,})(\.dat|\.idx|\.idx\.lock)\Z")
+_STORE_TEMPORARY = re.compile(
+    r"\.(?:MANIFEST\.[0-9]+|index-[0-9]{6,}\.idx\.(?:grow|create|repair)-[0-9]+-[0-9a-f]{8})\.tmp\Z")
+
+
+def generation_file(name: str) -> "tuple[str, int] | None":
+    """``("data" | "index", generation)`` when ``name`` is exactly the name of a
+    generation's file (``data_name``, ``index_name``, or ``index_name`` + ".lock"),
+    else None.  The one check of what a writable open may delete as another
+    generation's leftover: ``data-export.dat`` or ``index-users.idx`` are the
+    user's files, not ours."""
+    m = _GENERATION_FILE.match(name)
+    if m is None:
+        return None
+    kind, digits, ext = m.groups()
+    gen = int(digits)
+    if kind == "data":
+        return (kind, gen) if ext == ".dat" and data_name(gen) == name else None
+    return (kind, gen) if ext != ".dat" and index_name(gen) + ext[4:] == name else None
+
+
+def is_store_temporary(name: str) -> bool:
+    """True for exactly the temporary names a store makes in its directory (a
+    MANIFEST being written, an index grow/create/repair): a crash may leave them."""
+    return _STORE_TEMPORARY.match(name) is not None
 
 
 def pack_frame_body(kind: int, compression: int, stored_length: int,
@@ -184,6 +212,22 @@ class ScanResult(NamedTuple):
 
 
 SCAN_CHUNK = 8 << 20
+#: A frame longer than a chunk is checksummed in pieces of this size (bounded memory).
+CHECK_PIECE = 8 << 20
+#: What a walk does at an invalid frame: raise if a valid frame follows (a
+#: torn tail otherwise), stop there, or pass over it to the next valid frame.
+WALK_MODES = ("raise", "stop", "resync")
+
+
+class Damage(NamedTuple):
+    """A stretch a walk in ``"resync"`` mode passed over: the invalid frame at
+    ``start`` up to the next valid frame (or the file's end) at ``end``.
+    ``key`` is the edge id its header names when the header itself is
+    plausible (mark, kind, lengths), else None (the header is damaged too)."""
+
+    start: int
+    end: int
+    key: "int | None"
 
 
 def _frame_at(buf: "bytes | memoryview", pos: int, avail: int) -> "tuple[int, int, int, int, int, int] | None":
@@ -206,6 +250,30 @@ def _frame_at(buf: "bytes | memoryview", pos: int, avail: int) -> "tuple[int, in
     return kind, comp, slen, ulen, lo | (hi << 64), end
 
 
+def _claimed_end(buf: "bytes | memoryview", at: int) -> int:
+    """How many bytes the frame header at ``buf[at:]`` claims (header + payload) if
+    the header is plausible (mark, kind, compression, lengths that fit the kind),
+    else -1.  Looks at the header only: nothing of the body is read."""
+    if len(buf) - at < FRAME_SIZE:
+        return -1
+    _ck, kind, comp, mark, slen, ulen, _lo, _hi = FRAME.unpack_from(buf, at)
+    if mark != FRAME_MARK or comp > MAX_COMPRESSION:
+        return -1
+    if kind == KIND_PUT:
+        if (comp == 0 and ulen != slen) or (comp and (slen == 0 or ulen == 0)):
+            return -1
+    elif kind != KIND_TOMBSTONE or slen or ulen or comp:
+        return -1
+    return FRAME_SIZE + int(slen)
+
+
+def _header_key(head: "bytes | memoryview") -> "int | None":
+    if _claimed_end(head, 0) < 0:
+        return None
+    lo, hi = struct.unpack_from("<QQ", head, 16)
+    return int(lo | (hi << 64))
+
+
 def pread_exact(fd: int, size: int, offset: int) -> bytes:
     """Up to ``size`` bytes at ``offset`` (fewer only at the end of the file)."""
     parts = []
@@ -219,53 +287,120 @@ def pread_exact(fd: int, size: int, offset: int) -> bytes:
     return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
-def _valid_frame_after(fd: int, start: int, file_size: int) -> int:
-    """Offset of the first valid frame starting after ``start``, or -1.
+def _whole_frame_end(fd: int, pos: int, file_size: int,
+                     read: "Callable[[int, int, int], Any]" = pread_exact) -> int:
+    """End of the frame at ``pos`` if it is whole and valid, else -1.
 
-    Looks for the frame mark at every position, then checks the candidate
-    whole (lengths and checksum), so only a real frame counts.
+    The header is checked first (mark, kind, lengths, the frame inside the
+    file), and the checksum is then computed in ``CHECK_PIECE`` pieces: a
+    garbage length never makes a read of the bytes it claims."""
+    head = read(fd, FRAME_SIZE, pos)
+    need = _claimed_end(head, 0)
+    if need < 0 or pos + need > file_size:
+        return -1
+    want: int = FRAME.unpack_from(head)[0]
+    crc = checksum(head[4:])
+    off, end = pos + FRAME_SIZE, pos + need
+    while off < end:
+        piece = read(fd, min(CHECK_PIECE, end - off), off)
+        if not len(piece):
+            return -1
+        crc = checksum(piece, crc)
+        off += len(piece)
+    return end if crc == want else -1
+
+
+def _find_frame(fd: int, pos: int, file_size: int) -> int:
+    """Offset of the first whole valid frame at or after ``pos``, or -1.
+
+    Looks for the frame mark; a candidate is checked by its header first
+    (``_claimed_end``), then by its checksum in bounded pieces.  A candidate
+    whose header is plausible but whose checksum fails claims its bytes: the
+    search goes on past them (a frame is passed over whole, never byte by
+    byte), and one that claims bytes past the end of the file ends it.  So
+    each byte is read a bounded number of times: linear in the file.
     """
-    pos = start + 1
     while pos + FRAME_SIZE <= file_size:
-        size = min(SCAN_CHUNK, file_size - pos)
-        buf = pread_exact(fd, size, pos)
+        buf = pread_exact(fd, min(SCAN_CHUNK, file_size - pos), pos)
+        if len(buf) < FRAME_SIZE:
+            break
+        nxt = pos + len(buf) - FRAME_SIZE + 1        # overlap: a header cut by the chunk edge
         find = 6
         while True:
             at = buf.find(_MARK_BYTES, find)
             if at < 0:
                 break
             cand = at - 6
-            if _frame_at(buf, cand, len(buf)) is not None:
+            if cand + FRAME_SIZE > len(buf):
+                nxt = pos + cand
+                break
+            need = _claimed_end(buf, cand)
+            if need < 0:
+                find = at + 1
+                continue
+            if pos + cand + need > file_size:
+                return -1                           # claims past the end: a torn record
+            if cand + need <= len(buf):
+                if _frame_at(buf, cand, cand + need) is not None:
+                    return pos + cand
+            elif _whole_frame_end(fd, pos + cand, file_size) >= 0:
                 return pos + cand
-            if cand + FRAME_SIZE <= len(buf):
-                head = FRAME.unpack_from(buf, cand)
-                need = FRAME_SIZE + head[4]
-                if head[1] in (KIND_PUT, KIND_TOMBSTONE) and cand + need > len(buf) \
-                        and pos + cand + need <= file_size:
-                    # A candidate longer than this chunk: read it whole.
-                    whole = pread_exact(fd, need, pos + cand)
-                    if _frame_at(whole, 0, len(whole)) is not None:
-                        return pos + cand
-            find = at + 1
-        if pos + size >= file_size:
+            nxt = pos + cand + need                 # passed over whole
             break
-        pos += size - FRAME_SIZE        # overlap: a header cut by the chunk edge
+        pos = nxt
     return -1
+
+
+def next_frame(fd: int, bad: int, file_size: int) -> int:
+    """Offset of the first valid frame after the invalid frame at ``bad``, or -1.
+
+    A header that is itself plausible claims its bytes: the search starts
+    past them, so a torn record whose payload holds frames (another store's
+    data file, say) is not taken for damage in the middle of the log.
+    Otherwise (zeros, garbage) the search starts at the next byte.
+    """
+    need = _claimed_end(pread_exact(fd, FRAME_SIZE, bad), 0)
+    start = bad + need if need > 0 else bad + 1
+    return _find_frame(fd, start, file_size) if start < file_size else -1
 
 
 def _walk(fd: int, start: int, file_size: int, path: str,
           parse: "Callable[[bytes, int, int], int]",
           progress: "Callable[[int, int], Any] | None" = None,
-          read: "Callable[[int, int, int], Any]" = pread_exact) -> "Iterator[ScanResult | None]":
+          read: "Callable[[int, int, int], Any]" = pread_exact,
+          mode: str = "raise") -> "Iterator[ScanResult | None]":
+    """``_walk_modes`` in ``"raise"`` or ``"stop"`` mode: no ``Damage`` items."""
+    if mode == "resync":
+        raise ValueError("_walk does not resync: use _walk_modes")
+    for item in _walk_modes(fd, start, file_size, path, parse, progress, read, mode):
+        assert not isinstance(item, Damage)
+        yield item
+
+
+def _walk_modes(fd: int, start: int, file_size: int, path: str,
+                parse: "Callable[[bytes, int, int], int]",
+                progress: "Callable[[int, int], Any] | None" = None,
+                read: "Callable[[int, int, int], Any]" = pread_exact,
+                mode: str = "raise") -> "Iterator[ScanResult | Damage | None]":
     """Read the log from ``start`` in chunks; ``parse(buf, p, file_offset_of_buf)``
     consumes the valid frames from ``buf[p:]`` and returns where it stopped.
     ``read(fd, size, offset)`` gets a chunk (``pread_exact``, or a slice of a map).
 
-    Yields None after each parsed piece, then one ``ScanResult``.  An invalid
-    frame followed (anywhere later) by a valid one is corruption in the middle
-    of the log: ``CorruptPayloadError`` naming the file and offset, never a
-    cut.  An invalid frame with nothing valid after it is a torn tail.
+    Yields None after each parsed piece, then one ``ScanResult``.  At an
+    invalid frame, by ``mode``:
+
+    * ``"raise"``: a valid frame after it (``next_frame``) is corruption in
+      the middle of the log: ``CorruptPayloadError`` naming the file and
+      offset, never a cut.  With nothing valid after it, a torn tail.
+    * ``"stop"``: the walk ends there (a ``ScanResult`` with ``torn`` set),
+      whatever follows: the open's point-in-time cut after the checkpoint.
+    * ``"resync"``: yields a ``Damage`` and goes on at the next valid frame.
+
+    A frame is checked by its header before any of its body is read, and a
+    frame longer than a chunk is checksummed in bounded pieces.
     """
+    if mode not in WALK_MODES:
+        raise ValueError(f"mode must be one of {WALK_MODES}, not {mode!r}")
     pos = start
     while pos < file_size:
         size = min(SCAN_CHUNK, file_size - pos)
@@ -276,28 +411,42 @@ def _walk(fd: int, start: int, file_size: int, path: str,
             return
         p = parse(buf, 0, pos)
         yield None
-        if p == 0 and avail >= FRAME_SIZE:
-            # Nothing valid at the chunk start: maybe one frame bigger than the chunk.
-            need = FRAME_SIZE + FRAME.unpack_from(buf, 0)[4]
-            if need > avail and pos + need <= file_size:
-                whole = read(fd, need, pos)
-                if parse(whole, 0, pos) == need:
-                    yield None
-                    pos += need
-                    if progress is not None:
-                        progress(pos, file_size)
-                    continue
-        if p < avail and (p == 0 or pos + avail >= file_size):
-            # The frame at pos + p is not valid, and reading on cannot complete it.
-            bad = pos + p
-            later = _valid_frame_after(fd, bad, file_size)
+        if p == avail or (p and pos + avail < file_size):
+            # Whole frames (the last one maybe cut by the chunk's edge: read on from it).
+            pos += p
+            if progress is not None:
+                progress(pos, file_size)
+            continue
+        pos += p
+        # The frame at pos is not whole in this chunk: longer than a chunk, or invalid.
+        end = _whole_frame_end(fd, pos, file_size, read) if pos + FRAME_SIZE <= file_size else -1
+        if end > 0:
+            whole = read(fd, end - pos, pos)
+            parse(whole, 0, pos)
+            del whole
+            yield None
+            pos = end
+            if progress is not None:
+                progress(pos, file_size)
+            continue
+        bad = pos
+        if mode == "stop":
+            yield ScanResult(bad, file_size, True)
+            return
+        later = next_frame(fd, bad, file_size)
+        if mode == "raise":
             if later >= 0:
                 raise CorruptPayloadError(
                     path, f"damaged record in the middle of the log (a valid record "
                           f"follows at offset {later})", offset=bad)
             yield ScanResult(bad, file_size, True)
             return
-        pos += p
+        yield Damage(bad, later if later >= 0 else file_size,
+                     _header_key(pread_exact(fd, FRAME_SIZE, bad)))
+        if later < 0:
+            yield ScanResult(bad, file_size, True)
+            return
+        pos = later
         if progress is not None:
             progress(pos, file_size)
     yield ScanResult(pos, file_size, False)
@@ -305,12 +454,31 @@ def _walk(fd: int, start: int, file_size: int, path: str,
 
 def scan(fd: int, start: int, file_size: int, path: str,
          progress: "Callable[[int, int], Any] | None" = None,
-         raw: bool = False) -> "Iterator[Frame | ScanResult]":
-    """Yield every valid frame from ``start``, then a ``ScanResult`` (see ``_walk``).
+         raw: bool = False, mode: str = "raise") -> "Iterator[Frame | ScanResult]":
+    """Yield every valid frame from ``start``, then a ``ScanResult`` (see
+    ``_walk_modes``; ``mode`` "raise" or "stop": ``scan_resync`` passes over damage).
 
     ``raw``: each ``Frame`` carries its bytes.  ``progress(done_bytes,
     total_bytes)`` is called every chunk if given.
     """
+    if mode == "resync":
+        raise ValueError("scan does not resync: use scan_resync")
+    for item in _scan(fd, start, file_size, path, progress, raw, mode):
+        assert not isinstance(item, Damage)
+        yield item
+
+
+def scan_resync(fd: int, start: int, file_size: int, path: str,
+                progress: "Callable[[int, int], Any] | None" = None,
+                raw: bool = False) -> "Iterator[Frame | Damage | ScanResult]":
+    """``scan`` that passes over each invalid stretch to the next valid frame,
+    yielding a ``Damage`` for it in log order."""
+    return _scan(fd, start, file_size, path, progress, raw, "resync")
+
+
+def _scan(fd: int, start: int, file_size: int, path: str,
+          progress: "Callable[[int, int], Any] | None", raw: bool,
+          mode: str) -> "Iterator[Frame | Damage | ScanResult]":
     frames: list[Frame] = []
 
     def parse(buf: bytes, p: int, base: int) -> int:
@@ -324,7 +492,7 @@ def scan(fd: int, start: int, file_size: int, path: str,
             frames.append(Frame(base + p, kind, comp, slen, ulen, key, view[p:end] if raw else None))
             p = end
 
-    for item in _walk(fd, start, file_size, path, parse, progress):
+    for item in _walk_modes(fd, start, file_size, path, parse, progress, mode=mode):
         if item is None:
             yield from frames
             frames.clear()
@@ -333,14 +501,16 @@ def scan(fd: int, start: int, file_size: int, path: str,
 
 
 def replay(fd: int, start: int, file_size: int, path: str,
-           progress: "Callable[[int, int], Any] | None" = None,
+           progress: "Callable[[int, int], Any] | None" = None, mode: str = "raise",
+           damages: "list[Damage] | None" = None,
            ) -> "tuple[dict[int, tuple[int, int, int, int] | None], ScanResult]":
     """The log from ``start`` folded into its final state, and where it ended.
 
     The state maps each key the log touches to ``(payload offset, stored
     length, compression, uncompressed length)`` of its last put, or None if
     its last frame is a tombstone.  The compiled ``scan_into`` does the work
-    where it is built (the same checks as ``_frame_at``).
+    where it is built (the same checks as ``_frame_at``).  ``mode``: see
+    ``_walk``; the ``Damage`` of ``"resync"`` are appended to ``damages``.
     """
     final: "dict[int, tuple[int, int, int, int] | None]" = {}
     if _scan_into is not None:
@@ -357,8 +527,11 @@ def replay(fd: int, start: int, file_size: int, path: str,
                 final[key] = (base + p + FRAME_SIZE, slen, comp, ulen) if kind == KIND_PUT else None
                 p = end
     result = None
-    for item in _walk(fd, start, file_size, path, parse, progress):
-        if item is not None:
+    for item in _walk_modes(fd, start, file_size, path, parse, progress, mode=mode):
+        if isinstance(item, Damage):
+            if damages is not None:
+                damages.append(item)
+        elif item is not None:
             result = item
     assert result is not None
     return final, result
@@ -397,17 +570,22 @@ def mapped_reader(fd: int, start: int, file_size: int) -> "Iterator[Callable[[in
 
 
 def fold(fd: int, start: int, file_size: int, path: str, table: Any,
-         progress: "Callable[[int, int], Any] | None" = None) -> ScanResult:
+         progress: "Callable[[int, int], Any] | None" = None, mode: str = "raise",
+         damages: "list[Damage] | None" = None) -> ScanResult:
     """``replay`` into a compiled ``LogFold`` (``table``) instead of a dict: the
-    log's final state stays in C until ``table.rows()``.  Same walk, checks and
-    errors as ``replay``; the chunks are slices of a map (``mapped_reader``)."""
+    log's final state stays in C until ``table.rows()``.  Same walk, checks,
+    modes and errors as ``replay``; the chunks are slices of a map
+    (``mapped_reader``)."""
     def parse(buf: bytes, p: int, base: int) -> int:
         return int(table.fold(buf, p, base))
 
     result = None
     with mapped_reader(fd, start, file_size) as read:
-        for item in _walk(fd, start, file_size, path, parse, progress, read):
-            if item is not None:
+        for item in _walk_modes(fd, start, file_size, path, parse, progress, read, mode):
+            if isinstance(item, Damage):
+                if damages is not None:
+                    damages.append(item)
+            elif item is not None:
                 result = item
     assert result is not None
     return result

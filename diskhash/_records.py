@@ -23,6 +23,8 @@ __all__ = [
     "PayloadMeta",
     "IndexStats",
     "RepairReport",
+    "SalvageReport",
+    "StoreRecovery",
 ]
 
 
@@ -107,6 +109,31 @@ class SalvageReport(NamedTuple):
     keys: tuple[int, ...]
     frames: int
     bytes: int
+
+
+class StoreRecovery(NamedTuple):
+    """What a writable ``PayloadStore`` open recovered after an unclean close
+    (``PayloadStore.recovery``; None after a clean close).
+
+    ``replayed``: keys brought into the index from the log after the last
+    ``save()``.  ``cut_bytes``: bytes cut from the end of the data file (a
+    torn record, blocks allocated ahead, and after a power loss everything
+    from the first invalid frame after the checkpoint on).  ``cut_frames``:
+    whole valid frames that lay after that first invalid frame and were cut
+    with it (point-in-time recovery: the log is kept up to the hole).
+    ``cut_keys``: the edge ids those cut frames (and index entries pointing
+    past the cut) named; each is back at its value from before the cut, or
+    absent if it had none.  ``rebuilt``: why the index was rebuilt from the
+    log, or None.  ``removed``: leftover files of other generations or
+    temporaries a crash left, deleted.
+    """
+
+    replayed: int = 0
+    cut_bytes: int = 0
+    cut_frames: int = 0
+    cut_keys: tuple[int, ...] = ()
+    rebuilt: "str | None" = None
+    removed: tuple[str, ...] = ()
 
 
 # The compiled record builder (lookups, iteration) makes records of these

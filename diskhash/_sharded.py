@@ -351,10 +351,12 @@ class ShardedStore:
         for s in self._stores:
             s.compact()
 
-    def rebuild_index(self, progress: Callable[[int, int], Any] | None = None) -> int:
+    def rebuild_index(self, progress: Callable[[int, int], Any] | None = None, *,
+                      salvage: bool = False) -> int:
         """Rebuild every shard's index from its data file (``PayloadStore.rebuild_index``);
         returns the entries indexed.  ``progress(done_bytes, total_bytes)``
-        counts over the whole set."""
+        counts over the whole set; ``salvage`` goes to each shard (what a shard
+        dropped: its ``last_salvage``)."""
         self._check_open()
         totals = [s.stats().data_bytes for s in self._stores] if progress is not None else []
         grand = sum(totals)
@@ -362,10 +364,11 @@ class ShardedStore:
         entries = 0
         for i, s in enumerate(self._stores):
             if progress is None:
-                entries += s.rebuild_index()
+                entries += s.rebuild_index(salvage=salvage)
             else:
                 base = done
-                entries += s.rebuild_index(lambda d, _t, base=base: progress(base + d, grand))
+                entries += s.rebuild_index(lambda d, _t, base=base: progress(base + d, grand),
+                                           salvage=salvage)
                 done += totals[i]
         return entries
 

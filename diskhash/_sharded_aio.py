@@ -181,9 +181,11 @@ class AsyncShardedStore:
         self._sync._check_open()
         await _fan([shard.compact for shard in self._shards])
 
-    async def rebuild_index(self, progress: Callable[[int, int], Any] | None = None) -> int:
+    async def rebuild_index(self, progress: Callable[[int, int], Any] | None = None, *,
+                            salvage: bool = False) -> int:
         """As ``ShardedStore.rebuild_index``, in a worker thread."""
-        return await _threads.run_sync(self._sync.rebuild_index, progress)
+        return await _threads.run_sync(functools.partial(self._sync.rebuild_index, salvage=salvage),
+                                       progress)
 
     async def verify(self) -> None:
         """As ``ShardedStore.verify`` (markers, then every shard), in worker threads."""

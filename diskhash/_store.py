@@ -50,10 +50,11 @@ except ImportError:  # pragma: no cover - a build without it encodes in Python
 from diskhash import _payload_format as fmt
 from diskhash._files import IndexLock, fsync_dir
 from diskhash._index import DiskHashIndex
-from diskhash._records import Compression, PayloadMeta
+from diskhash._records import Compression, PayloadMeta, SalvageReport, StoreRecovery
 from diskhash.errors import (
     CorruptIndexError,
     CorruptPayloadError,
+    DamagedRecordsError,
     IndexClosedError,
     ReadOnlyIndexError,
 )
@@ -372,6 +373,9 @@ class PayloadStore:
       ``{seconds, N}``), or ``"never"`` (``save()`` and ``close()`` record
       the checkpoint but never fsync: safe against a process crash, not
       against power loss).
+    * ``salvage``: a writable open that has to rebuild the index from a log
+      holding damaged records whose key has no later record drops those keys
+      (``last_salvage``) instead of raising ``DamagedRecordsError``.
 
     Raises ``OSError`` for the file system, ``IndexLockedError`` if another
     writer holds the store, ``CorruptPayloadError`` for a damaged data file
@@ -388,6 +392,7 @@ class PayloadStore:
         timeout: "float | None" = 0.0,
         verify_checksums: bool = True,
         sync: Any = "save",
+        salvage: bool = False,
     ) -> None:
         self._gen: "_Generation | None" = None
         self._lock: "IndexLock | None" = None
@@ -417,9 +422,15 @@ class PayloadStore:
         self._checkpoint = 0
         self._syncer: "threading.Thread | None" = None
         self._stop_syncer = threading.Event()
-        #: What the writable open recovered: a dict (replayed records, cut bytes,
-        #: rebuilt) or None when the store was closed cleanly.
-        self.recovery: "dict[str, Any] | None" = None
+        #: What the writable open recovered (``StoreRecovery``), or None when
+        #: the store was closed cleanly.
+        self.recovery: "StoreRecovery | None" = None
+        #: What the last ``rebuild_index(salvage=True)`` (or a ``salvage=True``
+        #: open that had to rebuild) dropped, or None.
+        self.last_salvage: "SalvageReport | None" = None
+        if not isinstance(salvage, bool):
+            raise TypeError(f"salvage must be a bool, not {type(salvage).__name__}")
+        self._salvage = salvage
         if readonly:
             if not os.path.isdir(directory):
                 raise FileNotFoundError(errno.ENOENT, "no PayloadStore directory", directory)
@@ -484,20 +495,41 @@ class PayloadStore:
         return path
 
     def _remove_leftovers(self, data_gen: int, index_gen: int) -> list[str]:
-        """Files of other generations and temporaries a crash left behind (writers only)."""
-        keep = {fmt.data_name(data_gen), fmt.index_name(index_gen),
-                fmt.index_name(index_gen) + ".lock"}
+        """Files of other generations and temporaries a crash left behind (writers
+        only, once the named generation has been opened whole).  Exactly the
+        names the store makes (``fmt.generation_file``, ``fmt.is_store_temporary``):
+        a user's ``data-export.dat`` or ``.notes.tmp`` is never touched."""
+        keep = {("data", data_gen), ("index", index_gen)}
         removed = []
-        for entry in os.listdir(self._directory):
-            ours = (entry.startswith(("data-", "index-")) and
-                    (entry.endswith((".dat", ".idx", ".idx.lock")) or entry.endswith(TMP_SUFFIX)))
-            if (ours or (entry.startswith(".") and entry.endswith(TMP_SUFFIX))) and entry not in keep:
+        for entry in sorted(os.listdir(self._directory)):
+            gen = fmt.generation_file(entry)
+            if (gen is not None and gen not in keep) or fmt.is_store_temporary(entry):
                 try:
                     os.unlink(self._path(entry))
                     removed.append(entry)
                 except FileNotFoundError:
                     pass
         return removed
+
+    def _missing_generation(self, path: str, data_gen: int, index_gen: int) -> CorruptPayloadError:
+        """The error of a MANIFEST naming a data file that is not there (a backup
+        restored from during a compact(), a partial copy): which generations the
+        directory does hold, so the right MANIFEST can be put back."""
+        found: "dict[str, set[int]]" = {"data": set(), "index": set()}
+        for entry in os.listdir(self._directory):
+            gen = fmt.generation_file(entry)
+            if gen is not None:
+                found[gen[0]].add(gen[1])
+
+        def names(kind: str) -> str:
+            return ", ".join(str(g) for g in sorted(found[kind])) or "none"
+
+        return CorruptPayloadError(
+            path, f"the MANIFEST names data generation {data_gen} and index generation "
+                  f"{index_gen}, but {os.path.basename(path)} is missing; this directory holds "
+                  f"data generation(s) {names('data')} and index generation(s) {names('index')}. "
+                  f"Nothing was changed: put back the MANIFEST that names the files that are "
+                  f"here (docs/store-format.md)")
 
     def _open_data_fd(self, path: str, writable: bool) -> tuple[int, fmt.DataHeader, int]:
         flags = (os.O_RDWR if writable else os.O_RDONLY) | os.O_CLOEXEC | os.O_NONBLOCK
@@ -520,6 +552,8 @@ class PayloadStore:
                                     self._manifest_path)
         data_gen, index_gen = gens
         data_path, index_path = self._path(fmt.data_name(data_gen)), self._path(fmt.index_name(index_gen))
+        if not os.path.lexists(data_path):
+            raise self._missing_generation(data_path, data_gen, index_gen)
         fd, header, size = self._open_data_fd(data_path, False)
         try:
             index = DiskHashIndex(index_path, readonly=True, timeout=0.0)
@@ -531,10 +565,21 @@ class PayloadStore:
         self._checkpoint = header.checkpoint
 
     def _open_writable(self) -> None:
+        """Open the generation the MANIFEST names and bring the index to the log.
+
+        Nothing is deleted or cut before that generation's data file has been
+        found and read whole.  After an unclean close the log after the
+        checkpoint is replayed up to its first invalid frame and cut there
+        (point-in-time recovery: a crash leaves a torn record, a power loss
+        can leave a hole with whole frames after it); the index is rebuilt
+        from the log up to the cut when it cannot be brought there by the
+        replay (missing, damaged, pointing past the cut, or a hole cut whole
+        frames whose deletes it may hold).  What was done: ``self.recovery``.
+        """
         gens = self._read_manifest()
         if gens is None:
             stale = [e for e in os.listdir(self._directory)
-                     if e.startswith("data-") and e.endswith(".dat")
+                     if (fmt.generation_file(e) or ("",))[0] == "data"
                      and os.path.getsize(self._path(e)) > fmt.DATA_HEADER_SIZE]
             if stale:
                 raise CorruptPayloadError(
@@ -546,75 +591,101 @@ class PayloadStore:
             self._write_manifest(1, 1)
             gens = (1, 1)
         data_gen, index_gen = gens
-        self._remove_leftovers(data_gen, index_gen)
         data_path, index_path = self._path(fmt.data_name(data_gen)), self._path(fmt.index_name(index_gen))
+        if not os.path.lexists(data_path):
+            raise self._missing_generation(data_path, data_gen, index_gen)
         fd, header, size = self._open_data_fd(data_path, True)
-        recovery: dict[str, Any] = {}
         index = None
+        built = None
         try:
             if size < header.checkpoint:
                 raise CorruptPayloadError(
                     data_path, f"data file is {size} bytes, shorter than its checkpoint "
                                f"({header.checkpoint}): it was cut behind the store's back; "
                                f"records may be missing (open read-only to salvage)")
-            rebuild_reason = None
+            rebuilt = None
             if not os.path.exists(index_path) and size > fmt.DATA_HEADER_SIZE:
-                rebuild_reason = "index file missing"
+                rebuilt = "index file missing"
             else:
                 try:
                     index = DiskHashIndex(index_path, timeout=0.0)
                 except CorruptIndexError as exc:
-                    rebuild_reason = f"index damaged: {exc}"
+                    rebuilt = f"index damaged: {exc}"
                 else:
                     if index.recovery is not None and index.recovery.dropped:
-                        rebuild_reason = f"index repair dropped {len(index.recovery.dropped)} entries"
-                        index.close()
-                        index = None
-            if rebuild_reason is not None:
-                recovery["rebuilt"] = rebuild_reason
-                scan_end = self._scan_end(fd, size, data_path, recovery)
+                        rebuilt = f"index repair dropped {len(index.recovery.dropped)} entries"
+            checkpoint = min(max(header.checkpoint, fmt.DATA_HEADER_SIZE), size)
+            # The log after the checkpoint, up to its first invalid frame: nothing
+            # after the last save() was promised durable, so that is where it ends.
+            final, result = fmt.replay(fd, checkpoint, size, data_path, mode="stop")
+            cut = result.end
+            cut_frames, cut_keys = 0, set[int]()
+            if result.torn and cut < size:
+                cut_frames, cut_keys = self._after_cut(fd, cut, size, data_path)
+                if cut_frames and rebuilt is None:
+                    rebuilt = (f"point-in-time recovery: {cut_frames} whole record(s) after an "
+                               f"invalid stretch at offset {cut} were cut")
+            if rebuilt is None:
+                assert index is not None
+                _apply(index, final)
+                if header.flags & fmt.FLAG_DIRTY:
+                    past = self._keys_past(index, cut)
+                    if past:
+                        # Power loss: index pages reached the disk before the data they
+                        # point at.  The log is the truth: rebuild from it.
+                        rebuilt = "index points past the end of the data file"
+                        cut_keys.update(past)
+            end = cut
+            salvaged = None
+            if rebuilt is not None:
+                old, index = index, None
+                try:
+                    built = self._path(fmt.index_name(index_gen + 1))
+                    index, salvaged = self._build_index(built, fd, cut, data_path, None,
+                                                        salvage=self._salvage, old_index=old)
+                finally:
+                    if old is not None:
+                        old.close()
                 index_gen += 1
-                index_path = self._path(fmt.index_name(index_gen))
-                index = self._build_index(index_path, fd, scan_end, data_path, None)
-                self._end = scan_end
-                self._write_header(fd, scan_end, fmt.FLAG_DIRTY, sync=True)
+            # Commit: cut the tail, then the header and (for a new index) the MANIFEST.
+            if end < size:
+                os.ftruncate(fd, end)
+                if self._sync != "never":
+                    _fsync_data(fd)
+            if salvaged is not None and salvaged.keys:
+                # The dropped keys get tombstones, so the next rebuild finds
+                # their damaged records dead instead of refusing again.
+                end = _write_all(fd, [fmt.tombstone(k) for k in salvaged.keys], end)
+                self.last_salvage = salvaged
+            if rebuilt is not None:
+                self._write_header(fd, end, fmt.FLAG_DIRTY, sync=True)
                 self._write_manifest(data_gen, index_gen)
-                self._remove_leftovers(data_gen, index_gen)
+                built = None
+                index_path = self._path(fmt.index_name(index_gen))
             else:
                 assert index is not None
-                checkpoint = min(max(header.checkpoint, fmt.DATA_HEADER_SIZE), size)
-                replayed, scan_end = self._replay(fd, index, checkpoint, size, data_path, recovery)
-                if replayed:
-                    recovery["replayed"] = replayed
-                self._end = scan_end
-                if header.flags & fmt.FLAG_DIRTY and self._pointers_past(index, scan_end):
-                    # Power loss: index pages reached the disk before the data they
-                    # point at.  The log is the truth: rebuild from it.
-                    recovery["rebuilt"] = "index points past the end of the data file"
-                    index.close()
-                    index = None
-                    index_gen += 1
-                    index_path = self._path(fmt.index_name(index_gen))
-                    index = self._build_index(index_path, fd, scan_end, data_path, None)
-                    self._write_header(fd, scan_end, fmt.FLAG_DIRTY, sync=True)
-                    self._write_manifest(data_gen, index_gen)
-                    self._remove_leftovers(data_gen, index_gen)
-                else:
-                    if replayed:
-                        if self._sync != "never":
-                            _fsync_data(fd)
-                        index.save()
-                        checkpoint = scan_end
-                    checkpoint = min(checkpoint, scan_end)
-                    self._write_header(fd, checkpoint, fmt.FLAG_DIRTY, sync=True)
+                if final:
+                    if self._sync != "never":
+                        _fsync_data(fd)
+                    index.save()
+                    checkpoint = end
+                checkpoint = min(checkpoint, end)
+                self._write_header(fd, checkpoint, fmt.FLAG_DIRTY, sync=True)
+            self._end = end
+            removed = self._remove_leftovers(data_gen, index_gen)
             self._checkpoint = self._read_checkpoint(fd, data_path)
         except BaseException:
             if index is not None:
                 index.close()
+            if built is not None:
+                self._unlink(built, built + ".lock")
             os.close(fd)
             raise
+        assert index is not None
         self._gen = _Generation(data_gen, index_gen, data_path, index_path, fd, index)
-        self.recovery = recovery or None
+        recovery = StoreRecovery(len(final), size - cut, cut_frames, tuple(sorted(cut_keys)),
+                                 rebuilt, tuple(removed))
+        self.recovery = None if recovery == StoreRecovery() else recovery
 
     def _read_checkpoint(self, fd: int, path: str) -> int:
         return fmt.unpack_data_header(os.pread(fd, fmt.DATA_HEADER_SIZE, 0), path).checkpoint
@@ -624,70 +695,83 @@ class PayloadStore:
         if sync and self._sync != "never":
             _fsync_data(fd)
 
-    def _scan_end(self, fd: int, size: int, path: str, recovery: dict[str, Any]) -> int:
-        """End of the valid log (cutting a torn tail); raises on mid-log damage."""
-        result = None
-        for item in fmt.scan(fd, fmt.DATA_HEADER_SIZE, size, path):
-            if isinstance(item, fmt.ScanResult):
-                result = item
-        assert result is not None
-        return self._cut_tail(fd, result, recovery)
-
-    def _cut_tail(self, fd: int, result: fmt.ScanResult, recovery: dict[str, Any]) -> int:
-        if result.torn and result.end < result.file_size:
-            os.ftruncate(fd, result.end)
-            if self._sync != "never":
-                _fsync_data(fd)
-            recovery["cut_bytes"] = result.file_size - result.end
-        return result.end
-
-    def _replay(self, fd: int, index: DiskHashIndex, start: int, size: int, path: str,
-                recovery: dict[str, Any]) -> tuple[int, int]:
-        """Apply the log's frames from ``start`` to ``index`` in order; (count, end)."""
-        final, result = fmt.replay(fd, start, size, path)
-        end = self._cut_tail(fd, result, recovery)
-        _apply(index, final)
-        return len(final), end
+    @staticmethod
+    def _after_cut(fd: int, cut: int, size: int, path: str) -> "tuple[int, set[int]]":
+        """What the point-in-time cut at ``cut`` drops: the whole valid frames
+        after it (found frame by frame past each invalid stretch) and the edge
+        ids they, and a torn record's still plausible header, name."""
+        frames, keys = 0, set[int]()
+        for item in fmt.scan_resync(fd, cut, size, path):
+            if isinstance(item, fmt.Frame):
+                frames += 1
+                keys.add(item.key)
+            elif isinstance(item, fmt.Damage) and item.key is not None:
+                keys.add(item.key)
+        return frames, keys
 
     @staticmethod
-    def _pointers_past(index: DiskHashIndex, end: int) -> bool:
-        for meta in index.values():
-            if meta.offset + meta.length > end:
-                return True
-        return False
+    def _keys_past(index: DiskHashIndex, end: int) -> "set[int]":
+        return {key for key, meta in index.items() if meta.offset + meta.length > end}
 
     def _build_index(self, index_path: str, fd: int, end: int, data_path: str,
-                     progress: "Callable[[int, int], Any] | None") -> DiskHashIndex:
-        """A new index at ``index_path`` holding the log's final state (tombstones honoured)."""
-        for leftover in (index_path, index_path + ".lock"):
-            try:
-                os.unlink(leftover)
-            except FileNotFoundError:
-                pass
+                     progress: "Callable[[int, int], Any] | None", *, salvage: bool = False,
+                     old_index: "DiskHashIndex | None" = None,
+                     ) -> "tuple[DiskHashIndex, SalvageReport | None]":
+        """A new index at ``index_path`` holding the final state of the log up to
+        ``end`` (tombstones honoured), and what it passed over.
+
+        An invalid stretch of the log is passed over to the next valid frame.
+        It costs nothing when the records in it are dead (their key has a
+        later valid frame or tombstone); records whose key's newest frame is
+        in it (found by their header, or, where the header is damaged too, by
+        ``old_index`` pointing into the stretch) are lost: without
+        ``salvage`` that raises ``DamagedRecordsError`` naming them before
+        any file is written; with it they are left out, reported in the
+        ``SalvageReport`` (None when nothing was passed over).
+        """
+        damages: "list[fmt.Damage]" = []
         np = _numpy() if LogFold is not None else None
         if np is not None:
             # The log folded in C, indexed with one insert_many (docs/store.md).
-            from diskhash import _dtypes
             table = LogFold()
-            result = fmt.fold(fd, fmt.DATA_HEADER_SIZE, end, data_path, table, progress)
+            fmt.fold(fd, fmt.DATA_HEADER_SIZE, end, data_path, table, progress, "resync", damages)
             count = table.live
             key_rows, meta_rows = table.rows()
             del table
             live: "dict[int, tuple[int, int, int, int]]" = {}
         else:
-            final, result = fmt.replay(fd, fmt.DATA_HEADER_SIZE, end, data_path, progress)
+            final, _ = fmt.replay(fd, fmt.DATA_HEADER_SIZE, end, data_path, progress, "resync", damages)
             live = {k: v for k, v in final.items() if v is not None}
             count = len(live)
-        if result.torn and result.end < end:
-            raise CorruptPayloadError(data_path, "log ends early while rebuilding", offset=result.end)
+        report = None
+        lost: "list[int]" = []
+        if damages:
+            lost = _damaged_live(fd, end, data_path, damages, old_index)
+            if lost and not salvage:
+                shown = ", ".join(f"{k:#x}" for k in lost[:20]) + (", ..." if len(lost) > 20 else "")
+                raise DamagedRecordsError(
+                    data_path, [f"damaged record(s) at offset {d.start} ({d.end - d.start} bytes)"
+                                for d in damages[:100]]
+                    + [f"{len(lost)} key(s) whose newest record is damaged would be lost: {shown}; "
+                       f"nothing was changed (salvage=True drops them and reports them)"],
+                    lost, offset=damages[0].start)
+            report = SalvageReport(tuple(lost), len(damages), sum(d.end - d.start for d in damages))
+        for leftover in (index_path, index_path + ".lock"):
+            try:
+                os.unlink(leftover)
+            except FileNotFoundError:
+                pass
         index = DiskHashIndex(index_path, capacity=max(count, 1), timeout=0.0)
         try:
             if np is not None:
                 if count:
+                    from diskhash import _dtypes
                     index.insert_many(np.frombuffer(key_rows, dtype=_dtypes.KEY_DTYPE),
                                       np.frombuffer(meta_rows, dtype=_dtypes.META_DTYPE))
             else:
                 _bulk_insert(index, live)
+            for key in lost:
+                index.delete(key)
             index.save()
             fsync_dir(self._directory)
         except BaseException:
@@ -695,7 +779,7 @@ class PayloadStore:
             raise
         if progress is not None:
             progress(end, end)
-        return index
+        return index, report
 
     def _abandon(self) -> None:
         g, self._gen = self._gen, None
@@ -1543,7 +1627,8 @@ class PayloadStore:
         if defects:
             raise CorruptPayloadError(g.data_path, defects)
 
-    def rebuild_index(self, progress: "Callable[[int, int], Any] | None" = None) -> int:
+    def rebuild_index(self, progress: "Callable[[int, int], Any] | None" = None, *,
+                      salvage: bool = False) -> int:
         """Rebuild the index from the data file alone; returns the entries indexed.
 
         Reads the whole log in order (puts insert, tombstones delete), writes a
@@ -1551,14 +1636,26 @@ class PayloadStore:
         MANIFEST (a crash leaves the old or the new index, both complete).
         ``progress(done_bytes, total_bytes)`` is called as the log is read.
         Writers wait for the whole rebuild; readers go on with the old index.
+
+        A damaged stretch of the log does not stop it: the rebuild resyncs on
+        the next valid frame.  Damaged records that are dead (their key has a
+        later record or tombstone) cost nothing.  If a key's newest record is
+        damaged, the rebuild raises ``DamagedRecordsError`` naming the keys and
+        changes nothing; with ``salvage=True`` it drops exactly those keys
+        (appending a tombstone for each, so they stay dropped) and reports them
+        in ``last_salvage`` (a ``SalvageReport``; None when nothing was damaged).
         """
+        if not isinstance(salvage, bool):
+            raise TypeError(f"salvage must be a bool, not {type(salvage).__name__}")
         with self._maintenance, self._write_lock:
             g = self._writable()
+            self.last_salvage = None
             self._save_locked(g)
             index_gen = g.index_gen + 1
             index_path = self._path(fmt.index_name(index_gen))
             end = self._end
-            index = self._build_index(index_path, g.fd, end, g.data_path, progress)
+            index, report = self._build_index(index_path, g.fd, end, g.data_path, progress,
+                                              salvage=salvage, old_index=g.index)
             committed = False
             try:
                 if self._end != end:
@@ -1573,12 +1670,19 @@ class PayloadStore:
                 # The rename is the commit (as in compact()): once the MANIFEST
                 # names the new index, switch to it even if what followed raised.
                 if committed or self._read_manifest() == (g.data_gen, index_gen):
-                    self._gen = _Generation(g.data_gen, index_gen, g.data_path, index_path,
-                                            os.dup(g.fd), index)
+                    self._gen = new = _Generation(g.data_gen, index_gen, g.data_path, index_path,
+                                                  os.dup(g.fd), index)
                     if committed:
                         self._unlink(g.index_path, g.index_path + ".lock")
                 else:
                     index.close()
+            if report is not None:
+                self.last_salvage = report
+                if report.keys:
+                    for key in report.keys:
+                        frame = fmt.tombstone(key)
+                        self._append(new, (frame[:4], frame[4:]), fmt.FRAME_SIZE)
+                    self._save_locked(new)
             return len(index)
 
     def _unlink(self, *paths: str) -> None:
@@ -1709,6 +1813,32 @@ def _pair_keys(pairs: Any, start: int, stop: int) -> "list[int]":
     lo = pairs[2 * start:2 * stop:2].tolist()
     hi = pairs[2 * start + 1:2 * stop:2].tolist()
     return [a | (b << 64) for a, b in zip(lo, hi)]
+
+
+def _damaged_live(fd: int, end: int, path: str, damages: "list[fmt.Damage]",
+                  old_index: "DiskHashIndex | None") -> "list[int]":
+    """The keys whose newest record lies in one of ``damages`` (``end``: where the
+    log ends): named by a damaged frame's plausible header, or by an ``old_index``
+    entry pointing into a damaged stretch, and with no valid frame after it."""
+    import bisect
+    newest: "dict[int, int]" = {}       # key -> where its last damaged record starts
+    for d in damages:
+        if d.key is not None:
+            newest[d.key] = max(newest.get(d.key, -1), d.start)
+    if old_index is not None:
+        starts = [d.start for d in damages]
+        for key, meta in old_index.items():
+            at = meta.offset - fmt.FRAME_SIZE
+            i = bisect.bisect_right(starts, at) - 1
+            if i >= 0 and at < damages[i].end:
+                newest[key] = max(newest.get(key, -1), at)
+    if not newest:
+        return []
+    last: "dict[int, int]" = {}
+    for item in fmt.scan_resync(fd, damages[0].start, end, path):
+        if isinstance(item, fmt.Frame) and item.key in newest:
+            last[item.key] = item.offset
+    return sorted(k for k, at in newest.items() if last.get(k, -1) < at)
 
 
 def _apply(index: DiskHashIndex, final: "dict[int, tuple[int, int, int, int] | None]") -> None:

@@ -82,17 +82,19 @@ cdef enum:
     NOGIL_CHECKSUM = 1 << 16    # bytes from which checksum() lets other threads run
 
 
-def checksum(data):
-    """The frame checksum (CRC-32C, as ``google_crc32c.value``) of a bytes-like object."""
+def checksum(data, uint32_t crc=0):
+    """The frame checksum (CRC-32C, as ``google_crc32c.value``) of a bytes-like object.
+
+    ``crc``: the checksum of the bytes before ``data`` (as ``google_crc32c.extend``),
+    so a long frame can be checked in bounded pieces."""
     cdef Py_buffer view
-    cdef uint32_t crc
     PyObject_GetBuffer(data, &view, PyBUF_SIMPLE)
     try:
         if view.len >= NOGIL_CHECKSUM:
             with nogil:
-                crc = dh_crc32c(0, view.buf, <size_t>view.len)
+                crc = dh_crc32c(crc, view.buf, <size_t>view.len)
         else:
-            crc = dh_crc32c(0, view.buf, <size_t>view.len)
+            crc = dh_crc32c(crc, view.buf, <size_t>view.len)
         return crc
     finally:
         PyBuffer_Release(&view)

@@ -102,8 +102,9 @@ def check(directory: Path, base: dict[int, int | None], ops: list[tuple],
     found: dict[int, int | None] = {}
     with PayloadStore(directory, timeout=10.0) as store:
         if store.recovery:
-            for key in store.recovery:
-                stats.recoveries[key] = stats.recoveries.get(key, 0) + 1
+            for key, value in store.recovery._asdict().items():
+                if value:
+                    stats.recoveries[key] = stats.recoveries.get(key, 0) + 1
         store.verify()
         for k in set(allowed) | set(store):
             got = store.get(k)

@@ -9,7 +9,7 @@ import pytest
 
 from diskhash import AsyncPayloadStore, Compression, PayloadStore, _aio_store
 
-SYNC_ONLY = {"keys", "index", "data_path", "compression", "recovery", "last_compaction"}
+SYNC_ONLY = {"keys", "index", "data_path", "compression", "recovery", "last_compaction", "last_salvage"}
 
 
 def test_mirrors_sync_api():

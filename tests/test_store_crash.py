@@ -53,29 +53,62 @@ def test_torn_tail_cut_on_writable_open_only(tmp_path, tail):
         assert r.get(49) == b"value 49 " * 50
     assert os.path.getsize(path) == size + len(tail)
     with PayloadStore(d) as s:
-        assert s.recovery["cut_bytes"] == len(tail)
+        assert s.recovery.cut_bytes == len(tail)
         assert len(s) == 50 and s.get(7) == b"value 7 " * 8 and 99 not in s
         s.verify()
     assert os.path.getsize(path) == size
 
 
-def test_bad_frame_in_the_middle_is_reported_never_cut(tmp_path):
+def test_damage_after_the_checkpoint_is_cut_to_a_point_in_time(tmp_path):
+    """A damaged frame after the last save() with a valid frame after it (what a
+    power loss leaves): the open keeps the log up to it, cuts the rest and says so.
+    (It used to refuse: "damaged record in the middle of the log", for good.)"""
     d = tmp_path / "s"
     with PayloadStore(d) as s:
         s.put(1, b"a" * 100)
+        s.put(2, b"old two")
         s.save()
         m2 = s.put(2, b"b" * 100)
         s.put(3, b"c" * 100)
         path = s.data_path
-        # a crash before save: frames 2 and 3 are after the checkpoint
         os.pwrite(s._gen.fd, b"X", m2.offset + 10)       # damage frame 2, frame 3 stays valid
         _crash(s)
-    before = Path(path).read_bytes()
+    with PayloadStore(d) as s:
+        r = s.recovery
+        assert r is not None and r.cut_frames == 1 and r.cut_keys == (2, 3)
+        assert r.rebuilt is not None and "point-in-time" in r.rebuilt
+        assert os.path.getsize(path) == m2.offset - 32
+        assert sorted(s) == [1, 2] and s.get(2) == b"old two" and s.get(1) == b"a" * 100
+        s.verify()
+
+
+def test_damage_before_the_checkpoint_stays_an_error(tmp_path):
+    """Damage before the checkpoint is never cut: an open that must rebuild the index
+    refuses (DamagedRecordsError, a CorruptPayloadError) and changes nothing;
+    ``salvage=True`` opens, dropping exactly the damaged key."""
+    from diskhash import DamagedRecordsError
+    d = tmp_path / "s"
+    with PayloadStore(d) as s:
+        s.put(1, b"a" * 100)
+        m2 = s.put(2, b"b" * 100)
+        s.put(3, b"c" * 100)
+        path, index_path = s.data_path, s.index.path
+    with open(path, "r+b") as f:
+        f.seek(m2.offset + 10)
+        f.write(b"X")
+    os.unlink(index_path)
+    before = _files(d)
     with pytest.raises(CorruptPayloadError) as ei:
         PayloadStore(d)
-    e = ei.value
-    assert e.path == path and e.offset == m2.offset - 32 and "middle" in str(e)
-    assert Path(path).read_bytes() == before                 # nothing truncated
+    assert isinstance(ei.value, DamagedRecordsError) and ei.value.keys == (2,)
+    assert ei.value.path == path and ei.value.offset == m2.offset - 32
+    assert _files(d) == before                               # nothing cut, nothing written
+    with PayloadStore(d, salvage=True) as s:
+        assert sorted(s) == [1, 3] and s.last_salvage.keys == (2,)
+    with PayloadStore(d) as s:
+        assert sorted(s) == [1, 3]
+        assert s.rebuild_index() == 2                       # the drop is in the log: dead now
+        assert s.last_salvage is not None and s.last_salvage.keys == () and s.last_salvage.frames == 1
 
 
 def test_records_the_index_lacks_are_replayed(tmp_path):
@@ -99,7 +132,7 @@ def test_records_the_index_lacks_are_replayed(tmp_path):
     with PayloadStore(d) as s:
         # the killed writer's index writes live in the page cache, so most records are
         # already indexed; the log after the checkpoint is replayed all the same
-        assert s.recovery is not None and s.recovery.get("replayed", 0) >= 201
+        assert s.recovery is not None and s.recovery.replayed >= 201
         assert len(s) == 299 and 5 not in s
         assert s.get(150) == b"later 150" * 20 and s.get(250) == b"many 250"
         s.verify()
@@ -129,7 +162,7 @@ def test_replay_indexes_frames_missing_from_the_index(tmp_path):
         f.write(fmt.pack_data_header(fmt.DATA_HEADER_SIZE + 2 * 32 + 6, fmt.FLAG_DIRTY))
     assert len(data) > 0 and len(hdr) == 64
     with PayloadStore(d) as s:
-        assert s.recovery["replayed"] == 3
+        assert s.recovery.replayed == 3
         assert sorted(s) == [1, 3] and s.get(1) == b"one again" and s.get(3) == b"three"
         s.verify()
 

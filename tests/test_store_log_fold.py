@@ -120,7 +120,7 @@ def test_rebuild_index_after_deleting_the_index_file(tmp_path):
         index_path = s._gen.index_path
     os.unlink(index_path)
     with PayloadStore(d) as s:
-        assert s.recovery and "rebuilt" in s.recovery
+        assert s.recovery is not None and s.recovery.rebuilt == "index file missing"
         assert dict(zip(model, s.get_many(list(model)))) == model
         assert len(s) == len(model)
 
