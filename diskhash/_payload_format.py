@@ -27,7 +27,7 @@ from diskhash._store_read import checksum
 from diskhash.errors import CorruptPayloadError
 
 __all__ = [
-    "DATA_MAGIC", "DATA_VERSION", "DATA_HEADER", "DATA_HEADER_SIZE", "FLAG_DIRTY",
+    "BOOT_ID", "DATA_MAGIC", "DATA_VERSION", "DATA_HEADER", "DATA_HEADER_SIZE", "FLAG_DIRTY",
     "FRAME", "FRAME_SIZE", "FRAME_MARK", "KIND_PUT", "KIND_TOMBSTONE", "MAX_LENGTH",
     "MANIFEST", "MANIFEST_MAGIC", "MANIFEST_VERSION", "MANIFEST_NAME",
     "DataHeader", "Frame", "ScanResult",
@@ -44,11 +44,14 @@ __all__ = [
 #         of its last save() (the log is replayed from here on a writable open)
 # 24  u32 flags: bit 0 = a writer has the file open (unclean if set at open)
 # 28  u32 reserved (0)
-# 32  24x reserved (0)
+# 32  16s boot id of the system that last set the flags (Linux's
+#         /proc/sys/kernel/random/boot_id; zeros where unknown): a dirty
+#         file stamped by another boot was open when the machine went down
+# 48  8x  reserved (0)
 # 56  u64 CRC-32C of bytes 0..56, zero-extended
 DATA_MAGIC = b"SOCHDATA"
 DATA_VERSION = 1
-DATA_HEADER = struct.Struct("<8sIIQII24xQ")
+DATA_HEADER = struct.Struct("<8sIIQII16s8xQ")
 DATA_HEADER_SIZE = 64
 FLAG_DIRTY = 1
 assert DATA_HEADER.size == DATA_HEADER_SIZE
@@ -130,14 +133,37 @@ def pack_frame_body(kind: int, compression: int, stored_length: int,
                            key & _MASK64, key >> 64)
 
 
+def _read_boot_id() -> bytes:
+    try:
+        with open("/proc/sys/kernel/random/boot_id", "rb") as f:
+            return bytes.fromhex(f.read().decode("ascii").strip().replace("-", ""))[:16].ljust(16, b"\0")
+    except (OSError, ValueError, UnicodeDecodeError):
+        return bytes(16)
+
+
+#: This boot's id (zeros where the system has none): stamped into every data
+#: file header a writer writes.
+BOOT_ID = _read_boot_id()
+NO_BOOT_ID = bytes(16)
+
+
 class DataHeader(NamedTuple):
     version: int
     checkpoint: int
     flags: int
+    boot_id: bytes = NO_BOOT_ID
+
+    def open_across_reboot(self) -> bool:
+        """A writer had the file open (dirty) when the system last went down:
+        index pages written after the checkpoint cannot be trusted (any of
+        them may or may not have reached the disk), unlike after a process
+        crash, where every page written is in the page cache."""
+        return bool(self.flags & FLAG_DIRTY) and self.boot_id not in (NO_BOOT_ID, BOOT_ID) \
+            and BOOT_ID != NO_BOOT_ID
 
 
-def pack_data_header(checkpoint: int, flags: int) -> bytes:
-    head = DATA_HEADER.pack(DATA_MAGIC, DATA_VERSION, DATA_HEADER_SIZE, checkpoint, flags, 0, 0)
+def pack_data_header(checkpoint: int, flags: int, boot_id: bytes = BOOT_ID) -> bytes:
+    head = DATA_HEADER.pack(DATA_MAGIC, DATA_VERSION, DATA_HEADER_SIZE, checkpoint, flags, 0, boot_id, 0)
     return head[:56] + struct.pack("<Q", checksum(head[:56]))
 
 
@@ -146,7 +172,7 @@ def unpack_data_header(buf: bytes, path: str) -> DataHeader:
     if len(buf) < DATA_HEADER_SIZE:
         raise CorruptPayloadError(path, f"data file is {len(buf)} bytes, shorter than its "
                                         f"{DATA_HEADER_SIZE}-byte header")
-    magic, version, hsize, checkpoint, flags, _res, check = DATA_HEADER.unpack_from(buf)
+    magic, version, hsize, checkpoint, flags, _res, boot_id, check = DATA_HEADER.unpack_from(buf)
     if magic != DATA_MAGIC:
         raise CorruptPayloadError(path, f"not a diskhash data file (magic {magic!r}, "
                                         f"expected {DATA_MAGIC!r})")
@@ -155,7 +181,7 @@ def unpack_data_header(buf: bytes, path: str) -> DataHeader:
                                         f"(this diskhash reads version {DATA_VERSION})")
     if hsize != DATA_HEADER_SIZE or check != checksum(buf[:56]):
         raise CorruptPayloadError(path, "data file header checksum mismatch", offset=0)
-    return DataHeader(version, checkpoint, flags)
+    return DataHeader(version, checkpoint, flags, boot_id)
 
 
 def pack_manifest(data_gen: int, index_gen: int) -> bytes:

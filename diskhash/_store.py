@@ -625,6 +625,12 @@ class PayloadStore:
                 if cut_frames and rebuilt is None:
                     rebuilt = (f"point-in-time recovery: {cut_frames} whole record(s) after an "
                                f"invalid stretch at offset {cut} were cut")
+            if rebuilt is None and header.open_across_reboot():
+                # A power loss (or a crash of the machine): the index file may hold
+                # any mix of the pages written since the last save() -- a delete
+                # whose tombstone never reached the disk among them, which no
+                # replay could notice.  The log up to the cut is the truth.
+                rebuilt = "the system restarted while the store was open for writing"
             if rebuilt is None:
                 assert index is not None
                 _apply(index, final)

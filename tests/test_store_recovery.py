@@ -328,6 +328,58 @@ def test_power_loss_hole_recovers_to_a_point_in_time(tmp_path, where):
         assert s.recovery is None and {k: s.get(k) for k in s} == want
 
 
+_LOST_DELETE_WRITER = """
+import os, signal, sys
+from diskhash import PayloadStore
+s = PayloadStore(sys.argv[1])
+s.put_many(range(50), [b"saved %d" % i for i in range(50)])
+s.save()
+for i in range(0, 50, 7):
+    s.delete(i)
+s.put(99, b"unsaved")
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def test_power_loss_of_the_only_unsaved_page_brings_deletes_back(tmp_path):
+    """Only the unsaved log (tombstones, a put) failed to reach the disk, while the
+    index pages holding those deletes did: nothing is left in the log to replay or
+    cut, so only the boot id in the data header tells the open that the machine went
+    down.  The store must match its log -- the deleted keys come back, key 99 is
+    absent -- not the index's half-written state."""
+    d = tmp_path / "s"
+    proc = subprocess.run([sys.executable, "-c", _LOST_DELETE_WRITER, str(d)], env=subprocess_env(),
+                          capture_output=True, timeout=60)
+    assert proc.returncode == -signal.SIGKILL
+    (path,) = [p for p in d.iterdir() if p.name.startswith("data-")]
+    raw = path.read_bytes()
+    header = fmt.unpack_data_header(raw[:64], str(path))
+    assert header.flags & fmt.FLAG_DIRTY and header.boot_id == fmt.BOOT_ID
+    assert raw[header.checkpoint:].strip(b"\0")      # the deletes were written ...
+    lost = bytes(len(raw) - header.checkpoint)        # ... but never reached the disk
+    other_boot = bytes(b ^ 0xFF for b in fmt.BOOT_ID)  # ... and the machine rebooted
+    path.write_bytes(fmt.pack_data_header(header.checkpoint, header.flags, other_boot)
+                     + raw[64:header.checkpoint] + lost)
+    with PayloadStore(d) as s:
+        assert s.recovery is not None and "restarted" in (s.recovery.rebuilt or "")
+        assert sorted(s) == list(range(50))
+        assert all(s.get(i) == b"saved %d" % i for i in range(50))
+        assert 99 not in s
+        s.verify()
+
+
+def test_a_process_crash_on_the_same_boot_keeps_the_index(tmp_path):
+    """The same crash without a reboot: every index page is in the page cache, so
+    the open replays and keeps the deletes; no rebuild."""
+    d = tmp_path / "s"
+    proc = subprocess.run([sys.executable, "-c", _LOST_DELETE_WRITER, str(d)], env=subprocess_env(),
+                          capture_output=True, timeout=60)
+    assert proc.returncode == -signal.SIGKILL
+    with PayloadStore(d) as s:
+        assert s.recovery is not None and s.recovery.rebuilt is None
+        assert sorted(s) == [i for i in range(50) if i % 7] + [99]
+
+
 def test_recovery_is_none_after_a_clean_close(tmp_path):
     with PayloadStore(tmp_path / "s") as s:
         s.put(1, b"x")
