@@ -1714,15 +1714,23 @@ class PayloadStore:
             except FileNotFoundError:
                 pass
 
-    def compact(self) -> None:
+    def compact(self, *, salvage: bool = False) -> None:
         """Rewrite the live records into a new data file; disk use returns to the live bytes.
 
         Puts, deletes and reads go on while the live records are copied; puts
         wait only for the final step (copying what was written meanwhile,
         fsyncs, the MANIFEST rename).  See docs/store.md.
+
+        Every index entry is accounted for.  Damaged records the index no
+        longer points at are dropped.  If a live record cannot be read back
+        (damaged, or its index entry points past the log or at another
+        key's record), ``DamagedRecordsError`` names the keys and nothing is
+        changed; ``salvage=True`` goes on without exactly those keys.
+        ``last_salvage`` then holds a ``SalvageReport`` (keys dropped,
+        damaged stretches and bytes passed over), None if there were none.
         """
         from diskhash._compact import compact
-        compact(self)
+        compact(self, salvage)
 
 
 def _indexed_prefix(index: DiskHashIndex, rows: "list[tuple[int, int]]") -> int:
