@@ -1612,7 +1612,8 @@ class PayloadStore:
 
     def verify(self) -> None:
         """Check the whole store: the index (``CorruptIndexError``), every frame of the
-        log, and that every index entry points at a matching, intact record.
+        log, and that every index entry points at a matching, intact record whose
+        LZ4/ZSTD bytes decode to its recorded length (as ``get()`` checks).
 
         Raises ``CorruptPayloadError`` listing every defect; returns None if all is well.
         Puts and deletes from other threads wait until it is done.
@@ -1651,6 +1652,14 @@ class PayloadStore:
                     (key, m.length, int(m.compression), m.uncompressed_length):
                 defects.append(f"edge id {key:#x}: index record {tuple(m)[1:]} does not match "
                                f"the frame at offset {f.offset}")
+            elif m.compression:
+                # The checksum covers the stored bytes, not what they decode to:
+                # a record get() would refuse is damage too.  One at a time.
+                try:
+                    _codecs.check_decodes(int(m.compression), g.fd, m.offset, m.length,
+                                          m.uncompressed_length)
+                except ValueError as exc:
+                    defects.append(f"edge id {key:#x} at offset {f.offset}: {exc}")
         if defects:
             raise CorruptPayloadError(g.data_path, defects)
 
