@@ -215,10 +215,10 @@ class AsyncPayloadStore:
 
     # -- whole-store operations -----------------------------------------------------------
 
-    async def compact(self) -> None:
+    async def compact(self, *, salvage: bool = False) -> None:
         """As ``PayloadStore.compact`` in a worker thread (outside the lane, so
         puts go on meanwhile; they wait only for its final switch)."""
-        await self._thread(self._sync.compact)
+        await self._thread(functools.partial(self._sync.compact, salvage=salvage))
 
     async def rebuild_index(self, progress: "Callable[[int, int], Any] | None" = None, *,
                             salvage: bool = False) -> int:

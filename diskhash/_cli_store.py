@@ -217,15 +217,26 @@ def cmd_rebuild(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-@_command("compact", "rewrite the live records; give back the space of dead ones")
+def _compact_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--salvage", action="store_true",
+                   help="go on when live records are damaged: drop exactly those keys "
+                        "(listed on stderr) instead of refusing")
+
+
+@_command("compact", "rewrite the live records; give back the space of dead ones", _compact_args)
 def cmd_compact(args: argparse.Namespace) -> int:
     with _open(args, readonly=False) as store:
         before = store.stats().data_bytes
-        store.compact()
+        store.compact(salvage=args.salvage)
         after = store.stats().data_bytes
         report = store.last_compaction or {}
         print(f"{store.directory}: {before} -> {after} bytes in {report.get('seconds', 0):.3f}s "
               f"(writers waited {report.get('puts_waited_seconds', 0) * 1000:.1f} ms)")
+        salvage = store.last_salvage
+        if salvage is not None:
+            print(f"{store.directory}: passed over {salvage.frames} damaged stretch(es), "
+                  f"{salvage.bytes} bytes; dropped {len(salvage.keys)} damaged live record(s)"
+                  + "".join(f"\n  dropped edge id {k:#x}" for k in salvage.keys), file=sys.stderr)
     return EXIT_OK
 
 

@@ -15,13 +15,14 @@ thread, kept in a ``threading.local``.
 from __future__ import annotations
 
 import importlib
+import os
 import threading
 from typing import Any, Callable
 
 from diskhash._records import Compression
 from diskhash.errors import CodecUnavailableError
 
-__all__ = ["compress", "decompress", "available", "require", "EXTRA"]
+__all__ = ["compress", "decompress", "check_decodes", "available", "require", "EXTRA"]
 
 EXTRA = 'pip install "diskhash[store]"'
 ZSTD_LEVEL = 3
@@ -128,3 +129,56 @@ def decompress(compression: int, data: Any, uncompressed_length: int) -> bytes:
     if len(out) != uncompressed_length:
         raise ValueError(f"decoded {len(out)} bytes, the record says {uncompressed_length}")
     return out
+
+
+#: check_decodes streams zstd in pieces of this many bytes (input and output).
+CHECK_PIECE = 1 << 20
+
+
+class _PayloadReader:
+    """``read(n)`` over the stored bytes [offset, offset + length) of a file (pread)."""
+
+    def __init__(self, fd: int, offset: int, length: int) -> None:
+        self._fd, self._pos, self._end = fd, offset, offset + length
+
+    def read(self, size: int = -1) -> bytes:
+        if size < 0 or size > self._end - self._pos:
+            size = self._end - self._pos
+        got = os.pread(self._fd, size, self._pos) if size > 0 else b""
+        self._pos += len(got)
+        return got
+
+
+def check_decodes(compression: int, fd: int, offset: int, length: int,
+                  uncompressed_length: int) -> None:
+    """Check that the ``length`` stored bytes at ``offset`` of ``fd`` decode, as
+    ``decompress`` would, to exactly ``uncompressed_length`` bytes; ``ValueError``
+    saying what is wrong if not (``CodecUnavailableError`` without the package).
+
+    For ``verify()``: one record at a time.  zstd is streamed in
+    ``CHECK_PIECE`` pieces, so the memory used does not grow with the record;
+    an LZ4 raw block can only be decoded whole (its bytes and its output).
+    """
+    if compression != 2:
+        data = os.pread(fd, length, offset) if length else b""
+        while len(data) < length:       # (a short read: more than 2 GiB at once)
+            more = os.pread(fd, length - len(data), offset + len(data))
+            if not more:
+                break
+            data += more
+        decompress(compression, data, uncompressed_length)
+        return
+    if _zstd is None:
+        require(Compression.ZSTD)
+    total = 0
+    try:
+        for piece in _zd().read_to_iter(_PayloadReader(fd, offset, length),
+                                        read_size=CHECK_PIECE, write_size=CHECK_PIECE):
+            total += len(piece)
+            if total > uncompressed_length:
+                break
+    except Exception as exc:
+        raise ValueError(f"zstd frame does not decode: {exc}") from None
+    if total != uncompressed_length:
+        got = "more than" if total > uncompressed_length else f"{total} bytes, not"
+        raise ValueError(f"zstd frame decodes to {got} the {uncompressed_length} bytes the record says")

@@ -21,6 +21,17 @@ The layout is generations switched by an atomic rename of a small MANIFEST
 A crash before the MANIFEST rename leaves the old generation, complete (the
 new files are leftovers the next writable open deletes); after it, the new
 one, complete (everything in it was made durable before the rename).
+
+Damage.  Step 2 passes over a stretch of the old log that is not a valid
+frame (a flipped bit, a hole) and goes on at the next valid frame: a damaged
+record the index no longer points at (dead) costs nothing, it is dropped.
+Then, in step 4 before anything is made durable, every entry of the old
+index must be in the new one (a count, then a walk when they differ): an
+entry the copy did not reach whose record is intact is copied then; one
+whose record is damaged, past the end of the log or another key's makes
+``compact()`` refuse with ``DamagedRecordsError`` naming the keys, nothing
+changed -- or, with ``salvage=True``, go on without exactly those keys.
+``store.last_salvage`` (a ``SalvageReport``) says what was passed over.
 """
 
 from __future__ import annotations
@@ -32,7 +43,8 @@ from typing import TYPE_CHECKING, Any
 from diskhash import _payload_format as fmt
 from diskhash._files import fsync_dir
 from diskhash._index import DiskHashIndex
-from diskhash.errors import CorruptPayloadError
+from diskhash._records import SalvageReport
+from diskhash.errors import CorruptPayloadError, DamagedRecordsError
 
 if TYPE_CHECKING:
     from diskhash._store import PayloadStore
@@ -45,9 +57,13 @@ CATCH_UP_SMALL = 1 << 20
 WRITE_BATCH = 8 << 20
 
 
-def compact(store: "PayloadStore") -> dict[str, Any]:
+def compact(store: "PayloadStore", salvage: bool = False) -> dict[str, Any]:
     from diskhash._store import _bulk_insert, _fsync_data, _Generation
 
+    if not isinstance(salvage, bool):
+        raise TypeError(f"salvage must be a bool, not {type(salvage).__name__}")
+    store.last_salvage = None
+    damage = _Damage()
     t_start = time.perf_counter()
     with store._maintenance:
         with store._write_lock:
@@ -64,12 +80,12 @@ def compact(store: "PayloadStore") -> dict[str, Any]:
         switched = False
         try:
             # 2. the live records up to e0, verbatim
-            built = _copy_live_indexed(g, fd, e0, index_path)
+            built = _copy_live_indexed(g, fd, e0, index_path, damage)
             if built is not None:
                 index, copied_bytes, new_end = built
             else:
                 live: dict[int, tuple[int, int, int, int]] = {}
-                copied_bytes, new_end = _copy_live(g, fd, e0, live)
+                copied_bytes, new_end = _copy_live(g, fd, e0, live, damage)
                 index = DiskHashIndex(index_path, capacity=max(len(live), 1), timeout=0.0)
                 _bulk_insert(index, live)
                 del live
@@ -96,6 +112,9 @@ def compact(store: "PayloadStore") -> dict[str, Any]:
                     raise RuntimeError("the store changed generation during compact()")
                 target = store._end
                 new_end = _catch_up(g, fd, index, done, target, new_end)
+                new_end, lost = _account(g, fd, index, new_end, target)
+                if lost and not salvage:
+                    raise _refusal(g, lost)
                 # 4. durable, then switch
                 if store._sync != "never":
                     _fsync_data(fd)
@@ -137,21 +156,155 @@ def compact(store: "PayloadStore") -> dict[str, Any]:
         "copied_bytes": copied_bytes,
     }
     store.last_compaction = report
+    if lost or damage.frames:
+        store.last_salvage = SalvageReport(tuple(sorted(k for k, _, _ in lost)),
+                                           damage.frames, damage.bytes)
     return report
 
 
+class _Damage:
+    """The stretches of the old log the copy passed over (not valid frames)."""
+
+    __slots__ = ("frames", "bytes")
+
+    def __init__(self) -> None:
+        self.frames = 0
+        self.bytes = 0
+
+    def add(self, start: int, end: int) -> None:
+        self.frames += 1
+        self.bytes += end - start
+
+
+def _claimed_end(buf: Any, p: int, at: int, end: int) -> int:
+    """Where the frame at ``buf[p:]`` (file offset ``at``) ends if its header
+    is plausible (frame mark, known kind) and it fits before ``end``; else -1."""
+    if len(buf) - p < fmt.FRAME_SIZE:
+        return -1
+    _ck, kind, _comp, mark, slen, _ulen, _lo, _hi = fmt.FRAME.unpack_from(buf, p)
+    if mark != fmt.FRAME_MARK or kind not in (fmt.KIND_PUT, fmt.KIND_TOMBSTONE):
+        return -1
+    claimed = at + fmt.FRAME_SIZE + slen
+    return claimed if claimed <= end else -1
+
+
+def _valid_at(fd: int, read: Any, at: int, end: int) -> bool:
+    """Whether a whole valid frame starts at ``at`` and ends by ``end``."""
+    head = read(fd, fmt.FRAME_SIZE, at)
+    claimed = _claimed_end(head, 0, at, end)
+    if claimed < 0:
+        return False
+    whole = read(fd, claimed - at, at)
+    return fmt._frame_at(whole, 0, len(whole)) is not None
+
+
+def _walk_past_damage(fd: int, start: int, end: int, parse: Any, read: Any,
+                      damage: _Damage) -> Any:
+    """``fmt._walk`` over the old log up to ``end`` (every frame before it was
+    whole when this store wrote or opened it), except that a stretch that is
+    not a valid frame is passed over and recorded in ``damage``: to the end
+    its header claims when a valid frame (or ``end``) is there -- a damaged
+    payload -- else to the next valid frame found by its mark, else to
+    ``end``.  Whatever it held that the index points at is found by
+    ``_account``.  Yields None after each parsed piece."""
+    pos = start
+    while pos < end:
+        buf = read(fd, min(fmt.SCAN_CHUNK, end - pos), pos)
+        avail = len(buf)
+        if not avail:                   # (the file never shrinks while open)
+            damage.add(pos, end)
+            return
+        p = parse(buf, 0, pos)
+        yield None
+        if p >= avail or (p > 0 and pos + avail < end):
+            pos += p                    # (a frame cut by the chunk's end: read on)
+            continue
+        bad = pos + p
+        claimed = _claimed_end(buf, p, bad, end)
+        if p == 0 and claimed > pos + avail:
+            # One frame bigger than the chunk: read it whole.
+            whole = read(fd, claimed - bad, bad)
+            if parse(whole, 0, bad) == claimed - bad:
+                yield None
+                pos = claimed
+                continue
+        if claimed < 0 or (claimed < end and not _valid_at(fd, read, claimed, end)):
+            claimed = fmt.next_frame(fd, bad, end)
+            if claimed < 0:
+                claimed = end
+        damage.add(bad, claimed)
+        pos = claimed
+
+
+def _check_entry(g: Any, key: int, meta: Any, end: int) -> "tuple[str, bytes | None]":
+    """The old log's frame that ``meta`` (the old index's entry for ``key``)
+    points at, whole, if it is that key's intact record: ("", frame bytes);
+    else (what is wrong, None)."""
+    start = meta.offset - fmt.FRAME_SIZE
+    if start < fmt.DATA_HEADER_SIZE or meta.offset + meta.length > end:
+        return (f"its index entry (offset {meta.offset}, length {meta.length}) points "
+                f"outside the log ({end} bytes)"), None
+    raw = fmt.pread_exact(g.fd, fmt.FRAME_SIZE + meta.length, start)
+    got = fmt._frame_at(raw, 0, len(raw))
+    if got is None:
+        return f"its record at offset {start} is damaged (frame or checksum check fails)", None
+    kind, comp, slen, ulen, fkey, _ = got
+    if (kind, fkey, slen, comp, ulen) != (fmt.KIND_PUT, key, meta.length, int(meta.compression),
+                                          meta.uncompressed_length):
+        what = "a tombstone" if kind != fmt.KIND_PUT else f"a record of edge id {fkey:#x}"
+        return (f"its index entry does not match the frame at offset {start} ({what}, "
+                f"stored length {slen})"), None
+    return "", raw
+
+
+def _account(g: Any, fd: int, new: DiskHashIndex, new_end: int,
+             end: int) -> "tuple[int, list[tuple[int, int, str]]]":
+    """Every entry of the old index must be in the new one.  Those the copy did
+    not reach (their frames were passed over as damage, or the entry does not
+    point at a frame boundary) are checked: an intact record is copied now and
+    indexed; the rest are returned as (key, frame offset, what is wrong).  The
+    writer lock is held, so both indexes hold still; the walk of the old index
+    runs only when the counts differ.  Returns (new end, lost)."""
+    from diskhash._store import _write_all
+
+    if len(new) == len(g.index):
+        return new_end, []
+    lost: "list[tuple[int, int, str]]" = []
+    for key, meta in g.index.items():
+        if key in new:
+            continue
+        reason, raw = _check_entry(g, key, meta, end)
+        if raw is None:
+            lost.append((key, meta.offset - fmt.FRAME_SIZE, reason))
+            continue
+        new.insert(key, (key, new_end + fmt.FRAME_SIZE, meta.length, meta.compression,
+                         meta.uncompressed_length))
+        new_end = _write_all(fd, [raw], new_end)
+    return new_end, lost
+
+
+def _refusal(g: Any, lost: "list[tuple[int, int, str]]") -> DamagedRecordsError:
+    lost = sorted(lost, key=lambda row: row[1])
+    defects = [f"compact() refused: {len(lost)} live record(s) cannot be read back and would be "
+               f"lost; nothing was changed (rebuild_index() restores index entries whose records "
+               f"are intact in the log; compact(salvage=True) drops exactly these keys)"]
+    defects += [f"edge id {key:#x}: {reason}" for key, _, reason in lost]
+    return DamagedRecordsError(g.data_path, defects, [key for key, _, _ in lost],
+                               offset=max(lost[0][1], 0))
+
+
 def _refuse_early_end(g: Any, result: "fmt.ScanResult", e0: int) -> None:
-    """Every frame before ``e0`` (the end a pass reads to: step 2's, or a
-    catch-up's) was whole when this store wrote or opened it:
-    a pass that stops short of ``e0`` met a record damaged since, at the end
-    of the log.  Refused as ``rebuild_index`` refuses it -- copying what came
-    before would drop that record's key from the index without a word (its
-    get raised ``CorruptPayloadError``; after the switch it would be absent)."""
+    """Every frame a catch-up reads (written since step 2's end, by this
+    store) was whole when written: a catch-up that stops short of its end met
+    a record damaged since, at the end of the log.  Refused -- copying what
+    came before would drop that record's key from the index without a word
+    (its get raised ``CorruptPayloadError``; after the switch it would be absent)."""
     if result.end < e0:
         raise CorruptPayloadError(g.data_path, "log ends early while compacting", offset=result.end)
 
 
-def _copy_live(g: Any, fd: int, e0: int, live: dict[int, tuple[int, int, int, int]]) -> tuple[int, int]:
+def _copy_live(g: Any, fd: int, e0: int, live: dict[int, tuple[int, int, int, int]],
+               damage: _Damage) -> tuple[int, int]:
     """Copy every put frame of the old log before ``e0`` that the old index still
     points at into the new data file ``fd``; fills ``live``; (bytes copied, new end)."""
     get = g.index.get
@@ -177,12 +330,10 @@ def _copy_live(g: Any, fd: int, e0: int, live: dict[int, tuple[int, int, int, in
                     state["new_end"] += end - p
                 p = end
 
-    for item in fmt._walk(g.fd, fmt.DATA_HEADER_SIZE, e0, g.data_path, parse):
-        if item is None and state["new_end"] - state["written"] >= WRITE_BATCH:
+    for _ in _walk_past_damage(g.fd, fmt.DATA_HEADER_SIZE, e0, parse, fmt.pread_exact, damage):
+        if state["new_end"] - state["written"] >= WRITE_BATCH:
             state["written"] = _write(fd, pending, state["written"])
             pending.clear()
-        elif item is not None:
-            _refuse_early_end(g, item, e0)
     if pending:
         state["written"] = _write(fd, pending, state["written"])
     assert state["written"] == state["new_end"]
@@ -199,8 +350,8 @@ except ImportError:  # pragma: no cover
     _RowLog = None  # type: ignore[assignment,misc]
 
 
-def _copy_live_indexed(g: Any, fd: int, e0: int,
-                       index_path: str) -> "tuple[DiskHashIndex, int, int] | None":
+def _copy_live_indexed(g: Any, fd: int, e0: int, index_path: str,
+                       damage: _Damage) -> "tuple[DiskHashIndex, int, int] | None":
     """``_copy_live`` in C, then the new index: the live frames, read through a
     map of the old log, gathered into one buffer (written every ``WRITE_BATCH``
     bytes), their new places kept in a ``RowLog`` (in log order: each key
@@ -230,11 +381,9 @@ def _copy_live_indexed(g: Any, fd: int, e0: int,
     # The old log read through a map (no pread copies): its frames before e0
     # never change, and the file never shrinks while the store is open.
     with fmt.mapped_reader(g.fd, fmt.DATA_HEADER_SIZE, e0) as read:
-        for item in fmt._walk(g.fd, fmt.DATA_HEADER_SIZE, e0, g.data_path, parse, read=read):
-            if item is None and state["used"] >= WRITE_BATCH:
+        for _ in _walk_past_damage(g.fd, fmt.DATA_HEADER_SIZE, e0, parse, read, damage):
+            if state["used"] >= WRITE_BATCH:
                 flush()
-            elif item is not None:
-                _refuse_early_end(g, item, e0)
     if state["used"]:
         flush()
     assert state["written"] == state["new_end"]

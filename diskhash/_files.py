@@ -466,11 +466,13 @@ class IndexLock:
                 undo_map.close()
             except BufferError:     # a forked child: a view is still exported; unmapped at exit
                 pass
-        fd, self.fd = self.fd, -1
+        fd = self.fd
         if fd < 0:
             return
         try:
             if unlock:
                 fcntl.flock(fd, fcntl.LOCK_UN)
         finally:
+            # (forgotten just before the close: Ctrl-C cannot land between)
+            self.fd = -1
             os.close(fd)

@@ -35,6 +35,9 @@ cdef int close_index(DiskHashIndex self, bint sync=True) except -1:
         release_resources(self, False)
         return 0
     if self._state != STATE_OPEN:
+        if self._state == STATE_CLOSED:
+            # (idempotent) a close that Ctrl-C cut short lets go of its lock now
+            release_resources(self, True)
         return 0
     with nogil:
         pthread_mutex_lock(&self._write_lock)

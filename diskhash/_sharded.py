@@ -345,11 +345,12 @@ class ShardedStore:
         for s in self._stores:
             s.save()
 
-    def compact(self) -> None:
-        """Compact every shard (``PayloadStore.compact``)."""
+    def compact(self, *, salvage: bool = False) -> None:
+        """Compact every shard (``PayloadStore.compact``; ``salvage`` is passed on:
+        each shard's ``last_salvage`` says what it dropped)."""
         self._check_open()
         for s in self._stores:
-            s.compact()
+            s.compact(salvage=salvage)
 
     def rebuild_index(self, progress: Callable[[int, int], Any] | None = None, *,
                       salvage: bool = False) -> int:

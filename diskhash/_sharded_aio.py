@@ -176,10 +176,10 @@ class AsyncShardedStore:
         self._sync._check_open()
         await _fan([shard.save for shard in self._shards])
 
-    async def compact(self) -> None:
+    async def compact(self, *, salvage: bool = False) -> None:
         """As ``ShardedStore.compact``; the shards compact concurrently."""
         self._sync._check_open()
-        await _fan([shard.compact for shard in self._shards])
+        await _fan([functools.partial(shard.compact, salvage=salvage) for shard in self._shards])
 
     async def rebuild_index(self, progress: Callable[[int, int], Any] | None = None, *,
                             salvage: bool = False) -> int:

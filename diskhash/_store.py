@@ -318,26 +318,53 @@ class _Generation:
 class _MaintenanceLock:
     """The lock of compact(), rebuild_index() and close().  Taking it again in
     the thread that holds it (a ``rebuild_index`` progress callback calling
-    ``close()`` or ``compact()``) raises ``RuntimeError`` instead of deadlocking."""
+    ``close()`` or ``compact()``) raises ``RuntimeError`` instead of deadlocking.
 
-    __slots__ = ("_lock", "_owner")
+    Fair: callers get it in the order they asked (a ticket each), so a thread
+    running ``compact()`` in a tight loop cannot starve a ``close()`` from
+    another thread (a plain lock is taken back by its releaser before the
+    woken waiter runs).  A waiter interrupted (Ctrl-C) gives up its ticket."""
+
+    __slots__ = ("_cond", "_owner", "_next", "_serving", "_given_up")
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
+        self._cond = threading.Condition(threading.Lock())
         self._owner: "int | None" = None
+        self._next = 0          # the next ticket handed out
+        self._serving = 0       # the ticket that may hold the lock
+        self._given_up: "set[int]" = set()
 
     def __enter__(self) -> "_MaintenanceLock":
         me = threading.get_ident()
         if self._owner == me:
             raise RuntimeError("close(), compact() and rebuild_index() cannot be called "
                                "while this thread runs one of them (from a progress callback)")
-        self._lock.acquire()
-        self._owner = me
+        with self._cond:
+            ticket = self._next
+            self._next += 1
+            try:
+                while self._serving != ticket:
+                    self._cond.wait()
+            except BaseException:
+                if self._serving == ticket:
+                    self._advance()
+                else:
+                    self._given_up.add(ticket)
+                raise
+            self._owner = me
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        self._owner = None
-        self._lock.release()
+        with self._cond:
+            self._owner = None
+            self._advance()
+
+    def _advance(self) -> None:
+        self._serving += 1
+        while self._serving in self._given_up:
+            self._given_up.discard(self._serving)
+            self._serving += 1
+        self._cond.notify_all()
 
 
 def _release(fd: int, index: DiskHashIndex) -> None:
@@ -352,6 +379,22 @@ def _release(fd: int, index: DiskHashIndex) -> None:
             os.close(fd)
         except OSError:  # pragma: no cover
             pass
+
+
+#: Stores open in this process, so a forked child can disable its copies
+#: (as the index does with its own: diskhash/_index_lifetime.pxi).
+_open_stores: "weakref.WeakSet[PayloadStore]" = weakref.WeakSet()
+
+
+def _disable_inherited_stores() -> None:
+    for store in list(_open_stores):
+        try:
+            store._disable_in_child()
+        except Exception:  # pragma: no cover - an at-fork handler must not raise
+            pass
+
+
+os.register_at_fork(after_in_child=_disable_inherited_stores)
 
 
 class PayloadStore:
@@ -382,6 +425,10 @@ class PayloadStore:
     or manifest, ``CorruptIndexError`` for a damaged index on a read-only
     open (a writable open rebuilds it from the data file).
     """
+
+    #: Set in a forked child's copy (``os.register_at_fork``): every call then
+    #: raises ``IndexClosedError`` before touching a file.
+    _forked = False
 
     def __init__(
         self,
@@ -417,6 +464,8 @@ class PayloadStore:
         self._maintenance = _MaintenanceLock()
         #: What the last compact() measured (seconds, puts_waited_seconds, bytes).
         self.last_compaction: "dict[str, Any] | None" = None
+        #: What the last compact() passed over or dropped (a SalvageReport), or None.
+        self.last_salvage: "SalvageReport | None" = None
         self._unsaved = False
         self._end = 0
         self._checkpoint = 0
@@ -448,6 +497,7 @@ class PayloadStore:
             self._abandon()
             raise
         self._closed = False
+        _open_stores.add(self)
         if self._sync_every is not None and not readonly:
             self._syncer = threading.Thread(target=self._sync_loop, name="diskhash-store-sync",
                                             daemon=True)
@@ -471,6 +521,8 @@ class PayloadStore:
             os.close(fd)
 
     def _write_manifest(self, data_gen: int, index_gen: int) -> None:
+        if self._forked:            # (a fork from a progress callback: the commit is the parent's)
+            raise self._closed_error()
         tmp = self._path(f".{fmt.MANIFEST_NAME}.{os.getpid()}{TMP_SUFFIX}")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
         try:
@@ -789,19 +841,66 @@ class PayloadStore:
 
     def _abandon(self) -> None:
         g, self._gen = self._gen, None
-        if g is not None:
-            g.index.close()
-        lock, self._lock = self._lock, None
+        try:
+            if g is not None:
+                g.index.close()
+        finally:
+            self._release_lock()
+
+    def _release_lock(self) -> None:
+        """Let go of store.lock (idempotent; forgotten only once released)."""
+        lock = self._lock
         if lock is not None:
             lock.close()
+            self._lock = None
 
     # -- state -----------------------------------------------------------------------
 
     def _live(self) -> _Generation:
         g = self._gen
         if g is None:
-            raise IndexClosedError(f"{getattr(self, '_directory', '?')}: store is closed")
+            raise self._closed_error()
         return g
+
+    def _closed_error(self) -> IndexClosedError:
+        where = getattr(self, "_directory", "?")
+        if self._forked:
+            return IndexClosedError(
+                f"{where}: store was inherited across fork(); open it again in the child "
+                f"(PayloadStore(directory) after the fork): its files are the parent's")
+        return IndexClosedError(f"{where}: store is closed")
+
+    def _disable_in_child(self) -> None:
+        """In a forked child (``os.register_at_fork``): make this copy unusable.
+
+        The child shares the parent's data file, its map and its lock: a write
+        at the child's stale end of the log, a truncation or an unlock at close
+        would destroy the parent's newer records or drop its lock.  So the
+        copy is marked, its locks replaced (a parent thread may have held them
+        at the fork: the child's copies would stay held for ever) and its
+        descriptors and maps let go without writing, syncing or unlocking
+        anything.  Every call then raises ``IndexClosedError`` naming the fix.
+        """
+        self._forked = True
+        self._write_lock = threading.RLock()
+        self._maintenance = _MaintenanceLock()
+        self._stop_syncer = threading.Event()
+        self._syncer = None             # (the thread does not exist in the child)
+        self._release_inherited()
+
+    def _release_inherited(self) -> None:
+        """The child's own resources only: maps unmapped, descriptors closed
+        (the data file's pointed at /dev/null until its finaliser), the lock's
+        descriptor closed without ``LOCK_UN`` (the flock is the parent's)."""
+        g, self._gen = self._gen, None
+        if g is not None:
+            g.release()
+        lock = self._lock
+        if lock is not None:
+            try:
+                lock.close(unlock=False)
+            finally:
+                self._lock = None
 
     def _writable(self) -> _Generation:
         if self._readonly:
@@ -1510,28 +1609,50 @@ class PayloadStore:
                 pass
 
     def close(self) -> None:
-        """Save (unless read-only), mark the data file clean, close everything; idempotent."""
-        syncer, self._syncer = self._syncer, None
-        if syncer is not None:
-            self._stop_syncer.set()
-            syncer.join()
-        with self._maintenance, self._write_lock:
-            g = self._gen
-            if g is None:
-                return
-            try:
-                if not self._readonly:
-                    self._save_locked(g)
-                    os.ftruncate(g.fd, self._end)       # give back the unused allocation
-                    self._write_header(g.fd, self._end, 0, sync=True)
-            finally:
-                self._gen = None
-                if self._sync == "never":
-                    g.index._close_unsynced()   # no msync: as in _save_locked
-                else:
-                    g.index.close()
-                g.release()
-                self._abandon()
+        """Save (unless read-only), mark the data file clean, close everything; idempotent.
+
+        Once the store is closed its lock is let go, even when Ctrl-C lands
+        inside ``close()`` (a later ``close()`` finishes a release cut short);
+        interrupted before it began, the store stays open.  In a forked child
+        it closes only the child's copies of descriptors and maps: nothing is
+        written, truncated, synced or unlocked (the files are the parent's).
+        """
+        if self._forked:
+            self._release_inherited()
+            return
+        try:
+            with self._maintenance, self._write_lock:
+                g = self._gen
+                if g is None:
+                    return
+                self._stop_syncer.set()
+                try:
+                    if not self._readonly:
+                        self._save_locked(g)
+                        os.ftruncate(g.fd, self._end)       # give back the unused allocation
+                        self._write_header(g.fd, self._end, 0, sync=True)
+                finally:
+                    self._gen = None
+                    _open_stores.discard(self)
+                    # no msync with sync="never": as in _save_locked
+                    close_index = g.index._close_unsynced if self._sync == "never" else g.index.close
+                    try:
+                        try:
+                            close_index()
+                        finally:
+                            try:
+                                close_index()   # (once closed, only finishes a release Ctrl-C cut short)
+                            finally:
+                                g.release()
+                    finally:
+                        self._release_lock()
+        finally:
+            if self._gen is None:
+                self._release_lock()
+                self._stop_syncer.set()
+                syncer, self._syncer = self._syncer, None
+                if syncer is not None and syncer is not threading.current_thread():
+                    syncer.join()      # it sees the store closed and ends
 
     def __enter__(self) -> "PayloadStore":
         self._live()
@@ -1541,7 +1662,7 @@ class PayloadStore:
         self.close()
 
     def __del__(self) -> None:
-        if getattr(self, "_gen", None) is not None:
+        if getattr(self, "_gen", None) is not None or getattr(self, "_lock", None) is not None:
             try:
                 self.close()
             except Exception:
@@ -1591,7 +1712,8 @@ class PayloadStore:
 
     def verify(self) -> None:
         """Check the whole store: the index (``CorruptIndexError``), every frame of the
-        log, and that every index entry points at a matching, intact record.
+        log, and that every index entry points at a matching, intact record whose
+        LZ4/ZSTD bytes decode to its recorded length (as ``get()`` checks).
 
         Raises ``CorruptPayloadError`` listing every defect; returns None if all is well.
         Puts and deletes from other threads wait until it is done.
@@ -1630,6 +1752,14 @@ class PayloadStore:
                     (key, m.length, int(m.compression), m.uncompressed_length):
                 defects.append(f"edge id {key:#x}: index record {tuple(m)[1:]} does not match "
                                f"the frame at offset {f.offset}")
+            elif m.compression:
+                # The checksum covers the stored bytes, not what they decode to:
+                # a record get() would refuse is damage too.  One at a time.
+                try:
+                    _codecs.check_decodes(int(m.compression), g.fd, m.offset, m.length,
+                                          m.uncompressed_length)
+                except ValueError as exc:
+                    defects.append(f"edge id {key:#x} at offset {f.offset}: {exc}")
         if defects:
             raise CorruptPayloadError(g.data_path, defects)
 
@@ -1653,6 +1783,7 @@ class PayloadStore:
         """
         if not isinstance(salvage, bool):
             raise TypeError(f"salvage must be a bool, not {type(salvage).__name__}")
+        progress = self._fork_checked(progress)
         with self._maintenance, self._write_lock:
             g = self._writable()
             self.last_salvage = None
@@ -1691,6 +1822,20 @@ class PayloadStore:
                     self._save_locked(new)
             return len(index)
 
+    def _fork_checked(self, progress: "Callable[[int, int], Any] | None",
+                      ) -> "Callable[[int, int], Any] | None":
+        """``progress``, then a check that it did not fork: a child going on
+        with the parent's maintenance would write files the parent is writing."""
+        if progress is None:
+            return None
+
+        def checked(done: int, total: int) -> Any:
+            got = progress(done, total)
+            if self._forked:
+                raise self._closed_error()
+            return got
+        return checked
+
     def _unlink(self, *paths: str) -> None:
         for p in paths:
             try:
@@ -1698,15 +1843,23 @@ class PayloadStore:
             except FileNotFoundError:
                 pass
 
-    def compact(self) -> None:
+    def compact(self, *, salvage: bool = False) -> None:
         """Rewrite the live records into a new data file; disk use returns to the live bytes.
 
         Puts, deletes and reads go on while the live records are copied; puts
         wait only for the final step (copying what was written meanwhile,
         fsyncs, the MANIFEST rename).  See docs/store.md.
+
+        Every index entry is accounted for.  Damaged records the index no
+        longer points at are dropped.  If a live record cannot be read back
+        (damaged, or its index entry points past the log or at another
+        key's record), ``DamagedRecordsError`` names the keys and nothing is
+        changed; ``salvage=True`` goes on without exactly those keys.
+        ``last_salvage`` then holds a ``SalvageReport`` (keys dropped,
+        damaged stretches and bytes passed over), None if there were none.
         """
         from diskhash._compact import compact
-        compact(self)
+        compact(self, salvage)
 
 
 def _indexed_prefix(index: DiskHashIndex, rows: "list[tuple[int, int]]") -> int:
