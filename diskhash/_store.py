@@ -464,8 +464,6 @@ class PayloadStore:
         self._maintenance = _MaintenanceLock()
         #: What the last compact() measured (seconds, puts_waited_seconds, bytes).
         self.last_compaction: "dict[str, Any] | None" = None
-        #: What the last compact() passed over or dropped (a SalvageReport), or None.
-        self.last_salvage: "SalvageReport | None" = None
         self._unsaved = False
         self._end = 0
         self._checkpoint = 0
@@ -474,8 +472,8 @@ class PayloadStore:
         #: What the writable open recovered (``StoreRecovery``), or None when
         #: the store was closed cleanly.
         self.recovery: "StoreRecovery | None" = None
-        #: What the last ``rebuild_index(salvage=True)`` (or a ``salvage=True``
-        #: open that had to rebuild) dropped, or None.
+        #: What the last compact() or rebuild_index() (or a ``salvage=True`` open
+        #: that had to rebuild) passed over or dropped (a SalvageReport), or None.
         self.last_salvage: "SalvageReport | None" = None
         if not isinstance(salvage, bool):
             raise TypeError(f"salvage must be a bool, not {type(salvage).__name__}")
