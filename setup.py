@@ -70,7 +70,8 @@ def translated(name, tree):
     return all(os.path.getmtime(d) < c_time for d in own)
 
 
-def extensions():
+def translate():
+    """Each extension's C sources, the stale ones translated by Cython first, in parallel."""
     try:
         with open(STAMP) as f:
             same_options = json.load(f) == stamp
@@ -84,21 +85,31 @@ def extensions():
     os.makedirs("build", exist_ok=True)
     with open(STAMP, "w") as f:
         json.dump(stamp, f)
-    by_name = {e.name: e for e in done}
-    by_name.update({f"diskhash.{m}": extension(m, f"diskhash/{m}.c") for m in keep})
-    return [by_name[f"diskhash.{m}"] for m in modules]
+    sources = {e.name: e.sources for e in done}
+    sources.update({f"diskhash.{m}": [f"diskhash/{m}.c"] for m in keep})
+    return sources
 
 
 class ParallelBuildExt(build_ext):
-    """build_ext compiling the extensions in parallel, one per core, unless ``-j`` says otherwise."""
+    """build_ext that translates only stale modules and compiles one extension per core.
+
+    Cython runs here, not when setup.py is read, so building an sdist (or
+    reading the metadata) translates nothing.  ``-j N`` still wins.
+    """
 
     def finalize_options(self):
         super().finalize_options()
         if not self.parallel:
             self.parallel = JOBS
 
+    def run(self):
+        sources = translate()
+        for ext in self.extensions:
+            ext.sources = sources[ext.name]
+        super().run()
+
 
 setup(
-    ext_modules=extensions(),
+    ext_modules=[extension(m, f"diskhash/{m}.pyx") for m in modules],
     cmdclass={"build_ext": ParallelBuildExt},
 )
