@@ -13,7 +13,8 @@ try:
     import numpy as np
 except ImportError as exc:  # pragma: no cover - exercised in a subprocess
     raise ImportError(
-        'diskhash batch calls and dtypes need numpy: the "numpy" extra of diskhash-sochidx (pip install ".[numpy]" in its checkout)'
+        'diskhash batch calls and dtypes need numpy: the "numpy" extra of diskhash-sochidx '
+        '(pip install ".[numpy]" in its checkout)'
     ) from exc
 
 __all__ = ["KEY_DTYPE", "RESULT_DTYPE", "META_DTYPE", "np"]

@@ -35,7 +35,8 @@ try:
     import distributed
     from distributed.comm import get_address_host
 except ImportError as exc:  # pragma: no cover - exercised in a subprocess
-    raise ImportError('diskhash.dask needs Dask: the "dask" extra of diskhash-sochidx (pip install ".[dask]" in its checkout)') from exc
+    raise ImportError('diskhash.dask needs Dask: the "dask" extra of diskhash-sochidx '
+                      '(pip install ".[dask]" in its checkout)') from exc
 
 from diskhash import _files, _manifest, _packed, _routing, _sharded
 from diskhash._dtypes import KEY_DTYPE, np
