@@ -80,6 +80,8 @@ def translate():
     tree = create_dependency_tree()
     keep = set() if ANNOTATE or not same_options else {m for m in modules if translated(m, tree)}
     stale = [extension(m, f"diskhash/{m}.pyx") for m in modules if m not in keep]
+    if stale and os.path.exists(STAMP):
+        os.remove(STAMP)        # an interrupted translation leaves no stamp: all are redone next time
     done = cythonize(stale, compiler_directives=directives, annotate=ANNOTATE, force=True,
                      nthreads=min(JOBS, len(stale))) if stale else []
     os.makedirs("build", exist_ok=True)
