@@ -19,7 +19,7 @@ UUID.  Formats of ``import``/``export``:
 * ``jsonl``: ``{"key": "<decimal>", "value": "<text>"}`` per line, or
   ``"base64"`` instead of ``"value"`` for bytes that are not UTF-8.
 
-Progress bars (tqdm, ``pip install "diskhash[cli]"``) appear on stderr when it
+Progress bars (tqdm, ``pip install ".[cli]"``) appear on stderr when it
 is a terminal, or with ``--progress``; never with ``--no-progress``.
 """
 
@@ -116,7 +116,7 @@ class _Bar:
         self._bar: Any = None
         if enabled:
             try:
-                tqdm = importlib.import_module("tqdm").tqdm     # optional: diskhash[cli]
+                tqdm = importlib.import_module("tqdm").tqdm     # optional: the cli extra
             except ImportError:
                 return
             self._bar = tqdm(total=total, desc=label, unit=unit, unit_scale=True, file=sys.stderr,
@@ -284,8 +284,11 @@ def cmd_put(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _io_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("source", help="a directory, a .tsv or .jsonl file, or - (stdin/stdout)")
+def _io_args(p: argparse.ArgumentParser, exporting: bool = False) -> None:
+    if exporting:
+        p.add_argument("destination", help="where to write: a directory, a .tsv or .jsonl file, or - (stdout)")
+    else:
+        p.add_argument("source", help="what to read: a directory, a .tsv or .jsonl file, or - (stdin)")
     p.add_argument("--format", choices=("dir", "tsv", "jsonl"), default=None,
                    help="default: dir for a directory, else from the file name's extension")
     _progress_arg(p)
@@ -294,7 +297,7 @@ def _io_args(p: argparse.ArgumentParser) -> None:
 def _io_format(args: argparse.Namespace, exporting: bool) -> str:
     if args.format:
         return str(args.format)
-    src = args.source
+    src = args.destination if exporting else args.source
     if src != "-" and (os.path.isdir(src) or (exporting and src.endswith(os.sep))):
         return "dir"
     for ext in ("tsv", "jsonl"):
@@ -382,16 +385,20 @@ def cmd_import(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-@_command("export", "write every payload to a directory, TSV or JSONL", _io_args)
+def _export_args(p: argparse.ArgumentParser) -> None:
+    _io_args(p, exporting=True)
+
+
+@_command("export", "write every payload to a directory, TSV or JSONL", _export_args)
 def cmd_export(args: argparse.Namespace) -> int:
     fmt_ = _io_format(args, exporting=True)
     with _open(args, readonly=True) as store:
         keys = sorted(store)
         if fmt_ == "dir":
-            os.makedirs(args.source, exist_ok=True)
+            os.makedirs(args.destination, exist_ok=True)
             out = None
         else:
-            out = sys.stdout.buffer if args.source == "-" else open(args.source, "wb")
+            out = sys.stdout.buffer if args.destination == "-" else open(args.destination, "wb")
         try:
             with _Bar(args.progress, len(keys), "export", unit="rec") as bar:
                 for k in keys:
@@ -399,7 +406,7 @@ def cmd_export(args: argparse.Namespace) -> int:
                     if data is None:
                         continue
                     if out is None:
-                        with open(os.path.join(args.source, str(k)), "wb") as f:
+                        with open(os.path.join(args.destination, str(k)), "wb") as f:
                             f.write(data)
                     elif fmt_ == "tsv":
                         out.write(b"%d\t%s\n" % (k, base64.b64encode(data)))
@@ -415,7 +422,7 @@ def cmd_export(args: argparse.Namespace) -> int:
                 out.close()
             elif out is not None:
                 out.flush()
-    if args.source != "-":
+    if args.destination != "-":
         print(f"{args.directory}: exported {len(keys)} payloads", file=sys.stderr)
     return EXIT_OK
 
@@ -435,25 +442,30 @@ def store_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run the chosen store subcommand, turning errors into a message and an exit status."""
+    """Run the chosen store subcommand, turning errors into a message and an exit status.
+
+    Messages start with the program's name, as the index commands' do
+    (``diskhash: error: ...``).
+    """
+    prog = getattr(args, "prog", "diskhash")
     try:
         return int(args.store_run(args))
     except UsageError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"{prog}: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except (CorruptPayloadError, CorruptIndexError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"{prog}: error: {exc}", file=sys.stderr)
         return EXIT_ERROR
     except DiskHashError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"{prog}: error: {exc}", file=sys.stderr)
         return EXIT_ERROR
     except BrokenPipeError:
         raise                       # the main CLI exits 141, quietly
     except (OSError, ValueError, TypeError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"{prog}: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+        print(f"{prog}: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
 
 

@@ -1,6 +1,6 @@
 """Compression codecs for the PayloadStore: LZ4 raw blocks and standard zstd frames.
 
-Both packages are optional (``pip install "diskhash[store]"``): without them
+Both packages are optional (the ``store`` extra, ``pip install ".[store]"``): without them
 the store works with ``Compression.NONE``, and asking for (or reading) a
 compressed payload raises ``CodecUnavailableError`` naming the extra.
 
@@ -24,7 +24,8 @@ from diskhash.errors import CodecUnavailableError
 
 __all__ = ["compress", "decompress", "check_decodes", "available", "require", "EXTRA"]
 
-EXTRA = 'pip install "diskhash[store]"'
+# The distribution is diskhash-sochidx: PyPI's "diskhash" is another project.
+EXTRA = 'the "store" extra of diskhash-sochidx (pip install ".[store]" in its checkout)'
 ZSTD_LEVEL = 3
 
 # Imported by name (no static import): lz4 ships no type information, and

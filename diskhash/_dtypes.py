@@ -1,6 +1,6 @@
 """The numpy dtypes of the batch calls (``get_many``, ``contains_many``, ``insert_many``).
 
-numpy is optional (``pip install "diskhash[numpy]"``): this module is imported
+numpy is optional (``pip install ".[numpy]"``): this module is imported
 only when a dtype or a batch call is first used, and raises an ``ImportError``
 that says how to get numpy.  The layouts are fixed (little-endian, aligned
 fields, explicit offsets) because ``_batch`` reads and writes them as C
@@ -13,7 +13,8 @@ try:
     import numpy as np
 except ImportError as exc:  # pragma: no cover - exercised in a subprocess
     raise ImportError(
-        'diskhash batch calls and dtypes need numpy: pip install "diskhash[numpy]"'
+        'diskhash batch calls and dtypes need numpy: the "numpy" extra of diskhash-sochidx '
+        '(pip install ".[numpy]" in its checkout)'
     ) from exc
 
 __all__ = ["KEY_DTYPE", "RESULT_DTYPE", "META_DTYPE", "np"]

@@ -3,7 +3,7 @@
 # dask.delayed, dask.compute, distributed.comm.get_address_host.)
 """Build a sharded set on Dask, and serve lookups from Dask actors.
 
-Needs the ``dask`` extra (``pip install "diskhash[dask]"``); the rest of
+Needs the ``dask`` extra (``pip install ".[dask]"``); the rest of
 diskhash never imports this module.  docs/dask.md has the walk-through.
 
 * ``build_store(collection, directory, shards=N)`` writes a ``ShardedStore``
@@ -35,7 +35,8 @@ try:
     import distributed
     from distributed.comm import get_address_host
 except ImportError as exc:  # pragma: no cover - exercised in a subprocess
-    raise ImportError('diskhash.dask needs Dask: pip install "diskhash[dask]"') from exc
+    raise ImportError('diskhash.dask needs Dask: the "dask" extra of diskhash-sochidx '
+                      '(pip install ".[dask]" in its checkout)') from exc
 
 from diskhash import _files, _manifest, _packed, _routing, _sharded
 from diskhash._dtypes import KEY_DTYPE, np

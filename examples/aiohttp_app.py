@@ -1,6 +1,6 @@
 """A payload server on aiohttp.web whose storage is a diskhash AsyncPayloadStore.
 
-    pip install "diskhash[examples]"
+    pip install ".[examples]"
     python examples/aiohttp_app.py --store ./payload-store --port 8080
 
     GET    /payload/{id}   the payload bytes (Content-Length, ETag); 404 absent, 400 bad id

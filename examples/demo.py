@@ -24,10 +24,12 @@ from diskhash import Compression, DiskHashIndex, PayloadMeta, PayloadStore
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--entries", type=int, default=1_000_000)
+    # The docstring's first paragraph, whole (its first line ends mid-sentence).
+    parser = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
+    parser.add_argument("--entries", type=int, default=1_000_000,
+                        help="random 128-bit keys put into the index (default: %(default)s)")
     parser.add_argument("--payloads", type=int, default=200_000,
-                        help="payloads (64 B - 2 KiB each) put into the store")
+                        help="payloads (64 B - 2 KiB each) put into the store (default: %(default)s)")
     where = parser.add_mutually_exclusive_group()
     where.add_argument("--dir", default=None,
                        help="where to make the temporary directory it builds in (removed at the end)")

@@ -1,6 +1,6 @@
 """A payload server on Starlette (served by uvicorn) whose storage is a diskhash AsyncPayloadStore.
 
-    pip install "diskhash[examples]"
+    pip install ".[examples]"
     cd examples && DISKHASH_STORE=../payload-store uvicorn starlette_app:app --port 8080
     python examples/starlette_app.py --store ./payload-store --port 8080
 

@@ -1,7 +1,7 @@
 """A payload server on trio: a plain ASGI app served by hypercorn's trio worker,
 its storage a diskhash AsyncPayloadStore.
 
-    pip install "diskhash[examples]"
+    pip install ".[examples]"
     python examples/trio_app.py --store ./payload-store --port 8080
     cd examples && DISKHASH_STORE=../payload-store hypercorn -k trio trio_app:app --bind 127.0.0.1:8080
 

@@ -393,7 +393,7 @@ with DiskHashIndex(path) as idx:
         try:
             call()
         except ImportError as exc:
-            assert 'pip install "diskhash[numpy]"' in str(exc), str(exc)
+            assert 'diskhash-sochidx (pip install ".[numpy]"' in str(exc), str(exc)
         else:
             raise SystemExit(what + " did not raise ImportError")
 try:

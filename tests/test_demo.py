@@ -19,3 +19,16 @@ def test_demo_builds_reopens_and_checks_every_entry(tmp_path):
     assert "entries                  30,000" in r.stdout
     assert "all 5,000 payloads read back exactly" in r.stdout
     assert list(tmp_path.iterdir()) == []   # its temporary directory is gone
+
+
+def test_demo_help_gives_the_whole_description_and_every_option():
+    r = subprocess.run([sys.executable, str(DEMO), "--help"], capture_output=True, text=True, timeout=60,
+                       env=subprocess_env())
+    assert r.returncode == 0, r.stderr
+    text = " ".join(r.stdout.split())
+    # the docstring's whole first paragraph (its first line used to end at "check")
+    assert "reopen both, check every entry and every payload byte, print throughput." in text, text
+    options = text.split("options:", 1)[1]
+    for option in ("--entries", "--payloads", "--dir", "--keep"):
+        after = options.split(f"{option} ", 1)[1].split(" --")[0]
+        assert len(after.split()) > 2, (option, after)        # a help text, not just the metavar

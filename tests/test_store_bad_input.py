@@ -220,7 +220,7 @@ def test_missing_codec_names_the_extra(tmp_path):
         try:
             PayloadStore({str(tmp_path / "a")!r}, compression=Compression.LZ4)
         except CodecUnavailableError as e:
-            assert 'diskhash[store]' in str(e) and 'lz4' in str(e), e
+            assert 'diskhash-sochidx (pip install ".[store]"' in str(e) and 'lz4' in str(e), e
         else:
             raise SystemExit("no error")
         with PayloadStore({str(tmp_path / "b")!r}) as s:

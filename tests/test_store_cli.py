@@ -110,6 +110,34 @@ def test_import_export_round_trips(tmp_path):
     assert r.returncode == 0 and len(r.stdout.splitlines()) == len(payloads)
 
 
+def test_export_names_its_output_destination_and_import_its_input_source():
+    export = run("export", "--help")
+    assert export.returncode == 0, export.stderr
+    usage = export.stdout.decode().split("\n\n")[0]
+    assert "destination" in usage and "source" not in usage, usage
+    assert b"where to write" in export.stdout
+    imp = run("import", "--help")
+    assert imp.returncode == 0 and b"source" in imp.stdout.split(b"\n\n")[0] and b"what to read" in imp.stdout
+
+
+def test_store_errors_start_like_the_index_commands_errors(tmp_path):
+    """One prefix for every error message: ``PROG: error: ...``, as ``diskhash info`` prints."""
+    index_error = subprocess.run([sys.executable, "-m", "diskhash", "info", str(tmp_path / "none.idx")],
+                                 capture_output=True, timeout=120, env=subprocess_env())
+    assert index_error.returncode == 2 and index_error.stderr.startswith(b"python -m diskhash: error: "), \
+        index_error.stderr
+    d = str(tmp_path / "s")
+    for args, status in [(("get", str(tmp_path / "none"), "1"), 2),        # usage
+                         (("export", d, str(tmp_path / "out.xyz")), 2)]:   # no format
+        if args[0] == "export":
+            run("put", d, "1", stdin=b"x")
+        r = run(*args)
+        assert r.returncode == status and r.stderr.startswith(b"python -m diskhash: error: "), r.stderr
+    with PayloadStore(d):                                                  # a DiskHashError
+        r = run("stats", d)
+        assert r.returncode == 1 and r.stderr.startswith(b"python -m diskhash: error: "), r.stderr
+
+
 def test_import_bad_lines_exit_2(tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"key": "1", "value": "ok"}\nnot json\n')

@@ -1,0 +1,130 @@
+"""A newcomer's first steps work as written: the README's Python code runs
+after the README's own install command, every install line installs this
+project (not PyPI's unrelated ``diskhash``), and docs/api.md names every
+public name.  The code is read out of the Markdown, so it cannot drift.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import subprocess_env
+from packaging_helpers import DIST, ROOT, copy_source
+
+README = ROOT / "README.md"
+FENCE = re.compile(r"^```(\w*)\n(.*?)^```", re.M | re.S)
+
+
+def code_blocks(path: Path, language: str) -> list[str]:
+    if not path.exists():
+        pytest.skip(f"not a source checkout: no {path.name}")
+    return [body for lang, body in FENCE.findall(path.read_text(encoding="utf-8")) if lang == language]
+
+
+def run_readme_blocks(python: str, cwd: Path, env: dict[str, str]) -> list[str]:
+    """Run each python block of the README in turn, in one directory; their outputs."""
+    outputs = []
+    for block in code_blocks(README, "python"):
+        r = subprocess.run([python, "-c", block], cwd=cwd, capture_output=True, text=True, timeout=120, env=env)
+        assert r.returncode == 0, f"README block failed:\n{block}\n{r.stdout}{r.stderr}"
+        outputs.append(r.stdout)
+    return outputs
+
+
+def check_outputs(outputs: list[str]) -> None:
+    assert len(outputs) == 2, outputs
+    assert outputs[1] == "b'payload bytes'\n", outputs     # the async block's print
+
+
+def test_readme_python_blocks_run(tmp_path):
+    check_outputs(run_readme_blocks(sys.executable, tmp_path, subprocess_env()))
+    assert (tmp_path / "data" / "edges.idx").is_file() and (tmp_path / "data" / "edges").is_dir()
+
+
+def readme_install_args() -> list[str]:
+    """The arguments of the first ``pip install`` the README gives (the demo command's)."""
+    first = code_blocks(README, "sh")[0]
+    step = next(s for s in first.split("&&") if s.split()[:2] == ["pip", "install"])
+    return shlex.split(step)[2:]
+
+
+def test_readme_first_install_brings_what_the_quick_start_needs():
+    # the quick start stores LZ4: the first install must bring the codecs
+    assert readme_install_args() == [".[store]"]
+    extras = (ROOT / "pyproject.toml").read_text(encoding="utf-8")
+    store = re.search(r'^store = \[(.*)\]$', extras, re.M)
+    assert store is not None and '"lz4' in store.group(1) and '"zstandard' in store.group(1)
+
+
+@pytest.mark.slow
+def test_readme_blocks_run_in_a_fresh_venv_made_by_the_readme_install(tmp_path):
+    """Exactly the README's first install command, in a new virtual environment
+    (builds the package: minutes), then its Python blocks and a small demo."""
+    src = copy_source(tmp_path / "src")
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=300)
+    python, pip = str(venv / "bin" / "python"), str(venv / "bin" / "pip")
+    r = subprocess.run([pip, "install", *readme_install_args()], cwd=src, capture_output=True, text=True,
+                       timeout=1800)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    env = {k: v for k, v in subprocess_env().items() if k != "PYTHONPATH"}
+    run = tmp_path / "run"
+    run.mkdir()
+    check_outputs(run_readme_blocks(python, run, env))
+    demo = subprocess.run([python, "examples/demo.py", "--entries", "20000", "--payloads", "2000"], cwd=src,
+                          capture_output=True, text=True, timeout=300, env=env)
+    assert demo.returncode == 0 and "all 2,000 payloads read back exactly" in demo.stdout, demo.stdout + demo.stderr
+
+
+# ``pip install`` then options, then the first requirement (quoted or not).
+INSTALL = re.compile(r"""pip install((?:\s+-[-\w]+)*)\s+("[^"]*"|'[^']*'|[^\s`'"]+)""")
+
+
+def install_lines() -> list[tuple[str, str]]:
+    files = [README, *sorted((ROOT / "docs").glob("*.md")), *sorted((ROOT / "examples").glob("*.py")),
+             *sorted((ROOT / "diskhash").glob("*.py")), *sorted((ROOT / "benchmarks").glob("*.py"))]
+    found = []
+    for path in files:
+        for match in INSTALL.finditer(path.read_text(encoding="utf-8")):
+            found.append((str(path.relative_to(ROOT)), match.group(2).strip("'\"")))
+    return found
+
+
+def test_every_install_line_installs_this_project():
+    lines = install_lines()
+    assert len(lines) >= 10, lines
+    for where, requirement in lines:
+        name = re.match(r"[A-Za-z0-9._-]*", requirement).group(0)
+        assert name.lower() != "diskhash", f"{where}: pip install {requirement} installs PyPI's unrelated diskhash"
+        if "[" in requirement:        # an extra: only this project has ours
+            assert name in (".", DIST), f"{where}: pip install {requirement}"
+    readme = [req for where, req in lines if where == "README.md"]
+    assert readme and all(req == "." or req.startswith((".[", DIST)) for req in readme), readme
+
+
+def test_readme_names_the_distribution_and_the_other_diskhash():
+    pyproject = (ROOT / "pyproject.toml").read_text(encoding="utf-8")
+    assert re.search(r'^name = "(.*)"$', pyproject, re.M).group(1) == DIST
+    text = " ".join(README.read_text(encoding="utf-8").split())
+    assert f"`{DIST}`" in text and "luispedro/diskhash" in text and "cannot share an environment" in text
+
+
+def test_api_md_names_every_public_name():
+    import diskhash
+
+    text = (ROOT / "docs" / "api.md").read_text(encoding="utf-8")
+    spans = " ".join(re.findall(r"`([^`\n]+)`", text))
+    missing = [name for name in diskhash.__all__ if not re.search(rf"\b{name}\b", spans)]
+    assert missing == []
+
+
+def test_index_md_lists_the_payload_store_first():
+    text = (ROOT / "docs" / "index.md").read_text(encoding="utf-8")
+    using = text.split("## Using it", 1)[1]
+    first = re.search(r"\]\((\S+?\.md)\)", using)
+    assert first is not None and first.group(1) == "store.md", using[:200]
