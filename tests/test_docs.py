@@ -170,3 +170,16 @@ def test_readme_and_docs_speak_of_no_tracker():
             if re.search(r"\b(PASS|MISS)\b|\bissue \d+|\bitem \d+\b|\(issue|branch `", line):
                 found.append(f"{path.relative_to(ROOT)}:{n}: {line.strip()}")
     assert found == []
+
+
+def test_quick_start_python_blocks_run(tmp_path):
+    """docs/guide/quickstart.md's Python blocks run in turn, as the README's do."""
+    blocks = code_blocks(ROOT / "docs" / "guide" / "quickstart.md", "python")
+    assert len(blocks) == 3, blocks
+    outputs = []
+    for block in blocks:
+        r = subprocess.run([sys.executable, "-c", block], cwd=tmp_path, capture_output=True, text=True, timeout=120,
+                           env=subprocess_env())
+        assert r.returncode == 0, f"quick start block failed:\n{block}\n{r.stdout}{r.stderr}"
+        outputs.append(r.stdout)
+    assert outputs[2] == "b'payload bytes'\n", outputs
