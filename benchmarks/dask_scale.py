@@ -1,5 +1,5 @@
 """Build and lookup throughput of a sharded set on a Dask LocalCluster, and the
-per-shard / per-task figures docs/dask.md projects to 100 machines from.
+per-shard / per-task figures docs/guide/dask.md projects to 100 machines from.
 
     python benchmarks/dask_scale.py [--entries 2000000] [--payload 100] [--shards 8]
                                     [--batch 10000] [--lookup-batches 400] [--clients 4]
@@ -22,8 +22,8 @@ shared machine another process's burst lands in one run, not in all).  Lookups: 
 present ids; keys/s is total keys over wall time.  The task stream gives
 the mean duration of a split task and of a shard-writer task (the per-shard
 figures), and 2000 no-op tasks give Dask's per-task overhead.  Timing
-numbers depend on an idle machine: run it on a quiet one; the lead's
-figures go into docs/dask.md.
+numbers depend on an idle machine: run it on a quiet one; the figures
+recorded in docs/performance.md come from one.
 """
 
 from __future__ import annotations

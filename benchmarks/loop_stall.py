@@ -17,7 +17,7 @@ delays the loop's wake-ups).  Target: no stall > 10 ms.
 
 ``--variants`` compares the core's ways of keeping a grow off the loop's CPU
 (benchmark knobs, not public API: ``diskhash._index._GROW_KNOBS``, see
-docs/async.md), each a ``+``-joined set of ``nice`` (nice 19 inside the grow's
+docs/performance.md), each a ``+``-joined set of ``nice`` (nice 19 inside the grow's
 nogil sections only; ``niceN``: nice N), ``yield`` / ``pause`` (rehash in slices, sched_yield or
 a short sleep between them), ``writeback`` (sync_file_range per slice), or
 ``none``.  Variants run interleaved (one of each, then the next repeat) so

@@ -18,7 +18,7 @@ after each, as a server running one task per request would have:
 
 Reports per case the longest heartbeat gap beyond 1 ms (the stall), the
 99th-percentile gap, and gets per second.  The numbers decide the default
-documented in docs/store.md.
+documented in docs/guide/store.md (figures: docs/performance.md).
 """
 
 from __future__ import annotations

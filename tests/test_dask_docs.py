@@ -1,4 +1,4 @@
-"""docs/dask.md's first example runs as written: a LocalCluster, a Bag built in
+"""docs/guide/dask.md's first example runs as written: a LocalCluster, a Bag built in
 the snippet, build_store, LookupService.get_many, the set reopened as a
 ShardedStore.  The code is read out of the page, so it cannot drift; what it
 prints must be what its comments say."""
@@ -16,12 +16,12 @@ from packaging_helpers import ROOT
 pytest.importorskip("distributed")
 pytest.importorskip("dask.bag")
 
-PAGE = ROOT / "docs" / "dask.md"
+PAGE = ROOT / "docs" / "guide" / "dask.md"
 
 
 def first_python_block() -> str:
     if not PAGE.exists():
-        pytest.skip("not a source checkout: no docs/dask.md")
+        pytest.skip("not a source checkout: no docs/guide/dask.md")
     match = re.search(r"^```python\n(.*?)^```", PAGE.read_text(encoding="utf-8"), re.M | re.S)
     assert match is not None
     return match.group(1)

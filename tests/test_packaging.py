@@ -23,8 +23,9 @@ MODULES = ["_format", "_convert", "_index", "_batch", "_store_read", "_store_wri
 
 def expected_in_sdist() -> set[str]:
     """The files the sdist must hold, relative to the source root."""
-    want = {"LICENSE", "README.md", "pyproject.toml", "setup.py", "MANIFEST.in", "stubtest-allowlist.txt"}
-    for pattern in ("docs/*.md", "examples/*.py", "tests/*.py", "tests/data/*", "tests/stub_usage/*",
+    want = {"LICENSE", "README.md", "CHANGELOG.md", "mkdocs.yml", "pyproject.toml", "setup.py", "MANIFEST.in",
+            "stubtest-allowlist.txt"}
+    for pattern in ("docs/**/*.md", "examples/*.py", "tests/*.py", "tests/data/*", "tests/stub_usage/*",
                     "benchmarks/*.py", "diskhash/*.py", "diskhash/*.pyx", "diskhash/*.pxd", "diskhash/*.pxi",
                     "diskhash/*.pyi", "diskhash/*.h", "diskhash/py.typed"):
         want.update(str(p.relative_to(ROOT)) for p in ROOT.glob(pattern) if p.is_file())
