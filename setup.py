@@ -25,15 +25,23 @@ if DEBUG:
 
 compile_args = ["-O3", "-fno-strict-aliasing"] if not DEBUG else ["-O0", "-g"]
 
-modules = ["_format", "_convert", "_index", "_batch", "_store_read", "_store_write"]
+modules = [
+    "diskhash._format.sochidx2",
+    "diskhash._convert",
+    "diskhash._index",
+    "diskhash._batch",
+    "diskhash._store_read",
+    "diskhash._store_write",
+]
+CRC32C = "diskhash/_format/crc32c.h"     # the store's compiled modules: cdef extern in _format/frame.pxd
 extensions = [
     Extension(
-        f"diskhash.{name}",
-        [f"diskhash/{name}.pyx"],
+        name,
+        [name.replace(".", "/") + ".pyx"],
         define_macros=macros,
         extra_compile_args=compile_args,
-        include_dirs=["diskhash"],      # _store_read, _store_write: diskhash/_crc32c.h
-        depends=["diskhash/_crc32c.h"] if name.startswith("_store_") else [],
+        include_dirs=[os.path.dirname(CRC32C)],
+        depends=[CRC32C] if name.startswith("diskhash._store") else [],
     )
     for name in modules
 ]

@@ -23,7 +23,7 @@ from cpython.mem cimport PyMem_RawFree, PyMem_RawMalloc
 from libc.stdint cimport int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 from libc.string cimport memset
 
-from diskhash._format cimport (
+from diskhash._format.sochidx2 cimport (
     DH_COMPILER_BARRIER,
     DH_PREFETCH,
     HEADER_SIZE,

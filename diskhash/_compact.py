@@ -40,8 +40,8 @@ import os
 import time
 from typing import TYPE_CHECKING, Any
 
-from diskhash import _payload_format as fmt
 from diskhash._files import fsync_dir
+from diskhash._format import payload as fmt
 from diskhash._index import DiskHashIndex
 from diskhash._records import SalvageReport
 from diskhash.errors import CorruptPayloadError, DamagedRecordsError

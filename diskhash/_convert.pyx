@@ -16,7 +16,7 @@ from cpython.ref cimport Py_INCREF
 from cpython.tuple cimport PyTuple_GET_SIZE
 from libc.stdint cimport uint8_t, uint32_t, uint64_t
 
-from diskhash._format cimport MAX_COMPRESSION
+from diskhash._format.sochidx2 cimport MAX_COMPRESSION
 
 cdef extern from *:
     """

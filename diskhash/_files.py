@@ -31,7 +31,7 @@ import stat
 import time
 from dataclasses import dataclass
 
-from diskhash._format import (
+from diskhash._format.sochidx2 import (
     HEADER_SIZE,
     MAGIC,
     MARKER_SIZE,

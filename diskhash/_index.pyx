@@ -48,7 +48,7 @@ from diskhash._convert cimport (
     meta_from_object,
     u128_to_int,
 )
-from diskhash._format cimport (
+from diskhash._format.sochidx2 cimport (
     DH_COMPILER_BARRIER,
     HEADER_SIZE,
     MAX_COMPRESSION,

@@ -6,7 +6,7 @@ import os
 from libc.stdint cimport int64_t, uint64_t
 from libc.string cimport memcpy
 from posix.mman cimport MS_SYNC, msync
-from diskhash._format cimport (
+from diskhash._format.sochidx2 cimport (
     DH_MAX_SLOTS,
     HEADER_SIZE,
     MAX_COMPRESSION,

@@ -8,7 +8,7 @@ import os
 from libc.stdint cimport uint64_t
 from libc.string cimport memset
 from posix.mman cimport MS_SYNC, msync
-from diskhash._format cimport (
+from diskhash._format.sochidx2 cimport (
     DH_MAX_SLOTS,
     DH_UNDO_ARMED,
     HEADER_SIZE,

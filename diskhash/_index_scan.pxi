@@ -4,7 +4,7 @@ from libc.stdint cimport uint64_t
 from libc.stdlib cimport calloc, free
 from cpython.exc cimport PyErr_CheckSignals
 from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
-from diskhash._format cimport (
+from diskhash._format.sochidx2 cimport (
     MAX_COMPRESSION,
     TAG_EMPTY,
     TAG_OCCUPIED,

@@ -6,10 +6,10 @@ from libc.stdint cimport uint64_t
 from libc.stdlib cimport free, malloc
 from libc.string cimport memset
 from diskhash._convert cimport u128_to_int
-from diskhash._format cimport HEADER_SIZE, dh_slot, probe, slot_at
+from diskhash._format.sochidx2 cimport HEADER_SIZE, dh_slot, probe, slot_at
 
 from diskhash import _files
-from diskhash._format import header_reserved, unpack_header
+from diskhash._format.sochidx2 import header_reserved, unpack_header
 # (Importing _records also tells _convert which class records are built of.)
 from diskhash._records import IndexStats, RepairReport
 from diskhash.errors import CorruptIndexError

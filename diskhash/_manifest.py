@@ -207,7 +207,7 @@ def _store_is_empty(store_dir: str, open_store: Callable[[str], Any]) -> bool:
     past their header; one with a MANIFEST is opened and counted."""
     if not os.path.isdir(store_dir):
         return True
-    from diskhash import _payload_format as pfmt
+    from diskhash._format import payload as pfmt
 
     if not os.path.lexists(os.path.join(store_dir, pfmt.MANIFEST_NAME)):
         return all(os.lstat(os.path.join(store_dir, n)).st_size <= pfmt.DATA_HEADER_SIZE

@@ -49,7 +49,7 @@ from posix.mman cimport (
 )
 
 from diskhash._convert cimport key_to_u128
-from diskhash._format cimport (
+from diskhash._format.sochidx2 cimport (
     DH_PREFETCH,
     MAX_COMPRESSION,
     PROBE_MISS,
@@ -58,7 +58,7 @@ from diskhash._format cimport (
     probe_from,
     slot_at,
 )
-from diskhash._frame cimport (
+from diskhash._format.frame cimport (
     FRAME_MARK,
     FRAME_SIZE,
     HEADER_SIZE,

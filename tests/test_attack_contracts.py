@@ -248,7 +248,7 @@ def test_sigkill_during_insert_many_and_its_rollback_leaves_a_healable_table(tmp
     import time
 
     from diskhash import CorruptIndexError
-    from diskhash._format import SLOT_FIELDS, slot_offset
+    from diskhash._format.sochidx2 import SLOT_FIELDS, slot_offset
 
     path = tmp_path / "k.idx"
     with DiskHashIndex(path, capacity=300_000) as idx:

@@ -347,7 +347,7 @@ def test_get_many_readers_while_another_thread_inserts_and_grows(index_path):
 
 
 def test_damaged_tables_raise_corrupt_index_error(index_path):
-    from diskhash._format import home_slot
+    from diskhash._format.sochidx2 import home_slot
 
     fill_every_slot(index_path)
     with DiskHashIndex(index_path) as idx:

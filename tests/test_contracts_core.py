@@ -350,7 +350,7 @@ def test_one_long_run_is_scanned_in_linear_time(long_run_file, tmp_path, what):
 
 def test_duplicates_are_found_across_the_wrap(tmp_path):
     """The run that wraps from the last slot into slot 0 is checked as one run."""
-    from diskhash._format import home_slot
+    from diskhash._format.sochidx2 import home_slot
 
     path = tmp_path / "wrap.idx"
     with DiskHashIndex(path) as idx:

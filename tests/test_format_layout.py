@@ -9,7 +9,7 @@ from itertools import pairwise
 from spec_model import HEADER, SLOT, read_table
 
 from diskhash import DiskHashIndex, PayloadMeta
-from diskhash import _format as fmt
+from diskhash._format import sochidx2 as fmt
 
 
 def test_header_layout_matches_the_spec():

@@ -14,7 +14,7 @@ import pytest
 from conftest import subprocess_env
 
 from diskhash import KEY_DTYPE, META_DTYPE, Compression, PayloadStore, _store_write
-from diskhash import _payload_format as fmt
+from diskhash._format import payload as fmt
 
 np = pytest.importorskip("numpy")
 

@@ -1,7 +1,7 @@
 """The PayloadStore's checksum is the standard CRC-32C (Castagnoli).
 
 docs/store-format.md promises that any crc32c library checks our files: the
-compiled ``checksum`` (diskhash/_crc32c.h) is compared with the google-crc32c
+compiled ``checksum`` (diskhash/_format/crc32c.h) is compared with the google-crc32c
 package, and its portable table code with its crc32-instruction code.
 """
 
@@ -13,7 +13,7 @@ import struct
 import google_crc32c
 
 from diskhash import Compression, PayloadStore, _store_read
-from diskhash import _payload_format as fmt
+from diskhash._format import payload as fmt
 
 KNOWN_VECTOR = (b"123456789", 0xE3069283)      # the CRC-32C check value
 

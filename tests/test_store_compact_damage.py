@@ -29,7 +29,7 @@ from diskhash import (
     SalvageReport,
     _compact,
 )
-from diskhash import _payload_format as fmt
+from diskhash._format import payload as fmt
 
 N = 300
 

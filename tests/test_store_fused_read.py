@@ -21,7 +21,7 @@ import pytest
 from conftest import subprocess_env
 
 from diskhash import KEY_DTYPE, Compression, PayloadStore, _store_read
-from diskhash import _payload_format as fmt
+from diskhash._format import payload as fmt
 from diskhash.errors import CorruptPayloadError, IndexClosedError
 
 np = pytest.importorskip("numpy")

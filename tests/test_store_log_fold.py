@@ -12,7 +12,7 @@ import shutil
 import pytest
 
 from diskhash import KEY_DTYPE, META_DTYPE, Compression, CorruptPayloadError, PayloadStore, _store_read
-from diskhash import _payload_format as fmt
+from diskhash._format import payload as fmt
 
 np = pytest.importorskip("numpy")
 

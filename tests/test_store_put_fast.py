@@ -12,7 +12,7 @@ import random
 import pytest
 
 from diskhash import Compression, PayloadMeta, PayloadStore, _store_write
-from diskhash import _payload_format as fmt
+from diskhash._format import payload as fmt
 from diskhash.errors import CorruptIndexError
 
 

@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 @pytest.mark.skipif(importlib.util.find_spec("mypy") is None, reason="mypy not installed")
 def test_stubs_match_compiled_modules():
-    modules = ["diskhash._index", "diskhash._format", "diskhash._convert"]
+    modules = ["diskhash._index", "diskhash._format.sochidx2", "diskhash._convert"]
     for optional in ("diskhash._batch", "diskhash._store_read", "diskhash._store_write"):
         if importlib.util.find_spec(optional) is not None:
             modules.append(optional)
@@ -31,7 +31,7 @@ def test_package_ships_py_typed_and_stubs():
     import diskhash
 
     pkg = Path(diskhash.__file__).parent
-    for name in ("py.typed", "_index.pyi", "_format.pyi", "_convert.pyi", "_batch.pyi", "_store_read.pyi",
+    for name in ("py.typed", "_index.pyi", "_format/sochidx2.pyi", "_convert.pyi", "_batch.pyi", "_store_read.pyi",
                  "_store_write.pyi"):
         assert (pkg / name).is_file(), name
 

@@ -1,4 +1,4 @@
-"""Stubs for diskhash/_format.pyx: the SOCHIDX2 layout and hash, for tools and tests."""
+"""Stubs for diskhash/_format/sochidx2.pyx: the SOCHIDX2 layout and hash, for tools and tests."""
 
 MAGIC: bytes
 VERSION: int

@@ -3,7 +3,7 @@
 # the Python side, and the tests check the two write identical bytes.
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
 
-cdef extern from "_crc32c.h":
+cdef extern from "crc32c.h":
     void dh_crc32c_init()
     uint32_t dh_crc32c(uint32_t crc, const void *data, size_t n) nogil
     uint32_t dh_crc32c_soft(uint32_t crc, const unsigned char *p, size_t n) nogil
