@@ -1,7 +1,7 @@
 """diskhash: a memory-mapped, crash-safe hash index of 128-bit ids (SOCHIDX2)."""
 
 try:
-    from diskhash._records import Compression, IndexStats, PayloadMeta, RepairReport, SalvageReport, StoreRecovery
+    from diskhash._types import Compression, IndexStats, PayloadMeta, RepairReport, SalvageReport, StoreRecovery
     from diskhash._index import DiskHashIndex, repair
 except ImportError:
     from diskhash._checkout import missing_extensions as _missing_extensions

@@ -31,7 +31,7 @@ from typing import Any, Callable, TypeVar
 import anyio
 
 from diskhash import _threads
-from diskhash._records import PayloadMeta
+from diskhash._types import PayloadMeta
 from diskhash._store import BIG_READ, PayloadStore, StoreStats, _key_int, _payload_view
 from diskhash.aio import AsyncDiskHashIndex
 from diskhash.errors import IndexClosedError

@@ -19,7 +19,7 @@ import os
 import threading
 from typing import Any, Callable
 
-from diskhash._records import Compression
+from diskhash._types import Compression
 from diskhash.errors import CodecUnavailableError
 
 __all__ = ["compress", "decompress", "check_decodes", "available", "require", "EXTRA"]

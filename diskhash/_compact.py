@@ -40,10 +40,10 @@ import os
 import time
 from typing import TYPE_CHECKING, Any
 
-from diskhash._files import fsync_dir
+from diskhash._fs.files import fsync_dir
 from diskhash._format import payload as fmt
 from diskhash._index import DiskHashIndex
-from diskhash._records import SalvageReport
+from diskhash._types import SalvageReport
 from diskhash.errors import CorruptPayloadError, DamagedRecordsError
 
 if TYPE_CHECKING:

@@ -152,7 +152,7 @@ _U32_MAX = 0xFFFFFFFF
 
 
 def bind_types(record_type, compression_members):
-    """Called once by ``_records``: the classes records are built from."""
+    """Called once by ``diskhash._types``: the classes records are built from."""
     global _payload_meta_type, _compressions, _c0, _c1, _c2
     if not (isinstance(record_type, type) and issubclass(record_type, tuple)):
         raise TypeError("bind_types needs a tuple subclass: records are built as tuples")

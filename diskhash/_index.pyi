@@ -20,7 +20,7 @@ from numpy.typing import NDArray
 from typing_extensions import disjoint_base
 
 from diskhash._batch import _KeyArray, _MetaArray, _ResultArray
-from diskhash._records import Compression, IndexStats, PayloadMeta, RepairReport
+from diskhash._types import Compression, IndexStats, PayloadMeta, RepairReport
 
 _T = TypeVar("_T")
 _Key = int | uuid.UUID | SupportsIndex

@@ -22,7 +22,7 @@ from diskhash._format.sochidx2 cimport (
     slot_at,
 )
 
-from diskhash import _files
+from diskhash._fs import files as _files
 from diskhash.errors import CorruptIndexError
 
 # ---------------------------------------------------------------------------

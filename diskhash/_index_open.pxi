@@ -19,8 +19,8 @@ from diskhash._format.sochidx2 cimport (
     slot_at,
 )
 
-from diskhash import _files
-from diskhash._records import RepairReport
+from diskhash._fs import files as _files
+from diskhash._types import RepairReport
 from diskhash.errors import CorruptIndexError, DiskHashError
 
 

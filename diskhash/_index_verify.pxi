@@ -8,10 +8,10 @@ from libc.string cimport memset
 from diskhash._convert cimport u128_to_int
 from diskhash._format.sochidx2 cimport HEADER_SIZE, dh_slot, probe, slot_at
 
-from diskhash import _files
+from diskhash._fs import files as _files
 from diskhash._format.sochidx2 import header_reserved, unpack_header
-# (Importing _records also tells _convert which class records are built of.)
-from diskhash._records import IndexStats, RepairReport
+# (Importing _types also tells _convert which class records are built of.)
+from diskhash._types import IndexStats, RepairReport
 from diskhash.errors import CorruptIndexError
 
 cdef str _defect_text(int kind, uint64_t slot, const unsigned char *base):

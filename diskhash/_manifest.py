@@ -46,7 +46,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, TypeGuard
 
-from diskhash import _files
+from diskhash._fs import files as _files
 from diskhash._routing import MAX_SHARDS, ROUTING_HASH
 from diskhash.errors import ManifestError, ShardMismatchError
 

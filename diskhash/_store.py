@@ -47,10 +47,10 @@ try:                                  # the compiled frame builder of put_many (
 except ImportError:  # pragma: no cover - a build without it encodes in Python
     _encode_frames = None  # type: ignore[assignment]
     _put_frame = None  # type: ignore[assignment]
-from diskhash._files import IndexLock, fsync_dir
+from diskhash._fs.files import IndexLock, fsync_dir
 from diskhash._format import payload as fmt
 from diskhash._index import DiskHashIndex
-from diskhash._records import Compression, PayloadMeta, SalvageReport, StoreRecovery
+from diskhash._types import Compression, PayloadMeta, SalvageReport, StoreRecovery
 from diskhash.errors import (
     CorruptIndexError,
     CorruptPayloadError,

@@ -3,7 +3,7 @@
 from typing import Any
 
 from diskhash._index import DiskHashIndex
-from diskhash._records import PayloadMeta
+from diskhash._types import PayloadMeta
 
 def encode_frames(keys: list[Any], payloads: list[Any], start: int, max_bytes: int,
                   blob: bytearray) -> tuple[int, int, bytes, bytearray]: ...

@@ -44,7 +44,7 @@ import anyio.lowlevel
 
 from diskhash import _threads
 from diskhash._index import DiskHashIndex
-from diskhash._records import IndexStats, PayloadMeta, RepairReport
+from diskhash._types import IndexStats, PayloadMeta, RepairReport
 from diskhash.errors import WrongEventLoopError
 
 if TYPE_CHECKING:

@@ -37,7 +37,8 @@ try:
 except ImportError as exc:  # pragma: no cover - exercised in a subprocess
     raise ImportError('diskhash.dask needs Dask: pip install "diskhash[dask]"') from exc
 
-from diskhash import _files, _manifest, _packed, _routing, _sharded
+from diskhash import _manifest, _packed, _routing, _sharded
+from diskhash._fs import files as _files
 from diskhash._dtypes import KEY_DTYPE, np
 from diskhash._manifest import Location, Manifest
 from diskhash._sharded import _abspath

@@ -100,7 +100,7 @@ def test_a_process_waiting_on_a_discarded_lock_file_locks_the_new_one(tmp_path):
     import fcntl
     import time
 
-    from diskhash import _files
+    from diskhash._fs import files as _files
 
     path = str(tmp_path / "a.idx")
     held = _files.IndexLock(path, True, 0.0)

@@ -418,7 +418,7 @@ def test_insert_many_that_cannot_grow_inserts_nothing(index_path, monkeypatch):
     import errno
     import os
 
-    from diskhash import _files
+    from diskhash._fs import files as _files
 
     base = list(range(1, 3001))                      # 3000 of 3072 entries: room for 72
     with DiskHashIndex(index_path) as idx:

@@ -23,7 +23,8 @@ from diskhash import PayloadStore
 SCRIPT = r'''
 import gc, os, signal, sys, threading
 from diskhash import PayloadStore, IndexLockedError
-from diskhash import _store, _files
+from diskhash import _store
+from diskhash._fs import files as _files
 
 gc.disable()                 # the release must not wait for a collection
 d, point, sync = sys.argv[1], sys.argv[2], sys.argv[3]
