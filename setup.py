@@ -27,9 +27,9 @@ compile_args = ["-O3", "-fno-strict-aliasing"] if not DEBUG else ["-O0", "-g"]
 
 modules = [
     "diskhash._format.sochidx2",
-    "diskhash._convert",
-    "diskhash._index",
-    "diskhash._batch",
+    "diskhash._index.convert",
+    "diskhash._index.table",
+    "diskhash._index.batch",
     "diskhash._store_read",
     "diskhash._store_write",
 ]

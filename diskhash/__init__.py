@@ -2,7 +2,7 @@
 
 try:
     from diskhash._types import Compression, IndexStats, PayloadMeta, RepairReport, SalvageReport, StoreRecovery
-    from diskhash._index import DiskHashIndex, repair
+    from diskhash._index.table import DiskHashIndex, repair
 except ImportError:
     from diskhash._checkout import missing_extensions as _missing_extensions
 
@@ -72,7 +72,7 @@ _DTYPES = ("KEY_DTYPE", "RESULT_DTYPE", "META_DTYPE")
 
 def __getattr__(name: str):  # type: ignore[no-untyped-def]
     if name in _DTYPES:
-        from diskhash import _dtypes
+        from diskhash._index import dtypes as _dtypes
 
         return getattr(_dtypes, name)
     raise AttributeError(f"module 'diskhash' has no attribute {name!r}")

@@ -31,9 +31,9 @@ from typing import Any, Callable, TypeVar
 import anyio
 
 from diskhash import _threads
-from diskhash._types import PayloadMeta
+from diskhash._index.aio import AsyncDiskHashIndex
 from diskhash._store import BIG_READ, PayloadStore, StoreStats, _key_int, _payload_view
-from diskhash.aio import AsyncDiskHashIndex
+from diskhash._types import PayloadMeta
 from diskhash.errors import IndexClosedError
 
 __all__ = ["AsyncPayloadStore", "INLINE_READ", "INLINE_WRITE"]

@@ -32,7 +32,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TextIO
 
-from diskhash._index import DiskHashIndex
+from diskhash._index.table import DiskHashIndex
 from diskhash._progress import Progress
 from diskhash.errors import CorruptIndexError, DiskHashError
 

@@ -36,8 +36,8 @@ import sys
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Sequence
 
-from diskhash._types import Compression
 from diskhash._store import PayloadStore
+from diskhash._types import Compression
 from diskhash.errors import CorruptIndexError, CorruptPayloadError, DiskHashError
 
 __all__ = ["STORE_COMMANDS", "register", "store_arguments", "run", "main"]

@@ -40,9 +40,9 @@ import os
 import time
 from typing import TYPE_CHECKING, Any
 
-from diskhash._fs.files import fsync_dir
 from diskhash._format import payload as fmt
-from diskhash._index import DiskHashIndex
+from diskhash._fs.files import fsync_dir
+from diskhash._index.table import DiskHashIndex
 from diskhash._types import SalvageReport
 from diskhash.errors import CorruptPayloadError, DamagedRecordsError
 
@@ -361,7 +361,7 @@ def _copy_live_indexed(g: Any, fd: int, e0: int, index_path: str,
     np = _numpy() if _copy_live_into is not None else None
     if np is None:
         return None
-    from diskhash import _dtypes
+    from diskhash._index import dtypes as _dtypes
     live = _RowLog()
     out = bytearray(WRITE_BATCH + (1 << 20))
     state = {"used": 0, "new_end": fmt.DATA_HEADER_SIZE, "written": fmt.DATA_HEADER_SIZE}

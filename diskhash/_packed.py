@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from diskhash._dtypes import KEY_DTYPE, np
+from diskhash._index.dtypes import KEY_DTYPE, np
 
 __all__ = ["bytes_payloads", "pack_pieces", "payload_list", "unpack_piece"]
 

@@ -97,7 +97,7 @@ def key_array(keys: Any) -> Any:
     ``key_halves``'s checks.  Raises ``TypeError``/``KeyRangeError``/
     ``ValueError`` naming the offending position.
     """
-    from diskhash._dtypes import KEY_DTYPE, np
+    from diskhash._index.dtypes import KEY_DTYPE, np
 
     if isinstance(keys, np.ndarray) and keys.dtype.kind != "O":
         if keys.ndim != 1:
@@ -142,7 +142,7 @@ def key_array(keys: Any) -> Any:
 
 
 def _fmix64_array(x: Any) -> Any:
-    from diskhash._dtypes import np
+    from diskhash._index.dtypes import np
 
     x = x ^ (x >> np.uint64(33))
     x *= np.uint64(_C1)          # uint64 arrays wrap silently (mod 2**64)
@@ -157,7 +157,7 @@ def shards_of(keys: Any, seed: int, shards: int) -> Any:
 
     Pure numpy over the two ``uint64`` halves: no Python loop per key.
     """
-    from diskhash._dtypes import np
+    from diskhash._index.dtypes import np
 
     h = _fmix64_array(keys["lo"] ^ np.uint64(seed))
     h ^= keys["hi"]
@@ -172,7 +172,7 @@ def group_by_shard(shard_ids: Any, shards: int) -> tuple[Any, Any]:
     """``(order, bounds)``: ``order`` sorts the keys by shard (stable, so each
     shard's keys keep their relative order) and shard ``s``'s keys are
     ``order[bounds[s]:bounds[s + 1]]``."""
-    from diskhash._dtypes import np
+    from diskhash._index.dtypes import np
 
     order = np.argsort(shard_ids, kind="stable")
     bounds = np.zeros(shards + 1, dtype=np.int64)

@@ -75,7 +75,7 @@ def _abspath(directory: str | os.PathLike[str]) -> str:
 def payload_array(payloads: Any, count: int) -> Any:
     """``payloads`` checked (bytes-like, one per key) into a numpy object array,
     so each shard's share is taken by fancy indexing, not a Python loop."""
-    from diskhash._dtypes import np
+    from diskhash._index.dtypes import np
 
     if isinstance(payloads, (str, bytes, bytearray, memoryview)) or not hasattr(payloads, "__len__"):
         raise TypeError(f"payloads must be a sequence of bytes-like objects, "
@@ -324,7 +324,7 @@ class ShardedStore:
     def get_many(self, edge_ids: Any) -> list[bytes | None]:
         """The payload of each key (None where absent), in key order: one
         ``get_many`` per shard, results scattered back by position."""
-        from diskhash._dtypes import np
+        from diskhash._index.dtypes import np
 
         self._check_open()
         keys, order, bounds = self._route(edge_ids)

@@ -150,7 +150,7 @@ class AsyncShardedStore:
 
     async def get_many(self, edge_ids: Any) -> list[bytes | None]:
         """As ``ShardedStore.get_many``; the shards are read concurrently."""
-        from diskhash._dtypes import np
+        from diskhash._index.dtypes import np
 
         self._sync._check_open()
         keys, order, bounds = self._sync._route(edge_ids)

@@ -47,9 +47,9 @@ try:                                  # the compiled frame builder of put_many (
 except ImportError:  # pragma: no cover - a build without it encodes in Python
     _encode_frames = None  # type: ignore[assignment]
     _put_frame = None  # type: ignore[assignment]
-from diskhash._fs.files import IndexLock, fsync_dir
 from diskhash._format import payload as fmt
-from diskhash._index import DiskHashIndex
+from diskhash._fs.files import IndexLock, fsync_dir
+from diskhash._index.table import DiskHashIndex
 from diskhash._types import Compression, PayloadMeta, SalvageReport, StoreRecovery
 from diskhash.errors import (
     CorruptIndexError,
@@ -382,7 +382,7 @@ def _release(fd: int, index: DiskHashIndex) -> None:
 
 
 #: Stores open in this process, so a forked child can disable its copies
-#: (as the index does with its own: diskhash/_index_lifetime.pxi).
+#: (as the index does with its own: diskhash/_index/table_lifetime.pxi).
 _open_stores: "weakref.WeakSet[PayloadStore]" = weakref.WeakSet()
 
 
@@ -821,7 +821,7 @@ class PayloadStore:
         try:
             if np is not None:
                 if count:
-                    from diskhash import _dtypes
+                    from diskhash._index import dtypes as _dtypes
                     index.insert_many(np.frombuffer(key_rows, dtype=_dtypes.KEY_DTYPE),
                                       np.frombuffer(meta_rows, dtype=_dtypes.META_DTYPE))
             else:
@@ -1434,7 +1434,7 @@ class PayloadStore:
                 g = self._writable()
                 index = g.index
                 if keys and not isinstance(keys[0], int):
-                    from diskhash import _dtypes
+                    from diskhash._index import dtypes as _dtypes
                     new = sum(len(p) // 2 - int(index.contains_many(p.view(_dtypes.KEY_DTYPE)).sum())
                               for p in keys)
                 else:
@@ -1450,7 +1450,7 @@ class PayloadStore:
         keys and places read back from the rows: the lengths, which the
         offset update leaves alone) and the error raised, so no open replays
         them."""
-        from diskhash import _dtypes
+        from diskhash._index import dtypes as _dtypes
         karr = np.frombuffer(key_rows, dtype=_dtypes.KEY_DTYPE)
         recs = np.frombuffer(meta_rows, dtype=_dtypes.META_DTYPE)
         with memoryview(buf) as blob, self._write_lock:
@@ -1482,7 +1482,7 @@ class PayloadStore:
         np = _numpy()
         if self._compression or np is None or _encode_frames is None:
             return False
-        from diskhash import _dtypes
+        from diskhash._index import dtypes as _dtypes
         with self._write_lock:
             self._writable()
         prepared = []
@@ -1952,7 +1952,7 @@ def _key_pairs(edge_ids: Any) -> Any:
     if np is not None and np.ma.isMaskedArray(edge_ids):
         return None         # _key_list: a masked key is refused, never written under its hidden value
     if np is not None and isinstance(edge_ids, np.ndarray) and edge_ids.ndim == 1:
-        from diskhash import _dtypes
+        from diskhash._index import dtypes as _dtypes
         if edge_ids.dtype == _dtypes.KEY_DTYPE:     # already the layout: one copy (ours to keep)
             return np.array(edge_ids, dtype=_dtypes.KEY_DTYPE, order="C").view(np.uint64)
     halves = _key_halves(edge_ids)
@@ -2018,7 +2018,7 @@ def _insert_rows(index: DiskHashIndex, rows: "list[tuple[int, int, int, int, int
         for key, off, n, comp, ulen in rows:
             index.insert(key, (key, off + base, n, comp, ulen))
         return
-    from diskhash import _dtypes
+    from diskhash._index import dtypes as _dtypes
     keys, offs, lens, comps, ulens = zip(*rows)
     karr = np.empty(len(rows), dtype=_dtypes.KEY_DTYPE)
     if max(keys) <= _MASK64:
@@ -2038,7 +2038,7 @@ def _insert_rows(index: DiskHashIndex, rows: "list[tuple[int, int, int, int, int
 
 def _numpy() -> Any:
     try:
-        from diskhash import _dtypes
+        from diskhash._index import dtypes as _dtypes
     except ImportError:
         return None
     return _dtypes.np
@@ -2052,7 +2052,7 @@ def _bulk_insert(index: DiskHashIndex, records: "dict[int, tuple[int, int, int, 
             index.insert(k, (k, off, n, comp, ulen))
         return
     try:
-        from diskhash import _dtypes
+        from diskhash._index import dtypes as _dtypes
     except ImportError:
         for k, (off, n, comp, ulen) in records.items():
             index.insert(k, (k, off, n, comp, ulen))

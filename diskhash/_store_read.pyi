@@ -4,7 +4,7 @@ from typing import Any, Callable
 
 from typing_extensions import disjoint_base
 
-from diskhash._index import DiskHashIndex
+from diskhash._index.table import DiskHashIndex
 
 BEYOND: int
 MISMATCH: int

@@ -48,7 +48,7 @@ from posix.mman cimport (
     munmap,
 )
 
-from diskhash._convert cimport key_to_u128
+from diskhash._index.convert cimport key_to_u128
 from diskhash._format.sochidx2 cimport (
     DH_PREFETCH,
     MAX_COMPRESSION,
@@ -68,7 +68,7 @@ from diskhash._format.frame cimport (
     dh_crc32c_soft,
     frame_t,
 )
-from diskhash._index cimport DiskHashIndex
+from diskhash._index.table cimport DiskHashIndex
 
 dh_crc32c_init()
 

@@ -2,7 +2,7 @@
 
 from typing import Any
 
-from diskhash._index import DiskHashIndex
+from diskhash._index.table import DiskHashIndex
 from diskhash._types import PayloadMeta
 
 def encode_frames(keys: list[Any], payloads: list[Any], start: int, max_bytes: int,

@@ -35,10 +35,10 @@ from libc.string cimport memcpy, memset
 from cpython.list cimport PyList_GET_SIZE
 from cpython.long cimport PyLong_CheckExact
 
-from diskhash._convert cimport key_to_u128, make_record, meta_fields, u128_to_int
+from diskhash._index.convert cimport key_to_u128, make_record, meta_fields, u128_to_int
 from diskhash._format.sochidx2 cimport DH_COMPILER_BARRIER
 from diskhash._format.frame cimport FRAME_MARK, FRAME_SIZE, KIND_PUT, dh_crc32c, dh_crc32c_init, frame_t
-from diskhash._index cimport DiskHashIndex
+from diskhash._index.table cimport DiskHashIndex
 
 dh_crc32c_init()
 

@@ -13,7 +13,7 @@ import enum
 import uuid
 from typing import TYPE_CHECKING, Any, Iterable, NamedTuple, SupportsIndex
 
-from diskhash import _convert
+from diskhash._index import convert as _convert
 
 if TYPE_CHECKING:
     from typing_extensions import Self

@@ -39,7 +39,7 @@ except ImportError as exc:  # pragma: no cover - exercised in a subprocess
 
 from diskhash import _manifest, _packed, _routing, _sharded
 from diskhash._fs import files as _files
-from diskhash._dtypes import KEY_DTYPE, np
+from diskhash._index.dtypes import KEY_DTYPE, np
 from diskhash._manifest import Location, Manifest
 from diskhash._sharded import _abspath
 from diskhash.errors import IndexClosedError, KeyRangeError, ShardBuildError, ShardMismatchError

@@ -15,7 +15,7 @@ from conftest import record, subprocess_env
 
 import diskhash
 from diskhash import DiskHashIndex
-from diskhash._index import MAX_CAPACITY
+from diskhash._index.table import MAX_CAPACITY
 
 
 def cli(*args: str, cwd: Path, stdout=subprocess.PIPE, **kwargs) -> subprocess.CompletedProcess[str]:

@@ -20,8 +20,8 @@ from diskhash import (
     KeyRangeError,
     PayloadMeta,
     ReadOnlyIndexError,
-    _batch,
 )
+from diskhash._index import batch as _batch
 
 U64 = (1 << 64) - 1
 

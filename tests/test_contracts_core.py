@@ -23,7 +23,7 @@ from diskhash import (
     IndexLockedError,
     PayloadMeta,
 )
-from diskhash._index import MAX_CAPACITY
+from diskhash._index.table import MAX_CAPACITY
 
 
 def rec(key: int) -> PayloadMeta:
@@ -42,7 +42,7 @@ def test_foreign_self_raises_type_error_for_every_callable_of_every_extension_ty
     fails = [line for line in r.stdout.splitlines() if line.startswith("FAIL")]
     assert fails == []
     types = next(line for line in r.stdout.splitlines() if line.startswith("types")).split()[1:]
-    assert "diskhash._index.DiskHashIndex" in types and "diskhash._index._Chunk" in types
+    assert "diskhash._index.table.DiskHashIndex" in types and "diskhash._index.table._Chunk" in types
     checked = int(r.stdout.split("checked ")[-1])
     assert checked > 2000          # every method, property and slot, with every foreign self
 
@@ -392,7 +392,7 @@ try:
 except KeyboardInterrupt as exc:
     tb, inside = exc.__traceback__, False
     while tb is not None:
-        inside |= tb.tb_frame.f_code.co_filename.endswith("_index.pyx")
+        inside |= tb.tb_frame.f_code.co_filename.endswith("table.pyx")
         tb = tb.tb_next
     print("interrupted", "inside-scan" if inside else "between-scans", scans)
 """
@@ -401,7 +401,7 @@ except KeyboardInterrupt as exc:
 def test_ctrl_c_interrupts_a_long_scan(long_run_file):
     # The signal lands while a scan runs (scans take all but microseconds of
     # the loop); KeyboardInterrupt must come out of the scan itself, which
-    # Cython's traceback entry for _index.pyx shows.  A scan that never
+    # Cython's traceback entry for _index/table.pyx shows.  A scan that never
     # checks would finish first and raise it between two scans.
     for _attempt in range(5):
         r = run_child(SIGINT_SCAN, long_run_file, timeout=60)

@@ -240,7 +240,7 @@ def test_put_many_numpy_keys_undo_when_indexing_fails(tmp_path, monkeypatch):
     with PayloadStore(d) as s:
         s.put(1, b"kept")
         s.save()
-        from diskhash import _batch
+        from diskhash._index import batch as _batch
 
         def boom(index, k, r):
             raise OSError(28, "No space left on device (injected)")

@@ -1,4 +1,4 @@
-"""Stubs for diskhash/_batch.pyx: the numpy batch calls behind DiskHashIndex.get_many & co."""
+"""Stubs for diskhash/_index/batch.pyx: the numpy batch calls behind DiskHashIndex.get_many & co."""
 
 from collections.abc import Sequence
 from typing import Any, SupportsIndex
@@ -6,7 +6,7 @@ from typing import Any, SupportsIndex
 import numpy as np
 from numpy.typing import NDArray
 
-from diskhash._index import DiskHashIndex
+from diskhash._index.table import DiskHashIndex
 
 # Keys: an integer array (ids < 2**64), a KEY_DTYPE array (np.void rows: full
 # 128-bit ids) or a sequence of ints numpy turns into one.

@@ -165,7 +165,7 @@ cdef int grow_knobs(int *nice_level) except -1:
             nice_level[0] = int(word[4:])
             word = "nice"
         if word not in GROW_KNOB_NAMES:
-            raise ValueError(f"diskhash._index._GROW_KNOBS: unknown knob {word!r} in {text!r} "
+            raise ValueError(f"diskhash._index.table._GROW_KNOBS: unknown knob {word!r} in {text!r} "
                              f"(a '+'-joined set of {', '.join(GROW_KNOB_NAMES)}, or 'none')")
         flags |= 1 << GROW_KNOB_NAMES.index(word)
     return flags

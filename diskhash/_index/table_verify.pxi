@@ -5,7 +5,7 @@ import os
 from libc.stdint cimport uint64_t
 from libc.stdlib cimport free, malloc
 from libc.string cimport memset
-from diskhash._convert cimport u128_to_int
+from diskhash._index.convert cimport u128_to_int
 from diskhash._format.sochidx2 cimport HEADER_SIZE, dh_slot, probe, slot_at
 
 from diskhash._fs import files as _files

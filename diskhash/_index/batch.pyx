@@ -39,14 +39,14 @@ from diskhash._format.sochidx2 cimport (
     probe_from,
     slot_at,
 )
-from diskhash._convert cimport meta_fields
-from diskhash._index cimport DiskHashIndex, fill_slot, overwrite_slot, populate_for_write
-from diskhash._locks cimport pthread_rwlock_rdlock, pthread_rwlock_unlock, pthread_rwlock_wrlock
+from diskhash._index.convert cimport meta_fields
+from diskhash._index.table cimport DiskHashIndex, fill_slot, overwrite_slot, populate_for_write
+from diskhash._index.locks cimport pthread_rwlock_rdlock, pthread_rwlock_unlock, pthread_rwlock_wrlock
 
-from diskhash._dtypes import KEY_DTYPE as _KEY_DTYPE
-from diskhash._dtypes import META_DTYPE as _META_DTYPE
-from diskhash._dtypes import RESULT_DTYPE as _RESULT_DTYPE
-from diskhash._dtypes import np as _np
+from diskhash._index.dtypes import KEY_DTYPE as _KEY_DTYPE
+from diskhash._index.dtypes import META_DTYPE as _META_DTYPE
+from diskhash._index.dtypes import RESULT_DTYPE as _RESULT_DTYPE
+from diskhash._index.dtypes import np as _np
 from diskhash.errors import KeyRangeError
 
 cdef extern from *:
@@ -99,7 +99,7 @@ def _layout(dtype):
 
 if _layout(_KEY_DTYPE) + _layout(_RESULT_DTYPE) + _layout(_META_DTYPE) != [
         dh_batch_layout[k] for k in range(14)]:
-    raise ImportError("diskhash._batch: the C structs do not match diskhash._dtypes")
+    raise ImportError("diskhash._index.batch: the C structs do not match diskhash._index.dtypes")
 
 
 cdef enum:

@@ -3,7 +3,7 @@
 import os
 import weakref
 
-from diskhash._locks cimport pthread_mutex_lock, pthread_mutex_unlock
+from diskhash._index.locks cimport pthread_mutex_lock, pthread_mutex_unlock
 
 from diskhash.errors import IndexClosedError
 

@@ -1,4 +1,4 @@
-"""Stubs for the compiled DiskHashIndex (diskhash/_index.pyx).
+"""Stubs for the compiled DiskHashIndex (diskhash/_index/table.pyx).
 
 The docstrings here complete the compiled module's for editors and readers:
 each names its parameters, what it returns and what it raises.  Errors every
@@ -19,7 +19,7 @@ import numpy as np
 from numpy.typing import NDArray
 from typing_extensions import disjoint_base
 
-from diskhash._batch import _KeyArray, _MetaArray, _ResultArray
+from diskhash._index.batch import _KeyArray, _MetaArray, _ResultArray
 from diskhash._types import Compression, IndexStats, PayloadMeta, RepairReport
 
 _T = TypeVar("_T")
@@ -200,7 +200,7 @@ class DiskHashIndex:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None: ...
-    # Hooks for the async facade (diskhash.aio); not public API.
+    # Hooks for the async facade (diskhash._index.aio); not public API.
     def _try_insert(self, key: _Key, meta: _Record) -> bool: ...
     def _iter_start(self) -> tuple[int, int]: ...
     def _chunk(self, start: int, what: int, generation: int) -> Any: ...

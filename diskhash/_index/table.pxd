@@ -2,9 +2,9 @@
 from libc.stdint cimport int64_t, uint8_t, uint64_t
 from posix.mman cimport madvise
 
-from diskhash._convert cimport meta_fields
+from diskhash._index.convert cimport meta_fields
 from diskhash._format.sochidx2 cimport DH_COMPILER_BARRIER, DH_UNDO_ARMED, TAG_OCCUPIED, dh_slot, dh_undo
-from diskhash._locks cimport pthread_mutex_t, pthread_rwlock_t
+from diskhash._index.locks cimport pthread_mutex_t, pthread_rwlock_t
 
 
 cdef class DiskHashIndex:

@@ -1,4 +1,4 @@
-"""Stubs for diskhash/_convert.pyx (internal: used by diskhash._types)."""
+"""Stubs for diskhash/_index/convert.pyx (internal: used by diskhash._types)."""
 
 from typing import Any, Sequence, TypeVar
 

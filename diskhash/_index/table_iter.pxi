@@ -4,7 +4,7 @@
 cimport cython
 from libc.stdint cimport uint64_t
 from libc.stdlib cimport free, malloc
-from diskhash._convert cimport u128_to_int
+from diskhash._index.convert cimport u128_to_int
 from diskhash._format.sochidx2 cimport TAG_EMPTY, TAG_OCCUPIED, dh_slot, slot_at
 
 from diskhash.errors import CorruptIndexError

@@ -22,17 +22,17 @@ not close cleanly) and heals.  A grow writes a new file beside the old one and
 publishes it by fsync + rename + directory fsync.
 
 Where each concern lives (one module; the .pxi files are textual includes so
-the probe and the slot writers of _format.pxd stay inlined everywhere):
-  _index.pyx           the table: get/insert/delete/iteration, the locks
-  _index_open.pxi      open: argument checks, validate and map, roll back a
+the probe and the slot writers of _format/sochidx2.pxd stay inlined everywhere):
+  table.pyx            the table: get/insert/delete/iteration, the locks
+  table_open.pxi       open: argument checks, validate and map, roll back a
                        torn overwrite, heal after an unclean close
-  _index_grow.pxi      grow and repair's rebuild: rehash, publish, swap
-  _index_scan.pxi      the linear, interruptible whole-table scan
-  _index_verify.pxi    verify, stats, repair
-  _index_iter.pxi      iteration a chunk at a time
-  _index_lifetime.pxi  close, and what fork() does to an inherited index
-  _format.pxd          the SOCHIDX2 layout, hash and probe (inline C)
-  _files.py            every file and directory-entry operation, the locks
+  table_grow.pxi       grow and repair's rebuild: rehash, publish, swap
+  table_scan.pxi       the linear, interruptible whole-table scan
+  table_verify.pxi     verify, stats, repair
+  table_iter.pxi       iteration a chunk at a time
+  table_lifetime.pxi   close, and what fork() does to an inherited index
+  _format/sochidx2.pxd the SOCHIDX2 layout, hash and probe (inline C)
+  _fs/files.py         every file and directory-entry operation, the locks
 """
 import os
 import warnings
@@ -41,7 +41,7 @@ from libc.stdint cimport int64_t, uint8_t, uint64_t
 from libc.errno cimport errno
 from libc.string cimport memcpy, memset
 from posix.mman cimport MS_SYNC, msync
-from diskhash._convert cimport (
+from diskhash._index.convert cimport (
     key_to_u128,
     make_record,
     meta_fields,
@@ -64,7 +64,7 @@ from diskhash._format.sochidx2 cimport (
     probe,
     slot_at,
 )
-from diskhash._locks cimport (
+from diskhash._index.locks cimport (
     pthread_mutex_lock,
     pthread_mutex_unlock,
     pthread_mutex_trylock,
@@ -94,19 +94,19 @@ cdef object _batch_module():
     """The numpy batch layer, imported on first use (numpy is optional)."""
     global _batch
     if _batch is None:
-        from diskhash import _batch as module
+        from diskhash._index import batch as module
         _batch = module
     return _batch
 
 
 # The module by concern (textual includes, so the probe and slot writers from
-# _format.pxd stay inlined into every caller):
-include "_index_lifetime.pxi"    # closing; fork safety
-include "_index_scan.pxi"        # the linear, interruptible whole-table scan
-include "_index_verify.pxi"      # verify, stats, repair
-include "_index_grow.pxi"        # grow: rehash, publish, swap
-include "_index_open.pxi"        # open, heal, recovery
-include "_index_iter.pxi"        # iteration in chunks
+# _format/sochidx2.pxd stay inlined into every caller):
+include "table_lifetime.pxi"     # closing; fork safety
+include "table_scan.pxi"         # the linear, interruptible whole-table scan
+include "table_verify.pxi"       # verify, stats, repair
+include "table_grow.pxi"         # grow: rehash, publish, swap
+include "table_open.pxi"         # open, heal, recovery
+include "table_iter.pxi"         # iteration in chunks
 
 
 cdef class DiskHashIndex:
