@@ -30,8 +30,8 @@ modules = [
     "diskhash._index.convert",
     "diskhash._index.table",
     "diskhash._index.batch",
-    "diskhash._store_read",
-    "diskhash._store_write",
+    "diskhash._store.read",
+    "diskhash._store.write",
 ]
 CRC32C = "diskhash/_format/crc32c.h"     # the store's compiled modules: cdef extern in _format/frame.pxd
 extensions = [

@@ -12,8 +12,8 @@ except ImportError:
     raise _error from None
 
 from diskhash.aio import AsyncDiskHashIndex
-from diskhash._store import PayloadStore, StoreStats
-from diskhash._aio_store import AsyncPayloadStore
+from diskhash._store.store import PayloadStore, StoreStats
+from diskhash._store.aio import AsyncPayloadStore
 from diskhash._sharded import ShardedStats, ShardedStore
 from diskhash._sharded_aio import AsyncShardedStore
 from diskhash.errors import (

@@ -36,7 +36,7 @@ import sys
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Sequence
 
-from diskhash._store import PayloadStore
+from diskhash._store.store import PayloadStore
 from diskhash._types import Compression
 from diskhash.errors import CorruptIndexError, CorruptPayloadError, DiskHashError
 

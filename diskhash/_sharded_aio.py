@@ -16,9 +16,9 @@ from typing import Any, TypeVar
 import anyio
 
 from diskhash import _threads
-from diskhash._aio_store import AsyncPayloadStore
 from diskhash._manifest import Manifest
 from diskhash._sharded import ShardedStats, ShardedStore, payload_array
+from diskhash._store.aio import AsyncPayloadStore
 
 __all__ = ["AsyncShardedStore"]
 

@@ -13,8 +13,9 @@ import sys
 import pytest
 from conftest import subprocess_env
 
-from diskhash import KEY_DTYPE, META_DTYPE, Compression, PayloadStore, _store_write
+from diskhash import KEY_DTYPE, META_DTYPE, Compression, PayloadStore
 from diskhash._format import payload as fmt
+from diskhash._store import write as _store_write
 
 np = pytest.importorskip("numpy")
 
@@ -104,7 +105,7 @@ def test_put_many_reads_back_as_the_model(tmp_path, n):
 
 
 def test_put_many_small_pieces(tmp_path, monkeypatch):
-    from diskhash import _store
+    from diskhash._store import store as _store
     monkeypatch.setattr(_store, "PUT_MANY_CHUNK", 4096)
     rng = random.Random(9)
     keys = list(range(1000))
@@ -129,7 +130,7 @@ def test_payload_that_shrinks_the_lists_does_not_crash(tmp_path):
     past the list (in a child: a regression would crash)."""
     code = """
 import pytest
-from diskhash import _store_write
+from diskhash._store import write as _store_write
 payloads = []
 class Shrinking:
     def __len__(self):
@@ -226,7 +227,7 @@ def test_put_many_numpy_keys_bad_input_changes_nothing(tmp_path):
 def test_put_many_numpy_keys_undo_when_indexing_fails(tmp_path, monkeypatch):
     """insert_many failing after a piece's frames are written: the piece is
     undone (its frames never replay) and the keys it reports are the array's."""
-    from diskhash import _store
+    from diskhash._store import store as _store
     keys = _key_array([(7 << 64) | i for i in range(200)])
     seen = []
     real = _store._frame_rows

@@ -12,8 +12,9 @@ import struct
 
 import google_crc32c
 
-from diskhash import Compression, PayloadStore, _store_read
+from diskhash import Compression, PayloadStore
 from diskhash._format import payload as fmt
+from diskhash._store import read as _store_read
 
 KNOWN_VECTOR = (b"123456789", 0xE3069283)      # the CRC-32C check value
 

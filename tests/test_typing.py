@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parent.parent
 @pytest.mark.skipif(importlib.util.find_spec("mypy") is None, reason="mypy not installed")
 def test_stubs_match_compiled_modules():
     modules = ["diskhash._index.table", "diskhash._format.sochidx2", "diskhash._index.convert"]
-    for optional in ("diskhash._index.batch", "diskhash._store_read", "diskhash._store_write"):
+    for optional in ("diskhash._index.batch", "diskhash._store.read", "diskhash._store.write"):
         if importlib.util.find_spec(optional) is not None:
             modules.append(optional)
     env = subprocess_env()
@@ -32,7 +32,7 @@ def test_package_ships_py_typed_and_stubs():
 
     pkg = Path(diskhash.__file__).parent
     for name in ("py.typed", "_format/sochidx2.pyi", "_index/table.pyi", "_index/convert.pyi", "_index/batch.pyi",
-                 "_store_read.pyi", "_store_write.pyi"):
+                 "_store/read.pyi", "_store/write.pyi"):
         assert (pkg / name).is_file(), name
 
 

@@ -1,5 +1,5 @@
 # The payload log's frame (docs/store-format.md), declared once for the
-# compiled store modules (_store_read, _store_write); _payload_format.py is
+# compiled store modules (_store/read.pyx, _store/write.pyx); _format/payload.py is
 # the Python side, and the tests check the two write identical bytes.
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
 

@@ -7,7 +7,7 @@ checksum is CRC-32C (Castagnoli) over the frame from byte 4 (everything
 after the checksum field) to the end of its payload, so one contiguous read
 checks header and payload together.  The data file header and the manifest
 end in a u64 holding the CRC-32C of the bytes before it, zero-extended.
-``checksum`` is the compiled one (``diskhash/_store_read.pyx`` over
+``checksum`` is the compiled one (``diskhash/_store/read.pyx`` over
 ``diskhash/_crc32c.h``): the Python paths call it too.
 
 ``PayloadMeta.offset`` of an indexed record is the offset of its payload
@@ -23,7 +23,7 @@ import re
 import struct
 from typing import Any, Callable, Iterator, NamedTuple
 
-from diskhash._store_read import checksum
+from diskhash._store.read import checksum
 from diskhash.errors import CorruptPayloadError
 
 __all__ = [
@@ -618,6 +618,6 @@ def fold(fd: int, start: int, file_size: int, path: str, table: Any,
 
 
 try:
-    from diskhash._store_read import scan_into as _scan_into
+    from diskhash._store.read import scan_into as _scan_into
 except ImportError:  # pragma: no cover
     _scan_into = None  # type: ignore[assignment]

@@ -9,7 +9,7 @@ checksum (our own ``_crc32c.h``; this module's ``checksum`` is also the one
 the Python side computes frames with), and returns the bytes (decoded), None
 for an absent key, or ``FALLBACK``: anything unusual is the Python path's,
 which remaps or raises, so the messages live in one place
-(``diskhash/_store.py``).  ``get_many`` does the same for a batch.
+(``diskhash/_store/store.py``).  ``get_many`` does the same for a batch.
 ``read(meta, verify)`` checks a given ``PayloadMeta`` and returns the bytes
 or a small int saying why not (``BEYOND`` the map, ``MISMATCH``,
 ``BAD_CHECKSUM``).  The GIL is held while copying: a few KiB at most (bigger

@@ -31,19 +31,19 @@ import weakref
 from contextlib import nullcontext
 from typing import Any, Callable, Iterable, Iterator, NamedTuple, Sequence
 
-from diskhash import _codecs
+from diskhash._store import codecs as _codecs
 
-try:                                  # the compiled read path (diskhash/_store_read.pyx)
-    from diskhash._store_read import BEYOND, LogFold, MapReader
+try:                                  # the compiled read path (diskhash/_store/read.pyx)
+    from diskhash._store.read import BEYOND, LogFold, MapReader
 except ImportError:  # pragma: no cover - a build without it reads in Python
     MapReader = None  # type: ignore[misc,assignment]
     LogFold = None  # type: ignore[misc,assignment]
     BEYOND = 1
 try:                                  # the compiled frame builder of put_many (_store_write.pyx)
-    from diskhash._store_write import encode_frames as _encode_frames
-    from diskhash._store_write import encode_frames_packed as _encode_frames_packed
-    from diskhash._store_write import encode_frames_u128 as _encode_frames_u128
-    from diskhash._store_write import put_frame as _put_frame
+    from diskhash._store.write import encode_frames as _encode_frames
+    from diskhash._store.write import encode_frames_packed as _encode_frames_packed
+    from diskhash._store.write import encode_frames_u128 as _encode_frames_u128
+    from diskhash._store.write import put_frame as _put_frame
 except ImportError:  # pragma: no cover - a build without it encodes in Python
     _encode_frames = None  # type: ignore[assignment]
     _put_frame = None  # type: ignore[assignment]
@@ -1856,7 +1856,7 @@ class PayloadStore:
         ``last_salvage`` then holds a ``SalvageReport`` (keys dropped,
         damaged stretches and bytes passed over), None if there were none.
         """
-        from diskhash._compact import compact
+        from diskhash._store.compact import compact
         compact(self, salvage)
 
 

@@ -47,7 +47,7 @@ from diskhash._types import SalvageReport
 from diskhash.errors import CorruptPayloadError, DamagedRecordsError
 
 if TYPE_CHECKING:
-    from diskhash._store import PayloadStore
+    from diskhash._store.store import PayloadStore
 
 __all__ = ["compact"]
 
@@ -58,7 +58,7 @@ WRITE_BATCH = 8 << 20
 
 
 def compact(store: "PayloadStore", salvage: bool = False) -> dict[str, Any]:
-    from diskhash._store import _bulk_insert, _fsync_data, _Generation
+    from diskhash._store.store import _bulk_insert, _fsync_data, _Generation
 
     if not isinstance(salvage, bool):
         raise TypeError(f"salvage must be a bool, not {type(salvage).__name__}")
@@ -265,7 +265,7 @@ def _account(g: Any, fd: int, new: DiskHashIndex, new_end: int,
     indexed; the rest are returned as (key, frame offset, what is wrong).  The
     writer lock is held, so both indexes hold still; the walk of the old index
     runs only when the counts differ.  Returns (new end, lost)."""
-    from diskhash._store import _write_all
+    from diskhash._store.store import _write_all
 
     if len(new) == len(g.index):
         return new_end, []
@@ -341,9 +341,9 @@ def _copy_live(g: Any, fd: int, e0: int, live: dict[int, tuple[int, int, int, in
 
 
 try:
-    from diskhash._store_read import RowLog as _RowLog
-    from diskhash._store_read import copy_live as _copy_live_c
-    from diskhash._store_read import copy_live_into as _copy_live_into
+    from diskhash._store.read import RowLog as _RowLog
+    from diskhash._store.read import copy_live as _copy_live_c
+    from diskhash._store.read import copy_live_into as _copy_live_into
 except ImportError:  # pragma: no cover
     _copy_live_c = None  # type: ignore[assignment]
     _copy_live_into = None  # type: ignore[assignment]
@@ -357,7 +357,7 @@ def _copy_live_indexed(g: Any, fd: int, e0: int, index_path: str,
     bytes), their new places kept in a ``RowLog`` (in log order: each key
     once) and indexed with one ``insert_many``.  Returns (index, bytes copied, new end), or None where
     the compiled module or numpy is missing."""
-    from diskhash._store import _numpy
+    from diskhash._store.store import _numpy
     np = _numpy() if _copy_live_into is not None else None
     if np is None:
         return None
@@ -373,7 +373,7 @@ def _copy_live_indexed(g: Any, fd: int, e0: int, index_path: str,
         return int(stop)
 
     def flush() -> None:
-        from diskhash._store import _write_all
+        from diskhash._store.store import _write_all
         with memoryview(out) as view:
             state["written"] = _write_all(fd, [view[:state["used"]]], state["written"])
         state["used"] = 0
@@ -400,13 +400,13 @@ def _copy_live_indexed(g: Any, fd: int, e0: int, index_path: str,
 
 
 def _write(fd: int, pending: list[Any], offset: int) -> int:
-    from diskhash._store import _write_all
+    from diskhash._store.store import _write_all
     return _write_all(fd, [b"".join(pending)], offset)
 
 
 def _catch_up(g: Any, fd: int, index: DiskHashIndex, start: int, end: int, new_end: int) -> int:
     """Copy the old log's frames in [start, end) to the new file and apply them to ``index``."""
-    from diskhash._store import _apply
+    from diskhash._store.store import _apply
 
     if end <= start:
         return new_end

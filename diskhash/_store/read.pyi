@@ -1,4 +1,4 @@
-"""Stubs for diskhash/_store_read.pyx (internal: the PayloadStore's read hot path)."""
+"""Stubs for diskhash/_store/read.pyx (internal: the PayloadStore's read hot path)."""
 
 from typing import Any, Callable
 

@@ -1,4 +1,4 @@
-"""Stubs for diskhash/_store_write.pyx (internal: the PayloadStore's bulk write path)."""
+"""Stubs for diskhash/_store/write.pyx (internal: the PayloadStore's bulk write path)."""
 
 from typing import Any
 
