@@ -14,8 +14,8 @@ except ImportError:
 from diskhash.aio import AsyncDiskHashIndex
 from diskhash._store.store import PayloadStore, StoreStats
 from diskhash._store.aio import AsyncPayloadStore
-from diskhash._sharded import ShardedStats, ShardedStore
-from diskhash._sharded_aio import AsyncShardedStore
+from diskhash._shards.sharded import ShardedStats, ShardedStore
+from diskhash._shards.aio import AsyncShardedStore
 from diskhash.errors import (
     CodecUnavailableError,
     CorruptIndexError,

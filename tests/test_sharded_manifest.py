@@ -17,8 +17,8 @@ from diskhash import (
     ManifestError,
     ShardedStore,
     ShardMismatchError,
-    _manifest,
 )
+from diskhash._shards import manifest as _manifest
 
 
 @pytest.fixture

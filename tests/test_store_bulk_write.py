@@ -335,7 +335,7 @@ def test_put_many_packed_declines_a_compressing_store(tmp_path):
 def test_put_many_of_keys_already_stored_does_not_grow_the_index(tmp_path):
     # put_many reserved index room for every key of a big batch, overwrites
     # included: rewriting 6000 stored keys doubled a table that had room.
-    from diskhash import _packed
+    from diskhash._shards import packed as _packed
 
     n = 6000
     keys = np.arange(1, n + 1, dtype=np.uint64)

@@ -47,7 +47,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeGuard
 
 from diskhash._fs import files as _files
-from diskhash._routing import MAX_SHARDS, ROUTING_HASH
+from diskhash._shards.routing import MAX_SHARDS, ROUTING_HASH
 from diskhash.errors import ManifestError, ShardMismatchError
 
 __all__ = [

@@ -16,8 +16,8 @@ from typing import Any, TypeVar
 import anyio
 
 from diskhash import _threads
-from diskhash._manifest import Manifest
-from diskhash._sharded import ShardedStats, ShardedStore, payload_array
+from diskhash._shards.manifest import Manifest
+from diskhash._shards.sharded import ShardedStats, ShardedStore, payload_array
 from diskhash._store.aio import AsyncPayloadStore
 
 __all__ = ["AsyncShardedStore"]

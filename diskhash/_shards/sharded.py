@@ -1,7 +1,7 @@
 """ShardedStore: N PayloadStores behind one PayloadStore API, routed by key hash.
 
-The set's layout, manifest and marker files are ``diskhash._manifest``'s; the
-key-to-shard function is ``diskhash._routing``'s.  This module only opens
+The set's layout, manifest and marker files are ``diskhash._shards.manifest``'s; the
+key-to-shard function is ``diskhash._shards.routing``'s.  This module only opens
 the shards and fans calls out to them.  Batch calls route a whole numpy key
 array at once (no Python loop per key) and hand each shard one sub-array.
 """
@@ -14,8 +14,9 @@ from collections.abc import Callable, Iterator, Sequence
 from types import TracebackType
 from typing import Any, NamedTuple
 
-from diskhash import _manifest, _routing
-from diskhash._manifest import Manifest
+from diskhash._shards import manifest as _manifest
+from diskhash._shards import routing as _routing
+from diskhash._shards.manifest import Manifest
 from diskhash.errors import ShardMismatchError
 
 __all__ = ["ShardedStats", "ShardedStore"]
@@ -118,7 +119,7 @@ class ShardedStore:
     already opened closed again.
 
     Keys route to shards by a seeded hash of the whole 128-bit id
-    (``diskhash._routing``).  Thread safety and durability are each shard's:
+    (``diskhash._shards.routing``).  Thread safety and durability are each shard's:
     ``save()`` saves every shard, one after the other, so a crash during it
     can leave some shards saved and others not (each consistent on its own).
     """
