@@ -135,7 +135,7 @@ def test_keys_are_exactly_what_the_docs_say():
     # decimal, 0x hex or a UUID; nothing else.
     import pytest
 
-    from diskhash._cli_store import UsageError, parse_key
+    from diskhash._cli.store import UsageError, parse_key
 
     good = {"0": 0, "42": 42, " 42\n": 42, "007": 7, "0x10": 16, "0XfF": 255,
             "0x" + "f" * 32: 2**128 - 1, str(2**128 - 1): 2**128 - 1, "0" * 5000 + "5": 5,

@@ -32,8 +32,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TextIO
 
+from diskhash._cli import store as store_commands
+from diskhash._cli.progress import Progress
 from diskhash._index.table import DiskHashIndex
-from diskhash._progress import Progress
 from diskhash.errors import CorruptIndexError, DiskHashError
 
 __all__ = ["COMMANDS", "Command", "build_parser", "command", "main"]
@@ -232,9 +233,7 @@ def _flush(out: TextIO | None) -> None:
         raise OSError(exc.errno, exc.strerror or str(exc), STDOUT_NAME) from None
 
 
-from diskhash._cli_store import register as _register_store  # noqa: E402  (diskhash store ...)
-
-_register_store()
+command("store", store_commands.HELP, store_commands.store_arguments)(store_commands.run)   # diskhash store ...
 
 
 # -- the driver ------------------------------------------------------------------

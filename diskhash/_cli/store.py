@@ -1,8 +1,8 @@
 """``diskhash store ...``: the PayloadStore commands of the command line.
 
-One function per subcommand, registered in ``STORE_COMMANDS``; ``register()``
-adds one ``store`` command to the main CLI's table (``diskhash._cli``), whose
-arguments are these subcommands, so the main CLI needs a single line.  Exit status:
+One function per subcommand, registered in ``STORE_COMMANDS``; the main CLI
+(``diskhash._cli.app``) registers one ``store`` command (``HELP``, ``run``)
+whose arguments are these subcommands, so it needs a single line.  Exit status:
 
 * 0 success;
 * 1 the store is damaged (``verify`` lists every defect), locked, or any
@@ -40,7 +40,7 @@ from diskhash._store.store import PayloadStore
 from diskhash._types import Compression
 from diskhash.errors import CorruptIndexError, CorruptPayloadError, DiskHashError
 
-__all__ = ["STORE_COMMANDS", "register", "store_arguments", "run", "main"]
+__all__ = ["HELP", "STORE_COMMANDS", "store_arguments", "run", "main"]
 
 EXIT_OK = 0
 EXIT_ERROR = 1
@@ -457,17 +457,12 @@ def run(args: argparse.Namespace) -> int:
         return EXIT_INTERRUPTED
 
 
-def register() -> None:
-    """Add ``store`` to the main CLI's registration table (``diskhash._cli.COMMANDS``)."""
-    from diskhash._cli import COMMANDS, command
-
-    if "store" not in COMMANDS:
-        command("store", "PayloadStore commands: stats, verify, rebuild, compact, get, put, "
-                         "import, export", store_arguments)(run)
+#: The ``store`` command's line in ``diskhash --help`` (registered by ``diskhash._cli.app``).
+HELP = "PayloadStore commands: stats, verify, rebuild, compact, get, put, import, export"
 
 
 def main(argv: "Sequence[str] | None" = None) -> int:
-    """``python -m diskhash._cli_store CMD DIRECTORY ...`` (the same as ``diskhash store ...``)."""
+    """``python -m diskhash._cli.store CMD DIRECTORY ...`` (the same as ``diskhash store ...``)."""
     parser = argparse.ArgumentParser(prog="diskhash store")
     store_arguments(parser)
     return run(parser.parse_args(sys.argv[1:] if argv is None else argv))
