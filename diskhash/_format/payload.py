@@ -24,6 +24,7 @@ import struct
 from typing import Any, Callable, Iterator, NamedTuple
 
 from diskhash._store.read import checksum
+from diskhash._store.read import scan_into as _scan_into
 from diskhash.errors import CorruptPayloadError
 
 __all__ = [
@@ -616,8 +617,3 @@ def fold(fd: int, start: int, file_size: int, path: str, table: Any,
     assert result is not None
     return result
 
-
-try:
-    from diskhash._store.read import scan_into as _scan_into
-except ImportError:  # pragma: no cover
-    _scan_into = None  # type: ignore[assignment]

@@ -43,6 +43,9 @@ from typing import TYPE_CHECKING, Any
 from diskhash._format import payload as fmt
 from diskhash._fs.files import fsync_dir
 from diskhash._index.table import DiskHashIndex
+from diskhash._store.read import RowLog as _RowLog
+from diskhash._store.read import copy_live as _copy_live_c
+from diskhash._store.read import copy_live_into as _copy_live_into
 from diskhash._types import SalvageReport
 from diskhash.errors import CorruptPayloadError, DamagedRecordsError
 
@@ -340,14 +343,6 @@ def _copy_live(g: Any, fd: int, e0: int, live: dict[int, tuple[int, int, int, in
     return state["new_end"] - fmt.DATA_HEADER_SIZE, state["new_end"]
 
 
-try:
-    from diskhash._store.read import RowLog as _RowLog
-    from diskhash._store.read import copy_live as _copy_live_c
-    from diskhash._store.read import copy_live_into as _copy_live_into
-except ImportError:  # pragma: no cover
-    _copy_live_c = None  # type: ignore[assignment]
-    _copy_live_into = None  # type: ignore[assignment]
-    _RowLog = None  # type: ignore[assignment,misc]
 
 
 def _copy_live_indexed(g: Any, fd: int, e0: int, index_path: str,

@@ -31,25 +31,15 @@ import weakref
 from contextlib import nullcontext
 from typing import Any, Callable, Iterable, Iterator, NamedTuple, Sequence
 
-from diskhash._store import codecs as _codecs
-
-try:                                  # the compiled read path (diskhash/_store/read.pyx)
-    from diskhash._store.read import BEYOND, LogFold, MapReader
-except ImportError:  # pragma: no cover - a build without it reads in Python
-    MapReader = None  # type: ignore[misc,assignment]
-    LogFold = None  # type: ignore[misc,assignment]
-    BEYOND = 1
-try:                                  # the compiled frame builder of put_many (_store_write.pyx)
-    from diskhash._store.write import encode_frames as _encode_frames
-    from diskhash._store.write import encode_frames_packed as _encode_frames_packed
-    from diskhash._store.write import encode_frames_u128 as _encode_frames_u128
-    from diskhash._store.write import put_frame as _put_frame
-except ImportError:  # pragma: no cover - a build without it encodes in Python
-    _encode_frames = None  # type: ignore[assignment]
-    _put_frame = None  # type: ignore[assignment]
 from diskhash._format import payload as fmt
 from diskhash._fs.files import IndexLock, fsync_dir
 from diskhash._index.table import DiskHashIndex
+from diskhash._store import codecs as _codecs
+from diskhash._store.read import BEYOND, LogFold, MapReader
+from diskhash._store.write import encode_frames as _encode_frames
+from diskhash._store.write import encode_frames_packed as _encode_frames_packed
+from diskhash._store.write import encode_frames_u128 as _encode_frames_u128
+from diskhash._store.write import put_frame as _put_frame
 from diskhash._types import Compression, PayloadMeta, SalvageReport, StoreRecovery
 from diskhash.errors import (
     CorruptIndexError,
@@ -283,8 +273,7 @@ class _Generation:
             pass
         view = memoryview(mm)
         self.map, self.view = mm, view
-        if MapReader is not None:
-            self.reader = MapReader(mm, self.index, _decompress, _lz4_decompress)
+        self.reader = MapReader(mm, self.index, _decompress, _lz4_decompress)
         return view
 
 
