@@ -1,4 +1,4 @@
-"""Hostile pass over the compiled store paths (``_store_read``, ``_store_write``).
+"""Hostile pass over the compiled store paths (``_store.read``, ``_store.write``).
 
 Each test here is a crash, hang or wrong answer found by attacking the fused
 read, the frame encoder and the whole-log passes directly: Python code run in

@@ -1,6 +1,6 @@
 """Hostile pass over the packed and numpy-keyed ``put_many`` paths.
 
-``_store_write.encode_frames_packed`` copies without the GIL, so another
+``_store.write.encode_frames_packed`` copies without the GIL, so another
 thread runs Python code in the middle of it: whatever that thread can write
 (the caller's key and end arrays) must not steer a copy outside the buffers.
 ``PayloadStore._put_many_packed`` promises to check every piece before it

@@ -1,4 +1,4 @@
-"""The one definition of the layout (_format.pxd, exposed by _format) agrees
+"""The one definition of the layout (_format/sochidx2.pxd, exposed by _format/sochidx2.pyx) agrees
 with the spec's structs as tests/spec_model.py spells them independently."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""put_many's compiled frame builder (``_store_write.encode_frames``) writes
+"""put_many's compiled frame builder (``_store.write.encode_frames``) writes
 exactly the frames the Python encoder writes, and the store it fills reads
 back as a dict model says: duplicates (the later wins), empty payloads,
 128-bit keys, bytearray and memoryview payloads, pieces, a big batch.

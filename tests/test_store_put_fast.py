@@ -1,4 +1,4 @@
-"""``put`` of uncompressed bytes runs one compiled call (``_store_write.put_frame``):
+"""``put`` of uncompressed bytes runs one compiled call (``_store.write.put_frame``):
 the same frame bytes and PayloadMeta as the Python path, bad keys refused
 before any byte is written, and a failed index insert leaves the frame zeroed.
 """

@@ -8,7 +8,7 @@ after the checksum field) to the end of its payload, so one contiguous read
 checks header and payload together.  The data file header and the manifest
 end in a u64 holding the CRC-32C of the bytes before it, zero-extended.
 ``checksum`` is the compiled one (``diskhash/_store/read.pyx`` over
-``diskhash/_crc32c.h``): the Python paths call it too.
+``diskhash/_format/crc32c.h``): the Python paths call it too.
 
 ``PayloadMeta.offset`` of an indexed record is the offset of its payload
 bytes (frame offset + ``FRAME_SIZE``) and ``.length`` its stored size.

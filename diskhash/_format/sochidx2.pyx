@@ -1,7 +1,7 @@
 # cython: language_level=3
 """The SOCHIDX2 layout and hash, exposed to Python for tools and tests.
 
-Every offset and size comes from ``_format.pxd`` (where the compiler checks
+Every offset and size comes from ``sochidx2.pxd`` (where the compiler checks
 them against the structs the index maps); nothing in Python spells a byte
 offset.  The compiled index uses the inline hash of the ``.pxd``; ``hash_key``
 lets Python check it against the spec's test vectors.

@@ -1,4 +1,4 @@
-# The table object, declared so _batch can cimport it and reach its C fields.
+# The table object, declared so batch.pyx and the store can cimport it and reach its C fields.
 from libc.stdint cimport int64_t, uint8_t, uint64_t
 from posix.mman cimport madvise
 

@@ -1,4 +1,4 @@
-# Included by _index.pyx (one module, so the hot path stays inlined): growing --
+# Included by table.pyx (one module, so the hot path stays inlined): growing --
 # rehashing into a new table file, publishing it, swapping the map.
 import operator
 import os

@@ -1,4 +1,4 @@
-# Included by _index.pyx (one module, so the hot path stays inlined):
+# Included by table.pyx (one module, so the hot path stays inlined):
 # iteration -- the occupied slots copied a chunk at a time under the read
 # lock, turned into keys or records after it is released.
 cimport cython

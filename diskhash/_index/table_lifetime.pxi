@@ -1,4 +1,4 @@
-# Included by _index.pyx (one module, so the hot path stays inlined): the index's
+# Included by table.pyx (one module, so the hot path stays inlined): the index's
 # lifetime -- closing, and what a fork() does to an inherited index.
 import os
 import weakref

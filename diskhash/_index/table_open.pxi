@@ -1,4 +1,4 @@
-# Included by _index.pyx (one module, so the hot path stays inlined): opening --
+# Included by table.pyx (one module, so the hot path stays inlined): opening --
 # argument checks, validating and mapping the file, rolling back a torn
 # overwrite, healing after an unclean close.
 import math

@@ -1,4 +1,4 @@
-# Included by _index.pyx (one module, so the hot path stays inlined): the
+# Included by table.pyx (one module, so the hot path stays inlined): the
 # whole-table scan.
 from libc.stdint cimport uint64_t
 from libc.stdlib cimport calloc, free

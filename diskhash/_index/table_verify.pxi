@@ -1,4 +1,4 @@
-# Included by _index.pyx (one module, so the hot path stays inlined): verify,
+# Included by table.pyx (one module, so the hot path stays inlined): verify,
 # stats and repair, built on the whole-table scan.
 import os
 

@@ -5,7 +5,7 @@
 ``mmap``).  ``get(key, verify, limit)`` is a whole ``store.get`` in one call:
 it probes the ``DiskHashIndex`` (cimported; its read lock, as its own
 ``get``), checks the frame against the slot and, if asked, the CRC-32C
-checksum (our own ``_crc32c.h``; this module's ``checksum`` is also the one
+checksum (our own ``_format/crc32c.h``; this module's ``checksum`` is also the one
 the Python side computes frames with), and returns the bytes (decoded), None
 for an absent key, or ``FALLBACK``: anything unusual is the Python path's,
 which remaps or raises, so the messages live in one place
@@ -150,7 +150,7 @@ def scan_into(data, Py_ssize_t p, long long base, dict final):
     ``base``) into ``final``: key -> (payload offset, stored length,
     compression, uncompressed length) for a put, None for a tombstone.
     Returns where the first frame that is not valid (or not whole) starts.
-    The checks are those of ``_payload_format._frame_at``.
+    The checks are those of ``_format.payload._frame_at``.
     """
     cdef Py_buffer view
     cdef frame_t f

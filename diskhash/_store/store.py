@@ -1278,7 +1278,7 @@ class PayloadStore:
 
     def _put_frame(self, g: _Generation, edge_id: Any, payload: bytes) -> PayloadMeta:
         """``put`` of uncompressed bytes, the writer lock held: the frame written
-        into the map and indexed in one compiled call (``_store_write.put_frame``;
+        into the map and indexed in one compiled call (``_store.write.put_frame``;
         the same order and undo as ``_append`` + ``insert``)."""
         start = self._end
         end = start + fmt.FRAME_SIZE + len(payload)
@@ -1396,7 +1396,7 @@ class PayloadStore:
     def _put_many_frames(self, keys: "list[int] | None", pairs: Any, views: "list[Any]",
                          np: Any) -> None:
         """``put_many`` without compression: each piece's frames and index rows
-        built in one compiled call (``_store_write.encode_frames``, or
+        built in one compiled call (``_store.write.encode_frames``, or
         ``encode_frames_u128`` over ``pairs`` when ``keys`` is None), written with
         one pwrite, indexed with one ``insert_many``.  A big batch grows the
         index once, up front, to hold every key it adds, not once per

@@ -46,7 +46,7 @@ cdef enum:
     KEY_ROW = 16          # KEY_DTYPE: lo@0, hi@8
     META_ROW = 24         # META_DTYPE: offset@0, length@8, compression@12, uncompressed_length@16
 
-cdef uint64_t MAX_PAYLOAD = 0xFFFFFFFFU     # stored_length is a u32 (_payload_format.MAX_LENGTH)
+cdef uint64_t MAX_PAYLOAD = 0xFFFFFFFFU     # stored_length is a u32 (_format.payload.MAX_LENGTH)
 
 
 cdef inline void _write_put_frame(uint8_t *p, uint64_t lo, uint64_t hi, const void *src,
