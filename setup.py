@@ -43,28 +43,41 @@ if DEBUG:
 
 compile_args = ["-O3", "-fno-strict-aliasing"] if not DEBUG else ["-O0", "-g"]
 
-modules = ["_format", "_convert", "_index", "_batch", "_store_read", "_store_write"]
+modules = [
+    "diskhash._format.sochidx2",
+    "diskhash._index.convert",
+    "diskhash._index.table",
+    "diskhash._index.batch",
+    "diskhash._store.read",
+    "diskhash._store.write",
+]
+CRC32C = "diskhash/_format/crc32c.h"     # the store's compiled modules: cdef extern in _format/frame.pxd
 STAMP = os.path.join("build", "cython-stamp.json")
 stamp = {"cython": Cython.__version__, "directives": directives, "debug": DEBUG}
 
 
+def path(name, suffix):
+    """diskhash._index.table -> diskhash/_index/table.pyx"""
+    return name.replace(".", "/") + suffix
+
+
 def extension(name, source):
     return Extension(
-        f"diskhash.{name}",
+        name,
         [source],
         define_macros=macros,
         extra_compile_args=compile_args,
-        include_dirs=["diskhash"],      # _store_read, _store_write: diskhash/_crc32c.h
-        depends=["diskhash/_crc32c.h"] if name.startswith("_store_") else [],
+        include_dirs=[os.path.dirname(CRC32C)],
+        depends=[CRC32C] if name.startswith("diskhash._store") else [],
     )
 
 
 def translated(name, tree):
-    """Whether diskhash/<name>.c is up to date: newer than the project files it depends on."""
-    c_file = f"diskhash/{name}.c"
+    """Whether the module's .c file is up to date: newer than the project files it depends on."""
+    c_file = path(name, ".c")
     if not os.path.exists(c_file):
         return False
-    own = [d for d in tree.all_dependencies(f"diskhash/{name}.pyx")
+    own = [d for d in tree.all_dependencies(path(name, ".pyx"))
            if os.path.abspath(d).startswith(HERE + os.sep)]
     c_time = os.path.getmtime(c_file)
     return all(os.path.getmtime(d) < c_time for d in own)
@@ -79,7 +92,7 @@ def translate():
         same_options = False
     tree = create_dependency_tree()
     keep = set() if ANNOTATE or not same_options else {m for m in modules if translated(m, tree)}
-    stale = [extension(m, f"diskhash/{m}.pyx") for m in modules if m not in keep]
+    stale = [extension(m, path(m, ".pyx")) for m in modules if m not in keep]
     if stale and os.path.exists(STAMP):
         os.remove(STAMP)        # an interrupted translation leaves no stamp: all are redone next time
     done = cythonize(stale, compiler_directives=directives, annotate=ANNOTATE, force=True,
@@ -88,7 +101,7 @@ def translate():
     with open(STAMP, "w") as f:
         json.dump(stamp, f)
     sources = {e.name: e.sources for e in done}
-    sources.update({f"diskhash.{m}": [f"diskhash/{m}.c"] for m in keep})
+    sources.update({m: [path(m, ".c")] for m in keep})
     return sources
 
 
@@ -112,6 +125,6 @@ class ParallelBuildExt(build_ext):
 
 
 setup(
-    ext_modules=[extension(m, f"diskhash/{m}.pyx") for m in modules],
+    ext_modules=[extension(m, path(m, ".pyx")) for m in modules],
     cmdclass={"build_ext": ParallelBuildExt},
 )

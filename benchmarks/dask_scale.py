@@ -124,7 +124,7 @@ def lookups(set_dir: str, args: argparse.Namespace) -> dict:
         ids = np.fromiter(iter(local), dtype=object, count=len(local))
         rng = np.random.default_rng(1)
         pick = rng.choice(len(ids), size=min(len(ids), 200_000), replace=False)
-        from diskhash._routing import key_array
+        from diskhash._shards.routing import key_array
 
         pool = key_array([int(k) for k in ids[pick]])
         sample = pool[: min(len(pool), args.batch)]

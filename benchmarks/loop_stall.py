@@ -16,7 +16,7 @@ as long without ever taking the GIL (on a shared machine, a busy core alone
 delays the loop's wake-ups).  Target: no stall > 10 ms.
 
 ``--variants`` compares the core's ways of keeping a grow off the loop's CPU
-(benchmark knobs, not public API: ``diskhash._index._GROW_KNOBS``, see
+(benchmark knobs, not public API: ``diskhash._index.table._GROW_KNOBS``, see
 docs/performance.md), each a ``+``-joined set of ``nice`` (nice 19 inside the grow's
 nogil sections only; ``niceN``: nice N), ``yield`` / ``pause`` (rehash in slices, sched_yield or
 a short sleep between them), ``writeback`` (sync_file_range per slice), or
@@ -45,7 +45,7 @@ import anyio
 from _backends import backend_for
 
 from diskhash import AsyncDiskHashIndex, DiskHashIndex
-from diskhash import _index as core
+from diskhash._index import table as core
 
 TARGET_MS = 10.0
 TARGET_GROW_SLOWDOWN = 1.2

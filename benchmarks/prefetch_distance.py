@@ -5,7 +5,7 @@
 Builds an index of random 128-bit keys (warm page cache), then times
 ``get_many`` over a shuffled batch of hits (and one of misses) for each
 distance; prints keys/s per distance, best of --repeat runs, and the best
-distance.  The default in ``diskhash/_batch.pyx`` is set from this.
+distance.  The default in ``diskhash/_index/batch.pyx`` is set from this.
 """
 
 from __future__ import annotations
@@ -18,7 +18,8 @@ import time
 import numpy as np
 
 import diskhash
-from diskhash import DiskHashIndex, _batch
+from diskhash import DiskHashIndex
+from diskhash._index import batch as _batch
 
 DISTANCES = [0, 1, 2, 4, 6, 8, 12, 16, 24, 32, 48, 64]
 

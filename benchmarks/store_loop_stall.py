@@ -34,7 +34,8 @@ import time
 import anyio
 from _backends import backend_for
 
-from diskhash import AsyncPayloadStore, PayloadStore, _aio_store
+from diskhash import AsyncPayloadStore, PayloadStore
+from diskhash._store import aio as _aio_store
 
 
 def build(directory: str, entries: int, size: int) -> None:

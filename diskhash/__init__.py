@@ -1,8 +1,8 @@
 """diskhash: a memory-mapped, crash-safe hash index of 128-bit ids (SOCHIDX2)."""
 
 try:
-    from diskhash._records import Compression, IndexStats, PayloadMeta, RepairReport, SalvageReport, StoreRecovery
-    from diskhash._index import DiskHashIndex, repair
+    from diskhash._types import Compression, IndexStats, PayloadMeta, RepairReport, SalvageReport, StoreRecovery
+    from diskhash._index.table import DiskHashIndex, repair
 except ImportError:
     from diskhash._checkout import missing_extensions as _missing_extensions
 
@@ -12,10 +12,10 @@ except ImportError:
     raise _error from None
 
 from diskhash.aio import AsyncDiskHashIndex
-from diskhash._store import PayloadStore, StoreStats
-from diskhash._aio_store import AsyncPayloadStore
-from diskhash._sharded import ShardedStats, ShardedStore
-from diskhash._sharded_aio import AsyncShardedStore
+from diskhash._store.store import PayloadStore, StoreStats
+from diskhash._store.aio import AsyncPayloadStore
+from diskhash._shards.sharded import ShardedStats, ShardedStore
+from diskhash._shards.aio import AsyncShardedStore
 from diskhash.errors import (
     CodecUnavailableError,
     CorruptIndexError,
@@ -72,7 +72,7 @@ _DTYPES = ("KEY_DTYPE", "RESULT_DTYPE", "META_DTYPE")
 
 def __getattr__(name: str):  # type: ignore[no-untyped-def]
     if name in _DTYPES:
-        from diskhash import _dtypes
+        from diskhash._index import dtypes as _dtypes
 
         return getattr(_dtypes, name)
     raise AttributeError(f"module 'diskhash' has no attribute {name!r}")

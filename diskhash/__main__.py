@@ -1,4 +1,4 @@
-"""``python -m diskhash``: the command line (see ``diskhash._cli`` and docs/cli.md)."""
+"""``python -m diskhash``: the command line (see ``diskhash._cli`` and docs/reference/cli.md)."""
 
 import sys
 

@@ -13,8 +13,8 @@ def missing_extensions() -> "ImportError | None":
     "partially initialized module" (circular import) error.
     """
     here = _os.path.dirname(_os.path.abspath(__file__))
-    missing = [name for name in ("_convert", "_format", "_index")
-               if not any(_os.path.exists(_os.path.join(here, name + suffix))
+    missing = [name for name in ("_index/convert", "_format/sochidx2", "_index/table")
+               if not any(_os.path.exists(_os.path.join(here, *name.split("/")) + suffix)
                           for suffix in _machinery.EXTENSION_SUFFIXES)]
     if not missing:
         return None

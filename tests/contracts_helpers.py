@@ -75,7 +75,7 @@ def long_run_table(path, slots: int, entries: int, homes: int, seed: int = 0x123
 FOREIGN_SELF = r"""
 import importlib, sys
 modules = [importlib.import_module(m) for m in
-           ("diskhash._index", "diskhash._convert", "diskhash._format", "diskhash._batch")]
+           ("diskhash._index.table", "diskhash._index.convert", "diskhash._format.sochidx2", "diskhash._index.batch")]
 import diskhash, tempfile, os
 types = set()
 for mod in modules:

@@ -7,7 +7,7 @@ import threading
 import anyio
 import anyio.to_thread
 
-from diskhash import _files
+from diskhash._fs import files as _files
 
 
 async def wait_event(event: threading.Event, what: str, timeout: float = 10) -> None:

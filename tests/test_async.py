@@ -398,7 +398,7 @@ async def test_public_api_is_exported():
 
 
 class _BatchProbe:
-    """Stands in for the core's batch hooks (implemented in diskhash._batch,
+    """Stands in for the core's batch hooks (implemented in diskhash._index.batch,
     which may be absent): records which thread each batch call ran on."""
 
     def __init__(self, sync: DiskHashIndex) -> None:

@@ -1,6 +1,6 @@
 """Regressions from the hostile pass over issues 9 and 10: each test is a
-defect that was reproduced, with the contract it broke (docs/cli.md,
-docs/files-and-locks.md, docs/api.md)."""
+defect that was reproduced, with the contract it broke (docs/reference/cli.md,
+docs/guide/files-and-locks.md, docs/reference/api.md)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from conftest import record, subprocess_env
 
 import diskhash
 from diskhash import DiskHashIndex
-from diskhash._index import MAX_CAPACITY
+from diskhash._index.table import MAX_CAPACITY
 
 
 def cli(*args: str, cwd: Path, stdout=subprocess.PIPE, **kwargs) -> subprocess.CompletedProcess[str]:
@@ -100,7 +100,7 @@ def test_a_process_waiting_on_a_discarded_lock_file_locks_the_new_one(tmp_path):
     import fcntl
     import time
 
-    from diskhash import _files
+    from diskhash._fs import files as _files
 
     path = str(tmp_path / "a.idx")
     held = _files.IndexLock(path, True, 0.0)
@@ -243,12 +243,12 @@ def test_sigkill_during_insert_many_and_its_rollback_leaves_a_healable_table(tmp
     """Killed mid-batch (or mid-rollback), insert_many leaves each key of the
     batch inserted or not -- as that many single inserts would -- and nothing
     else: the next writable open heals the count, and verify() finds only the
-    planted damage.  (A kill is not all-or-nothing for a batch: docs/batch.md.)"""
+    planted damage.  (A kill is not all-or-nothing for a batch: docs/guide/batch.md.)"""
     import random
     import time
 
     from diskhash import CorruptIndexError
-    from diskhash._format import SLOT_FIELDS, slot_offset
+    from diskhash._format.sochidx2 import SLOT_FIELDS, slot_offset
 
     path = tmp_path / "k.idx"
     with DiskHashIndex(path, capacity=300_000) as idx:

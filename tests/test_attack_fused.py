@@ -1,4 +1,4 @@
-"""Hostile pass over the compiled store paths (``_store_read``, ``_store_write``).
+"""Hostile pass over the compiled store paths (``_store.read``, ``_store.write``).
 
 Each test here is a crash, hang or wrong answer found by attacking the fused
 read, the frame encoder and the whole-log passes directly: Python code run in
@@ -30,7 +30,7 @@ def _child(code: str, tmp_path, prelude: str = "", timeout: float = 120) -> str:
 
 _FRAME = """
 import struct
-from diskhash import _store_read as sr
+from diskhash._store import read as sr
 
 def frame(key, payload):
     body = struct.pack("<BBHIIQQ", 1, 0, 0xD5A7, len(payload), len(payload),
@@ -44,7 +44,7 @@ def test_encode_frames_key_that_resizes_the_blob(tmp_path):
     error, never a copy into the freed buffer (it crashed the interpreter)."""
     out = _child("""
         import pytest
-        from diskhash._store_write import encode_frames
+        from diskhash._store.write import encode_frames
         blob = bytearray(1 << 20)
         class Shrinker:
             def __index__(self):
@@ -69,7 +69,7 @@ def test_encode_frames_payload_buffer_that_resizes_the_blob(tmp_path):
     buffer request runs mid-loop."""
     out = _child("""
         import pytest
-        from diskhash._store_write import encode_frames
+        from diskhash._store.write import encode_frames
         blob = bytearray(1 << 20)
         class Payload:
             def __len__(self):
@@ -316,7 +316,8 @@ def test_put_many_interrupted_after_its_write_then_a_crash(tmp_path, compression
     d = tmp_path / "s"
     out = _child(f"""
         import os
-        from diskhash import Compression, PayloadStore, _store
+        from diskhash import Compression, PayloadStore
+        from diskhash._store import store as _store
         s = PayloadStore({str(d)!r})
         s.put_many(list(range(100)), [b"a" * 50] * 100)
         s.save()
@@ -401,7 +402,8 @@ def test_ctrl_c_after_put_indexed_keeps_the_record(tmp_path):
 
 
 def test_ctrl_c_after_compiled_put_keeps_the_record(tmp_path, monkeypatch):
-    from diskhash import PayloadStore, _store
+    from diskhash import PayloadStore
+    from diskhash._store import store as _store
 
     real = _store._put_frame
 
@@ -527,7 +529,8 @@ def test_ctrl_c_after_the_undo_zeroes_moves_the_end_back(tmp_path, monkeypatch):
     landing right after that zero write left the log's end past the zeros, so
     the next append made a hole in the middle of the log (verify() and
     rebuild_index() then refuse the store)."""
-    from diskhash import PayloadStore, _store
+    from diskhash import PayloadStore
+    from diskhash._store import store as _store
 
     class Failing:
         def __init__(self, real):

@@ -1,6 +1,6 @@
 """Hostile pass over the packed and numpy-keyed ``put_many`` paths.
 
-``_store_write.encode_frames_packed`` copies without the GIL, so another
+``_store.write.encode_frames_packed`` copies without the GIL, so another
 thread runs Python code in the middle of it: whatever that thread can write
 (the caller's key and end arrays) must not steer a copy outside the buffers.
 ``PayloadStore._put_many_packed`` promises to check every piece before it
@@ -19,7 +19,8 @@ from conftest import subprocess_env
 
 np = pytest.importorskip("numpy")
 
-from diskhash import KEY_DTYPE, Compression, PayloadStore, _store_write  # noqa: E402
+from diskhash import KEY_DTYPE, Compression, PayloadStore  # noqa: E402
+from diskhash._store import write as _store_write  # noqa: E402
 
 
 def _child(code: str, tmp_path, timeout: float = 120) -> str:
@@ -43,7 +44,7 @@ def test_encode_frames_packed_ends_written_during_the_copy(tmp_path):
     out = _child("""
         import threading
         import numpy as np
-        from diskhash._store_write import encode_frames_packed
+        from diskhash._store.write import encode_frames_packed
         n = 200_000
         pairs = np.zeros(2 * n, dtype=np.uint64)
         ends = np.arange(1, n + 1, dtype=np.int64) * 100

@@ -11,7 +11,8 @@ import threading
 
 import pytest
 
-from diskhash import PayloadStore, _compact
+from diskhash import PayloadStore
+from diskhash._store import compact as _compact
 
 pytest.importorskip("numpy")
 

@@ -25,7 +25,7 @@ def test_compiled_reader_offset_that_wraps_past_2_64_is_beyond_not_a_segfault():
     # from before the map (SIGSEGV).
     proc = _child("""
         import mmap
-        from diskhash._store_read import BEYOND, MapReader
+        from diskhash._store.read import BEYOND, MapReader
         r = MapReader(mmap.mmap(-1, 4096))
         meta = (0, 2**64 - 16, 32, 0, 32)
         assert r.read(meta, True) == BEYOND, r.read(meta, True)
@@ -43,7 +43,7 @@ def test_compiled_scanners_refuse_a_negative_start(func):
             "copy_live": "(mm, -4096, 0, lambda k: None, [], {}, 0)"}[func]
     proc = _child(f"""
         import mmap
-        from diskhash import _store_read
+        from diskhash._store import read as _store_read
         mm = mmap.mmap(-1, 4096)
         mm[:] = b"\\xff" * 4096
         try:

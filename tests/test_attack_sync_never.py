@@ -97,7 +97,8 @@ def test_ctrl_c_right_after_the_bulk_append(tmp_path, window, packed):
     open replayed records that put_many had raised for."""
     import numpy as np
 
-    from diskhash import PayloadStore, _dtypes
+    from diskhash import PayloadStore
+    from diskhash._index import dtypes as _dtypes
 
     if packed and window[1] == "put_many":
         pytest.skip("the packed path has no loop of its own")

@@ -20,8 +20,8 @@ from diskhash import (
     KeyRangeError,
     PayloadMeta,
     ReadOnlyIndexError,
-    _batch,
 )
+from diskhash._index import batch as _batch
 
 U64 = (1 << 64) - 1
 
@@ -347,7 +347,7 @@ def test_get_many_readers_while_another_thread_inserts_and_grows(index_path):
 
 
 def test_damaged_tables_raise_corrupt_index_error(index_path):
-    from diskhash._format import home_slot
+    from diskhash._format.sochidx2 import home_slot
 
     fill_every_slot(index_path)
     with DiskHashIndex(index_path) as idx:
@@ -418,7 +418,7 @@ def test_insert_many_that_cannot_grow_inserts_nothing(index_path, monkeypatch):
     import errno
     import os
 
-    from diskhash import _files
+    from diskhash._fs import files as _files
 
     base = list(range(1, 3001))                      # 3000 of 3072 entries: room for 72
     with DiskHashIndex(index_path) as idx:

@@ -191,7 +191,7 @@ async def test_open_cancelled_while_its_thread_opens_hands_over_the_index(index_
     """The cancel waits for the opening thread, and the open still returns the
     index it opened (the cancel lands at the caller's next checkpoint), so
     ``async with await open(...)`` closes it: nothing leaks, the lock is free."""
-    import diskhash.aio as aio
+    import diskhash._index.aio as aio
 
     in_thread = threading.Event()
     release = threading.Event()

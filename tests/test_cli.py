@@ -206,14 +206,14 @@ def test_help_names_the_program_as_it_was_run(tmp_path):
 
 
 def test_prog_name_from_argv0():
-    from diskhash._cli import prog_name
+    from diskhash._cli.app import prog_name
 
     assert prog_name("/usr/local/bin/diskhash") == "diskhash"
     assert prog_name("/site-packages/diskhash/__main__.py") == "python -m diskhash"
 
 
 def test_commands_are_one_registered_function_each():
-    from diskhash import _cli
+    from diskhash._cli import app as _cli
 
     assert list(_cli.COMMANDS) == ["info", "verify", "repair", "dump", "store"]
     with pytest.raises(ValueError, match="registered twice"):
@@ -265,7 +265,8 @@ class Tty(io.StringIO):
 
 
 def test_dump_draws_a_fraction_bar_when_stderr_is_a_terminal(tmp_path, monkeypatch, capsys):
-    from diskhash import _cli, _progress
+    from diskhash._cli import app as _cli
+    from diskhash._cli import progress as _progress
 
     path = big_index(tmp_path / "big.idx", 20_000)
     monkeypatch.setattr(_progress, "SHOW_AFTER", 0.0)
@@ -283,7 +284,7 @@ def test_dump_draws_a_fraction_bar_when_stderr_is_a_terminal(tmp_path, monkeypat
 
 
 def test_progress_bar_rendering():
-    from diskhash._progress import Progress, render
+    from diskhash._cli.progress import Progress, render
 
     line = render("dump", 50, 200, 2.0, 60)
     assert line.startswith("dump [") and " 25% 50/200 2.0s" in line and len(line) <= 60
@@ -296,7 +297,7 @@ def test_progress_bar_rendering():
 
 
 def test_verify_shows_activity_on_a_terminal(tmp_path, monkeypatch):
-    from diskhash import _progress
+    from diskhash._cli import progress as _progress
 
     monkeypatch.setattr(_progress, "SHOW_AFTER", 0.0)
     stream = Tty()
@@ -327,7 +328,7 @@ def test_a_bad_timeout_is_a_usage_error(tmp_path, value):
 
 
 def test_timeout_inf_waits_and_numbers_are_seconds():
-    from diskhash._cli import seconds
+    from diskhash._cli.app import seconds
 
     assert seconds("inf") is None and seconds("2.5") == 2.5 and seconds("0") == 0.0
 

@@ -27,7 +27,7 @@ from diskhash import (
     ReadOnlyIndexError,
     WrongEventLoopError,
 )
-from diskhash._format import home_slot
+from diskhash._format.sochidx2 import home_slot
 
 
 def record(key: int, offset: int = 1) -> PayloadMeta:

@@ -23,7 +23,7 @@ from diskhash import (
     IndexLockedError,
     PayloadMeta,
 )
-from diskhash._index import MAX_CAPACITY
+from diskhash._index.table import MAX_CAPACITY
 
 
 def rec(key: int) -> PayloadMeta:
@@ -42,7 +42,7 @@ def test_foreign_self_raises_type_error_for_every_callable_of_every_extension_ty
     fails = [line for line in r.stdout.splitlines() if line.startswith("FAIL")]
     assert fails == []
     types = next(line for line in r.stdout.splitlines() if line.startswith("types")).split()[1:]
-    assert "diskhash._index.DiskHashIndex" in types and "diskhash._index._Chunk" in types
+    assert "diskhash._index.table.DiskHashIndex" in types and "diskhash._index.table._Chunk" in types
     checked = int(r.stdout.split("checked ")[-1])
     assert checked > 2000          # every method, property and slot, with every foreign self
 
@@ -266,7 +266,7 @@ def test_a_hard_link_shares_one_writer(tmp_path):
             assert str(b) in str(info.value)
         # A grow publishes a new file under a's name: b keeps the old table as
         # it was at the grow (3072 entries, 4096 slots), a separate file from
-        # now on (documented in docs/files-and-locks.md).
+        # now on (documented in docs/guide/files-and-locks.md).
         for k in range(2, 4000):
             idx.insert(k, rec(k))
         assert idx.num_slots == 8192
@@ -350,7 +350,7 @@ def test_one_long_run_is_scanned_in_linear_time(long_run_file, tmp_path, what):
 
 def test_duplicates_are_found_across_the_wrap(tmp_path):
     """The run that wraps from the last slot into slot 0 is checked as one run."""
-    from diskhash._format import home_slot
+    from diskhash._format.sochidx2 import home_slot
 
     path = tmp_path / "wrap.idx"
     with DiskHashIndex(path) as idx:
@@ -392,7 +392,7 @@ try:
 except KeyboardInterrupt as exc:
     tb, inside = exc.__traceback__, False
     while tb is not None:
-        inside |= tb.tb_frame.f_code.co_filename.endswith("_index.pyx")
+        inside |= tb.tb_frame.f_code.co_filename.endswith("table.pyx")
         tb = tb.tb_next
     print("interrupted", "inside-scan" if inside else "between-scans", scans)
 """
@@ -401,7 +401,7 @@ except KeyboardInterrupt as exc:
 def test_ctrl_c_interrupts_a_long_scan(long_run_file):
     # The signal lands while a scan runs (scans take all but microseconds of
     # the loop); KeyboardInterrupt must come out of the scan itself, which
-    # Cython's traceback entry for _index.pyx shows.  A scan that never
+    # Cython's traceback entry for _index/table.pyx shows.  A scan that never
     # checks would finish first and raise it between two scans.
     for _attempt in range(5):
         r = run_child(SIGINT_SCAN, long_run_file, timeout=60)

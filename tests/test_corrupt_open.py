@@ -74,7 +74,7 @@ def test_table_without_empty_slot_opens_fast_and_fails_at_lookup(index_path):
 def test_bad_tag_met_by_a_lookup(index_path):
     with DiskHashIndex(index_path) as idx:
         seed = idx.seed
-    from diskhash._format import home_slot
+    from diskhash._format.sochidx2 import home_slot
 
     data = bytearray(index_path.read_bytes())
     home = home_slot(77, seed, 4096)
@@ -89,7 +89,7 @@ def test_unknown_compression_byte_is_an_error_not_none(index_path):
     with DiskHashIndex(index_path) as idx:
         idx.insert(77, PayloadMeta(77, 1, 2, 1, 3))
         seed = idx.seed
-    from diskhash._format import home_slot
+    from diskhash._format.sochidx2 import home_slot
 
     data = bytearray(index_path.read_bytes())
     slot = home_slot(77, seed, 4096)

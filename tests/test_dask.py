@@ -337,7 +337,7 @@ def _kill_first_put_many(marker: str) -> None:
     pieces the shard writers put) writes half its batch, then the worker
     process dies (SIGKILL), leaving a half-written shard directory."""
     import diskhash
-    from diskhash import _sharded
+    from diskhash._shards import sharded as _sharded
 
     def first() -> bool:
         try:
@@ -384,7 +384,7 @@ def test_worker_killed_while_writing_a_shard(tmp_path: Path) -> None:
 
 
 def _always_die() -> None:
-    from diskhash import _sharded
+    from diskhash._shards import sharded as _sharded
 
     def die() -> None:
         os.kill(os.getpid(), signal.SIGKILL)

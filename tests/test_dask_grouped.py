@@ -15,7 +15,9 @@ distributed = pytest.importorskip("distributed")
 import anyio  # noqa: E402
 from conftest import random_key_array  # noqa: E402
 
-from diskhash import KEY_DTYPE, ShardedStore, _manifest, _routing  # noqa: E402
+from diskhash import KEY_DTYPE, ShardedStore  # noqa: E402
+from diskhash._shards import manifest as _manifest  # noqa: E402
+from diskhash._shards import routing as _routing  # noqa: E402
 from diskhash.dask import LookupService, ShardActor  # noqa: E402
 
 

@@ -1,4 +1,4 @@
-"""The packed pieces build_store ships between processes (diskhash/_packed.py):
+"""The packed pieces build_store ships between processes (diskhash/_shards/packed.py):
 one buffer per (partition, shard) holding keys, payload ends and payloads."""
 
 from __future__ import annotations
@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from conftest import random_key_array
 
-from diskhash import _routing
-from diskhash._packed import bytes_payloads, pack_pieces, payload_list, unpack_piece
+from diskhash._shards import routing as _routing
+from diskhash._shards.packed import bytes_payloads, pack_pieces, payload_list, unpack_piece
 
 
 def records(n: int, seed: int = 0) -> tuple[np.ndarray, list[bytes]]:

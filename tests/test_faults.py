@@ -19,7 +19,8 @@ import pytest
 from conftest import fill_to_capacity, record
 from spec_model import HEADER, file_size
 
-from diskhash import DiskHashIndex, _files
+from diskhash import DiskHashIndex
+from diskhash._fs import files as _files
 
 
 def temporaries(directory) -> list[str]:

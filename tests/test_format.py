@@ -9,7 +9,7 @@ from conftest import DATA, FIXTURES, load_tsv
 from spec_model import HEADER, HEADER_FIELD, assert_valid, file_size, spec_hash
 
 from diskhash import Compression, DiskHashIndex, PayloadMeta
-from diskhash._format import hash_key, home_slot
+from diskhash._format.sochidx2 import hash_key, home_slot
 
 VECTORS = [
     (0, 0xA79E36B6C73423FB),

@@ -1,4 +1,4 @@
-"""The one definition of the layout (_format.pxd, exposed by _format) agrees
+"""The one definition of the layout (_format/sochidx2.pxd, exposed by _format/sochidx2.pyx) agrees
 with the spec's structs as tests/spec_model.py spells them independently."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from itertools import pairwise
 from spec_model import HEADER, SLOT, read_table
 
 from diskhash import DiskHashIndex, PayloadMeta
-from diskhash import _format as fmt
+from diskhash._format import sochidx2 as fmt
 
 
 def test_header_layout_matches_the_spec():

@@ -17,8 +17,9 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from spec_model import HEADER, HEADER_FIELD, SLOT, SLOT_FIELD, assert_valid, file_size, slot_offset, spec_hash
 
-from diskhash import CorruptIndexError, DiskHashIndex, PayloadMeta, _files
-from diskhash._format import home_slot
+from diskhash import CorruptIndexError, DiskHashIndex, PayloadMeta
+from diskhash._format.sochidx2 import home_slot
+from diskhash._fs import files as _files
 
 SEED = 0xF022_5EED_0000_0001
 SLOTS = 4096

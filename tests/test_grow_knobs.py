@@ -1,4 +1,4 @@
-"""The grow's loop-stall knobs (a benchmark setting, diskhash._index._GROW_KNOBS)
+"""The grow's loop-stall knobs (a benchmark setting, diskhash._index.table._GROW_KNOBS)
 change how the grow schedules its work, never what it writes: every knob set
 grows to the same entries, readers in threads meanwhile see every record, and
 a bad knob is refused before the table is touched."""
@@ -13,7 +13,7 @@ import pytest
 from conftest import record
 
 from diskhash import DiskHashIndex
-from diskhash import _index as core
+from diskhash._index import table as core
 
 KNOB_SETS = ["none", "nice", "nice5", "yield", "pause", "writeback", "pause+writeback",
              "nice+yield+pause+writeback"]

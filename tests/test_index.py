@@ -1,4 +1,4 @@
-"""The synchronous API: every promise docs/api.md makes about DiskHashIndex."""
+"""The synchronous API: every promise docs/reference/api.md makes about DiskHashIndex."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """One contract for a key that is an int outside [0, 2**128), on every API:
 ``KeyRangeError``, which is a ``ValueError`` and an ``OverflowError`` at once
-(docs/api.md), with one message naming the key and the range."""
+(docs/reference/api.md), with one message naming the key and the range."""
 
 from __future__ import annotations
 

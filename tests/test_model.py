@@ -23,8 +23,9 @@ from hypothesis.stateful import (
 )
 from spec_model import SLOT_FIELD, assert_valid, slot_offset
 
-from diskhash import DiskHashIndex, PayloadMeta, _files
-from diskhash._format import home_slot
+from diskhash import DiskHashIndex, PayloadMeta
+from diskhash._format.sochidx2 import home_slot
+from diskhash._fs import files as _files
 
 SEED = 0x5EED_0F_D15C_4A54  # the tests create their files with this seed
 M64 = (1 << 64) - 1

@@ -116,7 +116,7 @@ def test_a_second_install_from_the_same_checkout_recompiles_nothing(tmp_path):
     second = wheel()
     compiled = [line for line in second.splitlines() if "Cythonizing" in line or " -c diskhash/" in line]
     assert compiled == [], compiled
-    (src / "diskhash" / "_batch.pyx").touch()
+    (src / "diskhash" / "_index" / "batch.pyx").touch()
     third = wheel()
     compiled = [line.strip().split()[-1] for line in third.splitlines() if "Cythonizing" in line]
-    assert compiled == ["diskhash/_batch.pyx"], compiled
+    assert compiled == ["diskhash/_index/batch.pyx"], compiled

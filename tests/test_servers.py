@@ -1,7 +1,7 @@
 """The HTTP examples, each a real server process on 127.0.0.1, driven by httpx.
 
 Every example (and the two server command lines, ``uvicorn starlette_app:app``
-and ``hypercorn -k trio trio_app:app`` run in examples/, as docs/servers.md says)
+and ``hypercorn -k trio trio_app:app`` run in examples/, as docs/guide/servers.md says)
 is started as a child process on a free port and asked real requests over
 keep-alive connections: every route, bad ids, absent ids, many requests at
 once; then it is stopped with SIGINT or SIGTERM (or both, the second during

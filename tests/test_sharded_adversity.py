@@ -208,7 +208,8 @@ def test_concurrent_creators_make_one_set_many_rounds(tmp_path: Path) -> None:
 KILLED_CREATOR = """
 import os, signal, sys
 import diskhash
-from diskhash import ShardedStore, _manifest
+from diskhash import ShardedStore
+from diskhash._shards import manifest as _manifest
 point, k = sys.argv[2], int(sys.argv[3])
 calls = [0]
 def killer(orig):

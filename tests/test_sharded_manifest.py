@@ -17,8 +17,8 @@ from diskhash import (
     ManifestError,
     ShardedStore,
     ShardMismatchError,
-    _manifest,
 )
+from diskhash._shards import manifest as _manifest
 
 
 @pytest.fixture
@@ -193,7 +193,7 @@ def test_failed_open_leaves_no_shard_open(built: Path) -> None:
 
 def test_manifest_write_is_atomic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # A failure while the new manifest is written leaves no manifest (and no temp).
-    from diskhash import _files
+    from diskhash._fs import files as _files
 
     real = _files.publish
 

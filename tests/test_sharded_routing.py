@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from conftest import random_key_array
 
-from diskhash import _routing
+from diskhash._shards import routing as _routing
 
 SEED = 0x1234_5678_9ABC_DEF1
 

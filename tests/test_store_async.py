@@ -7,7 +7,8 @@ import inspect
 import anyio
 import pytest
 
-from diskhash import AsyncPayloadStore, Compression, PayloadStore, _aio_store
+from diskhash import AsyncPayloadStore, Compression, PayloadStore
+from diskhash._store import aio as _aio_store
 
 SYNC_ONLY = {"keys", "index", "data_path", "compression", "recovery", "last_compaction", "last_salvage"}
 

@@ -15,7 +15,7 @@ from diskhash import (
     DiskHashError,
     PayloadStore,
 )
-from diskhash import _payload_format as fmt
+from diskhash._format import payload as fmt
 
 
 def _snapshot(directory):

@@ -1,4 +1,4 @@
-"""put_many's compiled frame builder (``_store_write.encode_frames``) writes
+"""put_many's compiled frame builder (``_store.write.encode_frames``) writes
 exactly the frames the Python encoder writes, and the store it fills reads
 back as a dict model says: duplicates (the later wins), empty payloads,
 128-bit keys, bytearray and memoryview payloads, pieces, a big batch.
@@ -13,8 +13,9 @@ import sys
 import pytest
 from conftest import subprocess_env
 
-from diskhash import KEY_DTYPE, META_DTYPE, Compression, PayloadStore, _store_write
-from diskhash import _payload_format as fmt
+from diskhash import KEY_DTYPE, META_DTYPE, Compression, PayloadStore
+from diskhash._format import payload as fmt
+from diskhash._store import write as _store_write
 
 np = pytest.importorskip("numpy")
 
@@ -104,7 +105,7 @@ def test_put_many_reads_back_as_the_model(tmp_path, n):
 
 
 def test_put_many_small_pieces(tmp_path, monkeypatch):
-    from diskhash import _store
+    from diskhash._store import store as _store
     monkeypatch.setattr(_store, "PUT_MANY_CHUNK", 4096)
     rng = random.Random(9)
     keys = list(range(1000))
@@ -129,7 +130,7 @@ def test_payload_that_shrinks_the_lists_does_not_crash(tmp_path):
     past the list (in a child: a regression would crash)."""
     code = """
 import pytest
-from diskhash import _store_write
+from diskhash._store import write as _store_write
 payloads = []
 class Shrinking:
     def __len__(self):
@@ -226,7 +227,7 @@ def test_put_many_numpy_keys_bad_input_changes_nothing(tmp_path):
 def test_put_many_numpy_keys_undo_when_indexing_fails(tmp_path, monkeypatch):
     """insert_many failing after a piece's frames are written: the piece is
     undone (its frames never replay) and the keys it reports are the array's."""
-    from diskhash import _store
+    from diskhash._store import store as _store
     keys = _key_array([(7 << 64) | i for i in range(200)])
     seen = []
     real = _store._frame_rows
@@ -240,7 +241,7 @@ def test_put_many_numpy_keys_undo_when_indexing_fails(tmp_path, monkeypatch):
     with PayloadStore(d) as s:
         s.put(1, b"kept")
         s.save()
-        from diskhash import _batch
+        from diskhash._index import batch as _batch
 
         def boom(index, k, r):
             raise OSError(28, "No space left on device (injected)")
@@ -334,7 +335,7 @@ def test_put_many_packed_declines_a_compressing_store(tmp_path):
 def test_put_many_of_keys_already_stored_does_not_grow_the_index(tmp_path):
     # put_many reserved index room for every key of a big batch, overwrites
     # included: rewriting 6000 stored keys doubled a table that had room.
-    from diskhash import _packed
+    from diskhash._shards import packed as _packed
 
     n = 6000
     keys = np.arange(1, n + 1, dtype=np.uint64)

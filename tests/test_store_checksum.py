@@ -1,7 +1,7 @@
 """The PayloadStore's checksum is the standard CRC-32C (Castagnoli).
 
-docs/store-format.md promises that any crc32c library checks our files: the
-compiled ``checksum`` (diskhash/_crc32c.h) is compared with the google-crc32c
+docs/internals/store-format.md promises that any crc32c library checks our files: the
+compiled ``checksum`` (diskhash/_format/crc32c.h) is compared with the google-crc32c
 package, and its portable table code with its crc32-instruction code.
 """
 
@@ -12,8 +12,9 @@ import struct
 
 import google_crc32c
 
-from diskhash import Compression, PayloadStore, _store_read
-from diskhash import _payload_format as fmt
+from diskhash import Compression, PayloadStore
+from diskhash._format import payload as fmt
+from diskhash._store import read as _store_read
 
 KNOWN_VECTOR = (b"123456789", 0xE3069283)      # the CRC-32C check value
 
@@ -66,7 +67,7 @@ def test_checksum_takes_any_contiguous_buffer():
 
 def test_written_files_carry_crc32c(tmp_path):
     """The frames, the data file header and the manifest of a real store check
-    with google-crc32c, as docs/store-format.md describes them."""
+    with google-crc32c, as docs/internals/store-format.md describes them."""
     with PayloadStore(tmp_path / "s", compression=Compression.NONE) as s:
         for i in range(20):
             s.put(i, b"payload %d " % i * i)

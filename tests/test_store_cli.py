@@ -159,11 +159,11 @@ def test_locked_store_exit_1(tmp_path):
 
 def test_keys_are_exactly_what_the_docs_say():
     # int() also reads other scripts' digits ("١" is 1), underscores, signs and
-    # inner spaces: such a "key" named another record.  docs/store.md: ASCII
+    # inner spaces: such a "key" named another record.  docs/guide/store.md: ASCII
     # decimal, 0x hex or a UUID; nothing else.
     import pytest
 
-    from diskhash._cli_store import UsageError, parse_key
+    from diskhash._cli.store import UsageError, parse_key
 
     good = {"0": 0, "42": 42, " 42\n": 42, "007": 7, "0x10": 16, "0XfF": 255,
             "0x" + "f" * 32: 2**128 - 1, str(2**128 - 1): 2**128 - 1, "0" * 5000 + "5": 5,

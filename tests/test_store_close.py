@@ -23,7 +23,8 @@ from diskhash import PayloadStore
 SCRIPT = r'''
 import gc, os, signal, sys, threading
 from diskhash import PayloadStore, IndexLockedError
-from diskhash import _store, _files
+from diskhash._store import store as _store
+from diskhash._fs import files as _files
 
 gc.disable()                 # the release must not wait for a collection
 d, point, sync = sys.argv[1], sys.argv[2], sys.argv[3]
@@ -178,7 +179,8 @@ def test_close_waiting_for_a_compaction_goes_before_the_next_one(tmp_path, monke
     one compaction gets the store before the loop's next compaction (it asked
     first), instead of whenever the loop happens to lose a race for the lock;
     the loop's next compact() then finds the store closed."""
-    from diskhash import IndexClosedError, _compact
+    from diskhash import IndexClosedError
+    from diskhash._store import compact as _compact
 
     s = PayloadStore(tmp_path / "s")
     s.put_many(list(range(200)), [b"x" * 50] * 200)

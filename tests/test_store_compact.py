@@ -103,7 +103,7 @@ def test_compact_under_concurrent_readers_and_writer(tmp_path):
 
 
 def test_compact_without_the_compiled_copy(tmp_path, monkeypatch):
-    from diskhash import _compact
+    from diskhash._store import compact as _compact
     monkeypatch.setattr(_compact, "_copy_live_c", None)
     with PayloadStore(tmp_path / "s", compression=Compression.LZ4) as s:
         for v in range(3):

@@ -27,9 +27,9 @@ from diskhash import (
     PayloadMeta,
     PayloadStore,
     SalvageReport,
-    _compact,
 )
-from diskhash import _payload_format as fmt
+from diskhash._format import payload as fmt
+from diskhash._store import compact as _compact
 
 N = 300
 

@@ -14,7 +14,7 @@ import pytest
 from conftest import subprocess_env
 
 from diskhash import Compression, CorruptPayloadError, PayloadStore
-from diskhash import _payload_format as fmt
+from diskhash._format import payload as fmt
 
 HERE = Path(__file__).resolve().parent
 

@@ -20,8 +20,9 @@ import threading
 import pytest
 from conftest import subprocess_env
 
-from diskhash import KEY_DTYPE, Compression, PayloadStore, _store_read
-from diskhash import _payload_format as fmt
+from diskhash import KEY_DTYPE, Compression, PayloadStore
+from diskhash._format import payload as fmt
+from diskhash._store import read as _store_read
 from diskhash.errors import CorruptPayloadError, IndexClosedError
 
 np = pytest.importorskip("numpy")
@@ -374,7 +375,8 @@ def test_lz4_decode_length_is_checked(tmp_path, ulen_delta, direct):
     compiled get answers FALLBACK, whether it calls lz4 directly or the codec."""
     import lz4.block
 
-    from diskhash import DiskHashIndex, PayloadMeta, _codecs
+    from diskhash import DiskHashIndex, PayloadMeta
+    from diskhash._store import codecs as _codecs
     original = b"some text, some text, some more text " * 30
     block = lz4.block.compress(original, store_size=False)
     ulen = len(original) + ulen_delta

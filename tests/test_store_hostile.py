@@ -288,7 +288,7 @@ def test_corrupt_payload_error_pickles():
 
 
 def test_compiled_reader_refuses_foreign_records(tmp_path):
-    _store_read = pytest.importorskip("diskhash._store_read")
+    _store_read = pytest.importorskip("diskhash._store.read")
     with PayloadStore(tmp_path / "s") as s:
         s.put(1, b"x")
         s.get(1)

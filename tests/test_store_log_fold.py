@@ -11,8 +11,9 @@ import shutil
 
 import pytest
 
-from diskhash import KEY_DTYPE, META_DTYPE, Compression, CorruptPayloadError, PayloadStore, _store_read
-from diskhash import _payload_format as fmt
+from diskhash import KEY_DTYPE, META_DTYPE, Compression, CorruptPayloadError, PayloadStore
+from diskhash._format import payload as fmt
+from diskhash._store import read as _store_read
 
 np = pytest.importorskip("numpy")
 
@@ -126,7 +127,7 @@ def test_rebuild_index_after_deleting_the_index_file(tmp_path):
 
 
 def test_compact_compiled_and_python_write_the_same_files(tmp_path, monkeypatch):
-    from diskhash import _compact
+    from diskhash._store import compact as _compact
     rng = random.Random(4)
     d = tmp_path / "s"
     with PayloadStore(d) as s:
@@ -188,8 +189,9 @@ def test_mapped_passes_refuse_a_damaged_record_in_the_middle(tmp_path, monkeypat
     map: a record damaged while the store is open, with valid records after
     it, is reported (CorruptPayloadError at its offset) by both, the compiled
     and the Python passes alike, and the store goes on with its generation."""
-    from diskhash import CorruptPayloadError, _compact
-    from diskhash import _store as store_mod
+    from diskhash import CorruptPayloadError
+    from diskhash._store import compact as _compact
+    from diskhash._store import store as store_mod
     if not compiled:
         monkeypatch.setattr(store_mod, "LogFold", None)
         monkeypatch.setattr(_compact, "_copy_live_into", None)
@@ -212,8 +214,9 @@ def test_mapped_passes_refuse_a_damaged_record_in_the_middle(tmp_path, monkeypat
 
 
 def _damaged_last_record_outcome(d, compiled: bool) -> tuple:
-    from diskhash import CorruptPayloadError, _compact
-    from diskhash import _store as store_mod
+    from diskhash import CorruptPayloadError
+    from diskhash._store import compact as _compact
+    from diskhash._store import store as store_mod
     with pytest.MonkeyPatch.context() as m:
         if not compiled:
             m.setattr(store_mod, "LogFold", None)

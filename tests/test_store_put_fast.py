@@ -1,4 +1,4 @@
-"""``put`` of uncompressed bytes runs one compiled call (``_store_write.put_frame``):
+"""``put`` of uncompressed bytes runs one compiled call (``_store.write.put_frame``):
 the same frame bytes and PayloadMeta as the Python path, bad keys refused
 before any byte is written, and a failed index insert leaves the frame zeroed.
 """
@@ -11,8 +11,9 @@ import random
 
 import pytest
 
-from diskhash import Compression, PayloadMeta, PayloadStore, _store_write
-from diskhash import _payload_format as fmt
+from diskhash import Compression, PayloadMeta, PayloadStore
+from diskhash._format import payload as fmt
+from diskhash._store import write as _store_write
 from diskhash.errors import CorruptIndexError
 
 
@@ -23,7 +24,7 @@ def _frames(path: str, start: int, end: int) -> bytes:
 
 
 def test_fast_put_writes_what_the_python_path_writes(tmp_path, monkeypatch):
-    from diskhash import _store
+    from diskhash._store import store as _store
     rng = random.Random(1)
     items = [(rng.getrandbits(rng.choice((1, 64, 128))), rng.randbytes(rng.choice((0, 1, 100, 4000))))
              for _ in range(300)]
@@ -146,7 +147,7 @@ def test_populate_leaves_the_whole_map_advised_random(tmp_path):
     """The data file's map stays advised random however it grows (readers
     must never trigger read-ahead); _populate's read-ahead of the new range
     goes through the file, not the map's advice."""
-    from diskhash import _store
+    from diskhash._store import store as _store
     with PayloadStore(tmp_path / "s") as s:
         payload = os.urandom(1024)
         for i in range(5000):                    # several allocations of the data file

@@ -102,7 +102,7 @@ def test_readers_keep_answering_during_rebuild(tmp_path):
 
 
 def test_compiled_and_python_replay_agree(tmp_path, monkeypatch):
-    from diskhash import _payload_format as fmt
+    from diskhash._format import payload as fmt
     with PayloadStore(tmp_path / "s") as s:
         _populate(s)
         s.put((1 << 127) + 5, b"a wide key")

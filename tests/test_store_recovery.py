@@ -18,7 +18,7 @@ import pytest
 from conftest import subprocess_env
 
 from diskhash import CorruptPayloadError, DamagedRecordsError, PayloadStore, StoreRecovery
-from diskhash import _payload_format as fmt
+from diskhash._format import payload as fmt
 
 
 def _files(directory):

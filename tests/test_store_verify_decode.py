@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import pytest
 
-from diskhash import Compression, CorruptPayloadError, PayloadStore, _codecs
+from diskhash import Compression, CorruptPayloadError, PayloadStore
+from diskhash._store import codecs as _codecs
 
 pytest.importorskip("lz4")
 pytest.importorskip("zstandard")

@@ -18,7 +18,7 @@ import pytest
 from spec_model import SLOT, SLOT_FIELD, header_u64, slot_key, slot_offset
 
 from diskhash import DiskHashIndex, PayloadMeta
-from diskhash._files import MARKER_SIZE, UNDO_OFFSET
+from diskhash._fs.files import MARKER_SIZE, UNDO_OFFSET
 
 ARMED = int.from_bytes(b"DISKHUND", "little")
 UNDO = struct.Struct(f"<QQQ{SLOT.size}s")   # armed, slot, num_slots, the old slot bytes

@@ -15,8 +15,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 @pytest.mark.skipif(importlib.util.find_spec("mypy") is None, reason="mypy not installed")
 def test_stubs_match_compiled_modules():
-    modules = ["diskhash._index", "diskhash._format", "diskhash._convert"]
-    for optional in ("diskhash._batch", "diskhash._store_read", "diskhash._store_write"):
+    modules = ["diskhash._index.table", "diskhash._format.sochidx2", "diskhash._index.convert"]
+    for optional in ("diskhash._index.batch", "diskhash._store.read", "diskhash._store.write"):
         if importlib.util.find_spec(optional) is not None:
             modules.append(optional)
     env = subprocess_env()
@@ -31,8 +31,8 @@ def test_package_ships_py_typed_and_stubs():
     import diskhash
 
     pkg = Path(diskhash.__file__).parent
-    for name in ("py.typed", "_index.pyi", "_format.pyi", "_convert.pyi", "_batch.pyi", "_store_read.pyi",
-                 "_store_write.pyi"):
+    for name in ("py.typed", "_format/sochidx2.pyi", "_index/table.pyi", "_index/convert.pyi", "_index/batch.pyi",
+                 "_store/read.pyi", "_store/write.pyi"):
         assert (pkg / name).is_file(), name
 
 
@@ -75,7 +75,7 @@ def test_stubs_accept_what_the_runtime_accepts(mypy_cache):
 
 
 def test_batch_stubs_name_numpy_array_types_not_any():
-    stub = (ROOT / "diskhash" / "_index.pyi").read_text()
+    stub = (ROOT / "diskhash" / "_index" / "table.pyi").read_text()
     for call in ("get_many", "contains_many", "insert_many"):
         line = next(x for x in stub.splitlines() if f"def {call}(" in x)
         assert "Any" not in line, line

@@ -23,7 +23,7 @@ from spec_model import (
 
 import diskhash
 from diskhash import CorruptIndexError, DiskHashIndex
-from diskhash._format import home_slot
+from diskhash._format.sochidx2 import home_slot
 
 N = 300
 TAG = SLOT_FIELD["tag"]

@@ -1,0 +1,1 @@
+"""Durable file operations (create, publish, fsync, allocate) and the sidecar lock file."""

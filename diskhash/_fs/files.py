@@ -1,0 +1,478 @@
+"""Durable file operations: create, publish by atomic rename, lock, clean marker.
+
+Everything that touches directory entries lives here, so the rules of
+crash-safe replacement on Linux are written down once:
+
+* a new table file is fully allocated (``posix_fallocate``) before it is
+  mapped, so a full disk is an ``OSError`` now, not a ``SIGBUS`` later;
+* it is fsynced before ``rename()`` and the directory is fsynced after, so
+  after a power loss the name points at either the old or the new complete file;
+* the cross-process lock lives in a sidecar ``<index>.lock`` file beside the
+  index's resolved path (symlinks followed), because the index file itself is
+  replaced on every grow and a lock on the old inode would no longer cover the
+  new one; the index file's own inode is ``flock``ed too, so a second name for
+  it (a hard link, whose sidecar differs) cannot let in a second writer;
+* an existing table is opened with ``O_NONBLOCK`` and checked to be a regular
+  file before anything else (a FIFO would block the open forever), and before
+  any lock file is created beside it;
+* a writable open allocates the blocks of a table someone else made sparse,
+  for the same reason new tables are allocated.
+
+See docs/guide/files-and-locks.md for what users see of these rules.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import mmap
+import os
+import stat
+import time
+from dataclasses import dataclass
+
+from diskhash._format.sochidx2 import (
+    HEADER_SIZE,
+    MAGIC,
+    MARKER_SIZE,
+    UNDO_OFFSET,
+    UNDO_SIZE,
+    VERSION,
+    pack_header,
+    table_bytes,
+    unpack_header,
+)
+from diskhash.errors import CorruptIndexError, IndexLockedError
+
+__all__ = ["MARKER_SIZE", "UNDO_OFFSET", "table_bytes"]   # re-exported for tools and tests
+
+TMP_SUFFIX = ".tmp"
+
+
+def map_table(fd: int, num_slots: int, writable: bool) -> mmap.mmap:
+    """Map a table file, advised for random access before the first fault.
+
+    Lookups touch one slot each, so read-ahead only wastes the page cache;
+    and without the advice the kernel may cache a file in large folios, so
+    that ``save()`` writes up to 2 MiB for each slot changed
+    (``benchmarks/save_after_grow.py``).
+    """
+    access = mmap.ACCESS_WRITE if writable else mmap.ACCESS_READ
+    mm = mmap.mmap(fd, table_bytes(num_slots), access=access)
+    try:
+        mm.madvise(mmap.MADV_RANDOM)
+    except (AttributeError, OSError):
+        pass
+    return mm
+
+
+def _restated(exc: OSError, name: str) -> OSError:
+    """``exc`` naming the index as the user spelled it (not its resolved target)."""
+    if exc.errno:
+        return type(exc)(exc.errno, exc.strerror or str(exc), name)
+    return exc
+
+
+_KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"),
+          (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
+
+
+def open_table(path: str, name: str, writable: bool) -> tuple[int, os.stat_result]:
+    """Open the existing table file at ``path`` (resolved); returns (fd, stat).
+
+    ``O_NONBLOCK`` so that a FIFO cannot block the open; anything but a
+    regular file is refused with an ``OSError`` naming ``name``.
+    """
+    flags = (os.O_RDWR if writable else os.O_RDONLY) | os.O_CLOEXEC | os.O_NONBLOCK
+    try:
+        fd = os.open(path, flags)
+    except OSError as exc:
+        raise _restated(exc, name) from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            kind = next((k for test, k in _KINDS if test(st.st_mode)), "not a regular file")
+            code = errno.EISDIR if stat.S_ISDIR(st.st_mode) else errno.EINVAL
+            raise OSError(code, f"{kind}, not an index file (an index is a regular file)", name)
+        fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_NONBLOCK)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd, st
+
+
+def read_header(fd: int, st: os.stat_result, name: str) -> tuple[int, int, int]:
+    """Validate the header in O(1); returns (num_slots, num_entries, seed).
+
+    Raises ``CorruptIndexError`` naming ``name`` for a file that is not a
+    SOCHIDX2 table (or is shorter than its header says).
+    """
+    if st.st_size < HEADER_SIZE:
+        raise CorruptIndexError(name, f"file is {st.st_size} bytes, shorter than the {HEADER_SIZE}-byte header")
+    magic, version, num_slots, num_entries, seed = unpack_header(os.pread(fd, HEADER_SIZE, 0))
+    defect = None
+    if magic != MAGIC:
+        defect = f"bad magic {magic!r} (expected {MAGIC!r})"
+    elif version != VERSION:
+        defect = f"unknown format version {version} (this diskhash reads version {VERSION})"
+    elif num_slots == 0 or num_slots & (num_slots - 1):
+        defect = f"slot count {num_slots} is not a power of two"
+    elif st.st_size < table_bytes(num_slots):
+        defect = (f"file is {st.st_size} bytes but the header's {num_slots} slots need "
+                  f"{table_bytes(num_slots)} (truncated)")
+    if defect:
+        raise CorruptIndexError(name, [defect])
+    return num_slots, num_entries, seed
+
+
+def check_existing(path: str, name: str) -> bool:
+    """Before any lock file is made: is there an index at ``path``?
+
+    False if nothing is there; True if a regular file with a valid header
+    is; otherwise raises (``OSError`` for a directory, FIFO, ...,
+    ``CorruptIndexError`` for a file that is not an index), so a failed open
+    leaves nothing beside something that is not an index.
+    """
+    try:
+        fd, st = open_table(path, name, writable=False)
+    except FileNotFoundError:
+        if os.path.lexists(path):
+            raise
+        return False
+    try:
+        read_header(fd, st, name)
+    finally:
+        os.close(fd)
+    return True
+
+
+def make_parent_dirs(path: str) -> None:
+    """Create the missing directories above a new index file."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+
+
+def ensure_allocated(fd: int, size: int) -> None:
+    """Make sure the first ``size`` bytes of ``fd`` have disk blocks.
+
+    A sparse file (sized with ``ftruncate``, as the Rust original does) maps
+    fine, but the first store into a hole on a full disk kills the process
+    with ``SIGBUS``; allocating now turns that into an ``OSError``.  Cheap
+    for a file whose blocks already exist.  Never changes the file's bytes.
+    """
+    try:
+        os.posix_fallocate(fd, 0, size)
+        return
+    except OSError as exc:
+        if exc.errno not in (errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+            raise
+    # No fallocate on this file system: write zeros into each hole.
+    pos = 0
+    while pos < size:
+        try:
+            hole = os.lseek(fd, pos, os.SEEK_HOLE)
+        except OSError:
+            return                  # no hole information: nothing more we can do
+        if hole >= size:
+            return
+        try:
+            data = os.lseek(fd, hole, os.SEEK_DATA)
+        except OSError:
+            data = size             # ENXIO: a hole up to the end of the file
+        end = min(data, size)
+        while hole < end:
+            hole += os.pwrite(fd, bytes(min(end - hole, 1 << 20)), hole)
+        pos = end
+
+
+def lock_table(fd: int, exclusive: bool) -> None:
+    """``flock`` a table file we just created (nobody else can have it yet)."""
+    fcntl.flock(fd, (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB)
+
+
+def new_seed() -> int:
+    """A random nonzero u64 (the Rust code mixes clock, pid and a stack address)."""
+    while True:
+        seed = int.from_bytes(os.urandom(8), "little")
+        if seed:
+            return seed
+
+
+def temp_path(path: str, kind: str) -> str:
+    """A unique name beside ``path``: same directory, so rename is atomic."""
+    head, name = os.path.split(path)
+    return os.path.join(head, f".{name}.{kind}-{os.getpid()}-{os.urandom(4).hex()}{TMP_SUFFIX}")
+
+
+def remove_leftovers(path: str) -> list[str]:
+    """Delete temporary files a crashed grow/create left beside ``path``.
+
+    Only called by a writer holding the exclusive lock, so no live process
+    can be writing them.
+    """
+    head, name = os.path.split(path)
+    prefix = f".{name}."
+    removed: list[str] = []
+    try:
+        entries = os.listdir(head or ".")
+    except OSError:
+        return removed
+    for entry in entries:
+        if entry.startswith(prefix) and entry.endswith(TMP_SUFFIX):
+            rest = entry[len(prefix):]
+            if rest.startswith(("grow-", "create-", "repair-")):
+                full = os.path.join(head, entry)
+                try:
+                    os.unlink(full)
+                    removed.append(full)
+                except FileNotFoundError:
+                    pass
+    return removed
+
+
+def _allocate(fd: int, size: int) -> None:
+    try:
+        os.posix_fallocate(fd, 0, size)
+    except OSError as exc:
+        if exc.errno not in (errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+            raise
+        # No fallocate on this file system: write zeros so the blocks exist.
+        os.ftruncate(fd, 0)
+        chunk = b"\0" * (1 << 20)
+        left = size
+        while left:
+            n = os.write(fd, chunk[: min(left, len(chunk))])
+            left -= n
+
+
+def create_table_file(tmp: str, num_slots: int, seed: int, mode: int = 0o644) -> int:
+    """Create ``tmp`` holding an empty table; returns its (read-write) fd.
+
+    Raises ``OSError`` (ENOSPC, EACCES, ...) with nothing left behind.
+    """
+    fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
+    try:
+        lock_table(fd, exclusive=True)
+        _allocate(fd, table_bytes(num_slots))
+        os.pwrite(fd, pack_header(num_slots, 0, seed), 0)
+    except BaseException:
+        os.close(fd)
+        _unlink_quietly(tmp)
+        raise
+    return fd
+
+
+def replace_durably(fd: int, tmp: str, path: str) -> None:
+    """Make ``tmp`` (open as ``fd``) durable, then atomically the file at
+    ``path``; the rename itself is durable once ``fsync_dir`` has run."""
+    os.fsync(fd)
+    os.replace(tmp, path)
+
+
+def publish(fd: int, tmp: str, path: str) -> None:
+    """Make ``tmp`` (open as ``fd``) durable and atomically the file at ``path``."""
+    replace_durably(fd, tmp, path)
+    fsync_dir(os.path.dirname(path))
+
+
+def fsync_dir(directory: str) -> None:
+    dfd = os.open(directory or ".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
+
+
+def _unlink_quietly(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
+discard_temp = _unlink_quietly
+
+
+def table_error(exc: OSError, action: str, path: str, num_slots: int) -> OSError:
+    """``exc`` (same class and errno) restated for the user: what failed, on which index.
+
+    Used when creating a table file fails (disk full, permission, I/O error):
+    the message says the index at ``path`` is unchanged, which is true because
+    nothing replaced it.
+    """
+    reason = exc.strerror or str(exc)
+    message = (f"{reason} while {action} ({num_slots} slots, {table_bytes(num_slots)} bytes); "
+               f"the index is unchanged")
+    return type(exc)(exc.errno, message, path) if exc.errno else type(exc)(f"{path}: {message}")
+
+
+@dataclass(frozen=True)
+class CleanMarker:
+    """What the last writer recorded when it closed cleanly."""
+
+    ino: int
+    size: int
+    mtime_ns: int
+    entries: int
+
+    def matches(self, st: os.stat_result) -> bool:
+        return (self.ino, self.size, self.mtime_ns) == (st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+class IndexLock:
+    """The sidecar lock file: an advisory ``flock`` plus the clean-close marker.
+
+    ``flock`` locks belong to the open file description, so two index objects
+    in one process conflict just as two processes do, and a forked child
+    shares (and must not release) its parent's lock.
+    """
+
+    def __init__(self, index_path: str, exclusive: bool, timeout: float | None,
+                 name: str | None = None) -> None:
+        self.path = index_path + ".lock"
+        self.name = index_path if name is None else name
+        self.exclusive = exclusive
+        self.fd = -1
+        self.undo_map: mmap.mmap | None = None
+        self.deadline = None if timeout is None else time.monotonic() + max(timeout, 0.0)
+        self.timeout = timeout
+        while True:
+            self.fd = self._open()
+            if self.fd < 0:
+                return
+            try:
+                self._acquire(self.fd, "")
+                if self._still_at_path(self.fd):
+                    return
+            except BaseException:
+                self.close(unlock=False)
+                raise
+            # The holder we waited for unlinked the file (a failed create,
+            # see discard_file): this lock guards nothing; take the new one.
+            self.close()
+
+    def _still_at_path(self, fd: int) -> bool:
+        """Whether the locked file is still the one at ``self.path`` (the
+        classic lock-file protocol: only then does its lock exclude others)."""
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            return False
+        mine = os.fstat(fd)
+        return (st.st_ino, st.st_dev) == (mine.st_ino, mine.st_dev)
+
+    def discard_file(self) -> None:
+        """Unlink the lock file, then release it: a create that failed leaves
+        nothing behind.  Only while holding it exclusively; a process that
+        waited on it finds the inode gone from the path and opens a new one."""
+        if self.exclusive and self.fd >= 0 and self._still_at_path(self.fd):
+            _unlink_quietly(self.path)
+        self.close()
+
+    def lock_table(self, fd: int) -> None:
+        """Lock the index file's own inode (``fd``) the same way, within the
+        same timeout: every name of one file (a hard link has its own
+        sidecar) then shares one writer.  Released when ``fd`` is closed."""
+        self._acquire(fd, " through another name of the same file (a hard link)")
+
+    def _open(self) -> int:
+        # O_NONBLOCK: a FIFO in the lock file's place must not block the open;
+        # anything but a regular file is refused (_checked_lock_file).
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NONBLOCK, 0o644)
+        except OSError as exc:
+            if self.exclusive or exc.errno not in (errno.EACCES, errno.EROFS, errno.EPERM):
+                raise
+            try:  # a reader in a read-only directory: lock if the file exists
+                fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+            except OSError:
+                return -1
+        return self._checked_lock_file(fd)
+
+    def _checked_lock_file(self, fd: int) -> int:
+        """``fd`` if it is a regular file (O_NONBLOCK cleared); else closes it
+        and raises an ``OSError`` naming the lock file and what is there."""
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                kind = next((k for test, k in _KINDS if test(st.st_mode)), "not a regular file")
+                code = errno.EISDIR if stat.S_ISDIR(st.st_mode) else errno.EINVAL
+                raise OSError(code, f"the index's lock file is {kind}, not a regular file "
+                                    f"(remove it; diskhash creates it)", self.path)
+            fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_NONBLOCK)
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+
+    def _acquire(self, fd: int, where: str) -> None:
+        op = fcntl.LOCK_EX if self.exclusive else fcntl.LOCK_SH
+        deadline, timeout = self.deadline, self.timeout
+        delay = 0.001
+        while True:
+            try:
+                fcntl.flock(fd, op | fcntl.LOCK_NB)
+                return
+            except BlockingIOError:
+                pass
+            now = time.monotonic()
+            if deadline is not None and now >= deadline:
+                held = "a writer" if not self.exclusive else "another reader or writer"
+                waited = f" after waiting {timeout:g}s" if timeout else ""
+                raise IndexLockedError(
+                    self.name,
+                    f"index is locked by {held}{where} (many readers or one writer per file){waited}",
+                )
+            time.sleep(delay if deadline is None else min(delay, deadline - now))
+            delay = min(delay * 2, 0.05)
+
+    def map_undo(self) -> mmap.mmap:
+        """Map the undo page (writers): where an overwrite keeps the slot's old
+        bytes while it stores the new ones, so a crash in between is undone
+        by the next writable open.  Its blocks are allocated for real, so a
+        full disk fails this open instead of a later store (SIGBUS)."""
+        ensure_allocated(self.fd, UNDO_OFFSET + UNDO_SIZE)
+        self.undo_map = mmap.mmap(self.fd, UNDO_SIZE, offset=UNDO_OFFSET)
+        return self.undo_map
+
+    def read_marker(self) -> CleanMarker | None:
+        if self.fd < 0:
+            return None
+        data = os.pread(self.fd, MARKER_SIZE, 0).decode("ascii", "replace").split()
+        if len(data) != 6 or data[:2] != ["diskhash-clean", "v1"]:
+            return None
+        try:
+            ino, size, mtime_ns, entries = (int(x) for x in data[2:])
+        except ValueError:
+            return None
+        return CleanMarker(ino, size, mtime_ns, entries)
+
+    def _write_marker(self, line: str) -> None:
+        # Padded to a fixed size: the undo page after it must stay in place.
+        os.pwrite(self.fd, line.encode("ascii").ljust(MARKER_SIZE - 1) + b"\n", 0)
+
+    def mark_dirty(self) -> None:
+        """Durably record that a writer has the index open (fsync: see README)."""
+        self._write_marker("diskhash-dirty")
+        os.fsync(self.fd)
+
+    def mark_clean(self, st: os.stat_result, entries: int) -> None:
+        self._write_marker(f"diskhash-clean v1 {st.st_ino} {st.st_size} {st.st_mtime_ns} {entries}")
+
+    def close(self, unlock: bool = True) -> None:
+        """Release the lock.  ``unlock=False`` (a forked child) only drops the fd."""
+        undo_map, self.undo_map = self.undo_map, None
+        if undo_map is not None:
+            try:
+                undo_map.close()
+            except BufferError:     # a forked child: a view is still exported; unmapped at exit
+                pass
+        fd = self.fd
+        if fd < 0:
+            return
+        try:
+            if unlock:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+        finally:
+            # (forgotten just before the close: Ctrl-C cannot land between)
+            self.fd = -1
+            os.close(fd)

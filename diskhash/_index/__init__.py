@@ -1,0 +1,1 @@
+"""The index layer: DiskHashIndex (compiled table, conversions, batch calls, locks) and its async twin."""

@@ -1,0 +1,59 @@
+# Included by table.pyx (one module, so the hot path stays inlined):
+# iteration -- the occupied slots copied a chunk at a time under the read
+# lock, turned into keys or records after it is released.
+cimport cython
+from libc.stdint cimport uint64_t
+from libc.stdlib cimport free, malloc
+from diskhash._index.convert cimport u128_to_int
+from diskhash._format.sochidx2 cimport TAG_EMPTY, TAG_OCCUPIED, dh_slot, slot_at
+
+from diskhash.errors import CorruptIndexError
+
+cdef Py_ssize_t CHUNK = 1024          # slots copied per iteration step
+
+
+@cython.final
+cdef class _Chunk:
+    """One step of iteration: records copied under the read lock."""
+    cdef public list items
+    cdef public uint64_t next_slot
+    cdef public uint64_t generation
+
+
+cdef _Chunk read_chunk(DiskHashIndex self, uint64_t start, int what, uint64_t generation):
+    """Records of the occupied slots from ``start``, up to CHUNK slots.
+
+    ``what``: 0 keys, 1 values, 2 items.  Raises ``RuntimeError`` if the
+    set of keys changed since ``generation`` (like a dict).
+    """
+    cdef uint64_t i, end, n = 0
+    cdef dh_slot *buf = <dh_slot *>malloc(CHUNK * sizeof(dh_slot))
+    cdef _Chunk out = _Chunk()
+    if buf == NULL:
+        raise MemoryError()
+    try:
+        self._read_acquire()
+        if generation != self._generation:
+            self._read_release()
+            raise RuntimeError(f"{self.path}: index changed size during iteration")
+        end = min(start + CHUNK, self._num_slots)
+        for i in range(start, end):
+            if slot_at(self._base, i).tag != TAG_EMPTY:
+                buf[n] = slot_at(self._base, i)[0]
+                n += 1
+        self._read_release()
+        out.next_slot = end
+        out.generation = generation
+        out.items = []
+        for i in range(n):
+            if buf[i].tag != TAG_OCCUPIED:
+                raise CorruptIndexError(self.path, f"bad tag 0x{buf[i].tag:02x} met while iterating")
+            key = u128_to_int(buf[i].key_lo, buf[i].key_hi)
+            if what == 0:
+                out.items.append(key)
+            else:
+                rec = self._record(key, &buf[i])
+                out.items.append(rec if what == 1 else (key, rec))
+        return out
+    finally:
+        free(buf)

@@ -1,0 +1,110 @@
+# Included by table.pyx (one module, so the hot path stays inlined): the index's
+# lifetime -- closing, and what a fork() does to an inherited index.
+import os
+import weakref
+
+from diskhash._index.locks cimport pthread_mutex_lock, pthread_mutex_unlock
+
+from diskhash.errors import IndexClosedError
+
+cdef enum:
+    STATE_OPEN = 0
+    STATE_CLOSED = 1
+    STATE_FORKED = 2
+
+
+# Indexes alive in this process, so a forked child can disable its copies.
+_open_indexes = weakref.WeakSet()
+
+
+def _disable_inherited_indexes():
+    for idx in list(_open_indexes):
+        disable_in_child(<DiskHashIndex>idx)
+
+
+os.register_at_fork(after_in_child=_disable_inherited_indexes)
+
+
+cdef int close_index(DiskHashIndex self, bint sync=True) except -1:
+    """Flush (if writable; not without ``sync``), record a clean close, unmap,
+    unlock.  Idempotent.
+
+    Other threads blocked on the index get ``IndexClosedError``.
+    """
+    if self._state == STATE_FORKED:
+        release_resources(self, False)
+        return 0
+    if self._state != STATE_OPEN:
+        if self._state == STATE_CLOSED:
+            # (idempotent) a close that Ctrl-C cut short lets go of its lock now
+            release_resources(self, True)
+        return 0
+    with nogil:
+        pthread_mutex_lock(&self._write_lock)
+    try:
+        if self._state != STATE_OPEN:
+            return 0
+        error = None
+        if not self.readonly:
+            try:
+                if sync:
+                    self._sync_locked()
+                self._lock.mark_clean(os.fstat(self._fd), self._num_entries)
+            except OSError as exc:
+                error = exc
+        self._exclusive_acquire()
+        self._base = NULL
+        self._state = STATE_CLOSED
+        self._exclusive_release()
+    finally:
+        pthread_mutex_unlock(&self._write_lock)
+    release_resources(self, True)
+    _open_indexes.discard(self)
+    if error is not None:
+        raise error
+    return 0
+
+
+cdef int release_resources(DiskHashIndex self, bint unlock) except -1:
+    self._base = NULL
+    self._view = None
+    self._undo = NULL
+    self._undo_view = None
+    if self._mmap is not None:
+        self._mmap.close()
+        self._mmap = None
+    if self._fd >= 0:
+        os.close(self._fd)
+        self._fd = -1
+    if self._lock is not None:
+        self._lock.close(unlock=unlock)
+    if self._state == STATE_OPEN:
+        self._state = STATE_CLOSED
+    return 0
+
+
+cdef int disable_in_child(DiskHashIndex self) except -1:
+    """In a forked child: make the inherited copy unusable, drop its descriptors.
+
+    The lock file's descriptor is closed without unlocking (the flock
+    belongs to the parent's open file description), so the parent's lock
+    ends when the parent closes or dies, however long the child lives.
+    """
+    if self._state != STATE_OPEN:
+        return 0
+    self._state = STATE_FORKED
+    self._base = NULL
+    self._undo = NULL
+    self._undo_view = None
+    if self._lock is not None:
+        self._lock.close(unlock=False)
+    if self._fd >= 0:
+        os.close(self._fd)
+        self._fd = -1
+    self._view = None
+    try:
+        self._mmap.close()
+        self._mmap = None
+    except BufferError:     # a view exported by a parent thread: unmapped at exit
+        pass
+    return 0

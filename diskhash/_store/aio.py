@@ -1,0 +1,268 @@
+"""AsyncPayloadStore: the PayloadStore API for asyncio (uvloop too) and trio, on anyio.
+
+Scheduling is all this module adds; the rules are PayloadStore's.  Lanes:
+
+* inline, on the event loop: ``get``/``get_many`` of payloads up to
+  ``INLINE_READ`` bytes (an index probe plus one ``pread`` from the page
+  cache, a few microseconds), ``meta``, ``contains``, ``len()``,
+  ``payload_range``, and a ``put`` of at most ``INLINE_WRITE`` bytes when the
+  writer lock is free and the index needs no grow (one ``pwrite`` into the
+  page cache plus an index store);
+* the writer lane: other puts, ``put_many``, ``delete``, ``pop``, ``save``,
+  ``rebuild_index``, ``close`` run in anyio worker threads (the loop's default
+  thread limiter), where they queue on the store's write lock; ``compact``,
+  ``verify``, ``stats`` run in worker threads too.  Nothing loop-bound is
+  shared between calls, so one store may serve several event loops;
+* big reads (over ``INLINE_READ``) in worker threads, outside the lane.
+
+An inline read of a page that is not in memory blocks the loop for one disk
+read: the trade-off and its measured cost are in docs/performance.md
+(``benchmarks/store_loop_stall.py``).  Cancellation never interrupts a
+worker thread (anyio's ``abandon_on_cancel=False``) and inline work has no
+await inside, so a cancelled write either completed or never started.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from typing import Any, Callable, TypeVar
+
+import anyio
+
+from diskhash import _threads
+from diskhash._index.aio import AsyncDiskHashIndex
+from diskhash._store.store import BIG_READ, PayloadStore, StoreStats, _key_int, _payload_view
+from diskhash._types import PayloadMeta
+from diskhash.errors import IndexClosedError
+
+__all__ = ["AsyncPayloadStore", "INLINE_READ", "INLINE_WRITE"]
+
+_T = TypeVar("_T")
+_MISSING: Any = object()
+
+#: Payloads (stored bytes) up to this size are read on the event loop.
+INLINE_READ = 16 * 1024
+#: Puts of payloads up to this size may run on the event loop.
+INLINE_WRITE = 16 * 1024
+
+
+class AsyncPayloadStore:
+    """``PayloadStore`` for async code: ``await AsyncPayloadStore.open(directory, ...)``.
+
+    Mirrors the sync class method for method (same names, arguments, errors);
+    the wrapped store is ``.sync``.  ``edge_id in astore`` and ``len(astore)``
+    work as on the sync store (inline), and so does ``await astore.contains(k)``.
+    """
+
+    def __init__(self, sync: PayloadStore, *, inline_read: "int | None" = None) -> None:
+        """Wrap an open ``PayloadStore`` (``open()`` is the usual way in).
+
+        ``inline_read``: payloads of at most this many stored bytes are read on
+        the event loop (default ``INLINE_READ``); 0 sends every read to a
+        worker thread, for data sets mostly not in the page cache.
+        """
+        if not isinstance(sync, PayloadStore):
+            raise TypeError(f"AsyncPayloadStore wraps a PayloadStore, got {type(sync).__name__}")
+        if inline_read is not None and (isinstance(inline_read, bool) or not isinstance(inline_read, int)
+                                        or inline_read < 0):
+            raise ValueError(f"inline_read must be an int >= 0, not {inline_read!r}")
+        self._inline_read = inline_read
+        self._sync = sync
+
+    @classmethod
+    async def open(cls, directory: "str | os.PathLike[str]", *, inline_read: "int | None" = None,
+                   **kwargs: Any) -> "AsyncPayloadStore":
+        """Open (or create) the store in a worker thread; arguments as for
+        ``PayloadStore``, plus ``inline_read`` (see the constructor).
+
+        A cancelled open either returned the store or opened nothing.
+        """
+        if inline_read is not None and (isinstance(inline_read, bool) or not isinstance(inline_read, int)
+                                        or inline_read < 0):
+            raise ValueError(f"inline_read must be an int >= 0, not {inline_read!r}")
+        store = await _threads.run_sync(functools.partial(PayloadStore, directory, **kwargs))
+        return cls(store, inline_read=inline_read)
+
+    @property
+    def sync(self) -> PayloadStore:
+        """The wrapped ``PayloadStore`` (shares state, locks and files)."""
+        return self._sync
+
+    async def _thread(self, fn: Callable[..., _T], *args: Any) -> _T:
+        return await _threads.run_sync(fn, *args)
+
+    # The writer lane is the sync store's write lock, taken in the worker thread:
+    # no anyio primitive is shared between calls, so one AsyncPayloadStore may be
+    # used from several event loops (threads) at once without a hang.
+    _in_lane = _thread
+
+    # -- reads ----------------------------------------------------------------------
+
+    async def get(self, edge_id: Any, default: Any = None) -> Any:
+        """The payload under ``edge_id`` or ``default``: inline up to ``INLINE_READ``
+        stored bytes, else in a worker thread.  Errors as for ``PayloadStore.get``."""
+        if _threads.pending:
+            _threads.handoff()
+        sync = self._sync
+        limit = INLINE_READ if self._inline_read is None else self._inline_read
+        g = sync._gen
+        if g is not None:
+            reader = g.reader
+            if reader is not None:          # one compiled call for a record within the limit
+                got = reader.get(edge_id, sync._verify, min(limit, BIG_READ))
+                if type(got) is bytes:
+                    return got
+                if got is None:
+                    return default
+        g = sync._live()
+        meta = g.index.get(edge_id)
+        if meta is None:
+            return default
+        if meta.length <= limit:
+            return sync._read(g, meta)
+        return await self._thread(sync._read, g, meta)
+
+    async def meta(self, edge_id: Any) -> "PayloadMeta | None":
+        """The ``PayloadMeta`` indexed for ``edge_id``, or None.  Inline."""
+        if _threads.pending:
+            _threads.handoff()
+        return self._sync.meta(edge_id)
+
+    async def contains(self, edge_id: Any) -> bool:
+        """``edge_id in store``, awaitable.  Inline."""
+        if _threads.pending:
+            _threads.handoff()
+        return edge_id in self._sync
+
+    def __contains__(self, edge_id: object) -> bool:
+        return edge_id in self._sync
+
+    def __len__(self) -> int:
+        return len(self._sync)
+
+    def __aiter__(self) -> Any:
+        """Async iterator over the keys (fetched in worker threads); ``RuntimeError``
+        if keys change meanwhile or ``compact()``/``rebuild_index()`` replaces the index."""
+        return self._keys(AsyncDiskHashIndex(self._sync.index).keys())
+
+    async def _keys(self, it: Any) -> Any:
+        # As PayloadStore._keys: a replaced generation's closed index is a
+        # RuntimeError, not IndexClosedError on an open store.
+        while True:
+            try:
+                key = await it.__anext__()
+            except StopAsyncIteration:
+                return
+            except IndexClosedError:
+                if self._sync.closed:
+                    raise
+                raise RuntimeError(self._sync._replaced_message()) from None
+            yield key
+
+    async def get_many(self, edge_ids: Any) -> "list[bytes | None]":
+        """Payloads in key order: inline if the batch's stored bytes are at most
+        ``INLINE_READ`` in all, else in a worker thread."""
+        sync = self._sync
+        limit = INLINE_READ if self._inline_read is None else self._inline_read
+        if isinstance(edge_ids, (list, tuple)) and len(edge_ids) <= 16:
+            if _threads.pending:
+                _threads.handoff()
+            g = sync._live()
+            metas = [g.index.get(k) for k in edge_ids]
+            if sum(m.length for m in metas if m is not None) <= limit:
+                return [None if m is None else sync._read(g, m) for m in metas]
+        return await self._thread(sync.get_many, edge_ids)
+
+    def payload_range(self, edge_id: Any) -> "tuple[int, int, int] | None":
+        """As ``PayloadStore.payload_range`` (sync: an index probe)."""
+        return self._sync.payload_range(edge_id)
+
+    # -- writes -----------------------------------------------------------------------
+
+    async def put(self, edge_id: Any, payload: Any, *, compression: Any = None) -> PayloadMeta:
+        """Store ``payload`` under ``edge_id``: inline when small and nothing waits,
+        else in the writer lane.  Cancelled, it completed or never started."""
+        sync = self._sync
+        key = _key_int(edge_id)
+        view = _payload_view(payload)
+        if len(view) <= INLINE_WRITE:
+            if _threads.pending:
+                _threads.handoff()
+            meta = sync._try_put(key, view, compression)
+            if meta is not None:
+                return meta
+        return await self._in_lane(functools.partial(sync.put, key, view, compression=compression))
+
+    async def put_many(self, edge_ids: Any, payloads: Any, *, compression: Any = None) -> None:
+        """As ``PayloadStore.put_many``.  Writer lane."""
+        await self._in_lane(functools.partial(self._sync.put_many, edge_ids, payloads,
+                                              compression=compression))
+
+    async def delete(self, edge_id: Any) -> bool:
+        """Remove ``edge_id``; returns whether it was there.  Writer lane."""
+        return await self._in_lane(self._sync.delete, edge_id)
+
+    async def pop(self, edge_id: Any, default: Any = _MISSING) -> Any:
+        """Remove ``edge_id`` and return its payload (``default``, or ``KeyError``).  Writer lane."""
+        if default is _MISSING:
+            return await self._in_lane(self._sync.pop, edge_id)
+        return await self._in_lane(self._sync.pop, edge_id, default)
+
+    async def save(self) -> None:
+        """Make every earlier put/delete durable.  Writer lane; runs to its end if cancelled."""
+        await self._in_lane(self._sync.save)
+
+    # -- whole-store operations -----------------------------------------------------------
+
+    async def compact(self, *, salvage: bool = False) -> None:
+        """As ``PayloadStore.compact`` in a worker thread (outside the lane, so
+        puts go on meanwhile; they wait only for its final switch)."""
+        await self._thread(functools.partial(self._sync.compact, salvage=salvage))
+
+    async def rebuild_index(self, progress: "Callable[[int, int], Any] | None" = None, *,
+                            salvage: bool = False) -> int:
+        """As ``PayloadStore.rebuild_index``.  Writer lane; ``progress`` is called
+        in the worker thread."""
+        return await self._in_lane(functools.partial(self._sync.rebuild_index, salvage=salvage),
+                                   progress)
+
+    async def verify(self) -> None:
+        """As ``PayloadStore.verify``.  Worker thread."""
+        await self._thread(self._sync.verify)
+
+    async def stats(self) -> StoreStats:
+        """As ``PayloadStore.stats``.  Worker thread."""
+        return await self._thread(self._sync.stats)
+
+    # -- lifetime ---------------------------------------------------------------------------
+
+    async def close(self) -> None:
+        """Save, close; idempotent.  Shielded from cancellation."""
+        with anyio.CancelScope(shield=True):
+            await self._in_lane(self._sync.close)
+
+    @property
+    def closed(self) -> bool:
+        return self._sync.closed
+
+    @property
+    def directory(self) -> str:
+        return self._sync.directory
+
+    @property
+    def readonly(self) -> bool:
+        return self._sync.readonly
+
+    async def __aenter__(self) -> "AsyncPayloadStore":
+        self._sync.__enter__()
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self.close()
+
+    def __repr__(self) -> str:
+        return f"<AsyncPayloadStore wrapping {self._sync!r}>"
+
+    def __reduce__(self) -> Any:
+        raise TypeError("an AsyncPayloadStore cannot be pickled; pass its directory and open it again")
