@@ -1350,6 +1350,8 @@ class PayloadStore:
         leaves a prefix of the batch (each record whole or absent), and an
         error (disk full) leaves the pieces before the failing one stored.
         """
+        if self._forked:        # before the lazy numpy import: a forked child may have
+            raise self._closed_error()  # inherited its lock held by a parent thread (a hang)
         pairs = _key_pairs(edge_ids)     # a numpy key array: never Python ints on the fast path
         keys = _key_list(edge_ids) if pairs is None else None
         total = len(keys) if keys is not None else len(pairs) // 2
@@ -1856,6 +1858,8 @@ class PayloadStore:
         ``last_salvage`` then holds a ``SalvageReport`` (keys dropped,
         damaged stretches and bytes passed over), None if there were none.
         """
+        if self._forked:        # before the lazy import (see put_many)
+            raise self._closed_error()
         from diskhash._compact import compact
         compact(self, salvage)
 
