@@ -555,6 +555,8 @@ class PayloadStore:
             gen = fmt.generation_file(entry)
             if (gen is not None and gen not in keep) or fmt.is_store_temporary(entry):
                 try:
+                    if stat.S_ISDIR(os.lstat(self._path(entry)).st_mode):
+                        continue        # the store makes only files: a directory is not ours
                     os.unlink(self._path(entry))
                     removed.append(entry)
                 except FileNotFoundError:

@@ -87,6 +87,27 @@ def test_writable_open_removes_only_exact_generation_names(tmp_path):
         assert not (d / name).exists()
 
 
+@pytest.mark.parametrize("name", ["data-000002.dat", "index-000002.idx", "index-000002.idx.lock",
+                                  "data-000000.dat", ".MANIFEST.123.tmp"])
+def test_a_directory_named_like_a_leftover_does_not_block_the_open(tmp_path, name):
+    """A directory that merely has a generation file's (or a temporary's) name is
+    not a leftover of ours -- the store only ever makes regular files.  The
+    writable open tried to ``unlink`` it as a leftover and failed with
+    ``IsADirectoryError`` every time: the store could not be opened for writing
+    until a person removed it.  It is left alone (with its contents)."""
+    d = tmp_path / "s"
+    with PayloadStore(d) as s:
+        s.put(1, b"one")
+    (d / name).mkdir()
+    (d / name / "keep").write_bytes(b"mine")
+    with PayloadStore(d) as s:
+        assert s.get(1) == b"one"
+        s.put(2, b"two")
+    with PayloadStore(d) as s:
+        assert s.get(1) == b"one" and s.get(2) == b"two"
+    assert (d / name / "keep").read_bytes() == b"mine"
+
+
 def test_generation_file_names_are_exact():
     assert fmt.generation_file("data-000001.dat") == ("data", 1)
     assert fmt.generation_file("index-1234567.idx.lock") == ("index", 1234567)
