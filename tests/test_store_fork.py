@@ -336,3 +336,51 @@ def test_a_child_forked_while_a_parent_thread_imported_refuses_without_hanging(t
     assert r.returncode == 0, r.stdout + r.stderr[-3000:]
     assert "child 0" in r.stdout, r.stdout + r.stderr[-3000:]
     assert "parent [1, 2, 3] b'b'" in r.stdout
+
+
+FORK_DURING_CREATE = r'''
+import os, sys, time
+from diskhash import PayloadStore, _files
+
+s = PayloadStore(sys.argv[1])
+s.put_many(range(100), [b"v%d" % i for i in range(100)])
+real = _files.publish
+forked = []
+
+
+def publish(fd, tmp, path):
+    """Another thread forks while the new index file is being created: the
+    child inherits the created file's descriptor and lives on."""
+    if not forked:
+        pid = os.fork()
+        if pid == 0:
+            time.sleep(5)
+            os._exit(0)
+        forked.append(pid)
+    real(fd, tmp, path)
+
+
+_files.publish = publish
+s.compact()
+print("compacted", len(s), s.get(7))
+s.close()
+with PayloadStore(sys.argv[1]) as s:
+    print("reopened", len(s))
+os.kill(forked[0], 9)
+os.waitpid(forked[0], 0)
+'''
+
+
+def test_a_child_forked_while_an_index_file_was_created_keeps_no_lock(tmp_path):
+    """A fork (from another thread) while ``compact()`` created its new index file:
+    the child inherited the new file's descriptor, locked (``flock``) since its
+    creation, and kept the lock after the parent closed its copy, so the
+    parent's open of the file it had just published failed with
+    ``IndexLockedError`` ("through another name of the same file") for as long
+    as the child lived: ``compact()`` failed (found by forking in a loop beside
+    a compacting thread).  The creator now lets go of that lock before it
+    closes the descriptor."""
+    r = subprocess.run([sys.executable, "-c", FORK_DURING_CREATE, str(tmp_path / "s")],
+                       capture_output=True, text=True, env=subprocess_env(), timeout=60)
+    assert r.returncode == 0, r.stdout + r.stderr[-3000:]
+    assert "compacted 100 b'v7'" in r.stdout and "reopened 100" in r.stdout
