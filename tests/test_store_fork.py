@@ -247,3 +247,141 @@ print(os.waitstatus_to_exitcode(status))
     assert r.stdout.split() == ["0"]
     with PayloadStore(tmp_path / "s") as s:
         assert s.get(1) == b"one" and s.get(2) is None and s.get(3) == b"three"
+
+
+IMPORT_AT_FORK = r'''
+import faulthandler, importlib.machinery, os, sys, threading
+from diskhash import PayloadStore, ShardedStore, IndexClosedError
+
+name = sys.argv[2]
+s = PayloadStore(os.path.join(sys.argv[1], "plain"))
+s.put(1, b"one")
+sh = ShardedStore(os.path.join(sys.argv[1], "sharded"), shards=2)
+sh.put(1, b"one")
+assert name not in sys.modules
+entered, go = threading.Event(), threading.Event()
+
+
+class Stall:
+    """Holds the import of ``name`` (and its module lock) in the middle of
+    executing the module until told to go on.  (Not in ``find_spec``: that
+    runs under the global import lock, which ``os.fork()`` itself takes.)"""
+
+    def find_spec(self, fullname, path=None, target=None):
+        if fullname != name:
+            return None
+        spec = importlib.machinery.PathFinder.find_spec(fullname, path, target)
+        spec.loader = Loader(spec.loader)
+        return spec
+
+
+class Loader:
+    def __init__(self, real):
+        self.real = real
+
+    def create_module(self, spec):
+        return self.real.create_module(spec)
+
+    def exec_module(self, module):
+        entered.set()
+        go.wait()
+        self.real.exec_module(module)
+
+
+sys.meta_path.insert(0, Stall())
+t = threading.Thread(target=__import__, args=(name,))
+t.start()
+entered.wait()
+pid = os.fork()
+if pid == 0:
+    faulthandler.dump_traceback_later(10, exit=True)
+    calls = {
+        "put_many": lambda: s.put_many([2, 3], [b"a", b"b"]),
+        "compact": lambda: s.compact(),
+        "sharded put_many": lambda: sh.put_many([2, 3], [b"a", b"b"]),
+        "sharded get_many": lambda: sh.get_many([1, 2]),
+        "sharded compact": lambda: sh.compact(),
+    }
+    for what, call in calls.items():
+        try:
+            call()
+        except IndexClosedError:
+            pass
+        else:
+            print(what, "did not refuse", flush=True)
+            os._exit(3)
+    os._exit(0)
+go.set()
+t.join()
+_, status = os.waitpid(pid, 0)
+print("child", os.waitstatus_to_exitcode(status))
+assert s.get(1) == b"one" and sh.get(1) == b"one"
+s.put_many([2, 3], [b"a", b"b"])
+s.compact()
+print("parent", sorted(s), s.get(3))
+'''
+
+
+@pytest.mark.parametrize("module", ["diskhash._index.dtypes", "diskhash._store.compact"])
+def test_a_child_forked_while_a_parent_thread_imported_refuses_without_hanging(tmp_path, module):
+    """A parent thread was importing a module diskhash loads lazily (numpy via
+    ``diskhash._index.dtypes`` on the first ``put_many``, ``diskhash._store.compact`` on the
+    first ``compact``) when another thread forked: the child inherits that
+    module's import lock held by a thread it does not have.  ``put_many``,
+    ``compact`` and the sharded batch calls imported before checking that the
+    store was inherited, so the child hung for ever instead of raising
+    ``IndexClosedError`` (found by forking in a loop beside a ``put_many`` thread)."""
+    r = subprocess.run([sys.executable, "-c", IMPORT_AT_FORK, str(tmp_path), module],
+                       capture_output=True, text=True, env=subprocess_env(), timeout=60)
+    assert r.returncode == 0, r.stdout + r.stderr[-3000:]
+    assert "child 0" in r.stdout, r.stdout + r.stderr[-3000:]
+    assert "parent [1, 2, 3] b'b'" in r.stdout
+
+
+FORK_DURING_CREATE = r'''
+import os, sys, time
+from diskhash import PayloadStore
+from diskhash._fs import files as _files
+
+s = PayloadStore(sys.argv[1])
+s.put_many(range(100), [b"v%d" % i for i in range(100)])
+real = _files.publish
+forked = []
+
+
+def publish(fd, tmp, path):
+    """Another thread forks while the new index file is being created: the
+    child inherits the created file's descriptor and lives on."""
+    if not forked:
+        pid = os.fork()
+        if pid == 0:
+            time.sleep(5)
+            os._exit(0)
+        forked.append(pid)
+    real(fd, tmp, path)
+
+
+_files.publish = publish
+s.compact()
+print("compacted", len(s), s.get(7))
+s.close()
+with PayloadStore(sys.argv[1]) as s:
+    print("reopened", len(s))
+os.kill(forked[0], 9)
+os.waitpid(forked[0], 0)
+'''
+
+
+def test_a_child_forked_while_an_index_file_was_created_keeps_no_lock(tmp_path):
+    """A fork (from another thread) while ``compact()`` created its new index file:
+    the child inherited the new file's descriptor, locked (``flock``) since its
+    creation, and kept the lock after the parent closed its copy, so the
+    parent's open of the file it had just published failed with
+    ``IndexLockedError`` ("through another name of the same file") for as long
+    as the child lived: ``compact()`` failed (found by forking in a loop beside
+    a compacting thread).  The creator now lets go of that lock before it
+    closes the descriptor."""
+    r = subprocess.run([sys.executable, "-c", FORK_DURING_CREATE, str(tmp_path / "s")],
+                       capture_output=True, text=True, env=subprocess_env(), timeout=60)
+    assert r.returncode == 0, r.stdout + r.stderr[-3000:]
+    assert "compacted 100 b'v7'" in r.stdout and "reopened 100" in r.stdout

@@ -189,6 +189,14 @@ def lock_table(fd: int, exclusive: bool) -> None:
     fcntl.flock(fd, (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB)
 
 
+def unlock_table(fd: int) -> None:
+    """Let go of ``lock_table``'s lock before closing ``fd``: a child forked
+    meanwhile shares the open file description, and its copy would otherwise
+    keep the lock (closing one copy does not release an ``flock``), so the
+    next open of the published file -- ours -- would be refused."""
+    fcntl.flock(fd, fcntl.LOCK_UN)
+
+
 def new_seed() -> int:
     """A random nonzero u64 (the Rust code mixes clock, pid and a stack address)."""
     while True:

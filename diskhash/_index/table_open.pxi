@@ -148,7 +148,10 @@ cdef int create_table(DiskHashIndex self, uint64_t num_slots) except -1:
         _files.discard_temp(tmp)
         raise
     finally:
-        os.close(fd)
+        try:
+            _files.unlock_table(fd)     # (a child forked meanwhile must not keep it)
+        finally:
+            os.close(fd)
     return 0
 
 

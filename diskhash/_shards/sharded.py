@@ -238,6 +238,11 @@ class ShardedStore:
 
         if self._closed or not self._stores:
             raise IndexClosedError(f"{getattr(self, '_directory', '?')}: sharded store is closed")
+        if self._stores[0].closed:
+            # Inherited across fork() (every shard is disabled in the child): refuse
+            # before routing imports numpy, whose import lock a parent thread may
+            # have held at the fork.
+            raise self._stores[0]._closed_error()
 
     def _route(self, edge_ids: Any) -> tuple[Any, Any, Any]:
         keys = _routing.key_array(edge_ids)
@@ -325,9 +330,9 @@ class ShardedStore:
     def get_many(self, edge_ids: Any) -> list[bytes | None]:
         """The payload of each key (None where absent), in key order: one
         ``get_many`` per shard, results scattered back by position."""
+        self._check_open()
         from diskhash._index.dtypes import np
 
-        self._check_open()
         keys, order, bounds = self._route(edge_ids)
         out = np.empty(len(keys), dtype=object)
         for s, store in enumerate(self._stores):

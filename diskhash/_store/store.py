@@ -544,6 +544,8 @@ class PayloadStore:
             gen = fmt.generation_file(entry)
             if (gen is not None and gen not in keep) or fmt.is_store_temporary(entry):
                 try:
+                    if stat.S_ISDIR(os.lstat(self._path(entry)).st_mode):
+                        continue        # the store makes only files: a directory is not ours
                     os.unlink(self._path(entry))
                     removed.append(entry)
                 except FileNotFoundError:
@@ -791,7 +793,13 @@ class PayloadStore:
         report = None
         lost: "list[int]" = []
         if damages:
-            lost = _damaged_live(fd, end, data_path, damages, old_index)
+            rows: Any = live
+            if np is not None:
+                from diskhash._index import dtypes as _dtypes
+                rows = (np.frombuffer(key_rows, dtype=_dtypes.KEY_DTYPE),
+                        np.frombuffer(meta_rows, dtype=_dtypes.META_DTYPE))
+            lost = _damaged_live(fd, end, data_path, damages, old_index,
+                                 _maybe_deleted(fd, damages, old_index, rows))
             if lost and not salvage:
                 shown = ", ".join(f"{k:#x}" for k in lost[:20]) + (", ..." if len(lost) > 20 else "")
                 raise DamagedRecordsError(
@@ -1339,6 +1347,8 @@ class PayloadStore:
         leaves a prefix of the batch (each record whole or absent), and an
         error (disk full) leaves the pieces before the failing one stored.
         """
+        if self._forked:        # before the lazy numpy import: a forked child may have
+            raise self._closed_error()  # inherited its lock held by a parent thread (a hang)
         pairs = _key_pairs(edge_ids)     # a numpy key array: never Python ints on the fast path
         keys = _key_list(edge_ids) if pairs is None else None
         total = len(keys) if keys is not None else len(pairs) // 2
@@ -1845,6 +1855,8 @@ class PayloadStore:
         ``last_salvage`` then holds a ``SalvageReport`` (keys dropped,
         damaged stretches and bytes passed over), None if there were none.
         """
+        if self._forked:        # before the lazy import (see put_many)
+            raise self._closed_error()
         from diskhash._store.compact import compact
         compact(self, salvage)
 
@@ -1961,13 +1973,51 @@ def _pair_keys(pairs: Any, start: int, stop: int) -> "list[int]":
     return [a | (b << 64) for a, b in zip(lo, hi)]
 
 
+def _maybe_deleted(fd: int, damages: "list[fmt.Damage]", old_index: "DiskHashIndex | None",
+                   rows: Any) -> "dict[int, int]":
+    """Keys the rebuilt log holds but ``old_index`` does not, whose last valid
+    record lies before a damaged stretch that may hold frames nobody can name
+    (its header is unreadable, or the stretch is longer than the frame its
+    header claims): their tombstone may be in there, so the rebuild must not
+    bring them back silently (a delete made durable long ago would be
+    undone).  Maps each to the start of the first such stretch after its
+    record.  ``rows``: the rebuilt live state, a dict (key -> (payload
+    offset, ...)) or (key rows, meta rows) numpy arrays."""
+    import bisect
+    anon = [d.start for d in damages if d.key is None or d.end - d.start
+            != fmt._claimed_end(fmt.pread_exact(fd, fmt.FRAME_SIZE, d.start), 0)]
+    if not anon or old_index is None:
+        return {}
+    found: "dict[int, int]" = {}
+    if isinstance(rows, dict):
+        pairs: "Iterable[tuple[int, int]]" = (
+            (k, v[0] - fmt.FRAME_SIZE) for k, v in rows.items()
+            if v[0] - fmt.FRAME_SIZE < anon[-1] and k not in old_index)
+    else:
+        keys, metas = rows
+        at = metas["offset"].astype("int64") - fmt.FRAME_SIZE
+        sel = at < anon[-1]
+        keys, at = keys[sel], at[sel]
+        if len(keys):
+            absent = ~old_index.contains_many(keys)
+            keys, at = keys[absent], at[absent]
+        pairs = ((int(lo) | (int(hi) << 64), int(a))
+                 for lo, hi, a in zip(keys["lo"].tolist(), keys["hi"].tolist(), at.tolist()))
+    for key, at in pairs:
+        found[key] = anon[bisect.bisect_right(anon, at)]
+    return found
+
+
 def _damaged_live(fd: int, end: int, path: str, damages: "list[fmt.Damage]",
-                  old_index: "DiskHashIndex | None") -> "list[int]":
+                  old_index: "DiskHashIndex | None",
+                  maybe_deleted: "dict[int, int] | None" = None) -> "list[int]":
     """The keys whose newest record lies in one of ``damages`` (``end``: where the
     log ends): named by a damaged frame's plausible header, or by an ``old_index``
-    entry pointing into a damaged stretch, and with no valid frame after it."""
+    entry pointing into a damaged stretch, and with no valid frame after it;
+    and the keys of ``maybe_deleted`` (``_maybe_deleted``), whose tombstone
+    may lie in a damaged stretch."""
     import bisect
-    newest: "dict[int, int]" = {}       # key -> where its last damaged record starts
+    newest: "dict[int, int]" = dict(maybe_deleted or {})  # key -> its last damaged record's start
     for d in damages:
         if d.key is not None:
             newest[d.key] = max(newest.get(d.key, -1), d.start)
