@@ -11,7 +11,8 @@ import uuid
 from pathlib import Path
 
 import pytest
-from conftest import record, subprocess_env
+from helpers.processes import subprocess_env
+from helpers.records import record
 
 import diskhash
 from diskhash import DiskHashIndex

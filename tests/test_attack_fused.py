@@ -15,7 +15,7 @@ import sys
 import textwrap
 
 import pytest
-from conftest import subprocess_env
+from helpers.processes import subprocess_env
 
 pytest.importorskip("numpy")
 
@@ -152,7 +152,7 @@ def test_sigkill_during_the_compiled_write_paths(tmp_path):
     """The SIGKILL model (tests/store_crash_model.py) in ``plain`` mode: puts and
     put_manys of uncompressed payloads, which take the compiled paths
     (``put_frame``, ``encode_frames``) the LZ4-default modes never reach."""
-    from store_crash_model import run
+    from helpers.store_crash_model import run
     stats = run(tmp_path / "store", kills=8, seed=5, env=subprocess_env(), max_delay=0.6,
                 modes=("plain",))
     assert stats.rounds == 8
@@ -160,7 +160,7 @@ def test_sigkill_during_the_compiled_write_paths(tmp_path):
 
 @pytest.mark.slow
 def test_sigkill_during_the_compiled_write_paths_hundreds(tmp_path):
-    from store_crash_model import run
+    from helpers.store_crash_model import run
     stats = run(tmp_path / "store", kills=100, seed=23, env=subprocess_env(), max_delay=0.7,
                 modes=("plain",))
     print(stats)

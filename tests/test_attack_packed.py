@@ -15,7 +15,7 @@ import sys
 import textwrap
 
 import pytest
-from conftest import subprocess_env
+from helpers.processes import subprocess_env
 
 np = pytest.importorskip("numpy")
 

@@ -10,7 +10,7 @@ import sys
 import textwrap
 
 import pytest
-from conftest import subprocess_env
+from helpers.processes import subprocess_env
 
 from diskhash import PayloadStore
 

@@ -8,7 +8,7 @@ import sys
 import textwrap
 
 import pytest
-from conftest import subprocess_env
+from helpers.processes import subprocess_env
 
 _CHILD = textwrap.dedent("""
     import os, sys

@@ -14,7 +14,7 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import subprocess_env
+from helpers.processes import subprocess_env
 
 import diskhash
 from diskhash import (

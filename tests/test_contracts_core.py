@@ -14,7 +14,8 @@ import tempfile
 import threading
 
 import pytest
-from contracts_helpers import FOREIGN_SELF, long_run_table, run_child
+from helpers.crafted import FOREIGN_SELF, long_run_table
+from helpers.processes import run_child
 
 from diskhash import (
     CorruptIndexError,

@@ -272,7 +272,7 @@ def test_two_event_loops_share_one_async_store(tmp_path):
     import subprocess
     import sys
 
-    from conftest import subprocess_env
+    from helpers.processes import subprocess_env
     pytest.importorskip("uvloop")
     out = subprocess.run([sys.executable, "-c", TWO_LOOPS, str(tmp_path / "s")], capture_output=True,
                          text=True, timeout=120, env=subprocess_env())
