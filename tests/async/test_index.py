@@ -467,3 +467,24 @@ async def test_batch_calls_give_the_sync_answers(index_path):
         with pytest.raises(ValueError, match="compression"):
             await idx.insert_many(keys[:10], bad)
         assert len(idx) == n
+
+
+@pytest.mark.anyio
+async def test_async_iteration_stops_at_the_next_item_after_a_delete(index_path):
+    """A hostile pass over the index, its files and the CLI found this."""
+    from diskhash import AsyncDiskHashIndex, IndexClosedError
+
+    idx = await AsyncDiskHashIndex.open(index_path)
+    async with idx:
+        for k in range(100):
+            await idx.insert(k, record(k))
+        order = list(idx.sync.keys())
+        it = idx.keys().__aiter__()
+        await it.__anext__()
+        await idx.delete(order[5])
+        with pytest.raises(RuntimeError, match="changed size during iteration"):
+            await it.__anext__()
+        it = idx.items().__aiter__()
+        await it.__anext__()
+    with pytest.raises(IndexClosedError):
+        await it.__anext__()

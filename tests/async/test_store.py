@@ -75,3 +75,22 @@ async def test_cancelled_put_is_whole_or_absent(tmp_path):
         got = await s.get(1)
         assert got is None or got == payload
         await s.verify()
+
+
+@pytest.mark.anyio
+async def test_async_iteration_across_a_compaction_is_runtime_error(tmp_path):
+    """A hostile pass over PayloadStore and ShardedStore found this."""
+    from diskhash import AsyncPayloadStore
+
+    s = await AsyncPayloadStore.open(tmp_path / "s")
+    try:
+        await s.put_many(list(range(20000)), [b"x"] * 20000)
+        n = 0
+        with pytest.raises(RuntimeError, match="replaced the index during iteration"):
+            async for _ in s:
+                n += 1
+                if n == 10:
+                    await s.compact()
+        assert len(s) == 20000
+    finally:
+        await s.close()

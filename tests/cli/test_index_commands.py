@@ -21,6 +21,13 @@ import diskhash
 from diskhash import DiskHashIndex, PayloadMeta
 
 
+def cli(*args: str, cwd: Path, stdout=subprocess.PIPE, **kwargs) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "diskhash", *args], check=False,
+                          stdout=stdout, stderr=subprocess.PIPE, text=True, timeout=120,
+                          env=subprocess_env(), cwd=cwd, **kwargs)
+
+
+
 def run(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "diskhash", *args],
                           check=False, capture_output=True, text=True, timeout=120,
@@ -349,3 +356,27 @@ def test_odd_paths_are_named_errors_that_create_nothing(tmp_path, make):
         assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
         assert (target and target in r.stderr) or "empty path" in r.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+def test_dump_with_stdout_closed_is_an_error_not_a_traceback(small_index, tmp_path):
+    """A hostile pass over the index, its files and the CLI found this."""
+    r = cli("dump", str(small_index), cwd=tmp_path, stdout=subprocess.DEVNULL,
+            preexec_fn=lambda: os.close(1))
+    assert "Traceback" not in r.stderr, r.stderr
+    assert r.returncode == 2
+    assert "standard output is closed" in r.stderr
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
+@pytest.mark.parametrize("command", ["info", "verify", "repair", "dump"])
+def test_a_full_stdout_names_standard_output_not_the_index(small_index, tmp_path, command):
+    # "diskhash: error: x.idx: No space left on device" blamed the index.
+    """A hostile pass over the index, its files and the CLI found this."""
+    with open("/dev/full", "w") as full:
+        r = cli(command, str(small_index), cwd=tmp_path, stdout=full)
+    assert r.returncode == 2, r.stderr
+    assert "standard output: No space left on device" in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr
+    with DiskHashIndex(small_index, readonly=True) as idx:
+        idx.verify()
+        assert len(idx) == 100

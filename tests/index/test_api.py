@@ -7,6 +7,7 @@ import os
 import pickle
 import uuid
 
+import numpy as np
 import pytest
 from helpers.records import record
 from helpers.spec_model import file_size
@@ -20,6 +21,11 @@ from diskhash import (
     PayloadMeta,
     ReadOnlyIndexError,
 )
+
+
+def lz4_record(key: int, offset: int = 1) -> PayloadMeta:
+    return PayloadMeta(key, offset, 2, Compression.LZ4, 3)
+
 
 # -- PayloadMeta ---------------------------------------------------------------
 
@@ -365,3 +371,59 @@ def test_public_api_is_exported():
                  "CorruptIndexError", "IndexLockedError", "IndexClosedError",
                  "ReadOnlyIndexError", "IndexStats", "RepairReport", "repair"):
         assert hasattr(diskhash, name), name
+
+
+def test_item_assignment_is_a_typeerror_not_notimplemented(index_path):
+    # ``idx[k] = meta`` raised NotImplementedError ("Subscript assignment not
+    # supported"), Cython's answer when only __delitem__ is defined.
+    """A hostile pass over the index, its files and the CLI found this."""
+    with DiskHashIndex(index_path) as idx:
+        key = 1
+        with pytest.raises(TypeError, match="insert"):
+            idx[key] = record(key)
+        assert key not in idx
+        idx.insert(1, record(1))
+        del idx[1]
+        assert len(idx) == 0
+
+
+@pytest.mark.parametrize("what", ["keys", "values", "items"])
+def test_iteration_stops_at_the_next_item_after_a_delete(index_path, what):
+    # Iteration copies a chunk of slots ahead; a key deleted after the copy
+    # was still yielded (and the RuntimeError came a chunk later).
+    """A hostile pass over the index, its files and the CLI found this."""
+    with DiskHashIndex(index_path) as idx:
+        for k in range(100):
+            idx.insert(k, record(k))
+        order = list(idx.keys())
+        it = iter(getattr(idx, what)())
+        next(it)
+        idx.delete(order[5])
+        with pytest.raises(RuntimeError, match="changed size during iteration"):
+            next(it)
+
+
+def test_iteration_after_close_raises_at_the_next_item(index_path):
+    """A hostile pass over the index, its files and the CLI found this."""
+    from diskhash import IndexClosedError
+
+    idx = DiskHashIndex(index_path)
+    for k in range(100):
+        idx.insert(k, record(k))
+    it = iter(idx.items())
+    next(it)
+    idx.close()
+    with pytest.raises(IndexClosedError):
+        next(it)
+
+
+def test_numpy_bool_is_refused_as_a_key_like_bool(index_path):
+    """A hostile pass found this: the API keeps its contracts at its edges."""
+    with DiskHashIndex(index_path) as idx:
+        idx.insert(1, lz4_record(1))
+        for key in (True, np.bool_(True)):
+            with pytest.raises(TypeError, match="not bool"):
+                idx.get(key)
+            with pytest.raises(TypeError, match="not bool"):
+                idx.insert(key, lz4_record(1))
+        assert len(idx) == 1

@@ -6,6 +6,7 @@ import random
 import subprocess
 import sys
 import threading
+import uuid
 
 import numpy as np
 import pytest
@@ -15,6 +16,7 @@ from helpers.spec_model import SLOT_FIELD, slot_offset
 
 import diskhash
 from diskhash import (
+    Compression,
     CorruptIndexError,
     DiskHashIndex,
     IndexClosedError,
@@ -23,6 +25,45 @@ from diskhash import (
     ReadOnlyIndexError,
     _batch,
 )
+from diskhash._format import home_slot
+
+
+def lz4_record(key: int, offset: int = 1) -> PayloadMeta:
+    return PayloadMeta(key, offset, 2, Compression.LZ4, 3)
+
+def metas_at(offsets: list[int]) -> np.ndarray:
+    arr = np.zeros(len(offsets), dtype=diskhash.META_DTYPE)
+    arr["offset"] = offsets
+    arr["length"] = 5
+    arr["compression"] = 1
+    arr["uncompressed_length"] = 9
+    return arr
+
+def _key_with_home(seed: int, slot: int, skip: set[int]) -> int:
+    k = 1000
+    while home_slot(k, seed, 4096) != slot or k in skip:
+        k += 1
+    return k
+
+def _damage_slot(path, slot: int) -> None:
+    data = bytearray(path.read_bytes())
+    data[64 + slot * 40] = 0x07                     # neither empty nor occupied
+    path.write_bytes(bytes(data))
+
+def _build(path, n: int = 10) -> int:
+    with DiskHashIndex(path) as idx:
+        for k in range(n):
+            idx.insert(k, lz4_record(k))
+        return idx.seed
+
+def _free_run(seed: int, length: int, taken: set[int]) -> int:
+    """A slot s with s .. s+length-1 all empty in the 10-entry table."""
+    used = {home_slot(k, seed, 4096) for k in range(10)} | taken
+    s = 100
+    while any((s + j) % 4096 in used or (s + j - 1) % 4096 in used for j in range(length + 1)):
+        s += 7
+    return s
+
 
 U64 = (1 << 64) - 1
 
@@ -457,3 +498,89 @@ def test_insert_many_of_present_keys_does_not_grow(index_path):
         assert idx.num_slots == 4096 and len(idx) == 3000
         assert idx[17].length == record(17).length + 5
         idx.verify()
+
+
+@pytest.mark.parametrize(("keys", "named"), [
+    (None, "not NoneType"), ({1: 2}, "not dict"), ((k for k in range(3)), "not generator"),
+    ([1, None], "a NoneType among them"), ([1, uuid.UUID(int=2)], "a UUID among them"),
+])
+def test_batch_keys_that_are_not_ids_are_named(index_path, keys, named):
+    # These all said "ids of 2**64 and above go in a diskhash.KEY_DTYPE array".
+    """A hostile pass over the index, its files and the CLI found this."""
+    with DiskHashIndex(index_path) as idx:
+        for call in (idx.get_many, idx.contains_many):
+            with pytest.raises(TypeError, match=named) as info:
+                call(keys)
+            assert "2**64 and above" not in str(info.value)
+
+
+def test_batch_keys_of_2_64_and_above_still_point_at_key_dtype(index_path):
+    """A hostile pass over the index, its files and the CLI found this."""
+    with DiskHashIndex(index_path) as idx, pytest.raises(TypeError, match="KEY_DTYPE"):
+        idx.get_many([1, 2**64])
+
+
+def test_insert_many_meeting_a_damaged_slot_changes_nothing(index_path):
+    """A hostile pass found this: the API keeps its contracts at its edges."""
+    seed = _build(index_path)
+    bad = _free_run(seed, 1, set())
+    _damage_slot(index_path, bad)
+    before = index_path.read_bytes()
+    with DiskHashIndex(index_path) as idx:
+        fresh = [_key_with_home(seed, (bad + 500 + 50 * j) % 4096, set()) for j in range(3)]
+        victim = _key_with_home(seed, bad, set(fresh))
+        # new keys, an overwrite of a stored key, then the key whose probe meets the damage
+        keys = np.array(fresh + [3, victim], dtype=np.uint64)
+        with pytest.raises(CorruptIndexError, match=f"slot {bad}: bad tag 0x07"):
+            idx.insert_many(keys, metas_at([11, 12, 13, 14, 15]))
+        assert len(idx) == 10
+        assert idx.get_many(np.array(fresh, dtype=np.uint64))["found"].tolist() == [False] * 3
+        assert idx[3] == lz4_record(3)
+    assert index_path.read_bytes() == before      # slot for slot, header included
+
+
+def test_insert_many_whose_own_writes_lead_into_damage_changes_nothing(index_path):
+    # Both keys' probes in the stored table stop at the empty slot `home`;
+    # only after the first is written does the second walk on into the damage.
+    """A hostile pass found this: the API keeps its contracts at its edges."""
+    seed = _build(index_path)
+    home = _free_run(seed, 2, set())
+    _damage_slot(index_path, home + 1)
+    before = index_path.read_bytes()
+    with DiskHashIndex(index_path) as idx:
+        first = _key_with_home(seed, home, set())
+        second = _key_with_home(seed, home, {first})
+        keys = np.array([5, first, 6, second, 7], dtype=np.uint64)
+        with pytest.raises(CorruptIndexError, match=f"slot {home + 1}: bad tag 0x07"):
+            idx.insert_many(keys, metas_at([21, 22, 23, 24, 25]))
+        assert len(idx) == 10
+        assert first not in idx
+        assert [idx[k] for k in (5, 6, 7)] == [lz4_record(5), lz4_record(6), lz4_record(7)]
+    assert index_path.read_bytes() == before
+
+
+def test_insert_many_after_a_rolled_back_batch_still_works(index_path):
+    """A hostile pass found this: the API keeps its contracts at its edges."""
+    seed = _build(index_path)
+    bad = _free_run(seed, 1, set())
+    _damage_slot(index_path, bad)
+    with DiskHashIndex(index_path) as idx:
+        victim = _key_with_home(seed, bad, set())
+        with pytest.raises(CorruptIndexError):
+            idx.insert_many(np.array([4000, victim], dtype=np.uint64), metas_at([1, 2]))
+        assert 4000 not in idx
+        idx.insert_many(np.array([4000], dtype=np.uint64), metas_at([31]))
+        assert idx[4000] == (4000, 31, 5, Compression.LZ4, 9) and len(idx) == 11
+
+
+@pytest.mark.parametrize("keys", [[2**64], [1, 2**100], [2**64 + 5, 3]])
+def test_get_many_of_ids_beyond_64_bits_names_key_dtype(index_path, keys):
+    """A hostile pass found this: the API keeps its contracts at its edges."""
+    with DiskHashIndex(index_path) as idx:
+        wanted = r"ids of 2\*\*64 and above go in a diskhash\.KEY_DTYPE array"
+        for call in (idx.get_many, idx.contains_many):
+            with pytest.raises(TypeError, match=wanted):
+                call(keys)
+        with pytest.raises(TypeError, match=wanted):
+            idx.insert_many(keys, metas_at([0] * len(keys)))
+        assert len(idx) == 0

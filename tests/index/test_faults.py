@@ -11,15 +11,39 @@ import errno
 import mmap
 import os
 import shutil
+import signal
 import subprocess
 import tempfile
 from pathlib import Path
 
 import pytest
+from helpers.processes import run_child
 from helpers.records import fill_to_capacity, record
 from helpers.spec_model import HEADER, file_size
 
-from diskhash import DiskHashIndex, _files
+from diskhash import (
+    DiskHashIndex,
+    PayloadMeta,
+    _files,
+)
+
+
+def rec(key: int) -> PayloadMeta:
+    return PayloadMeta(key, key * 3, 11, 1, 22)
+
+SPARSE_INSERT = r"""
+import sys
+from diskhash import DiskHashIndex
+try:
+    idx = DiskHashIndex(sys.argv[1])
+except OSError as exc:
+    print("refused", exc.errno, exc)
+    raise SystemExit(0)
+for k in range(20000):
+    idx.insert(k, (k, k, 1, 0, 1))
+print("inserted all")
+"""
+
 
 
 def temporaries(directory) -> list[str]:
@@ -241,3 +265,43 @@ def test_directory_not_writable_for_the_temporary_file():
         idx.insert(n, record(n))                  # root: the grow works
         assert idx.num_slots == 8192
     shutil.rmtree(top)
+
+
+def test_sparse_index_on_a_full_disk_is_an_os_error_not_sigbus(small_ext4):
+    """A hostile pass found this: every call keeps its contract."""
+    path = os.path.join(small_ext4, "sparse.idx")
+    with DiskHashIndex(path, capacity=12000) as idx:       # 16384 slots, 640 KiB
+        slots, seed = idx.num_slots, idx.seed
+    # Rewrite it as the Rust original would: header only, sized by ftruncate.
+    with open(path, "rb") as f:
+        header = f.read(64)
+    os.unlink(path)
+    with open(path, "wb") as f:
+        f.write(header)
+        f.truncate(64 + 40 * slots)
+    assert os.stat(path).st_blocks * 512 < 64 + 40 * slots        # really sparse
+    with open(os.path.join(small_ext4, "ballast"), "wb") as f:     # fill the disk
+        chunk = b"\1" * (1 << 16)
+        try:
+            while True:
+                f.write(chunk)
+                f.flush()
+        except OSError as exc:
+            assert exc.errno == errno.ENOSPC
+        try:
+            while True:
+                os.write(f.fileno(), b"\1" * 1024)
+        except OSError:
+            pass
+    r = run_child(SPARSE_INSERT, path, timeout=60)
+    assert r.returncode != -signal.SIGBUS, "killed by SIGBUS"
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith(f"refused {errno.ENOSPC}"), r.stdout
+    assert path in r.stdout and "allocating the blocks of the table" in r.stdout
+    with open(path, "rb") as f:
+        assert f.read(64) == header                                 # unchanged
+    assert seed
+    os.unlink(os.path.join(small_ext4, "ballast"))                  # room again: it opens
+    with DiskHashIndex(path) as idx:
+        idx.insert(1, rec(1))
+        assert os.stat(path).st_blocks * 512 >= 64 + 40 * slots

@@ -25,6 +25,11 @@ from diskhash import (
     ShardedStore,
 )
 
+
+def rec(key: int) -> PayloadMeta:
+    return PayloadMeta(key, key * 3, 11, 1, 22)
+
+
 BAD = [-1, 2**128, 10**5000, -(10**5000)]
 META = PayloadMeta(0, 0, 5, 0, 5)
 
@@ -147,3 +152,15 @@ def test_cli_refuses_out_of_range_keys(tmp_path):
                            capture_output=True, text=True, env=subprocess_env(), timeout=60)
         assert r.returncode == 2, (text, r.stderr)
         assert "Traceback" not in r.stderr and "is not a key" in r.stderr
+
+
+@pytest.mark.parametrize("key", [-1, -(2**64), -(2**200)])
+def test_negative_keys_raise_overflow_error_everywhere(index_path, key):
+    """A hostile pass found this: every call keeps its contract."""
+    with DiskHashIndex(index_path) as idx:
+        idx.insert(1, rec(1))
+        for op in (idx.get, idx.__getitem__, idx.__contains__, idx.delete, idx.pop,
+                   idx.__delitem__, lambda k: idx.insert(k, (k, 1, 2, 0, 3))):
+            with pytest.raises(OverflowError, match="outside"):
+                op(key)
+        assert len(idx) == 1 and idx[1] == rec(1)

@@ -3,21 +3,58 @@ what fork() does to an inherited index."""
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
 from helpers.processes import subprocess_env
 from helpers.records import record
 
+import diskhash
 from diskhash import (
     DiskHashIndex,
     IndexClosedError,
     IndexLockedError,
+    PayloadMeta,
 )
+from diskhash._index import MAX_CAPACITY
+
+
+def rec(key: int) -> PayloadMeta:
+    return PayloadMeta(key, key * 3, 11, 1, 22)
+
+
+WAIT_FOR_LOCK = r"""
+import sys, time
+from diskhash import DiskHashIndex
+with DiskHashIndex(sys.argv[1], timeout=60) as idx:
+    print("OPEN", flush=True)
+    sys.stdin.readline()
+"""
+
+LOCK_IN_PLACE = r"""
+import os, sys
+from diskhash import DiskHashIndex
+path, kind, readonly = sys.argv[1], sys.argv[2], sys.argv[3] == "1"
+lock = path + ".lock"
+os.unlink(lock)
+if kind == "fifo":
+    os.mkfifo(lock)
+else:
+    os.symlink(kind, lock)
+try:
+    DiskHashIndex(path, readonly=readonly).close()
+except OSError as exc:
+    print(exc.errno, exc.filename, exc.strerror)
+else:
+    print("opened")
+"""
+
 
 HOLDER = """
 import sys
@@ -310,3 +347,98 @@ def test_a_forked_child_does_not_keep_a_dead_parents_lock(existing):
                 os.kill(child, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+
+
+def test_a_timeout_beyond_float_range_waits_forever_not_overflowerror(tmp_path):
+    # float(10**400) raised a bare "int too large to convert to float".
+    """A hostile pass over the index, its files and the CLI found this."""
+    with DiskHashIndex(tmp_path / "a.idx", timeout=10**400) as idx:
+        assert len(idx) == 0
+    with pytest.raises(ValueError, match="timeout"):
+        DiskHashIndex(tmp_path / "a.idx", timeout=-(10**400))
+
+
+def test_a_failed_create_leaves_no_lock_file(tmp_path):
+    """A hostile pass over the index, its files and the CLI found this."""
+    with pytest.raises(OSError):
+        DiskHashIndex(tmp_path / "huge.idx", capacity=MAX_CAPACITY)
+    assert sorted(os.listdir(tmp_path)) == []
+
+
+def test_a_process_waiting_on_a_discarded_lock_file_locks_the_new_one(tmp_path):
+    # The failed creator unlinks its lock file while holding it; a process
+    # that was already waiting on that inode must not take a lock that no
+    # longer guards the path (two writers): it re-checks and locks the new file.
+    """A hostile pass over the index, its files and the CLI found this."""
+    import fcntl
+    import time
+
+    from diskhash import _files
+
+    path = str(tmp_path / "a.idx")
+    held = _files.IndexLock(path, True, 0.0)
+    child = subprocess.Popen([sys.executable, "-c", WAIT_FOR_LOCK, path], stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, text=True, env=subprocess_env())
+    try:
+        time.sleep(0.5)                 # the child opened the old lock file and waits on it
+        held.discard_file()
+        assert child.stdout.readline().strip() == "OPEN"
+        assert os.path.exists(path + ".lock")
+        fd = os.open(path + ".lock", os.O_RDWR)
+        try:
+            with pytest.raises(BlockingIOError):      # the file at the path is the one held
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        finally:
+            os.close(fd)
+        with pytest.raises(diskhash.IndexLockedError):
+            DiskHashIndex(path, timeout=0)
+    finally:
+        child.stdin.close()
+        assert child.wait(timeout=60) == 0
+        child.stdout.close()
+
+
+@pytest.mark.parametrize("readonly", [False, True])
+@pytest.mark.parametrize("kind", ["fifo", "/dev/null", "/dev/zero"])
+def test_an_odd_file_in_the_lock_files_place_is_named(small_index, kind, readonly):
+    # A FIFO gave a bare "[Errno 29] Illegal seek", /dev/null a bare
+    # "[Errno 19] No such device" (from mmap), neither naming a file;
+    # a reader could even lock /dev/null.
+    """A hostile pass over the index, its files and the CLI found this."""
+    r = subprocess.run([sys.executable, "-c", LOCK_IN_PLACE, str(small_index), kind,
+                        "1" if readonly else "0"], check=False, capture_output=True,
+                       text=True, timeout=60, env=subprocess_env())
+    assert r.returncode == 0, r.stderr
+    errno_, filename, message = r.stdout.strip().split(" ", 2)
+    assert int(errno_) == 22
+    assert filename == f"{small_index}.lock"
+    assert "lock file is a" in message and "not a regular file" in message
+
+
+@pytest.mark.parametrize("bad,error", [(float("nan"), ValueError), (-1, ValueError),
+                                       (-math.inf, ValueError), ("1", TypeError),
+                                       (True, TypeError), (b"", TypeError)])
+def test_timeout_must_be_seconds(index_path, bad, error):
+    """A hostile pass found this: every call keeps its contract."""
+    with pytest.raises(error, match="timeout"):
+        DiskHashIndex(index_path, timeout=bad)
+    assert not os.path.exists(str(index_path) + ".lock")
+
+
+def test_infinite_timeout_waits_like_none(index_path):
+    """A hostile pass found this: every call keeps its contract."""
+    with DiskHashIndex(index_path) as idx:
+        idx.insert(1, rec(1))
+    opened = []
+
+    def second():
+        with DiskHashIndex(index_path, timeout=math.inf) as other:
+            opened.append(other[1])
+
+    with DiskHashIndex(index_path):
+        t = threading.Thread(target=second)
+        t.start()
+        t.join(0.2)
+        assert t.is_alive() and not opened     # still waiting for the lock
+    t.join(10)
+    assert opened == [rec(1)]

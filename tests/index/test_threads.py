@@ -7,7 +7,16 @@ import threading
 
 from helpers.records import record
 
-from diskhash import DiskHashIndex, IndexClosedError
+from diskhash import (
+    DiskHashIndex,
+    IndexClosedError,
+    PayloadMeta,
+)
+
+
+def rec(key: int) -> PayloadMeta:
+    return PayloadMeta(key, key * 3, 11, 1, 22)
+
 
 
 def test_readers_during_growth_never_see_wrong_or_torn_records(index_path):
@@ -136,3 +145,35 @@ def test_close_while_readers_run(index_path):
     for t in threads:
         t.join()
     assert outcomes == ["closed", "closed"]
+
+
+def test_stats_racing_close_raises_index_closed_error(tmp_path):
+    """A hostile pass found this: every call keeps its contract."""
+    path = tmp_path / "race.idx"
+    errors: list[BaseException] = []
+    for trial in range(150):
+        idx = DiskHashIndex(path)
+        if trial == 0:
+            for k in range(100):
+                idx.insert(k, rec(k))
+        started = threading.Event()
+
+        def hammer(idx=idx, started=started):
+            try:
+                while True:
+                    idx.stats()
+                    started.set()
+            except IndexClosedError:
+                pass
+            except Exception as exc:  # noqa: BLE001 - OSError(EBADF) here was the bug
+                errors.append(exc)
+            finally:
+                started.set()
+
+        t = threading.Thread(target=hammer)
+        t.start()
+        started.wait(10)
+        idx.close()
+        t.join(10)
+        assert not t.is_alive()
+    assert errors == []

@@ -6,7 +6,11 @@ test_cli.py.)"""
 
 from __future__ import annotations
 
+import os
+import shutil
+
 import pytest
+from helpers.processes import run_child
 from helpers.records import fill_every_slot, record
 from helpers.spec_model import (
     HEADER,
@@ -22,8 +26,57 @@ from helpers.spec_model import (
 )
 
 import diskhash
-from diskhash import CorruptIndexError, DiskHashIndex
+from diskhash import (
+    CorruptIndexError,
+    DiskHashIndex,
+    PayloadMeta,
+)
 from diskhash._format import home_slot
+
+
+def rec(key: int) -> PayloadMeta:
+    return PayloadMeta(key, key * 3, 11, 1, 22)
+
+LONG_RUN = r"""
+import sys, time
+from diskhash import DiskHashIndex
+path, what = sys.argv[1], sys.argv[2]
+t0 = time.monotonic()
+if what == "verify":
+    with DiskHashIndex(path, readonly=True) as idx:
+        idx.verify()
+        print("entries", len(idx), "longest", idx.stats().longest_probe)
+else:                     # a writable open without the clean marker: the heal scan
+    with DiskHashIndex(path) as idx:
+        print("entries", len(idx), "recovery", idx.recovery)
+print("seconds", time.monotonic() - t0)
+"""
+
+SIGINT_SCAN = r"""
+import os, signal, sys, threading, time
+from diskhash import DiskHashIndex
+idx = DiskHashIndex(sys.argv[1], readonly=True)
+# A child inherits an ignored SIGINT (a CI job started in the background by a
+# shell without job control ignores it, and Python then leaves it ignored):
+# Ctrl-C's handler is what this test needs, so install it.
+signal.signal(signal.SIGINT, signal.default_int_handler)
+def interrupt():
+    time.sleep(0.3)
+    signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
+threading.Thread(target=interrupt, daemon=True).start()
+scans = 0
+try:
+    while True:
+        idx.verify()
+        scans += 1
+except KeyboardInterrupt as exc:
+    tb, inside = exc.__traceback__, False
+    while tb is not None:
+        inside |= tb.tb_frame.f_code.co_filename.endswith("_index.pyx")
+        tb = tb.tb_next
+    print("interrupted", "inside-scan" if inside else "between-scans", scans)
+"""
+
 
 N = 300
 TAG = SLOT_FIELD["tag"]
@@ -258,3 +311,62 @@ def test_clean_close_skips_the_recount(built):
         assert idx.recovery is None
     with DiskHashIndex(path, readonly=True) as idx:
         assert len(idx) == N
+
+
+@pytest.mark.parametrize("what", ["verify", "heal"])
+def test_one_long_run_is_scanned_in_linear_time(long_run_file, tmp_path, what):
+    """A hostile pass found this: every call keeps its contract."""
+    path = tmp_path / "run.idx"
+    shutil.copyfile(long_run_file, path)
+    # Quadratic, this took ~20 s on 2**18 slots and takes many minutes on
+    # these 2**20; linear, it is milliseconds of scanning.
+    r = run_child(LONG_RUN, path, what, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert f"entries {2**19}" in r.stdout
+    if what == "verify":
+        longest = int(r.stdout.split("longest ")[1].split()[0])
+        assert longest > 2**18            # really one long run
+    else:
+        assert "recovery None" in r.stdout   # a valid file: nothing to heal
+
+
+def test_duplicates_are_found_across_the_wrap(tmp_path):
+    """The run that wraps from the last slot into slot 0 is checked as one run.
+
+    A hostile pass found this: every call keeps its contract.
+    """
+    from diskhash._format import home_slot
+
+    path = tmp_path / "wrap.idx"
+    with DiskHashIndex(path) as idx:
+        keys = [k for k in range(10**6) if home_slot(k, idx.seed, 4096) == 4095][:3]
+        for k in keys:
+            idx.insert(k, rec(k))
+    data = bytearray(path.read_bytes())
+    # keys[0] sits in slot 4095, keys[1] in 0, keys[2] in 1: make slot 1 a copy of keys[0].
+    off0, off2 = 64 + 40 * 4095, 64 + 40 * 1
+    data[off2:off2 + 40] = data[off0:off0 + 40]
+    data[24:32] = (3).to_bytes(8, "little")
+    path.write_bytes(bytes(data))
+    os.unlink(str(path) + ".lock")
+    with DiskHashIndex(path, readonly=True) as idx, pytest.raises(CorruptIndexError) as info:
+        idx.verify()
+    assert info.value.defects == [f"slot 1: duplicate of key {keys[0]}"]
+    with DiskHashIndex(path) as idx:     # the unclean open heals it
+        assert idx.recovery is not None and len(idx) == 2
+        idx.verify()
+
+
+def test_ctrl_c_interrupts_a_long_scan(long_run_file):
+    # The signal lands while a scan runs (scans take all but microseconds of
+    # the loop); KeyboardInterrupt must come out of the scan itself, which
+    # Cython's traceback entry for _index.pyx shows.  A scan that never
+    # checks would finish first and raise it between two scans.
+    """A hostile pass found this: every call keeps its contract."""
+    for _attempt in range(5):
+        r = run_child(SIGINT_SCAN, long_run_file, timeout=60)
+        assert r.returncode == 0, r.stderr
+        assert r.stdout.startswith("interrupted"), r.stdout
+        if "inside-scan" in r.stdout:
+            return
+    pytest.fail(f"KeyboardInterrupt never came from inside the scan: {r.stdout}")

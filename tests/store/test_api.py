@@ -164,3 +164,20 @@ def test_stored_bytes_decode_with_the_standard_codecs(store_dir):
     assert lz4_block.decompress(stored(m_lz4), uncompressed_size=m_lz4.uncompressed_length) == text
     assert zstandard.ZstdDecompressor().decompress(stored(m_zstd)) == text
     assert stored(m_none) == text
+
+
+def test_numpy_values_as_keys_and_payloads(tmp_path):
+    """A hostile pass over PayloadStore found this."""
+    np = pytest.importorskip("numpy")
+    with PayloadStore(tmp_path / "s") as s:
+        s.put(np.uint64(5), np.arange(10, dtype=np.uint8))
+        assert s.get(5) == bytes(range(10))
+        s.put(np.int32(6), np.zeros((2, 3), dtype=np.float64))   # any buffer: its bytes
+        assert s.get(6) == bytes(48)
+        s.put(7, memoryview(b"abcdef")[::2])                      # not contiguous: copied
+        assert s.get(7) == b"ace"
+        with pytest.raises((ValueError, OverflowError)):
+            s.put(np.int64(-1), b"x")
+        with pytest.raises(TypeError):
+            s.put(np.float64(1.0), b"x")
+        assert len(s) == 3

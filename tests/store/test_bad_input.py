@@ -259,3 +259,12 @@ def test_compiled_and_python_read_paths_agree(tmp_path):
         for read in (s._read, s._read_py):
             with pytest.raises(CorruptPayloadError, match="checksum"):
                 read(g, m)
+
+
+def test_corrupt_payload_error_pickles():
+    """A hostile pass over PayloadStore found this."""
+    import pickle
+    e = CorruptPayloadError("/x/data", ["a", "b"], edge_id=5, offset=64)
+    e2 = pickle.loads(pickle.dumps(e))
+    assert (e2.path, e2.defects, e2.edge_id, e2.offset) == ("/x/data", ["a", "b"], 5, 64)
+    assert str(e2) == str(e)

@@ -244,3 +244,26 @@ def test_failed_indexing_leaves_nothing_to_replay(tmp_path, monkeypatch):
     with PayloadStore(d) as s2:
         assert sorted(s2) == [1, 3] and s2.get(3) == b"after"
         s2.verify()
+
+
+def test_sigkill_during_the_compiled_write_paths(tmp_path):
+    """The SIGKILL model (tests/store_crash_model.py) in ``plain`` mode: puts and
+    put_manys of uncompressed payloads, which take the compiled paths
+    (``put_frame``, ``encode_frames``) the LZ4-default modes never reach.
+
+    A hostile pass over the compiled store paths found this.
+    """
+    from helpers.store_crash_model import run
+    stats = run(tmp_path / "store", kills=8, seed=5, env=subprocess_env(), max_delay=0.6,
+                modes=("plain",))
+    assert stats.rounds == 8
+
+
+@pytest.mark.slow
+def test_sigkill_during_the_compiled_write_paths_hundreds(tmp_path):
+    """A hostile pass over the compiled store paths found this."""
+    from helpers.store_crash_model import run
+    stats = run(tmp_path / "store", kills=100, seed=23, env=subprocess_env(), max_delay=0.7,
+                modes=("plain",))
+    print(stats)
+    assert stats.rounds == 100 and stats.killed_mid_put_many > 0

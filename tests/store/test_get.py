@@ -15,6 +15,7 @@ import os
 import random
 import subprocess
 import sys
+import textwrap
 import threading
 
 import pytest
@@ -23,6 +24,23 @@ from helpers.processes import subprocess_env
 from diskhash import KEY_DTYPE, Compression, PayloadStore, _store_read
 from diskhash import _payload_format as fmt
 from diskhash.errors import CorruptPayloadError, IndexClosedError
+
+_FRAME = """
+import struct
+from diskhash import _store_read as sr
+
+def frame(key, payload):
+    body = struct.pack("<BBHIIQQ", 1, 0, 0xD5A7, len(payload), len(payload),
+                       key & (2**64 - 1), key >> 64) + payload
+    return struct.pack("<I", sr.checksum(body)) + body
+"""
+
+
+
+def _child(code: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True,
+                          text=True, timeout=timeout, env=subprocess_env())
+
 
 np = pytest.importorskip("numpy")
 pytest.importorskip("lz4")
@@ -422,3 +440,72 @@ print("ok")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                        timeout=120, env=subprocess_env(), cwd=tmp_path)
     assert r.returncode == 0 and r.stdout.strip() == "ok", r.stdout + r.stderr
+
+
+def test_compiled_reader_offset_that_wraps_past_2_64_is_beyond_not_a_segfault():
+    # offset + length wrapped around 2**64 and passed the bounds check: memcpy
+    # from before the map (SIGSEGV).
+    """A hostile pass over PayloadStore and ShardedStore found this."""
+    proc = _child("""
+        import mmap
+        from diskhash._store_read import BEYOND, MapReader
+        r = MapReader(mmap.mmap(-1, 4096))
+        meta = (0, 2**64 - 16, 32, 0, 32)
+        assert r.read(meta, True) == BEYOND, r.read(meta, True)
+        assert r.read((0, 4000, 2**64 - 1, 0, 0), False) == BEYOND
+        print("ok")
+    """)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "ok"
+
+
+def test_map_reader_read_edge_id_that_releases_the_map(tmp_path):
+    """``MapReader.read`` with an int-subclass edge id whose ``>>`` releases the
+    reader and closes the map: no checksum read through the released pointer.
+
+    A hostile pass over the compiled store paths found this.
+    """
+    out = _child("""
+        import mmap
+        mm = mmap.mmap(-1, 1 << 16)
+        f = frame(7, b"p" * 1000)
+        mm[64:64 + len(f)] = f
+        r = sr.MapReader(mm)
+        assert r.read((7, 96, 1000, 0, 1000), True) == b"p" * 1000
+        class Releasing(int):
+            def __rshift__(self, n):
+                r.release()
+                mm.close()
+                return int(self) >> n
+        got = r.read((Releasing(7), 96, 1000, 0, 1000), True)
+        assert got == b"p" * 1000 or got == sr.BEYOND, got
+        assert r.read((7, 96, 1000, 0, 1000), True) == sr.BEYOND
+        print("ok")
+    """, tmp_path, _FRAME)
+    assert out.strip() == "ok"
+
+
+@pytest.mark.parametrize("offset,length", [
+    (1, 10), (31, 10), (40, 0),                         # before the first frame
+    (2**64 - 1, 100_000), (2**63, 70_000),              # past any file, over BIG_READ
+    (2**64 - 1, 10), (2**63 + 96, 0),                   # past any file, small
+])
+def test_damaged_index_entry_raises_corrupt_payload(tmp_path, offset, length):
+    """An index entry whose offset lies before the first frame or past any
+    possible file (a damaged index file; here written through ``store.index``):
+    the fused get falls back and the Python path raises ``CorruptPayloadError``,
+    not ``struct.error`` (a negative offset) or ``OverflowError`` (pread).
+
+    A hostile pass over the compiled store paths found this.
+    """
+    from diskhash import PayloadMeta, PayloadStore
+    from diskhash.errors import CorruptPayloadError
+
+    with PayloadStore(tmp_path / "s") as s:
+        s.put(1, b"one")
+        s.index.insert(5, PayloadMeta(5, offset, length, 0, length))
+        with pytest.raises(CorruptPayloadError):
+            s.get(5)
+        with pytest.raises(CorruptPayloadError):
+            s.get_many([1, 5])
+        assert s.get(1) == b"one"

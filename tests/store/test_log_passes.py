@@ -8,11 +8,32 @@ from __future__ import annotations
 import os
 import random
 import shutil
+import subprocess
+import sys
+import textwrap
 
 import pytest
+from helpers.processes import subprocess_env
 
 from diskhash import KEY_DTYPE, META_DTYPE, Compression, CorruptPayloadError, PayloadStore, _store_read
 from diskhash import _payload_format as fmt
+
+_FRAME = """
+import struct
+from diskhash import _store_read as sr
+
+def frame(key, payload):
+    body = struct.pack("<BBHIIQQ", 1, 0, 0xD5A7, len(payload), len(payload),
+                       key & (2**64 - 1), key >> 64) + payload
+    return struct.pack("<I", sr.checksum(body)) + body
+"""
+
+
+
+def _child(code: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True,
+                          text=True, timeout=timeout, env=subprocess_env())
+
 
 np = pytest.importorskip("numpy")
 
@@ -278,3 +299,43 @@ def test_row_log_keeps_the_rows_in_order(tmp_path):
                 for m in (s.index[k] for k in keys)]
         assert list(zip(marr["offset"].tolist(), marr["length"].tolist(),
                         marr["compression"].tolist(), marr["uncompressed_length"].tolist())) == want
+
+
+@pytest.mark.parametrize("func", ["scan_into", "copy_live"])
+def test_compiled_scanners_refuse_a_negative_start(func):
+    # A negative start read before the buffer (out of bounds; a segfault on a map).
+    """A hostile pass over PayloadStore and ShardedStore found this."""
+    args = {"scan_into": "(mm, -4096, 0, {})",
+            "copy_live": "(mm, -4096, 0, lambda k: None, [], {}, 0)"}[func]
+    proc = _child(f"""
+        import mmap
+        from diskhash import _store_read
+        mm = mmap.mmap(-1, 4096)
+        mm[:] = b"\\xff" * 4096
+        try:
+            _store_read.{func}{args}
+        except ValueError as exc:
+            print("ValueError", exc)
+    """)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("ValueError"), proc.stdout
+
+
+def test_copy_live_get_returning_a_non_tuple(tmp_path):
+    """``copy_live``'s ``get`` (the index's) returning something other than a
+    PayloadMeta: ``TypeError``, not a read of a list as a tuple's items.
+
+    A hostile pass over the compiled store paths found this.
+    """
+    out = _child("""
+        import pytest
+        data = frame(7, b"p" * 100)
+        for ret in ([1, 96], 5, (1,), (), "ab"):
+            with pytest.raises(TypeError):
+                sr.copy_live(data, 0, 64, lambda k: ret, [], {}, 64)
+        out, live = [], {}
+        assert sr.copy_live(data, 0, 64, lambda k: (7, 96, 100, 0, 100), out, live, 64) == (132, 196)
+        assert out == [data] and live == {7: (96, 100, 0, 100)}
+        print("ok")
+    """, tmp_path, _FRAME)
+    assert out.strip() == "ok"

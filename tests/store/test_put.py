@@ -157,3 +157,26 @@ def test_populate_leaves_the_whole_map_advised_random(tmp_path):
         assert flags, "the data file is not mapped"
         assert all(" rr" in f for f in flags), flags
         assert s.get(4999) == payload
+
+
+def test_put_key_whose_index_puts_to_the_same_store(tmp_path):
+    """The compiled put converted the key under the (reentrant) writer lock,
+    after reading where the log ends: a key whose ``__index__`` put another
+    record wrote that record at the same offset, which the outer put then
+    overwrote (the nested key's index entry pointed at the outer frame).
+
+    A hostile pass over the compiled store paths found this.
+    """
+    from diskhash import PayloadStore
+
+    with PayloadStore(tmp_path / "s") as s:
+        class Nesting:
+            def __index__(self):
+                s.put(2, b"nested" * 10)
+                return 1
+
+        s.put(1, b"first")          # the file's first blocks allocated: no grow below
+        s.put(Nesting(), b"outer")
+        assert s.get(1) == b"outer"
+        assert s.get(2) == b"nested" * 10
+        s.verify()

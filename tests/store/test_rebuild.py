@@ -4,10 +4,20 @@ from __future__ import annotations
 
 import os
 import random
+import subprocess
+import sys
+import textwrap
 
 import pytest
+from helpers.processes import subprocess_env
 
 from diskhash import Compression, CorruptIndexError, PayloadStore
+
+
+def _child(code: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True,
+                          text=True, timeout=timeout, env=subprocess_env())
+
 
 
 def _populate(s):
@@ -146,3 +156,60 @@ def test_save_after_a_rebuild_writes_pages_not_folios(tmp_path):
         s.save()
         written = _write_bytes() - before
     assert written < 8 << 20, f"save() after 100 puts dirtied {written} bytes"
+
+
+@pytest.mark.parametrize("call", ["close", "compact", "rebuild_index"])
+def test_progress_callback_reentering_maintenance_raises_not_deadlocks(tmp_path, call):
+    # rebuild_index() holds the (non-reentrant) maintenance lock while it calls
+    # progress(); a callback calling close()/compact() hung forever.
+    """A hostile pass over PayloadStore and ShardedStore found this."""
+    proc = _child(f"""
+        from diskhash import PayloadStore
+        s = PayloadStore({str(tmp_path / "s")!r})
+        for i in range(50):
+            s.put(i, b"p%d" % i)
+        try:
+            s.rebuild_index(progress=lambda done, total: s.{call}())
+        except RuntimeError as exc:
+            print("RuntimeError")
+        assert not s.closed
+        assert len(s) == 50 and s.get(7) == b"p7"
+        s.put(100, b"after")
+        s.close()
+        with PayloadStore({str(tmp_path / "s")!r}, readonly=True) as r:
+            assert len(r) == 51 and r.get(100) == b"after" and r.get(49) == b"p49"
+        print("ok")
+    """, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["RuntimeError", "ok"], proc.stdout
+
+
+def test_writes_from_a_rebuild_progress_callback_are_kept(tmp_path):
+    """``rebuild_index(progress)`` holds the (reentrant) writer lock while it
+    folds the log up to where it ended at the start: a put or delete made by
+    the callback reached the old index only, and the switch to the new one
+    lost it (the put returned, then the key was absent, also after reopening).
+
+    A hostile pass over the compiled store paths found this.
+    """
+    from diskhash import PayloadStore
+
+    d = tmp_path / "s"
+    with PayloadStore(d) as s:
+        s.put_many(list(range(1000)), [b"x" * 100] * 1000)
+        calls = []
+
+        def progress(done, total):
+            if not calls:
+                s.put(5000, b"put from progress")
+                s.put_many(list(range(6000, 6100)), [b"y"] * 100)
+                s.delete(3)
+            calls.append(done)
+
+        assert s.rebuild_index(progress) == 1000 + 1 + 100 - 1
+        assert calls
+        assert s.get(5000) == b"put from progress" and s.get(6050) == b"y" and s.get(3) is None
+        s.verify()
+    with PayloadStore(d) as s:
+        assert s.get(5000) == b"put from progress" and s.get(6050) == b"y" and s.get(3) is None
+        assert len(s) == 1100

@@ -68,3 +68,29 @@ async def test_async_stats_while_another_thread_writes(tmp_path):
         assert errors == []
     finally:
         await store.close()
+
+
+def test_stats_racing_rebuild_index_is_not_file_not_found(tmp_path, monkeypatch):
+    # stats() took the generation, then rebuild_index() (another thread)
+    # unlinked its index file: os.path.getsize raised FileNotFoundError.
+    """A hostile pass over PayloadStore and ShardedStore found this."""
+    import os
+
+    with PayloadStore(tmp_path / "s") as s:
+        for i in range(20):
+            s.put(i, b"x" * i)
+        real = os.path.getsize
+        raced = []
+
+        def getsize(path):
+            if not raced and str(path).endswith(".idx"):
+                raced.append(path)
+                s.rebuild_index()          # what a racing thread does at this moment
+            return real(path)
+
+        monkeypatch.setattr(os.path, "getsize", getsize)
+        st = s.stats()
+        monkeypatch.undo()
+        assert raced and st.entries == 20
+        assert st.index_generation == 2
+        assert st.index_bytes == real(os.path.join(s.directory, "index-000002.idx"))
