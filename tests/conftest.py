@@ -13,6 +13,9 @@ from pathlib import Path
 
 import pytest
 from helpers.data import DATA
+from helpers.records import record
+
+from diskhash import DiskHashIndex
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -49,6 +52,16 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 @pytest.fixture
 def index_path(tmp_path: Path) -> Path:
     return tmp_path / "edges.idx"
+
+
+@pytest.fixture
+def small_index(tmp_path: Path) -> Path:
+    """An index of 100 records (``record(0)`` to ``record(99)``), closed."""
+    path = tmp_path / "x.idx"
+    with DiskHashIndex(path) as idx:
+        for k in range(100):
+            idx.insert(k, record(k))
+    return path
 
 
 @pytest.fixture

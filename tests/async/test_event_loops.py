@@ -102,6 +102,47 @@ def test_wrong_event_loop_error_is_a_diskhash_error_and_a_runtime_error():
     assert issubclass(WrongEventLoopError, RuntimeError)
 
 
+STORE_TWO_LOOPS = """
+import sys, threading
+import anyio
+from diskhash import AsyncPayloadStore, PayloadStore
+
+store = PayloadStore(sys.argv[1])
+astore = AsyncPayloadStore(store)
+errors = []
+
+def loop_thread(base, backend, options):
+    async def main():
+        for i in range(300):
+            await astore.put(base + i, b"%d" % (base + i))
+            assert await astore.get(base + i) == b"%d" % (base + i)
+            if i % 50 == 0:
+                await astore.put(base + i, b"x" * 70000)         # a worker-thread put
+                await astore.save()
+                await astore.put(base + i, b"%d" % (base + i))
+    try:
+        anyio.run(main, backend=backend, backend_options=options)
+    except Exception as exc:
+        errors.append(repr(exc))
+
+threads = [threading.Thread(target=loop_thread, args=a) for a in
+           ((0, "asyncio", {}), (10_000, "trio", {}), (20_000, "asyncio", {"use_uvloop": True}))]
+for t in threads:
+    t.start()
+for t in threads:
+    t.join()
+
+async def count():
+    return len([k async for k in astore])   # (iteration while others write raises RuntimeError)
+
+assert anyio.run(count) == 900
+store.close()
+with PayloadStore(sys.argv[1], readonly=True) as r:
+    assert len(r) == 900 and r.get(20_050) == b"20050"
+print("ok" if not errors else errors)
+"""
+
+
 def test_two_event_loops_share_one_async_store(tmp_path):
     """Threads with their own event loops (asyncio, trio, uvloop) share one AsyncPayloadStore.
 
@@ -112,6 +153,6 @@ def test_two_event_loops_share_one_async_store(tmp_path):
 
     from helpers.processes import subprocess_env
     pytest.importorskip("uvloop")
-    out = subprocess.run([sys.executable, "-c", TWO_LOOPS, str(tmp_path / "s")], capture_output=True,
+    out = subprocess.run([sys.executable, "-c", STORE_TWO_LOOPS, str(tmp_path / "s")], capture_output=True,
                          text=True, timeout=120, env=subprocess_env())
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stdout + out.stderr

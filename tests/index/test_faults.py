@@ -28,6 +28,29 @@ from diskhash import (
 )
 
 
+@pytest.fixture
+def small_ext4():
+    """A 20 MiB ext4 image mounted with -o loop (tmpfs hides sparse-file bugs)."""
+    top = tempfile.mkdtemp(prefix="dh-ext4-")
+    image, mnt = os.path.join(top, "img"), os.path.join(top, "mnt")
+    os.mkdir(mnt)
+    with open(image, "wb") as f:
+        f.truncate(20 << 20)
+    r = subprocess.run(["mkfs.ext4", "-q", "-F", image], check=False, capture_output=True, text=True)
+    if r.returncode == 0:
+        r = subprocess.run(["mount", "-o", "loop", image, mnt], check=False, capture_output=True,
+                           text=True)
+    if r.returncode != 0:
+        shutil.rmtree(top)
+        pytest.skip(f"cannot make and loop-mount an ext4 image here: {r.stderr.strip() or r.returncode}")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", mnt], check=True)
+        shutil.rmtree(top)
+
+
+
 def rec(key: int) -> PayloadMeta:
     return PayloadMeta(key, key * 3, 11, 1, 22)
 

@@ -10,6 +10,7 @@ import os
 import shutil
 
 import pytest
+from helpers.crafted import long_run_table
 from helpers.processes import run_child
 from helpers.records import fill_every_slot, record
 from helpers.spec_model import (
@@ -32,6 +33,15 @@ from diskhash import (
     PayloadMeta,
 )
 from diskhash._format import home_slot
+
+
+@pytest.fixture(scope="module")
+def long_run_file(tmp_path_factory):
+    pytest.importorskip("numpy")
+    path = tmp_path_factory.mktemp("longrun") / "run.idx"
+    long_run_table(path, slots=2**20, entries=2**19, homes=2**16)
+    return path
+
 
 
 def rec(key: int) -> PayloadMeta:

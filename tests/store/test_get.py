@@ -25,6 +25,14 @@ from diskhash import KEY_DTYPE, Compression, PayloadStore, _store_read
 from diskhash import _payload_format as fmt
 from diskhash.errors import CorruptPayloadError, IndexClosedError
 
+
+def _child_stdout(code: str, tmp_path, prelude: str = "", timeout: float = 120) -> str:
+    """Run ``prelude`` + ``code`` in a child Python; its stdout (asserting it exited cleanly)."""
+    r = subprocess.run([sys.executable, "-c", prelude + textwrap.dedent(code)], capture_output=True,
+                       text=True, timeout=timeout, env=subprocess_env(), cwd=tmp_path)
+    assert r.returncode == 0, f"child exited {r.returncode}\n{r.stdout}\n{r.stderr}"
+    return r.stdout
+
 _FRAME = """
 import struct
 from diskhash import _store_read as sr
@@ -465,7 +473,7 @@ def test_map_reader_read_edge_id_that_releases_the_map(tmp_path):
 
     A hostile pass over the compiled store paths found this.
     """
-    out = _child("""
+    out = _child_stdout("""
         import mmap
         mm = mmap.mmap(-1, 1 << 16)
         f = frame(7, b"p" * 1000)

@@ -18,6 +18,14 @@ from helpers.processes import subprocess_env
 from diskhash import KEY_DTYPE, META_DTYPE, Compression, CorruptPayloadError, PayloadStore, _store_read
 from diskhash import _payload_format as fmt
 
+
+def _child_stdout(code: str, tmp_path, prelude: str = "", timeout: float = 120) -> str:
+    """Run ``prelude`` + ``code`` in a child Python; its stdout (asserting it exited cleanly)."""
+    r = subprocess.run([sys.executable, "-c", prelude + textwrap.dedent(code)], capture_output=True,
+                       text=True, timeout=timeout, env=subprocess_env(), cwd=tmp_path)
+    assert r.returncode == 0, f"child exited {r.returncode}\n{r.stdout}\n{r.stderr}"
+    return r.stdout
+
 _FRAME = """
 import struct
 from diskhash import _store_read as sr
@@ -327,7 +335,7 @@ def test_copy_live_get_returning_a_non_tuple(tmp_path):
 
     A hostile pass over the compiled store paths found this.
     """
-    out = _child("""
+    out = _child_stdout("""
         import pytest
         data = frame(7, b"p" * 100)
         for ret in ([1, 96], 5, (1,), (), "ab"):
