@@ -317,7 +317,7 @@ def test_verify_shows_activity_on_a_terminal(tmp_path, monkeypatch):
 
 def test_demo_can_keep_the_index_it_builds(tmp_path):
     keep = tmp_path / "kept"
-    r = subprocess.run([sys.executable, str(ROOT / "examples" / "demo.py"), "--entries", "2000",
+    r = subprocess.run([sys.executable, str(ROOT / "examples" / "demo.py"), "--entries", "2000", "--payloads", "2000",
                         "--keep", str(keep)], check=False, capture_output=True, text=True, timeout=300,
                        env=subprocess_env(), cwd=tmp_path)
     assert r.returncode == 0, r.stderr

@@ -36,7 +36,7 @@ while True:                      # each call writes part of the batch, meets a
 
 
 KILLS = 50
-SAMPLE_KILLS = 6
+SAMPLE_KILLS = 3
 
 
 @pytest.mark.slow

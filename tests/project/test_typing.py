@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -43,33 +44,53 @@ def _mypy(args: list[str], cache_dir: Path) -> subprocess.CompletedProcess[str]:
 
     env = subprocess_env()
     parent = Path(diskhash.__file__).resolve().parent.parent
+    paths = [str(USAGE.parent)]                 # stub_usage, checked as a module
     if parent.name not in ("site-packages", "dist-packages"):
-        env["MYPYPATH"] = str(parent)
+        paths.append(str(parent))
+    env["MYPYPATH"] = os.pathsep.join(paths)
     return subprocess.run(
         [sys.executable, "-m", "mypy", "--strict", "--cache-dir", str(cache_dir), *args],
         check=False, capture_output=True, text=True, cwd=ROOT / "tests", timeout=600, env=env,
     )
 
 
-@pytest.fixture(scope="module")
-def mypy_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("mypy-cache")
+def _modules_but_dask() -> list[str]:
+    """``-m`` arguments for every module of the package but ``diskhash.dask``
+    (whose imports, dask and pandas, cost mypy as much as the rest together)."""
+    import pkgutil
+
+    import diskhash
+
+    names = ["diskhash"] + [f"diskhash.{m.name}" for m in pkgutil.iter_modules(diskhash.__path__)
+                            if not m.ispkg and m.name != "dask"
+                            and Path(diskhash.__path__[0], m.name + ".py").is_file()]
+    return [arg for name in names for arg in ("-m", name)]
+
+
+USAGE = ROOT / "tests" / "project" / "stub_usage.py"
 
 
 @pytest.mark.skipif(importlib.util.find_spec("mypy") is None, reason="mypy not installed")
-def test_mypy_strict_is_clean_on_the_package(mypy_cache):
-    result = _mypy(["-p", "diskhash"], mypy_cache)
+def test_mypy_strict_is_clean_on_the_package(tmp_path):
+    """Every module but ``diskhash.dask``, and the stub usage file as typed
+    code that uses the public API (one mypy run); the slow run checks the whole
+    package."""
+    result = _mypy([*_modules_but_dask(), "-m", USAGE.stem], tmp_path / "mypy-cache")
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(importlib.util.find_spec("mypy") is None, reason="mypy not installed")
-def test_stubs_accept_what_the_runtime_accepts(mypy_cache):
-    # The same file passes mypy --strict (uuid.UUID keys, int compression
-    # values, numpy scalars, NDArray results checked with assert_type) and runs.
-    usage = ROOT / "tests" / "project" / "stub_usage.py"
-    result = _mypy([str(usage)], mypy_cache)
+def test_mypy_strict_is_clean_on_the_whole_package_dask_module_included(tmp_path):
+    result = _mypy(["-p", "diskhash"], tmp_path / "mypy-cache")
     assert result.returncode == 0, result.stdout + result.stderr
-    run = subprocess.run([sys.executable, str(usage)], check=False, capture_output=True, text=True,
+
+
+def test_stubs_accept_what_the_runtime_accepts():
+    # The file mypy --strict accepts (test_mypy_strict_is_clean_on_the_package:
+    # uuid.UUID keys, int compression values, numpy scalars, NDArray results
+    # checked with assert_type) also runs.
+    run = subprocess.run([sys.executable, str(USAGE)], check=False, capture_output=True, text=True,
                          timeout=120, env=subprocess_env(), cwd=ROOT / "tests")
     assert run.returncode == 0 and run.stdout.strip() == "ok", run.stdout + run.stderr
 
