@@ -28,7 +28,7 @@ def pytest_configure(config: pytest.Config) -> None:
     # --basetemp, --log-file) absolute against the invocation directory first.
     # Not in an xdist controller (``-n``, on by default): the workers it starts
     # inherit its working directory and resolve the command line's relative
-    # test paths against it (``pytest tests/test_format.py`` from the root ran
+    # test paths against it (``pytest tests/format/test_sochidx2.py`` from the root ran
     # no tests); it runs no tests itself, and each worker moves here in turn.
     if getattr(config.option, "numprocesses", None) and not hasattr(config, "workerinput"):
         return

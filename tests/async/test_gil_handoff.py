@@ -9,7 +9,7 @@ before the fix a case took 60-100 s, after it about a second.  The starving
 shows on an otherwise idle machine only: on a busy one the kernel preempts
 the loop thread now and then for longer than the switch interval, and
 CPython's forced switch lets the worker in.  So run this file alone
-(``pytest -n 0 tests/test_gil_handoff.py``) to see it guard.
+(``pytest -n 0 tests/async/test_gil_handoff.py``) to see it guard.
 """
 
 from __future__ import annotations

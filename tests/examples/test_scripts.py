@@ -1,7 +1,7 @@
 """The command-line examples run, small, and do what their docstrings say.
 
 The HTTP servers (aiohttp_app.py, starlette_app.py, trio_app.py) are tested
-over real HTTP in tests/test_servers.py.  Every wait is bounded.
+over real HTTP in tests/examples/test_servers.py.  Every wait is bounded.
 """
 
 from __future__ import annotations

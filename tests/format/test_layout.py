@@ -1,5 +1,5 @@
 """The one definition of the layout (_format.pxd, exposed by _format) agrees
-with the spec's structs as tests/spec_model.py spells them independently."""
+with the spec's structs as tests/helpers/spec_model.py spells them independently."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""A writer that the crash tests kill with SIGKILL: ``crash_child.py PATH SEED``.
+"""A writer that the crash tests kill with SIGKILL: ``helpers/crash_child.py PATH SEED``.
 
 It applies a deterministic sequence of operations (``operations(seed)``) to
 the index at PATH and reports on stdout, one line each, written with

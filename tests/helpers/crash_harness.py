@@ -1,6 +1,6 @@
 """Kill a writer (crash_child.py) with SIGKILL and check what the file kept.
 
-Shared by tests/test_crash.py (a bounded number of kills) and
+Shared by tests/index/test_crash.py (a bounded number of kills) and
 benchmarks/crash_stress.py (many more).  One *round*: start a child on the
 index file, kill it at a random moment (or right as it starts a grow), then
 

@@ -1,6 +1,6 @@
-"""Child process of the PayloadStore SIGKILL tests (tests/store_crash_model.py).
+"""Child process of the PayloadStore SIGKILL tests (tests/helpers/store_crash_model.py).
 
-``python store_crash_child.py DIRECTORY JOURNAL SEED MODE`` opens the store
+``python helpers/store_crash_child.py DIRECTORY JOURNAL SEED MODE`` opens the store
 and does random operations until it is killed, writing each operation to
 JOURNAL *before* doing it and ``S`` *after* each ``save()`` returns, one
 ``os.write`` per line, so the parent knows what might have happened.

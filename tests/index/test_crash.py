@@ -1,4 +1,4 @@
-"""Crash safety, proven by killing a writer with SIGKILL (see crash_harness.py).
+"""Crash safety, proven by killing a writer with SIGKILL (see helpers/crash_harness.py).
 
 Every round checks the file the kill left (crash_harness.run_round); the full
 run (``--run-slow``) kills 50 times and checks that the kills landed where

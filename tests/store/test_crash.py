@@ -247,7 +247,7 @@ def test_failed_indexing_leaves_nothing_to_replay(tmp_path, monkeypatch):
 
 
 def test_sigkill_during_the_compiled_write_paths(tmp_path):
-    """The SIGKILL model (tests/store_crash_model.py) in ``plain`` mode: puts and
+    """The SIGKILL model (tests/helpers/store_crash_model.py) in ``plain`` mode: puts and
     put_manys of uncompressed payloads, which take the compiled paths
     (``put_frame``, ``encode_frames``) the LZ4-default modes never reach.
 

@@ -346,7 +346,7 @@ def test_ctrl_c_right_after_the_bulk_append(tmp_path, window, packed):
     """
     import numpy as np
 
-    from diskhash import PayloadStore, _dtypes
+    from diskhash import KEY_DTYPE, PayloadStore
 
     if packed and window[1] == "put_many":
         pytest.skip("the packed path has no loop of its own")
@@ -362,7 +362,7 @@ def test_ctrl_c_right_after_the_bulk_append(tmp_path, window, packed):
     try:
         with pytest.raises(KeyboardInterrupt):
             if packed:
-                arr = np.zeros(n, dtype=_dtypes.KEY_DTYPE)
+                arr = np.zeros(n, dtype=KEY_DTYPE)
                 arr["lo"] = [k & (2**64 - 1) for k in keys]
                 arr["hi"] = [k >> 64 for k in keys]
                 ends = np.cumsum([len(p) for p in pays]).astype(np.int64)
