@@ -2,7 +2,7 @@
 
     python benchmarks/crash_stress.py --kills 1000 [--seed N] [--dir DIR]
 
-The same rounds as tests/test_crash.py (see tests/crash_harness.py), many
+The same rounds as tests/index/test_crash.py (see tests/helpers/crash_harness.py), many
 more of them.  Imports the installed diskhash (run it from any directory with
 the package installed; the child processes import the same one).  Exit status
 0 when every round passed; the first failing round raises with the details.
@@ -20,7 +20,7 @@ from pathlib import Path
 TESTS = Path(__file__).resolve().parent.parent / "tests"
 sys.path.insert(0, str(TESTS))                   # the harness; diskhash itself comes from site-packages
 
-import crash_harness  # noqa: E402
+from helpers import crash_harness  # noqa: E402
 
 
 def main() -> int:

@@ -549,7 +549,7 @@ def insert_many(DiskHashIndex index not None, keys, records):
                 # (Not pwrite'd zeros first: faster, but the page cache then
                 # held the table in large folios, and a save() of 100 puts
                 # after rebuild_index dirtied 17 MB instead of 3.6 MB; read-
-                # ahead first measured no faster: tests/test_store_rebuild.py.)
+                # ahead first measured no faster: tests/store/test_rebuild.py.)
                 populate_for_write(idx._base, HEADER_SIZE + idx._num_slots * SLOT_SIZE)
             pos = insert_range(idx, <const uint64_t *>&kview[0], wide,
                                <const dh_meta *>&rview[0], 0, n, dist, &fail, log)

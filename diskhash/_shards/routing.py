@@ -15,7 +15,7 @@ multiply-shift range reduction, no division), the table's home slot from the
 low bits of the other hash.
 
 ``shard_of`` (one key, pure Python) and ``shards_of`` (a numpy array, no
-Python loop per key) compute the same function; tests/test_sharded_routing.py
+Python loop per key) compute the same function; tests/shards/test_routing.py
 checks them against each other.  numpy is imported only by the batch path.
 """
 
