@@ -6,14 +6,14 @@ An event loop that serves inline calls (gets that never block) drops and
 retakes the GIL at every poll of its selector, which counts as a switch and
 usually wins the race for the GIL again.  A worker thread waiting for the GIL,
 to start a grow or to return from one, then waits for a lucky moment: in
-``examples/bulk_loader.py`` (two readers doing ~600k inline gets/s) each grow
-took 10-30 s instead of ~15 ms.
+``examples/bulk_loader.py`` (two readers doing inline gets flat out) each grow
+took seconds instead of milliseconds (docs/performance.md has the figures).
 
 The cure is on the loop side, where the starving happens: while any of our
 worker-thread calls is in flight, the async classes' inline fast paths call
 ``handoff()``, which at most once per ``HANDOFF_INTERVAL`` sleeps for zero
 seconds.  That drops the GIL inside a system call, long enough that the
-waiting worker takes it (measured: the grows above fell to ~15-35 ms), runs
+waiting worker takes it (the grows above went back to milliseconds), runs
 until it blocks again (a syscall, the nogil rehash), and the loop carries
 on.  With no thread call in flight the inline paths pay one global read
 (``pending``) and never call ``handoff()``.

@@ -59,7 +59,7 @@ _T = TypeVar("_T")
 _I = TypeVar("_I")
 _MISSING: Any = object()
 
-#: Batch lookups of at most this many keys run inline (about 0.1 us a key).
+#: Batch lookups of at most this many keys run inline (their cost: docs/performance.md).
 INLINE_BATCH = 4096
 #: Slots an iteration step copies per worker-thread hop (16 core chunks).
 ITER_STEP_SLOTS = 16 * 1024

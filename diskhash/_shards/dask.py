@@ -446,8 +446,8 @@ class ShardActor:
         one pickled ``list[bytes | None]``.
 
         Pickled here because Dask serialises a returned list element by
-        element (a frame per payload: ~25 us a key); one ``bytes`` object
-        costs one frame.  Small batches run on the worker's event loop,
+        element (a frame per payload, which dominates the cost of a lookup);
+        one ``bytes`` object costs one frame.  Small batches run on the worker's event loop,
         larger ones in a thread.
         """
         if len(keys) <= INLINE_KEYS:
