@@ -10,6 +10,16 @@ except ImportError:
     if _error is None:
         raise
     raise _error from None
+else:
+    from diskhash._checkout import FOREIGN_MESSAGE as _FOREIGN_MESSAGE
+    from diskhash._checkout import foreign_files as _foreign_files
+
+    if _foreign := _foreign_files():
+        import os as _os
+        import warnings as _warnings
+
+        _warnings.warn(_FOREIGN_MESSAGE.format(here=_os.path.dirname(__file__), files=", ".join(_foreign)),
+                       RuntimeWarning, stacklevel=2)
 
 from diskhash.aio import AsyncDiskHashIndex
 from diskhash._store.store import PayloadStore, StoreStats
