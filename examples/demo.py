@@ -34,7 +34,7 @@ def main() -> None:
     where.add_argument("--dir", default=None,
                        help="where to make the temporary directory it builds in (removed at the end)")
     where.add_argument("--keep", default=None, metavar="DIR",
-                       help="build DIR/edges.idx (DIR is created if needed) and keep it")
+                       help="build DIR/edges.idx and DIR/payloads (DIR is created if needed) and keep them")
     args = parser.parse_args()
     n = args.entries
 
