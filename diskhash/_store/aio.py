@@ -32,7 +32,8 @@ import anyio
 
 from diskhash import _threads
 from diskhash._index.aio import AsyncDiskHashIndex
-from diskhash._store.store import BIG_READ, PayloadStore, StoreStats, _key_int, _payload_view
+from diskhash._store.keys import _key_int, _payload_view
+from diskhash._store.store import BIG_READ, PayloadStore, StoreStats
 from diskhash._types import PayloadMeta
 from diskhash.errors import IndexClosedError
 
