@@ -21,10 +21,8 @@ from __future__ import annotations
 
 import errno
 import itertools
-import mmap
 import operator
 import os
-import stat
 import threading
 import weakref
 from contextlib import nullcontext
@@ -34,6 +32,17 @@ from diskhash._format import payload as fmt
 from diskhash._fs.files import IndexLock, fsync_dir
 from diskhash._index.table import DiskHashIndex
 from diskhash._store import codecs as _codecs
+from diskhash._store.generation import (
+    Generation,
+    StoreDirectory,
+    _allocate_blocks,
+    _fsync_data,
+    _populate,
+    _write_all,
+    open_data_fd,
+    read_checkpoint,
+    unlink,
+)
 from diskhash._store.keys import (
     SYNC_POLICIES,
     _check_timeout,
@@ -46,7 +55,7 @@ from diskhash._store.keys import (
     _payload_view,
     _sync_interval,
 )
-from diskhash._store.read import BEYOND, LogFold, MapReader
+from diskhash._store.read import BEYOND, LogFold
 from diskhash._store.write import encode_frames as _encode_frames
 from diskhash._store.write import encode_frames_packed as _encode_frames_packed
 from diskhash._store.write import encode_frames_u128 as _encode_frames_u128
@@ -62,9 +71,6 @@ from diskhash.errors import (
 
 __all__ = ["PayloadStore", "StoreStats", "SYNC_POLICIES"]
 
-_decompress = _codecs.decompress
-#: The compiled get decodes LZ4 with this directly (errors: via _decompress).
-_lz4_decompress = getattr(_codecs._lz4, "decompress", None)
 
 _MISSING: Any = object()
 _MASK64 = (1 << 64) - 1
@@ -76,13 +82,10 @@ BIG_READ = 64 * 1024
 #: ALLOC_MAX bytes), allocated for real, so appends do not fail half-way on a full disk.
 ALLOC_MIN = 1 << 20
 ALLOC_MAX = 16 << 20
-#: madvise(MADV_POPULATE_WRITE) (Linux 5.14+; not in the mmap module's constants before 3.13?).
-_MADV_POPULATE_WRITE = getattr(mmap, "MADV_POPULATE_WRITE", 23)
 #: put_many writes its frames in pieces of about this many bytes (then indexes them).
 PUT_MANY_CHUNK = 16 << 20
 #: put_many of at least this many records sizes the index for all of them first.
 PUT_MANY_RESERVE = 4096
-TMP_SUFFIX = ".tmp"
 
 
 class StoreStats(NamedTuple):
@@ -104,155 +107,6 @@ class StoreStats(NamedTuple):
     data_generation: int
     index_generation: int
     checkpoint: int
-
-
-def _fsync_data(fd: int) -> None:
-    os.fdatasync(fd)
-
-
-def _populate(mm: "mmap.mmap | None", fd: int, start: int, end: int) -> None:
-    """Fault in the map's pages [start, end) writable in one call.
-
-    Measured on ext4: a 1 KiB append into freshly allocated blocks costs
-    about 2.5 us through page faults, 0.3 us once the pages are populated
-    (plus about 0.8 ns a byte to populate them), and 6 us through pwrite.
-    An old kernel without MADV_POPULATE_WRITE just takes the faults.
-
-    The map is advised random (no read-ahead for readers), so the populate
-    would create the page cache's pages one fault at a time; read-ahead of
-    the range first (POSIX_FADV_WILLNEED: no I/O for fallocated blocks)
-    takes it from 0.96 to 0.80 ns a byte, keeping 4 KiB pages (advised
-    normal instead, a put + save() wrote 29.8 KB, not 17.4: docs/performance.md,
-    "Speed"; benchmarks/save_after_grow.py prints the current figure).
-    """
-    if mm is None or end <= start:
-        return
-    page = mmap.PAGESIZE
-    first = start - start % page
-    try:
-        os.posix_fadvise(fd, first, end - first, os.POSIX_FADV_WILLNEED)
-    except (OSError, AttributeError):
-        pass
-    try:
-        mm.madvise(_MADV_POPULATE_WRITE, first, end - first)
-    except (OSError, ValueError):
-        pass
-
-
-def _allocate_blocks(fd: int, start: int, end: int) -> None:
-    """Make bytes [start, end) of the file real blocks (the file grows to ``end``)."""
-    if end <= start:
-        return
-    try:
-        os.posix_fallocate(fd, start, end - start)
-    except OSError as exc:
-        if exc.errno not in (errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
-            raise
-        zeros = bytes(min(end - start, 1 << 20))    # no fallocate here: write zeros
-        pos = start
-        while pos < end:
-            pos += os.pwrite(fd, zeros[: min(len(zeros), end - pos)], pos)
-
-
-def _write_all(fd: int, buffers: Sequence[Any], offset: int) -> int:
-    """Write ``buffers`` at ``offset`` (retrying short writes); returns the new end."""
-    bufs = [v for v in (memoryview(b).cast("B") for b in buffers) if len(v)]
-    while bufs:
-        n = os.pwritev(fd, bufs[:512], offset)
-        if n <= 0:  # pragma: no cover - pwritev raises instead
-            raise OSError(errno.EIO, "short write")
-        offset += n
-        while n:
-            if n >= len(bufs[0]):
-                n -= len(bufs[0])
-                bufs.pop(0)
-            else:
-                bufs[0] = bufs[0][n:]
-                n = 0
-    return offset
-
-
-class _Generation:
-    """The files of one (data generation, index generation) pair, open.
-
-    Readers take a local reference (``g = store._gen``) for the length of one
-    call, so a generation replaced by ``compact()``/``rebuild_index()`` keeps
-    its descriptor, map and index until the last reader drops it (CPython
-    frees it then, closing them).  ``close()`` closes the index now (the core
-    waits for readers inside it) and leaves the descriptor to that
-    finaliser, so a reader racing close() reads a closed index, never a
-    reused fd.
-
-    Reads of up to ``BIG_READ`` bytes copy from a read-only map of the data
-    file (``map``/``view``).  The map is never unmapped explicitly: a read
-    past its end maps the file again at its current size and the old map is
-    freed when the last reader lets go of it, so no reader can touch an
-    unmapped page.  Records lie inside the file (they are indexed only after
-    their write completed), so no read reaches past the end of the file.
-    """
-
-    __slots__ = ("data_gen", "index_gen", "data_path", "index_path", "fd", "index",
-                 "map", "view", "reader", "alloc", "writable", "closed", "__weakref__")
-
-    def __init__(self, data_gen: int, index_gen: int, data_path: str, index_path: str,
-                 fd: int, index: DiskHashIndex, writable: bool = True) -> None:
-        self.data_gen = data_gen
-        self.index_gen = index_gen
-        self.data_path = data_path
-        self.index_path = index_path
-        self.fd = fd
-        self.index = index
-        self.map: "mmap.mmap | None" = None
-        self.view: "memoryview | None" = None
-        self.reader: Any = None
-        self.closed = False
-        #: Bytes of the file allocated (posix_fallocate) for appends.
-        self.alloc = os.fstat(fd).st_size
-        self.writable = writable
-        weakref.finalize(self, _release, fd, index)
-
-    def remap(self) -> memoryview:
-        """Map the file at its current size (read-write for the writer); returns the new view."""
-        if self.closed:
-            raise IndexClosedError(f"{self.data_path}: store is closed")
-        size = os.fstat(self.fd).st_size
-        access = mmap.ACCESS_WRITE if self.writable else mmap.ACCESS_READ
-        mm = mmap.mmap(self.fd, size, access=access)
-        try:
-            mm.madvise(mmap.MADV_RANDOM)
-        except (AttributeError, OSError):  # pragma: no cover
-            pass
-        view = memoryview(mm)
-        self.map, self.view = mm, view
-        self.reader = MapReader(mm, self.index, _decompress, _lz4_decompress)
-        return view
-
-
-    def release(self) -> None:
-        """Close now (``PayloadStore.close``): the map unmapped, the descriptor
-        pointed at /dev/null (its number stays reserved until the finaliser, so a
-        racing reader never reads another file), so the file system is let go."""
-        self.closed = True
-        reader, self.reader = self.reader, None
-        if reader is not None:
-            reader.release()
-        view, self.view = self.view, None
-        if view is not None:
-            try:
-                view.release()
-            except BufferError:  # pragma: no cover - a slice alive in a racing thread
-                pass
-        mm, self.map = self.map, None
-        if mm is not None:
-            try:
-                mm.close()
-            except BufferError:  # pragma: no cover - freed with the last slice
-                pass
-        null = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            os.dup2(null, self.fd)
-        finally:
-            os.close(null)
 
 
 class _MaintenanceLock:
@@ -305,20 +159,6 @@ class _MaintenanceLock:
             self._given_up.discard(self._serving)
             self._serving += 1
         self._cond.notify_all()
-
-
-def _release(fd: int, index: DiskHashIndex) -> None:
-    try:
-        index.close()
-    except Exception:  # pragma: no cover - best effort in a finaliser
-        pass
-    finally:
-        # (even after Ctrl-C in index.close(): the descriptor of a replaced,
-        # unlinked data file would otherwise hold its blocks until exit)
-        try:
-            os.close(fd)
-        except OSError:  # pragma: no cover
-            pass
 
 
 #: Stores open in this process, so a forked child can disable its copies
@@ -381,7 +221,7 @@ class PayloadStore:
         sync: Any = "save",
         salvage: bool = False,
     ) -> None:
-        self._gen: "_Generation | None" = None
+        self._gen: "Generation | None" = None
         self._lock: "IndexLock | None" = None
         self._closed = True
         directory = os.fspath(directory)
@@ -424,7 +264,7 @@ class PayloadStore:
         else:
             os.makedirs(directory, exist_ok=True)
         self._directory = os.path.realpath(directory)
-        self._manifest_path = os.path.join(self._directory, fmt.MANIFEST_NAME)
+        self._dir = StoreDirectory(self._directory)
         self._lock = IndexLock(os.path.join(self._directory, "store"), not readonly, timeout)
         try:
             if readonly:
@@ -443,116 +283,27 @@ class PayloadStore:
 
     # -- opening -------------------------------------------------------------------
 
-    def _path(self, name: str) -> str:
-        return os.path.join(self._directory, name)
-
-    def _read_manifest(self) -> "tuple[int, int] | None":
-        try:
-            fd = os.open(self._manifest_path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-        except FileNotFoundError:
-            return None
-        try:
-            if not stat.S_ISREG(os.fstat(fd).st_mode):      # a FIFO would block a plain open
-                raise CorruptPayloadError(self._manifest_path, "store manifest is not a regular file")
-            return fmt.unpack_manifest(os.pread(fd, 64, 0), self._manifest_path)
-        finally:
-            os.close(fd)
-
     def _write_manifest(self, data_gen: int, index_gen: int) -> None:
         if self._forked:            # (a fork from a progress callback: the commit is the parent's)
             raise self._closed_error()
-        tmp = self._path(f".{fmt.MANIFEST_NAME}.{os.getpid()}{TMP_SUFFIX}")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
-        try:
-            os.write(fd, fmt.pack_manifest(data_gen, index_gen))
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, self._manifest_path)
-        fsync_dir(self._directory)
-
-    def _create_data_file(self, data_gen: int) -> str:
-        path = self._path(fmt.data_name(data_gen))
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
-        try:
-            os.pwrite(fd, fmt.pack_data_header(fmt.DATA_HEADER_SIZE, 0), 0)
-            os.fsync(fd)
-        except BaseException:
-            self._unlink(path)          # a full disk: leave no empty generation behind
-            raise
-        finally:
-            os.close(fd)
-        return path
-
-    def _remove_leftovers(self, data_gen: int, index_gen: int) -> list[str]:
-        """Files of other generations and temporaries a crash left behind (writers
-        only, once the named generation has been opened whole).  Exactly the
-        names the store makes (``fmt.generation_file``, ``fmt.is_store_temporary``):
-        a user's ``data-export.dat`` or ``.notes.tmp`` is never touched."""
-        keep = {("data", data_gen), ("index", index_gen)}
-        removed = []
-        for entry in sorted(os.listdir(self._directory)):
-            gen = fmt.generation_file(entry)
-            if (gen is not None and gen not in keep) or fmt.is_store_temporary(entry):
-                try:
-                    if stat.S_ISDIR(os.lstat(self._path(entry)).st_mode):
-                        continue        # the store makes only files: a directory is not ours
-                    os.unlink(self._path(entry))
-                    removed.append(entry)
-                except FileNotFoundError:
-                    pass
-        return removed
-
-    def _missing_generation(self, path: str, data_gen: int, index_gen: int) -> CorruptPayloadError:
-        """The error of a MANIFEST naming a data file that is not there (a backup
-        restored from during a compact(), a partial copy): which generations the
-        directory does hold, so the right MANIFEST can be put back."""
-        found: "dict[str, set[int]]" = {"data": set(), "index": set()}
-        for entry in os.listdir(self._directory):
-            gen = fmt.generation_file(entry)
-            if gen is not None:
-                found[gen[0]].add(gen[1])
-
-        def names(kind: str) -> str:
-            return ", ".join(str(g) for g in sorted(found[kind])) or "none"
-
-        return CorruptPayloadError(
-            path, f"the MANIFEST names data generation {data_gen} and index generation "
-                  f"{index_gen}, but {os.path.basename(path)} is missing; this directory holds "
-                  f"data generation(s) {names('data')} and index generation(s) {names('index')}. "
-                  f"Nothing was changed: put back the MANIFEST that names the files that are "
-                  f"here (docs/internals/store-format.md)")
-
-    def _open_data_fd(self, path: str, writable: bool) -> tuple[int, fmt.DataHeader, int]:
-        flags = (os.O_RDWR if writable else os.O_RDONLY) | os.O_CLOEXEC | os.O_NONBLOCK
-        fd = os.open(path, flags)
-        try:
-            st = os.fstat(fd)
-            if not stat.S_ISREG(st.st_mode):
-                raise CorruptPayloadError(path, "data file is not a regular file")
-            os.set_blocking(fd, True)
-            header = fmt.unpack_data_header(os.pread(fd, fmt.DATA_HEADER_SIZE, 0), path)
-        except BaseException:
-            os.close(fd)
-            raise
-        return fd, header, st.st_size
+        self._dir.write_manifest(data_gen, index_gen)
 
     def _open_readonly(self) -> None:
-        gens = self._read_manifest()
+        gens = self._dir.read_manifest()
         if gens is None:
             raise FileNotFoundError(errno.ENOENT, "no PayloadStore here (MANIFEST missing)",
-                                    self._manifest_path)
+                                    self._dir.manifest_path)
         data_gen, index_gen = gens
-        data_path, index_path = self._path(fmt.data_name(data_gen)), self._path(fmt.index_name(index_gen))
+        data_path, index_path = self._dir.path(fmt.data_name(data_gen)), self._dir.path(fmt.index_name(index_gen))
         if not os.path.lexists(data_path):
-            raise self._missing_generation(data_path, data_gen, index_gen)
-        fd, header, size = self._open_data_fd(data_path, False)
+            raise self._dir.missing_generation(data_path, data_gen, index_gen)
+        fd, header, size = open_data_fd(data_path, False)
         try:
             index = DiskHashIndex(index_path, readonly=True, timeout=0.0)
         except BaseException:
             os.close(fd)
             raise
-        self._gen = _Generation(data_gen, index_gen, data_path, index_path, fd, index, writable=False)
+        self._gen = Generation(data_gen, index_gen, data_path, index_path, fd, index, writable=False)
         self._end = size
         self._checkpoint = header.checkpoint
 
@@ -568,25 +319,25 @@ class PayloadStore:
         replay (missing, damaged, pointing past the cut, or a hole cut whole
         frames whose deletes it may hold).  What was done: ``self.recovery``.
         """
-        gens = self._read_manifest()
+        gens = self._dir.read_manifest()
         if gens is None:
             stale = [e for e in os.listdir(self._directory)
                      if (fmt.generation_file(e) or ("",))[0] == "data"
-                     and os.path.getsize(self._path(e)) > fmt.DATA_HEADER_SIZE]
+                     and os.path.getsize(self._dir.path(e)) > fmt.DATA_HEADER_SIZE]
             if stale:
                 raise CorruptPayloadError(
-                    self._manifest_path,
+                    self._dir.manifest_path,
                     f"MANIFEST is missing but data files hold records ({', '.join(sorted(stale))}); "
                     f"restore the manifest (see docs/internals/store-format.md) rather than start over")
-            self._remove_leftovers(0, 0)
-            self._create_data_file(1)
+            self._dir.remove_leftovers(0, 0)
+            self._dir.create_data_file(1)
             self._write_manifest(1, 1)
             gens = (1, 1)
         data_gen, index_gen = gens
-        data_path, index_path = self._path(fmt.data_name(data_gen)), self._path(fmt.index_name(index_gen))
+        data_path, index_path = self._dir.path(fmt.data_name(data_gen)), self._dir.path(fmt.index_name(index_gen))
         if not os.path.lexists(data_path):
-            raise self._missing_generation(data_path, data_gen, index_gen)
-        fd, header, size = self._open_data_fd(data_path, True)
+            raise self._dir.missing_generation(data_path, data_gen, index_gen)
+        fd, header, size = open_data_fd(data_path, True)
         index = None
         built = None
         try:
@@ -638,7 +389,7 @@ class PayloadStore:
             if rebuilt is not None:
                 old, index = index, None
                 try:
-                    built = self._path(fmt.index_name(index_gen + 1))
+                    built = self._dir.path(fmt.index_name(index_gen + 1))
                     index, salvaged = self._build_index(built, fd, cut, data_path, None,
                                                         salvage=self._salvage, old_index=old)
                 finally:
@@ -659,7 +410,7 @@ class PayloadStore:
                 self._write_header(fd, end, fmt.FLAG_DIRTY, sync=True)
                 self._write_manifest(data_gen, index_gen)
                 built = None
-                index_path = self._path(fmt.index_name(index_gen))
+                index_path = self._dir.path(fmt.index_name(index_gen))
             else:
                 assert index is not None
                 if final:
@@ -670,23 +421,20 @@ class PayloadStore:
                 checkpoint = min(checkpoint, end)
                 self._write_header(fd, checkpoint, fmt.FLAG_DIRTY, sync=True)
             self._end = end
-            removed = self._remove_leftovers(data_gen, index_gen)
-            self._checkpoint = self._read_checkpoint(fd, data_path)
+            removed = self._dir.remove_leftovers(data_gen, index_gen)
+            self._checkpoint = read_checkpoint(fd, data_path)
         except BaseException:
             if index is not None:
                 index.close()
             if built is not None:
-                self._unlink(built, built + ".lock")
+                unlink(built, built + ".lock")
             os.close(fd)
             raise
         assert index is not None
-        self._gen = _Generation(data_gen, index_gen, data_path, index_path, fd, index)
+        self._gen = Generation(data_gen, index_gen, data_path, index_path, fd, index)
         recovery = StoreRecovery(len(final), size - cut, cut_frames, tuple(sorted(cut_keys)),
                                  rebuilt, tuple(removed))
         self.recovery = None if recovery == StoreRecovery() else recovery
-
-    def _read_checkpoint(self, fd: int, path: str) -> int:
-        return fmt.unpack_data_header(os.pread(fd, fmt.DATA_HEADER_SIZE, 0), path).checkpoint
 
     def _write_header(self, fd: int, checkpoint: int, flags: int, sync: bool) -> None:
         os.pwrite(fd, fmt.pack_data_header(checkpoint, flags), 0)
@@ -802,7 +550,7 @@ class PayloadStore:
 
     # -- state -----------------------------------------------------------------------
 
-    def _live(self) -> _Generation:
+    def _live(self) -> Generation:
         g = self._gen
         if g is None:
             raise self._closed_error()
@@ -848,7 +596,7 @@ class PayloadStore:
             finally:
                 self._lock = None
 
-    def _writable(self) -> _Generation:
+    def _writable(self) -> Generation:
         if self._readonly:
             raise ReadOnlyIndexError(f"{self._directory}: store was opened read-only")
         return self._live()
@@ -883,7 +631,7 @@ class PayloadStore:
 
     # -- reads -------------------------------------------------------------------------
 
-    def _read(self, g: _Generation, meta: PayloadMeta) -> bytes:
+    def _read(self, g: Generation, meta: PayloadMeta) -> bytes:
         """The payload of ``meta``, checked; ``CorruptPayloadError`` if it does not check out."""
         reader = g.reader
         if reader is not None and meta[2] <= BIG_READ:
@@ -901,7 +649,7 @@ class PayloadStore:
             return got
         return self._read_py(g, meta)
 
-    def _read_py(self, g: _Generation, meta: PayloadMeta) -> bytes:
+    def _read_py(self, g: Generation, meta: PayloadMeta) -> bytes:
         """``_read`` in Python: big records (pread), no compiled module, and errors."""
         off = meta.offset
         n = meta.length
@@ -929,20 +677,20 @@ class PayloadStore:
             return self._decompress(g, meta, view[off:end])
         return view[off:end].tobytes()
 
-    def _short(self, g: _Generation, meta: PayloadMeta) -> CorruptPayloadError:
+    def _short(self, g: Generation, meta: PayloadMeta) -> CorruptPayloadError:
         return CorruptPayloadError(
             g.data_path, f"data file is shorter than the indexed offset + length "
                          f"({meta.offset} + {meta.length})", edge_id=meta.edge_id,
             offset=meta.offset - fmt.FRAME_SIZE)
 
-    def _decompress(self, g: _Generation, meta: PayloadMeta, data: Any) -> bytes:
+    def _decompress(self, g: Generation, meta: PayloadMeta, data: Any) -> bytes:
         try:
             return _codecs.decompress(int(meta.compression), data, meta.uncompressed_length)
         except ValueError as exc:
             raise CorruptPayloadError(g.data_path, str(exc), edge_id=meta.edge_id,
                                       offset=meta.offset - fmt.FRAME_SIZE) from None
 
-    def _read_big(self, g: _Generation, meta: PayloadMeta) -> bytes:
+    def _read_big(self, g: Generation, meta: PayloadMeta) -> bytes:
         """A large record: one pread (the GIL released while it copies)."""
         start = meta.offset - fmt.FRAME_SIZE
         n = meta.length
@@ -1092,7 +840,7 @@ class PayloadStore:
         rest = fmt.FRAME_BODY.pack(1, used, fmt.FRAME_MARK, slen, n, key & _MASK64, key >> 64) + stored
         return fmt.checksum(rest).to_bytes(4, "little"), rest, used, slen, n
 
-    def _append(self, g: _Generation, buffers: Sequence[Any], size: int) -> int:
+    def _append(self, g: Generation, buffers: Sequence[Any], size: int) -> int:
         """Append one frame, given as (its 4 checksum bytes, the rest), at the end
         of the log; returns where it starts.
 
@@ -1119,7 +867,7 @@ class PayloadStore:
         self._unsaved = True
         return start
 
-    def _append_frames(self, g: _Generation, blob: "bytes | memoryview") -> int:
+    def _append_frames(self, g: Generation, blob: "bytes | memoryview") -> int:
         """Append many whole frames with one ``pwrite``: the kernel copies in
         file order and stops between pages on SIGKILL, so a crash leaves a prefix
         of the frames (the last one possibly torn), never a hole."""
@@ -1144,7 +892,7 @@ class PayloadStore:
             raise
         return start
 
-    def _allocate(self, g: _Generation, end: int, populate: bool = True) -> None:
+    def _allocate(self, g: Generation, end: int, populate: bool = True) -> None:
         """Allocate the file's blocks to past ``end`` and map them (ENOSPC here, nothing
         written); with ``populate``, fault the new pages in for writes through the map."""
         want = end + min(max(end // 8, ALLOC_MIN), ALLOC_MAX)
@@ -1161,7 +909,7 @@ class PayloadStore:
         if populate:
             _populate(g.map, g.fd, old, g.alloc)
 
-    def _undo_append(self, g: _Generation, start: int, end: int) -> None:
+    def _undo_append(self, g: Generation, start: int, end: int) -> None:
         """Forget an append whose indexing failed: zero it, so no open replays it.
 
         The log's end moves back to ``start`` only once the zeros are there
@@ -1181,7 +929,7 @@ class PayloadStore:
             except OSError:  # pragma: no cover
                 pass
 
-    def _undo_unindexed(self, g: _Generation, end: int, rows: "list[tuple[int, int]]") -> None:
+    def _undo_unindexed(self, g: Generation, end: int, rows: "list[tuple[int, int]]") -> None:
         """``_undo_append`` for the frames the index did not take, after indexing
         raised: ``rows`` (key, payload offset) are the frames up to ``end``, indexed
         in order.  An exception is not proof that nothing was indexed: Ctrl-C
@@ -1235,7 +983,7 @@ class PayloadStore:
                 raise
             return meta
 
-    def _put_frame(self, g: _Generation, edge_id: Any, payload: bytes) -> PayloadMeta:
+    def _put_frame(self, g: Generation, edge_id: Any, payload: bytes) -> PayloadMeta:
         """``put`` of uncompressed bytes, the writer lock held: the frame written
         into the map and indexed in one compiled call (``_store.write.put_frame``;
         the same order and undo as ``_append`` + ``insert``)."""
@@ -1476,7 +1224,7 @@ class PayloadStore:
                 i = i_next
         return True
 
-    def _delete_locked(self, g: _Generation, key: int) -> bool:
+    def _delete_locked(self, g: Generation, key: int) -> bool:
         if key not in g.index:
             return False
         frame = fmt.tombstone(key)
@@ -1526,7 +1274,7 @@ class PayloadStore:
             g = self._writable()
             self._save_locked(g)
 
-    def _save_locked(self, g: _Generation) -> None:
+    def _save_locked(self, g: Generation) -> None:
         end = self._end
         sync = self._sync != "never"
         if sync:
@@ -1625,7 +1373,7 @@ class PayloadStore:
 
     # -- whole-store operations ---------------------------------------------------------------
 
-    def _data_end(self, g: _Generation) -> int:
+    def _data_end(self, g: Generation) -> int:
         """Where the log ends: the writer knows; a reader takes the file's size."""
         return os.fstat(g.fd).st_size if self._readonly else self._end
 
@@ -1737,7 +1485,7 @@ class PayloadStore:
             self.last_salvage = None
             self._save_locked(g)
             index_gen = g.index_gen + 1
-            index_path = self._path(fmt.index_name(index_gen))
+            index_path = self._dir.path(fmt.index_name(index_gen))
             end = self._end
             index, report = self._build_index(index_path, g.fd, end, g.data_path, progress,
                                               salvage=salvage, old_index=g.index)
@@ -1754,11 +1502,11 @@ class PayloadStore:
             finally:
                 # The rename is the commit (as in compact()): once the MANIFEST
                 # names the new index, switch to it even if what followed raised.
-                if committed or self._read_manifest() == (g.data_gen, index_gen):
-                    self._gen = new = _Generation(g.data_gen, index_gen, g.data_path, index_path,
+                if committed or self._dir.read_manifest() == (g.data_gen, index_gen):
+                    self._gen = new = Generation(g.data_gen, index_gen, g.data_path, index_path,
                                                   os.dup(g.fd), index)
                     if committed:
-                        self._unlink(g.index_path, g.index_path + ".lock")
+                        unlink(g.index_path, g.index_path + ".lock")
                 else:
                     index.close()
             if report is not None:
@@ -1783,13 +1531,6 @@ class PayloadStore:
                 raise self._closed_error()
             return got
         return checked
-
-    def _unlink(self, *paths: str) -> None:
-        for p in paths:
-            try:
-                os.unlink(p)
-            except FileNotFoundError:
-                pass
 
     def compact(self, *, salvage: bool = False) -> None:
         """Rewrite the live records into a new data file; disk use returns to the live bytes.
