@@ -48,6 +48,7 @@ from diskhash._store.keys import _numpy
 from diskhash._store.read import RowLog as _RowLog
 from diskhash._store.read import copy_live as _copy_live_c
 from diskhash._store.read import copy_live_into as _copy_live_into
+from diskhash._store.recovery import apply_final, bulk_insert
 from diskhash._types import SalvageReport
 from diskhash.errors import CorruptPayloadError, DamagedRecordsError
 
@@ -63,7 +64,6 @@ WRITE_BATCH = 8 << 20
 
 
 def compact(store: "PayloadStore", salvage: bool = False) -> dict[str, Any]:
-    from diskhash._store.store import _bulk_insert
 
     if not isinstance(salvage, bool):
         raise TypeError(f"salvage must be a bool, not {type(salvage).__name__}")
@@ -92,7 +92,7 @@ def compact(store: "PayloadStore", salvage: bool = False) -> dict[str, Any]:
                 live: dict[int, tuple[int, int, int, int]] = {}
                 copied_bytes, new_end = _copy_live(g, fd, e0, live, damage)
                 index = DiskHashIndex(index_path, capacity=max(len(live), 1), timeout=0.0)
-                _bulk_insert(index, live)
+                bulk_insert(index, live)
                 del live
 
             # 3. catch up with what was written meanwhile
@@ -399,7 +399,6 @@ def _write(fd: int, pending: list[Any], offset: int) -> int:
 
 def _catch_up(g: Any, fd: int, index: DiskHashIndex, start: int, end: int, new_end: int) -> int:
     """Copy the old log's frames in [start, end) to the new file and apply them to ``index``."""
-    from diskhash._store.store import _apply
 
     if end <= start:
         return new_end
@@ -418,5 +417,5 @@ def _catch_up(g: Any, fd: int, index: DiskHashIndex, start: int, end: int, new_e
         pending.append(bytes(item.raw))         # type: ignore[arg-type]
         pos += fmt.FRAME_SIZE + item.stored_length
     new_end = _write(fd, pending, new_end)
-    _apply(index, final)
+    apply_final(index, final)
     return new_end

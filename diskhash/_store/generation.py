@@ -312,3 +312,10 @@ def _release(fd: int, index: DiskHashIndex) -> None:
             os.close(fd)
         except OSError:  # pragma: no cover
             pass
+
+
+def write_header(fd: int, checkpoint: int, flags: int, fsync: bool) -> None:
+    """Write the data file's header (checkpoint and flags); fdatasync it when ``fsync``."""
+    os.pwrite(fd, fmt.pack_data_header(checkpoint, flags), 0)
+    if fsync:
+        _fsync_data(fd)

@@ -14,6 +14,7 @@ from diskhash._types import PayloadMeta
 __all__ = ["SYNC_POLICIES"]
 
 _U128 = 1 << 128
+_MASK64 = (1 << 64) - 1
 #: The sync policies besides a number of milliseconds.
 SYNC_POLICIES = ("save", "never")
 
