@@ -55,7 +55,7 @@ from diskhash._store.keys import (
     _payload_view,
     _sync_interval,
 )
-from diskhash._store.read import BEYOND
+from diskhash._store.reader import BIG_READ, StoreReader
 from diskhash._store.recovery import apply_final, build_index, open_readonly, open_writable
 from diskhash._store.write import encode_frames as _encode_frames
 from diskhash._store.write import encode_frames_packed as _encode_frames_packed
@@ -72,10 +72,6 @@ __all__ = ["PayloadStore", "StoreStats", "SYNC_POLICIES"]
 
 
 _MISSING: Any = object()
-#: No file is larger (off_t): an offset past it is a damaged index entry.
-_MAX_FILE = (1 << 63) - 1
-#: Payloads of more stored bytes than this are read with pread (GIL released), not the map.
-BIG_READ = 64 * 1024
 #: The data file grows by this fraction of its size (at least ALLOC_MIN, at most
 #: ALLOC_MAX bytes), allocated for real, so appends do not fail half-way on a full disk.
 ALLOC_MIN = 1 << 20
@@ -237,6 +233,7 @@ class PayloadStore:
         self._sync = sync
         self._readonly = readonly
         self._verify = verify_checksums
+        self._reader = StoreReader("", verify_checksums)
         self._write_lock = threading.RLock()
         #: Held for the whole of compact() and rebuild_index() (and by close()).
         self._maintenance = _MaintenanceLock()
@@ -261,7 +258,7 @@ class PayloadStore:
                 raise FileNotFoundError(errno.ENOENT, "no PayloadStore directory", directory)
         else:
             os.makedirs(directory, exist_ok=True)
-        self._directory = os.path.realpath(directory)
+        self._directory = self._reader.directory = os.path.realpath(directory)
         self._dir = StoreDirectory(self._directory)
         self._lock = IndexLock(os.path.join(self._directory, "store"), not readonly, timeout)
         try:
@@ -389,90 +386,6 @@ class PayloadStore:
 
     # -- reads -------------------------------------------------------------------------
 
-    def _read(self, g: Generation, meta: PayloadMeta) -> bytes:
-        """The payload of ``meta``, checked; ``CorruptPayloadError`` if it does not check out."""
-        reader = g.reader
-        if reader is not None and meta[2] <= BIG_READ:
-            got = reader.read(meta, self._verify)
-            if type(got) is not bytes:
-                if got == BEYOND:
-                    g.remap()
-                    got = g.reader.read(meta, self._verify)
-                if type(got) is not bytes:
-                    if g.closed:
-                        raise IndexClosedError(f"{self._directory}: store is closed")
-                    return self._read_py(g, meta)       # raises the right error
-            if meta[3]:
-                return self._decompress(g, meta, got)
-            return got
-        return self._read_py(g, meta)
-
-    def _read_py(self, g: Generation, meta: PayloadMeta) -> bytes:
-        """``_read`` in Python: big records (pread), no compiled module, and errors."""
-        off = meta.offset
-        n = meta.length
-        start = off - fmt.FRAME_SIZE
-        end = off + n
-        if n > BIG_READ:
-            return self._read_big(g, meta)
-        if start < fmt.DATA_HEADER_SIZE:        # (a damaged index: not a negative slice)
-            raise self._short(g, meta)
-        view = g.view
-        if view is None or end > len(view):
-            view = g.remap()
-            if end > len(view):
-                raise self._short(g, meta)
-        ck, kind, comp, mark, slen, ulen, lo, hi = fmt.FRAME.unpack_from(view, start)
-        if (kind != 1 or slen != n or lo != meta.edge_id & _MASK64 or hi != meta.edge_id >> 64
-                or comp != meta.compression or ulen != meta.uncompressed_length
-                or mark != fmt.FRAME_MARK):
-            raise CorruptPayloadError(g.data_path, "record header does not match the index",
-                                      edge_id=meta.edge_id, offset=start)
-        if self._verify and fmt.checksum(view[start + 4:end]) != ck:
-            raise CorruptPayloadError(g.data_path, "payload checksum mismatch",
-                                      edge_id=meta.edge_id, offset=start)
-        if comp:
-            return self._decompress(g, meta, view[off:end])
-        return view[off:end].tobytes()
-
-    def _short(self, g: Generation, meta: PayloadMeta) -> CorruptPayloadError:
-        return CorruptPayloadError(
-            g.data_path, f"data file is shorter than the indexed offset + length "
-                         f"({meta.offset} + {meta.length})", edge_id=meta.edge_id,
-            offset=meta.offset - fmt.FRAME_SIZE)
-
-    def _decompress(self, g: Generation, meta: PayloadMeta, data: Any) -> bytes:
-        try:
-            return _codecs.decompress(int(meta.compression), data, meta.uncompressed_length)
-        except ValueError as exc:
-            raise CorruptPayloadError(g.data_path, str(exc), edge_id=meta.edge_id,
-                                      offset=meta.offset - fmt.FRAME_SIZE) from None
-
-    def _read_big(self, g: Generation, meta: PayloadMeta) -> bytes:
-        """A large record: one pread (the GIL released while it copies)."""
-        start = meta.offset - fmt.FRAME_SIZE
-        n = meta.length
-        if start < fmt.DATA_HEADER_SIZE or start + fmt.FRAME_SIZE + n > _MAX_FILE:
-            raise self._short(g, meta)          # (a damaged index: not pread's OverflowError)
-        buf = fmt.pread_exact(g.fd, fmt.FRAME_SIZE + n, start)
-        if len(buf) != fmt.FRAME_SIZE + n:
-            if g.closed:
-                raise IndexClosedError(f"{self._directory}: store is closed")
-            raise self._short(g, meta)
-        ck, kind, comp, mark, slen, ulen, lo, hi = fmt.FRAME.unpack_from(buf)
-        if (kind != 1 or slen != n or lo != meta.edge_id & _MASK64 or hi != meta.edge_id >> 64
-                or comp != meta.compression or ulen != meta.uncompressed_length
-                or mark != fmt.FRAME_MARK):
-            raise CorruptPayloadError(g.data_path, "record header does not match the index",
-                                      edge_id=meta.edge_id, offset=start)
-        mv = memoryview(buf)
-        if self._verify and fmt.checksum(mv[4:]) != ck:
-            raise CorruptPayloadError(g.data_path, "payload checksum mismatch",
-                                      edge_id=meta.edge_id, offset=start)
-        if comp:
-            return self._decompress(g, meta, mv[fmt.FRAME_SIZE:])
-        return buf[fmt.FRAME_SIZE:]
-
     def get(self, edge_id: Any, default: Any = None) -> Any:
         """The payload stored under ``edge_id`` (decompressed), or ``default``.
 
@@ -492,13 +405,7 @@ class PayloadStore:
         return self._get_slow(edge_id, default)
 
     def _get_slow(self, edge_id: Any, default: Any) -> Any:
-        """``get`` through the index's PayloadMeta: no map yet, a remap, big
-        records, and every error."""
-        g = self._live()
-        meta = g.index.get(edge_id)
-        if meta is None:
-            return default
-        return self._read(g, meta)
+        return self._reader.get_slow(self._live(), edge_id, default)
 
     def __getitem__(self, edge_id: Any) -> bytes:
         got = self.get(edge_id, _MISSING)
@@ -1015,7 +922,7 @@ class PayloadStore:
                 if default is _MISSING:
                     raise KeyError(edge_id)
                 return default
-            value = self._read(g, meta)
+            value = self._reader.read(g, meta)
             self._delete_locked(g, key)
             return value
 
@@ -1197,7 +1104,7 @@ class PayloadStore:
             if f is None:
                 if not defects or len(defects) < 1000:
                     try:
-                        self._read(g, m)
+                        self._reader.read(g, m)
                         continue            # beyond a mid-log defect but intact
                     except CorruptPayloadError as exc:
                         defects.append(f"edge id {key:#x} at offset {m.offset}: {exc.defects[0]}")
@@ -1378,3 +1285,23 @@ def _insert_rows(index: DiskHashIndex, rows: "list[tuple[int, int, int, int, int
     recs["uncompressed_length"] = ulens
     index.insert_many(karr, recs)
 
+
+class InlineReads:
+    """The small interface the async twin reads through on its event loop
+    (``AsyncPayloadStore``): ``get`` (``StoreReader.read_inline`` on the
+    store's current generation), ``read``, ``live`` and the message of an
+    iteration a compaction cut short."""
+
+    __slots__ = ("_store", "_read_inline", "read", "live")
+
+    def __init__(self, store: PayloadStore) -> None:
+        self._store = store
+        self._read_inline = store._reader.read_inline
+        self.read = store._reader.read
+        self.live = store._live
+
+    def get(self, edge_id: Any, default: Any, limit: int) -> Any:
+        return self._read_inline(self._store._gen, self.live, edge_id, default, limit)
+
+    def replaced_message(self) -> str:
+        return self._store._replaced_message()
