@@ -35,7 +35,7 @@ from diskhash._index.aio import AsyncDiskHashIndex
 from diskhash._store.keys import _key_int, _payload_view
 from diskhash._store.reader import ReadLater
 from diskhash._store.store import InlineReads, PayloadStore, StoreStats
-from diskhash._types import PayloadMeta
+from diskhash._types import Compression, PayloadMeta
 from diskhash.errors import IndexClosedError
 
 __all__ = ["AsyncPayloadStore", "INLINE_READ", "INLINE_WRITE"]
@@ -135,6 +135,10 @@ class AsyncPayloadStore:
         """Async iterator over the keys (fetched in worker threads); ``RuntimeError``
         if keys change meanwhile or ``compact()``/``rebuild_index()`` replaces the index."""
         return self._keys(AsyncDiskHashIndex(self._sync.index).keys())
+
+    def keys(self) -> Any:
+        """As ``__aiter__``: ``async for key in store.keys()``, like ``PayloadStore.keys()``."""
+        return self.__aiter__()
 
     async def _keys(self, it: Any) -> Any:
         # As PayloadStore._keys: a replaced generation's closed index is a
@@ -239,6 +243,14 @@ class AsyncPayloadStore:
     @property
     def directory(self) -> str:
         return self._sync.directory
+
+    @property
+    def compression(self) -> Compression:
+        return self._sync.compression
+
+    @property
+    def data_path(self) -> str:
+        return self._sync.data_path
 
     @property
     def readonly(self) -> bool:
