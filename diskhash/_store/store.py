@@ -1305,3 +1305,11 @@ class InlineReads:
 
     def replaced_message(self) -> str:
         return self._store._replaced_message()
+
+
+def put_many_packed(store: PayloadStore, pieces: "Sequence[tuple[Any, Any, Any]]") -> bool:
+    """The sharded build's write path (diskhash/_shards/dask.py): ``pieces`` of
+    (keys, ends, data) as packed by ``_shards/packed.py``, appended and indexed
+    uncompressed in one pass; False (nothing written) when a piece cannot take
+    this path and the caller must use ``put_many``."""
+    return store._put_many_packed(pieces)
