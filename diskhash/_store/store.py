@@ -502,7 +502,7 @@ class PayloadStore:
             if packed is not None:
                 stored, used = packed, comp
         slen = len(stored)
-        rest = fmt.FRAME_BODY.pack(1, used, fmt.FRAME_MARK, slen, n, key & _MASK64, key >> 64) + stored
+        rest = fmt.FRAME_BODY.pack(fmt.KIND_PUT, used, fmt.FRAME_MARK, slen, n, key & _MASK64, key >> 64) + stored
         return fmt.checksum(rest).to_bytes(4, "little"), rest, used, slen, n
 
     def _append(self, g: Generation, buffers: Sequence[Any], size: int) -> int:
