@@ -12,7 +12,8 @@ except ImportError:
     raise _error from None
 
 from diskhash.aio import AsyncDiskHashIndex
-from diskhash._store.store import PayloadStore, StoreStats
+from diskhash._store.maintenance import StoreStats
+from diskhash._store.store import PayloadStore
 from diskhash._store.aio import AsyncPayloadStore
 from diskhash._shards.sharded import ShardedStats, ShardedStore
 from diskhash._shards.aio import AsyncShardedStore

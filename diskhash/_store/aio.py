@@ -33,8 +33,9 @@ import anyio
 from diskhash import _threads
 from diskhash._index.aio import AsyncDiskHashIndex
 from diskhash._store.keys import _key_int, _payload_view
+from diskhash._store.maintenance import StoreStats
 from diskhash._store.reader import ReadLater
-from diskhash._store.store import InlineReads, PayloadStore, StoreStats
+from diskhash._store.store import InlineReads, PayloadStore
 from diskhash._types import Compression, PayloadMeta
 from diskhash.errors import IndexClosedError
 

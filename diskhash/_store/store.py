@@ -26,7 +26,7 @@ import os
 import threading
 import weakref
 from contextlib import nullcontext
-from typing import Any, Callable, Iterable, Iterator, NamedTuple, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 from diskhash._format import payload as fmt
 from diskhash._fs.files import IndexLock
@@ -55,6 +55,7 @@ from diskhash._store.keys import (
     _payload_view,
     _sync_interval,
 )
+from diskhash._store.maintenance import MaintenanceLock, StoreStats, stats_of, verify_generation
 from diskhash._store.reader import BIG_READ, StoreReader
 from diskhash._store.recovery import apply_final, build_index, open_readonly, open_writable
 from diskhash._store.write import encode_frames as _encode_frames
@@ -63,7 +64,6 @@ from diskhash._store.write import encode_frames_u128 as _encode_frames_u128
 from diskhash._store.write import put_frame as _put_frame
 from diskhash._types import Compression, PayloadMeta, SalvageReport, StoreRecovery
 from diskhash.errors import (
-    CorruptPayloadError,
     IndexClosedError,
     ReadOnlyIndexError,
 )
@@ -80,79 +80,6 @@ ALLOC_MAX = 16 << 20
 PUT_MANY_CHUNK = 16 << 20
 #: put_many of at least this many records sizes the index for all of them first.
 PUT_MANY_RESERVE = 4096
-
-
-class StoreStats(NamedTuple):
-    """A snapshot of a store (``PayloadStore.stats()``).
-
-    ``data_bytes`` is the data file's size, ``live_bytes`` the frames the
-    index points at (header + stored payload), so ``data_bytes - live_bytes``
-    is what ``compact()`` would reclaim.  ``stored_bytes`` and
-    ``uncompressed_bytes`` sum the live payloads as stored and as given.
-    """
-
-    entries: int
-    data_bytes: int
-    live_bytes: int
-    stored_bytes: int
-    uncompressed_bytes: int
-    index_bytes: int
-    garbage_ratio: float
-    data_generation: int
-    index_generation: int
-    checkpoint: int
-
-
-class _MaintenanceLock:
-    """The lock of compact(), rebuild_index() and close().  Taking it again in
-    the thread that holds it (a ``rebuild_index`` progress callback calling
-    ``close()`` or ``compact()``) raises ``RuntimeError`` instead of deadlocking.
-
-    Fair: callers get it in the order they asked (a ticket each), so a thread
-    running ``compact()`` in a tight loop cannot starve a ``close()`` from
-    another thread (a plain lock is taken back by its releaser before the
-    woken waiter runs).  A waiter interrupted (Ctrl-C) gives up its ticket."""
-
-    __slots__ = ("_cond", "_owner", "_next", "_serving", "_given_up")
-
-    def __init__(self) -> None:
-        self._cond = threading.Condition(threading.Lock())
-        self._owner: "int | None" = None
-        self._next = 0          # the next ticket handed out
-        self._serving = 0       # the ticket that may hold the lock
-        self._given_up: "set[int]" = set()
-
-    def __enter__(self) -> "_MaintenanceLock":
-        me = threading.get_ident()
-        if self._owner == me:
-            raise RuntimeError("close(), compact() and rebuild_index() cannot be called "
-                               "while this thread runs one of them (from a progress callback)")
-        with self._cond:
-            ticket = self._next
-            self._next += 1
-            try:
-                while self._serving != ticket:
-                    self._cond.wait()
-            except BaseException:
-                if self._serving == ticket:
-                    self._advance()
-                else:
-                    self._given_up.add(ticket)
-                raise
-            self._owner = me
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        with self._cond:
-            self._owner = None
-            self._advance()
-
-    def _advance(self) -> None:
-        self._serving += 1
-        while self._serving in self._given_up:
-            self._given_up.discard(self._serving)
-            self._serving += 1
-        self._cond.notify_all()
 
 
 #: Stores open in this process, so a forked child can disable its copies
@@ -236,7 +163,7 @@ class PayloadStore:
         self._reader = StoreReader("", verify_checksums)
         self._write_lock = threading.RLock()
         #: Held for the whole of compact() and rebuild_index() (and by close()).
-        self._maintenance = _MaintenanceLock()
+        self._maintenance = MaintenanceLock()
         #: What the last compact() measured (seconds, puts_waited_seconds, bytes).
         self.last_compaction: "dict[str, Any] | None" = None
         self._unsaved = False
@@ -332,7 +259,7 @@ class PayloadStore:
         """
         self._forked = True
         self._write_lock = threading.RLock()
-        self._maintenance = _MaintenanceLock()
+        self._maintenance = MaintenanceLock()
         self._stop_syncer = threading.Event()
         self._syncer = None             # (the thread does not exist in the child)
         self._release_inherited()
@@ -1053,23 +980,13 @@ class PayloadStore:
         other threads wait for the walk)."""
         with self._writers_paused():
             g = self._live()
-            entries = live = stored = raw = 0
-            for m in g.index.values():
-                entries += 1
-                live += fmt.FRAME_SIZE + m.length
-                stored += m.length
-                raw += m.uncompressed_length
             size = self._data_end(g)
-        body = max(size - fmt.DATA_HEADER_SIZE, 0)
-        try:
-            index_bytes = os.path.getsize(g.index_path)
-        except FileNotFoundError:
-            if self._gen is not g and self._gen is not None:
-                return self.stats()     # a racing compact()/rebuild_index() replaced it: again
-            raise
-        return StoreStats(entries, size, live, stored, raw, index_bytes,
-                          (body - live) / body if body else 0.0, g.data_gen, g.index_gen,
-                          self._checkpoint)
+            try:
+                return stats_of(g, size, self._checkpoint)
+            except FileNotFoundError:
+                if self._gen is g or self._gen is None:
+                    raise
+        return self.stats()     # a racing compact()/rebuild_index() replaced it: again
 
     def verify(self) -> None:
         """Check the whole store: the index (``CorruptIndexError``), every frame of the
@@ -1084,45 +1001,7 @@ class PayloadStore:
 
     def _verify_locked(self) -> None:
         g = self._live()
-        g.index.verify()
-        defects: list[str] = []
-        size = self._data_end(g)
-        frames: dict[int, fmt.Frame] = {}
-        try:
-            for item in fmt.scan(g.fd, fmt.DATA_HEADER_SIZE, size, g.data_path):
-                if isinstance(item, fmt.Frame):
-                    if item.kind == fmt.KIND_PUT:
-                        frames[item.offset + fmt.FRAME_SIZE] = item
-                elif item.torn and item.end < size and not _all_zero(g.fd, item.end, size):
-                    # (zeros are blocks a writer allocated ahead, not damage)
-                    defects.append(f"torn tail: {size - item.end} bytes after offset {item.end} "
-                                   f"hold no valid record (a writable open cuts them)")
-        except CorruptPayloadError as exc:
-            defects.extend(f"{d} at offset {exc.offset}" for d in exc.defects)
-        for key, m in g.index.items():
-            f = frames.get(m.offset)
-            if f is None:
-                if not defects or len(defects) < 1000:
-                    try:
-                        self._reader.read(g, m)
-                        continue            # beyond a mid-log defect but intact
-                    except CorruptPayloadError as exc:
-                        defects.append(f"edge id {key:#x} at offset {m.offset}: {exc.defects[0]}")
-                continue
-            if (f.key, f.stored_length, f.compression, f.uncompressed_length) != \
-                    (key, m.length, int(m.compression), m.uncompressed_length):
-                defects.append(f"edge id {key:#x}: index record {tuple(m)[1:]} does not match "
-                               f"the frame at offset {f.offset}")
-            elif m.compression:
-                # The checksum covers the stored bytes, not what they decode to:
-                # a record get() would refuse is damage too.  One at a time.
-                try:
-                    _codecs.check_decodes(int(m.compression), g.fd, m.offset, m.length,
-                                          m.uncompressed_length)
-                except ValueError as exc:
-                    defects.append(f"edge id {key:#x} at offset {f.offset}: {exc}")
-        if defects:
-            raise CorruptPayloadError(g.data_path, defects)
+        verify_generation(g, self._data_end(g), self._reader.read)
 
     def rebuild_index(self, progress: "Callable[[int, int], Any] | None" = None, *,
                       salvage: bool = False) -> int:
@@ -1248,16 +1127,6 @@ def _frame_rows(keys: "list[int]", lengths: "Iterable[int]", start: int) -> "lis
         rows.append((key, pos + fmt.FRAME_SIZE))
         pos += fmt.FRAME_SIZE + length
     return rows
-
-
-def _all_zero(fd: int, start: int, end: int) -> bool:
-    """Whether bytes [start, end) of the file are all zero."""
-    while start < end:
-        chunk = os.pread(fd, min(end - start, 1 << 20), start)
-        if not chunk or chunk.count(0) != len(chunk):
-            return not chunk
-        start += len(chunk)
-    return True
 
 
 def _insert_rows(index: DiskHashIndex, rows: "list[tuple[int, int, int, int, int]]", base: int) -> None:
