@@ -70,20 +70,12 @@ class StoreReader:
             return default
         return self.read(g, meta)
 
-    def read_inline(self, g: "Generation | None", live: "Callable[[], Generation]",
-                    edge_id: Any, default: Any, limit: int) -> Any:
-        """``get`` for a caller that must not block long (the async twin on its
-        event loop): the payload, ``default``, or a ``ReadLater``.  ``g``: the store's
-        generation (None once closed); ``live()``: the same, or the store's
-        closed error."""
-        if g is not None:
-            reader = g.reader
-            if reader is not None:
-                got = reader.get(edge_id, self.verify, min(limit, BIG_READ))
-                if type(got) is bytes:
-                    return got
-                if got is None:
-                    return default
+    def read_inline(self, live: "Callable[[], Generation]", edge_id: Any, default: Any,
+                    limit: int) -> Any:
+        """The rest of ``get`` for a caller that must not block long (the async
+        twin on its event loop), after the compiled call gave up: the payload,
+        ``default``, or a ``ReadLater``.  ``live()``: the store's generation,
+        or its closed error."""
         g = live()
         meta = g.index.get(edge_id)
         if meta is None:

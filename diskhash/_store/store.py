@@ -1157,20 +1157,31 @@ def _insert_rows(index: DiskHashIndex, rows: "list[tuple[int, int, int, int, int
 
 class InlineReads:
     """The small interface the async twin reads through on its event loop
-    (``AsyncPayloadStore``): ``get`` (``StoreReader.read_inline`` on the
-    store's current generation), ``read``, ``live`` and the message of an
-    iteration a compaction cut short."""
+    (``AsyncPayloadStore``): ``get`` (the compiled call on the store's current
+    generation, then ``StoreReader.read_inline``), ``read``, ``live`` and the
+    message of an iteration a compaction cut short."""
 
-    __slots__ = ("_store", "_read_inline", "read", "live")
+    __slots__ = ("_store", "_verify", "_read_inline", "read", "live")
 
     def __init__(self, store: PayloadStore) -> None:
         self._store = store
+        self._verify = store._verify
         self._read_inline = store._reader.read_inline
         self.read = store._reader.read
         self.live = store._live
 
     def get(self, edge_id: Any, default: Any, limit: int) -> Any:
-        return self._read_inline(self._store._gen, self.live, edge_id, default, limit)
+        """The payload, ``default``, or a ``ReadLater`` (over ``limit`` stored bytes)."""
+        g = self._store._gen
+        if g is not None:
+            reader = g.reader
+            if reader is not None:          # one compiled call for a record within the limit
+                got = reader.get(edge_id, self._verify, limit if limit < BIG_READ else BIG_READ)
+                if type(got) is bytes:
+                    return got
+                if got is None:
+                    return default
+        return self._read_inline(self.live, edge_id, default, limit)
 
     def replaced_message(self) -> str:
         return self._store._replaced_message()
