@@ -22,7 +22,8 @@ else:
                        RuntimeWarning, stacklevel=2)
 
 from diskhash.aio import AsyncDiskHashIndex
-from diskhash._store.store import PayloadStore, StoreStats
+from diskhash._store.maintenance import StoreStats
+from diskhash._store.store import PayloadStore
 from diskhash._store.aio import AsyncPayloadStore
 from diskhash._shards.sharded import ShardedStats, ShardedStore
 from diskhash._shards.aio import AsyncShardedStore

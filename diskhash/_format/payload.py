@@ -32,7 +32,8 @@ __all__ = [
     "FRAME", "FRAME_SIZE", "FRAME_MARK", "KIND_PUT", "KIND_TOMBSTONE", "MAX_LENGTH",
     "MANIFEST", "MANIFEST_MAGIC", "MANIFEST_VERSION", "MANIFEST_NAME",
     "DataHeader", "Frame", "ScanResult",
-    "checksum", "pack_frame_body", "pread_exact", "FRAME_BODY", "pack_data_header", "unpack_data_header",
+    "checksum", "frame_matches",
+    "pack_frame_body", "pread_exact", "FRAME_BODY", "pack_data_header", "unpack_data_header",
     "pack_manifest", "unpack_manifest", "data_name", "index_name", "generation_file",
     "is_store_temporary", "scan", "tombstone", "replay", "next_frame", "Damage", "WALK_MODES", "scan_resync",
 ]
@@ -77,6 +78,17 @@ MAX_COMPRESSION = 2
 assert FRAME.size == FRAME_SIZE and FRAME_BODY.size == FRAME_SIZE - 4
 _MARK_BYTES = struct.pack("<H", FRAME_MARK)
 _MASK64 = (1 << 64) - 1
+
+
+def frame_matches(header: "tuple[int, ...]", meta: Any) -> bool:
+    """Whether a frame header (``FRAME.unpack`` of its 32 bytes) is the record an
+    index entry (``PayloadMeta``) points at: a put of that key, lengths and
+    codec.  The compiled twin is ``frame_matches`` in frame.pxd."""
+    _, kind, comp, mark, slen, ulen, lo, hi = header
+    key = meta[0]
+    return (kind == KIND_PUT and mark == FRAME_MARK and slen == meta[2]
+            and lo == key & _MASK64 and hi == key >> 64
+            and comp == meta[3] and comp <= MAX_COMPRESSION and ulen == meta[4])
 
 # -- manifest (40 bytes, file "MANIFEST") ----------------------------------------
 #  0  8s  magic "SOCHSTOR"

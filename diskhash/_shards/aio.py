@@ -117,6 +117,10 @@ class AsyncShardedStore:
         """Every key, shard after shard (fetched in worker threads)."""
         return self._keys()
 
+    def keys(self) -> AsyncIterator[int]:
+        """As ``__aiter__``: ``async for key in store.keys()``, like ``ShardedStore.keys()``."""
+        return self._keys()
+
     def payload_range(self, edge_id: Any) -> Any:
         """As ``ShardedStore.payload_range`` (sync: an index probe)."""
         return self._shard(edge_id).payload_range(edge_id)

@@ -46,6 +46,7 @@ from diskhash._shards import routing as _routing
 from diskhash._shards import sharded as _sharded
 from diskhash._shards.manifest import Location, Manifest
 from diskhash._shards.sharded import _abspath
+from diskhash._store.store import put_many_packed
 from diskhash.errors import IndexClosedError, KeyRangeError, ShardBuildError, ShardMismatchError
 
 if TYPE_CHECKING:
@@ -192,7 +193,7 @@ def _write_shard(root: str, manifest: Manifest, index: int, store_kwargs: dict[s
     try:
         store = _sharded._payload_store_class()(os.path.join(tmp, _manifest.STORE_SUBDIR), **store_kwargs)
         try:
-            if compression or not store._put_many_packed(
+            if compression or not put_many_packed(store,
                     [_packed.unpack_piece(p) for p in pieces]):
                 keys, payloads = _shard_records(pieces)
                 if len(keys):   # one put_many: one index reserve, frames in 16 MiB runs

@@ -12,7 +12,7 @@ A *piece* is::
 ``pack_pieces`` cuts a batch into one piece per shard with a single copy of
 the payload bytes (one ``bytes.join``); ``unpack_piece`` reads a piece back as
 zero-copy numpy views, which the shard writers hand to
-``PayloadStore._put_many_packed`` as they are; ``payload_list`` turns the
+``diskhash._store.store.put_many_packed`` as they are; ``payload_list`` turns the
 blob into ``bytes`` objects for the one writer that cannot (a store that
 compresses: ``put_many`` encodes payload by payload).
 ``bytes_payloads`` checks an input column once and, when every payload is

@@ -32,8 +32,11 @@ import anyio
 
 from diskhash import _threads
 from diskhash._index.aio import AsyncDiskHashIndex
-from diskhash._store.store import BIG_READ, PayloadStore, StoreStats, _key_int, _payload_view
-from diskhash._types import PayloadMeta
+from diskhash._store.keys import _key_int, _payload_view
+from diskhash._store.maintenance import StoreStats
+from diskhash._store.reader import ReadLater
+from diskhash._store.store import InlineReads, PayloadStore
+from diskhash._types import Compression, PayloadMeta
 from diskhash.errors import IndexClosedError
 
 __all__ = ["AsyncPayloadStore", "INLINE_READ", "INLINE_WRITE"]
@@ -69,6 +72,7 @@ class AsyncPayloadStore:
             raise ValueError(f"inline_read must be an int >= 0, not {inline_read!r}")
         self._inline_read = inline_read
         self._sync = sync
+        self._reads = InlineReads(sync)
 
     @classmethod
     async def open(cls, directory: "str | os.PathLike[str]", *, inline_read: "int | None" = None,
@@ -104,24 +108,11 @@ class AsyncPayloadStore:
         stored bytes, else in a worker thread.  Errors as for ``PayloadStore.get``."""
         if _threads.pending:
             _threads.handoff()
-        sync = self._sync
-        limit = INLINE_READ if self._inline_read is None else self._inline_read
-        g = sync._gen
-        if g is not None:
-            reader = g.reader
-            if reader is not None:          # one compiled call for a record within the limit
-                got = reader.get(edge_id, sync._verify, min(limit, BIG_READ))
-                if type(got) is bytes:
-                    return got
-                if got is None:
-                    return default
-        g = sync._live()
-        meta = g.index.get(edge_id)
-        if meta is None:
-            return default
-        if meta.length <= limit:
-            return sync._read(g, meta)
-        return await self._thread(sync._read, g, meta)
+        got = self._reads.get(edge_id, default,
+                              INLINE_READ if self._inline_read is None else self._inline_read)
+        if type(got) is ReadLater:
+            return await self._thread(self._reads.read, got.gen, got.meta)
+        return got
 
     async def meta(self, edge_id: Any) -> "PayloadMeta | None":
         """The ``PayloadMeta`` indexed for ``edge_id``, or None.  Inline."""
@@ -146,6 +137,10 @@ class AsyncPayloadStore:
         if keys change meanwhile or ``compact()``/``rebuild_index()`` replaces the index."""
         return self._keys(AsyncDiskHashIndex(self._sync.index).keys())
 
+    def keys(self) -> Any:
+        """As ``__aiter__``: ``async for key in store.keys()``, like ``PayloadStore.keys()``."""
+        return self.__aiter__()
+
     async def _keys(self, it: Any) -> Any:
         # As PayloadStore._keys: a replaced generation's closed index is a
         # RuntimeError, not IndexClosedError on an open store.
@@ -157,7 +152,7 @@ class AsyncPayloadStore:
             except IndexClosedError:
                 if self._sync.closed:
                     raise
-                raise RuntimeError(self._sync._replaced_message()) from None
+                raise RuntimeError(self._reads.replaced_message()) from None
             yield key
 
     async def get_many(self, edge_ids: Any) -> "list[bytes | None]":
@@ -168,10 +163,10 @@ class AsyncPayloadStore:
         if isinstance(edge_ids, (list, tuple)) and len(edge_ids) <= 16:
             if _threads.pending:
                 _threads.handoff()
-            g = sync._live()
+            g = self._reads.live()
             metas = [g.index.get(k) for k in edge_ids]
             if sum(m.length for m in metas if m is not None) <= limit:
-                return [None if m is None else sync._read(g, m) for m in metas]
+                return [None if m is None else self._reads.read(g, m) for m in metas]
         return await self._thread(sync.get_many, edge_ids)
 
     def payload_range(self, edge_id: Any) -> "tuple[int, int, int] | None":
@@ -249,6 +244,14 @@ class AsyncPayloadStore:
     @property
     def directory(self) -> str:
         return self._sync.directory
+
+    @property
+    def compression(self) -> Compression:
+        return self._sync.compression
+
+    @property
+    def data_path(self) -> str:
+        return self._sync.data_path
 
     @property
     def readonly(self) -> bool:

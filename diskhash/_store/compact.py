@@ -43,9 +43,12 @@ from typing import TYPE_CHECKING, Any
 from diskhash._format import payload as fmt
 from diskhash._fs.files import fsync_dir
 from diskhash._index.table import DiskHashIndex
+from diskhash._store.generation import Generation, _fsync_data, _write_all, unlink
+from diskhash._store.keys import _numpy
 from diskhash._store.read import RowLog as _RowLog
 from diskhash._store.read import copy_live as _copy_live_c
 from diskhash._store.read import copy_live_into as _copy_live_into
+from diskhash._store.recovery import apply_final, bulk_insert
 from diskhash._types import SalvageReport
 from diskhash.errors import CorruptPayloadError, DamagedRecordsError
 
@@ -61,7 +64,6 @@ WRITE_BATCH = 8 << 20
 
 
 def compact(store: "PayloadStore", salvage: bool = False) -> dict[str, Any]:
-    from diskhash._store.store import _bulk_insert, _fsync_data, _Generation
 
     if not isinstance(salvage, bool):
         raise TypeError(f"salvage must be a bool, not {type(salvage).__name__}")
@@ -73,10 +75,10 @@ def compact(store: "PayloadStore", salvage: bool = False) -> dict[str, Any]:
             g = store._writable()
             e0 = store._end
             data_gen, index_gen = g.data_gen + 1, g.index_gen + 1
-            data_path = store._path(fmt.data_name(data_gen))
-            index_path = store._path(fmt.index_name(index_gen))
-            store._unlink(data_path, index_path, index_path + ".lock")
-            store._create_data_file(data_gen)
+            data_path = store._dir.path(fmt.data_name(data_gen))
+            index_path = store._dir.path(fmt.index_name(index_gen))
+            unlink(data_path, index_path, index_path + ".lock")
+            store._dir.create_data_file(data_gen)
         fd = os.open(data_path, os.O_RDWR | os.O_CLOEXEC)
         new_end = fmt.DATA_HEADER_SIZE
         index: "DiskHashIndex | None" = None
@@ -90,7 +92,7 @@ def compact(store: "PayloadStore", salvage: bool = False) -> dict[str, Any]:
                 live: dict[int, tuple[int, int, int, int]] = {}
                 copied_bytes, new_end = _copy_live(g, fd, e0, live, damage)
                 index = DiskHashIndex(index_path, capacity=max(len(live), 1), timeout=0.0)
-                _bulk_insert(index, live)
+                bulk_insert(index, live)
                 del live
 
             # 3. catch up with what was written meanwhile
@@ -136,20 +138,20 @@ def compact(store: "PayloadStore", salvage: bool = False) -> dict[str, Any]:
                     # the rename raised (Ctrl-C during the directory fsync): else
                     # this process writes on into files the next open deletes.
                     # The old files then stay, for that open to remove.
-                    if committed or store._read_manifest() == (data_gen, index_gen):
+                    if committed or store._dir.read_manifest() == (data_gen, index_gen):
                         switched = True
-                        store._gen = _Generation(data_gen, index_gen, data_path, index_path, fd, index)
+                        store._gen = Generation(data_gen, index_gen, data_path, index_path, fd, index)
                         store._end = new_end
                         store._checkpoint = new_end
                         if committed:
-                            store._unlink(g.data_path, g.index_path, g.index_path + ".lock")
+                            unlink(g.data_path, g.index_path, g.index_path + ".lock")
             waited = time.perf_counter() - wait_start
         except BaseException:
             if not switched:
                 if index is not None:
                     index.close()
                 os.close(fd)
-                store._unlink(data_path, index_path, index_path + ".lock")
+                unlink(data_path, index_path, index_path + ".lock")
             raise
     report = {
         "seconds": time.perf_counter() - t_start,
@@ -268,7 +270,6 @@ def _account(g: Any, fd: int, new: DiskHashIndex, new_end: int,
     indexed; the rest are returned as (key, frame offset, what is wrong).  The
     writer lock is held, so both indexes hold still; the walk of the old index
     runs only when the counts differ.  Returns (new end, lost)."""
-    from diskhash._store.store import _write_all
 
     if len(new) == len(g.index):
         return new_end, []
@@ -352,7 +353,6 @@ def _copy_live_indexed(g: Any, fd: int, e0: int, index_path: str,
     bytes), their new places kept in a ``RowLog`` (in log order: each key
     once) and indexed with one ``insert_many``.  Returns (index, bytes copied, new end), or None where
     the compiled module or numpy is missing."""
-    from diskhash._store.store import _numpy
     np = _numpy() if _copy_live_into is not None else None
     if np is None:
         return None
@@ -368,7 +368,6 @@ def _copy_live_indexed(g: Any, fd: int, e0: int, index_path: str,
         return int(stop)
 
     def flush() -> None:
-        from diskhash._store.store import _write_all
         with memoryview(out) as view:
             state["written"] = _write_all(fd, [view[:state["used"]]], state["written"])
         state["used"] = 0
@@ -395,13 +394,11 @@ def _copy_live_indexed(g: Any, fd: int, e0: int, index_path: str,
 
 
 def _write(fd: int, pending: list[Any], offset: int) -> int:
-    from diskhash._store.store import _write_all
     return _write_all(fd, [b"".join(pending)], offset)
 
 
 def _catch_up(g: Any, fd: int, index: DiskHashIndex, start: int, end: int, new_end: int) -> int:
     """Copy the old log's frames in [start, end) to the new file and apply them to ``index``."""
-    from diskhash._store.store import _apply
 
     if end <= start:
         return new_end
@@ -420,5 +417,5 @@ def _catch_up(g: Any, fd: int, index: DiskHashIndex, start: int, end: int, new_e
         pending.append(bytes(item.raw))         # type: ignore[arg-type]
         pos += fmt.FRAME_SIZE + item.stored_length
     new_end = _write(fd, pending, new_end)
-    _apply(index, final)
+    apply_final(index, final)
     return new_end

@@ -63,9 +63,11 @@ from diskhash._format.frame cimport (
     FRAME_SIZE,
     HEADER_SIZE,
     KIND_PUT,
+    KIND_TOMBSTONE,
     dh_crc32c,
     dh_crc32c_init,
     dh_crc32c_soft,
+    frame_matches,
     frame_t,
 )
 from diskhash._index.table cimport DiskHashIndex
@@ -119,13 +121,13 @@ cdef inline Py_ssize_t _frame_end(const uint8_t *b, Py_ssize_t p, Py_ssize_t n, 
     fit the kind, a frame running past ``n``, or a checksum mismatch."""
     cdef Py_ssize_t end
     memcpy(f, b + p, FRAME_SIZE)
-    if f.mark != FRAME_MARK or f.compression > 2:
+    if f.mark != FRAME_MARK or f.compression > MAX_COMPRESSION:
         return -1
     if f.kind == KIND_PUT:
         if ((f.compression == 0 and f.uncompressed_length != f.stored_length)
                 or (f.compression != 0 and (f.stored_length == 0 or f.uncompressed_length == 0))):
             return -1
-    elif f.kind == 2:
+    elif f.kind == KIND_TOMBSTONE:
         if f.stored_length or f.uncompressed_length or f.compression:
             return -1
     else:
@@ -314,9 +316,7 @@ cdef class MapReader:
             return None
         p = self.base + offset - FRAME_SIZE
         memcpy(&f, p, FRAME_SIZE)
-        if (f.kind != KIND_PUT or f.mark != FRAME_MARK or f.stored_length != s.length
-                or f.compression != s.compression or f.uncompressed_length != s.uncompressed_length
-                or f.key_lo != s.key_lo or f.key_hi != s.key_hi):
+        if not frame_matches(&f, s.key_lo, s.key_hi, s.length, s.compression, s.uncompressed_length):
             return None
         if verify and dh_crc32c(0, p + 4, <size_t>(FRAME_SIZE - 4 + length)) != f.checksum:
             return None
@@ -487,9 +487,7 @@ cdef class MapReader:
                 or length > <uint64_t>self.size - offset):
             return BEYOND
         memcpy(&f, self.base + offset - FRAME_SIZE, FRAME_SIZE)
-        if (f.kind != KIND_PUT or f.mark != FRAME_MARK or f.stored_length != length
-                or f.compression != compression or f.uncompressed_length != ulen
-                or f.key_lo != key_lo or f.key_hi != key_hi):
+        if not frame_matches(&f, key_lo, key_hi, length, compression, ulen):
             return MISMATCH
         if verify and dh_crc32c(0, self.base + offset - FRAME_SIZE + 4,
                                 <size_t>(FRAME_SIZE - 4 + length)) != f.checksum:

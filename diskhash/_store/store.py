@@ -21,353 +21,65 @@ from __future__ import annotations
 
 import errno
 import itertools
-import mmap
 import operator
 import os
-import stat
 import threading
-import uuid
 import weakref
 from contextlib import nullcontext
-from typing import Any, Callable, Iterable, Iterator, NamedTuple, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 from diskhash._format import payload as fmt
-from diskhash._fs.files import IndexLock, fsync_dir
+from diskhash._fs.files import IndexLock
 from diskhash._index.table import DiskHashIndex
 from diskhash._store import codecs as _codecs
-from diskhash._store.read import BEYOND, LogFold, MapReader
+from diskhash._store.generation import (
+    Generation,
+    StoreDirectory,
+    _allocate_blocks,
+    _fsync_data,
+    _populate,
+    _write_all,
+    unlink,
+    write_header,
+)
+from diskhash._store.keys import (
+    _MASK64,
+    SYNC_POLICIES,
+    _check_timeout,
+    _key_halves,
+    _key_int,
+    _key_list,
+    _key_pairs,
+    _numpy,
+    _pair_keys,
+    _payload_view,
+    _sync_interval,
+)
+from diskhash._store.maintenance import MaintenanceLock, StoreStats, stats_of, verify_generation
+from diskhash._store.reader import BIG_READ, StoreReader
+from diskhash._store.recovery import apply_final, build_index, open_readonly, open_writable
 from diskhash._store.write import encode_frames as _encode_frames
 from diskhash._store.write import encode_frames_packed as _encode_frames_packed
 from diskhash._store.write import encode_frames_u128 as _encode_frames_u128
 from diskhash._store.write import put_frame as _put_frame
 from diskhash._types import Compression, PayloadMeta, SalvageReport, StoreRecovery
 from diskhash.errors import (
-    CorruptIndexError,
-    CorruptPayloadError,
-    DamagedRecordsError,
     IndexClosedError,
     ReadOnlyIndexError,
 )
 
 __all__ = ["PayloadStore", "StoreStats", "SYNC_POLICIES"]
 
-_decompress = _codecs.decompress
-#: The compiled get decodes LZ4 with this directly (errors: via _decompress).
-_lz4_decompress = getattr(_codecs._lz4, "decompress", None)
 
 _MISSING: Any = object()
-_U128 = 1 << 128
-_MASK64 = (1 << 64) - 1
-#: No file is larger (off_t): an offset past it is a damaged index entry.
-_MAX_FILE = (1 << 63) - 1
-#: Payloads of more stored bytes than this are read with pread (GIL released), not the map.
-BIG_READ = 64 * 1024
 #: The data file grows by this fraction of its size (at least ALLOC_MIN, at most
 #: ALLOC_MAX bytes), allocated for real, so appends do not fail half-way on a full disk.
 ALLOC_MIN = 1 << 20
 ALLOC_MAX = 16 << 20
-#: madvise(MADV_POPULATE_WRITE) (Linux 5.14+; not in the mmap module's constants before 3.13?).
-_MADV_POPULATE_WRITE = getattr(mmap, "MADV_POPULATE_WRITE", 23)
 #: put_many writes its frames in pieces of about this many bytes (then indexes them).
 PUT_MANY_CHUNK = 16 << 20
 #: put_many of at least this many records sizes the index for all of them first.
 PUT_MANY_RESERVE = 4096
-#: The sync policies besides a number of milliseconds.
-SYNC_POLICIES = ("save", "never")
-TMP_SUFFIX = ".tmp"
-
-
-class StoreStats(NamedTuple):
-    """A snapshot of a store (``PayloadStore.stats()``).
-
-    ``data_bytes`` is the data file's size, ``live_bytes`` the frames the
-    index points at (header + stored payload), so ``data_bytes - live_bytes``
-    is what ``compact()`` would reclaim.  ``stored_bytes`` and
-    ``uncompressed_bytes`` sum the live payloads as stored and as given.
-    """
-
-    entries: int
-    data_bytes: int
-    live_bytes: int
-    stored_bytes: int
-    uncompressed_bytes: int
-    index_bytes: int
-    garbage_ratio: float
-    data_generation: int
-    index_generation: int
-    checkpoint: int
-
-
-def _key_int(key: Any) -> int:
-    """``key`` as an int in [0, 2**128): the index's rules and messages."""
-    if type(key) is int and 0 <= key < _U128:
-        return key
-    if isinstance(key, uuid.UUID):
-        return key.int
-    return int(PayloadMeta(key, 0, 0, 0, 0).edge_id)
-
-
-def _payload_view(payload: Any, what: str = "payload") -> Any:
-    """``payload`` as bytes or a flat byte view; TypeError/ValueError before any write."""
-    if type(payload) is bytes:
-        if len(payload) > fmt.MAX_LENGTH:
-            raise ValueError(f"{what} is {len(payload)} bytes; the limit is {fmt.MAX_LENGTH} (u32)")
-        return payload
-    if isinstance(payload, (str, int, float)) or payload is None:
-        raise TypeError(f"{what} must be bytes-like (bytes, bytearray, memoryview), "
-                        f"not {type(payload).__name__}")
-    try:
-        view = memoryview(payload)
-    except TypeError:
-        raise TypeError(f"{what} must be bytes-like (bytes, bytearray, memoryview), "
-                        f"not {type(payload).__name__}") from None
-    if view.nbytes > fmt.MAX_LENGTH:
-        raise ValueError(f"{what} is {view.nbytes} bytes; the limit is {fmt.MAX_LENGTH} (u32)")
-    if not view.c_contiguous or view.ndim != 1 or view.format not in ("B", "b", "c"):
-        view = memoryview(view.tobytes())
-    elif view.format != "B":
-        view = view.cast("B")
-    return view
-
-
-def _sync_interval(sync: Any) -> "float | None":
-    """Seconds between background saves for a number of ms, None for "save"/"never"."""
-    if isinstance(sync, str):
-        if sync not in SYNC_POLICIES:
-            raise ValueError(f"sync must be 'save', 'never' or a number of milliseconds, not {sync!r}")
-        return None
-    if isinstance(sync, bool) or not isinstance(sync, (int, float)):
-        raise TypeError(f"sync must be 'save', 'never' or a number of milliseconds, not {sync!r}")
-    if not (sync > 0 and sync < 1e9):
-        raise ValueError(f"sync interval must be a positive number of milliseconds, not {sync!r}")
-    return float(sync) / 1000.0
-
-
-def _check_timeout(timeout: Any) -> "float | None":
-    """None (wait forever) or seconds >= 0; ``inf`` means None.  NaN is refused."""
-    if timeout is None:
-        return None
-    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
-        raise TypeError(f"timeout must be a number of seconds or None, not {type(timeout).__name__}")
-    timeout = float(timeout)
-    if timeout != timeout or timeout < 0:
-        raise ValueError(f"timeout must be >= 0 seconds or None, not {timeout!r}")
-    return None if timeout == float("inf") else timeout
-
-
-def _fsync_data(fd: int) -> None:
-    os.fdatasync(fd)
-
-
-def _populate(mm: "mmap.mmap | None", fd: int, start: int, end: int) -> None:
-    """Fault in the map's pages [start, end) writable in one call.
-
-    Measured on ext4: a 1 KiB append into freshly allocated blocks costs
-    about 2.5 us through page faults, 0.3 us once the pages are populated
-    (plus about 0.8 ns a byte to populate them), and 6 us through pwrite.
-    An old kernel without MADV_POPULATE_WRITE just takes the faults.
-
-    The map is advised random (no read-ahead for readers), so the populate
-    would create the page cache's pages one fault at a time; read-ahead of
-    the range first (POSIX_FADV_WILLNEED: no I/O for fallocated blocks)
-    takes it from 0.96 to 0.80 ns a byte, keeping 4 KiB pages (advised
-    normal instead, a put + save() wrote 29.8 KB, not 17.4: docs/performance.md,
-    "Speed"; benchmarks/save_after_grow.py prints the current figure).
-    """
-    if mm is None or end <= start:
-        return
-    page = mmap.PAGESIZE
-    first = start - start % page
-    try:
-        os.posix_fadvise(fd, first, end - first, os.POSIX_FADV_WILLNEED)
-    except (OSError, AttributeError):
-        pass
-    try:
-        mm.madvise(_MADV_POPULATE_WRITE, first, end - first)
-    except (OSError, ValueError):
-        pass
-
-
-def _allocate_blocks(fd: int, start: int, end: int) -> None:
-    """Make bytes [start, end) of the file real blocks (the file grows to ``end``)."""
-    if end <= start:
-        return
-    try:
-        os.posix_fallocate(fd, start, end - start)
-    except OSError as exc:
-        if exc.errno not in (errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
-            raise
-        zeros = bytes(min(end - start, 1 << 20))    # no fallocate here: write zeros
-        pos = start
-        while pos < end:
-            pos += os.pwrite(fd, zeros[: min(len(zeros), end - pos)], pos)
-
-
-def _write_all(fd: int, buffers: Sequence[Any], offset: int) -> int:
-    """Write ``buffers`` at ``offset`` (retrying short writes); returns the new end."""
-    bufs = [v for v in (memoryview(b).cast("B") for b in buffers) if len(v)]
-    while bufs:
-        n = os.pwritev(fd, bufs[:512], offset)
-        if n <= 0:  # pragma: no cover - pwritev raises instead
-            raise OSError(errno.EIO, "short write")
-        offset += n
-        while n:
-            if n >= len(bufs[0]):
-                n -= len(bufs[0])
-                bufs.pop(0)
-            else:
-                bufs[0] = bufs[0][n:]
-                n = 0
-    return offset
-
-
-class _Generation:
-    """The files of one (data generation, index generation) pair, open.
-
-    Readers take a local reference (``g = store._gen``) for the length of one
-    call, so a generation replaced by ``compact()``/``rebuild_index()`` keeps
-    its descriptor, map and index until the last reader drops it (CPython
-    frees it then, closing them).  ``close()`` closes the index now (the core
-    waits for readers inside it) and leaves the descriptor to that
-    finaliser, so a reader racing close() reads a closed index, never a
-    reused fd.
-
-    Reads of up to ``BIG_READ`` bytes copy from a read-only map of the data
-    file (``map``/``view``).  The map is never unmapped explicitly: a read
-    past its end maps the file again at its current size and the old map is
-    freed when the last reader lets go of it, so no reader can touch an
-    unmapped page.  Records lie inside the file (they are indexed only after
-    their write completed), so no read reaches past the end of the file.
-    """
-
-    __slots__ = ("data_gen", "index_gen", "data_path", "index_path", "fd", "index",
-                 "map", "view", "reader", "alloc", "writable", "closed", "__weakref__")
-
-    def __init__(self, data_gen: int, index_gen: int, data_path: str, index_path: str,
-                 fd: int, index: DiskHashIndex, writable: bool = True) -> None:
-        self.data_gen = data_gen
-        self.index_gen = index_gen
-        self.data_path = data_path
-        self.index_path = index_path
-        self.fd = fd
-        self.index = index
-        self.map: "mmap.mmap | None" = None
-        self.view: "memoryview | None" = None
-        self.reader: Any = None
-        self.closed = False
-        #: Bytes of the file allocated (posix_fallocate) for appends.
-        self.alloc = os.fstat(fd).st_size
-        self.writable = writable
-        weakref.finalize(self, _release, fd, index)
-
-    def remap(self) -> memoryview:
-        """Map the file at its current size (read-write for the writer); returns the new view."""
-        if self.closed:
-            raise IndexClosedError(f"{self.data_path}: store is closed")
-        size = os.fstat(self.fd).st_size
-        access = mmap.ACCESS_WRITE if self.writable else mmap.ACCESS_READ
-        mm = mmap.mmap(self.fd, size, access=access)
-        try:
-            mm.madvise(mmap.MADV_RANDOM)
-        except (AttributeError, OSError):  # pragma: no cover
-            pass
-        view = memoryview(mm)
-        self.map, self.view = mm, view
-        self.reader = MapReader(mm, self.index, _decompress, _lz4_decompress)
-        return view
-
-
-    def release(self) -> None:
-        """Close now (``PayloadStore.close``): the map unmapped, the descriptor
-        pointed at /dev/null (its number stays reserved until the finaliser, so a
-        racing reader never reads another file), so the file system is let go."""
-        self.closed = True
-        reader, self.reader = self.reader, None
-        if reader is not None:
-            reader.release()
-        view, self.view = self.view, None
-        if view is not None:
-            try:
-                view.release()
-            except BufferError:  # pragma: no cover - a slice alive in a racing thread
-                pass
-        mm, self.map = self.map, None
-        if mm is not None:
-            try:
-                mm.close()
-            except BufferError:  # pragma: no cover - freed with the last slice
-                pass
-        null = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            os.dup2(null, self.fd)
-        finally:
-            os.close(null)
-
-
-class _MaintenanceLock:
-    """The lock of compact(), rebuild_index() and close().  Taking it again in
-    the thread that holds it (a ``rebuild_index`` progress callback calling
-    ``close()`` or ``compact()``) raises ``RuntimeError`` instead of deadlocking.
-
-    Fair: callers get it in the order they asked (a ticket each), so a thread
-    running ``compact()`` in a tight loop cannot starve a ``close()`` from
-    another thread (a plain lock is taken back by its releaser before the
-    woken waiter runs).  A waiter interrupted (Ctrl-C) gives up its ticket."""
-
-    __slots__ = ("_cond", "_owner", "_next", "_serving", "_given_up")
-
-    def __init__(self) -> None:
-        self._cond = threading.Condition(threading.Lock())
-        self._owner: "int | None" = None
-        self._next = 0          # the next ticket handed out
-        self._serving = 0       # the ticket that may hold the lock
-        self._given_up: "set[int]" = set()
-
-    def __enter__(self) -> "_MaintenanceLock":
-        me = threading.get_ident()
-        if self._owner == me:
-            raise RuntimeError("close(), compact() and rebuild_index() cannot be called "
-                               "while this thread runs one of them (from a progress callback)")
-        with self._cond:
-            ticket = self._next
-            self._next += 1
-            try:
-                while self._serving != ticket:
-                    self._cond.wait()
-            except BaseException:
-                if self._serving == ticket:
-                    self._advance()
-                else:
-                    self._given_up.add(ticket)
-                raise
-            self._owner = me
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        with self._cond:
-            self._owner = None
-            self._advance()
-
-    def _advance(self) -> None:
-        self._serving += 1
-        while self._serving in self._given_up:
-            self._given_up.discard(self._serving)
-            self._serving += 1
-        self._cond.notify_all()
-
-
-def _release(fd: int, index: DiskHashIndex) -> None:
-    try:
-        index.close()
-    except Exception:  # pragma: no cover - best effort in a finaliser
-        pass
-    finally:
-        # (even after Ctrl-C in index.close(): the descriptor of a replaced,
-        # unlinked data file would otherwise hold its blocks until exit)
-        try:
-            os.close(fd)
-        except OSError:  # pragma: no cover
-            pass
 
 
 #: Stores open in this process, so a forked child can disable its copies
@@ -430,7 +142,7 @@ class PayloadStore:
         sync: Any = "save",
         salvage: bool = False,
     ) -> None:
-        self._gen: "_Generation | None" = None
+        self._gen: "Generation | None" = None
         self._lock: "IndexLock | None" = None
         self._closed = True
         directory = os.fspath(directory)
@@ -448,9 +160,10 @@ class PayloadStore:
         self._sync = sync
         self._readonly = readonly
         self._verify = verify_checksums
+        self._reader = StoreReader("", verify_checksums)
         self._write_lock = threading.RLock()
         #: Held for the whole of compact() and rebuild_index() (and by close()).
-        self._maintenance = _MaintenanceLock()
+        self._maintenance = MaintenanceLock()
         #: What the last compact() measured (seconds, puts_waited_seconds, bytes).
         self.last_compaction: "dict[str, Any] | None" = None
         self._unsaved = False
@@ -472,14 +185,16 @@ class PayloadStore:
                 raise FileNotFoundError(errno.ENOENT, "no PayloadStore directory", directory)
         else:
             os.makedirs(directory, exist_ok=True)
-        self._directory = os.path.realpath(directory)
-        self._manifest_path = os.path.join(self._directory, fmt.MANIFEST_NAME)
+        self._directory = self._reader.directory = os.path.realpath(directory)
+        self._dir = StoreDirectory(self._directory)
         self._lock = IndexLock(os.path.join(self._directory, "store"), not readonly, timeout)
         try:
             if readonly:
-                self._open_readonly()
+                opened = open_readonly(self._dir)
             else:
-                self._open_writable()
+                opened = open_writable(self._dir, fsync=sync != "never", salvage=salvage)
+                self.recovery, self.last_salvage = opened.recovery, opened.salvage
+            self._gen, self._end, self._checkpoint = opened.gen, opened.end, opened.checkpoint
         except BaseException:
             self._abandon()
             raise
@@ -492,347 +207,13 @@ class PayloadStore:
 
     # -- opening -------------------------------------------------------------------
 
-    def _path(self, name: str) -> str:
-        return os.path.join(self._directory, name)
-
-    def _read_manifest(self) -> "tuple[int, int] | None":
-        try:
-            fd = os.open(self._manifest_path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-        except FileNotFoundError:
-            return None
-        try:
-            if not stat.S_ISREG(os.fstat(fd).st_mode):      # a FIFO would block a plain open
-                raise CorruptPayloadError(self._manifest_path, "store manifest is not a regular file")
-            return fmt.unpack_manifest(os.pread(fd, 64, 0), self._manifest_path)
-        finally:
-            os.close(fd)
-
     def _write_manifest(self, data_gen: int, index_gen: int) -> None:
         if self._forked:            # (a fork from a progress callback: the commit is the parent's)
             raise self._closed_error()
-        tmp = self._path(f".{fmt.MANIFEST_NAME}.{os.getpid()}{TMP_SUFFIX}")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
-        try:
-            os.write(fd, fmt.pack_manifest(data_gen, index_gen))
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, self._manifest_path)
-        fsync_dir(self._directory)
-
-    def _create_data_file(self, data_gen: int) -> str:
-        path = self._path(fmt.data_name(data_gen))
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
-        try:
-            os.pwrite(fd, fmt.pack_data_header(fmt.DATA_HEADER_SIZE, 0), 0)
-            os.fsync(fd)
-        except BaseException:
-            self._unlink(path)          # a full disk: leave no empty generation behind
-            raise
-        finally:
-            os.close(fd)
-        return path
-
-    def _remove_leftovers(self, data_gen: int, index_gen: int) -> list[str]:
-        """Files of other generations and temporaries a crash left behind (writers
-        only, once the named generation has been opened whole).  Exactly the
-        names the store makes (``fmt.generation_file``, ``fmt.is_store_temporary``):
-        a user's ``data-export.dat`` or ``.notes.tmp`` is never touched."""
-        keep = {("data", data_gen), ("index", index_gen)}
-        removed = []
-        for entry in sorted(os.listdir(self._directory)):
-            gen = fmt.generation_file(entry)
-            if (gen is not None and gen not in keep) or fmt.is_store_temporary(entry):
-                try:
-                    if stat.S_ISDIR(os.lstat(self._path(entry)).st_mode):
-                        continue        # the store makes only files: a directory is not ours
-                    os.unlink(self._path(entry))
-                    removed.append(entry)
-                except FileNotFoundError:
-                    pass
-        return removed
-
-    def _missing_generation(self, path: str, data_gen: int, index_gen: int) -> CorruptPayloadError:
-        """The error of a MANIFEST naming a data file that is not there (a backup
-        restored from during a compact(), a partial copy): which generations the
-        directory does hold, so the right MANIFEST can be put back."""
-        found: "dict[str, set[int]]" = {"data": set(), "index": set()}
-        for entry in os.listdir(self._directory):
-            gen = fmt.generation_file(entry)
-            if gen is not None:
-                found[gen[0]].add(gen[1])
-
-        def names(kind: str) -> str:
-            return ", ".join(str(g) for g in sorted(found[kind])) or "none"
-
-        return CorruptPayloadError(
-            path, f"the MANIFEST names data generation {data_gen} and index generation "
-                  f"{index_gen}, but {os.path.basename(path)} is missing; this directory holds "
-                  f"data generation(s) {names('data')} and index generation(s) {names('index')}. "
-                  f"Nothing was changed: put back the MANIFEST that names the files that are "
-                  f"here (docs/internals/store-format.md)")
-
-    def _open_data_fd(self, path: str, writable: bool) -> tuple[int, fmt.DataHeader, int]:
-        flags = (os.O_RDWR if writable else os.O_RDONLY) | os.O_CLOEXEC | os.O_NONBLOCK
-        fd = os.open(path, flags)
-        try:
-            st = os.fstat(fd)
-            if not stat.S_ISREG(st.st_mode):
-                raise CorruptPayloadError(path, "data file is not a regular file")
-            os.set_blocking(fd, True)
-            header = fmt.unpack_data_header(os.pread(fd, fmt.DATA_HEADER_SIZE, 0), path)
-        except BaseException:
-            os.close(fd)
-            raise
-        return fd, header, st.st_size
-
-    def _open_readonly(self) -> None:
-        gens = self._read_manifest()
-        if gens is None:
-            raise FileNotFoundError(errno.ENOENT, "no PayloadStore here (MANIFEST missing)",
-                                    self._manifest_path)
-        data_gen, index_gen = gens
-        data_path, index_path = self._path(fmt.data_name(data_gen)), self._path(fmt.index_name(index_gen))
-        if not os.path.lexists(data_path):
-            raise self._missing_generation(data_path, data_gen, index_gen)
-        fd, header, size = self._open_data_fd(data_path, False)
-        try:
-            index = DiskHashIndex(index_path, readonly=True, timeout=0.0)
-        except BaseException:
-            os.close(fd)
-            raise
-        self._gen = _Generation(data_gen, index_gen, data_path, index_path, fd, index, writable=False)
-        self._end = size
-        self._checkpoint = header.checkpoint
-
-    def _open_writable(self) -> None:
-        """Open the generation the MANIFEST names and bring the index to the log.
-
-        Nothing is deleted or cut before that generation's data file has been
-        found and read whole.  After an unclean close the log after the
-        checkpoint is replayed up to its first invalid frame and cut there
-        (point-in-time recovery: a crash leaves a torn record, a power loss
-        can leave a hole with whole frames after it); the index is rebuilt
-        from the log up to the cut when it cannot be brought there by the
-        replay (missing, damaged, pointing past the cut, or a hole cut whole
-        frames whose deletes it may hold).  What was done: ``self.recovery``.
-        """
-        gens = self._read_manifest()
-        if gens is None:
-            stale = [e for e in os.listdir(self._directory)
-                     if (fmt.generation_file(e) or ("",))[0] == "data"
-                     and os.path.getsize(self._path(e)) > fmt.DATA_HEADER_SIZE]
-            if stale:
-                raise CorruptPayloadError(
-                    self._manifest_path,
-                    f"MANIFEST is missing but data files hold records ({', '.join(sorted(stale))}); "
-                    f"restore the manifest (see docs/internals/store-format.md) rather than start over")
-            self._remove_leftovers(0, 0)
-            self._create_data_file(1)
-            self._write_manifest(1, 1)
-            gens = (1, 1)
-        data_gen, index_gen = gens
-        data_path, index_path = self._path(fmt.data_name(data_gen)), self._path(fmt.index_name(index_gen))
-        if not os.path.lexists(data_path):
-            raise self._missing_generation(data_path, data_gen, index_gen)
-        fd, header, size = self._open_data_fd(data_path, True)
-        index = None
-        built = None
-        try:
-            if size < header.checkpoint:
-                raise CorruptPayloadError(
-                    data_path, f"data file is {size} bytes, shorter than its checkpoint "
-                               f"({header.checkpoint}): it was cut behind the store's back; "
-                               f"records may be missing (open read-only to salvage)")
-            rebuilt = None
-            if not os.path.exists(index_path) and size > fmt.DATA_HEADER_SIZE:
-                rebuilt = "index file missing"
-            else:
-                try:
-                    index = DiskHashIndex(index_path, timeout=0.0)
-                except CorruptIndexError as exc:
-                    rebuilt = f"index damaged: {exc}"
-                else:
-                    if index.recovery is not None and index.recovery.dropped:
-                        rebuilt = f"index repair dropped {len(index.recovery.dropped)} entries"
-            checkpoint = min(max(header.checkpoint, fmt.DATA_HEADER_SIZE), size)
-            # The log after the checkpoint, up to its first invalid frame: nothing
-            # after the last save() was promised durable, so that is where it ends.
-            final, result = fmt.replay(fd, checkpoint, size, data_path, mode="stop")
-            cut = result.end
-            cut_frames, cut_keys = 0, set[int]()
-            if result.torn and cut < size:
-                cut_frames, cut_keys = self._after_cut(fd, cut, size, data_path)
-                if cut_frames and rebuilt is None:
-                    rebuilt = (f"point-in-time recovery: {cut_frames} whole record(s) after an "
-                               f"invalid stretch at offset {cut} were cut")
-            if rebuilt is None and header.open_across_reboot():
-                # A power loss (or a crash of the machine): the index file may hold
-                # any mix of the pages written since the last save() -- a delete
-                # whose tombstone never reached the disk among them, which no
-                # replay could notice.  The log up to the cut is the truth.
-                rebuilt = "the system restarted while the store was open for writing"
-            if rebuilt is None:
-                assert index is not None
-                _apply(index, final)
-                if header.flags & fmt.FLAG_DIRTY:
-                    past = self._keys_past(index, cut)
-                    if past:
-                        # Power loss: index pages reached the disk before the data they
-                        # point at.  The log is the truth: rebuild from it.
-                        rebuilt = "index points past the end of the data file"
-                        cut_keys.update(past)
-            end = cut
-            salvaged = None
-            if rebuilt is not None:
-                old, index = index, None
-                try:
-                    built = self._path(fmt.index_name(index_gen + 1))
-                    index, salvaged = self._build_index(built, fd, cut, data_path, None,
-                                                        salvage=self._salvage, old_index=old)
-                finally:
-                    if old is not None:
-                        old.close()
-                index_gen += 1
-            # Commit: cut the tail, then the header and (for a new index) the MANIFEST.
-            if end < size:
-                os.ftruncate(fd, end)
-                if self._sync != "never":
-                    _fsync_data(fd)
-            if salvaged is not None and salvaged.keys:
-                # The dropped keys get tombstones, so the next rebuild finds
-                # their damaged records dead instead of refusing again.
-                end = _write_all(fd, [fmt.tombstone(k) for k in salvaged.keys], end)
-                self.last_salvage = salvaged
-            if rebuilt is not None:
-                self._write_header(fd, end, fmt.FLAG_DIRTY, sync=True)
-                self._write_manifest(data_gen, index_gen)
-                built = None
-                index_path = self._path(fmt.index_name(index_gen))
-            else:
-                assert index is not None
-                if final:
-                    if self._sync != "never":
-                        _fsync_data(fd)
-                    index.save()
-                    checkpoint = end
-                checkpoint = min(checkpoint, end)
-                self._write_header(fd, checkpoint, fmt.FLAG_DIRTY, sync=True)
-            self._end = end
-            removed = self._remove_leftovers(data_gen, index_gen)
-            self._checkpoint = self._read_checkpoint(fd, data_path)
-        except BaseException:
-            if index is not None:
-                index.close()
-            if built is not None:
-                self._unlink(built, built + ".lock")
-            os.close(fd)
-            raise
-        assert index is not None
-        self._gen = _Generation(data_gen, index_gen, data_path, index_path, fd, index)
-        recovery = StoreRecovery(len(final), size - cut, cut_frames, tuple(sorted(cut_keys)),
-                                 rebuilt, tuple(removed))
-        self.recovery = None if recovery == StoreRecovery() else recovery
-
-    def _read_checkpoint(self, fd: int, path: str) -> int:
-        return fmt.unpack_data_header(os.pread(fd, fmt.DATA_HEADER_SIZE, 0), path).checkpoint
+        self._dir.write_manifest(data_gen, index_gen)
 
     def _write_header(self, fd: int, checkpoint: int, flags: int, sync: bool) -> None:
-        os.pwrite(fd, fmt.pack_data_header(checkpoint, flags), 0)
-        if sync and self._sync != "never":
-            _fsync_data(fd)
-
-    @staticmethod
-    def _after_cut(fd: int, cut: int, size: int, path: str) -> "tuple[int, set[int]]":
-        """What the point-in-time cut at ``cut`` drops: the whole valid frames
-        after it (found frame by frame past each invalid stretch) and the edge
-        ids they, and a torn record's still plausible header, name."""
-        frames, keys = 0, set[int]()
-        for item in fmt.scan_resync(fd, cut, size, path):
-            if isinstance(item, fmt.Frame):
-                frames += 1
-                keys.add(item.key)
-            elif isinstance(item, fmt.Damage) and item.key is not None:
-                keys.add(item.key)
-        return frames, keys
-
-    @staticmethod
-    def _keys_past(index: DiskHashIndex, end: int) -> "set[int]":
-        return {key for key, meta in index.items() if meta.offset + meta.length > end}
-
-    def _build_index(self, index_path: str, fd: int, end: int, data_path: str,
-                     progress: "Callable[[int, int], Any] | None", *, salvage: bool = False,
-                     old_index: "DiskHashIndex | None" = None,
-                     ) -> "tuple[DiskHashIndex, SalvageReport | None]":
-        """A new index at ``index_path`` holding the final state of the log up to
-        ``end`` (tombstones honoured), and what it passed over.
-
-        An invalid stretch of the log is passed over to the next valid frame.
-        It costs nothing when the records in it are dead (their key has a
-        later valid frame or tombstone); records whose key's newest frame is
-        in it (found by their header, or, where the header is damaged too, by
-        ``old_index`` pointing into the stretch) are lost: without
-        ``salvage`` that raises ``DamagedRecordsError`` naming them before
-        any file is written; with it they are left out, reported in the
-        ``SalvageReport`` (None when nothing was passed over).
-        """
-        damages: "list[fmt.Damage]" = []
-        np = _numpy() if LogFold is not None else None
-        if np is not None:
-            # The log folded in C, indexed with one insert_many (docs/internals/design.md).
-            table = LogFold()
-            fmt.fold(fd, fmt.DATA_HEADER_SIZE, end, data_path, table, progress, "resync", damages)
-            count = table.live
-            key_rows, meta_rows = table.rows()
-            del table
-            live: "dict[int, tuple[int, int, int, int]]" = {}
-        else:
-            final, _ = fmt.replay(fd, fmt.DATA_HEADER_SIZE, end, data_path, progress, "resync", damages)
-            live = {k: v for k, v in final.items() if v is not None}
-            count = len(live)
-        report = None
-        lost: "list[int]" = []
-        if damages:
-            rows: Any = live
-            if np is not None:
-                from diskhash._index import dtypes as _dtypes
-                rows = (np.frombuffer(key_rows, dtype=_dtypes.KEY_DTYPE),
-                        np.frombuffer(meta_rows, dtype=_dtypes.META_DTYPE))
-            lost = _damaged_live(fd, end, data_path, damages, old_index,
-                                 _maybe_deleted(fd, damages, old_index, rows))
-            if lost and not salvage:
-                shown = ", ".join(f"{k:#x}" for k in lost[:20]) + (", ..." if len(lost) > 20 else "")
-                raise DamagedRecordsError(
-                    data_path, [f"damaged record(s) at offset {d.start} ({d.end - d.start} bytes)"
-                                for d in damages[:100]]
-                    + [f"{len(lost)} key(s) whose newest record is damaged would be lost: {shown}; "
-                       f"nothing was changed (salvage=True drops them and reports them)"],
-                    lost, offset=damages[0].start)
-            report = SalvageReport(tuple(lost), len(damages), sum(d.end - d.start for d in damages))
-        for leftover in (index_path, index_path + ".lock"):
-            try:
-                os.unlink(leftover)
-            except FileNotFoundError:
-                pass
-        index = DiskHashIndex(index_path, capacity=max(count, 1), timeout=0.0)
-        try:
-            if np is not None:
-                if count:
-                    from diskhash._index import dtypes as _dtypes
-                    index.insert_many(np.frombuffer(key_rows, dtype=_dtypes.KEY_DTYPE),
-                                      np.frombuffer(meta_rows, dtype=_dtypes.META_DTYPE))
-            else:
-                _bulk_insert(index, live)
-            for key in lost:
-                index.delete(key)
-            index.save()
-            fsync_dir(self._directory)
-        except BaseException:
-            index.close()
-            raise
-        if progress is not None:
-            progress(end, end)
-        return index, report
+        write_header(fd, checkpoint, flags, sync and self._sync != "never")
 
     def _abandon(self) -> None:
         g, self._gen = self._gen, None
@@ -851,7 +232,7 @@ class PayloadStore:
 
     # -- state -----------------------------------------------------------------------
 
-    def _live(self) -> _Generation:
+    def _live(self) -> Generation:
         g = self._gen
         if g is None:
             raise self._closed_error()
@@ -878,7 +259,7 @@ class PayloadStore:
         """
         self._forked = True
         self._write_lock = threading.RLock()
-        self._maintenance = _MaintenanceLock()
+        self._maintenance = MaintenanceLock()
         self._stop_syncer = threading.Event()
         self._syncer = None             # (the thread does not exist in the child)
         self._release_inherited()
@@ -897,7 +278,7 @@ class PayloadStore:
             finally:
                 self._lock = None
 
-    def _writable(self) -> _Generation:
+    def _writable(self) -> Generation:
         if self._readonly:
             raise ReadOnlyIndexError(f"{self._directory}: store was opened read-only")
         return self._live()
@@ -932,90 +313,6 @@ class PayloadStore:
 
     # -- reads -------------------------------------------------------------------------
 
-    def _read(self, g: _Generation, meta: PayloadMeta) -> bytes:
-        """The payload of ``meta``, checked; ``CorruptPayloadError`` if it does not check out."""
-        reader = g.reader
-        if reader is not None and meta[2] <= BIG_READ:
-            got = reader.read(meta, self._verify)
-            if type(got) is not bytes:
-                if got == BEYOND:
-                    g.remap()
-                    got = g.reader.read(meta, self._verify)
-                if type(got) is not bytes:
-                    if g.closed:
-                        raise IndexClosedError(f"{self._directory}: store is closed")
-                    return self._read_py(g, meta)       # raises the right error
-            if meta[3]:
-                return self._decompress(g, meta, got)
-            return got
-        return self._read_py(g, meta)
-
-    def _read_py(self, g: _Generation, meta: PayloadMeta) -> bytes:
-        """``_read`` in Python: big records (pread), no compiled module, and errors."""
-        off = meta.offset
-        n = meta.length
-        start = off - fmt.FRAME_SIZE
-        end = off + n
-        if n > BIG_READ:
-            return self._read_big(g, meta)
-        if start < fmt.DATA_HEADER_SIZE:        # (a damaged index: not a negative slice)
-            raise self._short(g, meta)
-        view = g.view
-        if view is None or end > len(view):
-            view = g.remap()
-            if end > len(view):
-                raise self._short(g, meta)
-        ck, kind, comp, mark, slen, ulen, lo, hi = fmt.FRAME.unpack_from(view, start)
-        if (kind != 1 or slen != n or lo != meta.edge_id & _MASK64 or hi != meta.edge_id >> 64
-                or comp != meta.compression or ulen != meta.uncompressed_length
-                or mark != fmt.FRAME_MARK):
-            raise CorruptPayloadError(g.data_path, "record header does not match the index",
-                                      edge_id=meta.edge_id, offset=start)
-        if self._verify and fmt.checksum(view[start + 4:end]) != ck:
-            raise CorruptPayloadError(g.data_path, "payload checksum mismatch",
-                                      edge_id=meta.edge_id, offset=start)
-        if comp:
-            return self._decompress(g, meta, view[off:end])
-        return view[off:end].tobytes()
-
-    def _short(self, g: _Generation, meta: PayloadMeta) -> CorruptPayloadError:
-        return CorruptPayloadError(
-            g.data_path, f"data file is shorter than the indexed offset + length "
-                         f"({meta.offset} + {meta.length})", edge_id=meta.edge_id,
-            offset=meta.offset - fmt.FRAME_SIZE)
-
-    def _decompress(self, g: _Generation, meta: PayloadMeta, data: Any) -> bytes:
-        try:
-            return _codecs.decompress(int(meta.compression), data, meta.uncompressed_length)
-        except ValueError as exc:
-            raise CorruptPayloadError(g.data_path, str(exc), edge_id=meta.edge_id,
-                                      offset=meta.offset - fmt.FRAME_SIZE) from None
-
-    def _read_big(self, g: _Generation, meta: PayloadMeta) -> bytes:
-        """A large record: one pread (the GIL released while it copies)."""
-        start = meta.offset - fmt.FRAME_SIZE
-        n = meta.length
-        if start < fmt.DATA_HEADER_SIZE or start + fmt.FRAME_SIZE + n > _MAX_FILE:
-            raise self._short(g, meta)          # (a damaged index: not pread's OverflowError)
-        buf = fmt.pread_exact(g.fd, fmt.FRAME_SIZE + n, start)
-        if len(buf) != fmt.FRAME_SIZE + n:
-            if g.closed:
-                raise IndexClosedError(f"{self._directory}: store is closed")
-            raise self._short(g, meta)
-        ck, kind, comp, mark, slen, ulen, lo, hi = fmt.FRAME.unpack_from(buf)
-        if (kind != 1 or slen != n or lo != meta.edge_id & _MASK64 or hi != meta.edge_id >> 64
-                or comp != meta.compression or ulen != meta.uncompressed_length
-                or mark != fmt.FRAME_MARK):
-            raise CorruptPayloadError(g.data_path, "record header does not match the index",
-                                      edge_id=meta.edge_id, offset=start)
-        mv = memoryview(buf)
-        if self._verify and fmt.checksum(mv[4:]) != ck:
-            raise CorruptPayloadError(g.data_path, "payload checksum mismatch",
-                                      edge_id=meta.edge_id, offset=start)
-        if comp:
-            return self._decompress(g, meta, mv[fmt.FRAME_SIZE:])
-        return buf[fmt.FRAME_SIZE:]
-
     def get(self, edge_id: Any, default: Any = None) -> Any:
         """The payload stored under ``edge_id`` (decompressed), or ``default``.
 
@@ -1035,13 +332,7 @@ class PayloadStore:
         return self._get_slow(edge_id, default)
 
     def _get_slow(self, edge_id: Any, default: Any) -> Any:
-        """``get`` through the index's PayloadMeta: no map yet, a remap, big
-        records, and every error."""
-        g = self._live()
-        meta = g.index.get(edge_id)
-        if meta is None:
-            return default
-        return self._read(g, meta)
+        return self._reader.get_slow(self._live(), edge_id, default)
 
     def __getitem__(self, edge_id: Any) -> bytes:
         got = self.get(edge_id, _MISSING)
@@ -1138,10 +429,10 @@ class PayloadStore:
             if packed is not None:
                 stored, used = packed, comp
         slen = len(stored)
-        rest = fmt.FRAME_BODY.pack(1, used, fmt.FRAME_MARK, slen, n, key & _MASK64, key >> 64) + stored
+        rest = fmt.FRAME_BODY.pack(fmt.KIND_PUT, used, fmt.FRAME_MARK, slen, n, key & _MASK64, key >> 64) + stored
         return fmt.checksum(rest).to_bytes(4, "little"), rest, used, slen, n
 
-    def _append(self, g: _Generation, buffers: Sequence[Any], size: int) -> int:
+    def _append(self, g: Generation, buffers: Sequence[Any], size: int) -> int:
         """Append one frame, given as (its 4 checksum bytes, the rest), at the end
         of the log; returns where it starts.
 
@@ -1168,7 +459,7 @@ class PayloadStore:
         self._unsaved = True
         return start
 
-    def _append_frames(self, g: _Generation, blob: "bytes | memoryview") -> int:
+    def _append_frames(self, g: Generation, blob: "bytes | memoryview") -> int:
         """Append many whole frames with one ``pwrite``: the kernel copies in
         file order and stops between pages on SIGKILL, so a crash leaves a prefix
         of the frames (the last one possibly torn), never a hole."""
@@ -1193,7 +484,7 @@ class PayloadStore:
             raise
         return start
 
-    def _allocate(self, g: _Generation, end: int, populate: bool = True) -> None:
+    def _allocate(self, g: Generation, end: int, populate: bool = True) -> None:
         """Allocate the file's blocks to past ``end`` and map them (ENOSPC here, nothing
         written); with ``populate``, fault the new pages in for writes through the map."""
         want = end + min(max(end // 8, ALLOC_MIN), ALLOC_MAX)
@@ -1210,7 +501,7 @@ class PayloadStore:
         if populate:
             _populate(g.map, g.fd, old, g.alloc)
 
-    def _undo_append(self, g: _Generation, start: int, end: int) -> None:
+    def _undo_append(self, g: Generation, start: int, end: int) -> None:
         """Forget an append whose indexing failed: zero it, so no open replays it.
 
         The log's end moves back to ``start`` only once the zeros are there
@@ -1230,7 +521,7 @@ class PayloadStore:
             except OSError:  # pragma: no cover
                 pass
 
-    def _undo_unindexed(self, g: _Generation, end: int, rows: "list[tuple[int, int]]") -> None:
+    def _undo_unindexed(self, g: Generation, end: int, rows: "list[tuple[int, int]]") -> None:
         """``_undo_append`` for the frames the index did not take, after indexing
         raised: ``rows`` (key, payload offset) are the frames up to ``end``, indexed
         in order.  An exception is not proof that nothing was indexed: Ctrl-C
@@ -1284,7 +575,7 @@ class PayloadStore:
                 raise
             return meta
 
-    def _put_frame(self, g: _Generation, edge_id: Any, payload: bytes) -> PayloadMeta:
+    def _put_frame(self, g: Generation, edge_id: Any, payload: bytes) -> PayloadMeta:
         """``put`` of uncompressed bytes, the writer lock held: the frame written
         into the map and indexed in one compiled call (``_store.write.put_frame``;
         the same order and undo as ``_append`` + ``insert``)."""
@@ -1525,7 +816,7 @@ class PayloadStore:
                 i = i_next
         return True
 
-    def _delete_locked(self, g: _Generation, key: int) -> bool:
+    def _delete_locked(self, g: Generation, key: int) -> bool:
         if key not in g.index:
             return False
         frame = fmt.tombstone(key)
@@ -1558,7 +849,7 @@ class PayloadStore:
                 if default is _MISSING:
                     raise KeyError(edge_id)
                 return default
-            value = self._read(g, meta)
+            value = self._reader.read(g, meta)
             self._delete_locked(g, key)
             return value
 
@@ -1575,7 +866,7 @@ class PayloadStore:
             g = self._writable()
             self._save_locked(g)
 
-    def _save_locked(self, g: _Generation) -> None:
+    def _save_locked(self, g: Generation) -> None:
         end = self._end
         sync = self._sync != "never"
         if sync:
@@ -1674,7 +965,7 @@ class PayloadStore:
 
     # -- whole-store operations ---------------------------------------------------------------
 
-    def _data_end(self, g: _Generation) -> int:
+    def _data_end(self, g: Generation) -> int:
         """Where the log ends: the writer knows; a reader takes the file's size."""
         return os.fstat(g.fd).st_size if self._readonly else self._end
 
@@ -1689,23 +980,13 @@ class PayloadStore:
         other threads wait for the walk)."""
         with self._writers_paused():
             g = self._live()
-            entries = live = stored = raw = 0
-            for m in g.index.values():
-                entries += 1
-                live += fmt.FRAME_SIZE + m.length
-                stored += m.length
-                raw += m.uncompressed_length
             size = self._data_end(g)
-        body = max(size - fmt.DATA_HEADER_SIZE, 0)
-        try:
-            index_bytes = os.path.getsize(g.index_path)
-        except FileNotFoundError:
-            if self._gen is not g and self._gen is not None:
-                return self.stats()     # a racing compact()/rebuild_index() replaced it: again
-            raise
-        return StoreStats(entries, size, live, stored, raw, index_bytes,
-                          (body - live) / body if body else 0.0, g.data_gen, g.index_gen,
-                          self._checkpoint)
+            try:
+                return stats_of(g, size, self._checkpoint)
+            except FileNotFoundError:
+                if self._gen is g or self._gen is None:
+                    raise
+        return self.stats()     # a racing compact()/rebuild_index() replaced it: again
 
     def verify(self) -> None:
         """Check the whole store: the index (``CorruptIndexError``), every frame of the
@@ -1720,45 +1001,7 @@ class PayloadStore:
 
     def _verify_locked(self) -> None:
         g = self._live()
-        g.index.verify()
-        defects: list[str] = []
-        size = self._data_end(g)
-        frames: dict[int, fmt.Frame] = {}
-        try:
-            for item in fmt.scan(g.fd, fmt.DATA_HEADER_SIZE, size, g.data_path):
-                if isinstance(item, fmt.Frame):
-                    if item.kind == fmt.KIND_PUT:
-                        frames[item.offset + fmt.FRAME_SIZE] = item
-                elif item.torn and item.end < size and not _all_zero(g.fd, item.end, size):
-                    # (zeros are blocks a writer allocated ahead, not damage)
-                    defects.append(f"torn tail: {size - item.end} bytes after offset {item.end} "
-                                   f"hold no valid record (a writable open cuts them)")
-        except CorruptPayloadError as exc:
-            defects.extend(f"{d} at offset {exc.offset}" for d in exc.defects)
-        for key, m in g.index.items():
-            f = frames.get(m.offset)
-            if f is None:
-                if not defects or len(defects) < 1000:
-                    try:
-                        self._read(g, m)
-                        continue            # beyond a mid-log defect but intact
-                    except CorruptPayloadError as exc:
-                        defects.append(f"edge id {key:#x} at offset {m.offset}: {exc.defects[0]}")
-                continue
-            if (f.key, f.stored_length, f.compression, f.uncompressed_length) != \
-                    (key, m.length, int(m.compression), m.uncompressed_length):
-                defects.append(f"edge id {key:#x}: index record {tuple(m)[1:]} does not match "
-                               f"the frame at offset {f.offset}")
-            elif m.compression:
-                # The checksum covers the stored bytes, not what they decode to:
-                # a record get() would refuse is damage too.  One at a time.
-                try:
-                    _codecs.check_decodes(int(m.compression), g.fd, m.offset, m.length,
-                                          m.uncompressed_length)
-                except ValueError as exc:
-                    defects.append(f"edge id {key:#x} at offset {f.offset}: {exc}")
-        if defects:
-            raise CorruptPayloadError(g.data_path, defects)
+        verify_generation(g, self._data_end(g), self._reader.read)
 
     def rebuild_index(self, progress: "Callable[[int, int], Any] | None" = None, *,
                       salvage: bool = False) -> int:
@@ -1786,28 +1029,28 @@ class PayloadStore:
             self.last_salvage = None
             self._save_locked(g)
             index_gen = g.index_gen + 1
-            index_path = self._path(fmt.index_name(index_gen))
+            index_path = self._dir.path(fmt.index_name(index_gen))
             end = self._end
-            index, report = self._build_index(index_path, g.fd, end, g.data_path, progress,
-                                              salvage=salvage, old_index=g.index)
+            index, report = build_index(self._dir, index_path, g.fd, end, g.data_path,
+                                                 progress, salvage=salvage, old_index=g.index)
             committed = False
             try:
                 if self._end != end:
                     # ``progress`` wrote (the writer lock is reentrant): the
                     # frames it appended are indexed too, or they would be lost.
                     final, _ = fmt.replay(g.fd, end, self._end, g.data_path)
-                    _apply(index, final)
+                    apply_final(index, final)
                     index.save()
                 self._write_manifest(g.data_gen, index_gen)
                 committed = True
             finally:
                 # The rename is the commit (as in compact()): once the MANIFEST
                 # names the new index, switch to it even if what followed raised.
-                if committed or self._read_manifest() == (g.data_gen, index_gen):
-                    self._gen = new = _Generation(g.data_gen, index_gen, g.data_path, index_path,
+                if committed or self._dir.read_manifest() == (g.data_gen, index_gen):
+                    self._gen = new = Generation(g.data_gen, index_gen, g.data_path, index_path,
                                                   os.dup(g.fd), index)
                     if committed:
-                        self._unlink(g.index_path, g.index_path + ".lock")
+                        unlink(g.index_path, g.index_path + ".lock")
                 else:
                     index.close()
             if report is not None:
@@ -1832,13 +1075,6 @@ class PayloadStore:
                 raise self._closed_error()
             return got
         return checked
-
-    def _unlink(self, *paths: str) -> None:
-        for p in paths:
-            try:
-                os.unlink(p)
-            except FileNotFoundError:
-                pass
 
     def compact(self, *, salvage: bool = False) -> None:
         """Rewrite the live records into a new data file; disk use returns to the live bytes.
@@ -1893,162 +1129,6 @@ def _frame_rows(keys: "list[int]", lengths: "Iterable[int]", start: int) -> "lis
     return rows
 
 
-def _all_zero(fd: int, start: int, end: int) -> bool:
-    """Whether bytes [start, end) of the file are all zero."""
-    while start < end:
-        chunk = os.pread(fd, min(end - start, 1 << 20), start)
-        if not chunk or chunk.count(0) != len(chunk):
-            return not chunk
-        start += len(chunk)
-    return True
-
-
-def _key_list(edge_ids: Any) -> list[int]:
-    """Keys as validated ints: a sequence of keys, or a numpy KEY_DTYPE / unsigned int array."""
-    dtype = getattr(edge_ids, "dtype", None)
-    if dtype is not None and getattr(edge_ids, "ndim", 1) == 1:
-        names = getattr(dtype, "names", None)
-        if names and "lo" in names and "hi" in names:
-            keys = [int(lo) | (int(hi) << 64) for lo, hi in
-                    zip(edge_ids["lo"].tolist(), edge_ids["hi"].tolist())]
-            if dtype["lo"].kind == "u" and dtype["hi"].kind == "u":
-                return keys
-            return [_key_int(k) for k in keys]     # signed fields: refuse negatives here
-        if dtype.kind == "u":
-            return [int(k) for k in edge_ids.tolist()]
-        if dtype.kind == "i":
-            vals = edge_ids.tolist()
-            return [_key_int(k) for k in vals]
-    if isinstance(edge_ids, (str, bytes)) or edge_ids is None:
-        raise TypeError("edge_ids must be a sequence of keys or a numpy key array")
-    return [_key_int(k) for k in edge_ids]
-
-
-def _key_halves(edge_ids: Any) -> "tuple[Any, Any] | None":
-    """A 1-D numpy array of unsigned ids or of KEY_DTYPE as contiguous ``uint64``
-    (low halves, high halves); None for anything else (``_key_list`` takes it)."""
-    dtype = getattr(edge_ids, "dtype", None)
-    if dtype is None or getattr(edge_ids, "ndim", 0) != 1:
-        return None
-    np = _numpy()
-    if np is None or not isinstance(edge_ids, np.ndarray):
-        return None
-    names = dtype.names
-    if names:
-        if "lo" in names and "hi" in names and dtype["lo"].kind == "u" and dtype["hi"].kind == "u":
-            return (np.ascontiguousarray(edge_ids["lo"], dtype=np.uint64),
-                    np.ascontiguousarray(edge_ids["hi"], dtype=np.uint64))
-        return None
-    if dtype.kind == "u":
-        lo = np.ascontiguousarray(edge_ids, dtype=np.uint64)
-        return lo, np.zeros(len(lo), dtype=np.uint64)
-    return None
-
-
-def _key_pairs(edge_ids: Any) -> Any:
-    """A 1-D numpy array of unsigned ids or of KEY_DTYPE as one contiguous
-    ``uint64`` array of (low, high) pairs -- ``KEY_DTYPE``'s layout; None for
-    anything else (``_key_list`` takes it)."""
-    np = _numpy()
-    if np is not None and np.ma.isMaskedArray(edge_ids):
-        return None         # _key_list: a masked key is refused, never written under its hidden value
-    if np is not None and isinstance(edge_ids, np.ndarray) and edge_ids.ndim == 1:
-        from diskhash._index import dtypes as _dtypes
-        if edge_ids.dtype == _dtypes.KEY_DTYPE:     # already the layout: one copy (ours to keep)
-            return np.array(edge_ids, dtype=_dtypes.KEY_DTYPE, order="C").view(np.uint64)
-    halves = _key_halves(edge_ids)
-    if halves is None:
-        return None
-    lo, hi = halves
-    pairs = np.empty(2 * len(lo), dtype=np.uint64)
-    pairs[0::2] = lo
-    pairs[1::2] = hi
-    return pairs
-
-
-def _pair_keys(pairs: Any, start: int, stop: int) -> "list[int]":
-    """Keys ``start`` to ``stop`` of a ``_key_pairs`` array as ints."""
-    lo = pairs[2 * start:2 * stop:2].tolist()
-    hi = pairs[2 * start + 1:2 * stop:2].tolist()
-    return [a | (b << 64) for a, b in zip(lo, hi)]
-
-
-def _maybe_deleted(fd: int, damages: "list[fmt.Damage]", old_index: "DiskHashIndex | None",
-                   rows: Any) -> "dict[int, int]":
-    """Keys the rebuilt log holds but ``old_index`` does not, whose last valid
-    record lies before a damaged stretch that may hold frames nobody can name
-    (its header is unreadable, or the stretch is longer than the frame its
-    header claims): their tombstone may be in there, so the rebuild must not
-    bring them back silently (a delete made durable long ago would be
-    undone).  Maps each to the start of the first such stretch after its
-    record.  ``rows``: the rebuilt live state, a dict (key -> (payload
-    offset, ...)) or (key rows, meta rows) numpy arrays."""
-    import bisect
-    anon = [d.start for d in damages if d.key is None or d.end - d.start
-            != fmt._claimed_end(fmt.pread_exact(fd, fmt.FRAME_SIZE, d.start), 0)]
-    if not anon or old_index is None:
-        return {}
-    found: "dict[int, int]" = {}
-    if isinstance(rows, dict):
-        pairs: "Iterable[tuple[int, int]]" = (
-            (k, v[0] - fmt.FRAME_SIZE) for k, v in rows.items()
-            if v[0] - fmt.FRAME_SIZE < anon[-1] and k not in old_index)
-    else:
-        keys, metas = rows
-        at = metas["offset"].astype("int64") - fmt.FRAME_SIZE
-        sel = at < anon[-1]
-        keys, at = keys[sel], at[sel]
-        if len(keys):
-            absent = ~old_index.contains_many(keys)
-            keys, at = keys[absent], at[absent]
-        pairs = ((int(lo) | (int(hi) << 64), int(a))
-                 for lo, hi, a in zip(keys["lo"].tolist(), keys["hi"].tolist(), at.tolist()))
-    for key, at in pairs:
-        found[key] = anon[bisect.bisect_right(anon, at)]
-    return found
-
-
-def _damaged_live(fd: int, end: int, path: str, damages: "list[fmt.Damage]",
-                  old_index: "DiskHashIndex | None",
-                  maybe_deleted: "dict[int, int] | None" = None) -> "list[int]":
-    """The keys whose newest record lies in one of ``damages`` (``end``: where the
-    log ends): named by a damaged frame's plausible header, or by an ``old_index``
-    entry pointing into a damaged stretch, and with no valid frame after it;
-    and the keys of ``maybe_deleted`` (``_maybe_deleted``), whose tombstone
-    may lie in a damaged stretch."""
-    import bisect
-    newest: "dict[int, int]" = dict(maybe_deleted or {})  # key -> its last damaged record's start
-    for d in damages:
-        if d.key is not None:
-            newest[d.key] = max(newest.get(d.key, -1), d.start)
-    if old_index is not None:
-        starts = [d.start for d in damages]
-        for key, meta in old_index.items():
-            at = meta.offset - fmt.FRAME_SIZE
-            i = bisect.bisect_right(starts, at) - 1
-            if i >= 0 and at < damages[i].end:
-                newest[key] = max(newest.get(key, -1), at)
-    if not newest:
-        return []
-    last: "dict[int, int]" = {}
-    for item in fmt.scan_resync(fd, damages[0].start, end, path):
-        if isinstance(item, fmt.Frame) and item.key in newest:
-            last[item.key] = item.offset
-    return sorted(k for k, at in newest.items() if last.get(k, -1) < at)
-
-
-def _apply(index: DiskHashIndex, final: "dict[int, tuple[int, int, int, int] | None]") -> None:
-    """Make ``index`` hold ``final``: key -> (offset, length, compression, ulen), or
-    None for absent; inserts in bulk where numpy allows."""
-    puts = {}
-    for k, v in final.items():
-        if v is None:
-            index.delete(k)
-        else:
-            puts[k] = v
-    _bulk_insert(index, puts)
-
-
 def _insert_rows(index: DiskHashIndex, rows: "list[tuple[int, int, int, int, int]]", base: int) -> None:
     """Index ``rows`` of (key, offset - base, length, compression, ulen) in order
     (a later duplicate wins): one ``insert_many`` where numpy is installed."""
@@ -2075,37 +1155,41 @@ def _insert_rows(index: DiskHashIndex, rows: "list[tuple[int, int, int, int, int
     index.insert_many(karr, recs)
 
 
-def _numpy() -> Any:
-    try:
-        from diskhash._index import dtypes as _dtypes
-    except ImportError:
-        return None
-    return _dtypes.np
+class InlineReads:
+    """The small interface the async twin reads through on its event loop
+    (``AsyncPayloadStore``): ``get`` (the compiled call on the store's current
+    generation, then ``StoreReader.read_inline``), ``read``, ``live`` and the
+    message of an iteration a compaction cut short."""
+
+    __slots__ = ("_store", "_verify", "_read_inline", "read", "live")
+
+    def __init__(self, store: PayloadStore) -> None:
+        self._store = store
+        self._verify = store._verify
+        self._read_inline = store._reader.read_inline
+        self.read = store._reader.read
+        self.live = store._live
+
+    def get(self, edge_id: Any, default: Any, limit: int) -> Any:
+        """The payload, ``default``, or a ``ReadLater`` (over ``limit`` stored bytes)."""
+        g = self._store._gen
+        if g is not None:
+            reader = g.reader
+            if reader is not None:          # one compiled call for a record within the limit
+                got = reader.get(edge_id, self._verify, limit if limit < BIG_READ else BIG_READ)
+                if type(got) is bytes:
+                    return got
+                if got is None:
+                    return default
+        return self._read_inline(self.live, edge_id, default, limit)
+
+    def replaced_message(self) -> str:
+        return self._store._replaced_message()
 
 
-def _bulk_insert(index: DiskHashIndex, records: "dict[int, tuple[int, int, int, int]]") -> None:
-    if not records:
-        return
-    if len(records) < 64:
-        for k, (off, n, comp, ulen) in records.items():
-            index.insert(k, (k, off, n, comp, ulen))
-        return
-    try:
-        from diskhash._index import dtypes as _dtypes
-    except ImportError:
-        for k, (off, n, comp, ulen) in records.items():
-            index.insert(k, (k, off, n, comp, ulen))
-        return
-    np = _dtypes.np
-    keys = list(records)
-    karr = np.empty(len(keys), dtype=_dtypes.KEY_DTYPE)
-    karr["lo"] = [k & _MASK64 for k in keys]
-    karr["hi"] = [k >> 64 for k in keys]
-    recs = np.empty(len(keys), dtype=_dtypes.META_DTYPE)
-    vals = list(records.values())
-    recs["offset"] = [v[0] for v in vals]
-    recs["length"] = [v[1] for v in vals]
-    recs["compression"] = [v[2] for v in vals]
-    recs["uncompressed_length"] = [v[3] for v in vals]
-    index.insert_many(karr, recs)
-
+def put_many_packed(store: PayloadStore, pieces: "Sequence[tuple[Any, Any, Any]]") -> bool:
+    """The sharded build's write path (diskhash/_shards/dask.py): ``pieces`` of
+    (keys, ends, data) as packed by ``_shards/packed.py``, appended and indexed
+    uncompressed in one pass; False (nothing written) when a piece cannot take
+    this path and the caller must use ``put_many``."""
+    return store._put_many_packed(pieces)

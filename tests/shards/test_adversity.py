@@ -220,9 +220,9 @@ def killer(orig):
         return orig(*a, **kw)
     return call
 if point == "store-data":
-    diskhash.PayloadStore._create_data_file = killer(diskhash.PayloadStore._create_data_file)
+    D = diskhash._store.store.StoreDirectory; D.create_data_file = killer(D.create_data_file)
 elif point == "store-manifest":
-    diskhash.PayloadStore._write_manifest = killer(diskhash.PayloadStore._write_manifest)
+    diskhash._store.store.StoreDirectory.write_manifest = killer(diskhash._store.store.StoreDirectory.write_manifest)
 elif point == "marker":
     _manifest.write_shard_marker = killer(_manifest.write_shard_marker)
 elif point == "manifest":

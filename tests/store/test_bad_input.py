@@ -251,12 +251,12 @@ def test_compiled_and_python_read_paths_agree(tmp_path):
         g = s._gen
         for i in range(50):
             m = s.meta(i)
-            assert s._read(g, m) == s._read_py(g, m) == b"abc %d " % i * i
+            assert s._reader.read(g, m) == s._reader.read_py(g, m) == b"abc %d " % i * i
         m = s.meta(7)
         with open(s.data_path, "r+b") as f:
             f.seek(m.offset + 1)
             f.write(b"#")
-        for read in (s._read, s._read_py):
+        for read in (s._reader.read, s._reader.read_py):
             with pytest.raises(CorruptPayloadError, match="checksum"):
                 read(g, m)
 

@@ -130,7 +130,7 @@ elif point == "header":
 elif point == "index_close":
     s._gen.index = IndexProxy(s._gen.index)
 elif point == "release":
-    _store._Generation.release = interrupting(_store._Generation.release)
+    _store.Generation.release = interrupting(_store.Generation.release)
 elif point == "unlock_before":
     s._lock.close = interrupting(s._lock.close, before=True)
 elif point == "unlock_after":

@@ -220,7 +220,7 @@ def test_mapped_passes_refuse_a_damaged_record_in_the_middle(tmp_path, monkeypat
     and the Python passes alike, and the store goes on with its generation."""
     from diskhash import CorruptPayloadError
     from diskhash._store import compact as _compact
-    from diskhash._store import store as store_mod
+    from diskhash._store import recovery as store_mod
     if not compiled:
         monkeypatch.setattr(store_mod, "LogFold", None)
         monkeypatch.setattr(_compact, "_copy_live_into", None)
@@ -245,7 +245,7 @@ def test_mapped_passes_refuse_a_damaged_record_in_the_middle(tmp_path, monkeypat
 def _damaged_last_record_outcome(d, compiled: bool) -> tuple:
     from diskhash import CorruptPayloadError
     from diskhash._store import compact as _compact
-    from diskhash._store import store as store_mod
+    from diskhash._store import recovery as store_mod
     with pytest.MonkeyPatch.context() as m:
         if not compiled:
             m.setattr(store_mod, "LogFold", None)

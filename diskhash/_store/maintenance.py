@@ -1,0 +1,162 @@
+"""A store's maintenance: ``stats()`` and ``verify()`` over one generation,
+and the fair lock that compact(), rebuild_index() and close() hold.
+
+The store decides when these run and which writers wait; what they compute
+from a generation's files lives here.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from typing import Any, Callable, NamedTuple
+
+from diskhash._format import payload as fmt
+from diskhash._store import codecs as _codecs
+from diskhash._store.generation import Generation
+from diskhash._types import PayloadMeta
+from diskhash.errors import CorruptPayloadError
+
+__all__ = ["MaintenanceLock", "StoreStats", "stats_of", "verify_generation"]
+
+
+class StoreStats(NamedTuple):
+    """A snapshot of a store (``PayloadStore.stats()``).
+
+    ``data_bytes`` is the data file's size, ``live_bytes`` the frames the
+    index points at (header + stored payload), so ``data_bytes - live_bytes``
+    is what ``compact()`` would reclaim.  ``stored_bytes`` and
+    ``uncompressed_bytes`` sum the live payloads as stored and as given.
+    """
+
+    entries: int
+    data_bytes: int
+    live_bytes: int
+    stored_bytes: int
+    uncompressed_bytes: int
+    index_bytes: int
+    garbage_ratio: float
+    data_generation: int
+    index_generation: int
+    checkpoint: int
+
+
+class MaintenanceLock:
+    """The lock of compact(), rebuild_index() and close().  Taking it again in
+    the thread that holds it (a ``rebuild_index`` progress callback calling
+    ``close()`` or ``compact()``) raises ``RuntimeError`` instead of deadlocking.
+
+    Fair: callers get it in the order they asked (a ticket each), so a thread
+    running ``compact()`` in a tight loop cannot starve a ``close()`` from
+    another thread (a plain lock is taken back by its releaser before the
+    woken waiter runs).  A waiter interrupted (Ctrl-C) gives up its ticket."""
+
+    __slots__ = ("_cond", "_owner", "_next", "_serving", "_given_up")
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition(threading.Lock())
+        self._owner: "int | None" = None
+        self._next = 0          # the next ticket handed out
+        self._serving = 0       # the ticket that may hold the lock
+        self._given_up: "set[int]" = set()
+
+    def __enter__(self) -> "MaintenanceLock":
+        me = threading.get_ident()
+        if self._owner == me:
+            raise RuntimeError("close(), compact() and rebuild_index() cannot be called "
+                               "while this thread runs one of them (from a progress callback)")
+        with self._cond:
+            ticket = self._next
+            self._next += 1
+            try:
+                while self._serving != ticket:
+                    self._cond.wait()
+            except BaseException:
+                if self._serving == ticket:
+                    self._advance()
+                else:
+                    self._given_up.add(ticket)
+                raise
+            self._owner = me
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        with self._cond:
+            self._owner = None
+            self._advance()
+
+    def _advance(self) -> None:
+        self._serving += 1
+        while self._serving in self._given_up:
+            self._given_up.discard(self._serving)
+            self._serving += 1
+        self._cond.notify_all()
+
+
+def _all_zero(fd: int, start: int, end: int) -> bool:
+    """Whether bytes [start, end) of the file are all zero."""
+    while start < end:
+        chunk = os.pread(fd, min(end - start, 1 << 20), start)
+        if not chunk or chunk.count(0) != len(chunk):
+            return not chunk
+        start += len(chunk)
+    return True
+
+
+def stats_of(g: Generation, size: int, checkpoint: int) -> StoreStats:
+    """A ``StoreStats`` of generation ``g`` whose log ends at ``size`` (walks its
+    index: the caller holds the writers off).  ``FileNotFoundError`` when the
+    index file is gone (a compaction replaced the generation meanwhile)."""
+    entries = live = stored = raw = 0
+    for m in g.index.values():
+        entries += 1
+        live += fmt.FRAME_SIZE + m.length
+        stored += m.length
+        raw += m.uncompressed_length
+    body = max(size - fmt.DATA_HEADER_SIZE, 0)
+    index_bytes = os.path.getsize(g.index_path)
+    return StoreStats(entries, size, live, stored, raw, index_bytes,
+                      (body - live) / body if body else 0.0, g.data_gen, g.index_gen, checkpoint)
+
+
+def verify_generation(g: Generation, size: int, read: "Callable[[Generation, PayloadMeta], Any]") -> None:
+    """``PayloadStore.verify()`` of generation ``g`` whose log ends at ``size``;
+    ``read`` reads a record by its index entry (``StoreReader.read``)."""
+    g.index.verify()
+    defects: list[str] = []
+    frames: dict[int, fmt.Frame] = {}
+    try:
+        for item in fmt.scan(g.fd, fmt.DATA_HEADER_SIZE, size, g.data_path):
+            if isinstance(item, fmt.Frame):
+                if item.kind == fmt.KIND_PUT:
+                    frames[item.offset + fmt.FRAME_SIZE] = item
+            elif item.torn and item.end < size and not _all_zero(g.fd, item.end, size):
+                # (zeros are blocks a writer allocated ahead, not damage)
+                defects.append(f"torn tail: {size - item.end} bytes after offset {item.end} "
+                               f"hold no valid record (a writable open cuts them)")
+    except CorruptPayloadError as exc:
+        defects.extend(f"{d} at offset {exc.offset}" for d in exc.defects)
+    for key, m in g.index.items():
+        f = frames.get(m.offset)
+        if f is None:
+            if not defects or len(defects) < 1000:
+                try:
+                    read(g, m)
+                    continue            # beyond a mid-log defect but intact
+                except CorruptPayloadError as exc:
+                    defects.append(f"edge id {key:#x} at offset {m.offset}: {exc.defects[0]}")
+            continue
+        if (f.key, f.stored_length, f.compression, f.uncompressed_length) != \
+                (key, m.length, int(m.compression), m.uncompressed_length):
+            defects.append(f"edge id {key:#x}: index record {tuple(m)[1:]} does not match "
+                           f"the frame at offset {f.offset}")
+        elif m.compression:
+            # The checksum covers the stored bytes, not what they decode to:
+            # a record get() would refuse is damage too.  One at a time.
+            try:
+                _codecs.check_decodes(int(m.compression), g.fd, m.offset, m.length,
+                                      m.uncompressed_length)
+            except ValueError as exc:
+                defects.append(f"edge id {key:#x} at offset {f.offset}: {exc}")
+    if defects:
+        raise CorruptPayloadError(g.data_path, defects)
