@@ -251,7 +251,8 @@ def cmd_get(args: argparse.Namespace) -> int:
     with _open(args, readonly=True) as store:
         data = store.get(key)
     if data is None:
-        print(f"{args.directory}: key {args.key} not found", file=sys.stderr)
+        print(f"{getattr(args, 'prog', 'diskhash')}: {args.directory}: key {args.key} not found",
+              file=sys.stderr)
         return EXIT_NOT_FOUND
     if args.output:
         with open(args.output, "wb") as f:

@@ -33,6 +33,7 @@ def test_put_get_stats_verify(tmp_path):
     assert out.read_bytes() == src.read_bytes()
     r = run("get", d, "7")
     assert r.returncode == 3 and b"not found" in r.stderr
+    assert r.stderr.split(b": ")[0].endswith(b"diskhash"), r.stderr   # the program's name first, as every message
     r = run("stats", d)
     assert r.returncode == 0 and b"entries             2" in r.stdout
     r = run("verify", d)
