@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 
@@ -25,3 +26,23 @@ def run_child(script: str, *args: str, timeout: float = 120.0) -> subprocess.Com
     """Run ``script`` in a fresh interpreter importing the diskhash under test."""
     return subprocess.run([sys.executable, "-c", script, *map(str, args)], check=False,
                           capture_output=True, text=True, timeout=timeout, env=subprocess_env())
+
+
+def child_stdout(code: str, cwd: "str | os.PathLike[str]", prelude: str = "", timeout: float = 120) -> str:
+    """Run ``prelude`` + ``code`` in a child Python; its stdout (asserting it exited cleanly)."""
+    r = subprocess.run([sys.executable, "-c", prelude + textwrap.dedent(code)], capture_output=True,
+                       text=True, timeout=timeout, env=subprocess_env(), cwd=cwd)
+    assert r.returncode == 0, f"child exited {r.returncode}\n{r.stdout}\n{r.stderr}"
+    return r.stdout
+
+
+#: A prelude for ``child_stdout``: ``frame(key, payload)`` builds a valid put frame.
+FRAME_PRELUDE = """
+import struct
+from diskhash._store import read as sr
+
+def frame(key, payload):
+    body = struct.pack("<BBHIIQQ", 1, 0, 0xD5A7, len(payload), len(payload),
+                       key & (2**64 - 1), key >> 64) + payload
+    return struct.pack("<I", sr.checksum(body)) + body
+"""

@@ -19,31 +19,12 @@ import textwrap
 import threading
 
 import pytest
-from helpers.processes import subprocess_env
+from helpers.processes import FRAME_PRELUDE, child_stdout, subprocess_env
 
 from diskhash import KEY_DTYPE, Compression, PayloadStore
 from diskhash._format import payload as fmt
 from diskhash._store import read as _store_read
 from diskhash.errors import CorruptPayloadError, IndexClosedError
-
-
-def _child_stdout(code: str, tmp_path, prelude: str = "", timeout: float = 120) -> str:
-    """Run ``prelude`` + ``code`` in a child Python; its stdout (asserting it exited cleanly)."""
-    r = subprocess.run([sys.executable, "-c", prelude + textwrap.dedent(code)], capture_output=True,
-                       text=True, timeout=timeout, env=subprocess_env(), cwd=tmp_path)
-    assert r.returncode == 0, f"child exited {r.returncode}\n{r.stdout}\n{r.stderr}"
-    return r.stdout
-
-_FRAME = """
-import struct
-from diskhash._store import read as sr
-
-def frame(key, payload):
-    body = struct.pack("<BBHIIQQ", 1, 0, 0xD5A7, len(payload), len(payload),
-                       key & (2**64 - 1), key >> 64) + payload
-    return struct.pack("<I", sr.checksum(body)) + body
-"""
-
 
 
 def _child(code: str, timeout: float = 60) -> subprocess.CompletedProcess:
@@ -475,7 +456,7 @@ def test_map_reader_read_edge_id_that_releases_the_map(tmp_path):
 
     A hostile pass over the compiled store paths found this.
     """
-    out = _child_stdout("""
+    out = child_stdout("""
         import mmap
         mm = mmap.mmap(-1, 1 << 16)
         f = frame(7, b"p" * 1000)
@@ -491,7 +472,7 @@ def test_map_reader_read_edge_id_that_releases_the_map(tmp_path):
         assert got == b"p" * 1000 or got == sr.BEYOND, got
         assert r.read((7, 96, 1000, 0, 1000), True) == sr.BEYOND
         print("ok")
-    """, tmp_path, _FRAME)
+    """, tmp_path, FRAME_PRELUDE)
     assert out.strip() == "ok"
 
 

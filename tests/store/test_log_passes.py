@@ -13,30 +13,11 @@ import sys
 import textwrap
 
 import pytest
-from helpers.processes import subprocess_env
+from helpers.processes import FRAME_PRELUDE, child_stdout, subprocess_env
 
 from diskhash import KEY_DTYPE, META_DTYPE, Compression, CorruptPayloadError, PayloadStore
 from diskhash._format import payload as fmt
 from diskhash._store import read as _store_read
-
-
-def _child_stdout(code: str, tmp_path, prelude: str = "", timeout: float = 120) -> str:
-    """Run ``prelude`` + ``code`` in a child Python; its stdout (asserting it exited cleanly)."""
-    r = subprocess.run([sys.executable, "-c", prelude + textwrap.dedent(code)], capture_output=True,
-                       text=True, timeout=timeout, env=subprocess_env(), cwd=tmp_path)
-    assert r.returncode == 0, f"child exited {r.returncode}\n{r.stdout}\n{r.stderr}"
-    return r.stdout
-
-_FRAME = """
-import struct
-from diskhash._store import read as sr
-
-def frame(key, payload):
-    body = struct.pack("<BBHIIQQ", 1, 0, 0xD5A7, len(payload), len(payload),
-                       key & (2**64 - 1), key >> 64) + payload
-    return struct.pack("<I", sr.checksum(body)) + body
-"""
-
 
 
 def _child(code: str, timeout: float = 60) -> subprocess.CompletedProcess:
@@ -338,7 +319,7 @@ def test_copy_live_get_returning_a_non_tuple(tmp_path):
 
     A hostile pass over the compiled store paths found this.
     """
-    out = _child_stdout("""
+    out = child_stdout("""
         import pytest
         data = frame(7, b"p" * 100)
         for ret in ([1, 96], 5, (1,), (), "ab"):
@@ -348,5 +329,5 @@ def test_copy_live_get_returning_a_non_tuple(tmp_path):
         assert sr.copy_live(data, 0, 64, lambda k: (7, 96, 100, 0, 100), out, live, 64) == (132, 196)
         assert out == [data] and live == {7: (96, 100, 0, 100)}
         print("ok")
-    """, tmp_path, _FRAME)
+    """, tmp_path, FRAME_PRELUDE)
     assert out.strip() == "ok"
