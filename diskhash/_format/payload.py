@@ -35,7 +35,8 @@ __all__ = [
     "checksum", "frame_matches",
     "pack_frame_body", "pread_exact", "FRAME_BODY", "pack_data_header", "unpack_data_header",
     "pack_manifest", "unpack_manifest", "data_name", "index_name", "generation_file",
-    "is_store_temporary", "scan", "tombstone", "replay", "next_frame", "Damage", "WALK_MODES", "scan_resync",
+    "is_store_temporary", "whole_frame_end", "scan", "tombstone", "replay", "next_frame", "Damage",
+    "WALK_MODES", "scan_resync",
 ]
 
 # -- data file header (64 bytes) ---------------------------------------------
@@ -326,7 +327,7 @@ def pread_exact(fd: int, size: int, offset: int) -> bytes:
     return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
-def _whole_frame_end(fd: int, pos: int, file_size: int,
+def whole_frame_end(fd: int, pos: int, file_size: int,
                      read: "Callable[[int, int, int], Any]" = pread_exact) -> int:
     """End of the frame at ``pos`` if it is whole and valid, else -1.
 
@@ -382,7 +383,7 @@ def _find_frame(fd: int, pos: int, file_size: int) -> int:
             if cand + need <= len(buf):
                 if _frame_at(buf, cand, cand + need) is not None:
                     return pos + cand
-            elif _whole_frame_end(fd, pos + cand, file_size) >= 0:
+            elif whole_frame_end(fd, pos + cand, file_size) >= 0:
                 return pos + cand
             nxt = pos + cand + need                 # passed over whole
             break
@@ -458,7 +459,7 @@ def _walk_modes(fd: int, start: int, file_size: int, path: str,
             continue
         pos += p
         # The frame at pos is not whole in this chunk: longer than a chunk, or invalid.
-        end = _whole_frame_end(fd, pos, file_size, read) if pos + FRAME_SIZE <= file_size else -1
+        end = whole_frame_end(fd, pos, file_size, read) if pos + FRAME_SIZE <= file_size else -1
         if end > 0:
             whole = read(fd, end - pos, pos)
             parse(whole, 0, pos)

@@ -194,13 +194,10 @@ def _claimed_end(buf: Any, p: int, at: int, end: int) -> int:
 
 
 def _valid_at(fd: int, read: Any, at: int, end: int) -> bool:
-    """Whether a whole valid frame starts at ``at`` and ends by ``end``."""
-    head = read(fd, fmt.FRAME_SIZE, at)
-    claimed = _claimed_end(head, 0, at, end)
-    if claimed < 0:
-        return False
-    whole = read(fd, claimed - at, at)
-    return fmt._frame_at(whole, 0, len(whole)) is not None
+    """Whether a whole valid frame starts at ``at`` and ends by ``end`` (the
+    format's own check: header first, then the checksum in bounded pieces,
+    so a garbage length never makes a read of the bytes it claims)."""
+    return fmt.whole_frame_end(fd, at, end, read) >= 0
 
 
 def _walk_past_damage(fd: int, start: int, end: int, parse: Any, read: Any,
