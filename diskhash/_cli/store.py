@@ -1,8 +1,8 @@
 """``diskhash store ...``: the PayloadStore commands of the command line.
 
-One function per subcommand, registered in ``STORE_COMMANDS``; the main CLI
-(``diskhash._cli.app``) registers one ``store`` command (``HELP``, ``run``)
-whose arguments are these subcommands, so it needs a single line.  Exit status:
+One function per subcommand, registered in ``COMMANDS`` as the index
+commands are (``diskhash._cli.command``); the main CLI (``diskhash._cli.app``)
+registers this table as its ``store`` command.  Exit status:
 
 * 0 success;
 * 1 the store is damaged (``verify`` lists every defect), locked, or any
@@ -19,8 +19,8 @@ UUID.  Formats of ``import``/``export``:
 * ``jsonl``: ``{"key": "<decimal>", "value": "<text>"}`` per line, or
   ``"base64"`` instead of ``"value"`` for bytes that are not UTF-8.
 
-Progress bars (tqdm, ``pip install ".[cli]"``) appear on stderr when it
-is a terminal, or with ``--progress``; never with ``--no-progress``.
+Progress bars (tqdm, the ``cli`` extra) appear on stderr when it is a
+terminal, or with ``--progress``; never with ``--no-progress``.
 """
 
 from __future__ import annotations
@@ -28,50 +28,46 @@ from __future__ import annotations
 import argparse
 import base64
 import binascii
-import importlib
 import json
 import os
 import re
 import sys
-from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Iterator
 
+from diskhash._cli.command import (
+    EXIT_ERROR,
+    EXIT_NOT_FOUND,
+    EXIT_OK,
+    STDOUT_NAME,
+    Commands,
+    UsageError,
+    flush,
+    print_error,
+    progress_argument,
+    say,
+    timeout_argument,
+    write,
+)
+from diskhash._cli.progress import Progress
 from diskhash._store.store import PayloadStore
 from diskhash._types import Compression
-from diskhash.errors import CorruptIndexError, CorruptPayloadError, DiskHashError
+from diskhash.errors import CorruptIndexError, CorruptPayloadError
 
-__all__ = ["HELP", "STORE_COMMANDS", "store_arguments", "run", "main"]
+__all__ = ["COMMANDS", "HELP", "parse_key"]
 
-EXIT_OK = 0
-EXIT_ERROR = 1
-EXIT_USAGE = 2
-EXIT_NOT_FOUND = 3
-EXIT_INTERRUPTED = 130
+#: The ``store`` command's line in ``diskhash --help``.
+HELP = "PayloadStore commands: stats, verify, rebuild, compact, get, put, import, export"
 #: Records per put_many in ``import``.
 IMPORT_BATCH = 4096
 
-
-class UsageError(Exception):
-    """A command-line mistake found before the store is touched (exit 2)."""
-
-
-@dataclass(frozen=True)
-class StoreCommand:
-    name: str
-    help: str
-    run: Callable[[argparse.Namespace], int]
-    arguments: Callable[[argparse.ArgumentParser], None]
+#: The store commands, in the order ``diskhash store --help`` lists them.
+COMMANDS = Commands("store_command", "STORE_COMMAND")
 
 
-STORE_COMMANDS: dict[str, StoreCommand] = {}
-
-
-def _command(name: str, help: str, arguments: "Callable[[argparse.ArgumentParser], None] | None" = None
-             ) -> Callable[[Callable[[argparse.Namespace], int]], Callable[[argparse.Namespace], int]]:
-    def register(run: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
-        STORE_COMMANDS[name] = StoreCommand(name, help, run, arguments or (lambda p: None))
-        return run
-    return register
+def store_argument(parser: argparse.ArgumentParser) -> None:
+    """DIRECTORY and --timeout: what every store command takes first."""
+    parser.add_argument("target", metavar="directory", help="the store's directory")
+    timeout_argument(parser)
 
 
 # -- helpers -------------------------------------------------------------------------
@@ -107,39 +103,6 @@ def parse_key(text: str) -> int:
     return key
 
 
-class _Bar:
-    """A tqdm bar on stderr when wanted and available; otherwise nothing."""
-
-    def __init__(self, enabled: "bool | None", total: "int | None", label: str, unit: str = "B") -> None:
-        if enabled is None:
-            enabled = sys.stderr.isatty()
-        self._bar: Any = None
-        if enabled:
-            try:
-                tqdm = importlib.import_module("tqdm").tqdm     # optional: the cli extra
-            except ImportError:
-                return
-            self._bar = tqdm(total=total, desc=label, unit=unit, unit_scale=True, file=sys.stderr,
-                             leave=False)
-
-    def to(self, done: int, total: "int | None" = None) -> None:
-        if self._bar is not None:
-            if total is not None and self._bar.total != total:
-                self._bar.total = total
-            self._bar.update(done - self._bar.n)
-
-    def add(self, n: int) -> None:
-        if self._bar is not None:
-            self._bar.update(n)
-
-    def __enter__(self) -> "_Bar":
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        if self._bar is not None:
-            self._bar.close()
-
-
 def _existing_store(directory: str) -> str:
     if not os.path.isdir(directory):
         raise UsageError(f"{directory}: no such store directory")
@@ -150,17 +113,12 @@ def _existing_store(directory: str) -> str:
 
 def _open(args: argparse.Namespace, readonly: bool, create: bool = False) -> PayloadStore:
     if not create:
-        _existing_store(args.directory)
+        _existing_store(args.target)
     kwargs: dict[str, Any] = {"readonly": readonly, "timeout": args.timeout}
     comp = getattr(args, "compression", None)
     if comp is not None and not readonly:
         kwargs["compression"] = Compression[comp.upper()]
-    return PayloadStore(args.directory, **kwargs)
-
-
-def _progress_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
-                   help="draw a progress bar on stderr (default: only on a terminal)")
+    return PayloadStore(args.target, **kwargs)
 
 
 def _compression_arg(p: argparse.ArgumentParser) -> None:
@@ -170,42 +128,44 @@ def _compression_arg(p: argparse.ArgumentParser) -> None:
 
 # -- the commands ---------------------------------------------------------------------
 
-@_command("stats", "entries, bytes on disk, live bytes, garbage ratio")
+@COMMANDS.command("stats", "entries, bytes on disk, live bytes, garbage ratio", store_argument)
 def cmd_stats(args: argparse.Namespace) -> int:
     with _open(args, readonly=True) as store:
         st = store.stats()
-        print(f"directory           {store.directory}")
+        say(f"directory           {store.directory}")
         for name, value in st._asdict().items():
             if isinstance(value, float):
                 value = f"{value:.4f}"
-            print(f"{name:<20}{value}")
+            say(f"{name:<20}{value}")
     return EXIT_OK
 
 
-@_command("verify", "check every record and the index; list every defect", _progress_arg)
+@COMMANDS.command("verify", "check every record and the index; list every defect",
+                  store_argument, progress_argument)
 def cmd_verify(args: argparse.Namespace) -> int:
     with _open(args, readonly=True) as store:
         try:
-            store.verify()
+            with Progress("verify", enabled=args.progress, heartbeat=True):
+                store.verify()
         except (CorruptPayloadError, CorruptIndexError) as exc:
-            print(f"{exc.path}: {len(exc.defects)} defect(s)", file=sys.stderr)
+            print_error(args.prog, f"{exc.path}: {len(exc.defects)} defect(s):")
             for d in exc.defects:
                 print(f"  {d}", file=sys.stderr)
             return EXIT_ERROR
-        print(f"{store.directory}: ok ({len(store)} entries)")
+        say(f"{store.directory}: ok ({len(store)} entries)")
     return EXIT_OK
 
 
 def _rebuild_args(p: argparse.ArgumentParser) -> None:
-    _progress_arg(p)
     p.add_argument("--salvage", action="store_true",
                    help="drop the keys whose newest record is damaged (listed) instead of refusing")
 
 
-@_command("rebuild", "rebuild the index from the data file alone", _rebuild_args)
+@COMMANDS.command("rebuild", "rebuild the index from the data file alone",
+                  store_argument, progress_argument, _rebuild_args)
 def cmd_rebuild(args: argparse.Namespace) -> int:
     with _open(args, readonly=False) as store:
-        with _Bar(args.progress, None, "rebuild") as bar:
+        with Progress("rebuild", enabled=args.progress, unit="B") as bar:
             n = store.rebuild_index(progress=bar.to, salvage=args.salvage)
         report = store.last_salvage
         if report is not None:
@@ -213,7 +173,7 @@ def cmd_rebuild(args: argparse.Namespace) -> int:
                   f"{report.bytes} bytes; dropped {len(report.keys)} key(s)", file=sys.stderr)
             for key in report.keys:
                 print(f"  dropped {key:#x}", file=sys.stderr)
-        print(f"{store.directory}: index rebuilt, {n} entries")
+        say(f"{store.directory}: index rebuilt, {n} entries")
     return EXIT_OK
 
 
@@ -223,15 +183,16 @@ def _compact_args(p: argparse.ArgumentParser) -> None:
                         "(listed on stderr) instead of refusing")
 
 
-@_command("compact", "rewrite the live records; give back the space of dead ones", _compact_args)
+@COMMANDS.command("compact", "rewrite the live records; give back the space of dead ones",
+                  store_argument, _compact_args)
 def cmd_compact(args: argparse.Namespace) -> int:
     with _open(args, readonly=False) as store:
         before = store.stats().data_bytes
         store.compact(salvage=args.salvage)
         after = store.stats().data_bytes
         report = store.last_compaction or {}
-        print(f"{store.directory}: {before} -> {after} bytes in {report.get('seconds', 0):.3f}s "
-              f"(writers waited {report.get('puts_waited_seconds', 0) * 1000:.1f} ms)")
+        say(f"{store.directory}: {before} -> {after} bytes in {report.get('seconds', 0):.3f}s "
+            f"(writers waited {report.get('puts_waited_seconds', 0) * 1000:.1f} ms)")
         salvage = store.last_salvage
         if salvage is not None:
             print(f"{store.directory}: passed over {salvage.frames} damaged stretch(es), "
@@ -240,36 +201,38 @@ def cmd_compact(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _get_args(p: argparse.ArgumentParser) -> None:
+def _key_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("key", help="decimal, 0x hex, or a UUID")
+
+
+def _get_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("-o", "--output", help="write the payload to this file (default: stdout)")
 
 
-@_command("get", "write one payload to stdout or a file (exit 3 if absent)", _get_args)
+@COMMANDS.command("get", "write one payload to stdout or a file (exit 3 if absent)",
+                  store_argument, _key_arg, _get_args)
 def cmd_get(args: argparse.Namespace) -> int:
     key = parse_key(args.key)
     with _open(args, readonly=True) as store:
         data = store.get(key)
     if data is None:
-        print(f"{getattr(args, 'prog', 'diskhash')}: {args.directory}: key {args.key} not found",
-              file=sys.stderr)
+        print(f"{args.prog}: {args.target}: key {args.key} not found", file=sys.stderr)
         return EXIT_NOT_FOUND
     if args.output:
         with open(args.output, "wb") as f:
             f.write(data)
     else:
-        sys.stdout.buffer.write(data)
-        sys.stdout.buffer.flush()
+        write(sys.stdout.buffer, data)
     return EXIT_OK
 
 
 def _put_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("key", help="decimal, 0x hex, or a UUID")
     p.add_argument("file", nargs="?", default="-", help="the payload (default: stdin)")
     _compression_arg(p)
 
 
-@_command("put", "store one payload read from a file or stdin (creates the store)", _put_args)
+@COMMANDS.command("put", "store one payload read from a file or stdin (creates the store)",
+                  store_argument, _key_arg, _put_args)
 def cmd_put(args: argparse.Namespace) -> int:
     key = parse_key(args.key)
     if args.file == "-":
@@ -280,8 +243,8 @@ def cmd_put(args: argparse.Namespace) -> int:
     with _open(args, readonly=False, create=True) as store:
         meta = store.put(key, data)
         store.save()
-    print(f"{key}: {meta.uncompressed_length} bytes stored as {meta.length} "
-          f"({Compression(meta.compression).name})")
+    say(f"{key}: {meta.uncompressed_length} bytes stored as {meta.length} "
+        f"({Compression(meta.compression).name})")
     return EXIT_OK
 
 
@@ -292,7 +255,6 @@ def _io_args(p: argparse.ArgumentParser, exporting: bool = False) -> None:
         p.add_argument("source", help="what to read: a directory, a .tsv or .jsonl file, or - (stdin)")
     p.add_argument("--format", choices=("dir", "tsv", "jsonl"), default=None,
                    help="default: dir for a directory, else from the file name's extension")
-    _progress_arg(p)
 
 
 def _io_format(args: argparse.Namespace, exporting: bool) -> str:
@@ -354,10 +316,10 @@ def _read_records(fmt_: str, source: str) -> Iterator[tuple[int, bytes]]:
 
 def _import_args(p: argparse.ArgumentParser) -> None:
     _io_args(p)
-    _compression_arg(p)
 
 
-@_command("import", "load payloads from a directory, TSV or JSONL (creates the store)", _import_args)
+@COMMANDS.command("import", "load payloads from a directory, TSV or JSONL (creates the store)",
+                  store_argument, _import_args, progress_argument, _compression_arg)
 def cmd_import(args: argparse.Namespace) -> int:
     fmt_ = _io_format(args, exporting=False)
     if fmt_ == "dir" and not os.path.isdir(args.source):
@@ -366,7 +328,7 @@ def cmd_import(args: argparse.Namespace) -> int:
         raise UsageError(f"{args.source}: no such file")
     total = 0
     with _open(args, readonly=False, create=True) as store:
-        with _Bar(args.progress, None, "import", unit="rec") as bar:
+        with Progress("import", enabled=args.progress, unit="rec") as bar:
             keys: list[int] = []
             values: list[bytes] = []
             for key, data in _read_records(fmt_, args.source):
@@ -374,15 +336,15 @@ def cmd_import(args: argparse.Namespace) -> int:
                 values.append(data)
                 if len(keys) >= IMPORT_BATCH:
                     store.put_many(keys, values)
-                    bar.add(len(keys))
+                    bar.update(len(keys))
                     total += len(keys)
                     keys, values = [], []
             if keys:
                 store.put_many(keys, values)
-                bar.add(len(keys))
+                bar.update(len(keys))
                 total += len(keys)
         store.save()
-    print(f"{args.directory}: imported {total} payloads", file=sys.stderr)
+    print(f"{args.target}: imported {total} payloads", file=sys.stderr)
     return EXIT_OK
 
 
@@ -390,7 +352,8 @@ def _export_args(p: argparse.ArgumentParser) -> None:
     _io_args(p, exporting=True)
 
 
-@_command("export", "write every payload to a directory, TSV or JSONL", _export_args)
+@COMMANDS.command("export", "write every payload to a directory, TSV or JSONL",
+                  store_argument, _export_args, progress_argument)
 def cmd_export(args: argparse.Namespace) -> int:
     fmt_ = _io_format(args, exporting=True)
     with _open(args, readonly=True) as store:
@@ -400,8 +363,9 @@ def cmd_export(args: argparse.Namespace) -> int:
             out = None
         else:
             out = sys.stdout.buffer if args.destination == "-" else open(args.destination, "wb")
+        where = STDOUT_NAME if args.destination == "-" else args.destination
         try:
-            with _Bar(args.progress, len(keys), "export", unit="rec") as bar:
+            with Progress("export", len(keys), enabled=args.progress, unit="rec") as bar:
                 for k in keys:
                     data = store.get(k)
                     if data is None:
@@ -410,76 +374,20 @@ def cmd_export(args: argparse.Namespace) -> int:
                         with open(os.path.join(args.destination, str(k)), "wb") as f:
                             f.write(data)
                     elif fmt_ == "tsv":
-                        out.write(b"%d\t%s\n" % (k, base64.b64encode(data)))
+                        write(out, b"%d\t%s\n" % (k, base64.b64encode(data)), where)
                     else:
                         try:
                             obj = {"key": str(k), "value": data.decode()}
                         except UnicodeDecodeError:
                             obj = {"key": str(k), "base64": base64.b64encode(data).decode()}
-                        out.write(json.dumps(obj).encode() + b"\n")
-                    bar.add(1)
+                        write(out, json.dumps(obj).encode() + b"\n", where)
+                    bar.update(1)
         finally:
-            if out is not None and out is not sys.stdout.buffer:
-                out.close()
+            if out is sys.stdout.buffer:
+                flush(out, where)
             elif out is not None:
-                out.flush()
+                with out:
+                    flush(out, where)
     if args.destination != "-":
-        print(f"{args.directory}: exported {len(keys)} payloads", file=sys.stderr)
+        print(f"{args.target}: exported {len(keys)} payloads", file=sys.stderr)
     return EXIT_OK
-
-
-# -- wiring -----------------------------------------------------------------------------
-
-def store_arguments(parser: argparse.ArgumentParser) -> None:
-    """The ``store`` subcommand's own subcommands (``diskhash store CMD DIRECTORY ...``)."""
-    sub = parser.add_subparsers(dest="store_command", required=True, metavar="STORE_COMMAND")
-    for cmd in STORE_COMMANDS.values():
-        p = sub.add_parser(cmd.name, help=cmd.help, description=cmd.help)
-        p.add_argument("directory", help="the store's directory")
-        p.add_argument("--timeout", type=float, default=0.0,
-                       help="seconds to wait for another process's lock (default 0)")
-        cmd.arguments(p)
-        p.set_defaults(store_run=cmd.run)
-
-
-def run(args: argparse.Namespace) -> int:
-    """Run the chosen store subcommand, turning errors into a message and an exit status.
-
-    Messages start with the program's name, as the index commands' do
-    (``diskhash: error: ...``).
-    """
-    prog = getattr(args, "prog", "diskhash")
-    try:
-        return int(args.store_run(args))
-    except UsageError as exc:
-        print(f"{prog}: error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    except (CorruptPayloadError, CorruptIndexError) as exc:
-        print(f"{prog}: error: {exc}", file=sys.stderr)
-        return EXIT_ERROR
-    except DiskHashError as exc:
-        print(f"{prog}: error: {exc}", file=sys.stderr)
-        return EXIT_ERROR
-    except BrokenPipeError:
-        raise                       # the main CLI exits 141, quietly
-    except (OSError, ValueError, TypeError) as exc:
-        print(f"{prog}: error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    except KeyboardInterrupt:
-        print(f"{prog}: interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
-
-
-#: The ``store`` command's line in ``diskhash --help`` (registered by ``diskhash._cli.app``).
-HELP = "PayloadStore commands: stats, verify, rebuild, compact, get, put, import, export"
-
-
-def main(argv: "Sequence[str] | None" = None) -> int:
-    """``python -m diskhash._cli.store CMD DIRECTORY ...`` (the same as ``diskhash store ...``)."""
-    parser = argparse.ArgumentParser(prog="diskhash store")
-    store_arguments(parser)
-    return run(parser.parse_args(sys.argv[1:] if argv is None else argv))
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import io
 import os
 import pty
 import shutil
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -220,14 +218,6 @@ def test_prog_name_from_argv0():
     assert prog_name("/site-packages/diskhash/__main__.py") == "python -m diskhash"
 
 
-def test_commands_are_one_registered_function_each():
-    from diskhash._cli import app as _cli
-
-    assert list(_cli.COMMANDS) == ["info", "verify", "repair", "dump", "store"]
-    with pytest.raises(ValueError, match="registered twice"):
-        _cli.command("info", "again")(lambda args: 0)
-
-
 def _run_on_a_terminal(args: list[str]) -> tuple[int, str, str]:
     """Run the CLI with stderr on a pseudo-terminal; (status, stdout, terminal output)."""
     master, slave = pty.openpty()
@@ -267,55 +257,6 @@ def test_dump_on_a_terminal_keeps_stdout_clean_and_on_a_pipe_draws_nothing(tmp_p
     assert r.returncode == 0 and r.stderr == ""
 
 
-class Tty(io.StringIO):
-    def isatty(self) -> bool:
-        return True
-
-
-def test_dump_draws_a_fraction_bar_when_stderr_is_a_terminal(tmp_path, monkeypatch, capsys):
-    from diskhash._cli import app as _cli
-    from diskhash._cli import progress as _progress
-
-    path = big_index(tmp_path / "big.idx", 20_000)
-    monkeypatch.setattr(_progress, "SHOW_AFTER", 0.0)
-    monkeypatch.setattr(_progress, "REDRAW_INTERVAL", 0.0)
-    term = Tty()
-    monkeypatch.setattr(sys, "stderr", term)
-    assert _cli.main(["dump", str(path)]) == 0
-    assert len(capsys.readouterr().out.splitlines()) == 20_000
-    drawn = term.getvalue()
-    assert "dump [" in drawn and "/20,000" in drawn and "%" in drawn
-    term = Tty()
-    monkeypatch.setattr(sys, "stderr", term)
-    assert _cli.main(["dump", "--no-progress", str(path)]) == 0
-    assert term.getvalue() == ""
-
-
-def test_progress_bar_rendering():
-    from diskhash._cli.progress import Progress, render
-
-    line = render("dump", 50, 200, 2.0, 60)
-    assert line.startswith("dump [") and " 25% 50/200 2.0s" in line and len(line) <= 60
-    spin = render("verify", 0, None, 3.2, 60)
-    assert spin.startswith("verify [") and "<=>" in spin and spin.endswith(" 3.2s")
-    stream = Tty()
-    assert Progress("x", 10, stream=io.StringIO()).enabled is False
-    assert Progress("x", 10, stream=io.StringIO(), enabled=True).enabled is True
-    assert Progress("x", 10, stream=stream).enabled is True
-
-
-def test_verify_shows_activity_on_a_terminal(tmp_path, monkeypatch):
-    from diskhash._cli import progress as _progress
-
-    monkeypatch.setattr(_progress, "SHOW_AFTER", 0.0)
-    stream = Tty()
-    with _progress.Progress("verify", stream=stream):
-        time.sleep(0.35)
-    text = stream.getvalue()
-    assert "verify [" in text and "<=>" in text
-    assert text.endswith("\r")                          # the line is cleared at the end
-
-
 def test_demo_can_keep_the_index_it_builds(tmp_path):
     keep = tmp_path / "kept"
     r = subprocess.run([sys.executable, str(ROOT / "examples" / "demo.py"), "--entries", "2000", "--payloads", "2000",
@@ -336,7 +277,7 @@ def test_a_bad_timeout_is_a_usage_error(tmp_path, value):
 
 
 def test_timeout_inf_waits_and_numbers_are_seconds():
-    from diskhash._cli.app import seconds
+    from diskhash._cli.command import seconds
 
     assert seconds("inf") is None and seconds("2.5") == 2.5 and seconds("0") == 0.0
 

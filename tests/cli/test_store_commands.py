@@ -64,6 +64,7 @@ def test_verify_reports_damage_exit_1(tmp_path):
         f.write(b"Z")
     r = run("verify", str(d))
     assert r.returncode == 1 and b"defect" in r.stderr and b"0x5" in r.stderr
+    assert r.stderr.startswith(b"python -m diskhash: error: "), r.stderr     # as the index's verify
     r = run("get", str(d), "5")
     assert r.returncode == 1 and b"checksum" in r.stderr
 
@@ -187,3 +188,13 @@ def test_a_unicode_digit_key_is_a_usage_error(tmp_path):
     r = run("get", d, "١")
     assert r.returncode == 2 and b"is not a key" in r.stderr and r.stdout == b"", r
     assert run("get", d, "1").stdout == b"one"
+
+
+def test_timeout_takes_what_the_index_commands_take(tmp_path):
+    d = str(tmp_path / "s")
+    run("put", d, "1", stdin=b"x")
+    r = run("stats", d, "--timeout", "inf")
+    assert r.returncode == 0, r.stderr
+    for bad in ("nan", "-1", "soon"):
+        r = run("stats", d, "--timeout", bad)
+        assert r.returncode == 2 and b"--timeout" in r.stderr and b"Traceback" not in r.stderr, r.stderr
