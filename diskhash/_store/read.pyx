@@ -427,9 +427,9 @@ cdef enum:
 cdef log_entry *_table_alloc(uint64_t n, size_t *mapped) noexcept nogil:
     """``n`` zeroed entries: ``calloc`` for a small table; a big one is an
     anonymous map advised to use huge pages (``*mapped`` is its length, for
-    ``_table_free``).  Measured (200,000 records of 1 KiB, fold alone): 33 ms
-    with huge pages, 63 ms with 4 KiB ones, mostly page faults of the tables
-    the grows make."""
+    ``_table_free``): a fold's time goes mostly to the page faults of the
+    fresh tables its grows make, and a huge page takes one fault for 512
+    small ones (docs/performance.md, "Measurements behind the design")."""
     cdef size_t size = <size_t>n * sizeof(log_entry)
     cdef void *p
     mapped[0] = 0
@@ -587,10 +587,9 @@ cdef class RowLog:
     rows for one ``insert_many`` (which lets a later duplicate win): what
     compaction's copy needs, since it adds each live record once, in log
     order.  Unlike a ``LogFold`` there is no table to probe or grow: rows
-    are appended (the arrays doubled as needed).  In perf of a compaction of
-    200,000 x 1 KiB records the fold's table was ~10% of the samples (its
-    grows, faulting in fresh memory); the compaction's wall time did not
-    change measurably.  ``live`` counts the rows.
+    are appended (the arrays doubled as needed), so no grow faults in fresh
+    memory (docs/performance.md, "Measurements behind the design").
+    ``live`` counts the rows.
     """
 
     cdef uint8_t *keys
