@@ -3,7 +3,7 @@
 ``DISKHASH_DEBUG=1`` turns bounds checks and line tracing back on;
 ``DISKHASH_ANNOTATE=1`` writes the ``cython -a`` HTML next to each module.
 
-Two things keep a build short.  The six modules are translated and compiled
+Two things keep a build short.  The seven modules are translated and compiled
 in parallel, one job per core (``-j N`` on the command line still wins).  And
 a module is translated again only when its own sources changed: Cython counts
 its bundled ``.pxd`` files as dependencies, and pip's isolated build installs
@@ -45,13 +45,15 @@ compile_args = ["-O3", "-fno-strict-aliasing"] if not DEBUG else ["-O0", "-g"]
 
 modules = [
     "diskhash._format.sochidx2",
+    "diskhash._format.frame",
     "diskhash._index.convert",
     "diskhash._index.table",
     "diskhash._index.batch",
     "diskhash._store.read",
     "diskhash._store.write",
 ]
-CRC32C = "diskhash/_format/crc32c.h"     # the store's compiled modules: cdef extern in _format/frame.pxd
+CRC32C = "diskhash/_format/crc32c.h"     # cdef extern in _format/frame.pxd: the modules that cimport it
+USES_CRC32C = ("diskhash._format.frame", "diskhash._store.")
 STAMP = os.path.join("build", "cython-stamp.json")
 stamp = {"cython": Cython.__version__, "directives": directives, "debug": DEBUG}
 
@@ -68,7 +70,7 @@ def extension(name, source):
         define_macros=macros,
         extra_compile_args=compile_args,
         include_dirs=[os.path.dirname(CRC32C)],
-        depends=[CRC32C] if name.startswith("diskhash._store") else [],
+        depends=[CRC32C] if name.startswith(USES_CRC32C) else [],
     )
 
 

@@ -1,10 +1,11 @@
 """The record types the index stores and returns.
 
 ``PayloadMeta`` is a ``NamedTuple`` so it compares equal to (and unpacks like)
-the plain tuple of its five fields; its constructor, declared in the class,
-is the compiled validator from ``_convert``, so a bad record fails where it
-is built, not at insert.  The compiled layer is told once, explicitly, which
-classes it builds records of (``_convert.bind_types`` at the end).
+the plain tuple of its five fields.  Its constructor is compiled: the index
+layer's ``diskhash._index.convert`` imports these classes and installs its
+validator as ``PayloadMeta.__new__`` when it is imported (``import diskhash``
+does), so a bad record fails where it is built, not at insert.  This module
+sits at the bottom of the package and imports nothing of it.
 """
 
 from __future__ import annotations
@@ -12,8 +13,6 @@ from __future__ import annotations
 import enum
 import uuid
 from typing import TYPE_CHECKING, Any, Iterable, NamedTuple, SupportsIndex
-
-from diskhash._index import convert as _convert
 
 if TYPE_CHECKING:
     from typing_extensions import Self
@@ -56,13 +55,12 @@ class PayloadMeta(_PayloadMetaFields):
 
     __slots__ = ()
 
-    def __new__(cls, edge_id: int | uuid.UUID | SupportsIndex, offset: SupportsIndex,
-                length: SupportsIndex, compression: Compression | SupportsIndex,
-                uncompressed_length: SupportsIndex) -> Self:
-        # The compiled validator: checks every field, normalises the key to an
-        # int.  (Five positional arguments skip this frame: see the end.)
-        return _convert.new_payload_meta(cls, edge_id, offset, length, compression,
-                                         uncompressed_length)
+    if TYPE_CHECKING:
+        # At run time ``diskhash._index.convert.new_payload_meta`` (see the
+        # module's docstring): checks every field, normalises the key to an int.
+        def __new__(cls, edge_id: int | uuid.UUID | SupportsIndex, offset: SupportsIndex,
+                    length: SupportsIndex, compression: Compression | SupportsIndex,
+                    uncompressed_length: SupportsIndex) -> Self: ...
 
     @classmethod
     def _make(cls, iterable: Iterable[Any]) -> "PayloadMeta":  # type: ignore[override]
@@ -134,9 +132,3 @@ class StoreRecovery(NamedTuple):
     cut_keys: tuple[int, ...] = ()
     rebuilt: "str | None" = None
     removed: tuple[str, ...] = ()
-
-
-# The compiled record builder (lookups, iteration) makes records of these
-# classes; ``PayloadMeta(...)`` with five positional arguments also goes
-# straight to the validator (a vectorcall, skipping ``type.__call__``).
-_convert.bind_types(PayloadMeta, tuple(Compression))

@@ -1,11 +1,14 @@
 # The payload log's frame (docs/internals/store-format.md), declared once for the
-# compiled store modules (_store/read.pyx, _store/write.pyx); _format/payload.py is
+# compiled modules: _format/frame.pyx (the checksum and the frame scan, for
+# Python), _store/read.pyx and _store/write.pyx cimport it.  _format/payload.py is
 # the Python side, and the tests check the two write identical bytes.
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
+from libc.string cimport memcpy
 
 from diskhash._format.sochidx2 cimport MAX_COMPRESSION
 
 cdef extern from "crc32c.h":
+    # Static tables in each module that includes it: call dh_crc32c_init() at import.
     void dh_crc32c_init()
     uint32_t dh_crc32c(uint32_t crc, const void *data, size_t n) nogil
     uint32_t dh_crc32c_soft(uint32_t crc, const unsigned char *p, size_t n) nogil
@@ -35,3 +38,37 @@ cdef inline bint frame_matches(const frame_t *f, uint64_t key_lo, uint64_t key_h
     return (f.kind == KIND_PUT and f.mark == FRAME_MARK and f.stored_length == length
             and f.compression == compression and compression <= MAX_COMPRESSION
             and f.uncompressed_length == ulen and f.key_lo == key_lo and f.key_hi == key_hi)
+
+
+cdef inline Py_ssize_t frame_end(const uint8_t *b, Py_ssize_t p, Py_ssize_t n, frame_t *f) noexcept nogil:
+    """Where the whole, valid frame at ``b + p`` ends (its header copied to
+    ``f``), or -1: a bad mark, kind or compression byte, lengths that do not
+    fit the kind, a frame running past ``n``, or a checksum mismatch.  The
+    checks of every log pass (the Python twin: payload._frame_at); the
+    caller makes sure ``p + FRAME_SIZE <= n``."""
+    cdef Py_ssize_t end
+    memcpy(f, b + p, FRAME_SIZE)
+    if f.mark != FRAME_MARK or f.compression > MAX_COMPRESSION:
+        return -1
+    if f.kind == KIND_PUT:
+        if ((f.compression == 0 and f.uncompressed_length != f.stored_length)
+                or (f.compression != 0 and (f.stored_length == 0 or f.uncompressed_length == 0))):
+            return -1
+    elif f.kind == KIND_TOMBSTONE:
+        if f.stored_length or f.uncompressed_length or f.compression:
+            return -1
+    else:
+        return -1
+    end = p + FRAME_SIZE + <Py_ssize_t>f.stored_length
+    if end > n:
+        return -1
+    if dh_crc32c(0, b + p + 4, <size_t>(FRAME_SIZE - 4 + f.stored_length)) != f.checksum:
+        return -1
+    return end
+
+
+cdef inline object frame_key(const frame_t *f):
+    """The frame's edge id as a Python int (small ids skip the 128-bit join)."""
+    if f.key_hi:
+        return (<object>f.key_hi << 64) | <object>f.key_lo
+    return <object>f.key_lo

@@ -7,8 +7,8 @@ checksum is CRC-32C (Castagnoli) over the frame from byte 4 (everything
 after the checksum field) to the end of its payload, so one contiguous read
 checks header and payload together.  The data file header and the manifest
 end in a u64 holding the CRC-32C of the bytes before it, zero-extended.
-``checksum`` is the compiled one (``diskhash/_store/read.pyx`` over
-``diskhash/_format/crc32c.h``): the Python paths call it too.
+``checksum`` is the compiled one (``frame.pyx`` over ``crc32c.h``, beside
+this module): the Python paths call it too.
 
 ``PayloadMeta.offset`` of an indexed record is the offset of its payload
 bytes (frame offset + ``FRAME_SIZE``) and ``.length`` its stored size.
@@ -23,8 +23,8 @@ import re
 import struct
 from typing import Any, Callable, Iterator, NamedTuple
 
-from diskhash._store.read import checksum
-from diskhash._store.read import scan_into as _scan_into
+from diskhash._format.frame import checksum
+from diskhash._format.frame import scan_into as _scan_into
 from diskhash.errors import CorruptPayloadError
 
 __all__ = [
@@ -584,8 +584,9 @@ def mapped_reader(fd: int, start: int, file_size: int) -> "Iterator[Callable[[in
     end, so a slice past it comes back short, as ``pread`` would.  For the
     whole-log passes (``fold``, compaction's copy); the file must not shrink
     meanwhile (the store's lock: only the writable open cuts a torn tail).
-    Measured (200,000 records of 1 KiB): a copy of 211 MB through 8 MiB
-    ``pread`` chunks took 150-400 ms, through the map's slices 85-100 ms."""
+    A whole-log pass reads every byte once: slices of a map save the copy
+    and the system call of each chunk (docs/performance.md, "Measurements
+    behind the design")."""
     length = min(file_size, os.fstat(fd).st_size)
     mm = mmap.mmap(fd, length, access=mmap.ACCESS_READ) if length > start else None
     view = memoryview(mm) if mm is not None else memoryview(b"")

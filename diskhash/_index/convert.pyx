@@ -5,10 +5,18 @@ Keys are ints in [0, 2**128) (``uuid.UUID`` accepted as its ``.int``); ``bool``
 is refused even though it is an ``int`` subclass, since ``idx[True]`` is
 almost surely a bug.  Records are built by filling a tuple subclass directly
 (as ``structseq`` does), skipping the Python-level constructor.
+
+The record classes come from ``diskhash._types`` (the layer below), imported
+here like any dependency.  This module is their constructor: at its import it
+installs its validator as ``PayloadMeta.__new__`` and, for the common call of
+five positional arguments, as the class's vectorcall (``_install`` at the
+end).  ``import diskhash`` imports it (the index cimports it), so every
+``PayloadMeta`` a program can build is validated.
 """
 import operator
 import uuid
 
+from diskhash._types import Compression, PayloadMeta
 from diskhash.errors import KeyRangeError
 
 from cpython.object cimport PyObject, PyTypeObject
@@ -144,29 +152,11 @@ cdef extern from *:
     unsigned long PyLong_AsUnsignedLong(object o) except? <unsigned long>-1
 
 cdef object _UUID = uuid.UUID
-cdef object _payload_meta_type = None     # set by bind_types()
-cdef list _compressions = [0, 1, 2]      # Compression members once bound
-cdef object _c0 = 0, _c1 = 1, _c2 = 2
+cdef object _payload_meta_type = PayloadMeta
+cdef object _c0 = Compression.NONE, _c1 = Compression.LZ4, _c2 = Compression.ZSTD
 
-_U32_MAX = 0xFFFFFFFF
-
-
-def bind_types(record_type, compression_members):
-    """Called once by ``diskhash._types``: the classes records are built from."""
-    global _payload_meta_type, _compressions, _c0, _c1, _c2
-    if not (isinstance(record_type, type) and issubclass(record_type, tuple)):
-        raise TypeError("bind_types needs a tuple subclass: records are built as tuples")
-    if len(compression_members) != MAX_COMPRESSION_PLUS_ONE:
-        raise RuntimeError("Compression must have exactly NONE, LZ4, ZSTD")
-    _payload_meta_type = record_type
-    _compressions = list(compression_members)
-    _c0, _c1, _c2 = _compressions
-    if type(record_type) is type:
-        dh_set_type_vectorcall(<PyTypeObject*>record_type, <dh_vectorcallfunc>_payload_meta_vectorcall)
-
-
-cdef enum:
-    MAX_COMPRESSION_PLUS_ONE = 3
+if len(Compression) != MAX_COMPRESSION + 1 or (int(_c0), int(_c1), int(_c2)) != (0, 1, 2):
+    raise RuntimeError("Compression must have exactly NONE, LZ4, ZSTD (0, 1, 2)")
 
 
 cdef object compression_member(uint8_t value):
@@ -383,3 +373,16 @@ cdef object _payload_meta_vectorcall(object cls, PyObject **args, size_t nargsf,
         for i in range(len(names)):
             keywords[names[i]] = <object>args[nargs + i]
     return type.__call__(cls, *positional, **keywords)
+
+
+cdef _install(record_type):
+    """Make ``record_type`` (``PayloadMeta``) construct through this module:
+    ``__new__`` for every call form, then the vectorcall for five positional
+    arguments (set last: assigning ``__new__`` updates the type's slots)."""
+    if not (isinstance(record_type, type) and issubclass(record_type, tuple) and type(record_type) is type):
+        raise TypeError("records are built as instances of a plain tuple subclass")
+    record_type.__new__ = staticmethod(new_payload_meta)
+    dh_set_type_vectorcall(<PyTypeObject*>record_type, <dh_vectorcallfunc>_payload_meta_vectorcall)
+
+
+_install(PayloadMeta)

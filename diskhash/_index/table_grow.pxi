@@ -141,7 +141,7 @@ cdef extern from *:
 GROW_KNOB_NAMES = ("nice", "yield", "pause", "writeback")
 DEFAULT_GROW_KNOBS = "none"
 _GROW_KNOBS = os.environ.get("DISKHASH_GROW_KNOBS", DEFAULT_GROW_KNOBS)
-GROW_SLICE_SLOTS = 1 << 16      # old slots per slice: 2.5 MiB read, ~1 ms of rehash
+GROW_SLICE_SLOTS = 1 << 16      # old slots per slice: 2.5 MiB read (docs/performance.md)
 GROW_PAUSE_US = 200
 
 cdef enum:

@@ -21,10 +21,10 @@ from diskhash._format.sochidx2 cimport (
 # small scratch set to find duplicates.  It runs with the GIL released in
 # slices of about SCAN_SLICE_NS (whole steps of SCAN_STEP slots), checking for
 # signals between slices, so Ctrl-C interrupts a scan of any size.  A slice
-# lasts milliseconds, not the ~50 us of one step, because a thread waiting for
-# the GIL needs time to wake and take it: a scan that dropped and retook the
-# GIL every step usually won the race again (measured: another thread's 1 ms
-# sleeps overran by up to 4-8 ms during a verify loop; 1.1 ms with slices).
+# lasts many steps, because a thread waiting for the GIL needs time to wake
+# and take it: a scan that dropped and retook the GIL every step usually won
+# the race again, and the other threads' sleeps overran (docs/performance.md,
+# "Measurements behind the design").
 
 cdef enum:
     D_BAD_TAG = 0

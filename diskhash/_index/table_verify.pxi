@@ -10,7 +10,6 @@ from diskhash._format.sochidx2 cimport HEADER_SIZE, dh_slot, probe, slot_at
 
 from diskhash._fs import files as _files
 from diskhash._format.sochidx2 import header_reserved, unpack_header
-# (Importing _types also tells _convert which class records are built of.)
 from diskhash._types import IndexStats, RepairReport
 from diskhash.errors import CorruptIndexError
 

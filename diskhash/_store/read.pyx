@@ -5,8 +5,7 @@
 ``mmap``).  ``get(key, verify, limit)`` is a whole ``store.get`` in one call:
 it probes the ``DiskHashIndex`` (cimported; its read lock, as its own
 ``get``), checks the frame against the slot and, if asked, the CRC-32C
-checksum (our own ``_format/crc32c.h``; this module's ``checksum`` is also the one
-the Python side computes frames with), and returns the bytes (decoded), None
+checksum (``_format/crc32c.h``), and returns the bytes (decoded), None
 for an absent key, or ``FALLBACK``: anything unusual is the Python path's,
 which remaps or raises, so the messages live in one place
 (``diskhash/_store/store.py``).  ``get_many`` does the same for a batch.
@@ -15,10 +14,11 @@ or a small int saying why not (``BEYOND`` the map, ``MISMATCH``,
 ``BAD_CHECKSUM``).  The GIL is held while copying: a few KiB at most (bigger
 records are read with ``pread``).
 
-The whole-log passes: ``scan_into`` (the log's final state into a dict, for
-the replay at open), ``LogFold`` (the same state kept in C, for
-``rebuild_index``), ``copy_live``/``copy_live_into`` (compaction's copy,
-the new places in a ``RowLog``).
+The whole-log passes that need the store's own tables or its index:
+``LogFold`` (the log's final state kept in C, for ``rebuild_index``),
+``copy_live``/``copy_live_into`` (compaction's copy, the new places in a
+``RowLog``).  Each frame is checked by ``frame_end`` (``_format/frame.pxd``),
+inline here as in ``_format/frame.pyx``'s ``scan_into`` (the replay at open).
 """
 
 from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
@@ -59,14 +59,13 @@ from diskhash._format.sochidx2 cimport (
     slot_at,
 )
 from diskhash._format.frame cimport (
-    FRAME_MARK,
     FRAME_SIZE,
     HEADER_SIZE,
     KIND_PUT,
-    KIND_TOMBSTONE,
     dh_crc32c,
     dh_crc32c_init,
-    dh_crc32c_soft,
+    frame_end,
+    frame_key,
     frame_matches,
     frame_t,
 )
@@ -80,110 +79,12 @@ BAD_CHECKSUM = 3
 #: ``MapReader.get``: the record needs the Python path (see there).
 FALLBACK = 4
 
-cdef enum:
-    NOGIL_CHECKSUM = 1 << 16    # bytes from which checksum() lets other threads run
-
-
-def checksum(data, uint32_t crc=0):
-    """The frame checksum (CRC-32C, as ``google_crc32c.value``) of a bytes-like object.
-
-    ``crc``: the checksum of the bytes before ``data`` (as ``google_crc32c.extend``),
-    so a long frame can be checked in bounded pieces."""
-    cdef Py_buffer view
-    PyObject_GetBuffer(data, &view, PyBUF_SIMPLE)
-    try:
-        if view.len >= NOGIL_CHECKSUM:
-            with nogil:
-                crc = dh_crc32c(crc, view.buf, <size_t>view.len)
-        else:
-            crc = dh_crc32c(crc, view.buf, <size_t>view.len)
-        return crc
-    finally:
-        PyBuffer_Release(&view)
-
-
-def _checksum_soft(data):
-    """``checksum`` by the portable table code even where the CPU has a crc32
-    instruction (for the tests: both paths must agree)."""
-    cdef Py_buffer view
-    cdef uint32_t crc
-    PyObject_GetBuffer(data, &view, PyBUF_SIMPLE)
-    try:
-        crc = dh_crc32c_soft(0xFFFFFFFF, <const unsigned char *>view.buf, <size_t>view.len)
-        return crc ^ 0xFFFFFFFF
-    finally:
-        PyBuffer_Release(&view)
-
-
-cdef inline Py_ssize_t _frame_end(const uint8_t *b, Py_ssize_t p, Py_ssize_t n, frame_t *f) noexcept nogil:
-    """Where the whole, valid frame at ``b + p`` ends (its header copied to
-    ``f``), or -1: a bad mark, kind or compression byte, lengths that do not
-    fit the kind, a frame running past ``n``, or a checksum mismatch."""
-    cdef Py_ssize_t end
-    memcpy(f, b + p, FRAME_SIZE)
-    if f.mark != FRAME_MARK or f.compression > MAX_COMPRESSION:
-        return -1
-    if f.kind == KIND_PUT:
-        if ((f.compression == 0 and f.uncompressed_length != f.stored_length)
-                or (f.compression != 0 and (f.stored_length == 0 or f.uncompressed_length == 0))):
-            return -1
-    elif f.kind == KIND_TOMBSTONE:
-        if f.stored_length or f.uncompressed_length or f.compression:
-            return -1
-    else:
-        return -1
-    end = p + FRAME_SIZE + <Py_ssize_t>f.stored_length
-    if end > n:
-        return -1
-    if dh_crc32c(0, b + p + 4, <size_t>(FRAME_SIZE - 4 + f.stored_length)) != f.checksum:
-        return -1
-    return end
-
-
-cdef inline object _frame_key(const frame_t *f):
-    """The frame's edge id as a Python int (small ids skip the 128-bit join)."""
-    if f.key_hi:
-        return (<object>f.key_hi << 64) | <object>f.key_lo
-    return <object>f.key_lo
-
-
-def scan_into(data, Py_ssize_t p, long long base, dict final):
-    """Fold the valid frames of ``data[p:]`` (``data`` starts at file offset
-    ``base``) into ``final``: key -> (payload offset, stored length,
-    compression, uncompressed length) for a put, None for a tombstone.
-    Returns where the first frame that is not valid (or not whole) starts.
-    The checks are those of ``_format.payload._frame_at``.
-    """
-    cdef Py_buffer view
-    cdef frame_t f
-    cdef const uint8_t *b
-    cdef Py_ssize_t n, end
-    if p < 0:
-        raise ValueError(f"start offset must be >= 0, not {p}")
-    PyObject_GetBuffer(data, &view, PyBUF_SIMPLE)
-    try:
-        b = <const uint8_t *>view.buf
-        n = view.len
-        while p + FRAME_SIZE <= n:
-            end = _frame_end(b, p, n, &f)
-            if end < 0:
-                break
-            key = _frame_key(&f)
-            if f.kind == KIND_PUT:
-                final[key] = (base + p + FRAME_SIZE, f.stored_length, f.compression, f.uncompressed_length)
-            else:
-                final[key] = None
-            p = end
-        return p
-    finally:
-        PyBuffer_Release(&view)
-
 
 def copy_live(data, Py_ssize_t p, long long base, get, list out, dict live, long long new_base):
     """Compaction's copy step over ``data[p:]`` (at file offset ``base``): each
     valid put frame that ``get(key)`` (the index) still points at is appended,
     as bytes, to ``out`` and recorded in ``live`` at its new place (``new_base``
-    onwards).  Returns ``(stop, new_base)``; frame checks as in ``scan_into``.
+    onwards).  Returns ``(stop, new_base)``; frames checked by ``frame_end``.
     """
     cdef Py_buffer view
     cdef frame_t f
@@ -196,11 +97,11 @@ def copy_live(data, Py_ssize_t p, long long base, get, list out, dict live, long
         b = <const uint8_t *>view.buf
         n = view.len
         while p + FRAME_SIZE <= n:
-            end = _frame_end(b, p, n, &f)
+            end = frame_end(b, p, n, &f)
             if end < 0:
                 break
             if f.kind == KIND_PUT:
-                key = _frame_key(&f)
+                key = frame_key(&f)
                 m = get(key)
                 if m is not None and (not PyTuple_Check(m) or PyTuple_GET_SIZE(m) != 5):
                     raise TypeError(f"get({key}) returned {type(m).__name__}, not a PayloadMeta or None")
@@ -526,9 +427,9 @@ cdef enum:
 cdef log_entry *_table_alloc(uint64_t n, size_t *mapped) noexcept nogil:
     """``n`` zeroed entries: ``calloc`` for a small table; a big one is an
     anonymous map advised to use huge pages (``*mapped`` is its length, for
-    ``_table_free``).  Measured (200,000 records of 1 KiB, fold alone): 33 ms
-    with huge pages, 63 ms with 4 KiB ones, mostly page faults of the tables
-    the grows make."""
+    ``_table_free``): a fold's time goes mostly to the page faults of the
+    fresh tables its grows make, and a huge page takes one fault for 512
+    small ones (docs/performance.md, "Measurements behind the design")."""
     cdef size_t size = <size_t>n * sizeof(log_entry)
     cdef void *p
     mapped[0] = 0
@@ -554,7 +455,7 @@ cdef class LogFold:
     """The final state of the keys of a log, folded frame by frame in C (an
     open-addressing table in memory): each key's last put, or deleted.
 
-    ``fold`` takes the frames of a chunk (as ``scan_into``); ``rows()`` gives
+    ``fold`` takes the frames of a chunk (as ``_format.frame.scan_into``); ``rows()`` gives
     the live records as ``KEY_DTYPE`` and ``META_DTYPE`` rows (bytes) for
     ``insert_many``; ``live`` counts them.
     """
@@ -630,7 +531,7 @@ cdef class LogFold:
     def fold(self, data, Py_ssize_t p, long long base):
         """Fold the valid frames of ``data[p:]`` (``data`` starts at file offset
         ``base``); returns where the first frame that is not valid (or not
-        whole) starts.  The checks are those of ``scan_into``."""
+        whole) starts.  The checks are ``frame_end``'s."""
         cdef Py_buffer view
         cdef frame_t f
         cdef const uint8_t *b
@@ -642,7 +543,7 @@ cdef class LogFold:
             b = <const uint8_t *>view.buf
             n = view.len
             while p + FRAME_SIZE <= n:
-                end = _frame_end(b, p, n, &f)
+                end = frame_end(b, p, n, &f)
                 if end < 0:
                     break
                 self.note(f.key_lo, f.key_hi, LOG_PUT if f.kind == KIND_PUT else LOG_DELETED,
@@ -686,10 +587,9 @@ cdef class RowLog:
     rows for one ``insert_many`` (which lets a later duplicate win): what
     compaction's copy needs, since it adds each live record once, in log
     order.  Unlike a ``LogFold`` there is no table to probe or grow: rows
-    are appended (the arrays doubled as needed).  In perf of a compaction of
-    200,000 x 1 KiB records the fold's table was ~10% of the samples (its
-    grows, faulting in fresh memory); the compaction's wall time did not
-    change measurably.  ``live`` counts the rows.
+    are appended (the arrays doubled as needed), so no grow faults in fresh
+    memory (docs/performance.md, "Measurements behind the design").
+    ``live`` counts the rows.
     """
 
     cdef uint8_t *keys
@@ -746,7 +646,7 @@ def copy_live_into(data, Py_ssize_t p, long long base, DiskHashIndex index not N
     ``out[used:]`` (grown as needed) and recorded in ``live`` at its new place
     (``new_base`` onwards).  The index is probed as ``DiskHashIndex.get`` does
     (its read lock; writers go on meanwhile).  Returns ``(stop, used,
-    new_base)``; frame checks as in ``scan_into``.
+    new_base)``; frames checked by ``frame_end``.
     """
     cdef Py_buffer view
     cdef frame_t f
@@ -760,7 +660,7 @@ def copy_live_into(data, Py_ssize_t p, long long base, DiskHashIndex index not N
         b = <const uint8_t *>view.buf
         n = view.len
         while p + FRAME_SIZE <= n:
-            end = _frame_end(b, p, n, &f)
+            end = frame_end(b, p, n, &f)
             if end < 0:
                 break
             if (f.kind == KIND_PUT and _probe_copy(index, f.key_lo, f.key_hi, &s) == SLOT_FOUND

@@ -109,8 +109,8 @@ def encode_frames_u128(const uint64_t[::1] pairs, list payloads, Py_ssize_t star
                        Py_ssize_t max_bytes, bytearray blob not None):
     """``encode_frames`` of the keys ``pairs[2i] | pairs[2i + 1] << 64`` (a
     ``KEY_DTYPE`` array viewed as ``uint64``, as ``_store._key_pairs`` makes
-    it): a numpy key array is never turned into Python ints, which cost
-    ~300 ns a key, half of a ``put_many`` of 100-byte payloads."""
+    it): a numpy key array is never turned into Python ints, whose making
+    was the bulk of a ``put_many`` of small payloads (docs/performance.md)."""
     cdef Py_ssize_t n = pairs.shape[0] // 2
     if pairs.shape[0] != 2 * n:
         raise ValueError(f"encode_frames_u128 got {pairs.shape[0]} halves, not pairs")

@@ -13,8 +13,8 @@ import struct
 import google_crc32c
 
 from diskhash import Compression, PayloadStore
+from diskhash._format import frame as _frame
 from diskhash._format import payload as fmt
-from diskhash._store import read as _store_read
 
 KNOWN_VECTOR = (b"123456789", 0xE3069283)      # the CRC-32C check value
 
@@ -33,36 +33,36 @@ def _samples(seed: int) -> "list[memoryview]":
 
 def test_known_vector():
     data, crc = KNOWN_VECTOR
-    assert _store_read.checksum(data) == crc
-    assert _store_read._checksum_soft(data) == crc
+    assert _frame.checksum(data) == crc
+    assert _frame._checksum_soft(data) == crc
     assert fmt.checksum(data) == crc
     assert google_crc32c.value(data) == crc
 
 
 def test_checksum_is_google_crc32c_over_many_lengths_and_starts():
     for view in _samples(1):
-        assert _store_read.checksum(view) == google_crc32c.value(bytes(view)), len(view)
+        assert _frame.checksum(view) == google_crc32c.value(bytes(view)), len(view)
 
 
 def test_checksum_of_zeros_and_ones():
     for n in (0, 1, 7, 8, 383, 384, 385, 4096, 100000):
         for byte in (b"\0", b"\xff"):
             data = byte * n
-            assert _store_read.checksum(data) == google_crc32c.value(data), (n, byte)
+            assert _frame.checksum(data) == google_crc32c.value(data), (n, byte)
 
 
 def test_software_path_equals_hardware_path():
     """``_checksum_soft`` always takes the slice-by-8 tables; ``checksum`` takes
     the crc32 instruction where the CPU has one (x86-64 with SSE4.2)."""
     for view in _samples(2):
-        assert _store_read._checksum_soft(view) == _store_read.checksum(view), len(view)
+        assert _frame._checksum_soft(view) == _frame.checksum(view), len(view)
 
 
 def test_checksum_takes_any_contiguous_buffer():
     data = bytes(range(256)) * 5
     expected = google_crc32c.value(data)
-    assert _store_read.checksum(bytearray(data)) == expected
-    assert _store_read.checksum(memoryview(data)) == expected
+    assert _frame.checksum(bytearray(data)) == expected
+    assert _frame.checksum(memoryview(data)) == expected
 
 
 def test_written_files_carry_crc32c(tmp_path):

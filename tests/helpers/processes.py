@@ -39,10 +39,11 @@ def child_stdout(code: str, cwd: "str | os.PathLike[str]", prelude: str = "", ti
 #: A prelude for ``child_stdout``: ``frame(key, payload)`` builds a valid put frame.
 FRAME_PRELUDE = """
 import struct
+from diskhash._format.frame import checksum
 from diskhash._store import read as sr
 
 def frame(key, payload):
     body = struct.pack("<BBHIIQQ", 1, 0, 0xD5A7, len(payload), len(payload),
                        key & (2**64 - 1), key >> 64) + payload
-    return struct.pack("<I", sr.checksum(body)) + body
+    return struct.pack("<I", checksum(body)) + body
 """

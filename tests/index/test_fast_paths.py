@@ -7,6 +7,7 @@ import enum
 import random
 
 import pytest
+from helpers.processes import child_stdout
 
 from diskhash import Compression, DiskHashIndex, PayloadMeta
 
@@ -91,3 +92,23 @@ def test_payload_meta_fields_are_plain_ints_with_the_given_values():
 def test_compression_out_of_range_is_a_value_error(compression):
     with pytest.raises(ValueError, match=r"PayloadMeta.compression = .* is not a known compression"):
         PayloadMeta(1, 0, 0, compression, 0)
+
+
+def test_payload_meta_validates_when_only_the_types_module_is_imported(tmp_path):
+    """``diskhash._types`` imports nothing of the package; the index layer
+    installs PayloadMeta's compiled constructor.  A program that imports just
+    the types module still gets it (the package's ``__init__`` imports the
+    index), for every call form."""
+    out = child_stdout("""
+        from diskhash._types import PayloadMeta
+        for call in (lambda: PayloadMeta(1, 2, 3, 9, 3),
+                     lambda: PayloadMeta(1, 2, 3, compression=9, uncompressed_length=3),
+                     lambda: PayloadMeta._make([1, 2, 3, 9, 3])):
+            try:
+                call()
+            except ValueError as exc:
+                print("ValueError", "compression" in str(exc))
+        print(type(PayloadMeta(edge_id=2, offset=2, length=3, compression=0,
+                               uncompressed_length=3).compression).__name__)
+    """, tmp_path)
+    assert out.split("\n") == ["ValueError True"] * 3 + ["Compression", ""]

@@ -1,5 +1,10 @@
-"""docs/development.md's Layout block names every file of the package, and
-only files that exist: the map of the tree cannot go stale.
+"""The package's shape, checked from its sources.
+
+docs/development.md's Layout block names every file of the package, and only
+files that exist: the map of the tree cannot go stale.  And the imports run
+one way, down the layers (``LAYERS``): no module imports one of a higher
+layer, so each layer can be read, tested and changed knowing only the layers
+below it.
 
 Reads the source folder of the repository (beside tests/), not the installed
 package: the block describes the sources.  Generated files (cython's .c and
@@ -8,8 +13,11 @@ package: the block describes the sources.  Generated files (cython's .c and
 
 from __future__ import annotations
 
+import ast
 import re
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 DOC = ROOT / "docs" / "development.md"
@@ -80,3 +88,178 @@ def test_the_parser_reads_nesting():
     # A folder's files are its own; a dedent leaves the folder.
     lines = ["diskhash/", "  a.py    x", "  sub/    y", "    b.py  z", "  c.py    w", "tests/  v"]
     assert documented_paths(lines) == ["diskhash/a.py", "diskhash/sub/", "diskhash/sub/b.py", "diskhash/c.py"]
+
+
+
+# -- the import arrows -------------------------------------------------------
+
+#: The layers from the bottom up; a module may import its own layer and the
+#: ones below.  The bottom holds what imports nothing of the package: the
+#: record types, the errors, the worker-thread helper of the async twins and
+#: the check of a source checkout.  The public modules sit on top.
+LAYERS: list[tuple[str, ...]] = [
+    ("diskhash._types", "diskhash.errors", "diskhash._threads", "diskhash._checkout"),
+    ("diskhash._format",),
+    ("diskhash._fs",),
+    ("diskhash._index",),
+    ("diskhash._store",),
+    ("diskhash._shards",),
+    ("diskhash._cli",),
+    ("diskhash.__init__", "diskhash.__main__", "diskhash.aio", "diskhash.dask"),
+]
+
+#: Upward imports still in the tree, in files another change owns: each names
+#: the importing module, the imported one and why it is here.  A fixed one
+#: fails ``test_known_upward_imports_are_still_there``: delete its line.
+KNOWN_UPWARD: dict[tuple[str, str], str] = {
+    ("diskhash._shards.sharded", "diskhash.__init__"):
+        "`from diskhash import PayloadStore`: to import it from diskhash._store.store (the shards rewrite)",
+}
+
+SOURCE_SUFFIXES = (".py", ".pyi", ".pyx", ".pxd", ".pxi")
+# A Cython import line: ``from diskhash.x cimport a`` / ``from diskhash.x import (`` /
+# ``cimport diskhash.x`` / ``import diskhash.x``, at any indentation.
+_CYTHON_IMPORT = re.compile(r"^[ \t]*(?:from[ \t]+(\.*[\w.]*)[ \t]+c?import[ \t]+([^#\n]*)"
+                            r"|c?import[ \t]+([\w.]+(?:[ \t]*,[ \t]*[\w.]+)*))", re.M)
+
+
+def layer_of(module: str) -> int:
+    """The index in ``LAYERS`` of a ``diskhash`` module (a package: its ``__init__``)."""
+    best = None
+    for rank, prefixes in enumerate(LAYERS):
+        for prefix in prefixes:
+            if (module == prefix or module.startswith(prefix + ".")) and (best is None or len(prefix) > best[1]):
+                best = (rank, len(prefix))
+    assert best is not None, f"{module} is in no layer: add it to LAYERS in {Path(__file__).name}"
+    return best[0]
+
+
+def module_name(path: Path, root: Path) -> str:
+    """diskhash/_index/table_open.pxi -> diskhash._index.table_open; a package is its __init__."""
+    rel = path.relative_to(root).with_suffix("")
+    return ".".join(rel.parts)
+
+
+def _resolve(root: Path, package: str, module: str, level: int, names: list[str]) -> list[str]:
+    """The diskhash modules a ``from module import names`` (``level`` dots) reaches."""
+    if level:
+        base = package.split(".")[: len(package.split(".")) - level + 1]
+        module = ".".join(base + ([module] if module else []))
+    if module != "diskhash" and not module.startswith("diskhash."):
+        return []
+    out = []
+    for name in names:
+        sub = root.joinpath(*module.split("."), name.strip())
+        if name.strip() and (sub.is_dir() or any(sub.with_suffix(s).exists() for s in SOURCE_SUFFIXES)):
+            out.append(f"{module}.{name.strip()}")       # a submodule: from diskhash._index import convert
+        else:
+            out.append(module)
+    return [m + ".__init__" if root.joinpath(*m.split(".")).is_dir() else m for m in dict.fromkeys(out)]
+
+
+def imports_of(path: Path, root: Path) -> list[tuple[int, str]]:
+    """(line, module) of every import of a ``diskhash`` module in one source
+    file: every ``import``, ``from ... import`` and ``cimport``, at module level
+    or inside a function (a lazy import is an arrow too), and
+    ``importlib.import_module("diskhash...")`` in Python files."""
+    me = module_name(path, root)
+    package = me if path.stem == "__init__" else me.rsplit(".", 1)[0]
+    package = package.removesuffix(".__init__")
+    text = path.read_text()
+    found: list[tuple[int, str]] = []
+    if path.suffix in (".py", ".pyi"):
+        for node in ast.walk(ast.parse(text, str(path))):
+            if isinstance(node, ast.Import):
+                found += [(node.lineno, m) for a in node.names
+                          for m in _resolve(root, package, a.name, 0, [""])]
+            elif isinstance(node, ast.ImportFrom):
+                found += [(node.lineno, m) for m in
+                          _resolve(root, package, node.module or "", node.level, [a.name for a in node.names])]
+            elif (isinstance(node, ast.Call) and getattr(node.func, "attr", getattr(node.func, "id", None))
+                  == "import_module" and node.args and isinstance(node.args[0], ast.Constant)
+                  and isinstance(node.args[0].value, str)):
+                found += [(node.lineno, m) for m in _resolve(root, package, node.args[0].value, 0, [""])]
+    else:
+        for match in _CYTHON_IMPORT.finditer(text):
+            line = text.count("\n", 0, match.start()) + 1
+            if match.group(1) is not None:
+                dots = len(match.group(1)) - len(match.group(1).lstrip("."))
+                names = [n.split(" as ")[0] for n in match.group(2).strip("() \t").split(",")]
+                found += [(line, m) for m in _resolve(root, package, match.group(1).lstrip("."), dots, names)]
+            else:
+                found += [(line, m) for name in match.group(3).split(",")
+                          for m in _resolve(root, package, name.strip(), 0, [""])]
+    return found
+
+
+def upward_imports(root: Path) -> list[tuple[str, str, str]]:
+    """(importer, imported, "file:line") of every import of a higher layer under ``root``/diskhash."""
+    out = []
+    for path in sorted((root / "diskhash").rglob("*")):
+        if path.suffix not in SOURCE_SUFFIXES or "__pycache__" in path.parts:
+            continue
+        me = module_name(path, root)
+        for line, target in imports_of(path, root):
+            if layer_of(target) > layer_of(me):
+                out.append((me, target, f"{path.relative_to(root)}:{line}"))
+    return out
+
+
+def test_imports_run_down_the_layers():
+    found = [(me, target, where) for me, target, where in upward_imports(ROOT) if (me, target) not in KNOWN_UPWARD]
+    assert found == [], ("imports of a higher layer (layers, bottom up: "
+                         f"{[p[0].split('.')[-1] for p in LAYERS]}):\n"
+                         + "\n".join(f"  {where}: {me} imports {target}" for me, target, where in found))
+
+
+def test_known_upward_imports_are_still_there():
+    still = {(me, target) for me, target, _ in upward_imports(ROOT)}
+    fixed = [pair for pair in KNOWN_UPWARD if pair not in still]
+    assert fixed == [], f"fixed (delete from KNOWN_UPWARD): {fixed}"
+
+
+def test_every_module_is_in_a_layer():
+    for path in (ROOT / "diskhash").rglob("*"):
+        if path.suffix in SOURCE_SUFFIXES and "__pycache__" not in path.parts:
+            layer_of(module_name(path, ROOT))
+
+
+def _tree(tmp_path: Path, files: dict[str, str]) -> Path:
+    for name, text in files.items():
+        path = tmp_path / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    return tmp_path
+
+
+@pytest.mark.parametrize("source, arrow", [
+    # An upward arrow in each form the checker reads; each must be found.
+    ("from diskhash._store.read import checksum\n", "diskhash._store.read"),
+    ("from diskhash._store import read\n", "diskhash._store.read"),
+    ("import diskhash._index.convert as c\n", "diskhash._index.convert"),
+    ("def f():\n    from diskhash import PayloadStore\n", "diskhash.__init__"),
+    ("from .. import _index\n", "diskhash._index.__init__"),
+    ("import importlib\nm = importlib.import_module('diskhash._cli.app')\n", "diskhash._cli.app"),
+])
+def test_the_checker_finds_an_upward_import_in_python(tmp_path, source, arrow):
+    root = _tree(tmp_path, {"diskhash/__init__.py": "", "diskhash/_format/__init__.py": "",
+                            "diskhash/_format/payload.py": source, "diskhash/_store/__init__.py": "",
+                            "diskhash/_store/read.pyx": "", "diskhash/_index/__init__.py": "",
+                            "diskhash/_index/convert.pyx": "", "diskhash/_cli/__init__.py": "",
+                            "diskhash/_cli/app.py": ""})
+    assert [(me, target) for me, target, _ in upward_imports(root)] == [("diskhash._format.payload", arrow)]
+
+
+@pytest.mark.parametrize("source, arrow", [
+    ("from diskhash._index.convert cimport key_to_u128\n", "diskhash._index.convert"),
+    ("from diskhash._index.table cimport (\n    DiskHashIndex,\n)\n", "diskhash._index.table"),
+    ("    from diskhash._store import read as r\n", "diskhash._store.read"),
+    ("cimport diskhash._index.table\n", "diskhash._index.table"),
+])
+def test_the_checker_finds_an_upward_import_in_cython(tmp_path, source, arrow):
+    root = _tree(tmp_path, {"diskhash/__init__.py": "", "diskhash/_format/__init__.py": "",
+                            "diskhash/_format/frame.pyx": "from diskhash._format.sochidx2 cimport X\n" + source,
+                            "diskhash/_format/sochidx2.pxd": "", "diskhash/_index/__init__.py": "",
+                            "diskhash/_index/convert.pxd": "", "diskhash/_index/table.pxd": "",
+                            "diskhash/_store/__init__.py": "", "diskhash/_store/read.pyx": ""})
+    assert [(me, target) for me, target, _ in upward_imports(root)] == [("diskhash._format.frame", arrow)]

@@ -18,7 +18,8 @@ from helpers.packaging import DIST, ROOT, copy_source
 if not (ROOT / "pyproject.toml").exists():
     pytest.skip("not a source checkout: no pyproject.toml beside tests/", allow_module_level=True)
 
-MODULES = ["_format/sochidx2", "_index/convert", "_index/table", "_index/batch", "_store/read", "_store/write"]
+MODULES = ["_format/sochidx2", "_format/frame", "_index/convert", "_index/table", "_index/batch",
+           "_store/read", "_store/write"]
 
 
 def expected_in_sdist() -> set[str]:

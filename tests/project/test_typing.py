@@ -16,7 +16,8 @@ ROOT = Path(__file__).resolve().parents[2]
 
 @pytest.mark.skipif(importlib.util.find_spec("mypy") is None, reason="mypy not installed")
 def test_stubs_match_compiled_modules():
-    modules = ["diskhash._index.table", "diskhash._format.sochidx2", "diskhash._index.convert"]
+    modules = ["diskhash._index.table", "diskhash._format.sochidx2", "diskhash._format.frame",
+               "diskhash._index.convert"]
     for optional in ("diskhash._index.batch", "diskhash._store.read", "diskhash._store.write"):
         if importlib.util.find_spec(optional) is not None:
             modules.append(optional)
@@ -32,8 +33,8 @@ def test_package_ships_py_typed_and_stubs():
     import diskhash
 
     pkg = Path(diskhash.__file__).parent
-    for name in ("py.typed", "_format/sochidx2.pyi", "_index/table.pyi", "_index/convert.pyi", "_index/batch.pyi",
-                 "_store/read.pyi", "_store/write.pyi"):
+    for name in ("py.typed", "_format/sochidx2.pyi", "_format/frame.pyi", "_index/table.pyi", "_index/convert.pyi",
+                 "_index/batch.pyi", "_store/read.pyi", "_store/write.pyi"):
         assert (pkg / name).is_file(), name
 
 

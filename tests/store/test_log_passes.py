@@ -299,13 +299,15 @@ def test_compiled_scanners_refuse_a_negative_start(func):
     """A hostile pass over PayloadStore and ShardedStore found this."""
     args = {"scan_into": "(mm, -4096, 0, {})",
             "copy_live": "(mm, -4096, 0, lambda k: None, [], {}, 0)"}[func]
+    module = {"scan_into": "_frame", "copy_live": "_store_read"}[func]
     proc = _child(f"""
         import mmap
+        from diskhash._format import frame as _frame
         from diskhash._store import read as _store_read
         mm = mmap.mmap(-1, 4096)
         mm[:] = b"\\xff" * 4096
         try:
-            _store_read.{func}{args}
+            {module}.{func}{args}
         except ValueError as exc:
             print("ValueError", exc)
     """)
