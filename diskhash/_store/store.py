@@ -20,12 +20,9 @@ place.  See docs/internals/design.md for the design and its reasons.
 from __future__ import annotations
 
 import errno
-import itertools
-import operator
 import os
 import threading
 import weakref
-from contextlib import nullcontext
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
 from diskhash._format import payload as fmt
@@ -36,10 +33,10 @@ from diskhash._store.generation import Generation, StoreDirectory
 from diskhash._store.keys import (
     SYNC_POLICIES,
     _check_timeout,
-    _key_halves,
     _key_int,
     _key_list,
     _key_pairs,
+    _payload_list,
     _payload_view,
     _sync_interval,
 )
@@ -348,23 +345,7 @@ class PayloadStore:
         only the unusual ones (big, remapped, damaged) go through ``get``'s
         Python path.  Errors as for ``get``.
         """
-        g = self._live()
-        reader = g.reader
-        if reader is None:
-            return [self._get_slow(k, None) for k in _key_list(edge_ids)]
-        halves = _key_halves(edge_ids)
-        keys: "list[Any]"
-        if halves is not None:
-            out, fixups = reader.get_many_u128(halves[0], halves[1], self._verify, BIG_READ)
-            lo, hi = halves
-            for i in fixups:
-                out[i] = self._get_slow(int(lo[i]) | (int(hi[i]) << 64), None)
-            return out  # type: ignore[no-any-return]
-        keys = edge_ids if type(edge_ids) is list else _key_list(edge_ids)
-        out, fixups = reader.get_many(keys, self._verify, BIG_READ)
-        for i in fixups:
-            out[i] = self._get_slow(keys[i], None)
-        return out  # type: ignore[no-any-return]
+        return self._reader.get_many(self._live, edge_ids)
 
     def payload_range(self, edge_id: Any) -> "tuple[int, int, int] | None":
         """``(fd, offset, length)`` of an uncompressed payload's bytes in the data file.
@@ -427,21 +408,7 @@ class PayloadStore:
         pairs = _key_pairs(edge_ids)     # a numpy key array: never Python ints on the fast path
         keys = _key_list(edge_ids) if pairs is None else None
         total = len(keys) if keys is not None else len(pairs) // 2
-        if isinstance(payloads, (str, bytes, bytearray, memoryview)) or payloads is None:
-            raise TypeError("payloads must be a sequence of bytes-like objects")
-        payloads = list(payloads)
-        if total != len(payloads):
-            raise ValueError(f"put_many got {total} edge ids but {len(payloads)} payloads")
-        limit = fmt.MAX_LENGTH
-        # all bytes, none too long: checked in two C-speed passes ("is", not a set of
-        # the types: a metaclass's __eq__/__hash__ can make a bytes subclass with
-        # a lying __len__ equal to bytes)
-        if (all(map(operator.is_, map(type, payloads), itertools.repeat(bytes)))
-                and max(map(len, payloads), default=0) <= limit):
-            views = payloads
-        else:
-            views = [p if type(p) is bytes and len(p) <= limit else _payload_view(p, f"payloads[{i}]")
-                     for i, p in enumerate(payloads)]
+        views = _payload_list(payloads, total)
         comp = self._compression if compression is None else _codecs.require(compression)
         writer = self._writer
         with writer:
@@ -511,22 +478,12 @@ class PayloadStore:
                     self._syncer.stop()
                 try:
                     if not self._readonly:
-                        writer.save_locked(g)
-                        os.ftruncate(g.fd, writer.end)       # give back the unused allocation
-                        writer.write_header(g.fd, writer.end, 0, sync=True)
+                        writer.finish(g)
                 finally:
                     writer.gen = None
                     _open_stores.discard(self)
-                    # no msync with sync="never": as in Writer.save_locked
-                    close_index = g.index._close_unsynced if self._sync == "never" else g.index.close
                     try:
-                        try:
-                            close_index()
-                        finally:
-                            try:
-                                close_index()   # (once closed, only finishes a release Ctrl-C cut short)
-                            finally:
-                                g.release()
+                        g.close(sync=self._sync != "never")
                     finally:
                         self._release_lock()
         finally:
@@ -562,22 +519,12 @@ class PayloadStore:
 
     # -- whole-store operations ---------------------------------------------------------------
 
-    def _data_end(self, g: Generation) -> int:
-        """Where the log ends: the writer knows; a reader takes the file's size."""
-        return os.fstat(g.fd).st_size if self._readonly else self._writer.end
-
-    def _writers_paused(self) -> Any:
-        """Hold this store's writers off while a walk of the index runs (a put
-        or delete from another thread would end the walk with ``RuntimeError``:
-        the index changed size).  A read-only store has no writers to stop."""
-        return nullcontext() if self._readonly else self._writer.lock
-
     def stats(self) -> StoreStats:
         """A ``StoreStats`` snapshot (walks the index; puts and deletes from
         other threads wait for the walk)."""
-        with self._writers_paused():
+        with self._writer.paused():
             g = self._live()
-            size = self._data_end(g)
+            size = self._writer.data_end(g)
             try:
                 return stats_of(g, size, self._writer.checkpoint)
             except FileNotFoundError:
@@ -593,12 +540,9 @@ class PayloadStore:
         Raises ``CorruptPayloadError`` listing every defect; returns None if all is well.
         Puts and deletes from other threads wait until it is done.
         """
-        with self._writers_paused():
-            self._verify_locked()
-
-    def _verify_locked(self) -> None:
-        g = self._live()
-        verify_generation(g, self._data_end(g), self._reader.read)
+        with self._writer.paused():
+            g = self._live()
+            verify_generation(g, self._writer.data_end(g), self._reader.read)
 
     def rebuild_index(self, progress: "Callable[[int, int], Any] | None" = None, *,
                       salvage: bool = False) -> int:

@@ -4,7 +4,10 @@ Every write enters through one door, ``with writer as g:`` (``Writer.__enter__``
 it takes the writer lock and hands out the writable generation, or raises
 (read-only, closed, inherited across fork) before a byte is written.  What
 must hold for every writer (another process's writer lock, a re-map to the
-newest generation) belongs there and nowhere else.
+newest generation) belongs there.  Two paths take its two steps inline, and
+must follow any change to it: ``put_bytes`` (the hottest write: two Python
+calls fewer per put) and ``try_put`` (the async inline put, which must not
+wait for the lock).
 
 An append writes a frame at the log's end, then the index takes it.  When the
 index does not (an error, Ctrl-C), the frames it did not take are zeroed and
@@ -18,6 +21,7 @@ from __future__ import annotations
 import errno
 import os
 import threading
+from contextlib import nullcontext
 from typing import Any, Callable, Iterable, Sequence
 
 from diskhash._format import payload as fmt
@@ -232,16 +236,44 @@ class Writer:
         return fmt.checksum(rest).to_bytes(4, "little"), rest, used, slen, n
 
     def put_bytes(self, edge_id: int, payload: bytes) -> "PayloadMeta | None":
-        """``put`` of uncompressed ``bytes`` (at most ``MAX_LENGTH``) in one
-        compiled call; None (nothing written) when that call cannot be used
+        """``put`` of uncompressed ``bytes`` (at most ``MAX_LENGTH``): the frame
+        written into the map and indexed in one compiled call
+        (``_store.write.put_frame``; the same order and undo as ``append`` +
+        ``insert``).  None (nothing written) when that call cannot be used
         here (no compiled module, the index not the compiled one) and the
-        caller must take ``put``."""
+        caller must take ``put``.
+
+        The hottest write: the door (``__enter__``) is taken inline here, its
+        lock and then its check, to spare two Python calls per put; what the
+        door gains must be added here too."""
         if _put_frame is None:
             return None
-        with self as g:
+        with self.lock:
+            g = self.gen
+            if g is None or self.readonly:
+                g = self.writable()         # (raises)
             if type(g.index) is not DiskHashIndex:
                 return None
-            return self._put_frame(g, edge_id, payload)
+            start = self.end
+            end = start + fmt.FRAME_SIZE + len(payload)
+            if end > g.alloc:
+                _key_int(edge_id)               # a bad key raises before the file grows
+                self.allocate(g, end)
+            view = g.view
+            if view is None or end > len(view):
+                view = g.remap()
+            try:
+                meta: PayloadMeta = _put_frame(g.index, view, start, edge_id, payload)
+            except BaseException:
+                # (put_frame zeroes a frame it could not index; one it did index, with
+                # Ctrl-C landing as it returned, is kept)
+                if type(edge_id) is int and _indexed_prefix(g.index, [(edge_id, start + fmt.FRAME_SIZE)]):
+                    self.end = end
+                    self.unsaved = True
+                raise
+            self.end = end
+            self.unsaved = True
+            return meta
 
     def put(self, key: int, view: Any, comp: int) -> PayloadMeta:
         """Append ``view`` as ``key``'s record (compressed with ``comp`` if that
@@ -257,53 +289,29 @@ class Writer:
                 raise
             return meta
 
-    def _put_frame(self, g: Generation, edge_id: Any, payload: bytes) -> PayloadMeta:
-        """``put`` of uncompressed bytes, the writer lock held: the frame written
-        into the map and indexed in one compiled call (``_store.write.put_frame``;
-        the same order and undo as ``append`` + ``insert``)."""
-        start = self.end
-        end = start + fmt.FRAME_SIZE + len(payload)
-        if end > g.alloc:
-            _key_int(edge_id)               # a bad key raises before the file grows
-            self.allocate(g, end)
-        view = g.view
-        if view is None or end > len(view):
-            view = g.remap()
-        try:
-            meta: PayloadMeta = _put_frame(g.index, view, start, edge_id, payload)
-        except BaseException:
-            # (put_frame zeroes a frame it could not index; one it did index, with
-            # Ctrl-C landing as it returned, is kept)
-            if type(edge_id) is int and _indexed_prefix(g.index, [(edge_id, start + fmt.FRAME_SIZE)]):
-                self.end = end
-                self.unsaved = True
-            raise
-        self.end = end
-        self.unsaved = True
-        return meta
-
     def try_put(self, key: int, view: memoryview, compression: Any) -> "PayloadMeta | None":
         """``put`` if it can finish without waiting: the writer lock free and no index
         grow needed; else None and nothing written (the async store's inline lane)."""
         comp = self.compression if compression is None else _codecs.require(compression)
         ck, rest, used, slen, n = self.encode(key, view, comp)
+        # The door without waiting: its lock only if free, then its check.
         if not self.lock.acquire(blocking=False):
             return None
         try:
-            with self as g:         # (reentrant: the door's checks, the lock held twice)
-                if self.end + fmt.FRAME_SIZE + slen > g.alloc:
-                    return None         # the file must grow: a worker thread does that
-                start = self.append(g, (ck, rest), fmt.FRAME_SIZE + slen)
-                meta = PayloadMeta(key, start + fmt.FRAME_SIZE, slen, used, n)
-                done = False
-                try:
-                    done = g.index._try_insert(key, meta)
-                except BaseException:
-                    self.undo_unindexed(g, start + fmt.FRAME_SIZE + slen, [(key, meta.offset)])
-                    raise
-                if not done:
-                    self.undo_append(g, start, start + fmt.FRAME_SIZE + slen)
-                return meta if done else None
+            g = self.writable()
+            if self.end + fmt.FRAME_SIZE + slen > g.alloc:
+                return None         # the file must grow: a worker thread does that
+            start = self.append(g, (ck, rest), fmt.FRAME_SIZE + slen)
+            meta = PayloadMeta(key, start + fmt.FRAME_SIZE, slen, used, n)
+            done = False
+            try:
+                done = g.index._try_insert(key, meta)
+            except BaseException:
+                self.undo_unindexed(g, start + fmt.FRAME_SIZE + slen, [(key, meta.offset)])
+                raise
+            if not done:
+                self.undo_append(g, start, start + fmt.FRAME_SIZE + slen)
+            return meta if done else None
         finally:
             self.lock.release()
 
@@ -517,6 +525,23 @@ class Writer:
             self.write_header(g.fd, end, fmt.FLAG_DIRTY, sync=True)
             self.checkpoint = end
         self.unsaved = False
+
+    def finish(self, g: Generation) -> None:
+        """``close()``'s writes (the lock held): save, give back the unused
+        allocation, mark the data file clean."""
+        self.save_locked(g)
+        os.ftruncate(g.fd, self.end)
+        self.write_header(g.fd, self.end, 0, sync=True)
+
+    def data_end(self, g: Generation) -> int:
+        """Where the log ends: the writer knows; a read-only store takes the file's size."""
+        return os.fstat(g.fd).st_size if self.readonly else self.end
+
+    def paused(self) -> Any:
+        """Hold this store's writers off while a walk of the index runs (a put
+        or delete from another thread would end the walk with ``RuntimeError``:
+        the index changed size).  A read-only store has no writers to stop."""
+        return nullcontext() if self.readonly else self.lock
 
     def write_header(self, fd: int, checkpoint: int, flags: int, sync: bool) -> None:
         write_header(fd, checkpoint, flags, sync and self.fsync)
