@@ -55,6 +55,21 @@ PUT_MANY_CHUNK = 16 << 20
 PUT_MANY_RESERVE = 4096
 
 
+def encode_frame(key: int, view: Any, comp: int) -> tuple[bytes, bytes, int, int, int]:
+    """One frame as (checksum bytes, the rest of the frame, compression used,
+    stored length, uncompressed length)."""
+    n = len(view)
+    used = 0
+    stored: Any = view
+    if comp and n:
+        packed = _codecs.compress(comp, view)
+        if packed is not None:
+            stored, used = packed, comp
+    slen = len(stored)
+    rest = fmt.FRAME_BODY.pack(fmt.KIND_PUT, used, fmt.FRAME_MARK, slen, n, key & _MASK64, key >> 64) + stored
+    return fmt.checksum(rest).to_bytes(4, "little"), rest, used, slen, n
+
+
 class Writer:
     """The write side of one open store: the current generation, the log's
     end and checkpoint, the writer lock, and every write path with its undo.
@@ -221,27 +236,14 @@ class Writer:
 
     # -- put -------------------------------------------------------------------------------
 
-    def encode(self, key: int, view: Any, comp: int) -> tuple[bytes, bytes, int, int, int]:
-        """One frame as (checksum bytes, the rest of the frame, compression used,
-        stored length, uncompressed length)."""
-        n = len(view)
-        used = 0
-        stored: Any = view
-        if comp and n:
-            packed = _codecs.compress(comp, view)
-            if packed is not None:
-                stored, used = packed, comp
-        slen = len(stored)
-        rest = fmt.FRAME_BODY.pack(fmt.KIND_PUT, used, fmt.FRAME_MARK, slen, n, key & _MASK64, key >> 64) + stored
-        return fmt.checksum(rest).to_bytes(4, "little"), rest, used, slen, n
+    #: ``encode_frame``: one frame's bytes (no writer state).
+    encode = staticmethod(encode_frame)
 
     def put_bytes(self, edge_id: int, payload: bytes) -> "PayloadMeta | None":
-        """``put`` of uncompressed ``bytes`` (at most ``MAX_LENGTH``): the frame
-        written into the map and indexed in one compiled call
-        (``_store.write.put_frame``; the same order and undo as ``append`` +
-        ``insert``).  None (nothing written) when that call cannot be used
-        here (no compiled module, the index not the compiled one) and the
-        caller must take ``put``.
+        """``put`` of uncompressed ``bytes`` (at most ``MAX_LENGTH``) written into
+        the map and indexed in one compiled call (``_store.write.put_frame``: the
+        order and undo of ``append`` + ``insert``); None, nothing written, where
+        that call cannot be used (the index not the compiled one): take ``put``.
 
         The hottest write: the door (``__enter__``) is taken inline here, its
         lock and then its check, to spare two Python calls per put; what the
@@ -435,35 +437,7 @@ class Writer:
         from diskhash._index import dtypes as _dtypes
         with self:
             pass                    # (a read-only or closed store raises here)
-        prepared = []
-        total = 0
-        for keys, ends, data in pieces:
-            if not isinstance(keys, np.ndarray) or keys.dtype != _dtypes.KEY_DTYPE or keys.ndim != 1:
-                raise TypeError("packed keys must be a 1-D diskhash.KEY_DTYPE array")
-            # copies of keys and ends (ours: the undo must see what was written),
-            # the data as flat bytes: anything else is refused here, not after
-            # earlier pieces are written
-            pairs = np.array(keys, order="C").view(np.uint64)
-            ends = np.asarray(ends)
-            if ends.ndim != 1 or (ends.dtype.kind not in "iu" and len(ends)):
-                raise TypeError("packed payload ends must be a 1-D integer array")
-            ends = np.array(ends, dtype=np.int64)
-            if len(ends) != len(keys):
-                raise ValueError(f"{len(keys)} packed keys but {len(ends)} payload ends")
-            try:
-                data = memoryview(data).cast("B")
-            except TypeError:
-                raise TypeError(f"packed payload data must be a C-contiguous bytes-like object, "
-                                f"not {type(data).__name__}") from None
-            size = data.nbytes
-            if len(ends):
-                lengths = np.diff(ends, prepend=0)
-                if int(lengths.min()) < 0 or int(ends[-1]) > size:
-                    raise ValueError(f"packed payload ends do not fit {size} payload bytes")
-                if int(lengths.max()) > fmt.MAX_LENGTH:
-                    raise ValueError(f"a packed payload is over the {fmt.MAX_LENGTH}-byte limit")
-            prepared.append((pairs, ends, data))
-            total += len(keys)
+        prepared, total = _packed_pieces(pieces, np, _dtypes.KEY_DTYPE)
         self._reserve_for(total, [p[0] for p in prepared])
         buf = bytearray()
         for pairs, ends, data in prepared:
@@ -545,6 +519,42 @@ class Writer:
 
     def write_header(self, fd: int, checkpoint: int, flags: int, sync: bool) -> None:
         write_header(fd, checkpoint, flags, sync and self.fsync)
+
+
+def _packed_pieces(pieces: "Sequence[tuple[Any, Any, Any]]", np: Any,
+                   key_dtype: Any) -> "tuple[list[tuple[Any, Any, Any]], int]":
+    """``put_many_packed``'s pieces checked and copied, every one before any
+    is written: (pairs, ends, data) each, and the records in all."""
+    prepared: "list[tuple[Any, Any, Any]]" = []
+    total = 0
+    for keys, ends, data in pieces:
+        if not isinstance(keys, np.ndarray) or keys.dtype != key_dtype or keys.ndim != 1:
+            raise TypeError("packed keys must be a 1-D diskhash.KEY_DTYPE array")
+        # copies of keys and ends (ours: the undo must see what was written),
+        # the data as flat bytes: anything else is refused here, not after
+        # earlier pieces are written
+        pairs = np.array(keys, order="C").view(np.uint64)
+        ends = np.asarray(ends)
+        if ends.ndim != 1 or (ends.dtype.kind not in "iu" and len(ends)):
+            raise TypeError("packed payload ends must be a 1-D integer array")
+        ends = np.array(ends, dtype=np.int64)
+        if len(ends) != len(keys):
+            raise ValueError(f"{len(keys)} packed keys but {len(ends)} payload ends")
+        try:
+            data = memoryview(data).cast("B")
+        except TypeError:
+            raise TypeError(f"packed payload data must be a C-contiguous bytes-like object, "
+                            f"not {type(data).__name__}") from None
+        size = data.nbytes
+        if len(ends):
+            lengths = np.diff(ends, prepend=0)
+            if int(lengths.min()) < 0 or int(ends[-1]) > size:
+                raise ValueError(f"packed payload ends do not fit {size} payload bytes")
+            if int(lengths.max()) > fmt.MAX_LENGTH:
+                raise ValueError(f"a packed payload is over the {fmt.MAX_LENGTH}-byte limit")
+        prepared.append((pairs, ends, data))
+        total += len(keys)
+    return prepared, total
 
 
 def _indexed_prefix(index: DiskHashIndex, rows: "list[tuple[int, int]]") -> int:
