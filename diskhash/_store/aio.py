@@ -184,7 +184,7 @@ class AsyncPayloadStore:
         if len(view) <= INLINE_WRITE:
             if _threads.pending:
                 _threads.handoff()
-            meta = sync._try_put(key, view, compression)
+            meta = self._reads.try_put(key, view, compression)
             if meta is not None:
                 return meta
         return await self._in_lane(functools.partial(sync.put, key, view, compression=compression))

@@ -38,24 +38,22 @@ from __future__ import annotations
 
 import os
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any, Callable, NamedTuple
 
 from diskhash._format import payload as fmt
 from diskhash._fs.files import fsync_dir
 from diskhash._index.table import DiskHashIndex
-from diskhash._store.generation import Generation, _fsync_data, _write_all, unlink
+from diskhash._store.generation import Generation, StoreDirectory, _fsync_data, _write_all, unlink
 from diskhash._store.keys import _numpy
 from diskhash._store.read import RowLog as _RowLog
 from diskhash._store.read import copy_live as _copy_live_c
 from diskhash._store.read import copy_live_into as _copy_live_into
 from diskhash._store.recovery import apply_final, bulk_insert
+from diskhash._store.writer import Writer
 from diskhash._types import SalvageReport
 from diskhash.errors import CorruptPayloadError, DamagedRecordsError
 
-if TYPE_CHECKING:
-    from diskhash._store.store import PayloadStore
-
-__all__ = ["compact"]
+__all__ = ["Compacted", "compact"]
 
 #: Catch-up rounds without the lock, and the backlog (bytes) small enough to finish under it.
 CATCH_UP_ROUNDS = 8
@@ -63,96 +61,105 @@ CATCH_UP_SMALL = 1 << 20
 WRITE_BATCH = 8 << 20
 
 
-def compact(store: "PayloadStore", salvage: bool = False) -> dict[str, Any]:
+class Compacted(NamedTuple):
+    """What ``compact()`` did: the generation it switched to, what it measured
+    (``PayloadStore.last_compaction``: seconds, puts_waited_seconds, old_bytes,
+    new_bytes, copied_bytes) and what it passed over (a ``SalvageReport``, or None)."""
+    gen: Generation
+    report: "dict[str, Any]"
+    salvage: "SalvageReport | None"
 
-    if not isinstance(salvage, bool):
-        raise TypeError(f"salvage must be a bool, not {type(salvage).__name__}")
-    store.last_salvage = None
+
+def compact(g: Generation, writer: Writer, directory: StoreDirectory,
+            write_manifest: Callable[[int, int], None], *, salvage: bool) -> Compacted:
+    """Copy the live records of ``g`` (the writer's current generation) into a
+    new generation and switch ``writer`` to it (steps 1-4 above).  The caller
+    holds the maintenance lock; ``write_manifest`` renames the new MANIFEST
+    into place (the commit).  Writes enter through the writer's door."""
     damage = _Damage()
     t_start = time.perf_counter()
-    with store._maintenance:
-        with store._write_lock:
-            g = store._writable()
-            e0 = store._end
-            data_gen, index_gen = g.data_gen + 1, g.index_gen + 1
-            data_path = store._dir.path(fmt.data_name(data_gen))
-            index_path = store._dir.path(fmt.index_name(index_gen))
-            unlink(data_path, index_path, index_path + ".lock")
-            store._dir.create_data_file(data_gen)
-        fd = os.open(data_path, os.O_RDWR | os.O_CLOEXEC)
-        new_end = fmt.DATA_HEADER_SIZE
-        index: "DiskHashIndex | None" = None
-        switched = False
-        try:
-            # 2. the live records up to e0, verbatim
-            built = _copy_live_indexed(g, fd, e0, index_path, damage)
-            if built is not None:
-                index, copied_bytes, new_end = built
-            else:
-                live: dict[int, tuple[int, int, int, int]] = {}
-                copied_bytes, new_end = _copy_live(g, fd, e0, live, damage)
-                index = DiskHashIndex(index_path, capacity=max(len(live), 1), timeout=0.0)
-                bulk_insert(index, live)
-                del live
+    with writer as cur:
+        if cur is not g:
+            raise RuntimeError("the store changed generation before compact() began")
+        e0 = writer.end
+        data_gen, index_gen = g.data_gen + 1, g.index_gen + 1
+        data_path = directory.path(fmt.data_name(data_gen))
+        index_path = directory.path(fmt.index_name(index_gen))
+        unlink(data_path, index_path, index_path + ".lock")
+        directory.create_data_file(data_gen)
+    fd = os.open(data_path, os.O_RDWR | os.O_CLOEXEC)
+    new_end = fmt.DATA_HEADER_SIZE
+    index: "DiskHashIndex | None" = None
+    switched = False
+    try:
+        # 2. the live records up to e0, verbatim
+        built = _copy_live_indexed(g, fd, e0, index_path, damage)
+        if built is not None:
+            index, copied_bytes, new_end = built
+        else:
+            live: dict[int, tuple[int, int, int, int]] = {}
+            copied_bytes, new_end = _copy_live(g, fd, e0, live, damage)
+            index = DiskHashIndex(index_path, capacity=max(len(live), 1), timeout=0.0)
+            bulk_insert(index, live)
+            del live
 
-            # 3. catch up with what was written meanwhile
-            done = e0
-            for _ in range(CATCH_UP_ROUNDS):
-                with store._write_lock:
-                    # Read under the lock: a put whose insert declines
-                    # (_try_put) moves the end past its frame, then back.
-                    target = store._end
-                if target - done <= CATCH_UP_SMALL:
-                    break
-                new_end = _catch_up(g, fd, index, done, target, new_end)
-                done = target
-            if store._sync != "never":
-                # The bulk of the new files reaches the disk before writers are
-                # stopped: under the lock only the last catch-up is left to sync.
+        # 3. catch up with what was written meanwhile
+        done = e0
+        for _ in range(CATCH_UP_ROUNDS):
+            with writer as cur:
+                # Read under the lock: a put whose insert declines
+                # (try_put) moves the end past its frame, then back.
+                target = writer.end
+            if target - done <= CATCH_UP_SMALL:
+                break
+            new_end = _catch_up(g, fd, index, done, target, new_end)
+            done = target
+        if writer.fsync:
+            # The bulk of the new files reaches the disk before writers are
+            # stopped: under the lock only the last catch-up is left to sync.
+            _fsync_data(fd)
+            index.save()
+        wait_start = time.perf_counter()
+        with writer as cur:
+            if cur is not g:
+                raise RuntimeError("the store changed generation during compact()")
+            target = writer.end
+            new_end = _catch_up(g, fd, index, done, target, new_end)
+            new_end, lost = _account(g, fd, index, new_end, target)
+            if lost and not salvage:
+                raise _refusal(g, lost)
+            # 4. durable, then switch
+            if writer.fsync:
                 _fsync_data(fd)
-                index.save()
-            wait_start = time.perf_counter()
-            with store._write_lock:
-                if store._gen is not g:
-                    raise RuntimeError("the store changed generation during compact()")
-                target = store._end
-                new_end = _catch_up(g, fd, index, done, target, new_end)
-                new_end, lost = _account(g, fd, index, new_end, target)
-                if lost and not salvage:
-                    raise _refusal(g, lost)
-                # 4. durable, then switch
-                if store._sync != "never":
-                    _fsync_data(fd)
-                index.save()
-                os.pwrite(fd, fmt.pack_data_header(new_end, fmt.FLAG_DIRTY), 0)
-                if store._sync != "never":
-                    _fsync_data(fd)
-                fsync_dir(store._directory)
-                committed = False
-                try:
-                    store._write_manifest(data_gen, index_gen)
-                    committed = True
-                finally:
-                    # The rename is the commit.  Once the MANIFEST names the new
-                    # generation, the store switches to it even if what followed
-                    # the rename raised (Ctrl-C during the directory fsync): else
-                    # this process writes on into files the next open deletes.
-                    # The old files then stay, for that open to remove.
-                    if committed or store._dir.read_manifest() == (data_gen, index_gen):
-                        switched = True
-                        store._gen = Generation(data_gen, index_gen, data_path, index_path, fd, index)
-                        store._end = new_end
-                        store._checkpoint = new_end
-                        if committed:
-                            unlink(g.data_path, g.index_path, g.index_path + ".lock")
-            waited = time.perf_counter() - wait_start
-        except BaseException:
-            if not switched:
-                if index is not None:
-                    index.close()
-                os.close(fd)
-                unlink(data_path, index_path, index_path + ".lock")
-            raise
+            index.save()
+            os.pwrite(fd, fmt.pack_data_header(new_end, fmt.FLAG_DIRTY), 0)
+            if writer.fsync:
+                _fsync_data(fd)
+            fsync_dir(directory.directory)
+            committed = False
+            try:
+                write_manifest(data_gen, index_gen)
+                committed = True
+            finally:
+                # The rename is the commit.  Once the MANIFEST names the new
+                # generation, the store switches to it even if what followed
+                # the rename raised (Ctrl-C during the directory fsync): else
+                # this process writes on into files the next open deletes.
+                # The old files then stay, for that open to remove.
+                if committed or directory.read_manifest() == (data_gen, index_gen):
+                    switched = True
+                    new = Generation(data_gen, index_gen, data_path, index_path, fd, index)
+                    writer.switch(new, new_end, new_end)
+                    if committed:
+                        unlink(g.data_path, g.index_path, g.index_path + ".lock")
+        waited = time.perf_counter() - wait_start
+    except BaseException:
+        if not switched:
+            if index is not None:
+                index.close()
+            os.close(fd)
+            unlink(data_path, index_path, index_path + ".lock")
+        raise
     report = {
         "seconds": time.perf_counter() - t_start,
         "puts_waited_seconds": waited,
@@ -160,11 +167,10 @@ def compact(store: "PayloadStore", salvage: bool = False) -> dict[str, Any]:
         "new_bytes": new_end,
         "copied_bytes": copied_bytes,
     }
-    store.last_compaction = report
+    found = None
     if lost or damage.frames:
-        store.last_salvage = SalvageReport(tuple(sorted(k for k, _, _ in lost)),
-                                           damage.frames, damage.bytes)
-    return report
+        found = SalvageReport(tuple(sorted(k for k, _, _ in lost)), damage.frames, damage.bytes)
+    return Compacted(new, report, found)
 
 
 class _Damage:
@@ -182,8 +188,11 @@ class _Damage:
 
 
 def _claimed_end(buf: Any, p: int, at: int, end: int) -> int:
-    """Where the frame at ``buf[p:]`` (file offset ``at``) ends if its header
-    is plausible (frame mark, known kind) and it fits before ``end``; else -1."""
+    """Where the frame at ``buf[p:]`` (file offset ``at``) ends if it has the
+    frame mark and a known kind and fits before ``end``; else -1.  Looser than
+    the format's header check on purpose: a damaged header (its length
+    changed) that still claims up to a valid frame has that whole stretch
+    passed over as one damage, the live records inside it found by ``_account``."""
     if len(buf) - p < fmt.FRAME_SIZE:
         return -1
     _ck, kind, _comp, mark, slen, _ulen, _lo, _hi = fmt.FRAME.unpack_from(buf, p)
@@ -202,7 +211,7 @@ def _valid_at(fd: int, read: Any, at: int, end: int) -> bool:
 
 def _walk_past_damage(fd: int, start: int, end: int, parse: Any, read: Any,
                       damage: _Damage) -> Any:
-    """``fmt._walk`` over the old log up to ``end`` (every frame before it was
+    """The format's chunked walk over the old log up to ``end`` (every frame before it was
     whole when this store wrote or opened it), except that a stretch that is
     not a valid frame is passed over and recorded in ``damage``: to the end
     its header claims when a valid frame (or ``end``) is there -- a damaged

@@ -273,6 +273,19 @@ class Generation:
         return view
 
 
+    def close(self, sync: bool) -> None:
+        """``PayloadStore.close``: the index closed (saved unless not ``sync``:
+        no msync with ``sync="never"``, as in ``Writer.save_locked``), then
+        ``release``, even when Ctrl-C lands in the first close."""
+        close_index = self.index.close if sync else self.index._close_unsynced
+        try:
+            try:
+                close_index()
+            finally:
+                close_index()   # (once closed, only finishes a release Ctrl-C cut short)
+        finally:
+            self.release()
+
     def release(self) -> None:
         """Close now (``PayloadStore.close``): the map unmapped, the descriptor
         pointed at /dev/null (its number stays reserved until the finaliser, so a

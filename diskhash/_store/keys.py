@@ -5,6 +5,8 @@ rules and messages."""
 
 from __future__ import annotations
 
+import itertools
+import operator
 import uuid
 from typing import Any
 
@@ -49,6 +51,25 @@ def _payload_view(payload: Any, what: str = "payload") -> Any:
     elif view.format != "B":
         view = view.cast("B")
     return view
+
+
+def _payload_list(payloads: Any, total: int) -> "list[Any]":
+    """``put_many``'s payloads as a list of bytes or flat byte views, ``total``
+    of them; TypeError/ValueError (naming ``payloads[i]``) before any write."""
+    if isinstance(payloads, (str, bytes, bytearray, memoryview)) or payloads is None:
+        raise TypeError("payloads must be a sequence of bytes-like objects")
+    payloads = list(payloads)
+    if total != len(payloads):
+        raise ValueError(f"put_many got {total} edge ids but {len(payloads)} payloads")
+    limit = fmt.MAX_LENGTH
+    # all bytes, none too long: checked in two C-speed passes ("is", not a set of
+    # the types: a metaclass's __eq__/__hash__ can make a bytes subclass with
+    # a lying __len__ equal to bytes)
+    if (all(map(operator.is_, map(type, payloads), itertools.repeat(bytes)))
+            and max(map(len, payloads), default=0) <= limit):
+        return payloads
+    return [p if type(p) is bytes and len(p) <= limit else _payload_view(p, f"payloads[{i}]")
+            for i, p in enumerate(payloads)]
 
 
 def _sync_interval(sync: Any) -> "float | None":

@@ -1,5 +1,6 @@
 """A store's maintenance: ``stats()`` and ``verify()`` over one generation,
-and the fair lock that compact(), rebuild_index() and close() hold.
+``rebuild_index()``, the sync thread, and the fair lock that compact(),
+rebuild_index() and close() hold.
 
 The store decides when these run and which writers wait; what they compute
 from a generation's files lives here.
@@ -13,11 +14,13 @@ from typing import Any, Callable, NamedTuple
 
 from diskhash._format import payload as fmt
 from diskhash._store import codecs as _codecs
-from diskhash._store.generation import Generation
-from diskhash._types import PayloadMeta
-from diskhash.errors import CorruptPayloadError
+from diskhash._store.generation import Generation, StoreDirectory, unlink
+from diskhash._store.recovery import apply_final, build_index
+from diskhash._store.writer import Writer
+from diskhash._types import PayloadMeta, SalvageReport
+from diskhash.errors import CorruptPayloadError, IndexClosedError
 
-__all__ = ["MaintenanceLock", "StoreStats", "stats_of", "verify_generation"]
+__all__ = ["MaintenanceLock", "StoreStats", "Syncer", "rebuild_index", "stats_of", "verify_generation"]
 
 
 class StoreStats(NamedTuple):
@@ -160,3 +163,78 @@ def verify_generation(g: Generation, size: int, read: "Callable[[Generation, Pay
                 defects.append(f"edge id {key:#x} at offset {f.offset}: {exc}")
     if defects:
         raise CorruptPayloadError(g.data_path, defects)
+
+
+def rebuild_index(g: Generation, writer: Writer, directory: StoreDirectory,
+                  write_manifest: Callable[[int, int], None],
+                  progress: "Callable[[int, int], Any] | None", *,
+                  salvage: bool) -> "tuple[Generation, int, SalvageReport | None]":
+    """``PayloadStore.rebuild_index()``, inside the writer's door (``g``) and
+    the maintenance lock: a new index generation built from the log
+    (``recovery.build_index``), committed by ``write_manifest`` and switched
+    to.  Returns (the new generation, entries indexed, the ``SalvageReport``
+    or None); the keys a salvaging rebuild dropped still need their
+    tombstones (``Writer.tombstones``)."""
+    writer.save_locked(g)
+    index_gen = g.index_gen + 1
+    index_path = directory.path(fmt.index_name(index_gen))
+    end = writer.end
+    index, report = build_index(directory, index_path, g.fd, end, g.data_path,
+                                progress, salvage=salvage, old_index=g.index)
+    committed = False
+    try:
+        if writer.end != end:
+            # ``progress`` wrote (the writer lock is reentrant): the
+            # frames it appended are indexed too, or they would be lost.
+            final, _ = fmt.replay(g.fd, end, writer.end, g.data_path)
+            apply_final(index, final)
+            index.save()
+        write_manifest(g.data_gen, index_gen)
+        committed = True
+    finally:
+        # The rename is the commit (as in compact()): once the MANIFEST names
+        # the new index, switch to it even if what followed raised.
+        if committed or directory.read_manifest() == (g.data_gen, index_gen):
+            new = Generation(g.data_gen, index_gen, g.data_path, index_path, os.dup(g.fd), index)
+            writer.switch(new, writer.end, writer.checkpoint)
+            if committed:
+                unlink(g.index_path, g.index_path + ".lock")
+        else:
+            index.close()
+    return new, len(index), report
+
+
+class Syncer:
+    """The sync thread of ``sync=<milliseconds>``: a ``save()`` every interval
+    while there are unsaved writes.  It enters through the writer's door like
+    every other write; a failed save is left for the next ``save()``/``close()``
+    to report."""
+
+    def __init__(self, writer: Writer, interval: float) -> None:
+        self._writer = writer
+        self._interval = interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="diskhash-store-sync", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        writer = self._writer
+        while not self._stop.wait(self._interval):
+            if not writer.unsaved:
+                continue
+            try:
+                with writer as g:
+                    writer.save_locked(g)
+            except IndexClosedError:
+                return
+            except Exception:  # pragma: no cover - the next save()/close() reports it
+                pass
+
+    def stop(self) -> None:
+        """Ask the thread to end (it does at its next wake-up)."""
+        self._stop.set()
+
+    def join(self) -> None:
+        """Wait for the thread (not from the thread itself: the store closed by a progress callback)."""
+        if self._thread is not threading.current_thread():
+            self._thread.join()

@@ -13,6 +13,7 @@ from typing import Any, Callable, NamedTuple
 from diskhash._format import payload as fmt
 from diskhash._store import codecs as _codecs
 from diskhash._store.generation import Generation
+from diskhash._store.keys import _key_halves, _key_list
 from diskhash._store.read import BEYOND
 from diskhash._types import PayloadMeta
 from diskhash.errors import CorruptPayloadError, IndexClosedError
@@ -69,6 +70,28 @@ class StoreReader:
         if meta is None:
             return default
         return self.read(g, meta)
+
+    def get_many(self, live: "Callable[[], Generation]", edge_ids: Any) -> "list[bytes | None]":
+        """``PayloadStore.get_many``: one compiled loop over the generation
+        ``live()`` gives probes, checks and copies; only the unusual records
+        (big, remapped, damaged) go through ``get_slow``."""
+        g = live()
+        reader = g.reader
+        if reader is None:
+            return [self.get_slow(live(), k, None) for k in _key_list(edge_ids)]
+        halves = _key_halves(edge_ids)
+        keys: "list[Any]"
+        if halves is not None:
+            out, fixups = reader.get_many_u128(halves[0], halves[1], self.verify, BIG_READ)
+            lo, hi = halves
+            for i in fixups:
+                out[i] = self.get_slow(live(), int(lo[i]) | (int(hi[i]) << 64), None)
+            return out  # type: ignore[no-any-return]
+        keys = edge_ids if type(edge_ids) is list else _key_list(edge_ids)
+        out, fixups = reader.get_many(keys, self.verify, BIG_READ)
+        for i in fixups:
+            out[i] = self.get_slow(live(), keys[i], None)
+        return out  # type: ignore[no-any-return]
 
     def read_inline(self, live: "Callable[[], Generation]", edge_id: Any, default: Any,
                     limit: int) -> Any:

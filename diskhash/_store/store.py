@@ -20,66 +20,44 @@ place.  See docs/internals/design.md for the design and its reasons.
 from __future__ import annotations
 
 import errno
-import itertools
-import operator
 import os
 import threading
 import weakref
-from contextlib import nullcontext
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
 from diskhash._format import payload as fmt
 from diskhash._fs.files import IndexLock
 from diskhash._index.table import DiskHashIndex
 from diskhash._store import codecs as _codecs
-from diskhash._store.generation import (
-    Generation,
-    StoreDirectory,
-    _allocate_blocks,
-    _fsync_data,
-    _populate,
-    _write_all,
-    unlink,
-    write_header,
-)
+from diskhash._store.generation import Generation, StoreDirectory
 from diskhash._store.keys import (
-    _MASK64,
     SYNC_POLICIES,
     _check_timeout,
-    _key_halves,
     _key_int,
     _key_list,
     _key_pairs,
-    _numpy,
-    _pair_keys,
+    _payload_list,
     _payload_view,
     _sync_interval,
 )
-from diskhash._store.maintenance import MaintenanceLock, StoreStats, stats_of, verify_generation
-from diskhash._store.reader import BIG_READ, StoreReader
-from diskhash._store.recovery import apply_final, build_index, open_readonly, open_writable
-from diskhash._store.write import encode_frames as _encode_frames
-from diskhash._store.write import encode_frames_packed as _encode_frames_packed
-from diskhash._store.write import encode_frames_u128 as _encode_frames_u128
-from diskhash._store.write import put_frame as _put_frame
-from diskhash._types import Compression, PayloadMeta, SalvageReport, StoreRecovery
-from diskhash.errors import (
-    IndexClosedError,
-    ReadOnlyIndexError,
+from diskhash._store.maintenance import (
+    MaintenanceLock,
+    StoreStats,
+    Syncer,
+    rebuild_index,
+    stats_of,
+    verify_generation,
 )
+from diskhash._store.reader import BIG_READ, StoreReader
+from diskhash._store.recovery import open_readonly, open_writable
+from diskhash._store.writer import Writer
+from diskhash._types import Compression, PayloadMeta, SalvageReport, StoreRecovery
+from diskhash.errors import IndexClosedError
 
 __all__ = ["PayloadStore", "StoreStats", "SYNC_POLICIES"]
 
 
 _MISSING: Any = object()
-#: The data file grows by this fraction of its size (at least ALLOC_MIN, at most
-#: ALLOC_MAX bytes), allocated for real, so appends do not fail half-way on a full disk.
-ALLOC_MIN = 1 << 20
-ALLOC_MAX = 16 << 20
-#: put_many writes its frames in pieces of about this many bytes (then indexes them).
-PUT_MANY_CHUNK = 16 << 20
-#: put_many of at least this many records sizes the index for all of them first.
-PUT_MANY_RESERVE = 4096
 
 
 #: Stores open in this process, so a forked child can disable its copies
@@ -142,7 +120,6 @@ class PayloadStore:
         sync: Any = "save",
         salvage: bool = False,
     ) -> None:
-        self._gen: "Generation | None" = None
         self._lock: "IndexLock | None" = None
         self._closed = True
         directory = os.fspath(directory)
@@ -161,16 +138,11 @@ class PayloadStore:
         self._readonly = readonly
         self._verify = verify_checksums
         self._reader = StoreReader("", verify_checksums)
-        self._write_lock = threading.RLock()
         #: Held for the whole of compact() and rebuild_index() (and by close()).
         self._maintenance = MaintenanceLock()
         #: What the last compact() measured (seconds, puts_waited_seconds, bytes).
         self.last_compaction: "dict[str, Any] | None" = None
-        self._unsaved = False
-        self._end = 0
-        self._checkpoint = 0
-        self._syncer: "threading.Thread | None" = None
-        self._stop_syncer = threading.Event()
+        self._syncer: "Syncer | None" = None
         #: What the writable open recovered (``StoreRecovery``), or None when
         #: the store was closed cleanly.
         self.recovery: "StoreRecovery | None" = None
@@ -187,6 +159,8 @@ class PayloadStore:
             os.makedirs(directory, exist_ok=True)
         self._directory = self._reader.directory = os.path.realpath(directory)
         self._dir = StoreDirectory(self._directory)
+        self._writer = Writer(compression=self._compression, fsync=sync != "never", readonly=readonly,
+                              directory=self._directory, closed_error=self._closed_error)
         self._lock = IndexLock(os.path.join(self._directory, "store"), not readonly, timeout)
         try:
             if readonly:
@@ -194,16 +168,14 @@ class PayloadStore:
             else:
                 opened = open_writable(self._dir, fsync=sync != "never", salvage=salvage)
                 self.recovery, self.last_salvage = opened.recovery, opened.salvage
-            self._gen, self._end, self._checkpoint = opened.gen, opened.end, opened.checkpoint
+            self._writer.opened(opened.gen, opened.end, opened.checkpoint)
         except BaseException:
             self._abandon()
             raise
         self._closed = False
         _open_stores.add(self)
         if self._sync_every is not None and not readonly:
-            self._syncer = threading.Thread(target=self._sync_loop, name="diskhash-store-sync",
-                                            daemon=True)
-            self._syncer.start()
+            self._syncer = Syncer(self._writer, self._sync_every)
 
     # -- opening -------------------------------------------------------------------
 
@@ -212,11 +184,8 @@ class PayloadStore:
             raise self._closed_error()
         self._dir.write_manifest(data_gen, index_gen)
 
-    def _write_header(self, fd: int, checkpoint: int, flags: int, sync: bool) -> None:
-        write_header(fd, checkpoint, flags, sync and self._sync != "never")
-
     def _abandon(self) -> None:
-        g, self._gen = self._gen, None
+        g, self._writer.gen = self._writer.gen, None
         try:
             if g is not None:
                 g.index.close()
@@ -233,7 +202,7 @@ class PayloadStore:
     # -- state -----------------------------------------------------------------------
 
     def _live(self) -> Generation:
-        g = self._gen
+        g = self._writer.gen
         if g is None:
             raise self._closed_error()
         return g
@@ -258,9 +227,8 @@ class PayloadStore:
         anything.  Every call then raises ``IndexClosedError`` naming the fix.
         """
         self._forked = True
-        self._write_lock = threading.RLock()
+        self._writer.lock = threading.RLock()
         self._maintenance = MaintenanceLock()
-        self._stop_syncer = threading.Event()
         self._syncer = None             # (the thread does not exist in the child)
         self._release_inherited()
 
@@ -268,7 +236,7 @@ class PayloadStore:
         """The child's own resources only: maps unmapped, descriptors closed
         (the data file's pointed at /dev/null until its finaliser), the lock's
         descriptor closed without ``LOCK_UN`` (the flock is the parent's)."""
-        g, self._gen = self._gen, None
+        g, self._writer.gen = self._writer.gen, None
         if g is not None:
             g.release()
         lock = self._lock
@@ -277,11 +245,6 @@ class PayloadStore:
                 lock.close(unlock=False)
             finally:
                 self._lock = None
-
-    def _writable(self) -> Generation:
-        if self._readonly:
-            raise ReadOnlyIndexError(f"{self._directory}: store was opened read-only")
-        return self._live()
 
     @property
     def directory(self) -> str:
@@ -294,7 +257,7 @@ class PayloadStore:
 
     @property
     def closed(self) -> bool:
-        return self._gen is None
+        return self._writer.gen is None
 
     @property
     def compression(self) -> Compression:
@@ -320,7 +283,7 @@ class PayloadStore:
         fails its checks, never returning wrong bytes; ``TypeError``/
         ``ValueError`` for a bad key; ``IndexClosedError`` once closed.
         """
-        g = self._gen
+        g = self._writer.gen
         if g is not None:
             reader = g.reader
             if reader is not None:          # one compiled call: probe, check, copy
@@ -369,13 +332,11 @@ class PayloadStore:
             except StopIteration:
                 return
             except IndexClosedError:
-                if self._gen is None:
+                if self._writer.gen is None:
                     raise
-                raise RuntimeError(self._replaced_message()) from None
+                raise RuntimeError(_replaced_message(self._directory)) from None
             yield key
 
-    def _replaced_message(self) -> str:
-        return f"{self._directory}: compact() or rebuild_index() replaced the index during iteration"
 
     def get_many(self, edge_ids: Iterable[Any]) -> "list[bytes | None]":
         """The payloads of ``edge_ids``, in their order (None where absent).
@@ -384,23 +345,7 @@ class PayloadStore:
         only the unusual ones (big, remapped, damaged) go through ``get``'s
         Python path.  Errors as for ``get``.
         """
-        g = self._live()
-        reader = g.reader
-        if reader is None:
-            return [self._get_slow(k, None) for k in _key_list(edge_ids)]
-        halves = _key_halves(edge_ids)
-        keys: "list[Any]"
-        if halves is not None:
-            out, fixups = reader.get_many_u128(halves[0], halves[1], self._verify, BIG_READ)
-            lo, hi = halves
-            for i in fixups:
-                out[i] = self._get_slow(int(lo[i]) | (int(hi[i]) << 64), None)
-            return out  # type: ignore[no-any-return]
-        keys = edge_ids if type(edge_ids) is list else _key_list(edge_ids)
-        out, fixups = reader.get_many(keys, self._verify, BIG_READ)
-        for i in fixups:
-            out[i] = self._get_slow(keys[i], None)
-        return out  # type: ignore[no-any-return]
+        return self._reader.get_many(self._live, edge_ids)
 
     def payload_range(self, edge_id: Any) -> "tuple[int, int, int] | None":
         """``(fd, offset, length)`` of an uncompressed payload's bytes in the data file.
@@ -418,124 +363,6 @@ class PayloadStore:
 
     # -- writes --------------------------------------------------------------------------
 
-    def _encode(self, key: int, view: Any, comp: int) -> tuple[bytes, bytes, int, int, int]:
-        """One frame as (checksum bytes, the rest of the frame, compression used,
-        stored length, uncompressed length)."""
-        n = len(view)
-        used = 0
-        stored: Any = view
-        if comp and n:
-            packed = _codecs.compress(comp, view)
-            if packed is not None:
-                stored, used = packed, comp
-        slen = len(stored)
-        rest = fmt.FRAME_BODY.pack(fmt.KIND_PUT, used, fmt.FRAME_MARK, slen, n, key & _MASK64, key >> 64) + stored
-        return fmt.checksum(rest).to_bytes(4, "little"), rest, used, slen, n
-
-    def _append(self, g: Generation, buffers: Sequence[Any], size: int) -> int:
-        """Append one frame, given as (its 4 checksum bytes, the rest), at the end
-        of the log; returns where it starts.
-
-        The bytes are copied into the writer's shared map of the file (no
-        system call), into blocks ``_allocate`` reserved beforehand: a full
-        disk fails there, before anything is written, never as a SIGBUS.
-        They reach the page cache at once (a killed process loses nothing)
-        and the disk at ``save()``.  The rest of the frame is copied first and
-        its checksum last, each frame after the one before: ``memcpy`` may
-        store the end of a buffer before its start, so one copy of many frames
-        killed midway could leave a hole with whole frames after it.
-        """
-        start = self._end
-        end = start + size
-        if end > g.alloc:
-            self._allocate(g, end)
-        view = g.view
-        if view is None or end > len(view):
-            view = g.remap()
-        ck, rest = buffers
-        view[start + 4:end] = rest
-        view[start:start + 4] = ck
-        self._end = end
-        self._unsaved = True
-        return start
-
-    def _append_frames(self, g: Generation, blob: "bytes | memoryview") -> int:
-        """Append many whole frames with one ``pwrite``: the kernel copies in
-        file order and stops between pages on SIGKILL, so a crash leaves a prefix
-        of the frames (the last one possibly torn), never a hole."""
-        start = self._end
-        end = start + len(blob)
-        if end > g.alloc:
-            self._allocate(g, end, populate=False)      # pwrite fills the pages itself
-        try:
-            _write_all(g.fd, (blob,), start)
-            # (in the try: Ctrl-C between the pwrite and this line would leave
-            # the frames written past an end the next append writes over)
-            self._end = end
-            self._unsaved = True
-        except BaseException:
-            # Some frames may be written (Ctrl-C right after the pwrite, an I/O
-            # error after a short one): zero them, or the next append's shorter
-            # frames would leave whole ones after a torn one -- damage in the
-            # middle of the log, which a writable open then refuses.  (The end
-            # stays past them if the zeroing does not happen.)
-            self._end = end
-            self._undo_append(g, start, end)
-            raise
-        return start
-
-    def _allocate(self, g: Generation, end: int, populate: bool = True) -> None:
-        """Allocate the file's blocks to past ``end`` and map them (ENOSPC here, nothing
-        written); with ``populate``, fault the new pages in for writes through the map."""
-        want = end + min(max(end // 8, ALLOC_MIN), ALLOC_MAX)
-        try:
-            _allocate_blocks(g.fd, g.alloc, want)
-        except OSError as exc:
-            if exc.errno != errno.ENOSPC:
-                raise
-            _allocate_blocks(g.fd, g.alloc, end)     # the last few bytes may still fit
-            want = end
-        old = g.alloc
-        g.alloc = max(want, os.fstat(g.fd).st_size)
-        g.remap()
-        if populate:
-            _populate(g.map, g.fd, old, g.alloc)
-
-    def _undo_append(self, g: Generation, start: int, end: int) -> None:
-        """Forget an append whose indexing failed: zero it, so no open replays it.
-
-        The log's end moves back to ``start`` only once the zeros are there
-        (read back, so that Ctrl-C landing around the write cannot split the
-        two): an end moved back over frames left whole would let the next,
-        shorter append leave valid frames after a torn one, and zeros left
-        before the end are a hole in the middle of the log.  Either is damage
-        a writable open refuses."""
-        try:
-            _write_all(g.fd, (bytes(end - start),), start)
-        except OSError:  # pragma: no cover - a dead disk; the frames stay unindexed
-            pass
-        finally:
-            try:
-                if os.pread(g.fd, fmt.FRAME_SIZE, start).count(0) == fmt.FRAME_SIZE:
-                    self._end = start
-            except OSError:  # pragma: no cover
-                pass
-
-    def _undo_unindexed(self, g: Generation, end: int, rows: "list[tuple[int, int]]") -> None:
-        """``_undo_append`` for the frames the index did not take, after indexing
-        raised: ``rows`` (key, payload offset) are the frames up to ``end``, indexed
-        in order.  An exception is not proof that nothing was indexed: Ctrl-C
-        lands at the next bytecode, after the call returned, and an
-        ``insert`` loop may stop midway.  Zeroing an indexed frame would
-        leave its key pointing at whatever the next append writes there, so
-        the indexed prefix stays (the log's end after it) and the rest is zeroed."""
-        kept = _indexed_prefix(g.index, rows)
-        if kept < len(rows):
-            self._undo_append(g, rows[kept][1] - fmt.FRAME_SIZE, end)
-        else:
-            self._end = end
-            self._unsaved = True
-
     def put(self, edge_id: Any, payload: Any, *, compression: Any = None) -> PayloadMeta:
         """Store ``payload`` (bytes-like) under ``edge_id``; returns the ``PayloadMeta`` indexed.
 
@@ -547,83 +374,21 @@ class PayloadStore:
         ``OSError`` (disk full: nothing is stored).
         """
         if (type(payload) is bytes and compression is None and not self._compression
-                and _put_frame is not None and not self._readonly
-                and len(payload) <= fmt.MAX_LENGTH):
+                and not self._readonly and len(payload) <= fmt.MAX_LENGTH):
             # (read-only, closed and oversized calls take the path below, which
             # reports a bad key first, as it always has)
             if type(edge_id) is not int:
                 # Before the writer lock: a key's __index__ is Python code, which
                 # may put to this store (the lock is reentrant) and must not do
-                # so between _put_frame's reading the log's end and its write.
+                # so between put_frame's reading the log's end and its write.
                 edge_id = _key_int(edge_id)
-            with self._write_lock:
-                g = self._gen
-                if g is not None and type(g.index) is DiskHashIndex:
-                    return self._put_frame(g, edge_id, payload)
+            meta = self._writer.put_bytes(edge_id, payload)
+            if meta is not None:
+                return meta
         key = _key_int(edge_id)
         view = _payload_view(payload)
         comp = self._compression if compression is None else _codecs.require(compression)
-        ck, rest, used, slen, n = self._encode(key, view, comp)
-        with self._write_lock:
-            g = self._writable()
-            start = self._append(g, (ck, rest), fmt.FRAME_SIZE + slen)
-            meta = PayloadMeta(key, start + fmt.FRAME_SIZE, slen, used, n)
-            try:
-                g.index.insert(key, meta)
-            except BaseException:
-                self._undo_unindexed(g, start + fmt.FRAME_SIZE + slen, [(key, meta.offset)])
-                raise
-            return meta
-
-    def _put_frame(self, g: Generation, edge_id: Any, payload: bytes) -> PayloadMeta:
-        """``put`` of uncompressed bytes, the writer lock held: the frame written
-        into the map and indexed in one compiled call (``_store.write.put_frame``;
-        the same order and undo as ``_append`` + ``insert``)."""
-        start = self._end
-        end = start + fmt.FRAME_SIZE + len(payload)
-        if end > g.alloc:
-            _key_int(edge_id)               # a bad key raises before the file grows
-            self._allocate(g, end)
-        view = g.view
-        if view is None or end > len(view):
-            view = g.remap()
-        try:
-            meta: PayloadMeta = _put_frame(g.index, view, start, edge_id, payload)
-        except BaseException:
-            # (put_frame zeroes a frame it could not index; one it did index, with
-            # Ctrl-C landing as it returned, is kept)
-            if type(edge_id) is int and _indexed_prefix(g.index, [(edge_id, start + fmt.FRAME_SIZE)]):
-                self._end = end
-                self._unsaved = True
-            raise
-        self._end = end
-        self._unsaved = True
-        return meta
-
-    def _try_put(self, key: int, view: memoryview, compression: Any) -> "PayloadMeta | None":
-        """``put`` if it can finish without waiting: the writer lock free and no index
-        grow needed; else None and nothing written (the async store's inline lane)."""
-        comp = self._compression if compression is None else _codecs.require(compression)
-        ck, rest, used, slen, n = self._encode(key, view, comp)
-        if not self._write_lock.acquire(blocking=False):
-            return None
-        try:
-            g = self._writable()
-            if self._end + fmt.FRAME_SIZE + slen > g.alloc:
-                return None         # the file must grow: a worker thread does that
-            start = self._append(g, (ck, rest), fmt.FRAME_SIZE + slen)
-            meta = PayloadMeta(key, start + fmt.FRAME_SIZE, slen, used, n)
-            done = False
-            try:
-                done = g.index._try_insert(key, meta)
-            except BaseException:
-                self._undo_unindexed(g, start + fmt.FRAME_SIZE + slen, [(key, meta.offset)])
-                raise
-            if not done:
-                self._undo_append(g, start, start + fmt.FRAME_SIZE + slen)
-            return meta if done else None
-        finally:
-            self._write_lock.release()
+        return self._writer.put(key, view, comp)
 
     def __setitem__(self, edge_id: Any, payload: Any) -> None:
         self.put(edge_id, payload)
@@ -643,197 +408,25 @@ class PayloadStore:
         pairs = _key_pairs(edge_ids)     # a numpy key array: never Python ints on the fast path
         keys = _key_list(edge_ids) if pairs is None else None
         total = len(keys) if keys is not None else len(pairs) // 2
-        if isinstance(payloads, (str, bytes, bytearray, memoryview)) or payloads is None:
-            raise TypeError("payloads must be a sequence of bytes-like objects")
-        payloads = list(payloads)
-        if total != len(payloads):
-            raise ValueError(f"put_many got {total} edge ids but {len(payloads)} payloads")
-        limit = fmt.MAX_LENGTH
-        # all bytes, none too long: checked in two C-speed passes ("is", not a set of
-        # the types: a metaclass's __eq__/__hash__ can make a bytes subclass with
-        # a lying __len__ equal to bytes)
-        if (all(map(operator.is_, map(type, payloads), itertools.repeat(bytes)))
-                and max(map(len, payloads), default=0) <= limit):
-            views = payloads
-        else:
-            views = [p if type(p) is bytes and len(p) <= limit else _payload_view(p, f"payloads[{i}]")
-                     for i, p in enumerate(payloads)]
+        views = _payload_list(payloads, total)
         comp = self._compression if compression is None else _codecs.require(compression)
-        with self._write_lock:
-            self._writable()
-        np = _numpy() if comp == 0 and total >= 64 and _encode_frames is not None else None
+        writer = self._writer
+        with writer:
+            pass                # (read-only or closed: raised before anything is written)
+        np = writer.compiled_batches(comp, total)
         if np is not None:
-            self._put_many_frames(keys, pairs, views, np)
-            return
-        if keys is None:
-            keys = _pair_keys(pairs, 0, total)
-        encode = self._encode
-        i = 0
-        while i < total:
-            parts: list[bytes] = []
-            rows: list[tuple[int, int, int, int, int]] = []
-            size = 0
-            while i < total and size < PUT_MANY_CHUNK:
-                key = keys[i]
-                ck, rest, used, slen, n = encode(key, views[i], comp)
-                parts.append(ck)
-                parts.append(rest)
-                rows.append((key, size + fmt.FRAME_SIZE, slen, used, n))
-                size += fmt.FRAME_SIZE + slen
-                i += 1
-            blob = b"".join(parts)
-            del parts
-            with self._write_lock:
-                g = self._writable()
-                start = self._end
-                try:
-                    self._append_frames(g, blob)        # (in the try: see _append_indexed)
-                    _insert_rows(g.index, rows, start)
-                except BaseException:
-                    if self._end != start:
-                        self._undo_unindexed(g, start + size, [(r[0], r[1] + start) for r in rows])
-                    raise
+            writer.put_many_frames(keys, pairs, views, np)
+        else:
+            writer.put_many(keys, pairs, views, comp)
 
-    def _put_many_frames(self, keys: "list[int] | None", pairs: Any, views: "list[Any]",
-                         np: Any) -> None:
-        """``put_many`` without compression: each piece's frames and index rows
-        built in one compiled call (``_store.write.encode_frames``, or
-        ``encode_frames_u128`` over ``pairs`` when ``keys`` is None), written with
-        one pwrite, indexed with one ``insert_many``.  A big batch grows the
-        index once, up front, to hold every key it adds, not once per
-        doubling on the way."""
-        total = len(views)
-        self._reserve_for(total, [pairs] if keys is None else keys)
-        buf = bytearray()
-        i = 0
-        while i < total:
-            if keys is None:
-                i_next, size, key_rows, meta_rows = _encode_frames_u128(pairs, views, i, PUT_MANY_CHUNK, buf)
-            else:
-                i_next, size, key_rows, meta_rows = _encode_frames(keys, views, i, PUT_MANY_CHUNK, buf)
-            self._append_indexed(buf, size, key_rows, meta_rows, np)
-            i = i_next
-
-    def _reserve_for(self, total: int, keys: Any) -> None:
-        """Grow the index once, up front, for the keys of a batch of ``total``
-        that it does not hold yet (an overwrite takes no new slot, so a batch
-        of overwrites must not double the table).  ``keys``: a list of ints,
-        or a list of uint64 arrays of (low, high) pairs."""
-        if total >= PUT_MANY_RESERVE:
-            with self._write_lock:
-                g = self._writable()
-                index = g.index
-                if keys and not isinstance(keys[0], int):
-                    from diskhash._index import dtypes as _dtypes
-                    new = sum(len(p) // 2 - int(index.contains_many(p.view(_dtypes.KEY_DTYPE)).sum())
-                              for p in keys)
-                else:
-                    new = sum(1 for k in keys if k not in index)
-                index.reserve(len(index) + new)
-
-    def _append_indexed(self, buf: bytearray, size: int, key_rows: bytes, meta_rows: bytearray,
-                        np: Any) -> None:
-        """Write the whole frames ``buf[:size]`` at the log's end with one
-        ``pwrite`` and index them with one ``insert_many`` (``key_rows`` /
-        ``meta_rows``: the ``encode_frames*`` rows, offsets relative to the
-        frames' start).  If indexing fails the frames are zeroed again (their
-        keys and places read back from the rows: the lengths, which the
-        offset update leaves alone) and the error raised, so no open replays
-        them."""
-        from diskhash._index import dtypes as _dtypes
-        karr = np.frombuffer(key_rows, dtype=_dtypes.KEY_DTYPE)
-        recs = np.frombuffer(meta_rows, dtype=_dtypes.META_DTYPE)
-        with memoryview(buf) as blob, self._write_lock:
-            g = self._writable()
-            start = self._end
-            try:
-                # (the append in the try: Ctrl-C after it returned, before a
-                # try, would leave its frames unindexed for an open to replay)
-                self._append_frames(g, blob[:size])
-                recs["offset"] += start
-                g.index.insert_many(karr, recs)
-            except BaseException:
-                if self._end != start:      # written (a failed append undoes itself)
-                    rows = _frame_rows(_pair_keys(karr.view(np.uint64), 0, len(karr)),
-                                       recs["length"].tolist(), start)
-                    self._undo_unindexed(g, start + size, rows)
-                raise
 
     def _put_many_packed(self, pieces: "Sequence[tuple[Any, Any, Any]]") -> bool:
-        """``put_many`` of records already packed, uncompressed: each piece a
-        ``(keys, ends, data)`` triple -- a ``KEY_DTYPE`` array, the ``int64``
-        end offset of each payload in ``data``, and the payload bytes back to
-        back (``_packed.unpack_piece``; the sharded build's shard writers).
-        No Python object per record.  Returns False, having written nothing,
-        when the store compresses by default or the compiled module or numpy
-        is missing (the caller then takes ``put_many``); raises ``TypeError``/
-        ``ValueError`` for keys or ends that do not fit, before anything is
-        written."""
-        np = _numpy()
-        if self._compression or np is None or _encode_frames is None:
-            return False
-        from diskhash._index import dtypes as _dtypes
-        with self._write_lock:
-            self._writable()
-        prepared = []
-        total = 0
-        for keys, ends, data in pieces:
-            if not isinstance(keys, np.ndarray) or keys.dtype != _dtypes.KEY_DTYPE or keys.ndim != 1:
-                raise TypeError("packed keys must be a 1-D diskhash.KEY_DTYPE array")
-            # copies of keys and ends (ours: the undo must see what was written),
-            # the data as flat bytes: anything else is refused here, not after
-            # earlier pieces are written
-            pairs = np.array(keys, order="C").view(np.uint64)
-            ends = np.asarray(ends)
-            if ends.ndim != 1 or (ends.dtype.kind not in "iu" and len(ends)):
-                raise TypeError("packed payload ends must be a 1-D integer array")
-            ends = np.array(ends, dtype=np.int64)
-            if len(ends) != len(keys):
-                raise ValueError(f"{len(keys)} packed keys but {len(ends)} payload ends")
-            try:
-                data = memoryview(data).cast("B")
-            except TypeError:
-                raise TypeError(f"packed payload data must be a C-contiguous bytes-like object, "
-                                f"not {type(data).__name__}") from None
-            size = data.nbytes
-            if len(ends):
-                lengths = np.diff(ends, prepend=0)
-                if int(lengths.min()) < 0 or int(ends[-1]) > size:
-                    raise ValueError(f"packed payload ends do not fit {size} payload bytes")
-                if int(lengths.max()) > fmt.MAX_LENGTH:
-                    raise ValueError(f"a packed payload is over the {fmt.MAX_LENGTH}-byte limit")
-            prepared.append((pairs, ends, data))
-            total += len(keys)
-        self._reserve_for(total, [p[0] for p in prepared])
-        buf = bytearray()
-        for pairs, ends, data in prepared:
-            n = len(ends)
-            i = 0
-            while i < n:
-                i_next, size, key_rows, meta_rows = _encode_frames_packed(
-                    pairs, ends, data, i, PUT_MANY_CHUNK, buf)
-                self._append_indexed(buf, size, key_rows, meta_rows, np)
-                i = i_next
-        return True
-
-    def _delete_locked(self, g: Generation, key: int) -> bool:
-        if key not in g.index:
-            return False
-        frame = fmt.tombstone(key)
-        start = self._append(g, (frame[:4], frame[4:]), fmt.FRAME_SIZE)
-        try:
-            g.index.delete(key)
-        except BaseException:
-            if _still_there(g.index, key):     # (not after Ctrl-C landed as delete returned)
-                self._undo_append(g, start, start + fmt.FRAME_SIZE)
-            raise
-        return True
+        """``put_many_packed`` (below): ``Writer.put_many_packed``."""
+        return self._writer.put_many_packed(pieces)
 
     def delete(self, edge_id: Any) -> bool:
         """Remove ``edge_id`` (a tombstone in the log, then the index); returns whether it was there."""
-        key = _key_int(edge_id)
-        with self._write_lock:
-            return self._delete_locked(self._writable(), key)
+        return self._writer.delete(_key_int(edge_id))
 
     def __delitem__(self, edge_id: Any) -> None:
         if not self.delete(edge_id):
@@ -842,15 +435,14 @@ class PayloadStore:
     def pop(self, edge_id: Any, default: Any = _MISSING) -> Any:
         """Remove ``edge_id`` and return its payload (``default``, or ``KeyError`` if absent)."""
         key = _key_int(edge_id)
-        with self._write_lock:
-            g = self._writable()
+        with self._writer as g:
             meta = g.index.get(key)
             if meta is None:
                 if default is _MISSING:
                     raise KeyError(edge_id)
                 return default
             value = self._reader.read(g, meta)
-            self._delete_locked(g, key)
+            self._writer.delete_locked(g, key)
             return value
 
     # -- durability ------------------------------------------------------------------------
@@ -862,39 +454,7 @@ class PayloadStore:
         the checkpoint in the data file header and fdatasync it.  With
         ``sync="never"`` the fsyncs are skipped (process-crash safe only).
         """
-        with self._write_lock:
-            g = self._writable()
-            self._save_locked(g)
-
-    def _save_locked(self, g: Generation) -> None:
-        end = self._end
-        sync = self._sync != "never"
-        if sync:
-            if g.map is not None:
-                g.map.flush()           # msync: the appends made through the map
-            _fsync_data(g.fd)
-            # (sync="never": the index's writes are in the page cache, which
-            # a process crash keeps; its msync is an fsync, skipped too)
-            g.index.save()
-        if end != self._checkpoint:
-            self._write_header(g.fd, end, fmt.FLAG_DIRTY, sync=True)
-            self._checkpoint = end
-        self._unsaved = False
-
-    def _sync_loop(self) -> None:
-        interval = self._sync_every
-        assert interval is not None
-        while not self._stop_syncer.wait(interval):
-            if not self._unsaved:
-                continue
-            try:
-                with self._write_lock:
-                    g = self._gen
-                    if g is None:
-                        return
-                    self._save_locked(g)
-            except Exception:  # pragma: no cover - the next save()/close() reports it
-                pass
+        self._writer.save()
 
     def close(self) -> None:
         """Save (unless read-only), mark the data file clean, close everything; idempotent.
@@ -909,37 +469,29 @@ class PayloadStore:
             self._release_inherited()
             return
         try:
-            with self._maintenance, self._write_lock:
-                g = self._gen
+            writer = self._writer
+            with self._maintenance, writer.lock:
+                g = writer.gen
                 if g is None:
                     return
-                self._stop_syncer.set()
+                if self._syncer is not None:
+                    self._syncer.stop()
                 try:
                     if not self._readonly:
-                        self._save_locked(g)
-                        os.ftruncate(g.fd, self._end)       # give back the unused allocation
-                        self._write_header(g.fd, self._end, 0, sync=True)
+                        writer.finish(g)
                 finally:
-                    self._gen = None
+                    writer.gen = None
                     _open_stores.discard(self)
-                    # no msync with sync="never": as in _save_locked
-                    close_index = g.index._close_unsynced if self._sync == "never" else g.index.close
                     try:
-                        try:
-                            close_index()
-                        finally:
-                            try:
-                                close_index()   # (once closed, only finishes a release Ctrl-C cut short)
-                            finally:
-                                g.release()
+                        g.close(sync=self._sync != "never")
                     finally:
                         self._release_lock()
         finally:
-            if self._gen is None:
+            if self._writer.gen is None:
                 self._release_lock()
-                self._stop_syncer.set()
                 syncer, self._syncer = self._syncer, None
-                if syncer is not None and syncer is not threading.current_thread():
+                if syncer is not None:
+                    syncer.stop()
                     syncer.join()      # it sees the store closed and ends
 
     def __enter__(self) -> "PayloadStore":
@@ -950,14 +502,16 @@ class PayloadStore:
         self.close()
 
     def __del__(self) -> None:
-        if getattr(self, "_gen", None) is not None or getattr(self, "_lock", None) is not None:
+        writer = getattr(self, "_writer", None)
+        if (writer is not None and writer.gen is not None) or getattr(self, "_lock", None) is not None:
             try:
                 self.close()
             except Exception:
                 pass
 
     def __repr__(self) -> str:
-        state = "closed" if self._gen is None else ("read-only" if self._readonly else "open")
+        writer = getattr(self, "_writer", None)
+        state = "closed" if writer is None or writer.gen is None else ("read-only" if self._readonly else "open")
         return f"<PayloadStore {getattr(self, '_directory', '?')!r} {state}>"
 
     def __reduce__(self) -> Any:
@@ -965,26 +519,16 @@ class PayloadStore:
 
     # -- whole-store operations ---------------------------------------------------------------
 
-    def _data_end(self, g: Generation) -> int:
-        """Where the log ends: the writer knows; a reader takes the file's size."""
-        return os.fstat(g.fd).st_size if self._readonly else self._end
-
-    def _writers_paused(self) -> Any:
-        """Hold this store's writers off while a walk of the index runs (a put
-        or delete from another thread would end the walk with ``RuntimeError``:
-        the index changed size).  A read-only store has no writers to stop."""
-        return nullcontext() if self._readonly else self._write_lock
-
     def stats(self) -> StoreStats:
         """A ``StoreStats`` snapshot (walks the index; puts and deletes from
         other threads wait for the walk)."""
-        with self._writers_paused():
+        with self._writer.paused():
             g = self._live()
-            size = self._data_end(g)
+            size = self._writer.data_end(g)
             try:
-                return stats_of(g, size, self._checkpoint)
+                return stats_of(g, size, self._writer.checkpoint)
             except FileNotFoundError:
-                if self._gen is g or self._gen is None:
+                if self._writer.gen is g or self._writer.gen is None:
                     raise
         return self.stats()     # a racing compact()/rebuild_index() replaced it: again
 
@@ -996,12 +540,9 @@ class PayloadStore:
         Raises ``CorruptPayloadError`` listing every defect; returns None if all is well.
         Puts and deletes from other threads wait until it is done.
         """
-        with self._writers_paused():
-            self._verify_locked()
-
-    def _verify_locked(self) -> None:
-        g = self._live()
-        verify_generation(g, self._data_end(g), self._reader.read)
+        with self._writer.paused():
+            g = self._live()
+            verify_generation(g, self._writer.data_end(g), self._reader.read)
 
     def rebuild_index(self, progress: "Callable[[int, int], Any] | None" = None, *,
                       salvage: bool = False) -> int:
@@ -1024,43 +565,16 @@ class PayloadStore:
         if not isinstance(salvage, bool):
             raise TypeError(f"salvage must be a bool, not {type(salvage).__name__}")
         progress = self._fork_checked(progress)
-        with self._maintenance, self._write_lock:
-            g = self._writable()
+        writer = self._writer
+        with self._maintenance, writer as g:
             self.last_salvage = None
-            self._save_locked(g)
-            index_gen = g.index_gen + 1
-            index_path = self._dir.path(fmt.index_name(index_gen))
-            end = self._end
-            index, report = build_index(self._dir, index_path, g.fd, end, g.data_path,
-                                                 progress, salvage=salvage, old_index=g.index)
-            committed = False
-            try:
-                if self._end != end:
-                    # ``progress`` wrote (the writer lock is reentrant): the
-                    # frames it appended are indexed too, or they would be lost.
-                    final, _ = fmt.replay(g.fd, end, self._end, g.data_path)
-                    apply_final(index, final)
-                    index.save()
-                self._write_manifest(g.data_gen, index_gen)
-                committed = True
-            finally:
-                # The rename is the commit (as in compact()): once the MANIFEST
-                # names the new index, switch to it even if what followed raised.
-                if committed or self._dir.read_manifest() == (g.data_gen, index_gen):
-                    self._gen = new = Generation(g.data_gen, index_gen, g.data_path, index_path,
-                                                  os.dup(g.fd), index)
-                    if committed:
-                        unlink(g.index_path, g.index_path + ".lock")
-                else:
-                    index.close()
+            new, count, report = rebuild_index(g, writer, self._dir, self._write_manifest, progress,
+                                               salvage=salvage)
             if report is not None:
                 self.last_salvage = report
                 if report.keys:
-                    for key in report.keys:
-                        frame = fmt.tombstone(key)
-                        self._append(new, (frame[:4], frame[4:]), fmt.FRAME_SIZE)
-                    self._save_locked(new)
-            return len(index)
+                    writer.tombstones(new, report.keys)
+            return count
 
     def _fork_checked(self, progress: "Callable[[int, int], Any] | None",
                       ) -> "Callable[[int, int], Any] | None":
@@ -1094,85 +608,37 @@ class PayloadStore:
         if self._forked:        # before the lazy import (see put_many)
             raise self._closed_error()
         from diskhash._store.compact import compact
-        compact(self, salvage)
-
-
-def _indexed_prefix(index: DiskHashIndex, rows: "list[tuple[int, int]]") -> int:
-    """How many of ``rows`` (key, payload offset), indexed in order, ``index``
-    holds: the last row whose key points at its offset ends the prefix (a key
-    repeated later in the rows points at a later row once that is indexed)."""
-    for i in range(len(rows) - 1, -1, -1):
-        key, offset = rows[i]
-        try:
-            meta = index.get(key)
-        except Exception:           # a bad key (never indexed) or a closed index
-            continue
-        if meta is not None and meta.offset == offset:
-            return i + 1
-    return 0
-
-
-def _still_there(index: DiskHashIndex, key: int) -> bool:
-    try:
-        return key in index
-    except Exception:               # a closed index: the delete did not happen
-        return True
-
-
-def _frame_rows(keys: "list[int]", lengths: "Iterable[int]", start: int) -> "list[tuple[int, int]]":
-    """(key, payload offset) of uncompressed frames of these payload lengths laid out from ``start``."""
-    rows = []
-    pos = start
-    for key, length in zip(keys, lengths):
-        rows.append((key, pos + fmt.FRAME_SIZE))
-        pos += fmt.FRAME_SIZE + length
-    return rows
-
-
-def _insert_rows(index: DiskHashIndex, rows: "list[tuple[int, int, int, int, int]]", base: int) -> None:
-    """Index ``rows`` of (key, offset - base, length, compression, ulen) in order
-    (a later duplicate wins): one ``insert_many`` where numpy is installed."""
-    np = _numpy() if len(rows) >= 64 else None
-    if np is None:
-        for key, off, n, comp, ulen in rows:
-            index.insert(key, (key, off + base, n, comp, ulen))
-        return
-    from diskhash._index import dtypes as _dtypes
-    keys, offs, lens, comps, ulens = zip(*rows)
-    karr = np.empty(len(rows), dtype=_dtypes.KEY_DTYPE)
-    if max(keys) <= _MASK64:
-        karr["lo"] = keys
-        karr["hi"] = 0
-    else:
-        karr["lo"] = [k & _MASK64 for k in keys]
-        karr["hi"] = [k >> 64 for k in keys]
-    recs = np.empty(len(rows), dtype=_dtypes.META_DTYPE)
-    recs["offset"] = offs
-    recs["offset"] += base
-    recs["length"] = lens
-    recs["compression"] = comps
-    recs["uncompressed_length"] = ulens
-    index.insert_many(karr, recs)
+        if not isinstance(salvage, bool):
+            raise TypeError(f"salvage must be a bool, not {type(salvage).__name__}")
+        self.last_salvage = None
+        with self._maintenance:
+            done = compact(self._writer.writable(), self._writer, self._dir, self._write_manifest,
+                           salvage=salvage)
+        self.last_compaction = done.report
+        self.last_salvage = done.salvage
 
 
 class InlineReads:
-    """The small interface the async twin reads through on its event loop
-    (``AsyncPayloadStore``): ``get`` (the compiled call on the store's current
-    generation, then ``StoreReader.read_inline``), ``read``, ``live`` and the
-    message of an iteration a compaction cut short."""
+    """The small interface the async twin reads and puts through on its event
+    loop (``AsyncPayloadStore``): ``get`` (the compiled call on the store's
+    current generation, then ``StoreReader.read_inline``), ``read``, ``live``,
+    ``try_put`` (``Writer.try_put``) and the message of an iteration a
+    compaction cut short."""
 
-    __slots__ = ("_store", "_verify", "_read_inline", "read", "live")
+    __slots__ = ("_writer", "_verify", "_read_inline", "read", "live", "try_put", "_directory")
 
     def __init__(self, store: PayloadStore) -> None:
-        self._store = store
+        self._writer = store._writer
         self._verify = store._verify
         self._read_inline = store._reader.read_inline
+        self._directory = store._directory
         self.read = store._reader.read
         self.live = store._live
+        self.try_put = store._writer.try_put
 
     def get(self, edge_id: Any, default: Any, limit: int) -> Any:
         """The payload, ``default``, or a ``ReadLater`` (over ``limit`` stored bytes)."""
-        g = self._store._gen
+        g = self._writer.gen
         if g is not None:
             reader = g.reader
             if reader is not None:          # one compiled call for a record within the limit
@@ -1184,7 +650,11 @@ class InlineReads:
         return self._read_inline(self.live, edge_id, default, limit)
 
     def replaced_message(self) -> str:
-        return self._store._replaced_message()
+        return _replaced_message(self._directory)
+
+
+def _replaced_message(directory: str) -> str:
+    return f"{directory}: compact() or rebuild_index() replaced the index during iteration"
 
 
 def put_many_packed(store: PayloadStore, pieces: "Sequence[tuple[Any, Any, Any]]") -> bool:

@@ -37,37 +37,37 @@ def store(tmp_path):
 
 @pytest.mark.parametrize("payload", ["text", 5, None, 1.5, True, ["a"], {"a": 1}])
 def test_non_bytes_payload_is_type_error_and_writes_nothing(store, payload):
-    end = store._end
+    end = store._writer.end
     with pytest.raises(TypeError, match="bytes-like"):
         store.put(2, payload)
     with pytest.raises(TypeError):
         store.put_many([2, 3], [b"ok", payload])
-    assert store._end == end and 2 not in store and len(store) == 1
+    assert store._writer.end == end and 2 not in store and len(store) == 1
 
 
 def test_over_u32_is_value_error_before_any_write(store):
     np = pytest.importorskip("numpy")
     huge = np.lib.stride_tricks.as_strided(np.zeros(1, np.uint8), shape=(2**32,), strides=(0,))
-    end = store._end
+    end = store._writer.end
     with pytest.raises(ValueError, match="u32"):
         store.put(2, huge)
     with pytest.raises(ValueError, match="u32"):
         store.put_many([3, 4], [b"fine", huge])
-    assert store._end == end and 3 not in store and len(store) == 1
+    assert store._writer.end == end and 3 not in store and len(store) == 1
 
 
 @pytest.mark.parametrize("key, exc", [(-1, (ValueError, OverflowError)), (2**128, (ValueError, OverflowError)),
                                       ("7", TypeError), (True, TypeError), (None, TypeError),
                                       (1.0, TypeError), (b"\x01", TypeError)])
 def test_bad_keys_write_nothing(store, key, exc):
-    end = store._end
+    end = store._writer.end
     with pytest.raises(exc):
         store.put(key, b"x")
     with pytest.raises(exc):
         store.put_many([5, key], [b"x", b"y"])
     with pytest.raises(exc):
         store.delete(key)
-    assert store._end == end and len(store) == 1
+    assert store._writer.end == end and len(store) == 1
 
 
 def test_put_many_argument_errors(store):
@@ -248,7 +248,7 @@ def test_compiled_and_python_read_paths_agree(tmp_path):
     with PayloadStore(tmp_path / "s", compression=Compression.LZ4) as s:
         for i in range(50):
             s.put(i, b"abc %d " % i * i)
-        g = s._gen
+        g = s._writer.gen
         for i in range(50):
             m = s.meta(i)
             assert s._reader.read(g, m) == s._reader.read_py(g, m) == b"abc %d " % i * i

@@ -122,13 +122,13 @@ class IndexProxy:
 
 
 if point == "save":
-    s._save_locked = interrupting(s._save_locked, before=True)
+    s._writer.save_locked = interrupting(s._writer.save_locked, before=True)
 elif point == "truncate":
     os.ftruncate = interrupting(os.ftruncate)
 elif point == "header":
-    s._write_header = interrupting(s._write_header)
+    s._writer.write_header = interrupting(s._writer.write_header)
 elif point == "index_close":
-    s._gen.index = IndexProxy(s._gen.index)
+    s._writer.gen.index = IndexProxy(s._writer.gen.index)
 elif point == "release":
     _store.Generation.release = interrupting(_store.Generation.release)
 elif point == "unlock_before":

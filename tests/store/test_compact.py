@@ -138,7 +138,7 @@ def test_compact_catch_up_never_reads_an_end_a_backed_out_put_moves_back(tmp_pat
     """An inline put (the async store's ``_try_put``) whose insert declines
     writes its frame, moves the log's end past it, then zeroes it and moves the
     end back -- all under the writer lock.  compact()'s unlocked catch-up
-    rounds read ``store._end`` without that lock: one read in between took the
+    rounds read ``store._writer.end`` without that lock: one read in between took the
     backed-out end as done, so the next put written at the old end (another
     size) was skipped by the last round -- the record vanished from the store
     after the switch (or, with more frames after it, compact() refused the
@@ -152,7 +152,7 @@ def test_compact_catch_up_never_reads_an_end_a_backed_out_put_moves_back(tmp_pat
     for k in range(0, 100, 2):
         s.delete(k)
     in_undo, resume = threading.Event(), threading.Event()
-    real_undo = s._undo_append
+    real_undo = s._writer.undo_append
 
     def slow_undo(g, start, end):
         in_undo.set()
@@ -160,14 +160,14 @@ def test_compact_catch_up_never_reads_an_end_a_backed_out_put_moves_back(tmp_pat
         real_undo(g, start, end)
 
     def backed_out_put():
-        g = s._gen
+        g = s._writer.gen
         g.index = _TryInsertRefuses(g.index)
-        s._undo_append = slow_undo
+        s._writer.undo_append = slow_undo
         try:
-            assert s._try_put(777, memoryview(b"z" * 100), None) is None
+            assert s._writer.try_put(777, memoryview(b"z" * 100), None) is None
         finally:
             g.index = g.index._real
-            del s._undo_append
+            del s._writer.undo_append
 
     real_copy, real_catch_up = _compact._copy_live_indexed, _compact._catch_up
     state = {"t": None, "rounds": 0}
@@ -238,7 +238,7 @@ def test_compact_refuses_a_record_damaged_after_its_start(tmp_path, monkeypatch,
     s = PayloadStore(tmp_path / "s")
     s.put_many(list(range(100)), [b"old %d" % k * 20 for k in range(100)])
     s.save()
-    gens = (s._gen.data_gen, s._gen.index_gen)
+    gens = (s._writer.gen.data_gen, s._writer.gen.index_gen)
     real_copy = _compact._copy_live_indexed
 
     def copy_then_damage(*args):
@@ -246,7 +246,7 @@ def test_compact_refuses_a_record_damaged_after_its_start(tmp_path, monkeypatch,
         if rounds == "unlocked":            # more than CATCH_UP_SMALL behind
             s.put_many(list(range(1000, 1040)), [b"m" * 40_000] * 40)
         meta = s.put(7, b"new value " * 30)
-        os.pwrite(s._gen.fd, b"\xff", meta.offset + 5)
+        os.pwrite(s._writer.gen.fd, b"\xff", meta.offset + 5)
         return built
 
     monkeypatch.setattr(_compact, "_copy_live_indexed", copy_then_damage)
@@ -254,7 +254,7 @@ def test_compact_refuses_a_record_damaged_after_its_start(tmp_path, monkeypatch,
         files = sorted(os.listdir(tmp_path / "s"))
         with pytest.raises(CorruptPayloadError, match="ends early"):
             s.compact()
-        assert (s._gen.data_gen, s._gen.index_gen) == gens
+        assert (s._writer.gen.data_gen, s._writer.gen.index_gen) == gens
         assert sorted(os.listdir(tmp_path / "s")) == files
         with pytest.raises(CorruptPayloadError):
             s.get(7)                        # the damage is reported, not hidden

@@ -67,7 +67,7 @@ def flip(s: PayloadStore, offset: int) -> None:
 
 def frame_offset_of_first_put(s: PayloadStore, key: int) -> int:
     """Where the first (now dead) record of ``key`` starts."""
-    for item in fmt.scan(s._gen.fd, fmt.DATA_HEADER_SIZE, s._end, s.data_path):
+    for item in fmt.scan(s._writer.gen.fd, fmt.DATA_HEADER_SIZE, s._writer.end, s.data_path):
         if isinstance(item, fmt.Frame) and item.key == key and item.kind == fmt.KIND_PUT:
             return item.offset
     raise AssertionError(key)
@@ -97,7 +97,7 @@ def test_damaged_dead_records_do_not_block_compact(tmp_path, paths, where):
             flip(s, first + 6)
         else:
             end = frame_offset_of_first_put(s, 14)
-            os.pwrite(s._gen.fd, bytes(end - first), first)
+            os.pwrite(s._writer.gen.fd, bytes(end - first), first)
         with pytest.raises(CorruptPayloadError):
             s.verify()                      # the damage is there
         s.compact()
@@ -120,7 +120,7 @@ def _mismatch(s: PayloadStore, kind: str, key: int) -> None:
     m = s.index[key]
     other = s.index[key + 1]
     if kind == "past_end":
-        bad = PayloadMeta(key, s._end + 4096, m.length, m.compression, m.uncompressed_length)
+        bad = PayloadMeta(key, s._writer.end + 4096, m.length, m.compression, m.uncompressed_length)
     elif kind == "another_key":
         bad = PayloadMeta(key, other.offset, other.length, other.compression,
                           other.uncompressed_length)
@@ -129,7 +129,7 @@ def _mismatch(s: PayloadStore, kind: str, key: int) -> None:
     elif kind == "damaged":
         flip(s, m.offset + 1)
         return
-    s._gen.index.insert(key, bad)
+    s._writer.gen.index.insert(key, bad)
 
 
 KINDS = ["past_end", "another_key", "mid_payload", "tombstone", "damaged"]
@@ -146,19 +146,19 @@ def test_compact_refuses_to_lose_a_live_key_then_salvages_it(tmp_path, paths, ki
         if kind == "tombstone":
             s.put(N + 5, b"soon gone")
             s.delete(N + 5)
-            tomb_end = s._end
+            tomb_end = s._writer.end
             m = s.index[20]
-            s._gen.index.insert(20, PayloadMeta(20, tomb_end, 0, m.compression, 0))
+            s._writer.gen.index.insert(20, PayloadMeta(20, tomb_end, 0, m.compression, 0))
         else:
             _mismatch(s, kind, 20)
-        gens = (s._gen.data_gen, s._gen.index_gen)
+        gens = (s._writer.gen.data_gen, s._writer.gen.index_gen)
         files = sorted(os.listdir(tmp_path / "s"))
         with pytest.raises(DamagedRecordsError) as err:
             s.compact()
         assert err.value.keys == (20,)
         assert "0x14" in str(err.value) and "salvage=True" in str(err.value)
         assert err.value.path == s.data_path
-        assert (s._gen.data_gen, s._gen.index_gen) == gens
+        assert (s._writer.gen.data_gen, s._writer.gen.index_gen) == gens
         assert sorted(os.listdir(tmp_path / "s")) == files
         assert s.last_salvage is None
         with pytest.raises(CorruptPayloadError):
@@ -180,7 +180,7 @@ def test_an_entry_with_the_right_offset_but_wrong_lengths_is_copied_from_its_fra
     s = filled(tmp_path / "s")
     try:
         m = s.index[30]
-        s._gen.index.insert(30, PayloadMeta(30, m.offset, m.length - 1, 0, m.length - 1))
+        s._writer.gen.index.insert(30, PayloadMeta(30, m.offset, m.length - 1, 0, m.length - 1))
         with pytest.raises(CorruptPayloadError):
             s.get(30)
         s.compact()
@@ -203,7 +203,7 @@ def test_a_live_record_hidden_in_a_damaged_stretch_is_copied(tmp_path, paths):
         s.put(3, b"after " * 10)
         s.put(1, b"one now")
         covered = b.offset + b.length - a - fmt.FRAME_SIZE     # A's payload runs to C's start
-        os.pwrite(s._gen.fd, covered.to_bytes(4, "little"), a + 8)
+        os.pwrite(s._writer.gen.fd, covered.to_bytes(4, "little"), a + 8)
         s.compact()
         assert s.get(2) == b"live " * 30 and s.get(1) == b"one now" and s.get(3) == b"after " * 10
         assert s.last_salvage == SalvageReport((), 1, covered + fmt.FRAME_SIZE)

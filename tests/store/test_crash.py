@@ -28,8 +28,8 @@ def _fill(directory, n=50, **kw):
 
 def _crash(store):
     """Drop a store the way a killed process would: no save, no clean header, no trim."""
-    store._gen.index.close()
-    store._gen = None
+    store._writer.gen.index.close()
+    store._writer.gen = None
     store._lock.close()
     store._lock = None
 
@@ -71,7 +71,7 @@ def test_damage_after_the_checkpoint_is_cut_to_a_point_in_time(tmp_path):
         m2 = s.put(2, b"b" * 100)
         s.put(3, b"c" * 100)
         path = s.data_path
-        os.pwrite(s._gen.fd, b"X", m2.offset + 10)       # damage frame 2, frame 3 stays valid
+        os.pwrite(s._writer.gen.fd, b"X", m2.offset + 10)       # damage frame 2, frame 3 stays valid
         _crash(s)
     with PayloadStore(d) as s:
         r = s.recovery
@@ -228,15 +228,15 @@ def test_failed_indexing_leaves_nothing_to_replay(tmp_path, monkeypatch):
     def fail(*args, **kwargs):
         raise Boom
 
-    monkeypatch.setattr(s._gen, "index", type("Failing", (), {
+    monkeypatch.setattr(s._writer.gen, "index", type("Failing", (), {
         "insert": staticmethod(fail), "insert_many": staticmethod(fail),
         "__getattr__": lambda self, name: getattr(idx, name)})())
-    end = s._end
+    end = s._writer.end
     with pytest.raises(Boom):
         s.put(2, b"lost" * 100)
     with pytest.raises(Boom):
         s.put_many(range(10, 200), [b"many %d" % i for i in range(10, 200)])
-    assert s._end == end
+    assert s._writer.end == end
     monkeypatch.undo()
     assert isinstance(s.index, DiskHashIndex)
     s.put(3, b"after")

@@ -24,7 +24,7 @@ def test_compiled_reader_refuses_foreign_records(tmp_path):
     with PayloadStore(tmp_path / "s") as s:
         s.put(1, b"x")
         s.get(1)
-        reader = s._gen.reader
+        reader = s._writer.gen.reader
         for bad in ("str", 5, (1, 2), [1, 2, 3, 4, 5]):
             with pytest.raises(TypeError):
                 reader.read(bad, True)

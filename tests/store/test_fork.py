@@ -219,7 +219,7 @@ s = PayloadStore(sys.argv[1])
 s.put(1, b"one")
 held, release = threading.Event(), threading.Event()
 def hold():
-    with s._write_lock, s._maintenance:
+    with s._writer.lock, s._maintenance:
         held.set()
         release.wait(30)
 t = threading.Thread(target=hold)

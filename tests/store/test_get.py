@@ -95,7 +95,7 @@ def test_fused_get_matches_the_python_path(tmp_path, readonly):
                     s[k]
             else:
                 assert s[k] == want
-        assert s._gen.reader is not None        # the compiled path was there to take
+        assert s._writer.gen.reader is not None        # the compiled path was there to take
         want_list = [model.get(k) for k in keys]
         assert s.get_many(keys) == want_list
         assert s.get_many(tuple(keys)) == want_list
@@ -113,7 +113,7 @@ def test_reader_get_answers(tmp_path):
         s.put(1, b"one")
         s.put(2, b"x" * BIG)
         s.put(3, b"a" * 5000, compression=Compression.LZ4)
-        r = s._gen.reader
+        r = s._writer.gen.reader
         assert r.get(1, True, 1 << 16) == b"one"
         assert r.get(99, True, 1 << 16) is None
         assert r.get(2, True, 1 << 16) == _store_read.FALLBACK        # big: pread
@@ -132,13 +132,13 @@ def test_fused_get_after_growth_remaps(tmp_path):
     fallback remaps and the next reads are compiled again."""
     with PayloadStore(tmp_path / "s") as s:
         s.put(1, b"first")
-        r0 = s._gen.reader
+        r0 = s._writer.gen.reader
         model = {k: os.urandom(2000) for k in range(2, 1200)}
         for k, v in model.items():
             s.put(k, v)
         assert all(s.get(k) == v for k, v in model.items())
         assert s.get_many(list(model)) == list(model.values())
-        assert s._gen.reader is not r0
+        assert s._writer.gen.reader is not r0
 
 
 def _damage(path: str, offset: int, xor: int = 0xFF) -> None:
@@ -182,7 +182,7 @@ def test_damaged_record_raises_as_before(tmp_path, where, what):
     _damage(path, at)
     with PayloadStore(d, readonly=True) as s:
         s.get(1)                                    # maps the file: the compiled path is live
-        assert s._gen.reader is not None
+        assert s._writer.gen.reader is not None
         err = _same_error(s, 7)
         assert err.defects == [what]
         assert err.edge_id == 7 and err.offset == frame
@@ -247,9 +247,9 @@ def test_bad_keys_raise_as_the_index_does(tmp_path, key, exc):
         with pytest.raises(exc):
             s.get_many([1, key])
         with pytest.raises(exc):
-            s._gen.reader.get(key, True, 1 << 16)
+            s._writer.gen.reader.get(key, True, 1 << 16)
         with pytest.raises(exc):
-            s._gen.reader.get_many([1, key], True, 1 << 16)
+            s._writer.gen.reader.get_many([1, key], True, 1 << 16)
         assert s.get(1) == b"one"
 
 
@@ -258,7 +258,7 @@ def test_compiled_object_misuse_raises(tmp_path):
     ValueError, never a crash."""
     with PayloadStore(tmp_path / "s") as s:
         s.put(1, b"one")
-        r = s._gen.reader
+        r = s._writer.gen.reader
         for bad_self in (object(), "x", 5, None, s.index):
             with pytest.raises(TypeError):
                 _store_read.MapReader.get(bad_self, 1, True, 100)
@@ -295,7 +295,7 @@ def test_compiled_object_misuse_raises(tmp_path):
 def test_released_reader_falls_back(tmp_path):
     with PayloadStore(tmp_path / "s") as s:
         s.put(1, b"one")
-        r = s._gen.reader
+        r = s._writer.gen.reader
         r.release()
         assert r.get(1, True, 100) == _store_read.FALLBACK
         assert r.get_many([1, 2], True, 100) == ([None, None], [0])
@@ -304,7 +304,7 @@ def test_released_reader_falls_back(tmp_path):
 def test_closed_store_raises_index_closed(tmp_path):
     s = PayloadStore(tmp_path / "s")
     s.put(1, b"one")
-    reader = s._gen.reader
+    reader = s._writer.gen.reader
     s.close()
     for call in (lambda: s.get(1), lambda: s[1], lambda: s.get_many([1]),
                  lambda: s.get_many(np.array([1], dtype=np.uint64))):
@@ -425,7 +425,7 @@ keys.extend([Shrinking(), 2, 3, 4])
 with PayloadStore({str(tmp_path / "s")!r}) as s:
     s.put(1, b"one")
     with pytest.raises(RuntimeError, match="changed size"):
-        s._gen.reader.get_many(keys, True, 1 << 16)
+        s._writer.gen.reader.get_many(keys, True, 1 << 16)
 print("ok")
 """
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,

@@ -16,8 +16,8 @@ from helpers.processes import subprocess_env
 
 def _crash(store):
     """Drop a store the way a killed process would: no save, no clean header, no trim."""
-    store._gen.index.close()
-    store._gen = None
+    store._writer.gen.index.close()
+    store._writer.gen = None
     store._lock.close()
     store._lock = None
 
@@ -65,7 +65,7 @@ def test_put_many_interrupted_after_its_write_then_a_crash(tmp_path, compression
     out = _child(f"""
         import os
         from diskhash import Compression, PayloadStore
-        from diskhash._store import store as _store
+        from diskhash._store import writer as _store
         s = PayloadStore({str(d)!r})
         s.put_many(list(range(100)), [b"a" * 50] * 100)
         s.save()
@@ -119,7 +119,7 @@ class _InterruptedAfter:
 
 
 def _interrupt(store, method: str, after: int = 1):
-    g = store._gen
+    g = store._writer.gen
     real = g.index
     g.index = _InterruptedAfter(real, method, after)
     return lambda: setattr(g, "index", real)
@@ -151,7 +151,7 @@ def test_ctrl_c_after_put_indexed_keeps_the_record(tmp_path):
 def test_ctrl_c_after_compiled_put_keeps_the_record(tmp_path, monkeypatch):
     """A hostile pass over the compiled store paths found this."""
     from diskhash import PayloadStore
-    from diskhash._store import store as _store
+    from diskhash._store import writer as _store
 
     real = _store._put_frame
 
@@ -294,7 +294,7 @@ def test_ctrl_c_after_the_undo_zeroes_moves_the_end_back(tmp_path, monkeypatch):
     A hostile pass over the compiled store paths found this.
     """
     from diskhash import PayloadStore
-    from diskhash._store import store as _store
+    from diskhash._store import writer as _store
 
     class Failing:
         def __init__(self, real):
@@ -319,7 +319,7 @@ def test_ctrl_c_after_the_undo_zeroes_moves_the_end_back(tmp_path, monkeypatch):
 
     with PayloadStore(tmp_path / "s") as s:
         s.put_many(list(range(100)), [b"old"] * 100)
-        g = s._gen
+        g = s._writer.gen
         real_index = g.index
         g.index = Failing(real_index)
         monkeypatch.setattr(_store, "_write_all", write_then_interrupt)
@@ -333,9 +333,9 @@ def test_ctrl_c_after_the_undo_zeroes_moves_the_end_back(tmp_path, monkeypatch):
         assert s.get(7) == b"after" and s.get(150) is None and s.get(50) == b"old"
 
 
-@pytest.mark.parametrize("window", [("_write_all", "_append_frames"),
-                                    ("_append_frames", "_append_indexed"),
-                                    ("_append_frames", "put_many")])
+@pytest.mark.parametrize("window", [("_write_all", "append_frames"),
+                                    ("append_frames", "_append_indexed"),
+                                    ("append_frames", "put_many")])
 @pytest.mark.parametrize("packed", [False, True])
 def test_ctrl_c_right_after_the_bulk_append(tmp_path, window, packed):
     """Ctrl-C landing between the bulk pwrite returning and the code that

@@ -50,7 +50,7 @@ def _history(s: PayloadStore, rng: random.Random, n: int) -> "dict[int, bytes]":
 
 
 def _python_state(s: PayloadStore) -> "dict[int, tuple[int, int, int, int]]":
-    final, result = fmt.replay(s._gen.fd, fmt.DATA_HEADER_SIZE, s._end, s.data_path)
+    final, result = fmt.replay(s._writer.gen.fd, fmt.DATA_HEADER_SIZE, s._writer.end, s.data_path)
     assert not result.torn
     return {k: v for k, v in final.items() if v is not None}
 
@@ -63,8 +63,8 @@ def _index_state(s: PayloadStore) -> "dict[int, tuple[int, int, int, int]]":
 def _fold_state(s: PayloadStore) -> "tuple[int, dict[int, tuple[int, int, int, int]]]":
     """Fold the whole log of ``s`` with ``LogFold``: (its live count, key -> record)."""
     table = _store_read.LogFold()
-    result = fmt.fold(s._gen.fd, fmt.DATA_HEADER_SIZE, s._end, s.data_path, table)
-    assert not result.torn and result.end == s._end
+    result = fmt.fold(s._writer.gen.fd, fmt.DATA_HEADER_SIZE, s._writer.end, s.data_path, table)
+    assert not result.torn and result.end == s._writer.end
     key_rows, meta_rows = table.rows()
     karr = np.frombuffer(key_rows, dtype=KEY_DTYPE)
     marr = np.frombuffer(meta_rows, dtype=META_DTYPE)
@@ -128,7 +128,7 @@ def test_rebuild_index_after_deleting_the_index_file(tmp_path):
     d = tmp_path / "s"
     with PayloadStore(d) as s:
         model = _history(s, rng, 500)
-        index_path = s._gen.index_path
+        index_path = s._writer.gen.index_path
     os.unlink(index_path)
     with PayloadStore(d) as s:
         assert s.recovery is not None and s.recovery.rebuilt == "index file missing"
@@ -154,7 +154,7 @@ def test_compact_compiled_and_python_write_the_same_files(tmp_path, monkeypatch)
                 assert len(s) == len(model)
                 s.verify()
                 with open(s.data_path, "rb") as f:
-                    data = f.read(s._end)
+                    data = f.read(s._writer.end)
                 results[name] = (data[fmt.DATA_HEADER_SIZE:], _index_state(s))
     assert results["s"] == results["p"]
 
@@ -209,7 +209,7 @@ def test_mapped_passes_refuse_a_damaged_record_in_the_middle(tmp_path, monkeypat
     with PayloadStore(tmp_path / "s") as s:
         s.put_many(keys, [b"payload %d " % k * 30 for k in keys])
         s.save()
-        gens = (s._gen.data_gen, s._gen.index_gen)
+        gens = (s._writer.gen.data_gen, s._writer.gen.index_gen)
         files = sorted(os.listdir(tmp_path / "s"))
         bad = _flip_payload_byte(s, 1500)
         with pytest.raises(CorruptPayloadError) as err:
@@ -218,7 +218,7 @@ def test_mapped_passes_refuse_a_damaged_record_in_the_middle(tmp_path, monkeypat
         with pytest.raises(CorruptPayloadError) as err:
             s.compact()
         assert err.value.offset == bad
-        assert (s._gen.data_gen, s._gen.index_gen) == gens
+        assert (s._writer.gen.data_gen, s._writer.gen.index_gen) == gens
         assert s.get(1501) == b"payload 1501 " * 30
         assert sorted(os.listdir(tmp_path / "s")) == files      # the new generation removed
 
@@ -274,14 +274,14 @@ def test_row_log_keeps_the_rows_in_order(tmp_path):
         s.save()
         live = _store_read.RowLog()
         out = bytearray(1 << 20)
-        with fmt.mapped_reader(s._gen.fd, fmt.DATA_HEADER_SIZE, s._end) as read:
-            buf = read(s._gen.fd, s._end, 0)
+        with fmt.mapped_reader(s._writer.gen.fd, fmt.DATA_HEADER_SIZE, s._writer.end) as read:
+            buf = read(s._writer.gen.fd, s._writer.end, 0)
             stop, used, new_end = _store_read.copy_live_into(
                 buf, fmt.DATA_HEADER_SIZE, 0, s.index, out, 0, live, fmt.DATA_HEADER_SIZE)
             del buf
-        assert stop == s._end and used == s._end - fmt.DATA_HEADER_SIZE
+        assert stop == s._writer.end and used == s._writer.end - fmt.DATA_HEADER_SIZE
         with open(s.data_path, "rb") as f:
-            assert bytes(out[:used]) == f.read()[fmt.DATA_HEADER_SIZE:s._end]
+            assert bytes(out[:used]) == f.read()[fmt.DATA_HEADER_SIZE:s._writer.end]
         key_rows, meta_rows = live.rows()
         karr = np.frombuffer(key_rows, dtype=KEY_DTYPE)
         marr = np.frombuffer(meta_rows, dtype=META_DTYPE)

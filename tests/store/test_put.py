@@ -24,7 +24,7 @@ def _frames(path: str, start: int, end: int) -> bytes:
 
 
 def test_fast_put_writes_what_the_python_path_writes(tmp_path, monkeypatch):
-    from diskhash._store import store as _store
+    from diskhash._store import writer as _store
     rng = random.Random(1)
     items = [(rng.getrandbits(rng.choice((1, 64, 128))), rng.randbytes(rng.choice((0, 1, 100, 4000))))
              for _ in range(300)]
@@ -36,7 +36,7 @@ def test_fast_put_writes_what_the_python_path_writes(tmp_path, monkeypatch):
             with PayloadStore(tmp_path / name) as s:
                 metas = [s.put(k, v) for k, v in items]
                 assert all(type(meta) is PayloadMeta for meta in metas)
-                out[name] = (metas, _frames(s.data_path, fmt.DATA_HEADER_SIZE, s._end))
+                out[name] = (metas, _frames(s.data_path, fmt.DATA_HEADER_SIZE, s._writer.end))
                 model = dict(items)
                 assert s.get_many(list(model)) == list(model.values())
                 s.verify()
@@ -48,12 +48,12 @@ def test_fast_put_writes_what_the_python_path_writes(tmp_path, monkeypatch):
 def test_bad_key_writes_nothing(tmp_path, key, exc):
     with PayloadStore(tmp_path / "s") as s:
         s.put(1, b"one")
-        end = s._end
-        data = _frames(s.data_path, 0, s._gen.alloc)
+        end = s._writer.end
+        data = _frames(s.data_path, 0, s._writer.gen.alloc)
         with pytest.raises(exc):
             s.put(key, b"payload")
-        assert s._end == end
-        assert _frames(s.data_path, 0, s._gen.alloc) == data
+        assert s._writer.end == end
+        assert _frames(s.data_path, 0, s._writer.gen.alloc) == data
         assert s.get(1) == b"one" and len(s) == 1
 
 
@@ -63,9 +63,9 @@ def test_failed_insert_zeroes_the_frame(tmp_path):
     unchanged, and with the tags put back the store goes on."""
     with PayloadStore(tmp_path / "s") as s:
         s.put(1, b"one")
-        end = s._end
-        before = _frames(s.data_path, 0, s._gen.alloc)
-        with open(s._gen.index_path, "r+b") as f, mmap.mmap(f.fileno(), 0) as m:
+        end = s._writer.end
+        before = _frames(s.data_path, 0, s._writer.gen.alloc)
+        with open(s._writer.gen.index_path, "r+b") as f, mmap.mmap(f.fileno(), 0) as m:
             slots = (len(m) - 64) // 40
             tags = bytes(m[64 + 40 * i] for i in range(slots))
             for i in range(slots):
@@ -76,8 +76,8 @@ def test_failed_insert_zeroes_the_frame(tmp_path):
             finally:
                 for i in range(slots):
                     m[64 + 40 * i] = tags[i]
-        assert s._end == end
-        assert _frames(s.data_path, 0, s._gen.alloc) == before
+        assert s._writer.end == end
+        assert _frames(s.data_path, 0, s._writer.gen.alloc) == before
         s.put(3, b"three")
         assert s.get(3) == b"three" and s.get(1) == b"one" and s.get(2) is None
 
@@ -85,13 +85,13 @@ def test_failed_insert_zeroes_the_frame(tmp_path):
 def test_put_frame_misuse(tmp_path):
     with PayloadStore(tmp_path / "s") as s:
         s.put(1, b"one")
-        g = s._gen
-        with s._write_lock:
+        g = s._writer.gen
+        with s._writer.lock:
             for bad_index in (object(), None, s):
                 with pytest.raises(TypeError):
-                    _store_write.put_frame(bad_index, g.view, s._end, 5, b"x")
+                    _store_write.put_frame(bad_index, g.view, s._writer.end, 5, b"x")
             with pytest.raises(TypeError):
-                _store_write.put_frame(g.index, g.view, s._end, 5, bytearray(b"x"))
+                _store_write.put_frame(g.index, g.view, s._writer.end, 5, bytearray(b"x"))
             with pytest.raises(BufferError):
                 _store_write.put_frame(g.index, b"read-only" * 10, 0, 5, b"x")
             for start in (-1, len(g.view), len(g.view) - 10):
@@ -147,12 +147,12 @@ def test_populate_leaves_the_whole_map_advised_random(tmp_path):
     """The data file's map stays advised random however it grows (readers
     must never trigger read-ahead); _populate's read-ahead of the new range
     goes through the file, not the map's advice."""
-    from diskhash._store import store as _store
+    from diskhash._store import writer as _store
     with PayloadStore(tmp_path / "s") as s:
         payload = os.urandom(1024)
         for i in range(5000):                    # several allocations of the data file
             s.put(i, payload)
-        g = s._gen
+        g = s._writer.gen
         assert g.alloc > _store.ALLOC_MIN
         flags = _data_map_flags(os.path.realpath(g.data_path))
         assert flags, "the data file is not mapped"

@@ -48,7 +48,7 @@ np = pytest.importorskip("numpy")
 def _python_frames(store: PayloadStore, keys: "list[int]", payloads: "list[bytes]") -> bytes:
     out = []
     for k, p in zip(keys, payloads):
-        ck, rest, used, slen, n = store._encode(k, memoryview(p), 0)
+        ck, rest, used, slen, n = store._writer.encode(k, memoryview(p), 0)
         assert used == 0 and slen == n == len(p)
         out.append(ck + rest)
     return b"".join(out)
@@ -130,7 +130,7 @@ def test_put_many_reads_back_as_the_model(tmp_path, n):
 
 
 def test_put_many_small_pieces(tmp_path, monkeypatch):
-    from diskhash._store import store as _store
+    from diskhash._store import writer as _store
     monkeypatch.setattr(_store, "PUT_MANY_CHUNK", 4096)
     rng = random.Random(9)
     keys = list(range(1000))
@@ -252,7 +252,7 @@ def test_put_many_numpy_keys_bad_input_changes_nothing(tmp_path):
 def test_put_many_numpy_keys_undo_when_indexing_fails(tmp_path, monkeypatch):
     """insert_many failing after a piece's frames are written: the piece is
     undone (its frames never replay) and the keys it reports are the array's."""
-    from diskhash._store import store as _store
+    from diskhash._store import writer as _store
     keys = _key_array([(7 << 64) | i for i in range(200)])
     seen = []
     real = _store._frame_rows
@@ -366,8 +366,8 @@ def test_put_many_of_keys_already_stored_does_not_grow_the_index(tmp_path):
     keys = np.arange(1, n + 1, dtype=np.uint64)
     with PayloadStore(tmp_path / "s") as s:
         s.put_many(keys, [b"a"] * n)
-        slots = s._gen.index.stats().slots
-        assert s._gen.index.stats().entries == n
+        slots = s._writer.gen.index.stats().slots
+        assert s._writer.gen.index.stats().entries == n
         s.put_many(keys, [b"b"] * n)                        # numpy pairs path
         s.put_many(keys.tolist(), [b"c"] * n)               # list of ints path
         s.put_many(keys.tolist(), [b"d"] * n, compression=Compression.NONE)
@@ -377,11 +377,11 @@ def test_put_many_of_keys_already_stored_does_not_grow_the_index(tmp_path):
         payloads[:] = [b"e"] * n
         (piece,) = _packed.pack_pieces(wide, payloads, np.arange(n), [0, n])
         assert s._put_many_packed([_packed.unpack_piece(piece)])    # the sharded build's path
-        assert s._gen.index.stats().slots == slots
+        assert s._writer.gen.index.stats().slots == slots
         assert s.get(1) == b"e" and len(s) == n
         # new keys still get their room up front
         s.put_many(np.arange(n + 1, 3 * n + 1, dtype=np.uint64), [b"f"] * (2 * n))
-        assert s._gen.index.stats().slots > slots and len(s) == 3 * n
+        assert s._writer.gen.index.stats().slots > slots and len(s) == 3 * n
         s.verify()
 
 

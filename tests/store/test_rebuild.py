@@ -118,7 +118,7 @@ def test_compiled_and_python_replay_agree(tmp_path, monkeypatch):
         s.put((1 << 127) + 5, b"a wide key")
         s.put(1 << 64, b"hi only", compression=Compression.ZSTD)
         s.delete(1 << 64)
-        fd, end, path = s._gen.fd, s._end, s.data_path
+        fd, end, path = s._writer.gen.fd, s._writer.end, s.data_path
         compiled = fmt.replay(fd, fmt.DATA_HEADER_SIZE, end, path)
         monkeypatch.setattr(fmt, "_scan_into", None)
         python = fmt.replay(fd, fmt.DATA_HEADER_SIZE, end, path)

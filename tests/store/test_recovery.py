@@ -32,8 +32,8 @@ def _frame(key, payload):
 
 def _crash(store):
     """Drop a store the way a killed process would: no save, no clean header, no trim."""
-    store._gen.index.close()
-    store._gen = None
+    store._writer.gen.index.close()
+    store._writer.gen = None
     store._lock.close()
     store._lock = None
 
@@ -138,7 +138,7 @@ def test_torn_record_holding_frames_is_a_torn_tail(tmp_path):
             s.put(i, b"x%d" % i)
         s.save()
         s.put(10, b"ten")
-        end = s._end
+        end = s._writer.end
         path = s.data_path
         _crash(s)
     torn = _frame(99, blob)[:len(blob) // 2]            # the writer died half-way through
@@ -233,7 +233,7 @@ def test_garbage_frame_length_reads_no_body(tmp_path):
     with PayloadStore(d) as s:
         for i in range(5):
             s.put(i, b"v%d" % i)
-        end = s._end
+        end = s._writer.end
         path = s.data_path
         _crash(s)
     claim = 1536 << 20
@@ -254,7 +254,7 @@ def test_header_look_alikes_scan_is_linear(tmp_path):
     d = tmp_path / "s"
     with PayloadStore(d) as s:
         s.put(1, b"one")
-        end = s._end
+        end = s._writer.end
         path = s.data_path
         _crash(s)
     n = 4 << 20
@@ -514,7 +514,7 @@ def test_rebuild_never_brings_back_a_key_whose_tombstone_is_damaged(tmp_path):
         for i in range(100, 110):
             s.put(i, b"dead %d " % i * 50)      # overwritten below: dead records
         s.delete(7)
-        tomb = s._end - fmt.FRAME_SIZE
+        tomb = s._writer.end - fmt.FRAME_SIZE
         for i in range(100, 110):
             s.put(i, b"live %d" % i)
     _damage(d, tomb - 500, bytes(500 + fmt.FRAME_SIZE))  # dead records and the tombstone
@@ -546,7 +546,7 @@ def test_a_reboot_rebuild_never_brings_back_a_key_whose_tombstone_is_damaged(tmp
         for i in range(100, 110):
             s.put(i, b"dead %d " % i * 50)
         s.delete(7)
-        tomb = s._end - fmt.FRAME_SIZE
+        tomb = s._writer.end - fmt.FRAME_SIZE
         for i in range(100, 110):
             s.put(i, b"live %d" % i)
     _damage(d, tomb - 500, bytes(500 + fmt.FRAME_SIZE))

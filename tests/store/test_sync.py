@@ -95,10 +95,10 @@ def test_sync_interval_saves_in_the_background(tmp_path):
     with PayloadStore(tmp_path / "s", sync=20) as s:
         s.put(1, b"x")
         for _ in range(200):
-            if s.stats().checkpoint == s._end:
+            if s.stats().checkpoint == s._writer.end:
                 break
             threading.Event().wait(0.01)
-        assert s.stats().checkpoint == s._end
+        assert s.stats().checkpoint == s._writer.end
 
 
 @pytest.mark.parametrize("sync, saves", [("save", 1), ("never", 0)])
@@ -112,14 +112,14 @@ def test_sync_never_does_not_sync_the_index(tmp_path, sync, saves):
     d = tmp_path / "s"
     with PayloadStore(d, sync=sync) as s:
         s.put(2, b"two")                # the data file allocated and mapped first
-        real = s._gen.index
-        spy = s._gen.index = _SaveSpy(real)
+        real = s._writer.gen.index
+        spy = s._writer.gen.index = _SaveSpy(real)
         try:
             s.put(1, b"one")
             s.save()
         finally:
-            s._gen.index = real
+            s._writer.gen.index = real
         assert spy.saves == saves
-        assert s.stats().checkpoint == s._end
+        assert s.stats().checkpoint == s._writer.end
     with PayloadStore(d, readonly=True) as s:
         assert s.get(1) == b"one"
