@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -22,8 +23,24 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption("--run-slow", action="store_true", help="run long stress tests")
 
 
+def _children_keep_their_bytecode() -> None:
+    """With ``PYTHONDONTWRITEBYTECODE`` set, every child Python the suite starts
+    (hundreds: ``python -m diskhash``, crash children, servers, pytest in
+    pytest) compiled the uncompiled sources it imports again, diskhash's
+    first: a tenth of a second each.  The children write their bytecode
+    under a prefix outside the source tree instead (``PYTHONPYCACHEPREFIX``,
+    kept between runs), so the tree stays as free of ``.pyc`` files as the
+    variable asked.  A prefix the user set is kept."""
+    if not os.environ.get("PYTHONDONTWRITEBYTECODE"):
+        return
+    del os.environ["PYTHONDONTWRITEBYTECODE"]
+    os.environ.setdefault("PYTHONPYCACHEPREFIX",
+                          str(Path(tempfile.gettempdir()) / f"diskhash-tests-pycache-{os.getuid()}"))
+
+
 @pytest.hookimpl(trylast=True)
 def pytest_configure(config: pytest.Config) -> None:
+    _children_keep_their_bytecode()
     # trylast: the other plugins have made their relative paths (--junitxml,
     # --basetemp, --log-file) absolute against the invocation directory first.
     # Not in an xdist controller (``-n``, on by default): the workers it starts

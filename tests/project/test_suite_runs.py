@@ -17,9 +17,11 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def _pytest(args: "list[str]", cwd: Path, tmp_path: Path) -> "subprocess.CompletedProcess[str]":
     # The pytest script, as the README runs it: ``python -m pytest`` in the
-    # root would put the source folder diskhash/ first on sys.path.
+    # root would put the source folder diskhash/ first on sys.path.  Without
+    # hypothesis's plugin (the tests run here use none; it costs every pytest
+    # process, each xdist worker too, a second and a half to import).
     return subprocess.run(
-        [str(Path(sys.executable).parent / "pytest"), "-q", "-p", "no:cacheprovider",
+        [str(Path(sys.executable).parent / "pytest"), "-q", "-p", "no:cacheprovider", "-p", "no:hypothesispytest",
          "--basetemp", str(tmp_path / "bt"), *args],
         cwd=cwd, capture_output=True, text=True, timeout=300, check=False)
 
@@ -28,8 +30,10 @@ def test_relative_test_path_from_the_root_runs_its_tests_under_xdist(tmp_path):
     # pyproject's addopts has -n auto: the controller used to chdir into
     # tests/ before starting its workers, which then looked for
     # tests/tests/test_format.py and ran nothing ("no tests ran", exit 5).
-    # A layer folder, as docs/development.md runs one.
-    r = _pytest(["-n", "2", "tests/format", "-k", "layout"], ROOT, tmp_path)
+    # A layer folder, as docs/development.md runs one; one worker is enough
+    # (the controller's chdir is what went wrong), each one more costs a
+    # whole pytest start-up and collection.
+    r = _pytest(["-n", "1", "tests/format", "-k", "layout"], ROOT, tmp_path)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     assert re.search(r"\b[1-9][0-9]* passed", r.stdout), r.stdout[-2000:]
 

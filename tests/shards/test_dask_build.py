@@ -35,14 +35,7 @@ from diskhash import (  # noqa: E402
 )
 from diskhash.dask import LookupService, build_store  # noqa: E402
 
-
-@pytest.fixture(scope="module")
-def client():
-    with dask.config.set({"dataframe.convert-string": False}):
-        with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                                      dashboard_address=":0") as cluster:
-            with distributed.Client(cluster, direct_to_workers=True) as c:
-                yield c
+# ``client``: the session's one LocalCluster (tests/shards/conftest.py).
 
 
 def make_data(n: int, seed: int = 0) -> tuple[np.ndarray, list[bytes]]:

@@ -75,12 +75,7 @@ def test_get_group_answers_for_its_siblings_and_none_for_others(tmp_path: Path) 
             a.close()
 
 
-@pytest.fixture(scope="module")
-def client():
-    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                                  dashboard_address=":0") as cluster:
-        with distributed.Client(cluster, direct_to_workers=True) as c:
-            yield c
+# ``client``: the session's one LocalCluster (tests/shards/conftest.py).
 
 
 def test_lookups_grouped_per_worker_equal_local_lookups(client, tmp_path: Path) -> None:

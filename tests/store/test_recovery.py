@@ -207,6 +207,10 @@ import resource, sys
 limit = int(sys.argv[2])
 if limit:
     resource.setrlimit(resource.RLIMIT_DATA, (limit, limit))
+    try:                                    # the limit bites: a whole read of the claim fails
+        bytearray(int(sys.argv[3]))
+    except MemoryError:
+        print("a whole read fails")
 from diskhash import PayloadStore, CorruptPayloadError
 with PayloadStore(sys.argv[1], readonly=True) as r:
     try:
@@ -219,16 +223,18 @@ with PayloadStore(sys.argv[1]) as s:
 """
 
 
-def _run_open(d, limit=0, timeout=60):
+def _run_open(d, limit=0, timeout=60, claim=0):
     env = subprocess_env()
     env["OPENBLAS_NUM_THREADS"] = "1"
-    return subprocess.run([sys.executable, "-c", _OPEN_AND_VERIFY, str(d), str(limit)],
+    return subprocess.run([sys.executable, "-c", _OPEN_AND_VERIFY, str(d), str(limit), str(claim)],
                           capture_output=True, timeout=timeout, env=env)
 
 
 def test_garbage_frame_length_reads_no_body(tmp_path):
-    """A torn header claiming 1.5 GiB inside a (sparse) file that long: the open
-    and verify read the claimed body in bounded pieces, never whole (MemoryError)."""
+    """A torn header claiming more than the child may allocate, inside a
+    (sparse) file that long: the open and verify read the claimed body in
+    bounded pieces, never whole (MemoryError).  (The claim was 1.5 GiB; the
+    child checks that a whole read of the smaller claim fails under its limit.)"""
     d = tmp_path / "s"
     with PayloadStore(d) as s:
         for i in range(5):
@@ -236,15 +242,16 @@ def test_garbage_frame_length_reads_no_body(tmp_path):
         end = s._writer.end
         path = s.data_path
         _crash(s)
-    claim = 1536 << 20
+    claim = 96 << 20
     head = fmt.FRAME.pack(0x12345678, fmt.KIND_PUT, 0, fmt.FRAME_MARK, claim, claim, 7, 0)
     with open(path, "r+b") as f:
         f.truncate(end)
         f.seek(end)
         f.write(head)
         f.truncate(end + 32 + claim + 100)
-    r = _run_open(d, limit=768 << 20, timeout=120)
+    r = _run_open(d, limit=64 << 20, timeout=120, claim=claim)
     assert r.returncode == 0, r.stderr.decode()[-2000:]
+    assert b"a whole read fails" in r.stdout
     assert b"opened 5 " in r.stdout
 
 
