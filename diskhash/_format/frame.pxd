@@ -44,7 +44,7 @@ cdef inline Py_ssize_t frame_end(const uint8_t *b, Py_ssize_t p, Py_ssize_t n, f
     """Where the whole, valid frame at ``b + p`` ends (its header copied to
     ``f``), or -1: a bad mark, kind or compression byte, lengths that do not
     fit the kind, a frame running past ``n``, or a checksum mismatch.  The
-    checks of every log pass (the Python twin: payload._frame_at); the
+    checks of every log pass (the Python twin: payload.frame_at); the
     caller makes sure ``p + FRAME_SIZE <= n``."""
     cdef Py_ssize_t end
     memcpy(f, b + p, FRAME_SIZE)

@@ -60,7 +60,7 @@ def scan_into(data, Py_ssize_t p, long long base, dict final):
     compression, uncompressed length) for a put, None for a tombstone.
     Returns where the first frame that is not valid (or not whole) starts.
     The checks are ``frame_end``'s (``frame.pxd``), those of
-    ``payload._frame_at``.
+    ``payload.frame_at``.
     """
     cdef Py_buffer view
     cdef frame_t f

@@ -32,7 +32,7 @@ __all__ = [
     "FRAME", "FRAME_SIZE", "FRAME_MARK", "KIND_PUT", "KIND_TOMBSTONE", "MAX_LENGTH",
     "MANIFEST", "MANIFEST_MAGIC", "MANIFEST_VERSION", "MANIFEST_NAME",
     "DataHeader", "Frame", "ScanResult",
-    "checksum", "frame_matches",
+    "checksum", "frame_matches", "frame_at", "claimed_end",
     "pack_frame_body", "pread_exact", "FRAME_BODY", "pack_data_header", "unpack_data_header",
     "pack_manifest", "unpack_manifest", "data_name", "index_name", "generation_file",
     "is_store_temporary", "whole_frame_end", "scan", "tombstone", "replay", "next_frame", "Damage",
@@ -270,7 +270,7 @@ class Damage(NamedTuple):
     key: "int | None"
 
 
-def _frame_at(buf: "bytes | memoryview", pos: int, avail: int) -> "tuple[int, int, int, int, int, int] | None":
+def frame_at(buf: "bytes | memoryview", pos: int, avail: int) -> "tuple[int, int, int, int, int, int] | None":
     """Decode and check the frame at ``buf[pos:]``; None if it is not a whole valid frame."""
     if avail - pos < FRAME_SIZE:
         return None
@@ -290,7 +290,7 @@ def _frame_at(buf: "bytes | memoryview", pos: int, avail: int) -> "tuple[int, in
     return kind, comp, slen, ulen, lo | (hi << 64), end
 
 
-def _claimed_end(buf: "bytes | memoryview", at: int) -> int:
+def claimed_end(buf: "bytes | memoryview", at: int) -> int:
     """How many bytes the frame header at ``buf[at:]`` claims (header + payload) if
     the header is plausible (mark, kind, compression, lengths that fit the kind),
     else -1.  Looks at the header only: nothing of the body is read."""
@@ -308,7 +308,7 @@ def _claimed_end(buf: "bytes | memoryview", at: int) -> int:
 
 
 def _header_key(head: "bytes | memoryview") -> "int | None":
-    if _claimed_end(head, 0) < 0:
+    if claimed_end(head, 0) < 0:
         return None
     lo, hi = struct.unpack_from("<QQ", head, 16)
     return int(lo | (hi << 64))
@@ -335,7 +335,7 @@ def whole_frame_end(fd: int, pos: int, file_size: int,
     file), and the checksum is then computed in ``CHECK_PIECE`` pieces: a
     garbage length never makes a read of the bytes it claims."""
     head = read(fd, FRAME_SIZE, pos)
-    need = _claimed_end(head, 0)
+    need = claimed_end(head, 0)
     if need < 0 or pos + need > file_size:
         return -1
     want: int = FRAME.unpack_from(head)[0]
@@ -354,7 +354,7 @@ def _find_frame(fd: int, pos: int, file_size: int) -> int:
     """Offset of the first whole valid frame at or after ``pos``, or -1.
 
     Looks for the frame mark; a candidate is checked by its header first
-    (``_claimed_end``), then by its checksum in bounded pieces.  A candidate
+    (``claimed_end``), then by its checksum in bounded pieces.  A candidate
     whose header is plausible but whose checksum fails claims its bytes: the
     search goes on past them (a frame is passed over whole, never byte by
     byte), and one that claims bytes past the end of the file ends it.  So
@@ -374,14 +374,14 @@ def _find_frame(fd: int, pos: int, file_size: int) -> int:
             if cand + FRAME_SIZE > len(buf):
                 nxt = pos + cand
                 break
-            need = _claimed_end(buf, cand)
+            need = claimed_end(buf, cand)
             if need < 0:
                 find = at + 1
                 continue
             if pos + cand + need > file_size:
                 return -1                           # claims past the end: a torn record
             if cand + need <= len(buf):
-                if _frame_at(buf, cand, cand + need) is not None:
+                if frame_at(buf, cand, cand + need) is not None:
                     return pos + cand
             elif whole_frame_end(fd, pos + cand, file_size) >= 0:
                 return pos + cand
@@ -399,7 +399,7 @@ def next_frame(fd: int, bad: int, file_size: int) -> int:
     data file, say) is not taken for damage in the middle of the log.
     Otherwise (zeros, garbage) the search starts at the next byte.
     """
-    need = _claimed_end(pread_exact(fd, FRAME_SIZE, bad), 0)
+    need = claimed_end(pread_exact(fd, FRAME_SIZE, bad), 0)
     start = bad + need if need > 0 else bad + 1
     return _find_frame(fd, start, file_size) if start < file_size else -1
 
@@ -525,7 +525,7 @@ def _scan(fd: int, start: int, file_size: int, path: str,
         view = memoryview(buf)
         avail = len(buf)
         while True:
-            got = _frame_at(buf, p, avail)
+            got = frame_at(buf, p, avail)
             if got is None:
                 return p
             kind, comp, slen, ulen, key, end = got
@@ -549,7 +549,7 @@ def replay(fd: int, start: int, file_size: int, path: str,
     The state maps each key the log touches to ``(payload offset, stored
     length, compression, uncompressed length)`` of its last put, or None if
     its last frame is a tombstone.  The compiled ``scan_into`` does the work
-    where it is built (the same checks as ``_frame_at``).  ``mode``: see
+    where it is built (the same checks as ``frame_at``).  ``mode``: see
     ``_walk``; the ``Damage`` of ``"resync"`` are appended to ``damages``.
     """
     final: "dict[int, tuple[int, int, int, int] | None]" = {}
@@ -560,7 +560,7 @@ def replay(fd: int, start: int, file_size: int, path: str,
         def parse(buf: bytes, p: int, base: int) -> int:
             avail = len(buf)
             while True:
-                got = _frame_at(buf, p, avail)
+                got = frame_at(buf, p, avail)
                 if got is None:
                     return p
                 kind, comp, slen, ulen, key, end = got

@@ -17,7 +17,7 @@ import anyio
 
 from diskhash import _threads
 from diskhash._shards.manifest import Manifest
-from diskhash._shards.sharded import ShardedStats, ShardedStore, payload_array
+from diskhash._shards.sharded import ShardAccess, ShardedStats, ShardedStore, payload_array
 from diskhash._store.aio import AsyncPayloadStore
 
 __all__ = ["AsyncShardedStore"]
@@ -60,7 +60,8 @@ class AsyncShardedStore:
         if not isinstance(sync, ShardedStore):
             raise TypeError(f"AsyncShardedStore wraps a ShardedStore, got {type(sync).__name__}")
         self._sync = sync
-        self._shards = tuple(AsyncPayloadStore(s) for s in sync._stores)
+        self._set = ShardAccess(sync)
+        self._shards = tuple(AsyncPayloadStore(s) for s in self._set.stores)
 
     @classmethod
     async def open(cls, directory: str | os.PathLike[str], shards: int | None = None,
@@ -81,7 +82,7 @@ class AsyncShardedStore:
 
     def _shard(self, edge_id: Any) -> AsyncPayloadStore:
         if not self._shards:
-            self._sync._check_open()
+            self._set.check_open()
         return self._shards[self._sync.shard_of(edge_id)]
 
     # -- single-key calls --------------------------------------------------
@@ -108,7 +109,7 @@ class AsyncShardedStore:
         return len(self._sync)
 
     async def _keys(self) -> AsyncIterator[int]:
-        self._sync._check_open()
+        self._set.check_open()
         for shard in self._shards:
             async for key in shard:
                 yield key
@@ -140,8 +141,8 @@ class AsyncShardedStore:
     async def put_many(self, edge_ids: Any, payloads: Sequence[Any], *,
                        compression: Any = None) -> None:
         """As ``ShardedStore.put_many``; the shards are written concurrently."""
-        self._sync._check_open()
-        keys, order, bounds = self._sync._route(edge_ids)
+        self._set.check_open()
+        keys, order, bounds = self._set.route(edge_ids)
         data = payload_array(payloads, len(keys))
         calls = []
         for s, shard in enumerate(self._shards):
@@ -156,8 +157,8 @@ class AsyncShardedStore:
         """As ``ShardedStore.get_many``; the shards are read concurrently."""
         from diskhash._index.dtypes import np
 
-        self._sync._check_open()
-        keys, order, bounds = self._sync._route(edge_ids)
+        self._set.check_open()
+        keys, order, bounds = self._set.route(edge_ids)
         parts = []
         calls = []
         for s, shard in enumerate(self._shards):
@@ -177,12 +178,12 @@ class AsyncShardedStore:
     # -- whole-set calls ---------------------------------------------------
     async def save(self) -> None:
         """As ``ShardedStore.save``; the shards save concurrently."""
-        self._sync._check_open()
+        self._set.check_open()
         await _fan([shard.save for shard in self._shards])
 
     async def compact(self, *, salvage: bool = False) -> None:
         """As ``ShardedStore.compact``; the shards compact concurrently."""
-        self._sync._check_open()
+        self._set.check_open()
         await _fan([functools.partial(shard.compact, salvage=salvage) for shard in self._shards])
 
     async def rebuild_index(self, progress: Callable[[int, int], Any] | None = None, *,
@@ -193,14 +194,14 @@ class AsyncShardedStore:
 
     async def verify(self) -> None:
         """As ``ShardedStore.verify`` (markers, then every shard), in worker threads."""
-        self._sync._check_open()
-        await _threads.run_sync(self._sync._verify_layout)
+        self._set.check_open()
+        await _threads.run_sync(self._set.verify_layout)
         for shard in self._shards:
             await shard.verify()
 
     async def stats(self) -> ShardedStats:
         """As ``ShardedStore.stats``."""
-        self._sync._check_open()
+        self._set.check_open()
         per = tuple(await _fan([shard.stats for shard in self._shards]))
         return ShardedStats(sum(p.entries for p in per), sum(p.data_bytes for p in per),
                             sum(p.live_bytes for p in per), per)

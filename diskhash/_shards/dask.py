@@ -45,7 +45,7 @@ from diskhash._shards import packed as _packed
 from diskhash._shards import routing as _routing
 from diskhash._shards import sharded as _sharded
 from diskhash._shards.manifest import Location, Manifest
-from diskhash._shards.sharded import _abspath
+from diskhash._shards.sharded import directory_path
 from diskhash._store.store import put_many_packed
 from diskhash.errors import IndexClosedError, KeyRangeError, ShardBuildError, ShardMismatchError
 
@@ -191,7 +191,7 @@ def _write_shard(root: str, manifest: Manifest, index: int, store_kwargs: dict[s
     tmp = os.path.join(root, f".{name}.{uuid.uuid4().hex}{_files.TMP_SUFFIX}")
     os.mkdir(tmp)
     try:
-        store = _sharded._payload_store_class()(os.path.join(tmp, _manifest.STORE_SUBDIR), **store_kwargs)
+        store = _sharded.payload_store_class()(os.path.join(tmp, _manifest.STORE_SUBDIR), **store_kwargs)
         try:
             if compression or not put_many_packed(store,
                     [_packed.unpack_piece(p) for p in pieces]):
@@ -299,10 +299,10 @@ def build_store(collection: Any, directory: str | os.PathLike[str], shards: int,
     no manifest is written, so the partial set never opens.
     """
     shards = _manifest.check_shard_count(shards)
-    directory = _abspath(directory)
+    directory = directory_path(directory)
     spec = _spec(collection, id_columns, payload_column, id_byteorder)
     if local_dir is not None:
-        local_dir = _abspath(local_dir)
+        local_dir = directory_path(local_dir)
     client = _get_client(client)
     if local_dir is not None and client is None:
         raise ValueError("local_dir needs a distributed Client (the shard's host is its worker's)")
@@ -438,7 +438,7 @@ class ShardActor:
         self.index = index
         self.service = service
         self.closed = False
-        self.store = _sharded._payload_store_class()(store_dir, readonly=True, **(store_kwargs or {}))
+        self.store = _sharded.payload_store_class()(store_dir, readonly=True, **(store_kwargs or {}))
         if service is not None:
             _SERVING[(service, index)] = self
 
@@ -554,7 +554,7 @@ class LookupService:
                 getattr(client, "scheduler_info", None)):
             raise TypeError(f"client must be a distributed.Client, not {type(client).__name__}")
         self._client = client
-        self._directory = _abspath(directory)
+        self._directory = directory_path(directory)
         self._manifest = _manifest.read_manifest(self._directory)
         self._kwargs = dict(store_kwargs or {})
         self._retries = int(retries)

@@ -17,17 +17,19 @@ from typing import Any, NamedTuple
 from diskhash._shards import manifest as _manifest
 from diskhash._shards import routing as _routing
 from diskhash._shards.manifest import Manifest
-from diskhash.errors import ShardMismatchError
+from diskhash._store.store import PayloadStore, closed_error
+from diskhash.errors import IndexClosedError, ShardMismatchError
 
-__all__ = ["ShardedStats", "ShardedStore"]
+__all__ = ["ShardedStats", "ShardedStore", "ShardAccess", "directory_path", "payload_array",
+           "payload_store_class"]
 
 _MISSING: Any = object()
 
 
-def _payload_store_class() -> Any:
-    # Resolved at open time, not import time: one place to find the shard type.
-    from diskhash import PayloadStore
-
+def payload_store_class() -> Any:
+    """The class of every shard's store, looked up at each open: the one place
+    that names it (the sharded build's workers open their shards through it
+    too), so a test can make every shard die mid-write."""
     return PayloadStore
 
 
@@ -62,7 +64,7 @@ class ShardedStats(NamedTuple):
     shards: tuple[Any, ...]
 
 
-def _abspath(directory: str | os.PathLike[str]) -> str:
+def directory_path(directory: str | os.PathLike[str]) -> str:
     if isinstance(directory, (bytes, bytearray)) or not isinstance(directory, (str, os.PathLike)):
         raise TypeError(f"directory must be a str or os.PathLike, not {type(directory).__name__}")
     path = os.fspath(directory)
@@ -128,11 +130,11 @@ class ShardedStore:
                  readonly: bool = False, **store_kwargs: Any) -> None:
         self._stores: tuple[Any, ...] = ()
         self._closed = True
-        path = _abspath(directory)
+        path = directory_path(directory)
         self._directory = path
         if shards is not None:
             shards = _manifest.check_shard_count(shards)
-        store_cls = _payload_store_class()
+        store_cls = payload_store_class()
         if os.path.lexists(path) and not os.path.isdir(path):
             raise NotADirectoryError(20, "a sharded set is a directory; this is not one", path)
         if (not readonly and shards is not None
@@ -234,15 +236,13 @@ class ShardedStore:
         return self._stores[_routing.shard_of(edge_id, self._manifest.seed, self._manifest.shards)]
 
     def _check_open(self) -> None:
-        from diskhash.errors import IndexClosedError
-
         if self._closed or not self._stores:
             raise IndexClosedError(f"{getattr(self, '_directory', '?')}: sharded store is closed")
         if self._stores[0].closed:
             # Inherited across fork() (every shard is disabled in the child): refuse
             # before routing imports numpy, whose import lock a parent thread may
             # have held at the fork.
-            raise self._stores[0]._closed_error()
+            raise closed_error(self._stores[0])
 
     def _route(self, edge_ids: Any) -> tuple[Any, Any, Any]:
         keys = _routing.key_array(edge_ids)
@@ -448,3 +448,18 @@ class ShardedStore:
             return f"<ShardedStore {getattr(self, '_directory', '?')!r} not open>"
         state = "closed" if self._closed else ("readonly" if self._readonly else "open")
         return f"<ShardedStore {self._directory!r} shards={manifest.shards} {state}>"
+
+
+class ShardAccess:
+    """The small interface the async twin (``AsyncShardedStore``) fans out
+    through, instead of the set's private members: its shards' stores, the
+    open check, the routing of a key array (keys, order, bounds) and the
+    check of the set's layout (manifest, markers, each shard's keys)."""
+
+    __slots__ = ("stores", "check_open", "route", "verify_layout")
+
+    def __init__(self, store: ShardedStore) -> None:
+        self.stores: tuple[Any, ...] = store._stores
+        self.check_open: Callable[[], None] = store._check_open
+        self.route: Callable[[Any], tuple[Any, Any, Any]] = store._route
+        self.verify_layout: Callable[[], None] = store._verify_layout

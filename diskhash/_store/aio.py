@@ -32,7 +32,7 @@ import anyio
 
 from diskhash import _threads
 from diskhash._index.aio import AsyncDiskHashIndex
-from diskhash._store.keys import _key_int, _payload_view
+from diskhash._store.keys import key_int, payload_view
 from diskhash._store.maintenance import StoreStats
 from diskhash._store.reader import ReadLater
 from diskhash._store.store import InlineReads, PayloadStore
@@ -142,7 +142,7 @@ class AsyncPayloadStore:
         return self.__aiter__()
 
     async def _keys(self, it: Any) -> Any:
-        # As PayloadStore._keys: a replaced generation's closed index is a
+        # As PayloadStore.keys(): a replaced generation's closed index is a
         # RuntimeError, not IndexClosedError on an open store.
         while True:
             try:
@@ -179,8 +179,8 @@ class AsyncPayloadStore:
         """Store ``payload`` under ``edge_id``: inline when small and nothing waits,
         else in the writer lane.  Cancelled, it completed or never started."""
         sync = self._sync
-        key = _key_int(edge_id)
-        view = _payload_view(payload)
+        key = key_int(edge_id)
+        view = payload_view(payload)
         if len(view) <= INLINE_WRITE:
             if _threads.pending:
                 _threads.handoff()

@@ -22,7 +22,8 @@ from typing import Any, Callable
 from diskhash._types import Compression
 from diskhash.errors import CodecUnavailableError
 
-__all__ = ["compress", "decompress", "check_decodes", "available", "require", "EXTRA"]
+__all__ = ["compress", "decompress", "check_decodes", "available", "require", "EXTRA",
+           "lz4_block_decompress"]
 
 # The distribution is diskhash-sochidx: PyPI's "diskhash" is another project.
 EXTRA = 'the "store" extra of diskhash-sochidx (pip install ".[store]" in its checkout)'
@@ -40,6 +41,11 @@ try:
     _zstd = importlib.import_module("zstandard")
 except ImportError:  # pragma: no cover
     _zstd = None
+
+#: ``lz4.block.decompress`` (None without the package): the compiled get
+#: decodes LZ4 records with it directly, its errors reported through
+#: ``decompress()``.
+lz4_block_decompress: Any = getattr(_lz4, "decompress", None)
 
 _local = threading.local()
 _PACKAGES = {Compression.LZ4: "lz4", Compression.ZSTD: "zstandard"}

@@ -43,8 +43,8 @@ from typing import Any, Callable, NamedTuple
 from diskhash._format import payload as fmt
 from diskhash._fs.files import fsync_dir
 from diskhash._index.table import DiskHashIndex
-from diskhash._store.generation import Generation, StoreDirectory, _fsync_data, _write_all, unlink
-from diskhash._store.keys import _numpy
+from diskhash._store.generation import Generation, StoreDirectory, fsync_data, unlink, write_all
+from diskhash._store.keys import numpy_or_none
 from diskhash._store.read import RowLog as _RowLog
 from diskhash._store.read import copy_live as _copy_live_c
 from diskhash._store.read import copy_live_into as _copy_live_into
@@ -117,7 +117,7 @@ def compact(g: Generation, writer: Writer, directory: StoreDirectory,
         if writer.fsync:
             # The bulk of the new files reaches the disk before writers are
             # stopped: under the lock only the last catch-up is left to sync.
-            _fsync_data(fd)
+            fsync_data(fd)
             index.save()
         wait_start = time.perf_counter()
         with writer as cur:
@@ -130,11 +130,11 @@ def compact(g: Generation, writer: Writer, directory: StoreDirectory,
                 raise _refusal(g, lost)
             # 4. durable, then switch
             if writer.fsync:
-                _fsync_data(fd)
+                fsync_data(fd)
             index.save()
             os.pwrite(fd, fmt.pack_data_header(new_end, fmt.FLAG_DIRTY), 0)
             if writer.fsync:
-                _fsync_data(fd)
+                fsync_data(fd)
             fsync_dir(directory.directory)
             committed = False
             try:
@@ -256,7 +256,7 @@ def _check_entry(g: Any, key: int, meta: Any, end: int) -> "tuple[str, bytes | N
         return (f"its index entry (offset {meta.offset}, length {meta.length}) points "
                 f"outside the log ({end} bytes)"), None
     raw = fmt.pread_exact(g.fd, fmt.FRAME_SIZE + meta.length, start)
-    got = fmt._frame_at(raw, 0, len(raw))
+    got = fmt.frame_at(raw, 0, len(raw))
     if got is None:
         return f"its record at offset {start} is damaged (frame or checksum check fails)", None
     kind, comp, slen, ulen, fkey, _ = got
@@ -289,7 +289,7 @@ def _account(g: Any, fd: int, new: DiskHashIndex, new_end: int,
             continue
         new.insert(key, (key, new_end + fmt.FRAME_SIZE, meta.length, meta.compression,
                          meta.uncompressed_length))
-        new_end = _write_all(fd, [raw], new_end)
+        new_end = write_all(fd, [raw], new_end)
     return new_end, lost
 
 
@@ -329,7 +329,7 @@ def _copy_live(g: Any, fd: int, e0: int, live: dict[int, tuple[int, int, int, in
         def parse(buf: bytes, p: int, base: int) -> int:
             avail = len(buf)
             while True:
-                got = fmt._frame_at(buf, p, avail)
+                got = fmt.frame_at(buf, p, avail)
                 if got is None:
                     return p
                 kind, comp, slen, ulen, key, end = got
@@ -359,7 +359,7 @@ def _copy_live_indexed(g: Any, fd: int, e0: int, index_path: str,
     bytes), their new places kept in a ``RowLog`` (in log order: each key
     once) and indexed with one ``insert_many``.  Returns (index, bytes copied, new end), or None where
     the compiled module or numpy is missing."""
-    np = _numpy() if _copy_live_into is not None else None
+    np = numpy_or_none() if _copy_live_into is not None else None
     if np is None:
         return None
     from diskhash._index import dtypes as _dtypes
@@ -375,7 +375,7 @@ def _copy_live_indexed(g: Any, fd: int, e0: int, index_path: str,
 
     def flush() -> None:
         with memoryview(out) as view:
-            state["written"] = _write_all(fd, [view[:state["used"]]], state["written"])
+            state["written"] = write_all(fd, [view[:state["used"]]], state["written"])
         state["used"] = 0
 
     # The old log read through a map (no pread copies): its frames before e0
@@ -400,7 +400,7 @@ def _copy_live_indexed(g: Any, fd: int, e0: int, index_path: str,
 
 
 def _write(fd: int, pending: list[Any], offset: int) -> int:
-    return _write_all(fd, [b"".join(pending)], offset)
+    return write_all(fd, [b"".join(pending)], offset)
 
 
 def _catch_up(g: Any, fd: int, index: DiskHashIndex, start: int, end: int, new_end: int) -> int:

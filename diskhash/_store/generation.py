@@ -22,11 +22,12 @@ from diskhash._store import codecs as _codecs
 from diskhash._store.read import MapReader
 from diskhash.errors import CorruptPayloadError, IndexClosedError
 
-__all__ = ["Generation", "StoreDirectory"]
+__all__ = ["Generation", "StoreDirectory", "TMP_SUFFIX", "unlink", "open_data_fd", "read_checkpoint",
+           "write_header", "fsync_data", "populate_pages", "allocate_blocks", "write_all"]
 
 _decompress = _codecs.decompress
 #: The compiled get decodes LZ4 with this directly (errors: via _decompress).
-_lz4_decompress = getattr(_codecs._lz4, "decompress", None)
+_lz4_decompress = _codecs.lz4_block_decompress
 #: madvise(MADV_POPULATE_WRITE) (Linux 5.14+; not in the mmap module's constants before 3.13?).
 _MADV_POPULATE_WRITE = getattr(mmap, "MADV_POPULATE_WRITE", 23)
 TMP_SUFFIX = ".tmp"
@@ -151,24 +152,24 @@ def read_checkpoint(fd: int, path: str) -> int:
     return fmt.unpack_data_header(os.pread(fd, fmt.DATA_HEADER_SIZE, 0), path).checkpoint
 
 
-def _fsync_data(fd: int) -> None:
+def fsync_data(fd: int) -> None:
     os.fdatasync(fd)
 
 
-def _populate(mm: "mmap.mmap | None", fd: int, start: int, end: int) -> None:
+def populate_pages(mm: "mmap.mmap | None", fd: int, start: int, end: int) -> None:
     """Fault in the map's pages [start, end) writable in one call.
 
-    Measured on ext4: a 1 KiB append into freshly allocated blocks costs
-    about 2.5 us through page faults, 0.3 us once the pages are populated
-    (plus about 0.8 ns a byte to populate them), and 6 us through pwrite.
-    An old kernel without MADV_POPULATE_WRITE just takes the faults.
+    One call costs less than the appends' page faults taken one at a time,
+    and less than writing the frames with pwrite (docs/performance.md,
+    "Measurements behind the design").  An old kernel without
+    MADV_POPULATE_WRITE just takes the faults.
 
     The map is advised random (no read-ahead for readers), so the populate
     would create the page cache's pages one fault at a time; read-ahead of
     the range first (POSIX_FADV_WILLNEED: no I/O for fallocated blocks)
-    takes it from 0.96 to 0.80 ns a byte, keeping 4 KiB pages (advised
-    normal instead, a put + save() wrote 29.8 KB, not 17.4: docs/performance.md,
-    "Speed"; benchmarks/save_after_grow.py prints the current figure).
+    makes it cheaper and keeps 4 KiB pages (the map advised normal instead
+    made a put + save() write more: docs/performance.md, "PayloadStore";
+    benchmarks/save_after_grow.py measures it).
     """
     if mm is None or end <= start:
         return
@@ -184,7 +185,7 @@ def _populate(mm: "mmap.mmap | None", fd: int, start: int, end: int) -> None:
         pass
 
 
-def _allocate_blocks(fd: int, start: int, end: int) -> None:
+def allocate_blocks(fd: int, start: int, end: int) -> None:
     """Make bytes [start, end) of the file real blocks (the file grows to ``end``)."""
     if end <= start:
         return
@@ -199,7 +200,7 @@ def _allocate_blocks(fd: int, start: int, end: int) -> None:
             pos += os.pwrite(fd, zeros[: min(len(zeros), end - pos)], pos)
 
 
-def _write_all(fd: int, buffers: Sequence[Any], offset: int) -> int:
+def write_all(fd: int, buffers: Sequence[Any], offset: int) -> int:
     """Write ``buffers`` at ``offset`` (retrying short writes); returns the new end."""
     bufs = [v for v in (memoryview(b).cast("B") for b in buffers) if len(v)]
     while bufs:
@@ -220,7 +221,7 @@ def _write_all(fd: int, buffers: Sequence[Any], offset: int) -> int:
 class Generation:
     """The files of one (data generation, index generation) pair, open.
 
-    Readers take a local reference (``g = store._gen``) for the length of one
+    Readers take a local reference (``g = writer.gen``) for the length of one
     call, so a generation replaced by ``compact()``/``rebuild_index()`` keeps
     its descriptor, map and index until the last reader drops it (CPython
     frees it then, closing them).  ``close()`` closes the index now (the core
@@ -331,4 +332,4 @@ def write_header(fd: int, checkpoint: int, flags: int, fsync: bool) -> None:
     """Write the data file's header (checkpoint and flags); fdatasync it when ``fsync``."""
     os.pwrite(fd, fmt.pack_data_header(checkpoint, flags), 0)
     if fsync:
-        _fsync_data(fd)
+        fsync_data(fd)

@@ -13,15 +13,16 @@ from typing import Any
 from diskhash._format import payload as fmt
 from diskhash._types import PayloadMeta
 
-__all__ = ["SYNC_POLICIES"]
+__all__ = ["SYNC_POLICIES", "MASK64", "key_int", "key_list", "key_halves", "key_pairs", "pair_keys",
+           "payload_view", "payload_list", "sync_interval", "check_timeout", "check_flag", "numpy_or_none"]
 
 _U128 = 1 << 128
-_MASK64 = (1 << 64) - 1
+MASK64 = (1 << 64) - 1
 #: The sync policies besides a number of milliseconds.
 SYNC_POLICIES = ("save", "never")
 
 
-def _key_int(key: Any) -> int:
+def key_int(key: Any) -> int:
     """``key`` as an int in [0, 2**128): the index's rules and messages."""
     if type(key) is int and 0 <= key < _U128:
         return key
@@ -30,7 +31,7 @@ def _key_int(key: Any) -> int:
     return int(PayloadMeta(key, 0, 0, 0, 0).edge_id)
 
 
-def _payload_view(payload: Any, what: str = "payload") -> Any:
+def payload_view(payload: Any, what: str = "payload") -> Any:
     """``payload`` as bytes or a flat byte view; TypeError/ValueError before any write."""
     if type(payload) is bytes:
         if len(payload) > fmt.MAX_LENGTH:
@@ -53,7 +54,7 @@ def _payload_view(payload: Any, what: str = "payload") -> Any:
     return view
 
 
-def _payload_list(payloads: Any, total: int) -> "list[Any]":
+def payload_list(payloads: Any, total: int) -> "list[Any]":
     """``put_many``'s payloads as a list of bytes or flat byte views, ``total``
     of them; TypeError/ValueError (naming ``payloads[i]``) before any write."""
     if isinstance(payloads, (str, bytes, bytearray, memoryview)) or payloads is None:
@@ -68,11 +69,11 @@ def _payload_list(payloads: Any, total: int) -> "list[Any]":
     if (all(map(operator.is_, map(type, payloads), itertools.repeat(bytes)))
             and max(map(len, payloads), default=0) <= limit):
         return payloads
-    return [p if type(p) is bytes and len(p) <= limit else _payload_view(p, f"payloads[{i}]")
+    return [p if type(p) is bytes and len(p) <= limit else payload_view(p, f"payloads[{i}]")
             for i, p in enumerate(payloads)]
 
 
-def _sync_interval(sync: Any) -> "float | None":
+def sync_interval(sync: Any) -> "float | None":
     """Seconds between background saves for a number of ms, None for "save"/"never"."""
     if isinstance(sync, str):
         if sync not in SYNC_POLICIES:
@@ -85,7 +86,14 @@ def _sync_interval(sync: Any) -> "float | None":
     return float(sync) / 1000.0
 
 
-def _check_timeout(timeout: Any) -> "float | None":
+def check_flag(name: str, value: Any) -> bool:
+    """``value`` if it is a bool; ``TypeError`` naming the argument otherwise."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be a bool, not {type(value).__name__}")
+    return value
+
+
+def check_timeout(timeout: Any) -> "float | None":
     """None (wait forever) or seconds >= 0; ``inf`` means None.  NaN is refused."""
     if timeout is None:
         return None
@@ -97,7 +105,7 @@ def _check_timeout(timeout: Any) -> "float | None":
     return None if timeout == float("inf") else timeout
 
 
-def _key_list(edge_ids: Any) -> list[int]:
+def key_list(edge_ids: Any) -> list[int]:
     """Keys as validated ints: a sequence of keys, or a numpy KEY_DTYPE / unsigned int array."""
     dtype = getattr(edge_ids, "dtype", None)
     if dtype is not None and getattr(edge_ids, "ndim", 1) == 1:
@@ -107,24 +115,24 @@ def _key_list(edge_ids: Any) -> list[int]:
                     zip(edge_ids["lo"].tolist(), edge_ids["hi"].tolist())]
             if dtype["lo"].kind == "u" and dtype["hi"].kind == "u":
                 return keys
-            return [_key_int(k) for k in keys]     # signed fields: refuse negatives here
+            return [key_int(k) for k in keys]     # signed fields: refuse negatives here
         if dtype.kind == "u":
             return [int(k) for k in edge_ids.tolist()]
         if dtype.kind == "i":
             vals = edge_ids.tolist()
-            return [_key_int(k) for k in vals]
+            return [key_int(k) for k in vals]
     if isinstance(edge_ids, (str, bytes)) or edge_ids is None:
         raise TypeError("edge_ids must be a sequence of keys or a numpy key array")
-    return [_key_int(k) for k in edge_ids]
+    return [key_int(k) for k in edge_ids]
 
 
-def _key_halves(edge_ids: Any) -> "tuple[Any, Any] | None":
+def key_halves(edge_ids: Any) -> "tuple[Any, Any] | None":
     """A 1-D numpy array of unsigned ids or of KEY_DTYPE as contiguous ``uint64``
-    (low halves, high halves); None for anything else (``_key_list`` takes it)."""
+    (low halves, high halves); None for anything else (``key_list`` takes it)."""
     dtype = getattr(edge_ids, "dtype", None)
     if dtype is None or getattr(edge_ids, "ndim", 0) != 1:
         return None
-    np = _numpy()
+    np = numpy_or_none()
     if np is None or not isinstance(edge_ids, np.ndarray):
         return None
     names = dtype.names
@@ -139,18 +147,18 @@ def _key_halves(edge_ids: Any) -> "tuple[Any, Any] | None":
     return None
 
 
-def _key_pairs(edge_ids: Any) -> Any:
+def key_pairs(edge_ids: Any) -> Any:
     """A 1-D numpy array of unsigned ids or of KEY_DTYPE as one contiguous
     ``uint64`` array of (low, high) pairs -- ``KEY_DTYPE``'s layout; None for
-    anything else (``_key_list`` takes it)."""
-    np = _numpy()
+    anything else (``key_list`` takes it)."""
+    np = numpy_or_none()
     if np is not None and np.ma.isMaskedArray(edge_ids):
-        return None         # _key_list: a masked key is refused, never written under its hidden value
+        return None         # key_list: a masked key is refused, never written under its hidden value
     if np is not None and isinstance(edge_ids, np.ndarray) and edge_ids.ndim == 1:
         from diskhash._index import dtypes as _dtypes
         if edge_ids.dtype == _dtypes.KEY_DTYPE:     # already the layout: one copy (ours to keep)
             return np.array(edge_ids, dtype=_dtypes.KEY_DTYPE, order="C").view(np.uint64)
-    halves = _key_halves(edge_ids)
+    halves = key_halves(edge_ids)
     if halves is None:
         return None
     lo, hi = halves
@@ -160,14 +168,14 @@ def _key_pairs(edge_ids: Any) -> Any:
     return pairs
 
 
-def _pair_keys(pairs: Any, start: int, stop: int) -> "list[int]":
-    """Keys ``start`` to ``stop`` of a ``_key_pairs`` array as ints."""
+def pair_keys(pairs: Any, start: int, stop: int) -> "list[int]":
+    """Keys ``start`` to ``stop`` of a ``key_pairs`` array as ints."""
     lo = pairs[2 * start:2 * stop:2].tolist()
     hi = pairs[2 * start + 1:2 * stop:2].tolist()
     return [a | (b << 64) for a, b in zip(lo, hi)]
 
 
-def _numpy() -> Any:
+def numpy_or_none() -> Any:
     try:
         from diskhash._index import dtypes as _dtypes
     except ImportError:

@@ -8,17 +8,17 @@ check, copy); everything else it reads comes through here.
 
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable, Iterator, NamedTuple
 
 from diskhash._format import payload as fmt
 from diskhash._store import codecs as _codecs
 from diskhash._store.generation import Generation
-from diskhash._store.keys import _key_halves, _key_list
+from diskhash._store.keys import key_halves, key_list
 from diskhash._store.read import BEYOND
 from diskhash._types import PayloadMeta
 from diskhash.errors import CorruptPayloadError, IndexClosedError
 
-__all__ = ["BIG_READ", "ReadLater", "StoreReader"]
+__all__ = ["BIG_READ", "ReadLater", "StoreReader", "iter_keys", "replaced_message"]
 
 #: Payloads of more stored bytes than this are read with pread (GIL released), not the map.
 BIG_READ = 64 * 1024
@@ -78,8 +78,8 @@ class StoreReader:
         g = live()
         reader = g.reader
         if reader is None:
-            return [self.get_slow(live(), k, None) for k in _key_list(edge_ids)]
-        halves = _key_halves(edge_ids)
+            return [self.get_slow(live(), k, None) for k in key_list(edge_ids)]
+        halves = key_halves(edge_ids)
         keys: "list[Any]"
         if halves is not None:
             out, fixups = reader.get_many_u128(halves[0], halves[1], self.verify, BIG_READ)
@@ -87,7 +87,7 @@ class StoreReader:
             for i in fixups:
                 out[i] = self.get_slow(live(), int(lo[i]) | (int(hi[i]) << 64), None)
             return out  # type: ignore[no-any-return]
-        keys = edge_ids if type(edge_ids) is list else _key_list(edge_ids)
+        keys = edge_ids if type(edge_ids) is list else key_list(edge_ids)
         out, fixups = reader.get_many(keys, self.verify, BIG_READ)
         for i in fixups:
             out[i] = self.get_slow(live(), keys[i], None)
@@ -170,3 +170,28 @@ def _short(g: Generation, meta: PayloadMeta) -> CorruptPayloadError:
         g.data_path, f"data file is shorter than the indexed offset + length "
                      f"({meta.offset} + {meta.length})", edge_id=meta.edge_id,
         offset=meta.offset - fmt.FRAME_SIZE)
+
+
+def iter_keys(it: Iterator[int], gen_of: Callable[[], "Generation | None"], directory: str) -> Iterator[int]:
+    """The keys of the index iterator ``it``; a generation replaced meanwhile
+    (``gen_of()`` names the store's current one, None once it is closed) is
+    ``RuntimeError``.
+
+    Holds the index iterator only (not the generation), so a replaced
+    generation is let go and its index closed: that is a RuntimeError here,
+    as for any change during iteration, not ``IndexClosedError`` on an open
+    store."""
+    while True:
+        try:
+            key = next(it)
+        except StopIteration:
+            return
+        except IndexClosedError:
+            if gen_of() is None:
+                raise
+            raise RuntimeError(replaced_message(directory)) from None
+        yield key
+
+
+def replaced_message(directory: str) -> str:
+    return f"{directory}: compact() or rebuild_index() replaced the index during iteration"

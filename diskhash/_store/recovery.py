@@ -14,24 +14,24 @@ import os
 from typing import Any, Callable, Iterable, NamedTuple
 
 from diskhash._format import payload as fmt
-from diskhash._fs.files import fsync_dir
+from diskhash._fs.files import IndexLock, fsync_dir
 from diskhash._index.table import DiskHashIndex
 from diskhash._store.generation import (
     Generation,
     StoreDirectory,
-    _fsync_data,
-    _write_all,
+    fsync_data,
     open_data_fd,
     read_checkpoint,
     unlink,
+    write_all,
     write_header,
 )
-from diskhash._store.keys import _MASK64, _numpy
+from diskhash._store.keys import MASK64, numpy_or_none
 from diskhash._store.read import LogFold
 from diskhash._types import SalvageReport, StoreRecovery
 from diskhash.errors import CorruptIndexError, CorruptPayloadError, DamagedRecordsError
 
-__all__ = ["Opened", "apply_final", "build_index", "bulk_insert", "open_readonly", "open_writable"]
+__all__ = ["Opened", "apply_final", "build_index", "bulk_insert", "open_readonly", "open_writable", "open_store"]
 
 
 class Opened(NamedTuple):
@@ -56,7 +56,7 @@ def _maybe_deleted(fd: int, damages: "list[fmt.Damage]", old_index: "DiskHashInd
     offset, ...)) or (key rows, meta rows) numpy arrays."""
     import bisect
     anon = [d.start for d in damages if d.key is None or d.end - d.start
-            != fmt._claimed_end(fmt.pread_exact(fd, fmt.FRAME_SIZE, d.start), 0)]
+            != fmt.claimed_end(fmt.pread_exact(fd, fmt.FRAME_SIZE, d.start), 0)]
     if not anon or old_index is None:
         return {}
     found: "dict[int, int]" = {}
@@ -136,7 +136,7 @@ def bulk_insert(index: DiskHashIndex, records: "dict[int, tuple[int, int, int, i
     np = _dtypes.np
     keys = list(records)
     karr = np.empty(len(keys), dtype=_dtypes.KEY_DTYPE)
-    karr["lo"] = [k & _MASK64 for k in keys]
+    karr["lo"] = [k & MASK64 for k in keys]
     karr["hi"] = [k >> 64 for k in keys]
     recs = np.empty(len(keys), dtype=_dtypes.META_DTYPE)
     vals = list(records.values())
@@ -145,6 +145,27 @@ def bulk_insert(index: DiskHashIndex, records: "dict[int, tuple[int, int, int, i
     recs["compression"] = [v[2] for v in vals]
     recs["uncompressed_length"] = [v[3] for v in vals]
     index.insert_many(karr, recs)
+
+
+def open_store(directory: str, *, readonly: bool, timeout: "float | None", fsync: bool,
+               salvage: bool) -> "tuple[StoreDirectory, IndexLock, Opened]":
+    """A store's directory opened: made (with its parents) unless ``readonly``,
+    its path resolved (symlinks followed), ``store.lock`` taken (shared when
+    ``readonly``, waiting up to ``timeout``) and the open run.  If the open
+    fails, the lock is let go before the error propagates."""
+    if readonly:
+        if not os.path.isdir(directory):
+            raise FileNotFoundError(errno.ENOENT, "no PayloadStore directory", directory)
+    else:
+        os.makedirs(directory, exist_ok=True)
+    found = StoreDirectory(os.path.realpath(directory))
+    lock = IndexLock(os.path.join(found.directory, "store"), not readonly, timeout)
+    try:
+        opened = open_readonly(found) if readonly else open_writable(found, fsync=fsync, salvage=salvage)
+    except BaseException:
+        lock.close()
+        raise
+    return found, lock, opened
 
 
 def open_readonly(directory: StoreDirectory) -> Opened:
@@ -260,11 +281,11 @@ def open_writable(directory: StoreDirectory, *, fsync: bool, salvage: bool) -> O
         if end < size:
             os.ftruncate(fd, end)
             if fsync:
-                _fsync_data(fd)
+                fsync_data(fd)
         if salvaged is not None and salvaged.keys:
             # The dropped keys get tombstones, so the next rebuild finds
             # their damaged records dead instead of refusing again.
-            end = _write_all(fd, [fmt.tombstone(k) for k in salvaged.keys], end)
+            end = write_all(fd, [fmt.tombstone(k) for k in salvaged.keys], end)
             report = salvaged
         if rebuilt is not None:
             write_header(fd, end, fmt.FLAG_DIRTY, fsync)
@@ -275,7 +296,7 @@ def open_writable(directory: StoreDirectory, *, fsync: bool, salvage: bool) -> O
             assert index is not None
             if final:
                 if fsync:
-                    _fsync_data(fd)
+                    fsync_data(fd)
                 index.save()
                 checkpoint = end
             checkpoint = min(checkpoint, end)
@@ -328,7 +349,7 @@ def build_index(directory: StoreDirectory, index_path: str, fd: int, end: int, d
     ``SalvageReport`` (None when nothing was passed over).
     """
     damages: "list[fmt.Damage]" = []
-    np = _numpy() if LogFold is not None else None
+    np = numpy_or_none() if LogFold is not None else None
     if np is not None:
         # The log folded in C, indexed with one insert_many (docs/internals/design.md).
         table = LogFold()

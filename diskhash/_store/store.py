@@ -19,61 +19,36 @@ place.  See docs/internals/design.md for the design and its reasons.
 
 from __future__ import annotations
 
-import errno
 import os
-import threading
-import weakref
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
 from diskhash._format import payload as fmt
-from diskhash._fs.files import IndexLock
 from diskhash._index.table import DiskHashIndex
 from diskhash._store import codecs as _codecs
-from diskhash._store.generation import Generation, StoreDirectory
+from diskhash._store.generation import Generation
 from diskhash._store.keys import (
     SYNC_POLICIES,
-    _check_timeout,
-    _key_int,
-    _key_list,
-    _key_pairs,
-    _payload_list,
-    _payload_view,
-    _sync_interval,
+    check_flag,
+    check_timeout,
+    key_int,
+    key_list,
+    key_pairs,
+    payload_list,
+    payload_view,
+    sync_interval,
 )
-from diskhash._store.maintenance import (
-    MaintenanceLock,
-    StoreStats,
-    Syncer,
-    rebuild_index,
-    stats_of,
-    verify_generation,
-)
-from diskhash._store.reader import BIG_READ, StoreReader
-from diskhash._store.recovery import open_readonly, open_writable
+from diskhash._store.lifetime import Lifetime
+from diskhash._store.maintenance import StoreStats, rebuild_index, stats_of, verify_generation
+from diskhash._store.reader import BIG_READ, StoreReader, iter_keys, replaced_message
+from diskhash._store.recovery import open_store
 from diskhash._store.writer import Writer
 from diskhash._types import Compression, PayloadMeta, SalvageReport, StoreRecovery
 from diskhash.errors import IndexClosedError
 
-__all__ = ["PayloadStore", "StoreStats", "SYNC_POLICIES"]
+__all__ = ["PayloadStore", "StoreStats", "SYNC_POLICIES", "InlineReads", "closed_error", "put_many_packed"]
 
 
 _MISSING: Any = object()
-
-
-#: Stores open in this process, so a forked child can disable its copies
-#: (as the index does with its own: diskhash/_index/table_lifetime.pxi).
-_open_stores: "weakref.WeakSet[PayloadStore]" = weakref.WeakSet()
-
-
-def _disable_inherited_stores() -> None:
-    for store in list(_open_stores):
-        try:
-            store._disable_in_child()
-        except Exception:  # pragma: no cover - an at-fork handler must not raise
-            pass
-
-
-os.register_at_fork(after_in_child=_disable_inherited_stores)
 
 
 class PayloadStore:
@@ -105,10 +80,6 @@ class PayloadStore:
     open (a writable open rebuilds it from the data file).
     """
 
-    #: Set in a forked child's copy (``os.register_at_fork``): every call then
-    #: raises ``IndexClosedError`` before touching a file.
-    _forked = False
-
     def __init__(
         self,
         directory: "str | os.PathLike[str]",
@@ -120,131 +91,50 @@ class PayloadStore:
         sync: Any = "save",
         salvage: bool = False,
     ) -> None:
-        self._lock: "IndexLock | None" = None
-        self._closed = True
         directory = os.fspath(directory)
         if not isinstance(directory, str):
             raise TypeError(f"directory must be a str path, not {type(directory).__name__}")
         if not directory:
             raise ValueError("directory must not be empty")
-        if not isinstance(readonly, bool):
-            raise TypeError(f"readonly must be a bool, not {type(readonly).__name__}")
-        if not isinstance(verify_checksums, bool):
-            raise TypeError(f"verify_checksums must be a bool, not {type(verify_checksums).__name__}")
-        timeout = _check_timeout(timeout)
+        check_flag("readonly", readonly)
+        check_flag("verify_checksums", verify_checksums)
+        check_flag("salvage", salvage)
+        timeout = check_timeout(timeout)
         self._compression = _codecs.require(compression)
-        self._sync_every = _sync_interval(sync)
+        self._sync_every = sync_interval(sync)
         self._sync = sync
         self._readonly = readonly
         self._verify = verify_checksums
-        self._reader = StoreReader("", verify_checksums)
-        #: Held for the whole of compact() and rebuild_index() (and by close()).
-        self._maintenance = MaintenanceLock()
         #: What the last compact() measured (seconds, puts_waited_seconds, bytes).
         self.last_compaction: "dict[str, Any] | None" = None
-        self._syncer: "Syncer | None" = None
+        self._dir, lock, opened = open_store(directory, readonly=readonly, timeout=timeout,
+                                             fsync=sync != "never", salvage=salvage)
+        self._directory = self._dir.directory
+        self._reader = StoreReader(self._directory, verify_checksums)
+        #: store.lock, the maintenance lock, the sync thread and the fork mark.
+        self._life = life = Lifetime(self._directory, lock)
+        self._writer = Writer(compression=self._compression, fsync=sync != "never", readonly=readonly,
+                              directory=self._directory, closed_error=life.closed_error)
+        self._writer.opened(opened.gen, opened.end, opened.checkpoint)
         #: What the writable open recovered (``StoreRecovery``), or None when
         #: the store was closed cleanly.
-        self.recovery: "StoreRecovery | None" = None
+        self.recovery: "StoreRecovery | None" = opened.recovery
         #: What the last compact() or rebuild_index() (or a ``salvage=True`` open
         #: that had to rebuild) passed over or dropped (a SalvageReport), or None.
-        self.last_salvage: "SalvageReport | None" = None
-        if not isinstance(salvage, bool):
-            raise TypeError(f"salvage must be a bool, not {type(salvage).__name__}")
-        self._salvage = salvage
-        if readonly:
-            if not os.path.isdir(directory):
-                raise FileNotFoundError(errno.ENOENT, "no PayloadStore directory", directory)
-        else:
-            os.makedirs(directory, exist_ok=True)
-        self._directory = self._reader.directory = os.path.realpath(directory)
-        self._dir = StoreDirectory(self._directory)
-        self._writer = Writer(compression=self._compression, fsync=sync != "never", readonly=readonly,
-                              directory=self._directory, closed_error=self._closed_error)
-        self._lock = IndexLock(os.path.join(self._directory, "store"), not readonly, timeout)
-        try:
-            if readonly:
-                opened = open_readonly(self._dir)
-            else:
-                opened = open_writable(self._dir, fsync=sync != "never", salvage=salvage)
-                self.recovery, self.last_salvage = opened.recovery, opened.salvage
-            self._writer.opened(opened.gen, opened.end, opened.checkpoint)
-        except BaseException:
-            self._abandon()
-            raise
-        self._closed = False
-        _open_stores.add(self)
-        if self._sync_every is not None and not readonly:
-            self._syncer = Syncer(self._writer, self._sync_every)
-
-    # -- opening -------------------------------------------------------------------
+        self.last_salvage: "SalvageReport | None" = opened.salvage
+        life.opened(self._writer, self._sync_every)
 
     def _write_manifest(self, data_gen: int, index_gen: int) -> None:
-        if self._forked:            # (a fork from a progress callback: the commit is the parent's)
-            raise self._closed_error()
+        self._life.check_not_forked()   # (a fork from a progress callback: the commit is the parent's)
         self._dir.write_manifest(data_gen, index_gen)
-
-    def _abandon(self) -> None:
-        g, self._writer.gen = self._writer.gen, None
-        try:
-            if g is not None:
-                g.index.close()
-        finally:
-            self._release_lock()
-
-    def _release_lock(self) -> None:
-        """Let go of store.lock (idempotent; forgotten only once released)."""
-        lock = self._lock
-        if lock is not None:
-            lock.close()
-            self._lock = None
 
     # -- state -----------------------------------------------------------------------
 
     def _live(self) -> Generation:
         g = self._writer.gen
         if g is None:
-            raise self._closed_error()
+            raise self._life.closed_error()
         return g
-
-    def _closed_error(self) -> IndexClosedError:
-        where = getattr(self, "_directory", "?")
-        if self._forked:
-            return IndexClosedError(
-                f"{where}: store was inherited across fork(); open it again in the child "
-                f"(PayloadStore(directory) after the fork): its files are the parent's")
-        return IndexClosedError(f"{where}: store is closed")
-
-    def _disable_in_child(self) -> None:
-        """In a forked child (``os.register_at_fork``): make this copy unusable.
-
-        The child shares the parent's data file, its map and its lock: a write
-        at the child's stale end of the log, a truncation or an unlock at close
-        would destroy the parent's newer records or drop its lock.  So the
-        copy is marked, its locks replaced (a parent thread may have held them
-        at the fork: the child's copies would stay held for ever) and its
-        descriptors and maps let go without writing, syncing or unlocking
-        anything.  Every call then raises ``IndexClosedError`` naming the fix.
-        """
-        self._forked = True
-        self._writer.lock = threading.RLock()
-        self._maintenance = MaintenanceLock()
-        self._syncer = None             # (the thread does not exist in the child)
-        self._release_inherited()
-
-    def _release_inherited(self) -> None:
-        """The child's own resources only: maps unmapped, descriptors closed
-        (the data file's pointed at /dev/null until its finaliser), the lock's
-        descriptor closed without ``LOCK_UN`` (the flock is the parent's)."""
-        g, self._writer.gen = self._writer.gen, None
-        if g is not None:
-            g.release()
-        lock = self._lock
-        if lock is not None:
-            try:
-                lock.close(unlock=False)
-            finally:
-                self._lock = None
 
     @property
     def directory(self) -> str:
@@ -292,9 +182,6 @@ class PayloadStore:
                     return got
                 if got is None:
                     return default
-        return self._get_slow(edge_id, default)
-
-    def _get_slow(self, edge_id: Any, default: Any) -> Any:
         return self._reader.get_slow(self._live(), edge_id, default)
 
     def __getitem__(self, edge_id: Any) -> bytes:
@@ -316,27 +203,10 @@ class PayloadStore:
     def __iter__(self) -> Iterator[int]:
         """The keys (ints), in index slot order; ``RuntimeError`` if keys change
         meanwhile or ``compact()``/``rebuild_index()`` replaces the index."""
-        return self._keys(iter(self._live().index))
+        return self.keys()
 
     def keys(self) -> Iterator[int]:
-        return self._keys(iter(self._live().index))
-
-    def _keys(self, it: Iterator[int]) -> Iterator[int]:
-        # Holds the index iterator only (not the generation), so a replaced
-        # generation is let go and its index closed: that is a RuntimeError
-        # here, as for any change during iteration, not IndexClosedError on an
-        # open store.
-        while True:
-            try:
-                key = next(it)
-            except StopIteration:
-                return
-            except IndexClosedError:
-                if self._writer.gen is None:
-                    raise
-                raise RuntimeError(_replaced_message(self._directory)) from None
-            yield key
-
+        return iter_keys(iter(self._live().index), lambda: self._writer.gen, self._directory)
 
     def get_many(self, edge_ids: Iterable[Any]) -> "list[bytes | None]":
         """The payloads of ``edge_ids``, in their order (None where absent).
@@ -381,12 +251,12 @@ class PayloadStore:
                 # Before the writer lock: a key's __index__ is Python code, which
                 # may put to this store (the lock is reentrant) and must not do
                 # so between put_frame's reading the log's end and its write.
-                edge_id = _key_int(edge_id)
+                edge_id = key_int(edge_id)
             meta = self._writer.put_bytes(edge_id, payload)
             if meta is not None:
                 return meta
-        key = _key_int(edge_id)
-        view = _payload_view(payload)
+        key = key_int(edge_id)
+        view = payload_view(payload)
         comp = self._compression if compression is None else _codecs.require(compression)
         return self._writer.put(key, view, comp)
 
@@ -403,12 +273,11 @@ class PayloadStore:
         leaves a prefix of the batch (each record whole or absent), and an
         error (disk full) leaves the pieces before the failing one stored.
         """
-        if self._forked:        # before the lazy numpy import: a forked child may have
-            raise self._closed_error()  # inherited its lock held by a parent thread (a hang)
-        pairs = _key_pairs(edge_ids)     # a numpy key array: never Python ints on the fast path
-        keys = _key_list(edge_ids) if pairs is None else None
+        self._life.check_not_forked()   # (before the lazy numpy import)
+        pairs = key_pairs(edge_ids)     # a numpy key array: never Python ints on the fast path
+        keys = key_list(edge_ids) if pairs is None else None
         total = len(keys) if keys is not None else len(pairs) // 2
-        views = _payload_list(payloads, total)
+        views = payload_list(payloads, total)
         comp = self._compression if compression is None else _codecs.require(compression)
         writer = self._writer
         with writer:
@@ -419,14 +288,9 @@ class PayloadStore:
         else:
             writer.put_many(keys, pairs, views, comp)
 
-
-    def _put_many_packed(self, pieces: "Sequence[tuple[Any, Any, Any]]") -> bool:
-        """``put_many_packed`` (below): ``Writer.put_many_packed``."""
-        return self._writer.put_many_packed(pieces)
-
     def delete(self, edge_id: Any) -> bool:
         """Remove ``edge_id`` (a tombstone in the log, then the index); returns whether it was there."""
-        return self._writer.delete(_key_int(edge_id))
+        return self._writer.delete(key_int(edge_id))
 
     def __delitem__(self, edge_id: Any) -> None:
         if not self.delete(edge_id):
@@ -434,7 +298,7 @@ class PayloadStore:
 
     def pop(self, edge_id: Any, default: Any = _MISSING) -> Any:
         """Remove ``edge_id`` and return its payload (``default``, or ``KeyError`` if absent)."""
-        key = _key_int(edge_id)
+        key = key_int(edge_id)
         with self._writer as g:
             meta = g.index.get(key)
             if meta is None:
@@ -465,34 +329,32 @@ class PayloadStore:
         it closes only the child's copies of descriptors and maps: nothing is
         written, truncated, synced or unlocked (the files are the parent's).
         """
-        if self._forked:
-            self._release_inherited()
+        life = self._life
+        if life.forked:
+            life.release_inherited()
             return
         try:
             writer = self._writer
-            with self._maintenance, writer.lock:
+            with life.maintenance, writer.lock:
                 g = writer.gen
                 if g is None:
                     return
-                if self._syncer is not None:
-                    self._syncer.stop()
+                if life.syncer is not None:
+                    life.syncer.stop()
                 try:
                     if not self._readonly:
                         writer.finish(g)
                 finally:
                     writer.gen = None
-                    _open_stores.discard(self)
+                    life.forget()
                     try:
                         g.close(sync=self._sync != "never")
                     finally:
-                        self._release_lock()
+                        life.release_lock()
         finally:
             if self._writer.gen is None:
-                self._release_lock()
-                syncer, self._syncer = self._syncer, None
-                if syncer is not None:
-                    syncer.stop()
-                    syncer.join()      # it sees the store closed and ends
+                life.release_lock()
+                life.stop_syncer()
 
     def __enter__(self) -> "PayloadStore":
         self._live()
@@ -502,8 +364,8 @@ class PayloadStore:
         self.close()
 
     def __del__(self) -> None:
-        writer = getattr(self, "_writer", None)
-        if (writer is not None and writer.gen is not None) or getattr(self, "_lock", None) is not None:
+        writer, life = getattr(self, "_writer", None), getattr(self, "_life", None)
+        if writer is not None and life is not None and (writer.gen is not None or life.lock is not None):
             try:
                 self.close()
             except Exception:
@@ -562,11 +424,10 @@ class PayloadStore:
         (appending a tombstone for each, so they stay dropped) and reports them
         in ``last_salvage`` (a ``SalvageReport``; None when nothing was damaged).
         """
-        if not isinstance(salvage, bool):
-            raise TypeError(f"salvage must be a bool, not {type(salvage).__name__}")
-        progress = self._fork_checked(progress)
+        check_flag("salvage", salvage)
+        progress = self._life.fork_checked(progress)
         writer = self._writer
-        with self._maintenance, writer as g:
+        with self._life.maintenance, writer as g:
             self.last_salvage = None
             new, count, report = rebuild_index(g, writer, self._dir, self._write_manifest, progress,
                                                salvage=salvage)
@@ -575,20 +436,6 @@ class PayloadStore:
                 if report.keys:
                     writer.tombstones(new, report.keys)
             return count
-
-    def _fork_checked(self, progress: "Callable[[int, int], Any] | None",
-                      ) -> "Callable[[int, int], Any] | None":
-        """``progress``, then a check that it did not fork: a child going on
-        with the parent's maintenance would write files the parent is writing."""
-        if progress is None:
-            return None
-
-        def checked(done: int, total: int) -> Any:
-            got = progress(done, total)
-            if self._forked:
-                raise self._closed_error()
-            return got
-        return checked
 
     def compact(self, *, salvage: bool = False) -> None:
         """Rewrite the live records into a new data file; disk use returns to the live bytes.
@@ -605,13 +452,11 @@ class PayloadStore:
         ``last_salvage`` then holds a ``SalvageReport`` (keys dropped,
         damaged stretches and bytes passed over), None if there were none.
         """
-        if self._forked:        # before the lazy import (see put_many)
-            raise self._closed_error()
+        self._life.check_not_forked()   # (before the lazy import)
         from diskhash._store.compact import compact
-        if not isinstance(salvage, bool):
-            raise TypeError(f"salvage must be a bool, not {type(salvage).__name__}")
+        check_flag("salvage", salvage)
         self.last_salvage = None
-        with self._maintenance:
+        with self._life.maintenance:
             done = compact(self._writer.writable(), self._writer, self._dir, self._write_manifest,
                            salvage=salvage)
         self.last_compaction = done.report
@@ -650,16 +495,20 @@ class InlineReads:
         return self._read_inline(self.live, edge_id, default, limit)
 
     def replaced_message(self) -> str:
-        return _replaced_message(self._directory)
+        return replaced_message(self._directory)
 
 
-def _replaced_message(directory: str) -> str:
-    return f"{directory}: compact() or rebuild_index() replaced the index during iteration"
+def closed_error(store: PayloadStore) -> IndexClosedError:
+    """The ``IndexClosedError`` of a closed ``store`` (one inherited across
+    fork() says so): what ``ShardedStore`` raises for its closed shards."""
+    return store._life.closed_error()
 
 
 def put_many_packed(store: PayloadStore, pieces: "Sequence[tuple[Any, Any, Any]]") -> bool:
     """The sharded build's write path (diskhash/_shards/dask.py): ``pieces`` of
     (keys, ends, data) as packed by ``_shards/packed.py``, appended and indexed
-    uncompressed in one pass; False (nothing written) when a piece cannot take
-    this path and the caller must use ``put_many``."""
-    return store._put_many_packed(pieces)
+    uncompressed in one pass (``Writer.put_many_packed``); False (nothing
+    written) when a piece cannot take this path and the caller must use
+    ``put_many``."""
+    store._life.check_not_forked()      # (before the lazy numpy import)
+    return store._writer.put_many_packed(pieces)

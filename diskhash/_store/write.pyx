@@ -11,8 +11,8 @@ back to back in one bytearray -- header, payload, CRC-32C over both -- and
 beside it the ``KEY_DTYPE`` and ``META_DTYPE`` rows that ``insert_many``
 indexes them with, so the Python caller writes the piece with one ``pwrite``
 and indexes it with one call.  The keys must already be validated ints (the
-store's ``_key_list``), the payloads bytes or flat byte views
-(``_payload_view``).  The GIL is held: the copies are the work.
+store's ``key_list``), the payloads bytes or flat byte views
+(``payload_view``).  The GIL is held: the copies are the work.
 """
 
 from cpython.buffer cimport PyBUF_SIMPLE, PyBUF_WRITABLE, PyBuffer_Release, PyObject_GetBuffer
@@ -53,7 +53,7 @@ cdef inline void _write_put_frame(uint8_t *p, uint64_t lo, uint64_t hi, const vo
                                   uint32_t length) noexcept nogil:
     """One uncompressed put frame at ``p``: bytes 4..end (header, payload)
     first, the CRC-32C over them last, so a frame written into the live map
-    is never whole before it is right (``PayloadStore._append``'s order)."""
+    is never whole before it is right (``Writer.append``'s order)."""
     cdef frame_t f
     cdef uint32_t crc
     f.checksum = 0
@@ -108,7 +108,7 @@ def encode_frames(list keys, list payloads, Py_ssize_t start, Py_ssize_t max_byt
 def encode_frames_u128(const uint64_t[::1] pairs, list payloads, Py_ssize_t start,
                        Py_ssize_t max_bytes, bytearray blob not None):
     """``encode_frames`` of the keys ``pairs[2i] | pairs[2i + 1] << 64`` (a
-    ``KEY_DTYPE`` array viewed as ``uint64``, as ``_store._key_pairs`` makes
+    ``KEY_DTYPE`` array viewed as ``uint64``, as ``keys.key_pairs`` makes
     it): a numpy key array is never turned into Python ints, whose making
     was the bulk of a ``put_many`` of small payloads (docs/performance.md)."""
     cdef Py_ssize_t n = pairs.shape[0] // 2
@@ -293,7 +293,7 @@ def put_frame(DiskHashIndex index not None, view, Py_ssize_t start, key, bytes p
     ``view`` (the writer's map of the data file) at ``start``, then indexed.
 
     The caller holds the store's writer lock and has allocated and mapped the
-    frame's bytes.  Order, as ``PayloadStore._append`` documents: bytes 4..end
+    frame's bytes.  Order, as ``Writer.append`` documents: bytes 4..end
     of the frame first, its checksum last (``start .. start + 4`` are zero
     until then), then the index entry (``DiskHashIndex.insert``: its writer
     lock, the same slot writes).  If indexing fails the frame is zeroed again

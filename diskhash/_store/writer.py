@@ -29,13 +29,13 @@ from diskhash._index.table import DiskHashIndex
 from diskhash._store import codecs as _codecs
 from diskhash._store.generation import (
     Generation,
-    _allocate_blocks,
-    _fsync_data,
-    _populate,
-    _write_all,
+    allocate_blocks,
+    fsync_data,
+    populate_pages,
+    write_all,
     write_header,
 )
-from diskhash._store.keys import _MASK64, _key_int, _numpy, _pair_keys
+from diskhash._store.keys import MASK64, key_int, numpy_or_none, pair_keys
 from diskhash._store.write import encode_frames as _encode_frames
 from diskhash._store.write import encode_frames_packed as _encode_frames_packed
 from diskhash._store.write import encode_frames_u128 as _encode_frames_u128
@@ -66,7 +66,7 @@ def encode_frame(key: int, view: Any, comp: int) -> tuple[bytes, bytes, int, int
         if packed is not None:
             stored, used = packed, comp
     slen = len(stored)
-    rest = fmt.FRAME_BODY.pack(fmt.KIND_PUT, used, fmt.FRAME_MARK, slen, n, key & _MASK64, key >> 64) + stored
+    rest = fmt.FRAME_BODY.pack(fmt.KIND_PUT, used, fmt.FRAME_MARK, slen, n, key & MASK64, key >> 64) + stored
     return fmt.checksum(rest).to_bytes(4, "little"), rest, used, slen, n
 
 
@@ -166,7 +166,7 @@ class Writer:
         if end > g.alloc:
             self.allocate(g, end, populate=False)      # pwrite fills the pages itself
         try:
-            _write_all(g.fd, (blob,), start)
+            write_all(g.fd, (blob,), start)
             # (in the try: Ctrl-C between the pwrite and this line would leave
             # the frames written past an end the next append writes over)
             self.end = end
@@ -187,17 +187,17 @@ class Writer:
         written); with ``populate``, fault the new pages in for writes through the map."""
         want = end + min(max(end // 8, ALLOC_MIN), ALLOC_MAX)
         try:
-            _allocate_blocks(g.fd, g.alloc, want)
+            allocate_blocks(g.fd, g.alloc, want)
         except OSError as exc:
             if exc.errno != errno.ENOSPC:
                 raise
-            _allocate_blocks(g.fd, g.alloc, end)     # the last few bytes may still fit
+            allocate_blocks(g.fd, g.alloc, end)     # the last few bytes may still fit
             want = end
         old = g.alloc
         g.alloc = max(want, os.fstat(g.fd).st_size)
         g.remap()
         if populate:
-            _populate(g.map, g.fd, old, g.alloc)
+            populate_pages(g.map, g.fd, old, g.alloc)
 
     def undo_append(self, g: Generation, start: int, end: int) -> None:
         """Forget an append whose indexing failed: zero it, so no open replays it.
@@ -209,7 +209,7 @@ class Writer:
         before the end are a hole in the middle of the log.  Either is damage
         a writable open refuses."""
         try:
-            _write_all(g.fd, (bytes(end - start),), start)
+            write_all(g.fd, (bytes(end - start),), start)
         except OSError:  # pragma: no cover - a dead disk; the frames stay unindexed
             pass
         finally:
@@ -259,7 +259,7 @@ class Writer:
             start = self.end
             end = start + fmt.FRAME_SIZE + len(payload)
             if end > g.alloc:
-                _key_int(edge_id)               # a bad key raises before the file grows
+                key_int(edge_id)               # a bad key raises before the file grows
                 self.allocate(g, end)
             view = g.view
             if view is None or end > len(view):
@@ -322,7 +322,7 @@ class Writer:
     def compiled_batches(self, comp: int, total: int) -> Any:
         """numpy, when ``put_many`` of ``total`` records with ``comp`` takes the
         compiled path (``put_many_frames``); else None (``put_many``)."""
-        return _numpy() if comp == 0 and total >= 64 and _encode_frames is not None else None
+        return numpy_or_none() if comp == 0 and total >= 64 and _encode_frames is not None else None
 
     def put_many(self, keys: "list[int] | None", pairs: Any, views: "list[Any]", comp: int) -> None:
         """Append and index ``views`` under ``keys`` (or the (low, high) uint64
@@ -331,7 +331,7 @@ class Writer:
         then indexed; a piece the index does not take is undone."""
         total = len(views)
         if keys is None:
-            keys = _pair_keys(pairs, 0, total)
+            keys = pair_keys(pairs, 0, total)
         encode = self.encode
         i = 0
         while i < total:
@@ -416,7 +416,7 @@ class Writer:
                 g.index.insert_many(karr, recs)
             except BaseException:
                 if self.end != start:      # written (a failed append undoes itself)
-                    rows = _frame_rows(_pair_keys(karr.view(np.uint64), 0, len(karr)),
+                    rows = _frame_rows(pair_keys(karr.view(np.uint64), 0, len(karr)),
                                        recs["length"].tolist(), start)
                     self.undo_unindexed(g, start + size, rows)
                 raise
@@ -431,7 +431,7 @@ class Writer:
         or numpy is missing (the caller then takes ``put_many``); raises
         ``TypeError``/``ValueError`` for keys or ends that do not fit, before
         anything is written."""
-        np = _numpy()
+        np = numpy_or_none()
         if self.compression or np is None or _encode_frames is None:
             return False
         from diskhash._index import dtypes as _dtypes
@@ -491,7 +491,7 @@ class Writer:
         if self.fsync:
             if g.map is not None:
                 g.map.flush()           # msync: the appends made through the map
-            _fsync_data(g.fd)
+            fsync_data(g.fd)
             # (sync="never": the index's writes are in the page cache, which
             # a process crash keeps; its msync is an fsync, skipped too)
             g.index.save()
@@ -592,7 +592,7 @@ def _frame_rows(keys: "list[int]", lengths: "Iterable[int]", start: int) -> "lis
 def _insert_rows(index: DiskHashIndex, rows: "list[tuple[int, int, int, int, int]]", base: int) -> None:
     """Index ``rows`` of (key, offset - base, length, compression, ulen) in order
     (a later duplicate wins): one ``insert_many`` where numpy is installed."""
-    np = _numpy() if len(rows) >= 64 else None
+    np = numpy_or_none() if len(rows) >= 64 else None
     if np is None:
         for key, off, n, comp, ulen in rows:
             index.insert(key, (key, off + base, n, comp, ulen))
@@ -600,11 +600,11 @@ def _insert_rows(index: DiskHashIndex, rows: "list[tuple[int, int, int, int, int
     from diskhash._index import dtypes as _dtypes
     keys, offs, lens, comps, ulens = zip(*rows)
     karr = np.empty(len(rows), dtype=_dtypes.KEY_DTYPE)
-    if max(keys) <= _MASK64:
+    if max(keys) <= MASK64:
         karr["lo"] = keys
         karr["hi"] = 0
     else:
-        karr["lo"] = [k & _MASK64 for k in keys]
+        karr["lo"] = [k & MASK64 for k in keys]
         karr["hi"] = [k >> 64 for k in keys]
     recs = np.empty(len(rows), dtype=_dtypes.META_DTYPE)
     recs["offset"] = offs

@@ -32,13 +32,7 @@ ALLOWED: dict[tuple[str, str], str] = {
 
 #: Timings still in files another change owns; a removed one fails
 #: ``test_known_timings_are_still_there``: delete its line.
-KNOWN: dict[tuple[str, str], str] = {
-    ("diskhash/_store/generation.py", "2.5 us"): "_populate's docstring (the store rewrite owns the file)",
-    ("diskhash/_store/generation.py", "0.3 us"): "_populate's docstring",
-    ("diskhash/_store/generation.py", "0.8 ns"): "_populate's docstring",
-    ("diskhash/_store/generation.py", "6 us"): "_populate's docstring",
-    ("diskhash/_store/generation.py", "0.80 ns"): "_populate's docstring",
-}
+KNOWN: dict[tuple[str, str], str] = {}
 
 
 def timings(root: Path) -> list[tuple[str, str, int]]:

@@ -220,9 +220,9 @@ def killer(orig):
         return orig(*a, **kw)
     return call
 if point == "store-data":
-    D = diskhash._store.store.StoreDirectory; D.create_data_file = killer(D.create_data_file)
+    D = diskhash._store.generation.StoreDirectory; D.create_data_file = killer(D.create_data_file)
 elif point == "store-manifest":
-    diskhash._store.store.StoreDirectory.write_manifest = killer(diskhash._store.store.StoreDirectory.write_manifest)
+    D = diskhash._store.generation.StoreDirectory; D.write_manifest = killer(D.write_manifest)
 elif point == "marker":
     _manifest.write_shard_marker = killer(_manifest.write_shard_marker)
 elif point == "manifest":

@@ -331,6 +331,7 @@ def _kill_first_put_many(marker: str) -> None:
     pieces the shard writers put) writes half its batch, then the worker
     process dies (SIGKILL), leaving a half-written shard directory."""
     import diskhash
+    from diskhash._shards import dask as _dask
     from diskhash._shards import sharded as _sharded
 
     def first() -> bool:
@@ -350,15 +351,18 @@ def _kill_first_put_many(marker: str) -> None:
             self.save()
             os.kill(os.getpid(), signal.SIGKILL)
 
-        def _put_many_packed(self, pieces):  # type: ignore[no-untyped-def]
-            if not first():
-                return super()._put_many_packed(pieces)
-            wrote = super()._put_many_packed(pieces[:max(1, len(pieces) // 2)])
-            assert wrote
-            self.save()
-            os.kill(os.getpid(), signal.SIGKILL)
+    real_packed = _dask.put_many_packed
 
-    _sharded._payload_store_class = lambda: Dying
+    def dying_packed(store, pieces):  # type: ignore[no-untyped-def]
+        if not first():
+            return real_packed(store, pieces)
+        wrote = real_packed(store, pieces[:max(1, len(pieces) // 2)])
+        assert wrote
+        store.save()
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    _sharded.payload_store_class = lambda: Dying
+    _dask.put_many_packed = dying_packed
 
 
 @pytest.mark.slow
@@ -383,7 +387,7 @@ def _always_die() -> None:
     def die() -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
-    _sharded._payload_store_class = die  # type: ignore[assignment]
+    _sharded.payload_store_class = die  # type: ignore[assignment]
 
 
 @pytest.mark.slow

@@ -132,13 +132,13 @@ elif point == "index_close":
 elif point == "release":
     _store.Generation.release = interrupting(_store.Generation.release)
 elif point == "unlock_before":
-    s._lock.close = interrupting(s._lock.close, before=True)
+    s._life.lock.close = interrupting(s._life.lock.close, before=True)
 elif point == "unlock_after":
-    s._lock.close = interrupting(s._lock.close)
+    s._life.lock.close = interrupting(s._life.lock.close)
 elif point == "index_unlock":
     _files.IndexLock.close = interrupting(_files.IndexLock.close, before=True)
 elif point == "join":
-    s._syncer.join = interrupting(s._syncer.join)
+    s._life.syncer.join = interrupting(s._life.syncer.join)
 try:
     s.close()
     print("no interrupt")
@@ -197,7 +197,7 @@ def test_ctrl_c_while_close_waits_for_maintenance_leaves_the_store_open(tmp_path
     held, release = threading.Event(), threading.Event()
 
     def hold():
-        with s._maintenance:
+        with s._life.maintenance:
             held.set()
             release.wait(30)
 
@@ -263,7 +263,7 @@ def test_close_waiting_for_a_compaction_goes_before_the_next_one(tmp_path, monke
     closer = threading.Thread(target=lambda: (s.close(), closed.set()))
     closer.start()
     deadline = time.monotonic() + 30
-    while s._maintenance._next < 2 and time.monotonic() < deadline:    # close() is waiting
+    while s._life.maintenance._next < 2 and time.monotonic() < deadline:    # close() is waiting
         time.sleep(0.001)
     go.set()
     closer.join(30)

@@ -30,8 +30,8 @@ def _crash(store):
     """Drop a store the way a killed process would: no save, no clean header, no trim."""
     store._writer.gen.index.close()
     store._writer.gen = None
-    store._lock.close()
-    store._lock = None
+    store._life.lock.close()
+    store._life.lock = None
 
 
 def _files(directory):

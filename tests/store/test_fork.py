@@ -33,6 +33,7 @@ import numpy as np
 import anyio
 from diskhash import PayloadStore, IndexClosedError, KEY_DTYPE
 from diskhash import AsyncPayloadStore
+from diskhash._store.store import put_many_packed
 
 d, sync = sys.argv[1], sys.argv[2]
 sync = int(sync) if sync.isdigit() else sync
@@ -57,7 +58,7 @@ OPS = {
     "setitem": lambda: s.__setitem__(9003, b"child"),
     "put_many": lambda: s.put_many([9100, 9101], [b"a" * 50, b"b" * 60]),
     "put_many_numpy": lambda: s.put_many(np.arange(9200, 9400, dtype=np.uint64), [b"n" * 30] * 200),
-    "put_many_packed": lambda: s._put_many_packed([packed]),
+    "put_many_packed": lambda: put_many_packed(s, [packed]),
     "delete": lambda: s.delete(3),
     "delitem": lambda: s.__delitem__(4),
     "pop": lambda: s.pop(5),
@@ -219,7 +220,7 @@ s = PayloadStore(sys.argv[1])
 s.put(1, b"one")
 held, release = threading.Event(), threading.Event()
 def hold():
-    with s._writer.lock, s._maintenance:
+    with s._writer.lock, s._life.maintenance:
         held.set()
         release.wait(30)
 t = threading.Thread(target=hold)

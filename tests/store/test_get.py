@@ -2,7 +2,7 @@
 
 ``PayloadStore.get`` and ``get_many`` probe the index, check the frame and
 copy the payload in one compiled call, and hand anything unusual (absent
-keys aside) to ``_get_slow``, the PayloadMeta path.  These tests compare the
+keys aside) to ``StoreReader.get_slow``, the PayloadMeta path.  These tests compare the
 two over many random keys, absent keys, compressed, empty and big records,
 damaged records (the same ``CorruptPayloadError``), bad keys and misuse of
 the compiled object, and a compaction racing the reads.
@@ -88,7 +88,7 @@ def test_fused_get_matches_the_python_path(tmp_path, readonly):
         for k in keys:
             want = model.get(k)
             assert s.get(k) == want
-            assert s._get_slow(k, None) == want
+            assert s._reader.get_slow(s._live(), k, None) == want
             assert s.get(k, b"dflt") == (want if want is not None else b"dflt")
             if want is None:
                 with pytest.raises(KeyError):
@@ -152,7 +152,7 @@ def _damage(path: str, offset: int, xor: int = 0xFF) -> None:
 def _same_error(store: PayloadStore, key: int) -> CorruptPayloadError:
     """get, [], get_many and the Python path raise the same CorruptPayloadError."""
     with pytest.raises(CorruptPayloadError) as slow:
-        store._get_slow(key, None)
+        store._reader.get_slow(store._live(), key, None)
     for call in (store.get, store.__getitem__, lambda k: store.get_many([1, k])):
         with pytest.raises(CorruptPayloadError) as fast:
             call(key)
@@ -190,7 +190,7 @@ def test_damaged_record_raises_as_before(tmp_path, where, what):
     if where == "payload":
         with PayloadStore(d, readonly=True, verify_checksums=False) as s:
             got = s.get(7)
-            assert got == s._get_slow(7, None) and len(got) == 1000
+            assert got == s._reader.get_slow(s._live(), 7, None) and len(got) == 1000
 
 
 def test_compressed_record_that_does_not_decode(tmp_path):

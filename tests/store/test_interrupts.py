@@ -18,8 +18,8 @@ def _crash(store):
     """Drop a store the way a killed process would: no save, no clean header, no trim."""
     store._writer.gen.index.close()
     store._writer.gen = None
-    store._lock.close()
-    store._lock = None
+    store._life.lock.close()
+    store._life.lock = None
 
 def _interrupt_after(callee, caller):
     """A trace function raising KeyboardInterrupt at the first line ``caller``
@@ -69,17 +69,17 @@ def test_put_many_interrupted_after_its_write_then_a_crash(tmp_path, compression
         s = PayloadStore({str(d)!r})
         s.put_many(list(range(100)), [b"a" * 50] * 100)
         s.save()
-        real = _store._write_all
+        real = _store.write_all
         def interrupted(fd, bufs, offset):
             real(fd, bufs, offset)       # the kernel wrote it all, then Ctrl-C
             raise KeyboardInterrupt
-        _store._write_all = interrupted
+        _store.write_all = interrupted
         try:
             s.put_many(list(range(1000, 1100)), [b"b" * 50] * 100,
                        compression=Compression.{compression})
         except KeyboardInterrupt:
             pass
-        _store._write_all = real
+        _store.write_all = real
         s.put(7, b"small")               # where the interrupted batch began
         assert s.get(1050) is None and s.get(7) == b"small"
         print("ok", flush=True)
@@ -307,7 +307,7 @@ def test_ctrl_c_after_the_undo_zeroes_moves_the_end_back(tmp_path, monkeypatch):
                 return fail
             return getattr(self._real, name)
 
-    real_write = _store._write_all
+    real_write = _store.write_all
     calls = []
 
     def write_then_interrupt(fd, bufs, offset):
@@ -322,10 +322,10 @@ def test_ctrl_c_after_the_undo_zeroes_moves_the_end_back(tmp_path, monkeypatch):
         g = s._writer.gen
         real_index = g.index
         g.index = Failing(real_index)
-        monkeypatch.setattr(_store, "_write_all", write_then_interrupt)
+        monkeypatch.setattr(_store, "write_all", write_then_interrupt)
         with pytest.raises(KeyboardInterrupt):
             s.put_many(list(range(100, 200)), [b"new"] * 100)
-        monkeypatch.setattr(_store, "_write_all", real_write)
+        monkeypatch.setattr(_store, "write_all", real_write)
         g.index = real_index
         s.put(7, b"after")
         s.verify()
@@ -333,7 +333,7 @@ def test_ctrl_c_after_the_undo_zeroes_moves_the_end_back(tmp_path, monkeypatch):
         assert s.get(7) == b"after" and s.get(150) is None and s.get(50) == b"old"
 
 
-@pytest.mark.parametrize("window", [("_write_all", "append_frames"),
+@pytest.mark.parametrize("window", [("write_all", "append_frames"),
                                     ("append_frames", "_append_indexed"),
                                     ("append_frames", "put_many")])
 @pytest.mark.parametrize("packed", [False, True])
@@ -350,6 +350,7 @@ def test_ctrl_c_right_after_the_bulk_append(tmp_path, window, packed):
     import numpy as np
 
     from diskhash import KEY_DTYPE, PayloadStore
+    from diskhash._store.store import put_many_packed
 
     if packed and window[1] == "put_many":
         pytest.skip("the packed path has no loop of its own")
@@ -369,7 +370,7 @@ def test_ctrl_c_right_after_the_bulk_append(tmp_path, window, packed):
                 arr["lo"] = [k & (2**64 - 1) for k in keys]
                 arr["hi"] = [k >> 64 for k in keys]
                 ends = np.cumsum([len(p) for p in pays]).astype(np.int64)
-                s._put_many_packed([(arr, ends, np.frombuffer(b"".join(pays), dtype=np.uint8))])
+                put_many_packed(s, [(arr, ends, np.frombuffer(b"".join(pays), dtype=np.uint8))])
             else:
                 s.put_many(keys, pays)
     finally:

@@ -145,7 +145,7 @@ def _data_map_flags(data_path: str) -> "list[str]":
 @pytest.mark.skipif(not os.path.exists("/proc/self/smaps"), reason="needs /proc/self/smaps")
 def test_populate_leaves_the_whole_map_advised_random(tmp_path):
     """The data file's map stays advised random however it grows (readers
-    must never trigger read-ahead); _populate's read-ahead of the new range
+    must never trigger read-ahead); populate_pages's read-ahead of the new range
     goes through the file, not the map's advice."""
     from diskhash._store import writer as _store
     with PayloadStore(tmp_path / "s") as s:

@@ -17,6 +17,7 @@ from helpers.processes import subprocess_env
 from diskhash import KEY_DTYPE, META_DTYPE, Compression, PayloadStore  # noqa: E402
 from diskhash._format import payload as fmt
 from diskhash._store import write as _store_write  # noqa: E402
+from diskhash._store.store import put_many_packed
 
 
 class _EqualsBytes(type):
@@ -283,7 +284,7 @@ def test_put_many_numpy_keys_undo_when_indexing_fails(tmp_path, monkeypatch):
 
 
 # ---------------------------------------------------------------------------
-# _put_many_packed: the sharded build's writers, (keys, ends, data) pieces
+# put_many_packed: the sharded build's writers, (keys, ends, data) pieces
 
 def _packed_piece(keys: "list[int]", payloads: "list[bytes]"):
     ends = np.cumsum([len(p) for p in payloads], dtype=np.int64)
@@ -323,7 +324,7 @@ def test_put_many_packed_writes_what_put_many_writes(tmp_path):
     pieces = [_packed_piece(keys[:cut], payloads[:cut]), _packed_piece(keys[cut:], payloads[cut:])]
     with PayloadStore(tmp_path / "a") as a, PayloadStore(tmp_path / "b") as b:
         a.put_many(keys, payloads)
-        assert b._put_many_packed(pieces) is True
+        assert put_many_packed(b, pieces) is True
         model = dict(zip(keys, payloads))
         assert len(b) == len(model)
         assert b.get_many(list(model)) == list(model.values())
@@ -347,13 +348,13 @@ def test_put_many_packed_bad_pieces_write_nothing(tmp_path):
         size = s.stats().data_bytes
         for bad in bad_pieces:
             with pytest.raises((ValueError, TypeError)):
-                s._put_many_packed([good, bad])               # the good piece is not written either
+                put_many_packed(s, [good, bad])               # the good piece is not written either
         assert len(s) == 1 and s.stats().data_bytes == size
 
 
 def test_put_many_packed_declines_a_compressing_store(tmp_path):
     with PayloadStore(tmp_path / "s", compression=Compression.LZ4) as s:
-        assert s._put_many_packed([_packed_piece([1], [b"x" * 100])]) is False
+        assert put_many_packed(s, [_packed_piece([1], [b"x" * 100])]) is False
         assert len(s) == 0
 
 
@@ -376,7 +377,7 @@ def test_put_many_of_keys_already_stored_does_not_grow_the_index(tmp_path):
         payloads = np.empty(n, dtype=object)
         payloads[:] = [b"e"] * n
         (piece,) = _packed.pack_pieces(wide, payloads, np.arange(n), [0, n])
-        assert s._put_many_packed([_packed.unpack_piece(piece)])    # the sharded build's path
+        assert put_many_packed(s, [_packed.unpack_piece(piece)])    # the sharded build's path
         assert s._writer.gen.index.stats().slots == slots
         assert s.get(1) == b"e" and len(s) == n
         # new keys still get their room up front
@@ -466,10 +467,10 @@ def test_put_many_packed_checks_every_piece_before_writing(tmp_path):
         size = s.stats().data_bytes
         for bad in bad_pieces:
             with pytest.raises(TypeError):
-                s._put_many_packed([good, bad])
+                put_many_packed(s, [good, bad])
             assert len(s) == 1 and s.stats().data_bytes == size
         # flat views of other formats are their bytes, as put_many takes them
-        assert s._put_many_packed([good, (keys, ends, np.frombuffer(b"wxyz", dtype=np.int8)),
+        assert put_many_packed(s, [good, (keys, ends, np.frombuffer(b"wxyz", dtype=np.int8)),
                                    (_key_array([5]), [4], memoryview(b"pqrs").cast("B", (2, 2)))])
         assert s.get_many([1, 2, 3, 4, 5]) == [b"ab", b"cd", b"wx", b"yz", b"pqrs"]
 
