@@ -157,12 +157,15 @@ include "table_iter.pxi"         # iteration in chunks
 cdef class DiskHashIndex:
     """A persistent map from 128-bit edge ids to ``PayloadMeta`` records.
 
-    ``DiskHashIndex(path, readonly=False, capacity=None, timeout=0.0)`` opens
-    the SOCHIDX2 file at ``path``, creating it (and its parent directories)
-    unless ``readonly``.  Writers hold an exclusive lock on ``<file>.lock``
-    beside the resolved file (symlinks followed) and readers a shared one: a
-    conflicting open waits up to ``timeout`` seconds (``None``: forever) and
-    then raises ``IndexLockedError``.  ``capacity`` (an int) sizes the table
+    ``DiskHashIndex(path, readonly=False, capacity=None, timeout=0.0,
+    exclusive=False)`` opens the SOCHIDX2 file at ``path``, creating it (and
+    its parent directories) unless ``readonly``.  By default any number of
+    processes open it at once: writes take turns on a robust mutex in
+    ``<file>.lock`` beside the resolved file (symlinks followed), reads are
+    validated by its seqlock and never wait (docs/guide/processes.md).  An
+    ``exclusive=True`` open is the only one; a conflicting open waits up to
+    ``timeout`` seconds (``None``: forever) and then raises
+    ``IndexLockedError``.  ``capacity`` (an int) sizes the table
     for that many entries up front.  See docs/guide/files-and-locks.md for
     symlinks, hard links, odd files and full disks.
 
