@@ -514,10 +514,13 @@ class IndexLock:
         real, so a full disk fails the open instead of a later store
         (SIGBUS); a reader that cannot write the lock file maps it
         read-only, or not at all (None) if no writer ever made the page."""
-        if writable or self.writable_fd:
+        size = os.fstat(self.fd).st_size if self.fd >= 0 else 0
+        if writable or (self.writable_fd and size < UNDO_OFFSET + PAGE_BYTES):
             ensure_allocated(self.fd, UNDO_OFFSET + PAGE_BYTES)
             self.undo_map = mmap.mmap(self.fd, PAGE_BYTES, offset=UNDO_OFFSET)
-        elif self.fd >= 0 and os.fstat(self.fd).st_size >= UNDO_OFFSET + PAGE_BYTES:
+        elif self.writable_fd:      # (a reader writes it only to make or reset it)
+            self.undo_map = mmap.mmap(self.fd, PAGE_BYTES, offset=UNDO_OFFSET)
+        elif size >= UNDO_OFFSET + PAGE_BYTES:
             self.undo_map = mmap.mmap(self.fd, PAGE_BYTES, offset=UNDO_OFFSET,
                                       access=mmap.ACCESS_READ)
         return self.undo_map

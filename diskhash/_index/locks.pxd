@@ -53,6 +53,11 @@ cdef extern from *:
         if (!rc) rc = pthread_mutexattr_settype(&a, PTHREAD_MUTEX_ERRORCHECK);
         if (!rc) rc = pthread_mutex_init((pthread_mutex_t *)m, &a);
         pthread_mutexattr_destroy(&a);
+        /* One lock/unlock now: glibc leaves a robust mutex's count at 1 after
+           its first lock, so later cycles leave the page byte-identical (a
+           write call that changed nothing changes no byte of the lock file). */
+        if (!rc && pthread_mutex_lock((pthread_mutex_t *)m) == 0)
+            pthread_mutex_unlock((pthread_mutex_t *)m);
         return rc;
     }
     /* The calling thread, as a number (the owner of a `with writing()`). */

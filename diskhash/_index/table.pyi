@@ -224,6 +224,7 @@ def repair(path: _StrPath) -> RepairReport:
     """
 
 
+@disjoint_base
 class _Writing:
     def __enter__(self) -> DiskHashIndex: ...
     def __exit__(

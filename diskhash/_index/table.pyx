@@ -489,7 +489,7 @@ cdef class DiskHashIndex:
                 self._read_release()
                 if ok:
                     break
-            if not heal:
+            if not heal and self._count_ok:
                 return n
             memset(&sc, 0, sizeof(sc))      # a killed writer's count, not yet recounted
             self._read_acquire()

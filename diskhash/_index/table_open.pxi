@@ -145,7 +145,9 @@ cdef int open_alone(DiskHashIndex self, bint created, st, bint page_writable) ex
              and marker.entries == self._num_entries)
     # A file we just created is empty and consistent: no scan needed.
     self._count_ok = (clean or created) and self._num_entries <= self._num_slots
-    if sh != NULL and page_writable:
+    # A reader leaves a page in order as it is (a read-only open writes nothing).
+    if sh != NULL and page_writable and (not self.readonly or sh.magic != DH_SHARED_MAGIC
+                                         or sh.seq & 1 or sh.owner_pid != 0):
         if sh.magic != DH_SHARED_MAGIC:
             memset(sh, 0, sizeof(dh_shared))
         elif sh.seq & 1 or sh.flags & DH_SHARED_NEEDS_HEAL:

@@ -231,8 +231,12 @@ def kill_writers_at_random(index_path, rounds: int, rng: random.Random) -> None:
                 proc.communicate()
     with DiskHashIndex(index_path) as idx:
         for start, last in acked.items():
+            # The step after the last acknowledged one may have begun: its
+            # delete of (last + 1) - 3 may or may not have happened.
+            maybe_gone = last - 2 if (last + 1) % 7 == 0 else None
             for k, meta in expected_after(start, last).items():
-                assert idx.get(k) == meta, (k, idx.get(k), meta)
+                got = idx.get(k)
+                assert got == meta or (k == maybe_gone and got is None), (k, got, meta)
         idx.verify()
 
 
