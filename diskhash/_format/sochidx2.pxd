@@ -85,6 +85,48 @@ cdef extern from *:
     _Static_assert(sizeof(dh_undo) <= DH_UNDO_SIZE, "undo size");
     _Static_assert(DH_OFF_RESERVED_B + DH_RESERVED_B_SIZE == DH_HEADER_SIZE, "header size");
     #define DH_UNDO_ARMED 0x444e55484b534944ULL   /* "DISKHUND" */
+    /* ---- The lock file's shared page (issue 17): after the undo record, in
+       the same mapped page, read by every opener of the index, written by
+       the writer holding `mutex` (a robust process-shared pthread mutex,
+       the cross-process writer lock).  `seq` is a seqlock: odd while a
+       writer changes slots; `table_gen` counts the times the table FILE was
+       replaced (grow, repair), so other processes know to re-map it. */
+    #include <pthread.h>
+    #define DH_SHARED_AT 128          /* offset of dh_shared in the undo page */
+    #define DH_PAGE_BYTES 256         /* the bytes of the undo page diskhash maps */
+    #define DH_SHARED_MAGIC 0x31524853484b5344ULL   /* "DSKHSHR1" */
+    #define DH_SHARED_NEEDS_HEAL 1ULL /* flags: recount/heal at the next write */
+    typedef struct {
+        uint64_t magic;
+        uint64_t seq;
+        uint64_t table_gen;
+        uint64_t flags;
+        uint64_t owner_pid;           /* pid of the mutex holder, 0 when free */
+        uint64_t reserved[3];
+        pthread_mutex_t mutex;
+    } dh_shared;
+    _Static_assert(offsetof(dh_shared, seq) == 8, "shared seq");
+    _Static_assert(offsetof(dh_shared, table_gen) == 16, "shared table_gen");
+    _Static_assert(offsetof(dh_shared, mutex) == 64, "shared mutex");
+    _Static_assert(sizeof(pthread_mutex_t) <= 64, "pthread_mutex_t fits");
+    _Static_assert(DH_UNDO_SIZE <= DH_SHARED_AT, "undo before shared");
+    _Static_assert(DH_SHARED_AT + sizeof(dh_shared) <= DH_PAGE_BYTES, "shared page size");
+    /* Seqlock halves with real atomics (two processes on two cores). */
+    static inline uint64_t dh_load_acquire(const uint64_t *p) { return __atomic_load_n(p, __ATOMIC_ACQUIRE); }
+    static inline uint64_t dh_load_relaxed(const uint64_t *p) { return __atomic_load_n(p, __ATOMIC_RELAXED); }
+    static inline void dh_store_release(uint64_t *p, uint64_t v) { __atomic_store_n(p, v, __ATOMIC_RELEASE); }
+    static inline void dh_seq_begin(uint64_t *p) {
+        __atomic_store_n(p, __atomic_load_n(p, __ATOMIC_RELAXED) + 1, __ATOMIC_RELAXED);
+        __atomic_thread_fence(__ATOMIC_RELEASE);    /* seq odd before any slot store */
+    }
+    static inline void dh_seq_end(uint64_t *p) {
+        __atomic_store_n(p, __atomic_load_n(p, __ATOMIC_RELAXED) + 1, __ATOMIC_RELEASE);
+    }
+    static inline void *dh_shared_mutex(dh_shared *s) { return &s->mutex; }
+    static inline int dh_seq_valid(const uint64_t *p, uint64_t s) {
+        __atomic_thread_fence(__ATOMIC_ACQUIRE);    /* the copy's loads before the re-check */
+        return __atomic_load_n(p, __ATOMIC_RELAXED) == s;
+    }
     /* The largest table: 2**56 slots (a 2.9 EB file), so that slot counts,
        byte sizes and a grow's doubling stay far from overflowing 64 bits. */
     #define DH_MAX_SLOTS (1ULL << 56)
@@ -110,6 +152,21 @@ cdef extern from *:
         uint64_t slot
         uint64_t num_slots
         dh_slot old
+    ctypedef struct dh_shared:
+        uint64_t magic
+        uint64_t seq
+        uint64_t table_gen
+        uint64_t flags
+        uint64_t owner_pid
+    uint64_t DH_SHARED_MAGIC
+    uint64_t DH_SHARED_NEEDS_HEAL
+    uint64_t dh_load_acquire(const uint64_t *p) nogil
+    uint64_t dh_load_relaxed(const uint64_t *p) nogil
+    void dh_store_release(uint64_t *p, uint64_t v) nogil
+    void dh_seq_begin(uint64_t *p) nogil
+    void dh_seq_end(uint64_t *p) nogil
+    bint dh_seq_valid(const uint64_t *p, uint64_t s) nogil
+    void *dh_shared_mutex(dh_shared *s) nogil
     uint64_t DH_UNDO_ARMED
     uint64_t DH_MAX_SLOTS
     void DH_COMPILER_BARRIER() nogil
@@ -147,6 +204,8 @@ cdef extern from *:
         UNDO_SLOT "DH_UNDO_SLOT"
         UNDO_NUM_SLOTS "DH_UNDO_NUM_SLOTS"
         UNDO_OLD "DH_UNDO_OLD"
+        SHARED_AT "DH_SHARED_AT"
+        PAGE_BYTES "DH_PAGE_BYTES"
 
 # Grow when (entries + 1) / slots > 3/4 (spec: load factor 0.75).
 cdef inline bint needs_grow(uint64_t entries, uint64_t slots) noexcept nogil:

@@ -17,6 +17,8 @@ SLOT_FIELDS: dict[str, tuple[int, int]]
 MARKER_SIZE: int
 UNDO_OFFSET: int
 UNDO_SIZE: int
+PAGE_BYTES: int
+SHARED_AT: int
 UNDO_FIELDS: dict[str, tuple[int, int]]
 UNDO_ARMED: int
 

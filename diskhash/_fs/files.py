@@ -28,6 +28,7 @@ import fcntl
 import mmap
 import os
 import stat
+import struct
 import time
 from dataclasses import dataclass
 
@@ -35,8 +36,8 @@ from diskhash._format.sochidx2 import (
     HEADER_SIZE,
     MAGIC,
     MARKER_SIZE,
+    PAGE_BYTES,
     UNDO_OFFSET,
-    UNDO_SIZE,
     VERSION,
     pack_header,
     table_bytes,
@@ -185,7 +186,8 @@ def ensure_allocated(fd: int, size: int) -> None:
 
 
 def lock_table(fd: int, exclusive: bool) -> None:
-    """``flock`` a table file we just created (nobody else can have it yet)."""
+    """``flock`` a table file we just created (nobody else can have it yet),
+    or turn that lock shared before it is published to other processes."""
     fcntl.flock(fd, (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB)
 
 
@@ -326,6 +328,10 @@ class CleanMarker:
         return (self.ino, self.size, self.mtime_ns) == (st.st_ino, st.st_size, st.st_mtime_ns)
 
 
+PRESENCE_BYTE = 0       # OFD lock: read by every open, written by a quiet one
+CREATE_BYTE = 1         # OFD lock: held while the table file is created
+
+
 class IndexLock:
     """The sidecar lock file: an advisory ``flock`` plus the clean-close marker.
 
@@ -335,10 +341,17 @@ class IndexLock:
     """
 
     def __init__(self, index_path: str, exclusive: bool, timeout: float | None,
-                 name: str | None = None) -> None:
+                 name: str | None = None, shared: bool = False) -> None:
         self.path = index_path + ".lock"
         self.name = index_path if name is None else name
         self.exclusive = exclusive
+        # shared (an index's default): every open holds a shared flock and an
+        # OFD read lock on byte PRESENCE_BYTE; writers take turns on the
+        # robust mutex of the shared page instead.  ``quiet``: this open
+        # holds the OFD write lock -- no other process has the index open.
+        self.shared = shared and not exclusive
+        self.quiet = exclusive
+        self.writable_fd = False
         self.fd = -1
         self.undo_map: mmap.mmap | None = None
         self.deadline = None if timeout is None else time.monotonic() + max(timeout, 0.0)
@@ -350,6 +363,8 @@ class IndexLock:
             try:
                 self._acquire(self.fd, "")
                 if self._still_at_path(self.fd):
+                    if self.shared:
+                        self._join()
                     return
             except BaseException:
                 self.close(unlock=False)
@@ -372,15 +387,70 @@ class IndexLock:
         """Unlink the lock file, then release it: a create that failed leaves
         nothing behind.  Only while holding it exclusively; a process that
         waited on it finds the inode gone from the path and opens a new one."""
-        if self.exclusive and self.fd >= 0 and self._still_at_path(self.fd):
+        if (self.exclusive or self.quiet) and self.fd >= 0 and self._still_at_path(self.fd):
             _unlink_quietly(self.path)
         self.close()
 
-    def lock_table(self, fd: int) -> None:
+    def lock_table(self, fd: int, writer: bool = False) -> None:
         """Lock the index file's own inode (``fd``) the same way, within the
         same timeout: every name of one file (a hard link has its own
-        sidecar) then shares one writer.  Released when ``fd`` is closed."""
-        self._acquire(fd, " through another name of the same file (a hard link)")
+        sidecar) then shares one writer.  Released when ``fd`` is closed.
+
+        In shared mode the inode is locked shared, except by a ``writer``
+        when the file has more than one name: writers through two names
+        would take turns on two different mutexes, so such a file keeps the
+        rule of one writer or many readers."""
+        exclusive = self.exclusive
+        if self.shared and writer and os.fstat(fd).st_nlink > 1:
+            exclusive = True
+        self._acquire(fd, " through another name of the same file (a hard link)", exclusive)
+
+    # -- shared mode: the OFD locks (per open file description, like flock,
+    # but converted atomically between read and write) --------------------
+
+    def _ofd(self, kind: int, byte: int, wait: bool) -> bool:
+        request = struct.pack("hhqqi4x", kind, os.SEEK_SET, byte, 1, 0)
+        try:
+            fcntl.fcntl(self.fd, fcntl.F_OFD_SETLKW if wait else fcntl.F_OFD_SETLK, request)
+        except OSError as exc:
+            if exc.errno in (errno.EAGAIN, errno.EACCES):
+                return False
+            raise
+        return True
+
+    def _join(self) -> None:
+        """Become one of the index's openers: the only one (``quiet``, OFD
+        write lock) if nobody else has it, else one of many (read lock,
+        waiting only for a quiet opener to finish its recovery)."""
+        self.writable_fd = fcntl.fcntl(self.fd, fcntl.F_GETFL) & os.O_ACCMODE == os.O_RDWR
+        if self.writable_fd and self._ofd(fcntl.F_WRLCK, PRESENCE_BYTE, False):
+            self.quiet = True
+            return
+        self._ofd(fcntl.F_RDLCK, PRESENCE_BYTE, True)
+        self.quiet = False
+
+    def end_quiet(self) -> None:
+        """Let other openers in (the write lock becomes a read lock, atomically)."""
+        if self.shared and self.quiet:
+            self._ofd(fcntl.F_RDLCK, PRESENCE_BYTE, False)
+            self.quiet = False
+
+    def try_quiet(self) -> bool:
+        """Whether no other open of the index exists now (then it stays so
+        until ``end_quiet`` or ``close``).  Never waits."""
+        if not self.shared:
+            return self.exclusive
+        if self.quiet:
+            return True
+        if self.fd < 0 or not self.writable_fd:
+            return False
+        self.quiet = self._ofd(fcntl.F_WRLCK, PRESENCE_BYTE, False)
+        return self.quiet
+
+    def creating(self) -> "_CreateLock":
+        """Held while an opener checks for and creates the table file, so
+        two processes opening a missing index at once create it once."""
+        return _CreateLock(self)
 
     def _open(self) -> int:
         # O_NONBLOCK: a FIFO in the lock file's place must not block the open;
@@ -412,8 +482,10 @@ class IndexLock:
             raise
         return fd
 
-    def _acquire(self, fd: int, where: str) -> None:
-        op = fcntl.LOCK_EX if self.exclusive else fcntl.LOCK_SH
+    def _acquire(self, fd: int, where: str, exclusive: bool | None = None) -> None:
+        if exclusive is None:
+            exclusive = self.exclusive
+        op = fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH
         deadline, timeout = self.deadline, self.timeout
         delay = 0.001
         while True:
@@ -424,22 +496,33 @@ class IndexLock:
                 pass
             now = time.monotonic()
             if deadline is not None and now >= deadline:
-                held = "a writer" if not self.exclusive else "another reader or writer"
+                if self.shared and not where:
+                    rule = "an exclusive=True writer"
+                else:
+                    rule = ("a writer" if not exclusive else "another reader or writer") + where
+                    rule += " (many readers or one writer per file)"
                 waited = f" after waiting {timeout:g}s" if timeout else ""
-                raise IndexLockedError(
-                    self.name,
-                    f"index is locked by {held}{where} (many readers or one writer per file){waited}",
-                )
+                raise IndexLockedError(self.name, f"index is locked by {rule}{waited}")
             time.sleep(delay if deadline is None else min(delay, deadline - now))
             delay = min(delay * 2, 0.05)
 
-    def map_undo(self) -> mmap.mmap:
-        """Map the undo page (writers): where an overwrite keeps the slot's old
-        bytes while it stores the new ones, so a crash in between is undone
-        by the next writable open.  Its blocks are allocated for real, so a
-        full disk fails this open instead of a later store (SIGBUS)."""
-        ensure_allocated(self.fd, UNDO_OFFSET + UNDO_SIZE)
-        self.undo_map = mmap.mmap(self.fd, UNDO_SIZE, offset=UNDO_OFFSET)
+    def map_page(self, writable: bool) -> mmap.mmap | None:
+        """Map the undo page: the writer's undo record (an overwrite keeps the
+        slot's old bytes there while it stores the new ones, so a crash in
+        between is undone) and the shared page (seqlock, table generation,
+        the cross-process writer mutex).  A writer allocates its blocks for
+        real, so a full disk fails the open instead of a later store
+        (SIGBUS); a reader that cannot write the lock file maps it
+        read-only, or not at all (None) if no writer ever made the page."""
+        size = os.fstat(self.fd).st_size if self.fd >= 0 else 0
+        if writable or (self.writable_fd and size < UNDO_OFFSET + PAGE_BYTES):
+            ensure_allocated(self.fd, UNDO_OFFSET + PAGE_BYTES)
+            self.undo_map = mmap.mmap(self.fd, PAGE_BYTES, offset=UNDO_OFFSET)
+        elif self.writable_fd:      # (a reader writes it only to make or reset it)
+            self.undo_map = mmap.mmap(self.fd, PAGE_BYTES, offset=UNDO_OFFSET)
+        elif size >= UNDO_OFFSET + PAGE_BYTES:
+            self.undo_map = mmap.mmap(self.fd, PAGE_BYTES, offset=UNDO_OFFSET,
+                                      access=mmap.ACCESS_READ)
         return self.undo_map
 
     def read_marker(self) -> CleanMarker | None:
@@ -479,8 +562,23 @@ class IndexLock:
             return
         try:
             if unlock:
+                if self.shared:     # (a forked child's copy must not keep them)
+                    self._ofd(fcntl.F_UNLCK, PRESENCE_BYTE, False)
                 fcntl.flock(fd, fcntl.LOCK_UN)
         finally:
             # (forgotten just before the close: Ctrl-C cannot land between)
             self.fd = -1
             os.close(fd)
+
+
+class _CreateLock:
+    def __init__(self, lock: IndexLock) -> None:
+        self.lock = lock
+
+    def __enter__(self) -> None:
+        if self.lock.shared:
+            self.lock._ofd(fcntl.F_WRLCK, CREATE_BYTE, True)
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self.lock.shared and self.lock.fd >= 0:
+            self.lock._ofd(fcntl.F_UNLCK, CREATE_BYTE, False)

@@ -476,6 +476,16 @@ class AsyncDiskHashIndex:
         return self._sync.readonly
 
     @property
+    def exclusive(self) -> bool:
+        """Whether the index was opened with ``exclusive=True`` (the only open)."""
+        return self._sync.exclusive
+
+    @property
+    def shared(self) -> bool:
+        """Whether other processes may have the index open at the same time."""
+        return self._sync.shared
+
+    @property
     def recovery(self) -> RepairReport | None:
         """What the open healed after an unclean close (a ``RepairReport``), or ``None``."""
         return self._sync.recovery

@@ -40,8 +40,16 @@ from diskhash._format.sochidx2 cimport (
     slot_at,
 )
 from diskhash._index.convert cimport meta_fields
-from diskhash._index.table cimport DiskHashIndex, fill_slot, overwrite_slot, populate_for_write
-from diskhash._index.locks cimport pthread_rwlock_rdlock, pthread_rwlock_unlock, pthread_rwlock_wrlock
+from diskhash._index.table cimport (
+    DiskHashIndex,
+    change_begin,
+    change_end,
+    fill_slot,
+    overwrite_slot,
+    populate_for_write,
+    read_valid,
+)
+from diskhash._index.locks cimport pthread_rwlock_unlock, pthread_rwlock_wrlock
 
 from diskhash._index.dtypes import KEY_DTYPE as _KEY_DTYPE
 from diskhash._index.dtypes import META_DTYPE as _META_DTYPE
@@ -167,6 +175,7 @@ cdef void rollback(DiskHashIndex idx, const batch_write *log, Py_ssize_t count) 
     if count == 0:
         return
     pthread_rwlock_wrlock(&idx._map_lock)
+    change_begin(idx._shared)
     for j in range(count - 1, -1, -1):
         d = slot_at(idx._base, log[j].slot)
         if log[j].filled:
@@ -182,6 +191,7 @@ cdef void rollback(DiskHashIndex idx, const batch_write *log, Py_ssize_t count) 
             overwrite_slot(idx._undo, d, log[j].slot, num_slots, &mf)
     idx._generation += 1
     idx._store_count()
+    change_end(idx._shared)
     pthread_rwlock_unlock(&idx._map_lock)
 
 
@@ -309,12 +319,14 @@ cdef Py_ssize_t insert_range(DiskHashIndex idx, const uint64_t *kp, bint wide,
         for k in range(min(dist, cend - pos)):
             prefetch_slot_w(base, homes[k])
         pthread_rwlock_wrlock(&idx._map_lock)
+        change_begin(idx._shared)
         for i in range(pos, cend):
             k = i - pos
             if k + dist < cend - pos:
                 prefetch_slot_w(base, homes[k + dist])
             m = &recs[i]
             if m.compression > MAX_COMPRESSION:
+                change_end(idx._shared)
                 pthread_rwlock_unlock(&idx._map_lock)
                 fail.code = FAIL_RECORD
                 fail.byte = m.compression
@@ -342,9 +354,11 @@ cdef Py_ssize_t insert_range(DiskHashIndex idx, const uint64_t *kp, bint wide,
                 fail.num_slots = mask + 1
                 if r == PROBE_BADTAG:
                     fail.byte = slot_at(base, empty).tag
+                change_end(idx._shared)
                 pthread_rwlock_unlock(&idx._map_lock)
                 return i
             if needs_grow(idx._num_entries, idx._num_slots):
+                change_end(idx._shared)
                 pthread_rwlock_unlock(&idx._map_lock)
                 fail.code = FAIL_GROW
                 return i
@@ -355,6 +369,7 @@ cdef Py_ssize_t insert_range(DiskHashIndex idx, const uint64_t *kp, bint wide,
             idx._num_entries += 1
             idx._generation += 1
             idx._store_count()
+        change_end(idx._shared)
         pthread_rwlock_unlock(&idx._map_lock)
         pos = cend
     return end
@@ -442,21 +457,26 @@ cdef object _lookup(DiskHashIndex idx, keys, bint want_records):
     cdef uint8_t *hit = NULL if want_records else <uint8_t *>&oview[0]
     cdef Py_ssize_t pos = 0, end, got, dist = _distance
     cdef fail_t fail
+    cdef uint64_t seq
+    cdef bint ok
     fail.code = FAIL_NONE
-    with nogil:
-        while pos < n:
-            pthread_rwlock_rdlock(&idx._map_lock)
-            if idx._base == NULL:
-                pthread_rwlock_unlock(&idx._map_lock)
-                fail.code = FAIL_CLOSED
-                break
+    while pos < n:
+        # A chunk at a time: begun (waiting out another process's slot
+        # change, re-mapping a table it replaced) with the GIL, probed
+        # without it, and probed again if another process wrote meanwhile.
+        idx._read_begin(&seq)
+        with nogil:
             end = min(pos + READ_CHUNK, n)
             got = lookup_range(idx._base, idx._mask, idx._seed, kp, wide, pos, end, dist,
                                res, hit, &fail)
-            pthread_rwlock_unlock(&idx._map_lock)
-            if got != end:
-                break
-            pos = end
+            ok = read_valid(idx, seq)
+            idx._read_release()
+        if not ok:
+            fail.code = FAIL_NONE
+            continue
+        if got != end:
+            break
+        pos = end
     if fail.code != FAIL_NONE:
         _raise_fail(idx, &fail)
     return out

@@ -3,7 +3,19 @@ from libc.stdint cimport int64_t, uint8_t, uint64_t
 from posix.mman cimport madvise
 
 from diskhash._index.convert cimport meta_fields
-from diskhash._format.sochidx2 cimport DH_COMPILER_BARRIER, DH_UNDO_ARMED, TAG_OCCUPIED, dh_slot, dh_undo
+from diskhash._format.sochidx2 cimport (
+    DH_COMPILER_BARRIER,
+    DH_UNDO_ARMED,
+    TAG_OCCUPIED,
+    dh_load_acquire,
+    dh_load_relaxed,
+    dh_seq_begin,
+    dh_seq_end,
+    dh_seq_valid,
+    dh_shared,
+    dh_slot,
+    dh_undo,
+)
 from diskhash._index.locks cimport pthread_mutex_t, pthread_rwlock_t
 
 
@@ -15,8 +27,16 @@ cdef class DiskHashIndex:
     cdef object _mmap
     cdef const unsigned char[::1] _view
     cdef unsigned char *_base
-    cdef unsigned char[::1] _undo_view
+    cdef const unsigned char[::1] _undo_view
     cdef dh_undo *_undo
+    # The lock file's shared page (docs/guide/processes.md); NULL when this
+    # open is the only one by construction (exclusive=True) or has no page.
+    cdef dh_shared *_shared
+    cdef uint64_t _table_gen    # the shared table_gen this object's map is of
+    cdef object _timeout        # the open's timeout (a read-only reader's wait for recovery)
+    cdef readonly bint exclusive
+    cdef unsigned long _xowner  # thread inside `with writing()`, 0 if none
+    cdef Py_ssize_t _xdepth
     cdef uint64_t _num_slots
     cdef uint64_t _mask
     cdef uint64_t _seed
@@ -33,6 +53,10 @@ cdef class DiskHashIndex:
 
     cdef int _raise_unusable(self) except -1
     cdef int _read_acquire(self) except -1
+    cdef int _read_begin(self, uint64_t *seq) except -1
+    cdef int _read_wait(self, uint64_t seq, double *since, int *spins) except -1
+    cdef int _sync_table(self, bint recovering) except -1
+    cdef int _recover_dead_writer(self) except -1
     cdef void _read_release(self) noexcept nogil
     cdef int _write_acquire(self, bint block) except -1
     cdef void _write_release(self) noexcept nogil
@@ -48,6 +72,23 @@ cdef class DiskHashIndex:
     cdef void _store_count(self) noexcept nogil
     cdef object _record(self, object key, dh_slot *s)
     cdef bint _delete_locked(self, uint64_t lo, uint64_t hi, dh_slot *removed) except -1
+
+
+# The seqlock around slot changes (another process's readers retry a read
+# that overlapped one).  The caller holds the cross-process writer mutex
+# (and the map lock exclusively); ``sh`` is NULL in exclusive mode.
+cdef inline void change_begin(dh_shared *sh) noexcept nogil:
+    if sh != NULL:
+        dh_seq_begin(&sh.seq)
+
+cdef inline void change_end(dh_shared *sh) noexcept nogil:
+    if sh != NULL:
+        dh_seq_end(&sh.seq)
+
+# The end of an optimistic read begun with ``_read_begin``: whether no writer
+# of another process changed slots meanwhile (else the caller reads again).
+cdef inline bint read_valid(DiskHashIndex idx, uint64_t seq) noexcept nogil:
+    return idx._shared == NULL or dh_seq_valid(&idx._shared.seq, seq)
 
 
 # Overwrite the record in occupied slot `i` so that a crash at any instant

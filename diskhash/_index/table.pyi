@@ -50,6 +50,8 @@ class DiskHashIndex:
     """Whether the index was opened with ``readonly=True``."""
     recovery: RepairReport | None
     """What a writable open healed after an unclean close, or ``None``."""
+    exclusive: bool
+    """Whether the index was opened with ``exclusive=True`` (the only open of it)."""
     def __init__(
         self,
         path: _StrPath,
@@ -57,6 +59,7 @@ class DiskHashIndex:
         readonly: bool = ...,
         capacity: int | None = ...,
         timeout: float | None = ...,
+        exclusive: bool = ...,
     ) -> None:
         """Open the index file at ``path``, creating it (and its parent
         directories) unless ``readonly``.
@@ -64,10 +67,13 @@ class DiskHashIndex:
         ``readonly``: never write the index file (works on a read-only file);
         ``capacity``: entries that fit before the first grow (writable only);
         ``timeout``: seconds to wait for a conflicting lock held by another
-        process or index object (``None``: forever).
+        process or index object (``None``: forever);
+        ``exclusive``: be the only open of the index (no other process or
+        object, reader or writer); by default any number of processes open
+        it at once, writes taking turns (docs/guide/processes.md).
 
-        Raises ``IndexLockedError`` (the lock is held: many readers or one
-        writer per file), ``CorruptIndexError`` (the header breaks the
+        Raises ``IndexLockedError`` (an ``exclusive=True`` open holds it, or
+        this one is exclusive and another open exists), ``CorruptIndexError`` (the header breaks the
         format), ``ValueError`` (a negative ``capacity`` or ``timeout``, or
         ``capacity`` with ``readonly``) and ``OSError`` (the file cannot be
         opened or created; nothing is left behind).
@@ -185,6 +191,12 @@ class DiskHashIndex:
     def closed(self) -> bool:
         """Whether the index was closed (or inherited across ``fork()``)."""
     @property
+    def shared(self) -> bool:
+        """Whether other processes may have the index open at the same time."""
+    def writing(self) -> _Writing:
+        """A context manager holding the writer lock, across processes too,
+        for several calls (re-entrant in the thread that holds it)."""
+    @property
     def num_slots(self) -> int:
         """The table's slot count (a power of two)."""
     @property
@@ -210,3 +222,14 @@ def repair(path: _StrPath) -> RepairReport:
 
     Returns the ``RepairReport``; raises what the open and ``repair()`` raise.
     """
+
+
+@disjoint_base
+class _Writing:
+    def __enter__(self) -> DiskHashIndex: ...
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None: ...

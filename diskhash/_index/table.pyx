@@ -38,7 +38,7 @@ import os
 import warnings
 
 from libc.stdint cimport int64_t, uint8_t, uint64_t
-from libc.errno cimport errno
+from libc.errno cimport EBUSY, errno
 from libc.string cimport memcpy, memset
 from posix.mman cimport MS_SYNC, msync
 from diskhash._index.convert cimport (
@@ -50,6 +50,7 @@ from diskhash._index.convert cimport (
 )
 from diskhash._format.sochidx2 cimport (
     DH_COMPILER_BARRIER,
+    DH_SHARED_NEEDS_HEAL,
     HEADER_SIZE,
     MAX_COMPRESSION,
     OFF_NUM_ENTRIES,
@@ -58,6 +59,10 @@ from diskhash._format.sochidx2 cimport (
     SLOT_SIZE,
     TAG_EMPTY,
     TAG_OCCUPIED,
+    dh_load_acquire,
+    dh_load_relaxed,
+    dh_shared,
+    dh_shared_mutex,
     dh_slot,
     hash_u128,
     needs_grow,
@@ -65,6 +70,10 @@ from diskhash._format.sochidx2 cimport (
     slot_at,
 )
 from diskhash._index.locks cimport (
+    dh_robust_owner_gone,
+    dh_thread_id,
+    pthread_mutex_consistent,
+    pthread_mutex_t,
     pthread_mutex_lock,
     pthread_mutex_unlock,
     pthread_mutex_trylock,
@@ -83,7 +92,43 @@ from diskhash._index.locks cimport (
     pthread_mutex_destroy,
 )
 
-from diskhash.errors import CorruptIndexError, IndexClosedError, ReadOnlyIndexError
+from diskhash.errors import (
+    CorruptIndexError,
+    DiskHashError,
+    IndexClosedError,
+    IndexLockedError,
+    ReadOnlyIndexError,
+)
+
+cdef extern from *:
+    """
+    #include <sched.h>
+    #include <time.h>
+    #include <unistd.h>
+    static double dh_now(void) {
+        struct timespec t;
+        clock_gettime(CLOCK_MONOTONIC, &t);
+        return (double)t.tv_sec + (double)t.tv_nsec * 1e-9;
+    }
+    static void dh_nap(unsigned int us) { if (us) usleep(us); else sched_yield(); }
+    """
+    double dh_now() nogil
+    void dh_nap(unsigned int us) nogil
+
+cdef extern from "<errno.h>":
+    enum:
+        EDEADLK
+        EOWNERDEAD
+        ENOTRECOVERABLE
+
+# This process's id, stored in the shared page by the writer holding the
+# cross-process mutex (for messages); set again in a forked child.
+cdef uint64_t _pid = os.getpid()
+
+# A reader that finds the seqlock odd this long looks at whether the writer
+# holding it is still alive (a writer changes slots for well under a
+# microsecond; this allows for it being descheduled on a busy machine).
+cdef double ODD_SEQ_PATIENCE = 0.02
 
 cdef object _MISSING = object()
 
@@ -112,12 +157,15 @@ include "table_iter.pxi"         # iteration in chunks
 cdef class DiskHashIndex:
     """A persistent map from 128-bit edge ids to ``PayloadMeta`` records.
 
-    ``DiskHashIndex(path, readonly=False, capacity=None, timeout=0.0)`` opens
-    the SOCHIDX2 file at ``path``, creating it (and its parent directories)
-    unless ``readonly``.  Writers hold an exclusive lock on ``<file>.lock``
-    beside the resolved file (symlinks followed) and readers a shared one: a
-    conflicting open waits up to ``timeout`` seconds (``None``: forever) and
-    then raises ``IndexLockedError``.  ``capacity`` (an int) sizes the table
+    ``DiskHashIndex(path, readonly=False, capacity=None, timeout=0.0,
+    exclusive=False)`` opens the SOCHIDX2 file at ``path``, creating it (and
+    its parent directories) unless ``readonly``.  By default any number of
+    processes open it at once: writes take turns on a robust mutex in
+    ``<file>.lock`` beside the resolved file (symlinks followed), reads are
+    validated by its seqlock and never wait (docs/guide/processes.md).  An
+    ``exclusive=True`` open is the only one; a conflicting open waits up to
+    ``timeout`` seconds (``None``: forever) and then raises
+    ``IndexLockedError``.  ``capacity`` (an int) sizes the table
     for that many entries up front.  See docs/guide/files-and-locks.md for
     symlinks, hard links, odd files and full disks.
 
@@ -142,8 +190,9 @@ cdef class DiskHashIndex:
             raise MemoryError("cannot create the index write lock")
         self._locks_ready = True
 
-    def __init__(self, path, *, bint readonly=False, capacity=None, timeout=0.0):
-        open_index(self, path, readonly, capacity, timeout)
+    def __init__(self, path, *, bint readonly=False, capacity=None, timeout=0.0,
+                 bint exclusive=False):
+        open_index(self, path, readonly, capacity, timeout, exclusive)
 
     # -- locking ---------------------------------------------------------------
 
@@ -167,12 +216,83 @@ cdef class DiskHashIndex:
     cdef void _read_release(self) noexcept nogil:
         pthread_rwlock_unlock(&self._map_lock)
 
+    cdef int _read_begin(self, uint64_t *seq) except -1:
+        """``_read_acquire``, then the start of an optimistic read: waits out
+        a slot change by another process and re-maps a table file another
+        process replaced.  The caller copies what it needs, checks
+        ``read_valid(self, seq[0])`` and reads again if that is False."""
+        cdef uint64_t s
+        cdef double since = 0.0
+        cdef int spins = 0
+        while True:
+            self._read_acquire()
+            if self._shared == NULL:
+                seq[0] = 0
+                return 0
+            s = dh_load_acquire(&self._shared.seq)
+            if (s & 1) == 0 and dh_load_relaxed(&self._shared.table_gen) == self._table_gen:
+                seq[0] = s
+                return 0
+            self._read_release()
+            self._read_wait(s, &since, &spins)
+
+    cdef int _read_wait(self, uint64_t seq, double *since, int *spins) except -1:
+        """Why a read cannot start: re-map a replaced table, or wait for the
+        writer of another process to finish its slot change -- or, if that
+        writer died, recover (a writable index) or wait for a writer to
+        (read-only: up to the open's timeout, then IndexLockedError)."""
+        cdef dh_shared *sh = self._shared
+        cdef double now
+        if dh_load_relaxed(&sh.table_gen) != self._table_gen:
+            remap_for_reader(self)
+            return 0
+        if spins[0] < 64:
+            spins[0] += 1
+            with nogil:
+                dh_nap(0)
+            return 0
+        now = dh_now()
+        if since[0] == 0.0:
+            since[0] = now
+        if now - since[0] < ODD_SEQ_PATIENCE or not dh_robust_owner_gone(dh_shared_mutex(sh)):
+            with nogil:
+                dh_nap(200)
+            return 0
+        # The writer died in the middle of a slot change.
+        if not self.readonly:
+            self._write_acquire(True)       # EOWNERDEAD: recovers it
+            self._write_release()
+            spins[0] = 0
+            since[0] = 0.0
+            return 0
+        if self._timeout is not None and now - since[0] >= max(self._timeout, ODD_SEQ_PATIENCE):
+            raise IndexLockedError(
+                self.path,
+                f"a writer process (pid {sh.owner_pid}) died while changing the index and no "
+                f"writer has recovered it yet: open the index writable in any process (or call "
+                f"diskhash.repair) and this read goes on")
+        with nogil:
+            dh_nap(1000)
+        return 0
+
     cdef int _write_acquire(self, bint block) except -1:
-        """Take the writer mutex; returns 0, or 1 if busy and not `block`."""
+        """Take the writer mutex, then (shared mode) the cross-process one;
+        returns 0, or 1 if busy and not `block`.
+
+        Inside ``with writing()`` the thread that holds it takes nothing.
+        After the cross-process mutex: a dead holder's half-done change is
+        put right, a table file another process replaced is re-mapped and
+        the entry count is read again, so this writer sees every write
+        other processes made before."""
+        cdef int rc
+        cdef dh_shared *sh
+        cdef pthread_mutex_t *m
         if self._state != STATE_OPEN:
             self._raise_unusable()
         if self.readonly:
             raise ReadOnlyIndexError(f"{self.path}: index is open read-only")
+        if self._xdepth and self._xowner == dh_thread_id():
+            return 0
         if pthread_mutex_trylock(&self._write_lock) != 0:
             if not block:
                 return 1
@@ -181,10 +301,86 @@ cdef class DiskHashIndex:
         if self._base == NULL:
             pthread_mutex_unlock(&self._write_lock)
             self._raise_unusable()
+        sh = self._shared
+        if sh == NULL:
+            return 0
+        m = <pthread_mutex_t *>dh_shared_mutex(sh)
+        rc = pthread_mutex_trylock(m)
+        if rc == EBUSY:
+            if not block:
+                pthread_mutex_unlock(&self._write_lock)
+                return 1
+            with nogil:
+                rc = pthread_mutex_lock(m)
+        if rc == EOWNERDEAD:
+            try:
+                self._recover_dead_writer()
+            except BaseException:
+                # Not made consistent: every later locker gets ENOTRECOVERABLE
+                # until an open that is alone with the index resets the mutex.
+                pthread_mutex_unlock(m)
+                pthread_mutex_unlock(&self._write_lock)
+                raise
+            pthread_mutex_consistent(m)
+        elif rc != 0:
+            pthread_mutex_unlock(&self._write_lock)
+            if rc == EDEADLK:
+                raise DiskHashError(
+                    f"{self.path}: this thread already holds the index's writer lock through "
+                    f"another DiskHashIndex object of the same file (inside its writing() block?)")
+            if rc == ENOTRECOVERABLE:
+                raise DiskHashError(
+                    f"{self.path}: the cross-process writer lock is unusable (a recovery after a "
+                    f"killed writer failed); close every process's index and open it again")
+            raise OSError(rc, f"cannot take the cross-process writer lock: {os.strerror(rc)}", self.path)
+        sh.owner_pid = _pid
+        try:
+            if dh_load_relaxed(&sh.table_gen) != self._table_gen or sh.flags:
+                self._sync_table(False)
+            self._num_entries = (<uint64_t *>(self._base + OFF_NUM_ENTRIES))[0]
+        except BaseException:
+            self._write_release()
+            raise
         return 0
 
     cdef void _write_release(self) noexcept nogil:
+        if self._xdepth and self._xowner == dh_thread_id():
+            return
+        if self._shared != NULL:
+            self._shared.owner_pid = 0
+            pthread_mutex_unlock(<pthread_mutex_t *>dh_shared_mutex(self._shared))
         pthread_mutex_unlock(&self._write_lock)
+
+    cdef int _sync_table(self, bint recovering) except -1:
+        """Catch up with other processes (see ``sync_with_others``)."""
+        return sync_with_others(self, recovering)
+
+    cdef int _recover_dead_writer(self) except -1:
+        return recover_dead_writer(self)
+
+    def writing(self):
+        """A context manager holding the writer lock -- across processes too --
+        for several calls: ``with idx.writing(): ...`` batches them without
+        another process's write in between (and without taking the lock for
+        each).  Other threads' and processes' writes wait for the block; reads
+        never do.  Re-entrant in the thread that holds it."""
+        return _Writing(self)
+
+    def _writing_enter(self):
+        if self._xdepth and self._xowner == dh_thread_id():
+            self._xdepth += 1
+            return
+        self._write_acquire(True)
+        self._xowner = dh_thread_id()
+        self._xdepth = 1
+
+    def _writing_exit(self):
+        if not self._xdepth or self._xowner != dh_thread_id():
+            raise RuntimeError(f"{self.path}: writing() block left by another thread")
+        self._xdepth -= 1
+        if self._xdepth == 0:
+            self._xowner = 0
+            self._write_release()
 
     cdef void _exclusive_acquire(self) noexcept:
         if pthread_rwlock_trywrlock(&self._map_lock) != 0:
@@ -221,17 +417,23 @@ cdef class DiskHashIndex:
 
     def get(self, key, default=None):
         """The ``PayloadMeta`` stored for ``key``, or ``default``."""
-        cdef uint64_t lo, hi, empty = 0, num_slots = 0
+        cdef uint64_t lo, hi, empty = 0, num_slots = 0, seq
         cdef dh_slot copy
+        cdef int64_t r
+        cdef bint ok
         key_to_u128(key, &lo, &hi)
-        self._read_acquire()
-        cdef int64_t r = probe(self._base, self._mask, self._seed, lo, hi, &empty)
-        if r >= 0:
-            copy = slot_at(self._base, r)[0]
-        elif r != PROBE_MISS:               # damage: note what was seen, under the lock
-            copy = slot_at(self._base, empty)[0]
-            num_slots = self._num_slots
-        self._read_release()
+        while True:
+            self._read_begin(&seq)
+            r = probe(self._base, self._mask, self._seed, lo, hi, &empty)
+            if r >= 0:
+                copy = slot_at(self._base, r)[0]
+            elif r != PROBE_MISS:               # damage: note what was seen, under the lock
+                copy = slot_at(self._base, empty)[0]
+                num_slots = self._num_slots
+            ok = read_valid(self, seq)
+            self._read_release()
+            if ok:
+                break
         if r < 0:
             if r == PROBE_MISS:
                 return default
@@ -252,23 +454,50 @@ cdef class DiskHashIndex:
         return result
 
     def __contains__(self, key):
-        cdef uint64_t lo, hi, empty = 0
-        key_to_u128(key, &lo, &hi)
-        self._read_acquire()
-        cdef int64_t r = probe(self._base, self._mask, self._seed, lo, hi, &empty)
+        cdef uint64_t lo, hi, empty = 0, seq, num_slots
+        cdef int64_t r
         cdef uint8_t tag = 0
-        cdef uint64_t num_slots = self._num_slots
-        if r < PROBE_MISS:
-            tag = slot_at(self._base, empty).tag
-        self._read_release()
+        cdef bint ok
+        key_to_u128(key, &lo, &hi)
+        while True:
+            self._read_begin(&seq)
+            r = probe(self._base, self._mask, self._seed, lo, hi, &empty)
+            num_slots = self._num_slots
+            if r < PROBE_MISS:
+                tag = slot_at(self._base, empty).tag
+            ok = read_valid(self, seq)
+            self._read_release()
+            if ok:
+                break
         if r < PROBE_MISS:
             self._corrupt_seen(r, empty, tag, num_slots)
         return r >= 0
 
     def __len__(self):
         cdef scan_t sc
+        cdef uint64_t seq, n = 0
+        cdef bint ok, heal = False
         if self._state != STATE_OPEN:
             self._raise_unusable()
+        if self._shared != NULL:
+            # The header's count, as the writers of every process keep it.
+            while True:
+                self._read_begin(&seq)
+                n = (<uint64_t *>(self._base + OFF_NUM_ENTRIES))[0]
+                heal = (self._shared.flags & DH_SHARED_NEEDS_HEAL) != 0
+                ok = read_valid(self, seq)
+                self._read_release()
+                if ok:
+                    break
+            if not heal and self._count_ok:
+                return n
+            memset(&sc, 0, sizeof(sc))      # a killed writer's count, not yet recounted
+            self._read_acquire()
+            try:
+                scan_table(self._base, self._num_slots, self._seed, &sc)
+            finally:
+                self._read_release()
+            return sc.occupied
         if not self._count_ok:
             # A read-only open of a file whose last writer did not close
             # cleanly: the header count may be stale, so count once.
@@ -376,7 +605,9 @@ cdef class DiskHashIndex:
             d = slot_at(self._base, r)
             if not self._exclusive_acquire_unless(nowait):
                 return 1
+            change_begin(self._shared)
             overwrite_slot(self._undo, d, <uint64_t>r, self._num_slots, m)
+            change_end(self._shared)
             self._exclusive_release()
             return 0
         if r != PROBE_MISS:
@@ -389,10 +620,12 @@ cdef class DiskHashIndex:
         d = slot_at(self._base, empty)
         if not self._exclusive_acquire_unless(nowait):
             return 1
+        change_begin(self._shared)
         fill_slot(d, lo, hi, m)
         self._num_entries += 1
         self._generation += 1
         self._store_count()
+        change_end(self._shared)
         self._exclusive_release()
         return 0
 
@@ -427,6 +660,7 @@ cdef class DiskHashIndex:
         if removed != NULL:
             removed[0] = slot_at(self._base, i)[0]
         self._exclusive_acquire()
+        change_begin(self._shared)
         j = i
         for _n in range(self._num_slots):
             j = (j + 1) & mask
@@ -450,6 +684,7 @@ cdef class DiskHashIndex:
         self._num_entries -= 1
         self._generation += 1
         self._store_count()
+        change_end(self._shared)
         self._exclusive_release()
         return True
 
@@ -619,6 +854,12 @@ cdef class DiskHashIndex:
             pthread_rwlock_destroy(&self._map_lock)
             pthread_mutex_destroy(&self._write_lock)
 
+    @property
+    def shared(self):
+        """Whether other processes may have this index open at the same time
+        (the default; ``exclusive=True`` opens are the only one)."""
+        return not self.exclusive
+
     def __repr__(self):
         state = "closed" if self._state != STATE_OPEN else (
             f"{self._num_entries} entries, {self._num_slots} slots")
@@ -640,3 +881,18 @@ def repair(path):
         raise FileNotFoundError(2, "no index file to repair", name)
     with DiskHashIndex(path) as idx:
         return idx.repair()
+
+
+cdef class _Writing:
+    """``with idx.writing():`` (see ``DiskHashIndex.writing``)."""
+    cdef DiskHashIndex idx
+
+    def __cinit__(self, DiskHashIndex idx not None):
+        self.idx = idx
+
+    def __enter__(self):
+        self.idx._writing_enter()
+        return self.idx
+
+    def __exit__(self, *exc_info):
+        self.idx._writing_exit()

@@ -15,6 +15,9 @@ from diskhash._format.sochidx2 cimport (
     PROBE_MISS,
     SLOT_SIZE,
     TAG_EMPTY,
+    dh_seq_begin,
+    dh_seq_end,
+    dh_store_release,
     TAG_OCCUPIED,
     dh_slot,
     needs_grow,
@@ -293,6 +296,10 @@ cdef int rebuild_table(DiskHashIndex self, uint64_t new_slots, bint salvage, uin
             msync(nbase, HEADER_SIZE + new_slots * SLOT_SIZE, MS_SYNC)
             if lowered:
                 dh_nice_restore(old_nice)
+        if self._shared != NULL:
+            # Other processes open the published file while this one has it:
+            # its inode lock must be shared (it was made exclusive).
+            _files.lock_table(fd, exclusive=False)
         _files.replace_durably(fd, tmp, self._file)
     except BaseException as exc:
         new_view = None
@@ -315,6 +322,13 @@ cdef int rebuild_table(DiskHashIndex self, uint64_t new_slots, bint salvage, uin
     self._seed = seed
     self._num_entries = <uint64_t>placed
     self._generation += 1
+    if self._shared != NULL:
+        # Other processes re-map when they see the generation move (their
+        # reads of the old file until then are of the same entries).
+        dh_seq_begin(&self._shared.seq)
+        dh_store_release(&self._shared.table_gen, self._shared.table_gen + 1)
+        self._table_gen = self._shared.table_gen
+        dh_seq_end(&self._shared.seq)
     self._exclusive_release()
     new_view = None
     old_mm.close()

@@ -26,22 +26,26 @@ cdef _Chunk read_chunk(DiskHashIndex self, uint64_t start, int what, uint64_t ge
     ``what``: 0 keys, 1 values, 2 items.  Raises ``RuntimeError`` if the
     set of keys changed since ``generation`` (like a dict).
     """
-    cdef uint64_t i, end, n = 0
+    cdef uint64_t i, end, n = 0, seq
+    cdef bint ok = False
     cdef dh_slot *buf = <dh_slot *>malloc(CHUNK * sizeof(dh_slot))
     cdef _Chunk out = _Chunk()
     if buf == NULL:
         raise MemoryError()
     try:
-        self._read_acquire()
-        if generation != self._generation:
+        while not ok:
+            self._read_begin(&seq)
+            if generation != self._generation:
+                self._read_release()
+                raise RuntimeError(f"{self.path}: index changed size during iteration")
+            n = 0
+            end = min(start + CHUNK, self._num_slots)
+            for i in range(start, end):
+                if slot_at(self._base, i).tag != TAG_EMPTY:
+                    buf[n] = slot_at(self._base, i)[0]
+                    n += 1
+            ok = read_valid(self, seq)      # (else another process wrote: copy again)
             self._read_release()
-            raise RuntimeError(f"{self.path}: index changed size during iteration")
-        end = min(start + CHUNK, self._num_slots)
-        for i in range(start, end):
-            if slot_at(self._base, i).tag != TAG_EMPTY:
-                buf[n] = slot_at(self._base, i)[0]
-                n += 1
-        self._read_release()
         out.next_slot = end
         out.generation = generation
         out.items = []

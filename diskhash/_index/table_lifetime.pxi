@@ -3,9 +3,10 @@
 import os
 import weakref
 
-from diskhash._index.locks cimport pthread_mutex_lock, pthread_mutex_unlock
+from diskhash._format.sochidx2 cimport OFF_NUM_ENTRIES
+from diskhash._index.locks cimport dh_thread_id, pthread_mutex_lock, pthread_mutex_unlock
 
-from diskhash.errors import IndexClosedError
+from diskhash.errors import DiskHashError, IndexClosedError
 
 cdef enum:
     STATE_OPEN = 0
@@ -18,6 +19,8 @@ _open_indexes = weakref.WeakSet()
 
 
 def _disable_inherited_indexes():
+    global _pid
+    _pid = os.getpid()
     for idx in list(_open_indexes):
         disable_in_child(<DiskHashIndex>idx)
 
@@ -39,6 +42,8 @@ cdef int close_index(DiskHashIndex self, bint sync=True) except -1:
             # (idempotent) a close that Ctrl-C cut short lets go of its lock now
             release_resources(self, True)
         return 0
+    if self._xdepth and self._xowner == dh_thread_id():
+        raise DiskHashError(f"{self.path}: close() inside `with idx.writing()`: leave the block first")
     with nogil:
         pthread_mutex_lock(&self._write_lock)
     try:
@@ -49,7 +54,12 @@ cdef int close_index(DiskHashIndex self, bint sync=True) except -1:
             try:
                 if sync:
                     self._sync_locked()
-                self._lock.mark_clean(os.fstat(self._fd), self._num_entries)
+                # Clean only if no other process has the index open (they
+                # may still write) and no killed writer left work undone.
+                if self._lock.try_quiet() and (self._shared == NULL or (
+                        self._shared.seq & 1 == 0 and self._shared.flags == 0)):
+                    self._lock.mark_clean(os.fstat(self._fd),
+                                          (<uint64_t *>(self._base + OFF_NUM_ENTRIES))[0])
             except OSError as exc:
                 error = exc
         self._exclusive_acquire()
@@ -69,6 +79,7 @@ cdef int release_resources(DiskHashIndex self, bint unlock) except -1:
     self._base = NULL
     self._view = None
     self._undo = NULL
+    self._shared = NULL
     self._undo_view = None
     if self._mmap is not None:
         self._mmap.close()
@@ -95,6 +106,7 @@ cdef int disable_in_child(DiskHashIndex self) except -1:
     self._state = STATE_FORKED
     self._base = NULL
     self._undo = NULL
+    self._shared = NULL
     self._undo_view = None
     if self._lock is not None:
         self._lock.close(unlock=False)

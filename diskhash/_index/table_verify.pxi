@@ -26,32 +26,47 @@ cdef str _defect_text(int kind, uint64_t slot, const unsigned char *base):
     return f"slot {slot}: duplicate of key {u128_to_int(s.key_lo, s.key_hi)}"
 
 
+cdef int SCAN_ATTEMPTS = 5
+
+
 cdef tuple scan_locked(DiskHashIndex self, size_t cap):
     """Run the table scan under the read lock; returns (scan dict, defect texts)."""
     cdef scan_t sc
     cdef size_t k
-    memset(&sc, 0, sizeof(sc))
-    sc.cap = cap
-    sc.defects = <defect_t *>malloc((cap or 1) * sizeof(defect_t))
-    if sc.defects == NULL:
+    cdef defect_t *defects = <defect_t *>malloc((cap or 1) * sizeof(defect_t))
+    if defects == NULL:
         raise MemoryError()
+    memset(&sc, 0, sizeof(sc))
+    sc.defects = defects
+    cdef uint64_t seq
+    cdef int attempt
+    num_entries = file_bytes = header = None
+    texts = dropped = []
     try:
-        self._read_acquire()
-        try:
-            scan_table(self._base, self._num_slots, self._seed, &sc)
-            texts = [_defect_text(sc.defects[k].kind, sc.defects[k].slot, self._base)
-                     for k in range(sc.ndefects)]
-            dropped = [(sc.defects[k].slot, texts[k]) for k in range(sc.ndefects)
-                       if sc.defects[k].kind in (D_BAD_TAG, D_BAD_COMPRESSION)]
-            header = (<char *>self._base)[:HEADER_SIZE]
-            num_entries = self._num_entries
-            # Under the read lock: close() and a grow's swap wait for it,
-            # so the descriptor cannot be closed (or reused) meanwhile.
-            file_bytes = os.fstat(self._fd).st_size
-        finally:
-            self._read_release()
+        for attempt in range(SCAN_ATTEMPTS):
+            # Another process's writes during the scan can show a passing
+            # state (a delete's shifted run): scan again, a few times.
+            self._read_begin(&seq)
+            try:
+                memset(&sc, 0, sizeof(sc))
+                sc.cap = cap
+                sc.defects = defects
+                scan_table(self._base, self._num_slots, self._seed, &sc)
+                texts = [_defect_text(sc.defects[k].kind, sc.defects[k].slot, self._base)
+                         for k in range(sc.ndefects)]
+                dropped = [(sc.defects[k].slot, texts[k]) for k in range(sc.ndefects)
+                           if sc.defects[k].kind in (D_BAD_TAG, D_BAD_COMPRESSION)]
+                header = (<char *>self._base)[:HEADER_SIZE]
+                num_entries = self._num_entries
+                # Under the read lock: close() and a grow's swap wait for it,
+                # so the descriptor cannot be closed (or reused) meanwhile.
+                file_bytes = os.fstat(self._fd).st_size
+                if read_valid(self, seq):
+                    break
+            finally:
+                self._read_release()
     finally:
-        free(sc.defects)
+        free(defects)
     info = dict(occupied=sc.occupied, empties=sc.empties, longest=sc.longest,
                 total_probe=sc.total_probe, counts=[sc.counts[k] for k in range(<size_t>D_KINDS)],
                 header=header, num_entries=num_entries, dropped=dropped,

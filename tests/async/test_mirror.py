@@ -14,7 +14,9 @@ from diskhash.aio import AsyncDiskHashIndex
 ASYNC_ONLY = {"open", "sync", "contains"}
 #: What only the sync side has, on purpose: ``PayloadStore.index`` hands out
 #: the sync index, shared with the store (reach it as ``store.sync.index``).
-SYNC_ONLY = {PayloadStore: {"index"}, DiskHashIndex: set(), ShardedStore: set()}
+# writing(): the sync block is owned by a thread, and the async facade runs
+# a call inline or in a worker thread; no async twin yet (issue 17).
+SYNC_ONLY = {PayloadStore: {"index"}, DiskHashIndex: {"writing"}, ShardedStore: set()}
 
 
 def _public(cls: type) -> set[str]:

@@ -1,5 +1,8 @@
-"""One writer or many readers per file, across processes and index objects;
-what fork() does to an inherited index."""
+"""The lock file's rules across processes and index objects: any number of
+shared opens (the default), or one ``exclusive=True`` open (today's
+single-writer rule, kept as an option); what fork() does to an inherited
+index.  Several processes reading and writing one index at once:
+tests/processes/test_index_shared.py."""
 
 from __future__ import annotations
 
@@ -60,8 +63,9 @@ HOLDER = """
 import sys
 from diskhash import DiskHashIndex, PayloadMeta
 path, mode = sys.argv[1], sys.argv[2]
-idx = DiskHashIndex(path, readonly=(mode == "r"), timeout=float(sys.argv[3]))
-if mode == "w":
+idx = DiskHashIndex(path, readonly=(mode == "r"), timeout=float(sys.argv[3]),
+                    exclusive=(mode == "w"))
+if mode in "ws":
     idx.insert(7, PayloadMeta(7, 70, 700, 0, 7000))
 print("ready", flush=True)
 sys.stdin.readline()
@@ -72,7 +76,8 @@ sys.stdin.readline()
 
 
 class Holder:
-    """Another process holding the index open (``mode``: "w" writer, "r" reader)."""
+    """Another process holding the index open (``mode``: "w" an exclusive=True
+    writer, "s" a shared writer, "r" a shared reader)."""
 
     def __init__(self, path, mode: str, timeout: float = 0.0) -> None:
         self.proc = subprocess.Popen([sys.executable, "-c", HOLDER, str(path), mode, str(timeout)],
@@ -111,40 +116,59 @@ def existing(index_path):
     return index_path
 
 
-def assert_locked(path, readonly: bool, timeout: float = 0.0) -> IndexLockedError:
+def assert_locked(path, readonly: bool, timeout: float = 0.0,
+                  exclusive: bool = False) -> IndexLockedError:
     with pytest.raises(IndexLockedError) as info:
-        DiskHashIndex(path, readonly=readonly, timeout=timeout)
+        DiskHashIndex(path, readonly=readonly, timeout=timeout, exclusive=exclusive)
     err = info.value
     assert err.path == str(path) and str(path) in str(err)
-    assert "many readers or one writer" in str(err)
+    assert "index is locked by" in str(err)
     return err
 
 
 # -- across processes ----------------------------------------------------------
 
 @pytest.mark.parametrize("readonly", [False, True], ids=["writer", "reader"])
-def test_a_writer_in_another_process_excludes_everyone(existing, readonly):
+def test_an_exclusive_writer_in_another_process_excludes_everyone(existing, readonly):
     with Holder(existing, "w") as holder:
-        assert_locked(existing, readonly=readonly)
+        err = assert_locked(existing, readonly=readonly)
+        assert "exclusive=True writer" in str(err)
+        assert_locked(existing, readonly=readonly, exclusive=True)
         holder.close_index()
         with DiskHashIndex(existing, readonly=readonly) as idx:
             assert idx[7] == (7, 70, 700, 0, 7000)     # the other writer's insert
 
 
-def test_readers_in_two_processes_share_the_file_and_exclude_a_writer(existing):
+def test_readers_in_two_processes_share_the_file_and_exclude_an_exclusive_writer(existing):
     with Holder(existing, "r") as holder:
         with DiskHashIndex(existing, readonly=True) as idx:
             assert idx[1] == record(1)
-        assert_locked(existing, readonly=False)
-        holder.close_index()
-        with DiskHashIndex(existing) as idx:
+        assert_locked(existing, readonly=False, exclusive=True)
+        with DiskHashIndex(existing) as idx:        # a shared writer gets in
             idx.insert(2, record(2))
+        holder.close_index()
+        with DiskHashIndex(existing, exclusive=True) as idx:
+            idx.insert(3, record(3))
+
+
+@pytest.mark.parametrize("mode", ["s", "r"])
+def test_a_shared_open_in_another_process_lets_everyone_in_but_an_exclusive_writer(existing, mode):
+    with Holder(existing, mode) as holder:
+        with DiskHashIndex(existing) as w, DiskHashIndex(existing, readonly=True) as r:
+            w.insert(4, record(4))
+            assert r[4] == record(4) and w[1] == record(1)
+            if mode == "s":
+                assert r[7] == (7, 70, 700, 0, 7000)    # the other process's insert
+        assert_locked(existing, readonly=False, exclusive=True)
+        holder.close_index()
+    with DiskHashIndex(existing, exclusive=True) as idx:
+        assert idx[4] == record(4)
 
 
 def test_timeout_waits_then_raises_naming_the_file(existing):
     with Holder(existing, "w"):
         t0 = time.monotonic()
-        err = assert_locked(existing, readonly=False, timeout=0.3)
+        err = assert_locked(existing, readonly=False, timeout=0.3, exclusive=True)
         waited = time.monotonic() - t0
         assert waited >= 0.3
         assert "after waiting 0.3s" in str(err)
@@ -155,7 +179,7 @@ def test_timeout_succeeds_once_the_holder_closes(existing):
         holder.proc.stdin.write("\n")          # the holder closes ~now, we wait up to 10 s
         holder.proc.stdin.flush()
         t0 = time.monotonic()
-        with DiskHashIndex(existing, timeout=10) as idx:
+        with DiskHashIndex(existing, timeout=10, exclusive=True) as idx:
             assert idx[7] == (7, 70, 700, 0, 7000)
         assert time.monotonic() - t0 < 10
         assert holder.proc.stdout.readline() == "closed\n"
@@ -180,7 +204,7 @@ fcntl.flock = flock
 
 
 def test_a_waiting_writer_in_another_process_gets_the_lock_after_close(existing):
-    idx = DiskHashIndex(existing)
+    idx = DiskHashIndex(existing, exclusive=True)
     with Holder.__new__(Holder) as holder:
         holder.proc = subprocess.Popen(
             [sys.executable, "-c", WAITING_HOLDER, str(existing), "w", "10"],
@@ -199,6 +223,7 @@ def test_a_waiting_writer_in_another_process_gets_the_lock_after_close(existing)
 def test_the_lock_dies_with_the_process(existing):
     with Holder(existing, "w") as holder:
         assert_locked(existing, readonly=False)
+        assert_locked(existing, readonly=False, exclusive=True)
         holder.kill()                             # no close(): SIGKILL
         with DiskHashIndex(existing) as idx:      # free at once; the open heals
             assert idx[7] == (7, 70, 700, 0, 7000)
@@ -208,19 +233,22 @@ def test_the_lock_dies_with_the_process(existing):
 # -- two index objects in one process -----------------------------------------
 
 def test_two_objects_in_one_process_follow_the_same_rule(existing):
-    with DiskHashIndex(existing) as writer:
+    with DiskHashIndex(existing, exclusive=True) as writer:
         assert_locked(existing, readonly=False)
         assert_locked(existing, readonly=True)
         writer.insert(5, record(5))
     with DiskHashIndex(existing, readonly=True) as r1, DiskHashIndex(existing, readonly=True) as r2:
         assert r1[5] == r2[5] == record(5)
-        assert_locked(existing, readonly=False)
+        assert_locked(existing, readonly=False, exclusive=True)
+    with DiskHashIndex(existing) as w1, DiskHashIndex(existing) as w2:    # shared: two writers
+        w1.insert(6, record(6))
+        assert w2.pop(6) == record(6) and 6 not in w1
     with DiskHashIndex(existing) as writer:       # close() released every lock
         assert writer[5] == record(5)
 
 
 def test_a_failed_open_leaves_the_holders_lock_alone(existing):
-    with DiskHashIndex(existing) as writer:
+    with DiskHashIndex(existing, exclusive=True) as writer:
         for _ in range(3):
             assert_locked(existing, readonly=False)
         writer.insert(6, record(6))
@@ -281,7 +309,7 @@ def test_a_forked_child_cannot_use_an_inherited_index(existing):
         assert idx.closed
         return "\n".join(results)
 
-    with DiskHashIndex(existing) as idx:
+    with DiskHashIndex(existing, exclusive=True) as idx:
         idx.insert(2, record(2))
         out = _in_forked_child(idx, body)
         assert out.splitlines() and all(line.endswith(": ok") for line in out.splitlines()), out
@@ -305,13 +333,13 @@ def test_a_forked_reader_child_cannot_use_it_either(existing):
             return "done"
         assert _in_forked_child(idx, body) == "done"
         assert idx[1] == record(1)
-        assert_locked(existing, readonly=False)
+        assert_locked(existing, readonly=False, exclusive=True)
 
 
 FORKING_WRITER = """
 import os, sys, time
 from diskhash import DiskHashIndex, PayloadMeta
-idx = DiskHashIndex(sys.argv[1])
+idx = DiskHashIndex(sys.argv[1], exclusive=True)
 idx.insert(8, PayloadMeta(8, 1, 2, 0, 3))
 pid = os.fork()
 if pid == 0:
@@ -391,7 +419,7 @@ def test_a_process_waiting_on_a_discarded_lock_file_locks_the_new_one(tmp_path):
         finally:
             os.close(fd)
         with pytest.raises(diskhash.IndexLockedError):
-            DiskHashIndex(path, timeout=0)
+            DiskHashIndex(path, timeout=0, exclusive=True)
     finally:
         child.stdin.close()
         assert child.wait(timeout=60) == 0
@@ -435,7 +463,7 @@ def test_infinite_timeout_waits_like_none(index_path):
         with DiskHashIndex(index_path, timeout=math.inf) as other:
             opened.append(other[1])
 
-    with DiskHashIndex(index_path):
+    with DiskHashIndex(index_path, exclusive=True):
         t = threading.Thread(target=second)
         t.start()
         t.join(0.2)

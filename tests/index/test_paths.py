@@ -31,7 +31,7 @@ def test_a_symlink_shares_the_targets_lock(tmp_path):
     """A hostile pass found this: every call keeps its contract."""
     real, link = tmp_path / "real.idx", tmp_path / "link.idx"
     os.symlink("real.idx", link)
-    with DiskHashIndex(real) as idx:
+    with DiskHashIndex(real, exclusive=True) as idx:
         idx.insert(1, rec(1))
         for readonly in (False, True):
             with pytest.raises(IndexLockedError) as info:
@@ -39,6 +39,12 @@ def test_a_symlink_shares_the_targets_lock(tmp_path):
             assert str(link) in str(info.value)
     with DiskHashIndex(link, readonly=True) as a, DiskHashIndex(real, readonly=True) as b:
         assert a[1] == b[1] == rec(1)
+    # Shared opens through the link and the target take turns on one lock file.
+    with DiskHashIndex(real) as w, DiskHashIndex(link) as w2:
+        w.insert(2, rec(2))
+        assert w2[2] == rec(2)
+        with pytest.raises(IndexLockedError):
+            DiskHashIndex(link, exclusive=True)
     assert listing(tmp_path) == ["link.idx", "real.idx", "real.idx.lock"]
 
 
