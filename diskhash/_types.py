@@ -3,7 +3,7 @@
 ``PayloadMeta`` is a ``NamedTuple`` so it compares equal to (and unpacks like)
 the plain tuple of its five fields.  Its constructor is compiled: the index
 layer's ``diskhash._index.convert`` imports these classes and installs its
-validator as ``PayloadMeta.__new__`` when it is imported (``import diskhash``
+validator as the one ``PayloadMeta.__new__`` calls when it is imported (``import diskhash``
 does), so a bad record fails where it is built, not at insert.  This module
 sits at the bottom of the package and imports nothing of it.
 """
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import enum
 import uuid
-from typing import TYPE_CHECKING, Any, Iterable, NamedTuple, SupportsIndex
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterable, NamedTuple, SupportsIndex
 
 if TYPE_CHECKING:
     from typing_extensions import Self
@@ -55,12 +55,19 @@ class PayloadMeta(_PayloadMetaFields):
 
     __slots__ = ()
 
-    if TYPE_CHECKING:
-        # At run time ``diskhash._index.convert.new_payload_meta`` (see the
-        # module's docstring): checks every field, normalises the key to an int.
-        def __new__(cls, edge_id: int | uuid.UUID | SupportsIndex, offset: SupportsIndex,
-                    length: SupportsIndex, compression: Compression | SupportsIndex,
-                    uncompressed_length: SupportsIndex) -> Self: ...
+    #: The validator, ``diskhash._index.convert.new_payload_meta``: that module
+    #: sets it when it is imported (``import diskhash`` does).
+    _validate: ClassVar[Callable[..., Any]]
+
+    def __new__(cls, edge_id: int | uuid.UUID | SupportsIndex, offset: SupportsIndex,
+                length: SupportsIndex, compression: Compression | SupportsIndex,
+                uncompressed_length: SupportsIndex) -> Self:
+        # The compiled validator (see the module's docstring): checks every
+        # field, normalises the key to an int.  This frame stays in Python so
+        # that a wrong number or name of arguments is reported as by any
+        # NamedTuple; five positional arguments skip it (the class's vectorcall).
+        return PayloadMeta._validate(cls, edge_id, offset, length, compression,  # type: ignore[no-any-return]
+                                     uncompressed_length)
 
     @classmethod
     def _make(cls, iterable: Iterable[Any]) -> "PayloadMeta":  # type: ignore[override]

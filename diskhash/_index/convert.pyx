@@ -8,9 +8,10 @@ almost surely a bug.  Records are built by filling a tuple subclass directly
 
 The record classes come from ``diskhash._types`` (the layer below), imported
 here like any dependency.  This module is their constructor: at its import it
-installs its validator as ``PayloadMeta.__new__`` and, for the common call of
-five positional arguments, as the class's vectorcall (``_install`` at the
-end).  ``import diskhash`` imports it (the index cimports it), so every
+installs its validator as the one ``PayloadMeta.__new__`` calls (kept in
+Python there, so a wrong number or name of arguments is reported as for any
+``NamedTuple``) and, for the common call of five positional arguments, as the
+class's vectorcall (``_install`` at the end).  ``import diskhash`` imports it (the index cimports it), so every
 ``PayloadMeta`` a program can build is validated.
 """
 import operator
@@ -377,11 +378,11 @@ cdef object _payload_meta_vectorcall(object cls, PyObject **args, size_t nargsf,
 
 cdef _install(record_type):
     """Make ``record_type`` (``PayloadMeta``) construct through this module:
-    ``__new__`` for every call form, then the vectorcall for five positional
-    arguments (set last: assigning ``__new__`` updates the type's slots)."""
+    its ``__new__`` (``_types``) calls ``new_payload_meta`` for every call
+    form, and the vectorcall takes five positional arguments straight here."""
     if not (isinstance(record_type, type) and issubclass(record_type, tuple) and type(record_type) is type):
         raise TypeError("records are built as instances of a plain tuple subclass")
-    record_type.__new__ = staticmethod(new_payload_meta)
+    record_type._validate = staticmethod(new_payload_meta)
     dh_set_type_vectorcall(<PyTypeObject*>record_type, <dh_vectorcallfunc>_payload_meta_vectorcall)
 
 

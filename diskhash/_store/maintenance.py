@@ -16,6 +16,7 @@ from diskhash._format import payload as fmt
 from diskhash._store import codecs as _codecs
 from diskhash._store.generation import Generation, StoreDirectory, unlink
 from diskhash._store.recovery import apply_final, build_index
+from diskhash._store.write import MaintenanceLock  # (compiled: Ctrl-C cannot leave it held)
 from diskhash._store.writer import Writer
 from diskhash._types import PayloadMeta, SalvageReport
 from diskhash.errors import CorruptPayloadError, IndexClosedError
@@ -42,58 +43,6 @@ class StoreStats(NamedTuple):
     data_generation: int
     index_generation: int
     checkpoint: int
-
-
-class MaintenanceLock:
-    """The lock of compact(), rebuild_index() and close().  Taking it again in
-    the thread that holds it (a ``rebuild_index`` progress callback calling
-    ``close()`` or ``compact()``) raises ``RuntimeError`` instead of deadlocking.
-
-    Fair: callers get it in the order they asked (a ticket each), so a thread
-    running ``compact()`` in a tight loop cannot starve a ``close()`` from
-    another thread (a plain lock is taken back by its releaser before the
-    woken waiter runs).  A waiter interrupted (Ctrl-C) gives up its ticket."""
-
-    __slots__ = ("_cond", "_owner", "_next", "_serving", "_given_up")
-
-    def __init__(self) -> None:
-        self._cond = threading.Condition(threading.Lock())
-        self._owner: "int | None" = None
-        self._next = 0          # the next ticket handed out
-        self._serving = 0       # the ticket that may hold the lock
-        self._given_up: "set[int]" = set()
-
-    def __enter__(self) -> "MaintenanceLock":
-        me = threading.get_ident()
-        if self._owner == me:
-            raise RuntimeError("close(), compact() and rebuild_index() cannot be called "
-                               "while this thread runs one of them (from a progress callback)")
-        with self._cond:
-            ticket = self._next
-            self._next += 1
-            try:
-                while self._serving != ticket:
-                    self._cond.wait()
-            except BaseException:
-                if self._serving == ticket:
-                    self._advance()
-                else:
-                    self._given_up.add(ticket)
-                raise
-            self._owner = me
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        with self._cond:
-            self._owner = None
-            self._advance()
-
-    def _advance(self) -> None:
-        self._serving += 1
-        while self._serving in self._given_up:
-            self._given_up.discard(self._serving)
-            self._serving += 1
-        self._cond.notify_all()
 
 
 def _all_zero(fd: int, start: int, end: int) -> bool:

@@ -333,3 +333,128 @@ def put_frame(DiskHashIndex index not None, view, Py_ssize_t start, key, bytes p
     if not PyLong_CheckExact(key):
         key = u128_to_int(lo, hi)
     return make_record(key, 0, m.offset, m.length, m.uncompressed_length)
+
+
+# -- the writer's door and the maintenance lock ------------------------------------------
+#
+# Compiled, so that Ctrl-C cannot land between taking a lock and the code that
+# gives it back.  A signal handler's KeyboardInterrupt is raised only where the
+# interpreter runs Python code (a Python function's first instruction, the
+# step after a call returns), never inside these C methods, and a ``with``
+# statement calls them without a Python frame of their own.  Written in
+# Python, a Ctrl-C at the first instruction of ``__exit__`` or right after
+# ``acquire()`` returned left the lock held for ever: other writers, the sync
+# thread and ``close()`` (which joins the sync thread) then waited for it.
+
+import threading as _threading
+
+
+cdef class WriterDoor:
+    """The base of ``_store.writer.Writer``: its door, ``with writer as g:``.
+
+    ``__enter__`` takes the writer lock (the subclass's ``lock``, an ``RLock``)
+    and returns ``writable()`` (the writable generation), letting the lock go
+    if that raises; ``__exit__`` lets it go.  ``nowait()`` is the same door
+    without waiting for the lock."""
+
+    def __enter__(self):
+        lock = self.lock
+        lock.acquire()
+        try:
+            return self.writable()
+        except BaseException:
+            lock.release()
+            raise
+
+    def __exit__(self, *exc):
+        self.lock.release()
+
+    def nowait(self):
+        """``with writer.nowait() as g:``: ``g`` is the writable generation, the
+        lock taken, or None when another thread holds the lock (nothing taken)."""
+        return NoWait(self)
+
+
+cdef class NoWait:
+    """``WriterDoor.nowait()``'s context manager (one use)."""
+
+    cdef object _door
+    cdef object _held
+
+    def __cinit__(self, door):
+        self._door = door
+
+    def __enter__(self):
+        lock = self._door.lock
+        if not lock.acquire(False):
+            return None
+        self._held = lock
+        try:
+            return self._door.writable()
+        except BaseException:
+            self._held = None
+            lock.release()
+            raise
+
+    def __exit__(self, *exc):
+        lock = self._held
+        self._held = None
+        if lock is not None:
+            lock.release()
+
+
+cdef class MaintenanceLock:
+    """The lock of compact(), rebuild_index() and close().  Taking it again in
+    the thread that holds it (a ``rebuild_index`` progress callback calling
+    ``close()`` or ``compact()``) raises ``RuntimeError`` instead of deadlocking.
+
+    Fair: callers get it in the order they asked (a ticket each), so a thread
+    running ``compact()`` in a tight loop cannot starve a ``close()`` from
+    another thread (a plain lock is taken back by its releaser before the
+    woken waiter runs).  A waiter interrupted (Ctrl-C) gives up its ticket."""
+
+    cdef object _mutex
+    cdef object _cond
+    cdef object _owner
+    cdef readonly Py_ssize_t _next      # the next ticket handed out (read by a test)
+    cdef Py_ssize_t _serving    # the ticket that may hold the lock
+    cdef set _given_up
+
+    def __cinit__(self):
+        self._mutex = _threading.Lock()
+        self._cond = _threading.Condition(self._mutex)
+        self._owner = None
+        self._given_up = set()
+
+    def __enter__(self):
+        cdef Py_ssize_t ticket
+        me = _threading.get_ident()
+        if self._owner == me:
+            raise RuntimeError("close(), compact() and rebuild_index() cannot be called "
+                               "while this thread runs one of them (from a progress callback)")
+        with self._mutex:
+            ticket = self._next
+            self._next += 1
+            try:
+                while self._serving != ticket:
+                    self._cond.wait()
+            except BaseException:
+                if self._serving == ticket:
+                    self._advance()
+                else:
+                    self._given_up.add(ticket)
+                raise
+            self._owner = me
+        return self
+
+    def __exit__(self, *exc):
+        with self._mutex:
+            self._owner = None
+            self._advance()
+
+    cdef void _advance(self) except *:
+        self._serving += 1
+        while self._serving in self._given_up:
+            self._given_up.discard(self._serving)
+            self._serving += 1
+        self._cond.notify_all()

@@ -1,6 +1,7 @@
 """The store's write side: the log's end, appends, their one undo, put, put_many, delete, save.
 
-Every write enters through one door, ``with writer as g:`` (``Writer.__enter__``):
+Every write enters through one door, ``with writer as g:`` (``WriterDoor.__enter__``,
+compiled in ``_store/write.pyx`` so that Ctrl-C cannot leave its lock held):
 it takes the writer lock and hands out the writable generation, or raises
 (read-only, closed, inherited across fork) before a byte is written.  What
 must hold for every writer (another process's writer lock, a re-map to the
@@ -36,6 +37,7 @@ from diskhash._store.generation import (
     write_header,
 )
 from diskhash._store.keys import MASK64, key_int, numpy_or_none, pair_keys
+from diskhash._store.write import WriterDoor
 from diskhash._store.write import encode_frames as _encode_frames
 from diskhash._store.write import encode_frames_packed as _encode_frames_packed
 from diskhash._store.write import encode_frames_u128 as _encode_frames_u128
@@ -70,7 +72,7 @@ def encode_frame(key: int, view: Any, comp: int) -> tuple[bytes, bytes, int, int
     return fmt.checksum(rest).to_bytes(4, "little"), rest, used, slen, n
 
 
-class Writer:
+class Writer(WriterDoor):
     """The write side of one open store: the current generation, the log's
     end and checkpoint, the writer lock, and every write path with its undo.
 
@@ -78,6 +80,10 @@ class Writer:
     take a local reference to it for one call; only the writer, under its
     lock, replaces it (``switch``: ``compact()``, ``rebuild_index()``).
     ``closed_error`` makes the exception of a closed (or forked) store.
+
+    The door, ``with writer as g:`` (and ``with writer.nowait() as g:``), is
+    ``WriterDoor``'s (``_store/write.pyx``): it takes ``lock`` and returns
+    ``writable()``, compiled so that Ctrl-C cannot leave the lock held.
     """
 
     def __init__(self, *, compression: int, fsync: bool, readonly: bool, directory: str,
@@ -95,22 +101,8 @@ class Writer:
         self.directory = directory
         self.closed_error = closed_error
 
-    # -- the door ------------------------------------------------------------------------
-
-    def __enter__(self) -> Generation:
-        """Take the writer lock; the writable generation (else ``ReadOnlyIndexError``
-        or the closed store's error, the lock let go)."""
-        self.lock.acquire()
-        try:
-            return self.writable()
-        except BaseException:
-            self.lock.release()
-            raise
-
-    def __exit__(self, *exc: Any) -> None:
-        self.lock.release()
-
     def writable(self) -> Generation:
+        """The writable generation, else ``ReadOnlyIndexError`` or the closed store's error."""
         if self.readonly:
             raise ReadOnlyIndexError(f"{self.directory}: store was opened read-only")
         g = self.gen
@@ -297,10 +289,9 @@ class Writer:
         comp = self.compression if compression is None else _codecs.require(compression)
         ck, rest, used, slen, n = self.encode(key, view, comp)
         # The door without waiting: its lock only if free, then its check.
-        if not self.lock.acquire(blocking=False):
-            return None
-        try:
-            g = self.writable()
+        with self.nowait() as g:
+            if g is None:
+                return None
             if self.end + fmt.FRAME_SIZE + slen > g.alloc:
                 return None         # the file must grow: a worker thread does that
             start = self.append(g, (ck, rest), fmt.FRAME_SIZE + slen)
@@ -314,8 +305,6 @@ class Writer:
             if not done:
                 self.undo_append(g, start, start + fmt.FRAME_SIZE + slen)
             return meta if done else None
-        finally:
-            self.lock.release()
 
     # -- put_many --------------------------------------------------------------------------------
 

@@ -86,3 +86,33 @@ def test_negative_record_fields_raise_overflow_error(field, index, value):
         PayloadMeta(*args)
     with pytest.raises(OverflowError):
         PayloadMeta(**dict(zip(PayloadMeta._fields, args)))
+
+
+@pytest.mark.parametrize("args, kwargs, message", [
+    ((1, 2, 3), {}, "PayloadMeta.__new__() missing 2 required positional arguments: "
+                    "'compression' and 'uncompressed_length'"),
+    ((), {}, "PayloadMeta.__new__() missing 5 required positional arguments"),
+    ((1, 2, 3, 0, 3, 9), {}, "PayloadMeta.__new__() takes 6 positional arguments but 7 were given"),
+    ((1, 2, 3, 0, 3), {"bogus": 1}, "PayloadMeta.__new__() got an unexpected keyword argument 'bogus'"),
+    ((1, 2, 3, 0, 3), {"edge_id": 1}, "PayloadMeta.__new__() got multiple values for argument 'edge_id'"),
+    ((), {"edge_id": 1, "offset": 2}, "PayloadMeta.__new__() missing 3 required positional arguments"),
+])
+def test_payload_meta_argument_errors_name_the_class(args, kwargs, message):
+    """A wrong number or name of arguments says ``PayloadMeta.__new__()`` and
+    which fields are missing, as before the types module stopped importing
+    the index layer (the rewrite's compiled ``__new__`` said
+    ``new_payload_meta() takes exactly 6 positional arguments (4 given)``)."""
+    with pytest.raises(TypeError) as info:
+        PayloadMeta(*args, **kwargs)
+    assert str(info.value).startswith(message)
+
+
+def test_payload_meta_signature_names_its_fields_with_types():
+    """``inspect.signature(PayloadMeta)`` (help(), IDEs) shows the five fields and their types."""
+    import inspect
+
+    sig = inspect.signature(PayloadMeta)
+    assert list(sig.parameters) == ["edge_id", "offset", "length", "compression", "uncompressed_length"]
+    assert "SupportsIndex" in str(sig.parameters["offset"].annotation)
+    assert PayloadMeta(1, 2, 3, 1, 4) == (1, 2, 3, 1, 4)
+    assert PayloadMeta(edge_id=1, offset=2, length=3, compression=0, uncompressed_length=3).offset == 2

@@ -385,3 +385,112 @@ def test_ctrl_c_right_after_the_bulk_append(tmp_path, window, packed):
         assert r.get(9999) == b"after"
         assert [k for k in keys if r.get(k) is not None] == []     # used to be replayed
         assert len(r) == 21
+
+
+_EVERY_POINT = """
+import sys, threading, tempfile
+from diskhash import Compression, PayloadStore
+
+OPS = {
+    "put": lambda s: s.put(1, b"x" * 100),
+    "put_lz4": lambda s: s.put(1, b"x" * 100, compression=Compression.LZ4),
+    "delete": lambda s: s.delete(2),
+    "pop": lambda s: s.pop(3, None),
+    "put_many": lambda s: s.put_many([4, 5], [b"a", b"b"]),
+    "save": lambda s: s.save(),
+    "rebuild": lambda s: s.rebuild_index(),
+}
+op = OPS[%(op)r]
+main = threading.main_thread()
+
+def fresh():
+    s = PayloadStore(tempfile.mkdtemp(dir="."), sync=%(sync)s)
+    s.put_many(list(range(10)), [b"v%%d" %% i for i in range(10)])
+    return s
+
+def run(s, at):
+    seen = [0]
+    def trace(frame, event, arg):
+        # Where a signal's Ctrl-C lands: a Python function's first instruction
+        # ("call"), the caller's step after a call returned ("return": raised
+        # in the callee, it reaches the caller there).  Not "line" events: some
+        # (a ``try:``, a ``with`` line's exit) are steps no signal lands on,
+        # where CPython 3.11+ lets a trace function's exception skip a ``with``.
+        if threading.current_thread() is main and event in ("call", "return"):
+            seen[0] += 1
+            if seen[0] == at:
+                raise KeyboardInterrupt
+        return trace
+    sys.settrace(trace)
+    try:
+        op(s)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        sys.settrace(None)
+    return seen[0]
+
+total = run(fresh(), 0)
+held = []
+for at in range(1, total + 1):
+    s = fresh()
+    run(s, at)
+    # another thread must get the writer and the maintenance lock now
+    t = threading.Thread(target=lambda: (s.save(), s.rebuild_index()), daemon=True)
+    t.start()
+    t.join(10)
+    if t.is_alive():
+        held.append(at)
+        continue
+    try:
+        s.compact()
+        s.close()
+    except RuntimeError:
+        held.append(at)
+print(total, held)
+"""
+
+
+@pytest.mark.parametrize("op", ["put", "put_lz4", "delete", "pop", "put_many", "save", "rebuild"])
+def test_ctrl_c_at_any_point_of_a_write_lets_its_locks_go(tmp_path, op):
+    """A KeyboardInterrupt raised at every Python-level call and return of a
+    write in turn (a trace function: where a signal handler's Ctrl-C lands) leaves
+    no lock held: another thread then saves and rebuilds, and compact() and
+    close() run.  Found by the layout rewrite's attack: the writer's door,
+    written in Python, lost its lock to a Ctrl-C at the first instruction of
+    its ``__exit__`` (or right after ``acquire()`` returned), and the
+    maintenance lock to one inside its own ``__exit__``; the sync thread,
+    other writers and close() then waited for ever (close() joins the sync
+    thread) or compact() in the same thread raised RuntimeError."""
+    out = _child(_EVERY_POINT % {"sync": 60_000, "op": op}, tmp_path, timeout=240)
+    total, held = out.split(" ", 1)
+    assert int(total) > 3
+    assert held.strip() == "[]", f"locks left held after Ctrl-C at steps {held.strip()} of {total}"
+
+
+def test_ctrl_c_in_the_writer_door_does_not_hang_close_with_a_sync_thread(tmp_path):
+    """The hang itself: Ctrl-C at the first instruction of the door's exit left
+    the writer lock held; the sync thread (``sync=5``) blocked on it and
+    ``close()``, which joins that thread, never returned."""
+    code = """
+        import sys, threading, time
+        from diskhash import PayloadStore
+        s = PayloadStore("s", sync=5)
+        s.put(1, b"a")
+        fired = []
+        def trace(frame, event, arg):
+            if (event == "call" and frame.f_code.co_name == "__exit__" and not fired
+                    and frame.f_code.co_filename.endswith(("writer.py", "write.pyx"))):
+                fired.append(1)
+                raise KeyboardInterrupt
+        sys.settrace(trace)
+        try:
+            s.delete(1)
+        except KeyboardInterrupt:
+            pass
+        sys.settrace(None)
+        time.sleep(0.1)         # the sync thread wakes up and wants the lock
+        s.close()
+        print("closed", 1 in PayloadStore("s"))
+    """
+    assert _child(code, tmp_path, timeout=60).split() == ["closed", "False"]
