@@ -4,7 +4,7 @@ Scheduling is all this module adds; every rule (validation, errors, locking,
 crash safety) is the core's.  Three lanes:
 
 * inline, on the event loop: ``get``, ``contains``, ``len()``, an ``insert``
-  that needs no grow (``DiskHashIndex._try_insert``), small batch lookups.
+  that needs no grow (``table.try_insert``), small batch lookups.
   These never wait for another thread for longer than a few pointer stores
   (the map swap at the end of a grow), so they cost what the sync call costs;
 * the writer lane: work that holds the core's writer lock or reads the whole
@@ -43,7 +43,7 @@ import anyio
 import anyio.lowlevel
 
 from diskhash import _threads
-from diskhash._index.table import DiskHashIndex
+from diskhash._index.table import DiskHashIndex, iteration_chunk, iteration_start, try_insert
 from diskhash._types import IndexStats, PayloadMeta, RepairReport
 from diskhash.errors import WrongEventLoopError
 
@@ -51,7 +51,7 @@ if TYPE_CHECKING:
     import numpy as np
     from numpy.typing import NDArray
 
-    from diskhash._index.batch import _KeyArray, _MetaArray, _ResultArray
+    from diskhash._index.batch import KeyArray, MetaArray, ResultArray
 
 __all__ = ["AsyncDiskHashIndex"]
 
@@ -73,7 +73,7 @@ def _fetch(sync: DiskHashIndex, start: int, what: int, generation: int,
     items: list[Any] = []
     end = min(num_slots, start + ITER_STEP_SLOTS)
     while start < end:
-        chunk = sync._chunk(start, what, generation)
+        chunk = iteration_chunk(sync, start, what, generation)
         items.extend(chunk.items)
         start = chunk.next_slot
     return items, start
@@ -99,7 +99,7 @@ class _AsyncIterator(Generic[_I]):
         while self._pos >= len(self._buffer):
             sync = self._owner.sync
             if self._start is None:
-                self._generation, self._num_slots = sync._iter_start()
+                self._generation, self._num_slots = iteration_start(sync)
                 self._start = 0
             if self._start >= self._num_slots:
                 raise StopAsyncIteration
@@ -109,7 +109,7 @@ class _AsyncIterator(Generic[_I]):
         # The buffer is copied ahead: a key deleted (or the index closed)
         # meanwhile must not be yielded (the sync iterators' rule).
         sync = self._owner.sync
-        if sync._iter_start()[0] != self._generation:
+        if iteration_start(sync)[0] != self._generation:
             raise RuntimeError(f"{sync.path}: index changed size during iteration")
         item: _I = self._buffer[self._pos]
         self._pos += 1
@@ -317,12 +317,12 @@ class AsyncDiskHashIndex:
         sync = self._sync
         if _threads.pending:
             _threads.handoff()
-        if sync._try_insert(key, meta):
+        if try_insert(sync, key, meta):
             return
         lane, limiter = self._bind()
         try:
             async with lane:
-                if sync._try_insert(key, meta):     # the writer before us made room
+                if try_insert(sync, key, meta):     # the writer before us made room
                     return
                 await _threads.run_sync(sync.insert, key, meta, limiter=limiter)
         finally:
@@ -375,7 +375,7 @@ class AsyncDiskHashIndex:
 
     # -- batches -----------------------------------------------------------------
 
-    async def get_many(self, keys: _KeyArray) -> _ResultArray:
+    async def get_many(self, keys: KeyArray) -> ResultArray:
         """Look up a batch of keys (see ``DiskHashIndex.get_many``).
 
         ``keys``: a 1-D array of unsigned ints (ids < 2**64), of
@@ -392,7 +392,7 @@ class AsyncDiskHashIndex:
             return self._sync.get_many(keys)
         return await self._in_lane(self._sync.get_many, keys)
 
-    async def contains_many(self, keys: _KeyArray) -> NDArray[np.bool_]:
+    async def contains_many(self, keys: KeyArray) -> NDArray[np.bool_]:
         """Which of ``keys`` are stored: a ``bool`` array, one entry per key.
 
         ``keys`` and errors as for ``get_many``.  Inline up to
@@ -404,7 +404,7 @@ class AsyncDiskHashIndex:
             return self._sync.contains_many(keys)
         return await self._in_lane(self._sync.contains_many, keys)
 
-    async def insert_many(self, keys: _KeyArray, records: _MetaArray) -> None:
+    async def insert_many(self, keys: KeyArray, records: MetaArray) -> None:
         """Insert ``records[i]`` under ``keys[i]``, in order (see ``DiskHashIndex.insert_many``).
 
         ``keys`` as for ``get_many``; ``records``: a ``META_DTYPE`` array, as

@@ -54,9 +54,6 @@ cdef class DiskHashIndex:
     cdef int _raise_unusable(self) except -1
     cdef int _read_acquire(self) except -1
     cdef int _read_begin(self, uint64_t *seq) except -1
-    cdef int _read_wait(self, uint64_t seq, double *since, int *spins) except -1
-    cdef int _sync_table(self, bint recovering) except -1
-    cdef int _recover_dead_writer(self) except -1
     cdef void _read_release(self) noexcept nogil
     cdef int _write_acquire(self, bint block) except -1
     cdef void _write_release(self) noexcept nogil

@@ -19,7 +19,7 @@ import numpy as np
 from numpy.typing import NDArray
 from typing_extensions import disjoint_base
 
-from diskhash._index.batch import _KeyArray, _MetaArray, _ResultArray
+from diskhash._index.batch import KeyArray, MetaArray, ResultArray
 from diskhash._types import Compression, IndexStats, PayloadMeta, RepairReport
 
 _T = TypeVar("_T")
@@ -137,7 +137,7 @@ class DiskHashIndex:
         """Make every write before this call durable (msync of the whole map):
         they then survive a kernel crash and a power loss.  Raises ``OSError``
         if the msync fails."""
-    def get_many(self, keys: _KeyArray) -> _ResultArray:
+    def get_many(self, keys: KeyArray) -> ResultArray:
         """Look up a batch: returns a ``RESULT_DTYPE`` array, one row per key
         (``found`` False and zeros for an absent key).
 
@@ -147,10 +147,10 @@ class DiskHashIndex:
         and ``ImportError`` (numpy is not installed).  The GIL is released
         for the whole batch.
         """
-    def contains_many(self, keys: _KeyArray) -> NDArray[np.bool_]:
+    def contains_many(self, keys: KeyArray) -> NDArray[np.bool_]:
         """Which of ``keys`` are stored: a ``bool`` array (``keys`` and errors
         as for ``get_many``)."""
-    def insert_many(self, keys: _KeyArray, records: _MetaArray) -> None:
+    def insert_many(self, keys: KeyArray, records: MetaArray) -> None:
         """Insert ``records[i]`` under ``keys[i]``, in order; a repeated key
         ends with its last record.
 
@@ -185,8 +185,6 @@ class DiskHashIndex:
 
         Idempotent; other threads' later calls raise ``IndexClosedError``.
         """
-    def _close_unsynced(self) -> None:
-        """``close()`` without the msync (process-crash safe only)."""
     @property
     def closed(self) -> bool:
         """Whether the index was closed (or inherited across ``fork()``)."""
@@ -212,10 +210,17 @@ class DiskHashIndex:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None: ...
-    # Hooks for the async facade (diskhash._index.aio); not public API.
-    def _try_insert(self, key: _Key, meta: _Record) -> bool: ...
-    def _iter_start(self) -> tuple[int, int]: ...
-    def _chunk(self, start: int, what: int, generation: int) -> Any: ...
+
+# The index's internal interface, for the store and the async index (not public API).
+def try_insert(index: DiskHashIndex, key: _Key, meta: _Record) -> bool:
+    """Insert only if that cannot block; False (nothing done) if a writer or
+    a long read holds a lock, or the insert would have to grow the table."""
+def close_unsynced(index: DiskHashIndex) -> None:
+    """``close()`` without the msync (process-crash safe only)."""
+def iteration_start(index: DiskHashIndex) -> tuple[int, int]:
+    """``(generation, num_slots)`` for a new iteration."""
+def iteration_chunk(index: DiskHashIndex, start: int, what: int, generation: int) -> Any:
+    """One iteration step: the records of up to a chunk of slots from ``start``."""
 
 def repair(path: _StrPath) -> RepairReport:
     """Open the index at ``path`` for writing, ``repair()`` it and close it.

@@ -23,13 +23,17 @@ publishes it by fsync + rename + directory fsync.
 
 Where each concern lives (one module; the .pxi files are textual includes so
 the probe and the slot writers of _format/sochidx2.pxd stay inlined everywhere):
-  table.pyx            the table: get/insert/delete/iteration, the locks
+  table.pyx            the table: get/insert/delete/iteration, the short locks
+  table_locks.pxi      the writer locks across threads and processes, recovery
+                       after a dead writer, a reader's wait for a slot change
+  table_slots.pxi      insert, delete and try_insert: slot changes under the
+                       writer lock
   table_open.pxi       open: argument checks, validate and map, roll back a
                        torn overwrite, heal after an unclean close
   table_grow.pxi       grow and repair's rebuild: rehash, publish, swap
   table_scan.pxi       the linear, interruptible whole-table scan
   table_verify.pxi     verify, stats, repair
-  table_iter.pxi       iteration a chunk at a time
+  table_iter.pxi       iteration a chunk at a time (and the async index's steps)
   table_lifetime.pxi   close, and what fork() does to an inherited index
   _format/sochidx2.pxd the SOCHIDX2 layout, hash and probe (inline C)
   _fs/files.py         every file and directory-entry operation, the locks
@@ -38,8 +42,7 @@ import os
 import warnings
 
 from libc.stdint cimport int64_t, uint8_t, uint64_t
-from libc.errno cimport EBUSY, errno
-from libc.string cimport memcpy, memset
+from libc.errno cimport errno
 from posix.mman cimport MS_SYNC, msync
 from diskhash._index.convert cimport (
     key_to_u128,
@@ -49,34 +52,23 @@ from diskhash._index.convert cimport (
     u128_to_int,
 )
 from diskhash._format.sochidx2 cimport (
-    DH_COMPILER_BARRIER,
-    DH_SHARED_NEEDS_HEAL,
     HEADER_SIZE,
     MAX_COMPRESSION,
     OFF_NUM_ENTRIES,
     PROBE_FULL,
     PROBE_MISS,
     SLOT_SIZE,
-    TAG_EMPTY,
-    TAG_OCCUPIED,
     dh_load_acquire,
     dh_load_relaxed,
-    dh_shared,
     dh_shared_mutex,
     dh_slot,
-    hash_u128,
-    needs_grow,
     probe,
     slot_at,
 )
 from diskhash._index.locks cimport (
-    dh_robust_owner_gone,
     dh_thread_id,
-    pthread_mutex_consistent,
     pthread_mutex_t,
-    pthread_mutex_lock,
     pthread_mutex_unlock,
-    pthread_mutex_trylock,
     pthread_rwlock_tryrdlock,
     pthread_rwlock_rdlock,
     pthread_rwlock_unlock,
@@ -94,41 +86,9 @@ from diskhash._index.locks cimport (
 
 from diskhash.errors import (
     CorruptIndexError,
-    DiskHashError,
     IndexClosedError,
-    IndexLockedError,
-    ReadOnlyIndexError,
 )
 
-cdef extern from *:
-    """
-    #include <sched.h>
-    #include <time.h>
-    #include <unistd.h>
-    static double dh_now(void) {
-        struct timespec t;
-        clock_gettime(CLOCK_MONOTONIC, &t);
-        return (double)t.tv_sec + (double)t.tv_nsec * 1e-9;
-    }
-    static void dh_nap(unsigned int us) { if (us) usleep(us); else sched_yield(); }
-    """
-    double dh_now() nogil
-    void dh_nap(unsigned int us) nogil
-
-cdef extern from "<errno.h>":
-    enum:
-        EDEADLK
-        EOWNERDEAD
-        ENOTRECOVERABLE
-
-# This process's id, stored in the shared page by the writer holding the
-# cross-process mutex (for messages); set again in a forked child.
-cdef uint64_t _pid = os.getpid()
-
-# A reader that finds the seqlock odd this long looks at whether the writer
-# holding it is still alive (a writer changes slots for well under a
-# microsecond; this allows for it being descheduled on a busy machine).
-cdef double ODD_SEQ_PATIENCE = 0.02
 
 cdef object _MISSING = object()
 
@@ -146,6 +106,8 @@ cdef object _batch_module():
 
 # The module by concern (textual includes, so the probe and slot writers from
 # _format/sochidx2.pxd stay inlined into every caller):
+include "table_locks.pxi"        # the writer locks, dead-writer recovery, a blocked read
+include "table_slots.pxi"        # insert, delete: slot changes under the writer lock
 include "table_lifetime.pxi"     # closing; fork safety
 include "table_scan.pxi"         # the linear, interruptible whole-table scan
 include "table_verify.pxi"       # verify, stats, repair
@@ -234,114 +196,11 @@ cdef class DiskHashIndex:
                 seq[0] = s
                 return 0
             self._read_release()
-            self._read_wait(s, &since, &spins)
-
-    cdef int _read_wait(self, uint64_t seq, double *since, int *spins) except -1:
-        """Why a read cannot start: re-map a replaced table, or wait for the
-        writer of another process to finish its slot change -- or, if that
-        writer died, recover (a writable index) or wait for a writer to
-        (read-only: up to the open's timeout, then IndexLockedError)."""
-        cdef dh_shared *sh = self._shared
-        cdef double now
-        if dh_load_relaxed(&sh.table_gen) != self._table_gen:
-            remap_for_reader(self)
-            return 0
-        if spins[0] < 64:
-            spins[0] += 1
-            with nogil:
-                dh_nap(0)
-            return 0
-        now = dh_now()
-        if since[0] == 0.0:
-            since[0] = now
-        if now - since[0] < ODD_SEQ_PATIENCE or not dh_robust_owner_gone(dh_shared_mutex(sh)):
-            with nogil:
-                dh_nap(200)
-            return 0
-        # The writer died in the middle of a slot change.
-        if not self.readonly:
-            self._write_acquire(True)       # EOWNERDEAD: recovers it
-            self._write_release()
-            spins[0] = 0
-            since[0] = 0.0
-            return 0
-        if self._timeout is not None and now - since[0] >= max(self._timeout, ODD_SEQ_PATIENCE):
-            raise IndexLockedError(
-                self.path,
-                f"a writer process (pid {sh.owner_pid}) died while changing the index and no "
-                f"writer has recovered it yet: open the index writable in any process (or call "
-                f"diskhash.repair) and this read goes on")
-        with nogil:
-            dh_nap(1000)
-        return 0
+            read_wait(self, s, &since, &spins)
 
     cdef int _write_acquire(self, bint block) except -1:
-        """Take the writer mutex, then (shared mode) the cross-process one;
-        returns 0, or 1 if busy and not `block`.
-
-        Inside ``with writing()`` the thread that holds it takes nothing.
-        After the cross-process mutex: a dead holder's half-done change is
-        put right, a table file another process replaced is re-mapped and
-        the entry count is read again, so this writer sees every write
-        other processes made before."""
-        cdef int rc
-        cdef dh_shared *sh
-        cdef pthread_mutex_t *m
-        if self._state != STATE_OPEN:
-            self._raise_unusable()
-        if self.readonly:
-            raise ReadOnlyIndexError(f"{self.path}: index is open read-only")
-        if self._xdepth and self._xowner == dh_thread_id():
-            return 0
-        if pthread_mutex_trylock(&self._write_lock) != 0:
-            if not block:
-                return 1
-            with nogil:
-                pthread_mutex_lock(&self._write_lock)
-        if self._base == NULL:
-            pthread_mutex_unlock(&self._write_lock)
-            self._raise_unusable()
-        sh = self._shared
-        if sh == NULL:
-            return 0
-        m = <pthread_mutex_t *>dh_shared_mutex(sh)
-        rc = pthread_mutex_trylock(m)
-        if rc == EBUSY:
-            if not block:
-                pthread_mutex_unlock(&self._write_lock)
-                return 1
-            with nogil:
-                rc = pthread_mutex_lock(m)
-        if rc == EOWNERDEAD:
-            try:
-                self._recover_dead_writer()
-            except BaseException:
-                # Not made consistent: every later locker gets ENOTRECOVERABLE
-                # until an open that is alone with the index resets the mutex.
-                pthread_mutex_unlock(m)
-                pthread_mutex_unlock(&self._write_lock)
-                raise
-            pthread_mutex_consistent(m)
-        elif rc != 0:
-            pthread_mutex_unlock(&self._write_lock)
-            if rc == EDEADLK:
-                raise DiskHashError(
-                    f"{self.path}: this thread already holds the index's writer lock through "
-                    f"another DiskHashIndex object of the same file (inside its writing() block?)")
-            if rc == ENOTRECOVERABLE:
-                raise DiskHashError(
-                    f"{self.path}: the cross-process writer lock is unusable (a recovery after a "
-                    f"killed writer failed); close every process's index and open it again")
-            raise OSError(rc, f"cannot take the cross-process writer lock: {os.strerror(rc)}", self.path)
-        sh.owner_pid = _pid
-        try:
-            if dh_load_relaxed(&sh.table_gen) != self._table_gen or sh.flags:
-                self._sync_table(False)
-            self._num_entries = (<uint64_t *>(self._base + OFF_NUM_ENTRIES))[0]
-        except BaseException:
-            self._write_release()
-            raise
-        return 0
+        """Take the writer lock(s); 1 if busy and not ``block`` (see ``write_acquire``)."""
+        return write_acquire(self, block)
 
     cdef void _write_release(self) noexcept nogil:
         if self._xdepth and self._xowner == dh_thread_id():
@@ -350,13 +209,6 @@ cdef class DiskHashIndex:
             self._shared.owner_pid = 0
             pthread_mutex_unlock(<pthread_mutex_t *>dh_shared_mutex(self._shared))
         pthread_mutex_unlock(&self._write_lock)
-
-    cdef int _sync_table(self, bint recovering) except -1:
-        """Catch up with other processes (see ``sync_with_others``)."""
-        return sync_with_others(self, recovering)
-
-    cdef int _recover_dead_writer(self) except -1:
-        return recover_dead_writer(self)
 
     def writing(self):
         """A context manager holding the writer lock -- across processes too --
@@ -367,20 +219,10 @@ cdef class DiskHashIndex:
         return _Writing(self)
 
     def _writing_enter(self):
-        if self._xdepth and self._xowner == dh_thread_id():
-            self._xdepth += 1
-            return
-        self._write_acquire(True)
-        self._xowner = dh_thread_id()
-        self._xdepth = 1
+        writing_enter(self)
 
     def _writing_exit(self):
-        if not self._xdepth or self._xowner != dh_thread_id():
-            raise RuntimeError(f"{self.path}: writing() block left by another thread")
-        self._xdepth -= 1
-        if self._xdepth == 0:
-            self._xowner = 0
-            self._write_release()
+        writing_exit(self)
 
     cdef void _exclusive_acquire(self) noexcept:
         if pthread_rwlock_trywrlock(&self._map_lock) != 0:
@@ -474,82 +316,22 @@ cdef class DiskHashIndex:
         return r >= 0
 
     def __len__(self):
-        cdef scan_t sc
-        cdef uint64_t seq, n = 0
-        cdef bint ok, heal = False
-        if self._state != STATE_OPEN:
-            self._raise_unusable()
-        if self._shared != NULL:
-            # The header's count, as the writers of every process keep it.
-            while True:
-                self._read_begin(&seq)
-                n = (<uint64_t *>(self._base + OFF_NUM_ENTRIES))[0]
-                heal = (self._shared.flags & DH_SHARED_NEEDS_HEAL) != 0
-                ok = read_valid(self, seq)
-                self._read_release()
-                if ok:
-                    break
-            if not heal and self._count_ok:
-                return n
-            memset(&sc, 0, sizeof(sc))      # a killed writer's count, not yet recounted
-            self._read_acquire()
-            try:
-                scan_table(self._base, self._num_slots, self._seed, &sc)
-            finally:
-                self._read_release()
-            return sc.occupied
-        if not self._count_ok:
-            # A read-only open of a file whose last writer did not close
-            # cleanly: the header count may be stale, so count once.
-            memset(&sc, 0, sizeof(sc))
-            self._read_acquire()
-            try:
-                scan_table(self._base, self._num_slots, self._seed, &sc)
-            finally:
-                self._read_release()
-            self._num_entries = sc.occupied
-            self._count_ok = True
-        return self._num_entries
-
-    def _chunk(self, uint64_t start, int what, uint64_t generation):
-        """Records of the occupied slots from ``start`` (see ``read_chunk``)."""
-        return read_chunk(self, start, what, generation)
-
-    def _iter_start(self):
-        """(generation, num_slots) for a new iteration."""
-        if self._state != STATE_OPEN:
-            self._raise_unusable()
-        return self._generation, self._num_slots
-
-    def _iterate(self, int what):
-        generation, num_slots = self._iter_start()
-        cdef uint64_t start = 0
-        cdef uint64_t gen = generation
-        while start < num_slots:
-            chunk = self._chunk(start, what, generation)
-            start = chunk.next_slot
-            for item in chunk.items:
-                # A chunk is copied ahead: re-check before each item, so a key
-                # deleted (or the index closed) meanwhile is never yielded.
-                if self._generation != gen or self._state != STATE_OPEN:
-                    self._iter_start()          # raises if closed
-                    raise RuntimeError(f"{self.path}: index changed size during iteration")
-                yield item
+        return count_entries(self)
 
     def __iter__(self):
-        return self._iterate(0)
+        return _iterate(self, 0)
 
     def keys(self):
         """An iterator over the keys (ints), in slot order."""
-        return self._iterate(0)
+        return _iterate(self, 0)
 
     def values(self):
         """An iterator over the ``PayloadMeta`` records, in slot order."""
-        return self._iterate(1)
+        return _iterate(self, 1)
 
     def items(self):
         """An iterator over ``(key, PayloadMeta)`` pairs, in slot order."""
-        return self._iterate(2)
+        return _iterate(self, 2)
 
     # -- writes ----------------------------------------------------------------
 
@@ -564,70 +346,14 @@ cdef class DiskHashIndex:
         meta_from_object(meta, lo, hi, key, &m)
         self._write_acquire(True)
         try:
-            self._insert_locked(lo, hi, &m)
-        finally:
-            self._write_release()
-
-    def _try_insert(self, key, meta):
-        """Insert only if it cannot block: returns False (nothing done) if a
-        writer holds the lock, a long read holds the map lock, or the insert
-        would have to grow the table.
-
-        The async facade runs this inline and falls back to a worker thread.
-        """
-        cdef uint64_t lo, hi, empty = 0
-        cdef meta_fields m
-        key_to_u128(key, &lo, &hi)
-        meta_from_object(meta, lo, hi, key, &m)
-        if self._write_acquire(False):
-            return False
-        try:
-            if needs_grow(self._num_entries, self._num_slots):
-                if probe(self._base, self._mask, self._seed, lo, hi, &empty) < 0:
-                    return False
-            return self._insert_locked(lo, hi, &m, True) == 0
+            insert_locked(self, lo, hi, &m, False)
         finally:
             self._write_release()
 
     cdef int _insert_locked(self, uint64_t lo, uint64_t hi, meta_fields *m,
                             bint nowait=False) except -1:
-        """Insert with the writer lock held; returns 0.
-
-        With ``nowait`` (the async fast path, running on an event loop) it
-        returns 1 having changed nothing if the map lock is busy -- a thread
-        in a long read (``stats()``, ``verify()``, a batch lookup) holds it
-        shared -- instead of blocking the loop until that read ends.
-        """
-        cdef uint64_t empty = 0
-        cdef int64_t r = probe(self._base, self._mask, self._seed, lo, hi, &empty)
-        cdef dh_slot *d
-        if r >= 0:
-            d = slot_at(self._base, r)
-            if not self._exclusive_acquire_unless(nowait):
-                return 1
-            change_begin(self._shared)
-            overwrite_slot(self._undo, d, <uint64_t>r, self._num_slots, m)
-            change_end(self._shared)
-            self._exclusive_release()
-            return 0
-        if r != PROBE_MISS:
-            self._corrupt(r, empty)
-        if needs_grow(self._num_entries, self._num_slots):
-            self._rebuild_locked(self._num_slots * 2, False)
-            r = probe(self._base, self._mask, self._seed, lo, hi, &empty)
-            if r != PROBE_MISS:
-                self._corrupt(r, empty)
-        d = slot_at(self._base, empty)
-        if not self._exclusive_acquire_unless(nowait):
-            return 1
-        change_begin(self._shared)
-        fill_slot(d, lo, hi, m)
-        self._num_entries += 1
-        self._generation += 1
-        self._store_count()
-        change_end(self._shared)
-        self._exclusive_release()
-        return 0
+        """Insert with the writer lock held (see ``insert_locked``)."""
+        return insert_locked(self, lo, hi, m, nowait)
 
     cdef void _store_count(self) noexcept nogil:
         (<uint64_t *>(self._base + OFF_NUM_ENTRIES))[0] = self._num_entries
@@ -642,51 +368,12 @@ cdef class DiskHashIndex:
         key_to_u128(key, &lo, &hi)
         self._write_acquire(True)
         try:
-            return self._delete_locked(lo, hi, NULL)
+            return delete_locked(self, lo, hi, NULL)
         finally:
             self._write_release()
 
     cdef bint _delete_locked(self, uint64_t lo, uint64_t hi, dh_slot *removed) except -1:
-        cdef uint64_t empty = 0, i, j, h, _n
-        cdef uint64_t mask = self._mask
-        cdef int64_t r = probe(self._base, mask, self._seed, lo, hi, &empty)
-        cdef dh_slot *hole
-        cdef dh_slot *s
-        if r == PROBE_MISS:
-            return False
-        if r < 0:
-            self._corrupt(r, empty)
-        i = <uint64_t>r
-        if removed != NULL:
-            removed[0] = slot_at(self._base, i)[0]
-        self._exclusive_acquire()
-        change_begin(self._shared)
-        j = i
-        for _n in range(self._num_slots):
-            j = (j + 1) & mask
-            s = slot_at(self._base, j)
-            if s.tag != TAG_OCCUPIED:
-                break
-            h = hash_u128(s.key_lo, s.key_hi, self._seed) & mask
-            if ((j - h) & mask) >= ((j - i) & mask):
-                # Move s back into the hole; the hole is hidden while rewritten.
-                hole = slot_at(self._base, i)
-                hole.tag = TAG_EMPTY
-                DH_COMPILER_BARRIER()
-                memcpy(<unsigned char *>hole + 1, <unsigned char *>s + 1, SLOT_SIZE - 1)
-                DH_COMPILER_BARRIER()
-                hole.tag = TAG_OCCUPIED
-                i = j
-        hole = slot_at(self._base, i)
-        hole.tag = TAG_EMPTY
-        DH_COMPILER_BARRIER()
-        memset(<unsigned char *>hole + 1, 0, SLOT_SIZE - 1)
-        self._num_entries -= 1
-        self._generation += 1
-        self._store_count()
-        change_end(self._shared)
-        self._exclusive_release()
-        return True
+        return delete_locked(self, lo, hi, removed)
 
     def __delitem__(self, key):
         if not self.delete(key):
@@ -706,7 +393,7 @@ cdef class DiskHashIndex:
         key_to_u128(key, &lo, &hi)
         self._write_acquire(True)
         try:
-            found = self._delete_locked(lo, hi, &removed)
+            found = delete_locked(self, lo, hi, &removed)
         finally:
             self._write_release()
         if not found:
@@ -808,11 +495,6 @@ cdef class DiskHashIndex:
         Other threads blocked on the index get ``IndexClosedError``.
         """
         close_index(self)
-
-    def _close_unsynced(self):
-        """``close()`` without the msync: the writes stay in the page cache,
-        which a process crash keeps (``PayloadStore(sync="never")``)."""
-        close_index(self, False)
 
     @property
     def closed(self):

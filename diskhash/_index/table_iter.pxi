@@ -61,3 +61,33 @@ cdef _Chunk read_chunk(DiskHashIndex self, uint64_t start, int what, uint64_t ge
         return out
     finally:
         free(buf)
+
+
+def iteration_start(DiskHashIndex self):
+    """(generation, num_slots) for a new iteration (the async index's too)."""
+    if self._state != STATE_OPEN:
+        self._raise_unusable()
+    return self._generation, self._num_slots
+
+
+def iteration_chunk(DiskHashIndex self, uint64_t start, int what, uint64_t generation):
+    """Records of the occupied slots from ``start`` (see ``read_chunk``): one
+    step of an iteration, for the async index's worker threads."""
+    return read_chunk(self, start, what, generation)
+
+
+def _iterate(DiskHashIndex self, int what):
+    """The sync iterators: records a chunk at a time, re-checked before each."""
+    generation, num_slots = iteration_start(self)
+    cdef uint64_t start = 0
+    cdef uint64_t gen = generation
+    while start < num_slots:
+        chunk = read_chunk(self, start, what, generation)
+        start = chunk.next_slot
+        for item in chunk.items:
+            # A chunk is copied ahead: re-check before each item, so a key
+            # deleted (or the index closed) meanwhile is never yielded.
+            if self._generation != gen or self._state != STATE_OPEN:
+                iteration_start(self)          # raises if closed
+                raise RuntimeError(f"{self.path}: index changed size during iteration")
+            yield item

@@ -120,3 +120,9 @@ cdef int disable_in_child(DiskHashIndex self) except -1:
     except BufferError:     # a view exported by a parent thread: unmapped at exit
         pass
     return 0
+
+
+def close_unsynced(DiskHashIndex self):
+    """``close()`` without the msync: the writes stay in the page cache,
+    which a process crash keeps (``PayloadStore(sync="never")``)."""
+    close_index(self, False)

@@ -1,10 +1,13 @@
 # Included by table.pyx (one module, so the hot path stays inlined): the
-# whole-table scan.
+# whole-table scan, and len() when the header's count cannot be trusted.
 from libc.stdint cimport uint64_t
 from libc.stdlib cimport calloc, free
+from libc.string cimport memset
 from cpython.exc cimport PyErr_CheckSignals
 from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
 from diskhash._format.sochidx2 cimport (
+    DH_SHARED_NEEDS_HEAL,
+    OFF_NUM_ENTRIES,
     MAX_COMPRESSION,
     TAG_EMPTY,
     TAG_OCCUPIED,
@@ -235,3 +238,44 @@ cdef int scan_table(const unsigned char *base, uint64_t nslots, uint64_t seed,
         free(out.seen)
         out.seen = NULL
     return 0
+
+
+cdef uint64_t count_entries(DiskHashIndex self) except? 0:
+    """``len(index)``: the header's count, or a count of the slots when it
+    may be stale (a killed writer's, a read-only open after an unclean close)."""
+    cdef scan_t sc
+    cdef uint64_t seq, n = 0
+    cdef bint ok, heal = False
+    if self._state != STATE_OPEN:
+        self._raise_unusable()
+    if self._shared != NULL:
+        # The header's count, as the writers of every process keep it.
+        while True:
+            self._read_begin(&seq)
+            n = (<uint64_t *>(self._base + OFF_NUM_ENTRIES))[0]
+            heal = (self._shared.flags & DH_SHARED_NEEDS_HEAL) != 0
+            ok = read_valid(self, seq)
+            self._read_release()
+            if ok:
+                break
+        if not heal and self._count_ok:
+            return n
+        memset(&sc, 0, sizeof(sc))      # a killed writer's count, not yet recounted
+        self._read_acquire()
+        try:
+            scan_table(self._base, self._num_slots, self._seed, &sc)
+        finally:
+            self._read_release()
+        return sc.occupied
+    if not self._count_ok:
+        # A read-only open of a file whose last writer did not close
+        # cleanly: the header count may be stale, so count once.
+        memset(&sc, 0, sizeof(sc))
+        self._read_acquire()
+        try:
+            scan_table(self._base, self._num_slots, self._seed, &sc)
+        finally:
+            self._read_release()
+        self._num_entries = sc.occupied
+        self._count_ok = True
+    return self._num_entries

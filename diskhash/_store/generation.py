@@ -17,7 +17,7 @@ from typing import Any, Sequence
 
 from diskhash._format import payload as fmt
 from diskhash._fs.files import fsync_dir
-from diskhash._index.table import DiskHashIndex
+from diskhash._index.table import DiskHashIndex, close_unsynced
 from diskhash._store import codecs as _codecs
 from diskhash._store.read import MapReader
 from diskhash.errors import CorruptPayloadError, IndexClosedError
@@ -278,7 +278,7 @@ class Generation:
         """``PayloadStore.close``: the index closed (saved unless not ``sync``:
         no msync with ``sync="never"``, as in ``Writer.save_locked``), then
         ``release``, even when Ctrl-C lands in the first close."""
-        close_index = self.index.close if sync else self.index._close_unsynced
+        close_index = self.index.close if sync else (lambda: close_unsynced(self.index))
         try:
             try:
                 close_index()

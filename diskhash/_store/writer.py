@@ -26,7 +26,7 @@ from contextlib import nullcontext
 from typing import Any, Callable, Iterable, Sequence
 
 from diskhash._format import payload as fmt
-from diskhash._index.table import DiskHashIndex
+from diskhash._index.table import DiskHashIndex, try_insert
 from diskhash._store import codecs as _codecs
 from diskhash._store.generation import (
     Generation,
@@ -298,7 +298,7 @@ class Writer(WriterDoor):
             meta = PayloadMeta(key, start + fmt.FRAME_SIZE, slen, used, n)
             done = False
             try:
-                done = g.index._try_insert(key, meta)
+                done = try_insert(g.index, key, meta)
             except BaseException:
                 self.undo_unindexed(g, start + fmt.FRAME_SIZE + slen, [(key, meta.offset)])
                 raise

@@ -23,6 +23,7 @@ from diskhash import (
     IndexClosedError,
     ReadOnlyIndexError,
 )
+from diskhash._index.table import try_insert
 
 pytestmark = pytest.mark.anyio
 
@@ -373,7 +374,7 @@ async def test_inline_insert_gives_up_rather_than_wait_for_a_long_read(index_pat
         try:
             deadline = time.monotonic() + 20          # a bound, not a timing check
             while not gave_up and time.monotonic() < deadline:
-                if idx.sync._try_insert(1, record(1, offset=done)):
+                if try_insert(idx.sync, 1, record(1, offset=done)):
                     done += 1
                 else:
                     gave_up += 1

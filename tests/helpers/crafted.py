@@ -79,7 +79,7 @@ idx = diskhash.DiskHashIndex(path)
 idx.insert(1, (1, 2, 3, 0, 4))
 it = iter(idx)
 types.add(type(it))
-types.add(type(idx._chunk(0, 0, idx._iter_start()[0])))
+types.add(type(modules[0].iteration_chunk(idx, 0, 0, modules[0].iteration_start(idx)[0])))
 foreign = [object(), "x", 0, None, 1.5, b"", (1, 2, 3, 0, 4)]
 arg_sets = [(), (1,), (1, 2), (1, 2, 3), (object(),), (1, (1, 2, 3, 0, 4))]
 checked, failures = 0, []

@@ -289,10 +289,7 @@ _CLASS = re.compile(r"^(?:cdef\s+(?:public\s+)?)?class\s+(\w+)")
 
 #: Classes over the limit in files another change owns, with why; a class
 #: brought under it fails ``test_known_big_classes_are_still_big``: delete its line.
-KNOWN_BIG_CLASSES: dict[tuple[str, str], str] = {
-    ("diskhash/_index/table.pyx", "DiskHashIndex"):
-        "the index (its .pxi parts are module functions); the multi-process index work rebuilds its locking",
-}
+KNOWN_BIG_CLASSES: dict[tuple[str, str], str] = {}
 
 
 def hand_written_sources(root: Path) -> list[Path]:
@@ -365,19 +362,7 @@ NAMEDTUPLE_API = {"_asdict", "_replace", "_fields", "_make", "_field_defaults"}
 
 #: (file, name): underscored names used across modules on purpose, with why.
 #: A removed one fails ``test_known_private_uses_are_still_there``: delete its line.
-KNOWN_PRIVATE: dict[tuple[str, str], str] = {
-    # The index's own methods for the store (the index's locking is being rebuilt
-    # for processes; these become its internal interface there).
-    ("diskhash/_store/writer.py", "_try_insert"): "DiskHashIndex._try_insert: an insert that may not grow",
-    ("diskhash/_store/generation.py", "_close_unsynced"): "DiskHashIndex._close_unsynced: close without msync",
-    # The async index and the compiled index it schedules (the index's area).
-    ("diskhash/_index/aio.py", "_try_insert"): "DiskHashIndex._try_insert, inline on the event loop",
-    ("diskhash/_index/aio.py", "_chunk"): "DiskHashIndex._chunk, an iteration step",
-    ("diskhash/_index/aio.py", "_iter_start"): "DiskHashIndex._iter_start, an iteration's start",
-    ("diskhash/_index/aio.py", "_KeyArray"): "batch.pyx's array type aliases, for annotations",
-    ("diskhash/_index/aio.py", "_MetaArray"): "batch.pyx's array type aliases, for annotations",
-    ("diskhash/_index/aio.py", "_ResultArray"): "batch.pyx's array type aliases, for annotations",
-}
+KNOWN_PRIVATE: dict[tuple[str, str], str] = {}
 
 
 def _own_names(tree: ast.Module) -> set[str]:

@@ -10,21 +10,13 @@ import pytest
 
 from diskhash import Compression, PayloadStore
 from diskhash._store import compact as _compact
+from diskhash._store import writer as _writer_module
 
 
-class _TryInsertRefuses:
-    """An index whose ``_try_insert`` declines (as when a reader holds the map
-    lock or a grow is due): ``_try_put`` then writes its frame and backs it out."""
-
-    def __init__(self, real):
-        self._real = real
-
-    def _try_insert(self, key, meta):
-        return False
-
-    def __getattr__(self, name):
-        return getattr(self._real, name)
-
+def _try_insert_refuses(index, key, meta):
+    """An index insert that declines (as when a reader holds the map lock or a
+    grow is due): ``try_put`` then writes its frame and backs it out."""
+    return False
 
 
 def make(k: int, v: int) -> bytes:
@@ -160,13 +152,13 @@ def test_compact_catch_up_never_reads_an_end_a_backed_out_put_moves_back(tmp_pat
         real_undo(g, start, end)
 
     def backed_out_put():
-        g = s._writer.gen
-        g.index = _TryInsertRefuses(g.index)
+        real_try_insert = _writer_module.try_insert
+        _writer_module.try_insert = _try_insert_refuses
         s._writer.undo_append = slow_undo
         try:
             assert s._writer.try_put(777, memoryview(b"z" * 100), None) is None
         finally:
-            g.index = g.index._real
+            _writer_module.try_insert = real_try_insert
             del s._writer.undo_append
 
     real_copy, real_catch_up = _compact._copy_live_indexed, _compact._catch_up
