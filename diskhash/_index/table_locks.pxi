@@ -163,6 +163,8 @@ cdef int write_acquire(DiskHashIndex self, bint block) except -1:
 
 
 cdef int writing_enter(DiskHashIndex self) except -1:
+    """``with idx.writing():`` entered: the writer lock held until the
+    matching exit; re-entrant in the thread that holds it."""
     if self._xdepth and self._xowner == dh_thread_id():
         self._xdepth += 1
         return 0
@@ -173,6 +175,7 @@ cdef int writing_enter(DiskHashIndex self) except -1:
 
 
 cdef int writing_exit(DiskHashIndex self) except -1:
+    """``with idx.writing():`` left: the lock goes at the outermost exit."""
     if not self._xdepth or self._xowner != dh_thread_id():
         raise RuntimeError(f"{self.path}: writing() block left by another thread")
     self._xdepth -= 1
