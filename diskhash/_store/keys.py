@@ -59,18 +59,18 @@ def payload_list(payloads: Any, total: int) -> "list[Any]":
     of them; TypeError/ValueError (naming ``payloads[i]``) before any write."""
     if isinstance(payloads, (str, bytes, bytearray, memoryview)) or payloads is None:
         raise TypeError("payloads must be a sequence of bytes-like objects")
-    payloads = list(payloads)
-    if total != len(payloads):
-        raise ValueError(f"put_many got {total} edge ids but {len(payloads)} payloads")
+    items: list[Any] = list(payloads)
+    if total != len(items):
+        raise ValueError(f"put_many got {total} edge ids but {len(items)} payloads")
     limit = fmt.MAX_LENGTH
     # all bytes, none too long: checked in two C-speed passes ("is", not a set of
     # the types: a metaclass's __eq__/__hash__ can make a bytes subclass with
     # a lying __len__ equal to bytes)
-    if (all(map(operator.is_, map(type, payloads), itertools.repeat(bytes)))
-            and max(map(len, payloads), default=0) <= limit):
-        return payloads
+    if (all(map(operator.is_, map(type, items), itertools.repeat(bytes)))
+            and max(map(len, items), default=0) <= limit):
+        return items
     return [p if type(p) is bytes and len(p) <= limit else payload_view(p, f"payloads[{i}]")
-            for i, p in enumerate(payloads)]
+            for i, p in enumerate(items)]
 
 
 def sync_interval(sync: Any) -> "float | None":
