@@ -341,10 +341,13 @@ class IndexLock:
     """
 
     def __init__(self, index_path: str, exclusive: bool, timeout: float | None,
-                 name: str | None = None, shared: bool = False) -> None:
+                 name: str | None = None, shared: bool = False, readonly: bool | None = None) -> None:
         self.path = index_path + ".lock"
         self.name = index_path if name is None else name
         self.exclusive = exclusive
+        # Only a reader may fall back to a read-only lock file (a read-only
+        # directory or file system); a writer gets the open's own error.
+        self.readonly = (not exclusive) if readonly is None else readonly
         # shared (an index's default): every open holds a shared flock and an
         # OFD read lock on byte PRESENCE_BYTE; writers take turns on the
         # robust mutex of the shared page instead.  ``quiet``: this open
@@ -458,7 +461,7 @@ class IndexLock:
         try:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NONBLOCK, 0o644)
         except OSError as exc:
-            if self.exclusive or exc.errno not in (errno.EACCES, errno.EROFS, errno.EPERM):
+            if not self.readonly or exc.errno not in (errno.EACCES, errno.EROFS, errno.EPERM):
                 raise
             try:  # a reader in a read-only directory: lock if the file exists
                 fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)

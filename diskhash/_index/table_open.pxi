@@ -87,7 +87,7 @@ cdef int open_index(DiskHashIndex self, path, bint readonly, capacity, timeout,
     # this open is the only one (today's rule for a writer, and no per-call
     # cross-process lock).
     self._lock = _files.IndexLock(self._file, exclusive=exclusive, timeout=timeout,
-                                  name=self.path, shared=not exclusive)
+                                  name=self.path, shared=not exclusive, readonly=readonly)
     try:
         open_or_create(self, capacity)
     except BaseException:
