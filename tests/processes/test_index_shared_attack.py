@@ -13,7 +13,7 @@ import time
 import pytest
 from helpers.processes import subprocess_env
 
-from diskhash import DiskHashIndex, IndexLockedError, PayloadMeta
+from diskhash import DiskHashIndex, PayloadMeta
 
 CHILD_TIMEOUT = 120
 
