@@ -13,7 +13,7 @@ import time
 import pytest
 from helpers.processes import subprocess_env
 
-from diskhash import DiskHashIndex, PayloadMeta
+from diskhash import DiskHashIndex, IndexLockedError, PayloadMeta
 
 CHILD_TIMEOUT = 120
 
@@ -98,7 +98,7 @@ def killed(proc: subprocess.Popen) -> None:
 SLOW_GROW = r"""
 import sys
 import time
-from diskhash import DiskHashIndex, PayloadMeta
+from diskhash import DiskHashIndex, IndexLockedError, PayloadMeta
 from diskhash._index import table
 table.GROW_SLICE_SLOTS = 8
 table.GROW_PAUSE_US = 2000
@@ -168,7 +168,7 @@ def test_a_killed_grow_leaves_no_temporary_file_behind_while_the_index_stays_ope
 
 WRITING_THEN_WAIT = r"""
 import sys, time
-from diskhash import DiskHashIndex, PayloadMeta
+from diskhash import DiskHashIndex, IndexLockedError, PayloadMeta
 def rec(k, v=1):
     return PayloadMeta(k, v, (k * 7 + v) & 0xFFFF, 0, (k ^ (v * 2654435761)) & 0xFFFFFFFF)
 idx = DiskHashIndex(sys.argv[1], timeout=30)
@@ -197,3 +197,50 @@ def test_a_writer_killed_inside_writing_block_frees_the_lock_for_the_others(inde
         assert time.monotonic() - t0 < 10
         assert len(reader) == 3
         keeper.verify()
+
+
+def test_exclusive_and_shared_opens_exclude_each_other_and_say_so(index_path):
+    """Held: an exclusive open waits its timeout beside shared opens (of
+    other processes too) and a shared open beside an exclusive one."""
+    keeper = spawn(r"""
+import sys, time
+from diskhash import DiskHashIndex
+with DiskHashIndex(sys.argv[1]):
+    print("open", flush=True)
+    time.sleep(600)
+""", index_path)
+    try:
+        assert keeper.stdout.readline() == "open\n"
+        t0 = time.monotonic()
+        with pytest.raises(IndexLockedError, match="edges.idx: index is locked by"):
+            DiskHashIndex(index_path, exclusive=True, timeout=0.3)
+        assert time.monotonic() - t0 >= 0.3
+        with DiskHashIndex(index_path, readonly=True) as reader:     # shared beside shared
+            assert len(reader) == 0
+    finally:
+        killed(keeper)
+    with DiskHashIndex(index_path, exclusive=True):
+        for kw in ({}, {"readonly": True}):
+            with pytest.raises(IndexLockedError, match="exclusive=True"):
+                DiskHashIndex(index_path, **kw)
+
+
+@pytest.mark.xfail(strict=True, reason="an exclusive open refused by shared opens cites the old one-writer rule")
+def test_an_exclusive_open_refused_by_shared_opens_says_why(index_path):
+    """Found: ``DiskHashIndex(path, exclusive=True)`` while shared opens
+    exist raises "index is locked by another reader or writer (many
+    readers or one writer per file)": the rule quoted is the old one --
+    several writers hold the index at once now -- and nothing says that
+    ``exclusive=True`` is what needs the index to itself.  (The reverse
+    case, a reader-only ``exclusive=True, readonly=True`` holder, is
+    called "an exclusive=True writer".)
+
+    The message is built in ``IndexLock._acquire`` (diskhash/_fs/files.py,
+    ``rule = ...``): for an exclusive lock (``self.exclusive``) that is not
+    a hard-link conflict, say "index is open elsewhere (exclusive=True
+    needs to be its only open)"; for a shared opener blocked by an
+    exclusive one say "an exclusive=True open"."""
+    with DiskHashIndex(index_path):
+        with pytest.raises(IndexLockedError, match="exclusive=True") as info:
+            DiskHashIndex(index_path, exclusive=True)
+        assert "one writer per file" not in str(info.value)
