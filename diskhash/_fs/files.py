@@ -213,11 +213,15 @@ def temp_path(path: str, kind: str) -> str:
     return os.path.join(head, f".{name}.{kind}-{os.getpid()}-{os.urandom(4).hex()}{TMP_SUFFIX}")
 
 
-def remove_leftovers(path: str) -> list[str]:
-    """Delete temporary files a crashed grow/create left beside ``path``.
+LEFTOVER_KINDS = ("grow-", "create-", "repair-")
 
-    Only called by a writer holding the exclusive lock, so no live process
-    can be writing them.
+
+def remove_leftovers(path: str, kinds: tuple[str, ...] = LEFTOVER_KINDS) -> list[str]:
+    """Delete temporary files a crashed grow/create/repair left beside ``path``.
+
+    Only called by an open that is alone with the index (no live process can
+    be writing them) or, for grows and repairs alone, by a writer holding
+    the cross-process writer lock (every grow and repair runs under it).
     """
     head, name = os.path.split(path)
     prefix = f".{name}."
@@ -229,7 +233,7 @@ def remove_leftovers(path: str) -> list[str]:
     for entry in entries:
         if entry.startswith(prefix) and entry.endswith(TMP_SUFFIX):
             rest = entry[len(prefix):]
-            if rest.startswith(("grow-", "create-", "repair-")):
+            if rest.startswith(kinds):
                 full = os.path.join(head, entry)
                 try:
                     os.unlink(full)

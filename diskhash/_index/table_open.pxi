@@ -381,10 +381,15 @@ cdef int recover_dead_writer(DiskHashIndex self) except -1:
     A grow it published without bumping the generation is adopted (the
     file at the path is what counts); a slot change it left half done (the
     seqlock odd) is undone through the undo page, the seqlock made even and
-    a recount (and heal) asked for, which the caller runs next."""
+    a recount (and heal) asked for, which the caller runs next.  A grow or
+    repair it died in left its temporary table beside the index: no other
+    grow can be running (they all hold the mutex), so those files go now
+    rather than when an open finds itself alone, which a server whose
+    workers are recycled may never see."""
     cdef dh_shared *sh = self._shared
     sh.owner_pid = _pid
     swapped = remap_table(self)
+    _files.remove_leftovers(self._file, ("grow-", "repair-"))
     self._exclusive_acquire()
     if sh.seq & 1:
         roll_back_torn_overwrite(self)
