@@ -352,6 +352,10 @@ class IndexLock:
         # Only a reader may fall back to a read-only lock file (a read-only
         # directory or file system); a writer gets the open's own error.
         self.readonly = (not exclusive) if readonly is None else readonly
+        # An index's open (readonly given), where exclusive=True is an option
+        # the refusal must name; the store's and shard set's locks keep the
+        # one-writer rule.
+        self.index_open = readonly is not None
         # shared (an index's default): every open holds a shared flock and an
         # OFD read lock on byte PRESENCE_BYTE; writers take turns on the
         # robust mutex of the shared page instead.  ``quiet``: this open
@@ -504,7 +508,9 @@ class IndexLock:
             now = time.monotonic()
             if deadline is not None and now >= deadline:
                 if self.shared and not where:
-                    rule = "an exclusive=True writer"
+                    rule = "an exclusive=True open (it needs the index to itself)"
+                elif self.index_open and exclusive and not where:
+                    rule = "other opens (exclusive=True needs the index to itself)"
                 else:
                     rule = ("a writer" if not exclusive else "another reader or writer") + where
                     rule += " (many readers or one writer per file)"

@@ -222,9 +222,8 @@ with DiskHashIndex(sys.argv[1]):
                 DiskHashIndex(index_path, **kw)
 
 
-@pytest.mark.xfail(strict=True, reason="an exclusive open refused by shared opens cites the old one-writer rule")
 def test_an_exclusive_open_refused_by_shared_opens_says_why(index_path):
-    """Found: ``DiskHashIndex(path, exclusive=True)`` while shared opens
+    """Found by the attack pass on the shared index: ``DiskHashIndex(path, exclusive=True)`` while shared opens
     exist raises "index is locked by another reader or writer (many
     readers or one writer per file)": the rule quoted is the old one --
     several writers hold the index at once now -- and nothing says that
@@ -232,11 +231,10 @@ def test_an_exclusive_open_refused_by_shared_opens_says_why(index_path):
     case, a reader-only ``exclusive=True, readonly=True`` holder, is
     called "an exclusive=True writer".)
 
-    The message is built in ``IndexLock._acquire`` (diskhash/_fs/files.py,
-    ``rule = ...``): for an exclusive lock (``self.exclusive``) that is not
-    a hard-link conflict, say "index is open elsewhere (exclusive=True
-    needs to be its only open)"; for a shared opener blocked by an
-    exclusive one say "an exclusive=True open"."""
+    Fixed in ``IndexLock._acquire`` (diskhash/_fs/files.py): an index's
+    exclusive open says other opens hold it and exclusive=True needs it to
+    itself; a shared open blocked by an exclusive one names "an
+    exclusive=True open"."""
     with DiskHashIndex(index_path):
         with pytest.raises(IndexLockedError, match="exclusive=True") as info:
             DiskHashIndex(index_path, exclusive=True)
