@@ -345,17 +345,18 @@ class IndexLock:
     """
 
     def __init__(self, index_path: str, exclusive: bool, timeout: float | None,
-                 name: str | None = None, shared: bool = False, readonly: bool | None = None) -> None:
+                 name: str | None = None, shared: bool = False, readonly: bool | None = None,
+                 exclusive_option: bool = False) -> None:
         self.path = index_path + ".lock"
         self.name = index_path if name is None else name
         self.exclusive = exclusive
         # Only a reader may fall back to a read-only lock file (a read-only
         # directory or file system); a writer gets the open's own error.
         self.readonly = (not exclusive) if readonly is None else readonly
-        # An index's open (readonly given), where exclusive=True is an option
+        # exclusive_option: an index's open, where exclusive=True is an option
         # the refusal must name; the store's and shard set's locks keep the
         # one-writer rule.
-        self.index_open = readonly is not None
+        self.exclusive_option = exclusive_option
         # shared (an index's default): every open holds a shared flock and an
         # OFD read lock on byte PRESENCE_BYTE; writers take turns on the
         # robust mutex of the shared page instead.  ``quiet``: this open
@@ -509,7 +510,7 @@ class IndexLock:
             if deadline is not None and now >= deadline:
                 if self.shared and not where:
                     rule = "an exclusive=True open (it needs the index to itself)"
-                elif self.index_open and exclusive and not where:
+                elif self.exclusive_option and exclusive and not where:
                     rule = "other opens (exclusive=True needs the index to itself)"
                 else:
                     rule = ("a writer" if not exclusive else "another reader or writer") + where

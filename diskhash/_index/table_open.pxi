@@ -87,7 +87,8 @@ cdef int open_index(DiskHashIndex self, path, bint readonly, capacity, timeout,
     # this open is the only one (today's rule for a writer, and no per-call
     # cross-process lock).
     self._lock = _files.IndexLock(self._file, exclusive=exclusive, timeout=timeout,
-                                  name=self.path, shared=not exclusive, readonly=readonly)
+                                  name=self.path, shared=not exclusive, readonly=readonly,
+                                  exclusive_option=True)
     try:
         open_or_create(self, capacity)
     except BaseException:
