@@ -49,6 +49,7 @@ modules = [
     "diskhash._index.convert",
     "diskhash._index.table",
     "diskhash._index.batch",
+    "diskhash._store.shared",
     "diskhash._store.read",
     "diskhash._store.write",
 ]

@@ -334,6 +334,8 @@ class CleanMarker:
 
 PRESENCE_BYTE = 0       # OFD lock: read by every open, written by a quiet one
 CREATE_BYTE = 1         # OFD lock: held while the table file is created
+MAINTENANCE_BYTE = 2    # OFD lock: a store's compact() or rebuild_index() (one process at a time)
+WRITERS_BYTE = 3        # OFD lock: read by a store's writable opens, written by the last one closing
 
 
 class IndexLock:
@@ -458,6 +460,26 @@ class IndexLock:
             return False
         self.quiet = self._ofd(fcntl.F_WRLCK, PRESENCE_BYTE, False)
         return self.quiet
+
+    def hold_maintenance(self) -> None:
+        """Wait for, then hold, the lock of a store's long maintenance
+        (``compact()``, ``rebuild_index()``) across processes: an OFD lock,
+        let go by the kernel when its process dies."""
+        self._ofd(fcntl.F_WRLCK, MAINTENANCE_BYTE, True)
+
+    def join_writers(self) -> None:
+        """A writable open of a store: counted among its writers (waits only
+        for the last writer closing to finish its close)."""
+        self._ofd(fcntl.F_RDLCK, WRITERS_BYTE, True)
+
+    def last_writer(self) -> bool:
+        """Whether no other writable open of the store exists (then none can
+        start until this one closes).  Never waits."""
+        return self.fd >= 0 and self._ofd(fcntl.F_WRLCK, WRITERS_BYTE, False)
+
+    def release_maintenance(self) -> None:
+        if self.fd >= 0:
+            self._ofd(fcntl.F_UNLCK, MAINTENANCE_BYTE, False)
 
     def creating(self) -> "_CreateLock":
         """Held while an opener checks for and creates the table file, so

@@ -238,7 +238,7 @@ class Generation:
     """
 
     __slots__ = ("data_gen", "index_gen", "data_path", "index_path", "fd", "index",
-                 "map", "view", "reader", "alloc", "writable", "closed", "__weakref__")
+                 "map", "view", "reader", "alloc", "writable", "closed", "watching", "__weakref__")
 
     def __init__(self, data_gen: int, index_gen: int, data_path: str, index_path: str,
                  fd: int, index: DiskHashIndex, writable: bool = True) -> None:
@@ -255,7 +255,18 @@ class Generation:
         #: Bytes of the file allocated (posix_fallocate) for appends.
         self.alloc = os.fstat(fd).st_size
         self.writable = writable
+        #: (shared page, its seq when this generation was current): the
+        #: compiled get answers FALLBACK once the count moves on.
+        self.watching: "tuple[Any, int] | None" = None
         weakref.finalize(self, _release, fd, index)
+
+    def watch(self, page: Any, seen: int) -> None:
+        """Reads through this generation's map are current while the shared
+        page's ``seq`` is ``seen``: the compiled ``get`` checks it first."""
+        self.watching = (page, seen)
+        reader = self.reader
+        if reader is not None:
+            reader.watch(page, seen)
 
     def remap(self) -> memoryview:
         """Map the file at its current size (read-write for the writer); returns the new view."""
@@ -270,7 +281,10 @@ class Generation:
             pass
         view = memoryview(mm)
         self.map, self.view = mm, view
-        self.reader = MapReader(mm, self.index, _decompress, _lz4_decompress)
+        reader = MapReader(mm, self.index, _decompress, _lz4_decompress)
+        if self.watching is not None:
+            reader.watch(*self.watching)
+        self.reader = reader
         return view
 
 

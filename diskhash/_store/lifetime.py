@@ -17,6 +17,8 @@ from typing import Any, Callable
 
 from diskhash._fs.files import IndexLock
 from diskhash._store.maintenance import MaintenanceLock, Syncer
+from diskhash._store.shared import SharedPage
+from diskhash._store.write import Maintaining
 from diskhash._store.writer import Writer
 from diskhash.errors import IndexClosedError
 
@@ -49,11 +51,13 @@ class Lifetime:
     ``IndexClosedError`` naming the fix, before touching a file.
     """
 
-    __slots__ = ("directory", "lock", "writer", "maintenance", "syncer", "forked", "__weakref__")
+    __slots__ = ("directory", "lock", "page", "writer", "maintenance", "syncer", "forked", "__weakref__")
 
-    def __init__(self, directory: str, lock: IndexLock) -> None:
+    def __init__(self, directory: str, lock: IndexLock, page: "SharedPage | None" = None) -> None:
         self.directory = directory
         self.lock: "IndexLock | None" = lock
+        #: The shared page mapped from store.lock (let go before the lock).
+        self.page = page
         self.writer: "Writer | None" = None
         self.maintenance = MaintenanceLock()
         self.syncer: "Syncer | None" = None
@@ -85,11 +89,30 @@ class Lifetime:
         _open.discard(self)
 
     def release_lock(self) -> None:
-        """Let go of store.lock (idempotent; forgotten only once released)."""
+        """Let go of the shared page and store.lock (idempotent; forgotten only once released)."""
+        page, self.page = self.page, None
+        if page is not None:
+            page.release()
         lock = self.lock
         if lock is not None:
             lock.close()
             self.lock = None
+
+    def last_writer(self) -> bool:
+        """Whether no other writable open of the store exists (then none can
+        start until this one closes): the last writer out cuts the log's
+        spare tail and marks the file clean.  Read-only opens may stay: they
+        read only records before the log's end."""
+        lock = self.lock
+        return lock is not None and lock.last_writer()
+
+    def maintaining(self) -> Maintaining:
+        """Held for a whole ``compact()`` or ``rebuild_index()``: this
+        process's fair maintenance lock, then the cross-process one."""
+        lock = self.lock
+        if lock is None:
+            raise self.closed_error()
+        return Maintaining(self.maintenance, lock)
 
     def stop_syncer(self) -> None:
         """Stop the sync thread and wait for it (it sees the store closed and ends)."""
@@ -122,6 +145,9 @@ class Lifetime:
             g, writer.gen = writer.gen, None
             if g is not None:
                 g.release()
+        page, self.page = self.page, None
+        if page is not None:
+            page.release()          # (unmapped, never unlocked: the parent's)
         lock = self.lock
         if lock is not None:
             try:

@@ -49,10 +49,12 @@ from posix.mman cimport (
 )
 
 from diskhash._index.convert cimport key_to_u128
+from diskhash._store.shared cimport SharedPage
 from diskhash._format.sochidx2 cimport (
     DH_PREFETCH,
     MAX_COMPRESSION,
     PROBE_MISS,
+    dh_load_acquire,
     dh_slot,
     hash_u128,
     probe_from,
@@ -176,6 +178,8 @@ cdef class MapReader:
     cdef DiskHashIndex index
     cdef object decode
     cdef object lz4
+    cdef SharedPage page
+    cdef uint64_t seen
 
     def __cinit__(self, mapping, DiskHashIndex index=None, decode=None, lz4=None):
         PyObject_GetBuffer(mapping, &self.view, PyBUF_SIMPLE)
@@ -190,6 +194,13 @@ cdef class MapReader:
         if self.held:
             PyBuffer_Release(&self.view)
             self.held = False
+
+    def watch(self, SharedPage page, uint64_t seen):
+        """``get`` answers ``FALLBACK`` once ``page``'s generation count is not
+        ``seen``: another process switched the store's generation, which the
+        Python path opens (``Writer.current``)."""
+        self.page = page
+        self.seen = seen
 
     def release(self):
         """Let go of the map (reads then answer ``BEYOND``), so it can be closed."""
@@ -255,6 +266,9 @@ cdef class MapReader:
         cdef int found
         if self.index is None:
             raise ValueError("this MapReader was made without an index")
+        if self.page is not None and self.page.page != NULL and (
+                dh_load_acquire(&self.page.page.seq) != self.seen):
+            return _FALLBACK
         key_to_u128(key, &lo, &hi)
         found = _probe_copy(self.index, lo, hi, &s)
         if found == SLOT_ABSENT:

@@ -28,10 +28,15 @@ from diskhash._store.generation import (
 )
 from diskhash._store.keys import MASK64, numpy_or_none
 from diskhash._store.read import LogFold
+from diskhash._store.shared import SharedPage
 from diskhash._types import SalvageReport, StoreRecovery
 from diskhash.errors import CorruptIndexError, CorruptPayloadError, DamagedRecordsError
 
-__all__ = ["Opened", "apply_final", "build_index", "bulk_insert", "open_readonly", "open_writable", "open_store"]
+__all__ = ["Opened", "apply_final", "build_index", "bulk_insert", "open_readonly", "open_writable", "open_store",
+           "open_generation", "recover_tail", "zero_tail"]
+
+#: ``zero_tail`` reads and zeroes in pieces of this many bytes.
+ZERO_CHUNK = 1 << 20
 
 
 class Opened(NamedTuple):
@@ -42,6 +47,8 @@ class Opened(NamedTuple):
     checkpoint: int
     recovery: "StoreRecovery | None" = None
     salvage: "SalvageReport | None" = None
+    #: The shared page's ``seq`` read before the MANIFEST was (0 without a page).
+    seen: int = 0
 
 
 def _maybe_deleted(fd: int, damages: "list[fmt.Damage]", old_index: "DiskHashIndex | None",
@@ -148,24 +155,138 @@ def bulk_insert(index: DiskHashIndex, records: "dict[int, tuple[int, int, int, i
 
 
 def open_store(directory: str, *, readonly: bool, timeout: "float | None", fsync: bool,
-               salvage: bool) -> "tuple[StoreDirectory, IndexLock, Opened]":
+               salvage: bool) -> "tuple[StoreDirectory, IndexLock, SharedPage | None, Opened]":
     """A store's directory opened: made (with its parents) unless ``readonly``,
-    its path resolved (symlinks followed), ``store.lock`` taken (shared when
-    ``readonly``, waiting up to ``timeout``) and the open run.  If the open
-    fails, the lock is let go before the error propagates."""
+    its path resolved (symlinks followed), ``store.lock`` joined and its
+    shared page mapped, and the open run.  If the open fails, the page and the
+    lock are let go before the error propagates.
+
+    Every open holds ``store.lock`` shared (docs/guide/processes.md).  An
+    open that finds itself alone recovers the store as a single process
+    always did and (writable) sets up the shared page for the opens that
+    follow; a writable open beside others attaches to the state the page
+    publishes -- or, when no writable open has set the page up since the
+    last time the store was unused (only readers have it), does the
+    recovery itself, holding the create lock so that writable opens
+    arriving together do it once."""
     if readonly:
         if not os.path.isdir(directory):
             raise FileNotFoundError(errno.ENOENT, "no PayloadStore directory", directory)
     else:
         os.makedirs(directory, exist_ok=True)
     found = StoreDirectory(os.path.realpath(directory))
-    lock = IndexLock(os.path.join(found.directory, "store"), not readonly, timeout)
+    lock = IndexLock(os.path.join(found.directory, "store"), False, timeout, shared=True,
+                     readonly=readonly)
+    page = None
     try:
-        opened = open_readonly(found) if readonly else open_writable(found, fsync=fsync, salvage=salvage)
+        if not readonly:
+            lock.join_writers()
+        mapping = lock.map_page(not readonly)
+        if mapping is not None:
+            page = SharedPage(mapping, found.directory)
+        if lock.quiet:
+            opened = open_readonly(found) if readonly else open_writable(found, fsync=fsync, salvage=salvage)
+            opened = _started(page, opened, readonly)
+            lock.end_quiet()
+        elif readonly or page is None or not page.writable:
+            seen = page.seq if page is not None else 0
+            opened = open_readonly(found)._replace(seen=seen)
+        else:
+            with lock.creating():
+                if page.live:
+                    opened = open_attached(found, page)
+                else:
+                    opened = open_writable(found, fsync=fsync, salvage=salvage, alone=False)
+                    opened = _started(page, opened, False)
     except BaseException:
+        if page is not None:
+            page.release()
         lock.close()
         raise
-    return found, lock, opened
+    return found, lock, page, opened
+
+
+def _started(page: "SharedPage | None", opened: Opened, readonly: bool) -> Opened:
+    """The shared page set up by the open that recovered the store (``live``),
+    or reset by a read-only open alone (no writer's state is current)."""
+    if page is None or not page.writable:
+        return opened
+    if readonly:
+        if page.live:
+            page.reset()        # (a writer's state of a past session; else nothing is written)
+    else:
+        g = opened.gen
+        page.start(g.data_gen, g.index_gen, opened.end, opened.checkpoint)
+    return opened._replace(seen=page.seq)
+
+
+def open_generation(directory: StoreDirectory, data_gen: int, index_gen: int,
+                    writable: bool) -> Generation:
+    """The files of a generation another process made current, opened as they
+    are (their writer recovered them; nothing is replayed here)."""
+    data_path = directory.path(fmt.data_name(data_gen))
+    index_path = directory.path(fmt.index_name(index_gen))
+    if not os.path.lexists(data_path):
+        raise directory.missing_generation(data_path, data_gen, index_gen)
+    fd, _header, _size = open_data_fd(data_path, writable)
+    try:
+        index = DiskHashIndex(index_path, readonly=not writable, timeout=0.0)
+    except BaseException:
+        os.close(fd)
+        raise
+    return Generation(data_gen, index_gen, data_path, index_path, fd, index, writable=writable)
+
+
+def open_attached(directory: StoreDirectory, page: SharedPage) -> Opened:
+    """A writable open beside a writable open of another process: the
+    generation the MANIFEST names, the log's end as the page publishes it
+    (the store's first write lock brings it up to date)."""
+    seen = page.seq
+    gens = directory.read_manifest()
+    if gens is None:
+        raise FileNotFoundError(errno.ENOENT, "no PayloadStore here (MANIFEST missing)",
+                                directory.manifest_path)
+    gen = open_generation(directory, gens[0], gens[1], True)
+    return Opened(gen, page.log_end, page.checkpoint, seen=seen)
+
+
+def recover_tail(g: Generation, start: int) -> int:
+    """After a writer died holding the store's writer lock: the valid frames it
+    appended after ``start`` (the log's end it last published) are indexed --
+    its write is finished, as a reopen would replay it -- and what follows
+    them (a torn frame) is zeroed, so the next append cannot leave whole
+    frames after a torn one.  Returns the log's new end."""
+    size = os.fstat(g.fd).st_size
+    start = min(max(start, fmt.DATA_HEADER_SIZE), size)
+    final, result = fmt.replay(g.fd, start, size, g.data_path, mode="stop")
+    apply_final(g.index, final)
+    zero_tail(g.fd, result.end, size)
+    return result.end
+
+
+def zero_tail(fd: int, start: int, size: int, whole: bool = False) -> None:
+    """Zero what lies after the log's end at ``start`` (a torn frame, a prefix
+    of a batch cut short), up to the end the torn frame's header claims and
+    on to the first all-zero piece (the allocated space after the log is
+    zeros), or to ``size`` when ``whole``.  Used where ``ftruncate`` could not be: other processes may map
+    the file, and a map past a shrunk file's end is SIGBUS."""
+    if start >= size:
+        return
+    head = os.pread(fd, fmt.FRAME_SIZE, start)
+    claimed = fmt.claimed_end(head, 0)
+    must = start + claimed if claimed > 0 else start
+    pos = start
+    while pos < size:
+        n = min(ZERO_CHUNK, size - pos)
+        chunk = os.pread(fd, n, pos)
+        if not chunk:
+            break
+        if chunk.count(0) == len(chunk):
+            if pos >= must and not whole:
+                break
+        else:
+            write_all(fd, (bytes(len(chunk)),), pos)
+        pos += len(chunk)
 
 
 def open_readonly(directory: StoreDirectory) -> Opened:
@@ -186,7 +307,7 @@ def open_readonly(directory: StoreDirectory) -> Opened:
     gen = Generation(data_gen, index_gen, data_path, index_path, fd, index, writable=False)
     return Opened(gen, size, header.checkpoint)
 
-def open_writable(directory: StoreDirectory, *, fsync: bool, salvage: bool) -> Opened:
+def open_writable(directory: StoreDirectory, *, fsync: bool, salvage: bool, alone: bool = True) -> Opened:
     """Open the generation the MANIFEST names and bring the index to the log.
 
     Nothing is deleted or cut before that generation's data file has been
@@ -197,7 +318,9 @@ def open_writable(directory: StoreDirectory, *, fsync: bool, salvage: bool) -> O
     from the log up to the cut when it cannot be brought there by the
     replay (missing, damaged, pointing past the cut, or a hole cut whole
     frames whose deletes it may hold).  What was done: ``Opened.recovery``.
-    ``fsync``: False for ``sync="never"``.
+    ``fsync``: False for ``sync="never"``.  ``alone``: False when read-only
+    opens of other processes have the store (they may map the data file, so
+    the tail is zeroed instead of cut: a map past a file's end is SIGBUS).
     """
     gens = directory.read_manifest()
     if gens is None:
@@ -279,7 +402,10 @@ def open_writable(directory: StoreDirectory, *, fsync: bool, salvage: bool) -> O
             index_gen += 1
         # Commit: cut the tail, then the header and (for a new index) the MANIFEST.
         if end < size:
-            os.ftruncate(fd, end)
+            if alone:
+                os.ftruncate(fd, end)
+            else:
+                zero_tail(fd, end, size, whole=True)
             if fsync:
                 fsync_data(fd)
         if salvaged is not None and salvaged.keys:

@@ -41,6 +41,7 @@ from diskhash._store.lifetime import Lifetime
 from diskhash._store.maintenance import StoreStats, rebuild_index, stats_of, verify_generation
 from diskhash._store.reader import BIG_READ, StoreReader, iter_keys, replaced_message
 from diskhash._store.recovery import open_store
+from diskhash._store.write import Holding
 from diskhash._store.writer import Writer
 from diskhash._types import Compression, PayloadMeta, SalvageReport, StoreRecovery
 from diskhash.errors import IndexClosedError
@@ -107,15 +108,16 @@ class PayloadStore:
         self._verify = verify_checksums
         #: What the last compact() measured (seconds, puts_waited_seconds, bytes).
         self.last_compaction: "dict[str, Any] | None" = None
-        self._dir, lock, opened = open_store(directory, readonly=readonly, timeout=timeout,
-                                             fsync=sync != "never", salvage=salvage)
+        self._dir, lock, page, opened = open_store(directory, readonly=readonly, timeout=timeout,
+                                                   fsync=sync != "never", salvage=salvage)
         self._directory = self._dir.directory
         self._reader = StoreReader(self._directory, verify_checksums)
-        #: store.lock, the maintenance lock, the sync thread and the fork mark.
-        self._life = life = Lifetime(self._directory, lock)
+        #: store.lock and its shared page, the maintenance lock, the sync thread and the fork mark.
+        self._life = life = Lifetime(self._directory, lock, page)
         self._writer = Writer(compression=self._compression, fsync=sync != "never", readonly=readonly,
-                              directory=self._directory, closed_error=life.closed_error)
-        self._writer.opened(opened.gen, opened.end, opened.checkpoint)
+                              directory=self._directory, closed_error=life.closed_error,
+                              files=self._dir, page=page)
+        self._writer.opened(opened.gen, opened.end, opened.checkpoint, opened.seen)
         #: What the writable open recovered (``StoreRecovery``), or None when
         #: the store was closed cleanly.
         self.recovery: "StoreRecovery | None" = opened.recovery
@@ -123,6 +125,13 @@ class PayloadStore:
         #: that had to rebuild) passed over or dropped (a SalvageReport), or None.
         self.last_salvage: "SalvageReport | None" = opened.salvage
         life.opened(self._writer, self._sync_every)
+        if not readonly and page is not None:
+            try:
+                with self._writer:
+                    pass            # (a writer that died holding the lock is recovered now)
+            except BaseException:
+                self.close()
+                raise
 
     def _write_manifest(self, data_gen: int, index_gen: int) -> None:
         self._life.check_not_forked()   # (a fork from a progress callback: the commit is the parent's)
@@ -131,10 +140,7 @@ class PayloadStore:
     # -- state -----------------------------------------------------------------------
 
     def _live(self) -> Generation:
-        g = self._writer.gen
-        if g is None:
-            raise self._life.closed_error()
-        return g
+        return self._writer.current()
 
     @property
     def directory(self) -> str:
@@ -309,6 +315,13 @@ class PayloadStore:
             self._writer.delete_locked(g, key)
             return value
 
+    def writing(self) -> Holding:
+        """``with store.writing():`` holds the writer lock -- this process's and
+        the cross-process one -- across the calls inside, for batch speed (each
+        write call otherwise takes and leaves it).  Other processes' writers
+        wait for the block; readers never do.  Re-entrant in its thread."""
+        return Holding(self._writer, self)
+
     # -- durability ------------------------------------------------------------------------
 
     def save(self) -> None:
@@ -343,8 +356,15 @@ class PayloadStore:
                     life.syncer.stop()
                 try:
                     if not self._readonly:
-                        writer.finish(g)
+                        with writer as g:
+                            if life.page is None or life.last_writer():
+                                writer.finish(g)        # the last writer out: a clean file
+                                if life.page is not None:
+                                    life.page.reset()   # (the next writer recovers, as alone)
+                            else:
+                                writer.save_locked(g)   # other writers go on with it
                 finally:
+                    g = writer.gen if writer.gen is not None else g
                     writer.gen = None
                     life.forget()
                     try:
@@ -427,7 +447,7 @@ class PayloadStore:
         check_flag("salvage", salvage)
         progress = self._life.fork_checked(progress)
         writer = self._writer
-        with self._life.maintenance, writer as g:
+        with self._life.maintaining(), writer as g:
             self.last_salvage = None
             new, count, report = rebuild_index(g, writer, self._dir, self._write_manifest, progress,
                                                salvage=salvage)
@@ -456,9 +476,10 @@ class PayloadStore:
         from diskhash._store.compact import compact
         check_flag("salvage", salvage)
         self.last_salvage = None
-        with self._life.maintenance:
-            done = compact(self._writer.writable(), self._writer, self._dir, self._write_manifest,
-                           salvage=salvage)
+        with self._life.maintaining():
+            with self._writer as g:
+                pass            # (the generation other processes may have switched to)
+            done = compact(g, self._writer, self._dir, self._write_manifest, salvage=salvage)
         self.last_compaction = done.report
         self.last_salvage = done.salvage
 

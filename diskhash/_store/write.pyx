@@ -353,46 +353,119 @@ cdef class WriterDoor:
     """The base of ``_store.writer.Writer``: its door, ``with writer as g:``.
 
     ``__enter__`` takes the writer lock (the subclass's ``lock``, an ``RLock``)
-    and returns ``writable()`` (the writable generation), letting the lock go
-    if that raises; ``__exit__`` lets it go.  ``nowait()`` is the same door
-    without waiting for the lock."""
+    and checks ``writable()`` (read-only, closed); then, in a store shared
+    between processes (``page``, a ``SharedPage``), the outermost entry of the
+    thread takes the cross-process writer lock and brings the writer up to
+    what other processes wrote (``sync_from_page``; ``recover_dead`` first
+    when the last holder died).  It returns the writable generation,
+    letting everything go if a step raises.  ``__exit__`` publishes the
+    log's end (``publish``) and lets the locks go.  ``nowait()`` is the same
+    door without waiting for either lock."""
+
+    cdef public object page
+    cdef Py_ssize_t depth
 
     def __enter__(self):
         lock = self.lock
         lock.acquire()
         try:
-            return self.writable()
+            g = self.writable()
+            if self.page is not None:
+                self.depth += 1
+                if self.depth == 1:
+                    try:
+                        self._cross_enter(True)
+                    except BaseException:
+                        self.depth = 0
+                        raise
+                    try:
+                        g = self.writable()
+                    except BaseException:
+                        self.depth = 0
+                        self._cross_exit()
+                        raise
+            return g
         except BaseException:
             lock.release()
             raise
 
     def __exit__(self, *exc):
-        self.lock.release()
+        try:
+            if self.depth:
+                self.depth -= 1
+                if self.depth == 0:
+                    self._cross_exit()
+        finally:
+            self.lock.release()
+
+    cdef bint _cross_enter(self, bint block) except -1:
+        """The cross-process writer lock (the in-process one held): False if
+        busy and not ``block``.  A dead holder's write is put right first."""
+        page = self.page
+        got = page.lock(block)
+        if got == 1:
+            return False
+        try:
+            if got == 2:
+                self.recover_dead()
+                page.consistent()
+            self.sync_from_page()
+        except BaseException:
+            page.unlock()
+            raise
+        return True
+
+    cdef int _cross_exit(self) except -1:
+        page = self.page
+        try:
+            self.publish()
+        finally:
+            page.unlock()
+        return 0
 
     def nowait(self):
         """``with writer.nowait() as g:``: ``g`` is the writable generation, the
-        lock taken, or None when another thread holds the lock (nothing taken)."""
+        lock taken, or None when another thread or process holds it (nothing taken)."""
         return NoWait(self)
 
 
 cdef class NoWait:
     """``WriterDoor.nowait()``'s context manager (one use)."""
 
-    cdef object _door
+    cdef WriterDoor _door
     cdef object _held
 
-    def __cinit__(self, door):
+    def __cinit__(self, WriterDoor door):
         self._door = door
 
     def __enter__(self):
-        lock = self._door.lock
+        door = self._door
+        lock = door.lock
         if not lock.acquire(False):
             return None
-        self._held = lock
         try:
-            return self._door.writable()
+            g = door.writable()
+            if door.page is not None:
+                door.depth += 1
+                if door.depth == 1:
+                    try:
+                        taken = door._cross_enter(False)
+                    except BaseException:
+                        door.depth = 0
+                        raise
+                    if not taken:
+                        door.depth = 0
+                        lock.release()
+                        return None
+                    try:
+                        g = door.writable()
+                    except BaseException:
+                        door.depth = 0
+                        door._cross_exit()
+                        raise
+            self._held = lock
+            return g
         except BaseException:
-            self._held = None
             lock.release()
             raise
 
@@ -400,7 +473,14 @@ cdef class NoWait:
         lock = self._held
         self._held = None
         if lock is not None:
-            lock.release()
+            try:
+                door = self._door
+                if door.depth:
+                    door.depth -= 1
+                    if door.depth == 0:
+                        door._cross_exit()
+            finally:
+                lock.release()
 
 
 cdef class MaintenanceLock:
@@ -458,3 +538,57 @@ cdef class MaintenanceLock:
             self._given_up.discard(self._serving)
             self._serving += 1
         self._cond.notify_all()
+
+
+cdef class Maintaining:
+    """``with Maintaining(maintenance, lock):`` held for a whole ``compact()``
+    or ``rebuild_index()``: this process's fair ``MaintenanceLock``, then the
+    cross-process one (``lock.hold_maintenance()``, an OFD lock on
+    store.lock: two processes compacting at once would write the same new
+    generation).  Compiled, as the door is, so that Ctrl-C cannot leave
+    either held."""
+
+    cdef MaintenanceLock _lock
+    cdef object _cross
+
+    def __cinit__(self, MaintenanceLock lock, cross):
+        self._lock = lock
+        self._cross = cross
+
+    def __enter__(self):
+        self._lock.__enter__()
+        try:
+            self._cross.hold_maintenance()
+        except BaseException:
+            try:
+                self._cross.release_maintenance()
+            finally:
+                self._lock.__exit__(None, None, None)
+            raise
+        return self
+
+    def __exit__(self, *exc):
+        try:
+            self._cross.release_maintenance()
+        finally:
+            self._lock.__exit__(None, None, None)
+
+
+cdef class Holding:
+    """``with Holding(door, value) as v:``: the writer's door held across the
+    block (``PayloadStore.writing()``), ``value`` handed out; compiled so
+    that Ctrl-C cannot leave the door held."""
+
+    cdef WriterDoor _door
+    cdef object _value
+
+    def __cinit__(self, WriterDoor door, value):
+        self._door = door
+        self._value = value
+
+    def __enter__(self):
+        self._door.__enter__()
+        return self._value
+
+    def __exit__(self, *exc):
+        self._door.__exit__(None, None, None)

@@ -14,9 +14,10 @@ from diskhash.aio import AsyncDiskHashIndex
 ASYNC_ONLY = {"open", "sync", "contains"}
 #: What only the sync side has, on purpose: ``PayloadStore.index`` hands out
 #: the sync index, shared with the store (reach it as ``store.sync.index``).
-# writing(): the sync block is owned by a thread, and the async facade runs
-# a call inline or in a worker thread; no async twin yet (issue 17).
-SYNC_ONLY = {PayloadStore: {"index"}, DiskHashIndex: {"writing"}, ShardedStore: set()}
+# writing(): the sync block's locks are owned by the thread that took them,
+# and the async facade runs each call inline or in a worker thread, so a
+# block cannot span awaits (docs/guide/processes.md); batch with put_many.
+SYNC_ONLY = {PayloadStore: {"index", "writing"}, DiskHashIndex: {"writing"}, ShardedStore: set()}
 
 
 def _public(cls: type) -> set[str]:

@@ -10,7 +10,8 @@ import pytest
 from diskhash import AsyncPayloadStore, Compression, PayloadStore
 from diskhash._store import aio as _aio_store
 
-SYNC_ONLY = {"keys", "index", "data_path", "compression", "recovery", "last_compaction", "last_salvage"}
+SYNC_ONLY = {"keys", "index", "data_path", "compression", "recovery", "last_compaction", "last_salvage",
+             "writing"}
 
 
 def test_mirrors_sync_api():

@@ -14,7 +14,6 @@ from diskhash import (
     KEY_DTYPE,
     Compression,
     IndexClosedError,
-    IndexLockedError,
     PayloadStore,
     ReadOnlyIndexError,
     ShardedStore,
@@ -107,9 +106,12 @@ def test_reopen_and_readonly(tmp_path: Path) -> None:
         assert sh.get_many(keys) == payloads
 
 
-def test_one_writer_per_set(tmp_path: Path) -> None:
-    with ShardedStore(tmp_path / "set", shards=2), pytest.raises(IndexLockedError):
-        ShardedStore(tmp_path / "set")
+def test_sets_share_a_directory(tmp_path: Path) -> None:
+    """Two opens of one shard set (as two processes would) see each other's writes."""
+    with ShardedStore(tmp_path / "set", shards=2) as a, ShardedStore(tmp_path / "set") as b:
+        a.put_many(list(range(50)), [b"a%d" % i for i in range(50)])
+        b.put(7, b"from b")
+        assert a.get(7) == b"from b" and b.get_many([3, 49]) == [b"a3", b"a49"]
 
 
 def test_store_kwargs_reach_every_shard(tmp_path: Path) -> None:

@@ -180,14 +180,21 @@ def test_verify_rechecks_the_layout(built: Path) -> None:
 
 
 def test_failed_open_leaves_no_shard_open(built: Path) -> None:
-    # Shard 2 locked by a writer: the open fails and releases shards 0 and 1.
-    import diskhash
-    from diskhash import IndexLockedError
+    # Shard 2's MANIFEST damaged: the open fails and closes shards 0 and 1
+    # (no descriptor of theirs is left open).
+    from diskhash import CorruptPayloadError
 
-    with diskhash.PayloadStore(built / "shard-00002" / "store"):
-        with pytest.raises(IndexLockedError):
-            ShardedStore(built)
-    with ShardedStore(built) as sh:       # nothing left locked
+    manifest = built / "shard-00002" / "store" / "MANIFEST"
+    good = manifest.read_bytes()
+    manifest.write_bytes(b"garbage!" + good[8:])
+    before = set(os.listdir("/proc/self/fd"))
+    with pytest.raises(CorruptPayloadError):
+        ShardedStore(built)
+    left = [os.readlink(f"/proc/self/fd/{fd}") for fd in set(os.listdir("/proc/self/fd")) - before
+            if os.path.exists(f"/proc/self/fd/{fd}")]
+    assert not [p for p in left if str(built) in p], left
+    manifest.write_bytes(good)
+    with ShardedStore(built) as sh:
         assert len(sh) == 300
 
 

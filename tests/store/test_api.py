@@ -13,7 +13,6 @@ from diskhash import (
     CorruptPayloadError,
     DiskHashError,
     IndexClosedError,
-    IndexLockedError,
     PayloadMeta,
     PayloadStore,
     ReadOnlyIndexError,
@@ -108,17 +107,26 @@ def test_persists_across_reopen_and_readonly(store_dir):
         assert s.get(199) == b"payload 199 " * (199 % 7 + 1)
 
 
-def test_one_writer_per_store(store_dir):
-    with PayloadStore(store_dir):
-        with pytest.raises(IndexLockedError):
-            PayloadStore(store_dir)
-        with pytest.raises(IndexLockedError):
-            PayloadStore(store_dir, readonly=True)
-    with PayloadStore(store_dir, readonly=True):
-        with PayloadStore(store_dir, readonly=True):
-            pass
-        with pytest.raises(IndexLockedError):
-            PayloadStore(store_dir)
+def test_stores_share_a_directory(store_dir):
+    """Any number of opens, writable or read-only, share one store: each
+    sees the others' writes (tests/processes/test_store_shared.py does it
+    across processes)."""
+    with PayloadStore(store_dir) as a, PayloadStore(store_dir) as b:
+        a.put(1, b"from a")
+        b.put(2, b"from b")
+        with PayloadStore(store_dir, readonly=True) as r:
+            assert (r.get(1), r.get(2)) == (b"from a", b"from b")
+            assert (a.get(2), b.get(1)) == (b"from b", b"from a")
+            b.delete(1)
+            assert a.get(1) is None and r.get(1) is None
+    with PayloadStore(store_dir, readonly=True) as r:
+        with PayloadStore(store_dir) as w:
+            assert w.recovery is None
+            w.put(3, b"beside a reader")
+            assert r.get(3) == b"beside a reader"
+    with PayloadStore(store_dir) as s:
+        assert s.recovery is None
+        assert sorted(s.keys()) == [2, 3]
 
 
 def test_readonly_missing_store(tmp_path):
