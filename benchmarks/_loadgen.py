@@ -5,7 +5,13 @@ does not share the server's GIL (benchmarks/http_load.py, benchmarks/sendfile.py
 
 ``FILE`` holds request paths, one a line; each of ``--clients`` connections
 sends GETs for paths drawn at random, one at a time (send, read the whole
-answer, send the next), for ``--warmup`` + ``--duration`` seconds.  Prints
+answer, send the next), for ``--warmup`` + ``--duration`` seconds; with
+``--put-fraction F``, that fraction of the requests are PUTs of
+``--put-bytes`` to a path drawn the same way.  Connections are opened
+``--connect-spacing`` seconds apart, so that several server workers sharing
+one listening socket each get some (a burst is often all accepted by one).
+Each connection notes the ``X-Worker-Pid`` of its first answer, if any: the
+result says how many connections each worker served.  Prints
 one JSON line: requests and latency percentiles of the measured window (the
 warm-up is not counted), bytes received, errors, and the totals over the
 whole run (for CPU-per-request figures taken from outside).
@@ -36,18 +42,30 @@ def percentile(ordered: list[float], q: float) -> float:
 
 
 async def one_client(port: int, paths: list[bytes], seed: int, measure_from: float, stop_at: float,
-                     latencies: list[float], totals: list[int], errors: list[str]) -> None:
+                     latencies: list[float], totals: list[int], errors: list[str],
+                     put_fraction: float = 0.0, put_body: bytes = b"",
+                     workers: "dict[str, int] | None" = None) -> None:
     rng = random.Random(seed)
     reader, writer = await asyncio.open_connection("127.0.0.1", port, limit=1 << 22)
     requests = [b"GET " + p + b" HTTP/1.1\r\nHost: bench\r\n\r\n" for p in paths]
+    put_head = b" HTTP/1.1\r\nHost: bench\r\nContent-Length: %d\r\n\r\n" % len(put_body)
+    first = True
     try:
         while True:
             start = time.perf_counter()
             if start >= stop_at:
                 return
-            writer.write(requests[rng.randrange(len(requests))])
+            if put_fraction and rng.random() < put_fraction:
+                writer.write(b"PUT " + paths[rng.randrange(len(paths))] + put_head + put_body)
+            else:
+                writer.write(requests[rng.randrange(len(requests))])
             head = await reader.readuntil(b"\r\n\r\n")
             lower = head.lower()
+            if first and workers is not None:
+                first = False
+                at = lower.find(b"\r\nx-worker-pid:")
+                pid = lower[at + 15:lower.index(b"\r\n", at + 2)].strip().decode() if at >= 0 else "?"
+                workers[pid] = workers.get(pid, 0) + 1
             at = lower.find(b"\r\ncontent-length:")
             if at < 0:
                 errors.append(f"no Content-Length in {head[:200]!r}")
@@ -67,15 +85,23 @@ async def one_client(port: int, paths: list[bytes], seed: int, measure_from: flo
         writer.close()
 
 
-async def run(port: int, paths: list[bytes], clients: int, warmup: float, duration: float) -> dict:
+async def run(port: int, paths: list[bytes], clients: int, warmup: float, duration: float,
+              put_fraction: float = 0.0, put_bytes: int = 0, connect_spacing: float = 0.0) -> dict:
     latencies: list[float] = []
     totals = [0, 0]
     errors: list[str] = []
+    workers: dict[str, int] = {}
+    put_body = random.Random(0).randbytes(put_bytes)
     began = time.perf_counter()
     measure_from = began + warmup
     stop_at = measure_from + duration
-    await asyncio.gather(*(one_client(port, paths, i, measure_from, stop_at, latencies, totals, errors)
-                           for i in range(clients)))
+
+    async def client(i: int) -> None:
+        await asyncio.sleep(i * connect_spacing)
+        await one_client(port, paths, i, measure_from, stop_at, latencies, totals, errors,
+                         put_fraction, put_body, workers)
+
+    await asyncio.gather(*(client(i) for i in range(clients)))
     elapsed = time.perf_counter() - began
     latencies.sort()
     return {
@@ -90,6 +116,7 @@ async def run(port: int, paths: list[bytes], clients: int, warmup: float, durati
         "elapsed_s": elapsed,
         "errors": len(errors),
         "first_errors": errors[:3],
+        "connections_per_worker": sorted(workers.values(), reverse=True),
     }
 
 
@@ -100,11 +127,17 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=32)
     parser.add_argument("--warmup", type=float, default=1.0)
     parser.add_argument("--duration", type=float, default=10.0)
+    parser.add_argument("--put-fraction", type=float, default=0.0, help="this fraction of requests are PUTs")
+    parser.add_argument("--put-bytes", type=int, default=512, help="the body of each PUT")
+    parser.add_argument("--connect-spacing", type=float, default=0.0, help="seconds between two connects")
     args = parser.parse_args()
+    if not 0.0 <= args.put_fraction <= 1.0:
+        parser.error(f"--put-fraction must be in [0, 1], not {args.put_fraction}")
     with open(args.paths, "rb") as f:
         paths = [line.strip() for line in f if line.strip()]
     runner = uvloop.run if uvloop is not None else asyncio.run
-    result = runner(run(args.port, paths, args.clients, args.warmup, args.duration))
+    result = runner(run(args.port, paths, args.clients, args.warmup, args.duration,
+                        args.put_fraction, args.put_bytes, args.connect_spacing))
     print(json.dumps(result), flush=True)
 
 

@@ -1,6 +1,7 @@
 """Requests per second and tail latency of one aiohttp app over three storage backends.
 
     python benchmarks/http_load.py [--entries 100000] [--clients 32] [--duration 10] [--quick]
+    python benchmarks/http_load.py --workers 1,2 [--quick]
 
 The app (``serve()`` below) answers ``GET /payload/{id}`` with the payload's
 bytes, one lookup per request, and is the same for every backend; only the
@@ -21,6 +22,15 @@ process adds ``--grow-entries`` more entries (diskhash: ``put_many`` in the
 store's writer lane, so its index grows; lmdb: write transactions in an
 executor thread; aiosqlite: a second connection in WAL mode).
 
+``--workers 1,2`` measures something else: diskhash and py-lmdb each behind
+``uvicorn --workers N`` (a plain ASGI app, ``worker_app`` below, every worker
+opening the backend in its lifespan), 90% GET / 10% PUT overwrites, the
+load generator connecting only once every worker answers.  Targets:
+diskhash with 2 workers >= py-lmdb with 2 workers, and >= 1.3x diskhash
+with 1 worker.  diskhash with 2 writable workers needs the shared store
+(docs/guide/processes.md); until a store can be shared, that server does
+not start and the line says so.
+
 Targets (PASS/MISS lines): diskhash >= 1.3x aiosqlite's req/s; diskhash's p99
 no worse than py-lmdb's (in the loop thread); diskhash's p99 during the bulk
 load <= 2x its p99 without.  On a shared 2-core machine these figures are
@@ -36,6 +46,7 @@ import os
 import random
 import shutil
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -82,12 +93,18 @@ class Diskhash:
     async def load(self, ids: list[int], payloads: list[bytes]) -> None:
         await self.store.put_many(ids, payloads)
 
+    async def put(self, edge_id: int, payload: bytes) -> None:
+        await self.store.put(edge_id, payload)
+
     async def close(self) -> None:
         await self.store.close()
 
 
 class Lmdb:
     executor = False
+    #: fsync at every commit (py-lmdb's default); the multi-worker benchmark turns
+    #: it off, so that a PUT is as durable as diskhash's (the page cache, not the disk).
+    sync = True
 
     @staticmethod
     def build(directory: str, ids: list[int], payloads: list[bytes]) -> None:
@@ -103,7 +120,7 @@ class Lmdb:
     async def open(self, directory: str) -> None:
         import lmdb
 
-        self.env = lmdb.open(directory, map_size=LMDB_MAP_SIZE, max_readers=256)
+        self.env = lmdb.open(directory, map_size=LMDB_MAP_SIZE, max_readers=256, sync=self.sync)
 
     def _get(self, edge_id: int) -> bytes | None:
         with self.env.begin() as txn:
@@ -122,12 +139,28 @@ class Lmdb:
     async def load(self, ids: list[int], payloads: list[bytes]) -> None:
         await asyncio.get_running_loop().run_in_executor(None, self._load, ids, payloads)
 
+    def _put(self, edge_id: int, payload: bytes) -> None:
+        with self.env.begin(write=True) as txn:
+            txn.put(edge_id.to_bytes(8, "big"), payload)
+
+    async def put(self, edge_id: int, payload: bytes) -> None:
+        """One write transaction per PUT, in the event loop's thread as for a
+        GET (LMDB takes turns across processes on its own write mutex)."""
+        if self.executor:
+            await asyncio.get_running_loop().run_in_executor(None, self._put, edge_id, payload)
+        else:
+            self._put(edge_id, payload)
+
     async def close(self) -> None:
         self.env.close()
 
 
 class LmdbExecutor(Lmdb):
     executor = True
+
+
+class LmdbNoSync(Lmdb):
+    sync = False
 
 
 class Aiosqlite:
@@ -234,6 +267,200 @@ def serve_main(args: argparse.Namespace) -> None:
     asyncio.run(serve(args.serve, args.dir, grow, args.warmup))
 
 
+# -- the multi-worker server: uvicorn --workers N, GET and PUT -----------------------------
+
+WORKER_BACKENDS = {"diskhash": Diskhash, "lmdb": LmdbNoSync}
+WORKERS_ENV = ("HTTP_LOAD_BACKEND", "HTTP_LOAD_DIR")
+TARGET_WORKERS_VS_LMDB = 1.0
+TARGET_WORKERS_SCALING = 1.3
+
+
+class WorkerApp:
+    """The ASGI app every uvicorn worker serves (``http_load:worker_app``): the
+    backend named by $HTTP_LOAD_BACKEND on the directory $HTTP_LOAD_DIR,
+    opened by the lifespan, so by each worker process for itself.
+
+    ``GET /payload/{id}``: the payload; ``PUT /payload/{id}``: store the body
+    (an empty 200); ``GET /worker``: the worker's pid.  Every answer carries
+    ``X-Worker-Pid``.  Plain ASGI, so that only the storage differs."""
+
+    def __init__(self) -> None:
+        self.backend: Any = None
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            while True:
+                message = await receive()
+                if message["type"] == "lifespan.startup":
+                    try:
+                        backend = WORKER_BACKENDS[os.environ[WORKERS_ENV[0]]]()
+                        await backend.open(os.environ[WORKERS_ENV[1]])
+                    except Exception as exc:  # noqa: BLE001 - reported to uvicorn, which stops
+                        await send({"type": "lifespan.startup.failed", "message": f"{type(exc).__name__}: {exc}"})
+                        return
+                    self.backend = backend
+                    await send({"type": "lifespan.startup.complete"})
+                elif message["type"] == "lifespan.shutdown":
+                    if self.backend is not None:
+                        await self.backend.close()
+                    await send({"type": "lifespan.shutdown.complete"})
+                    return
+        status, body = await self.answer(scope, receive)
+        pid = str(os.getpid()).encode()
+        await send({"type": "http.response.start", "status": status,
+                    "headers": [(b"content-length", str(len(body)).encode()), (b"x-worker-pid", pid)]})
+        await send({"type": "http.response.body", "body": body})
+
+    async def answer(self, scope: dict[str, Any], receive: Any) -> tuple[int, bytes]:
+        path = scope["path"]
+        if path == "/worker":
+            return 200, str(os.getpid()).encode()
+        if not path.startswith("/payload/"):
+            return 404, b""
+        try:
+            edge_id = int(path[9:])
+        except ValueError:
+            return 400, b""
+        if scope["method"] == "PUT":
+            chunks = []
+            while True:
+                message = await receive()
+                chunks.append(message.get("body", b""))
+                if not message.get("more_body", False):
+                    break
+            await self.backend.put(edge_id, b"".join(chunks))
+            return 200, b""
+        data = await self.backend.get(edge_id)
+        return (404, b"") if data is None else (200, data)
+
+
+#: For ``uvicorn http_load:worker_app --app-dir benchmarks --workers N``.
+worker_app = WorkerApp()
+
+
+def wait_for_workers(server: subprocess.Popen, port: int, workers: int, timeout: float = 120.0) -> None:
+    """Return once ``workers`` distinct workers have answered ``/worker`` (each
+    request a new connection), so that the load starts on all of them."""
+    import http.client
+
+    seen: set[bytes] = set()
+    deadline = time.monotonic() + timeout
+    while len(seen) < workers:
+        if server.poll() is not None:
+            raise RuntimeError(f"the server exited: {server.stderr.read()[-1500:] if server.stderr else ''}")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"only {len(seen)} of {workers} workers answered within {timeout:g} s")
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        try:
+            conn.request("GET", "/worker")
+            seen.add(conn.getresponse().read())
+        except OSError:
+            time.sleep(0.05)
+        finally:
+            conn.close()
+
+
+def run_workers_phase(args: argparse.Namespace, backend: str, directory: str, paths_file: str,
+                      workers: int) -> "dict[str, Any] | str":
+    """One uvicorn server with ``workers`` workers under the GET/PUT load: the
+    load generator's result, or why the server did not serve."""
+    # A free port, not a socket passed with --fd: uvicorn takes an inherited
+    # socket for a Unix one, so asyncio never sets TCP_NODELAY on its
+    # connections and every answer written in two pieces waits out the
+    # client's delayed ACK (40 ms).
+    with socket.create_server(("127.0.0.1", 0)) as probe:
+        port = probe.getsockname()[1]
+    env = dict(os.environ, **dict(zip(WORKERS_ENV, (backend, directory))))
+    cmd = [sys.executable, "-m", "uvicorn", "http_load:worker_app", "--app-dir", HERE, "--workers", str(workers),
+           "--host", "127.0.0.1", "--port", str(port), "--backlog", "1024", "--log-level", "warning",
+           "--no-access-log"]
+    server = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        try:
+            wait_for_workers(server, port, workers)
+        except RuntimeError as exc:
+            last = [line for line in str(exc).splitlines() if "Error" in line]
+            return last[-1].strip() if last else str(exc)
+        load = subprocess.run(
+            [sys.executable, os.path.join(HERE, "_loadgen.py"), "--port", str(port), "--paths", paths_file,
+             "--clients", str(args.clients), "--warmup", str(args.warmup), "--duration", str(args.duration),
+             "--put-fraction", str(PUT_FRACTION), "--put-bytes", str(args.payload_bytes),
+             "--connect-spacing", "0.005"],
+            capture_output=True, text=True, timeout=args.warmup + args.duration + 120, check=True)
+        return json.loads(load.stdout)
+    finally:
+        server.send_signal(signal.SIGTERM)
+        try:
+            server.communicate(timeout=120)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.communicate()
+
+
+PUT_FRACTION = 0.1
+
+
+def workers_main(args: argparse.Namespace, counts: list[int]) -> None:
+    """diskhash and py-lmdb behind ``uvicorn --workers N`` for each N of ``counts``."""
+    cores = os.cpu_count() or 1
+    with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
+        ids, payloads = dataset(args.seed, args.entries, args.payload_bytes)
+        paths_file = os.path.join(tmp, "paths.txt")
+        with open(paths_file, "w") as f:
+            f.writelines(f"/payload/{i}\n" for i in ids)
+        print(f"uvicorn --workers {'|'.join(map(str, counts))}: {args.entries:,} payloads of {args.payload_bytes} B; "
+              f"{args.clients} keep-alive clients, {100 - PUT_FRACTION * 100:g}% GET / {PUT_FRACTION * 100:g}% PUT "
+              f"(overwrites), {args.warmup:g} s warm-up + {args.duration:g} s measured.\n"
+              f"diskhash: AsyncPayloadStore per worker; lmdb: an environment per worker, a read transaction per "
+              f"GET and a write transaction per PUT in the loop thread, sync=False (as durable as diskhash's "
+              f"default: the page cache).\n"
+              f"The load generator is one process on this same machine ({cores} cores): it competes with the "
+              f"workers for the CPU, so N workers on {cores} cores cannot reach N times one worker's figure.")
+        results: dict[tuple[str, int], "dict[str, Any] | str"] = {}
+        for name, cls in WORKER_BACKENDS.items():
+            base = os.path.join(tmp, f"{name}-base")
+            cls.build(base, ids, payloads)
+            for workers in counts:
+                run_dir = os.path.join(tmp, f"{name}-{workers}")
+                shutil.copytree(base, run_dir)
+                results[name, workers] = run_workers_phase(args, name, run_dir, paths_file, workers)
+                shutil.rmtree(run_dir)
+            shutil.rmtree(base)
+
+    print(f"\n{'backend':<10} {'workers':>7} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8}  connections")
+    for (name, workers), r in results.items():
+        if isinstance(r, str):
+            print(f"{name:<10} {workers:>7}  did not serve: {r}")
+            continue
+        errors = f"  {r['errors']} ERRORS {r['first_errors']}" if r["errors"] else ""
+        print(f"{name:<10} {workers:>7} {r['req_per_s']:>9,.0f} {r['p50_ms']:>8.2f} {r['p99_ms']:>8.2f} "
+              f"{r['max_ms']:>8.1f}  {'/'.join(map(str, r['connections_per_worker']))}{errors}")
+    print()
+
+    def rate(name: str, workers: int) -> "float | None":
+        r = results.get((name, workers))
+        return None if r is None or isinstance(r, str) else r["req_per_s"]
+
+    if 2 in counts:
+        mine, lmdb = rate("diskhash", 2), rate("lmdb", 2)
+        if mine is None or lmdb is None:
+            print("MISS: diskhash 2 workers vs py-lmdb 2 workers: not measured (a server did not serve)")
+        else:
+            verdict(mine >= TARGET_WORKERS_VS_LMDB * lmdb,
+                    f"diskhash with 2 workers {mine:,.0f} req/s vs py-lmdb with 2 workers {lmdb:,.0f} "
+                    f"({mine / lmdb:.2f}x; target >= {TARGET_WORKERS_VS_LMDB:g}x)")
+    if 1 in counts and 2 in counts:
+        one, two = rate("diskhash", 1), rate("diskhash", 2)
+        if one is None or two is None:
+            print("MISS: diskhash 2 workers vs 1 worker: not measured (a server did not serve)")
+        else:
+            verdict(two >= TARGET_WORKERS_SCALING * one,
+                    f"diskhash with 2 workers {two:,.0f} req/s vs 1 worker {one:,.0f} "
+                    f"({two / one:.2f}x; target >= {TARGET_WORKERS_SCALING:g}x)")
+    if any(not isinstance(r, str) and r["errors"] for r in results.values()):
+        print("MISS: some requests failed (see ERRORS above)")
+
+
 # -- the orchestrator -------------------------------------------------------------------
 
 
@@ -291,6 +518,9 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--dir", default=None, help="where to build (default: a temporary directory)")
     parser.add_argument("--quick", action="store_true", help="small and short: checks that it runs")
+    parser.add_argument("--workers", default=None, metavar="N[,N...]",
+                        help="instead: diskhash and py-lmdb behind uvicorn --workers N, 90%% GET / 10%% PUT "
+                             "(e.g. 1,2)")
     parser.add_argument("--serve", choices=BACKENDS, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
@@ -298,6 +528,15 @@ def main() -> None:
         return
     if args.quick:
         args.entries, args.clients, args.warmup, args.duration = 3000, 8, 0.3, 1.0
+    if args.workers is not None:
+        try:
+            counts = [int(n) for n in args.workers.split(",")]
+        except ValueError:
+            parser.error(f"--workers takes worker counts like 1,2, not {args.workers!r}")
+        if not counts or min(counts) < 1:
+            parser.error(f"--workers takes counts >= 1, not {args.workers!r}")
+        workers_main(args, counts)
+        return
     if args.grow_entries is None:
         args.grow_entries = 2 * args.entries
     backends = args.backends.split(",")

@@ -2,16 +2,22 @@
 
     pip install ".[examples]"
     python examples/aiohttp_app.py --store ./payload-store --port 8080
+    cd examples && DISKHASH_STORE=../payload-store gunicorn -k aiohttp.GunicornWebWorker -w 2 aiohttp_app:app
 
     GET    /payload/{id}   the payload bytes (Content-Length, ETag); 404 absent, 400 bad id
     GET    /meta/{id}      the record (PayloadMeta) as JSON
     PUT    /payload/{id}   store the request body; answers the new record as JSON
-    DELETE /payload/{id}   204; 404 absent
+    DELETE /payload/{id}   204; 404 absent (PUT, DELETE: 405 when served read-only)
     GET    /stats          the store's stats as JSON
 
 Ids are decimal integers below 2**128 or hyphenated UUIDs (``payload_web.py``).
 The store is opened in a ``cleanup_ctx`` (so it is open before the first
 request and closed after the last one) and shared through ``app[STORE]``.
+Under gunicorn each worker process runs that context after the fork, so
+each opens the store itself (``--preload`` included: only the application
+object is made at import).  Every answer names its worker in
+``X-Worker-Pid``; ``DISKHASH_READONLY=1`` (or ``--readonly``) opens the
+store read-only: PUT and DELETE answer 405.
 
 Uncompressed payloads of at least ``--sendfile-min`` bytes (64 KiB) are sent
 with ``loop.sendfile``: the kernel copies them from the store's data file to
@@ -36,6 +42,7 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 from payload_web import (
     MAX_BODY,
+    WORKER_HEADER,
     BadId,
     body_too_large,
     etag,
@@ -43,10 +50,12 @@ from payload_web import (
     meta_json,
     out_of_space,
     parse_edge_id,
+    read_only_message,
     read_payload,
     server_args,
     stats_json,
     store_dir,
+    store_readonly,
 )
 
 from diskhash import AsyncPayloadStore, Compression
@@ -67,6 +76,15 @@ def edge_id_of(request: web.Request) -> int:
         return parse_edge_id(request.match_info["id"])
     except BadId as exc:
         raise _error(web.HTTPBadRequest, str(exc)) from None
+
+
+def writable_store(request: web.Request) -> AsyncPayloadStore:
+    """The store, for a PUT or a DELETE: 405 when it is served read-only."""
+    store = request.app[STORE]
+    if store.readonly:
+        raise web.HTTPMethodNotAllowed(request.method, ["GET", "HEAD"], content_type="application/json",
+                                       text=json.dumps({"error": read_only_message()}))
+    return store
 
 
 def not_found(edge_id: int) -> web.HTTPError:
@@ -157,13 +175,14 @@ async def get_meta(request: web.Request) -> web.Response:
 @routes.put("/payload/{id:[^/]+}")
 async def put_payload(request: web.Request) -> web.Response:
     edge_id = edge_id_of(request)
+    store = writable_store(request)
     if body_too_large(request.headers.get("Content-Length")):     # 413 from the headers alone
         raise web.HTTPRequestEntityTooLarge(
             MAX_BODY, request.content_length or 0, content_type="application/json",
             text=json.dumps({"error": f"a payload is at most {MAX_BODY} bytes"}))
     body = await request.read()           # at most client_max_size (MAX_BODY), else 413
     try:
-        meta = await request.app[STORE].put(edge_id, body)
+        meta = await store.put(edge_id, body)
     except OSError as exc:
         if not out_of_space(exc):
             raise
@@ -174,7 +193,7 @@ async def put_payload(request: web.Request) -> web.Response:
 @routes.delete("/payload/{id:[^/]+}")
 async def delete_payload(request: web.Request) -> web.Response:
     edge_id = edge_id_of(request)
-    if not await request.app[STORE].delete(edge_id):
+    if not await writable_store(request).delete(edge_id):
         raise not_found(edge_id)
     return web.Response(status=204)
 
@@ -184,24 +203,38 @@ async def get_stats(request: web.Request) -> web.Response:
     return web.json_response(stats_json(await request.app[STORE].stats()))
 
 
-def create_app(directory: str, *, sendfile_min: int = DEFAULT_SENDFILE_MIN) -> web.Application:
-    """The application serving the store in ``directory`` (opened on startup).
+async def name_the_worker(request: web.Request, response: web.StreamResponse) -> None:
+    """``X-Worker-Pid`` on every answer: which worker process served it."""
+    response.headers[WORKER_HEADER] = str(os.getpid())
+
+
+def create_app(directory: str, *, sendfile_min: int = DEFAULT_SENDFILE_MIN,
+               readonly: bool = False) -> web.Application:
+    """The application serving the store in ``directory`` (opened on startup,
+    so in each worker process after the fork).
 
     ``sendfile_min``: uncompressed payloads this large or larger go out through
-    sendfile; 0 turns it off."""
+    sendfile; 0 turns it off.  ``readonly``: PUT and DELETE answer 405."""
 
     async def store_ctx(app: web.Application) -> AsyncIterator[None]:
-        app[STORE] = await AsyncPayloadStore.open(directory)
+        app[STORE] = await AsyncPayloadStore.open(directory, readonly=readonly)
         try:
             yield
         finally:
             await app[STORE].close()
+            print(f"store closed: {app[STORE].closed}", flush=True)
 
     app = web.Application(client_max_size=MAX_BODY)
     app[SENDFILE_MIN] = sendfile_min
     app.cleanup_ctx.append(store_ctx)
+    app.on_response_prepare.append(name_the_worker)
     app.add_routes(routes)
     return app
+
+
+#: For ``gunicorn -k aiohttp.GunicornWebWorker aiohttp_app:app``: the store named
+#: by $DISKHASH_STORE.  Only the application is made here; each worker opens the store.
+app = create_app(store_dir(), readonly=store_readonly())
 
 
 async def serve(app: web.Application, host: str, port: int, shutdown_timeout: float) -> None:
@@ -226,12 +259,11 @@ async def serve(app: web.Application, host: str, port: int, shutdown_timeout: fl
         print("shutting down", flush=True)
     finally:
         await runner.cleanup()                             # waits for requests, closes the store
-    print(f"store closed: {app[STORE].closed}", flush=True)
 
 
 def main() -> None:
     args = server_args(__doc__.splitlines()[0], extra=_options)
-    app = create_app(store_dir(args), sendfile_min=args.sendfile_min)
+    app = create_app(store_dir(args), sendfile_min=args.sendfile_min, readonly=store_readonly(args))
     if args.uvloop:
         import uvloop
 

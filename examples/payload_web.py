@@ -28,6 +28,12 @@ MAX_BODY = 64 << 20
 #: An environment variable naming the store directory (for ``uvicorn app:app``
 #: and ``hypercorn app:app``, whose command lines are the server's, not ours).
 STORE_ENV = "DISKHASH_STORE"
+#: Set to 1, an environment variable that serves the store read-only (the
+#: command-line equivalent is ``--readonly``): PUT and DELETE answer 405.
+READONLY_ENV = "DISKHASH_READONLY"
+#: The header every answer carries: the pid of the worker process that served
+#: it, so that under ``--workers N`` a client (and the tests) can tell them apart.
+WORKER_HEADER = "X-Worker-Pid"
 DEFAULT_STORE = "payload-store"
 #: Seconds the requests in flight get to finish when the server is asked to stop.
 SHUTDOWN_TIMEOUT = 10.0
@@ -61,6 +67,11 @@ def body_too_large(content_length: "str | bytes | None") -> bool:
     if not (text.isascii() and text.isdigit()):
         return False
     return len(text.lstrip("0")) > 20 or int(text) > MAX_BODY
+
+
+def read_only_message() -> str:
+    """What a PUT or DELETE on a read-only server answers (405)."""
+    return f"the store is served read-only (${READONLY_ENV} or --readonly): only GET and HEAD"
 
 
 def out_of_space(exc: OSError) -> bool:
@@ -134,6 +145,8 @@ def server_args(description: str,
     parser.add_argument("--port", type=int, default=8080, help="0: any free port (printed)")
     parser.add_argument("--shutdown-timeout", type=float, default=SHUTDOWN_TIMEOUT,
                         help="seconds requests in flight get to finish once a signal asks the server to stop")
+    parser.add_argument("--readonly", action="store_true",
+                        help=f"open the store read-only: PUT and DELETE answer 405 (also ${READONLY_ENV}=1)")
     if extra is not None:
         extra(parser)
     return parser.parse_args()
@@ -144,6 +157,16 @@ def store_dir(args: argparse.Namespace | None = None) -> str:
     if args is not None and args.store:
         return str(args.store)
     return os.environ.get(STORE_ENV) or DEFAULT_STORE
+
+
+def store_readonly(args: argparse.Namespace | None = None) -> bool:
+    """Whether to open the store read-only: ``--readonly``, else ``$DISKHASH_READONLY`` set to 1."""
+    if args is not None and args.readonly:
+        return True
+    value = os.environ.get(READONLY_ENV, "").strip()
+    if value not in ("", "0", "1"):
+        raise ValueError(f"${READONLY_ENV} must be 1 (read-only) or 0, not {value!r}")
+    return value == "1"
 
 
 def listening(host: str, port: int) -> None:

@@ -8,13 +8,21 @@ its storage a diskhash AsyncPayloadStore.
     GET    /payload/{id}   the payload bytes (Content-Length, ETag); 404 absent, 400 bad id
     GET    /meta/{id}      the record (PayloadMeta) as JSON
     PUT    /payload/{id}   store the request body; answers the new record as JSON
-    DELETE /payload/{id}   204; 404 absent
+    DELETE /payload/{id}   204; 404 absent (PUT, DELETE: 405 when served read-only)
     GET    /stats          the store's stats as JSON
 
 Ids are decimal integers below 2**128 or hyphenated UUIDs (``payload_web.py``).
 No framework: the ASGI protocol itself, so every step is visible.  The
 store is opened by the lifespan's startup and closed by its shutdown, or,
 should the server cancel the lifespan instead, in a shielded ``finally``.
+
+Several worker processes, each opening the store in its own lifespan (never
+at import, so after the fork or spawn):
+
+    cd examples && DISKHASH_STORE=../payload-store hypercorn -k trio -w 2 trio_app:app --bind 127.0.0.1:8080
+
+Every answer names its worker in ``X-Worker-Pid``.  ``DISKHASH_READONLY=1``
+(or ``--readonly``) opens the store read-only: PUT and DELETE answer 405.
 
 SIGINT or SIGTERM stops it: hypercorn stops accepting, finishes the requests
 in flight (within ``--shutdown-timeout``), the lifespan closes the store, the process exits 0.  Signals that
@@ -36,6 +44,7 @@ import trio
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))    # payload_web.py sits beside this file
 from payload_web import (
     MAX_BODY,
+    WORKER_HEADER,
     BadId,
     body_too_large,
     etag,
@@ -43,10 +52,12 @@ from payload_web import (
     meta_json,
     out_of_space,
     parse_edge_id,
+    read_only_message,
     read_payload,
     server_args,
     stats_json,
     store_dir,
+    store_readonly,
 )
 
 from diskhash import AsyncPayloadStore
@@ -57,6 +68,8 @@ Send = Callable[[dict[str, Any]], Awaitable[None]]
 Answer = tuple[int, list[tuple[bytes, bytes]], bytes]
 
 JSON = [(b"content-type", b"application/json")]
+WORKER = WORKER_HEADER.lower().encode()
+READ_ONLY = [(b"allow", b"GET, HEAD")]
 
 
 class HTTPError(Exception):
@@ -78,10 +91,12 @@ def edge_id_of(text: str) -> int:
 
 
 class PayloadApp:
-    """The ASGI application serving the store in ``directory``."""
+    """The ASGI application serving the store in ``directory`` (``readonly``:
+    PUT and DELETE answer 405)."""
 
-    def __init__(self, directory: str) -> None:
+    def __init__(self, directory: str, *, readonly: bool = False) -> None:
         self.directory = directory
+        self.readonly = readonly
         self.store: AsyncPayloadStore | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -96,7 +111,7 @@ class PayloadApp:
                 message = await receive()
                 if message["type"] == "lifespan.startup":
                     try:
-                        self.store = await AsyncPayloadStore.open(self.directory)
+                        self.store = await AsyncPayloadStore.open(self.directory, readonly=self.readonly)
                     except Exception as exc:  # noqa: BLE001 - any failure to open is reported to the server
                         await send({"type": "lifespan.startup.failed", "message": str(exc)})
                         return
@@ -119,7 +134,7 @@ class PayloadApp:
             status, headers, body = await self.answer(scope, receive)
         except HTTPError as exc:
             status, headers, body = exc.status, JSON + exc.headers, json.dumps({"error": str(exc)}).encode()
-        headers = headers + [(b"content-length", str(len(body)).encode())]
+        headers = headers + [(b"content-length", str(len(body)).encode()), (WORKER, str(os.getpid()).encode())]
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": b"" if scope["method"] == "HEAD" else body})
 
@@ -131,6 +146,8 @@ class PayloadApp:
         if len(parts) == 3 and parts[1] == "payload":
             if method == "PUT":       # the body first: hypercorn keeps a connection only once it is read
                 body = await read_body(scope, receive)
+                if store.readonly:
+                    raise HTTPError(405, read_only_message(), READ_ONLY)
                 edge_id = edge_id_of(parts[2])
                 try:
                     return json_answer(meta_json(await store.put(edge_id, body)))
@@ -147,6 +164,8 @@ class PayloadApp:
                 return 200, [(b"content-type", b"application/octet-stream"),
                              (b"etag", etag(meta).encode())], data
             if method == "DELETE":
+                if store.readonly:
+                    raise HTTPError(405, read_only_message(), READ_ONLY)
                 if not await store.delete(edge_id):
                     raise HTTPError(404, f"edge {edge_id} not found")
                 return 204, [], b""
@@ -185,8 +204,9 @@ async def read_body(scope: Scope, receive: Receive) -> bytes:
             return b"".join(chunks)
 
 
-#: For ``hypercorn -k trio trio_app:app``: the store named by $DISKHASH_STORE.
-app = PayloadApp(store_dir())
+#: For ``hypercorn -k trio trio_app:app``: the store named by $DISKHASH_STORE
+#: (opened by the lifespan, in each worker).
+app = PayloadApp(store_dir(), readonly=store_readonly())
 
 
 async def serve(application: PayloadApp, host: str, port: int, shutdown_timeout: float) -> None:
@@ -218,7 +238,8 @@ async def serve(application: PayloadApp, host: str, port: int, shutdown_timeout:
 
 def main() -> None:
     args = server_args(__doc__.splitlines()[0])
-    trio.run(serve, PayloadApp(store_dir(args)), args.host, args.port, args.shutdown_timeout)
+    application = PayloadApp(store_dir(args), readonly=store_readonly(args))
+    trio.run(serve, application, args.host, args.port, args.shutdown_timeout)
 
 
 if __name__ == "__main__":
