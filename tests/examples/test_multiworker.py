@@ -49,7 +49,6 @@ COMMANDS = {
 }
 #: In the default run: one of each server program; the rest with --run-slow.
 FAST = ("uvicorn", "gunicorn-uvicorn-preload", "hypercorn-trio")
-NEEDS_SHARED_STORE = pytest.mark.xfail(strict=False, reason="needs the shared PayloadStore")
 
 
 def _cases(fast: tuple[str, ...] = FAST) -> list[object]:
@@ -163,7 +162,6 @@ def test_every_worker_serves_a_store_opened_read_only(name, tmp_path):
     assert_stopped_cleanly(status, out, err, store, entries)
 
 
-@NEEDS_SHARED_STORE
 @pytest.mark.parametrize("name", _cases())
 def test_a_write_on_one_worker_is_read_by_the_other(name, tmp_path):
     """PUT, overwrite and DELETE served by one worker; a GET served by the
