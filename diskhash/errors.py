@@ -25,6 +25,7 @@ __all__ = [
     "ManifestError",
     "ShardMismatchError",
     "ShardBuildError",
+    "NetworkFileSystemWarning",
 ]
 
 
@@ -235,3 +236,9 @@ def _rebuild_shard_build_error(directory: str, shard: "int | None", text: str) -
     exc.directory, exc.shard = directory, shard
     Exception.__init__(exc, text)
     return exc
+
+
+class NetworkFileSystemWarning(UserWarning):
+    """A store or index opened on a network file system (NFS, SMB, a FUSE
+    mount): processes of one machine share it, but processes on two machines
+    do not see each other's maps or locks coherently (docs/guide/processes.md)."""

@@ -30,6 +30,7 @@ import os
 import stat
 import struct
 import time
+import warnings
 from dataclasses import dataclass
 
 from diskhash._format.sochidx2 import (
@@ -43,7 +44,7 @@ from diskhash._format.sochidx2 import (
     table_bytes,
     unpack_header,
 )
-from diskhash.errors import CorruptIndexError, IndexLockedError
+from diskhash.errors import CorruptIndexError, IndexLockedError, NetworkFileSystemWarning
 
 __all__ = ["MARKER_SIZE", "UNDO_OFFSET", "table_bytes"]   # re-exported for tools and tests
 
@@ -338,6 +339,41 @@ MAINTENANCE_BYTE = 2    # OFD lock: a store's compact() or rebuild_index() (one 
 WRITERS_BYTE = 3        # OFD lock: read by a store's writable opens, written by the last one closing
 
 
+#: File system types (as /proc/self/mountinfo names them) whose files other
+#: machines can open: their maps and locks are not coherent across machines.
+NETWORK_FILE_SYSTEMS = frozenset({"nfs", "nfs4", "cifs", "smb3", "smbfs", "9p", "ceph", "glusterfs",
+                                  "lustre", "gpfs", "afs", "fuse.sshfs", "fuse.s3fs", "fuse.gcsfuse"})
+
+
+def file_system_type(path: str) -> "str | None":
+    """The type of the file system ``path`` is on (the mount whose mount
+    point is its longest prefix, as /proc/self/mountinfo names it); None
+    where that cannot be read."""
+    try:
+        with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return None
+    where = os.path.realpath(path)
+    best, kind = "", None
+    for line in lines:
+        fields = line.split()
+        try:
+            sep = fields.index("-")
+        except ValueError:
+            continue
+        mount = fields[4].replace("\\040", " ")
+        if (where == mount or where.startswith(mount.rstrip("/") + "/")) and len(mount) >= len(best):
+            best, kind = mount, fields[sep + 1]
+    return kind
+
+
+def network_file_system(path: str) -> "str | None":
+    """The type of the network file system the file ``path`` is on, else None."""
+    kind = file_system_type(os.path.dirname(path) or ".")
+    return kind if kind in NETWORK_FILE_SYSTEMS else None
+
+
 class IndexLock:
     """The sidecar lock file: an advisory ``flock`` plus the clean-close marker.
 
@@ -435,7 +471,13 @@ class IndexLock:
     def _join(self) -> None:
         """Become one of the index's openers: the only one (``quiet``, OFD
         write lock) if nobody else has it, else one of many (read lock,
-        waiting only for a quiet opener to finish its recovery)."""
+        waiting only for a quiet opener to finish its recovery).  Warns on a
+        network file system (``network_file_system``)."""
+        kind = network_file_system(self.path)
+        if kind is not None:
+            warnings.warn(f"{self.name}: on a network file system ({kind}): processes of this "
+                          f"machine share it, processes of other machines must not open it "
+                          f"(docs/guide/processes.md)", NetworkFileSystemWarning, stacklevel=4)
         self.writable_fd = fcntl.fcntl(self.fd, fcntl.F_GETFL) & os.O_ACCMODE == os.O_RDWR
         if self.writable_fd and self._ofd(fcntl.F_WRLCK, PRESENCE_BYTE, False):
             self.quiet = True

@@ -347,3 +347,26 @@ def test_fork_child_gets_a_clear_error_and_opens_its_own(store_path):
     with PayloadStore(store_path) as again:
         assert again.recovery is None
         assert [again.get(k) for k in (1, 2, 3)] == [b"parent", b"child", b"parent again"]
+
+
+def test_a_network_file_system_warns(store_path, monkeypatch):
+    """An open on a network file system warns, naming it (processes of two
+    machines must not share one store); here the test's own file system is
+    made to count as one."""
+    import warnings
+
+    from diskhash import NetworkFileSystemWarning
+    from diskhash._fs import files
+
+    real = files.network_file_system(str(store_path / "store.lock"))
+    assert real is None                     # (the tests run on a local file system)
+    here = files.file_system_type(str(store_path))
+    assert here                             # (ext4, tmpfs, overlay ...)
+    monkeypatch.setattr(files, "NETWORK_FILE_SYSTEMS", frozenset({here}))
+    with pytest.warns(NetworkFileSystemWarning, match="network file system"):
+        PayloadStore(store_path).close()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NetworkFileSystemWarning)
+        with PayloadStore(store_path, readonly=True) as s:
+            assert len(s) == 0
+
