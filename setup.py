@@ -51,6 +51,7 @@ modules = [
     "diskhash._index.batch",
     "diskhash._store.read",
     "diskhash._store.write",
+    "diskhash._store.arrow_fill",
 ]
 CRC32C = "diskhash/_format/crc32c.h"     # cdef extern in _format/frame.pxd: the modules that cimport it
 USES_CRC32C = ("diskhash._format.frame", "diskhash._store.")

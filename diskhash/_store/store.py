@@ -24,6 +24,7 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 
 from diskhash._format import payload as fmt
 from diskhash._index.table import DiskHashIndex
+from diskhash._store import arrow as _arrow
 from diskhash._store import codecs as _codecs
 from diskhash._store.generation import Generation
 from diskhash._store.keys import (
@@ -213,8 +214,11 @@ class PayloadStore:
 
         One compiled loop probes the index, checks and copies the records;
         only the unusual ones (big, remapped, damaged) go through ``get``'s
-        Python path.  Errors as for ``get``.
+        Python path.  Errors as for ``get``.  Arrow keys are taken as
+        ``get_many_arrow`` takes them.
         """
+        if _arrow.is_arrow(edge_ids):
+            edge_ids = _arrow.key_array(edge_ids)
         return self._reader.get_many(self._live, edge_ids)
 
     def payload_range(self, edge_id: Any) -> "tuple[int, int, int] | None":
@@ -272,8 +276,15 @@ class PayloadStore:
         pieces of about 16 MiB, each then indexed in bulk; a crash midway
         leaves a prefix of the batch (each record whole or absent), and an
         error (disk full) leaves the pieces before the failing one stored.
+
+        Arrow payloads (``binary``/``large_binary``, chunked or not) and Arrow
+        keys (as ``get_many_arrow`` takes them) are written from their buffers,
+        without a Python object per record when nothing is compressed; a null
+        payload or key raises ``ValueError`` naming it, before any write.
         """
         self._life.check_not_forked()   # (before the lazy numpy import)
+        if _arrow.is_arrow(payloads) or _arrow.is_arrow(edge_ids):
+            return _arrow.put_many_arrow(self, edge_ids, payloads, compression)
         pairs = key_pairs(edge_ids)     # a numpy key array: never Python ints on the fast path
         keys = key_list(edge_ids) if pairs is None else None
         total = len(keys) if keys is not None else len(pairs) // 2
@@ -461,6 +472,21 @@ class PayloadStore:
                            salvage=salvage)
         self.last_compaction = done.report
         self.last_salvage = done.salvage
+
+    # -- Arrow -----------------------------------------------------------------------------------
+
+    def get_many_arrow(self, edge_ids: Any) -> Any:
+        """The payloads of ``edge_ids`` as one ``pyarrow.LargeBinaryArray``, in
+        their order, null where absent (needs pyarrow: the ``arrow`` extra).
+
+        No Python object per payload: the keys are probed and the payloads
+        checked and copied -- LZ4/ZSTD ones decoded -- straight into the
+        array's one data buffer without the GIL (``_store/arrow_fill.pyx``).
+        ``edge_ids`` as for ``get_many``, or Arrow keys: ``fixed_size_binary(16)``
+        (the ``KEY_DTYPE`` bytes), a struct/table of uint64 ``lo``/``hi``, or
+        unsigned integers, chunked or not.  Errors as for ``get``.
+        """
+        return _arrow.get_many_arrow(self, edge_ids)
 
 
 class InlineReads:
