@@ -36,7 +36,7 @@ if TYPE_CHECKING:
     from diskhash._store.store import PayloadStore
 
 __all__ = ["is_arrow", "pyarrow_module", "key_rows", "key_array", "payload_pieces",
-           "get_many_arrow", "fetch", "put_many_arrow", "EXTRA"]
+           "get_many_arrow", "fetch", "put_many_arrow", "in_key_order", "EXTRA"]
 
 EXTRA = 'the "arrow" extra of diskhash-sochidx (pip install ".[arrow]" in its checkout)'
 
@@ -287,3 +287,25 @@ def _raw_read(reader: Any, g: "Generation", meta: PayloadMeta) -> bytes:
     reader.read(g, meta)            # checks frame, checksum and that it decodes (raises if not)
     buf = fmt.pread_exact(g.fd, meta.length, meta.offset)
     return bytes(buf)
+
+
+def in_key_order(parts: "list[tuple[Any, Any]]", n: int) -> Any:
+    """One ``LargeBinaryArray`` of ``n`` payloads from ``parts`` of
+    ``(positions, array)`` (each shard's answer and where its keys were):
+    the sharded stores' ``get_many_arrow``, in key order."""
+    np = _np()
+    pa = pyarrow_module()
+    if not parts:
+        return pa.array([], type=pa.large_binary())
+    if len(parts) == 1:
+        return parts[0][1]
+    where = np.concatenate([p for p, _ in parts])
+    inverse = np.empty(n, dtype=np.int64)
+    inverse[where] = np.arange(n, dtype=np.int64)
+    return pa.concat_arrays([a for _, a in parts]).take(pa.array(inverse))
+
+
+def payload_share(payloads: Any, idx: Any) -> Any:
+    """The payloads at positions ``idx`` (a shard's share) of Arrow payloads."""
+    pa = pyarrow_module()
+    return payloads.take(pa.array(idx))
