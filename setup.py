@@ -3,7 +3,7 @@
 ``DISKHASH_DEBUG=1`` turns bounds checks and line tracing back on;
 ``DISKHASH_ANNOTATE=1`` writes the ``cython -a`` HTML next to each module.
 
-Two things keep a build short.  The seven modules are translated and compiled
+Two things keep a build short.  The eight modules are translated and compiled
 in parallel, one job per core (``-j N`` on the command line still wins).  And
 a module is translated again only when its own sources changed: Cython counts
 its bundled ``.pxd`` files as dependencies, and pip's isolated build installs
