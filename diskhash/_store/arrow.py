@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     import pyarrow
 
     from diskhash._store.generation import Generation
-    from diskhash._store.store import PayloadStore
+    from diskhash._store.store import BatchReads, PayloadStore
 
 __all__ = ["is_arrow", "pyarrow_module", "key_rows", "key_array", "payload_pieces",
            "get_many_arrow", "fetch", "put_many_arrow", "in_key_order", "EXTRA"]
@@ -211,9 +211,6 @@ def put_many_arrow(store: "PayloadStore", edge_ids: Any, payloads: Any, compress
         return
     pieces = payload_pieces(payloads, len(keys))
     comp = store.compression if compression is None else _codecs.require(compression)
-    writer = store._writer
-    with writer:
-        pass                    # (read-only or closed: raised before anything is written)
     if comp == Compression.NONE and not store.compression:
         from diskhash._store.store import put_many_packed
         packed = [(keys[first:first + len(ends)], ends, data) for first, ends, data in pieces]
@@ -226,7 +223,7 @@ def put_many_arrow(store: "PayloadStore", edge_ids: Any, payloads: Any, compress
     store.put_many(keys, views, compression=comp)
 
 
-def fetch(store: "PayloadStore", edge_ids: Any, *, raw: bool = False) -> "tuple[Any, Any, Any]":
+def fetch(store: "BatchReads", edge_ids: Any, *, raw: bool = False) -> "tuple[Any, Any, Any]":
     """``(payloads, codecs, lengths)``: the payloads of ``edge_ids`` as a
     ``LargeBinaryArray`` (null where absent); with ``raw`` the stored bytes,
     with their codec (``uint8``) and uncompressed length (``uint32``) arrays,
@@ -236,13 +233,13 @@ def fetch(store: "PayloadStore", edge_ids: Any, *, raw: bool = False) -> "tuple[
     pa = pyarrow_module()
     rows = key_rows(edge_ids)
     n = len(rows) // 16
-    g = store._live()
+    g = store.live()
     mapping = g.map
     if mapping is None:
         g.remap()
         mapping = g.map
     offsets, data, validity, nulls, fixups, codecs, lengths = fill_many(
-        g.index, mapping, rows, store._verify, raw, pa.allocate_buffer)
+        g.index, mapping, rows, store.reader.verify, raw, pa.allocate_buffer)
     if fixups:
         _fix(store, g, rows, data, offsets, fixups, raw)
     arr = pa.Array.from_buffers(pa.large_binary(), n, [validity if nulls else None, offsets, data],
@@ -253,12 +250,12 @@ def fetch(store: "PayloadStore", edge_ids: Any, *, raw: bool = False) -> "tuple[
     return arr, None, None
 
 
-def get_many_arrow(store: "PayloadStore", edge_ids: Any) -> "pyarrow.LargeBinaryArray":
+def get_many_arrow(store: "BatchReads", edge_ids: Any) -> "pyarrow.LargeBinaryArray":
     """``PayloadStore.get_many_arrow``."""
     return fetch(store, edge_ids)[0]
 
 
-def _fix(store: "PayloadStore", g: "Generation", rows: Any, data: Any, offsets: Any,
+def _fix(store: "BatchReads", g: "Generation", rows: Any, data: Any, offsets: Any,
          fixups: "list[tuple[int, Any, int, int, int]]", raw: bool) -> None:
     """Read the records the compiled fill left (remapped, big, damaged, or a
     codec it could not decode) through the store's reader into their places."""
@@ -266,7 +263,7 @@ def _fix(store: "PayloadStore", g: "Generation", rows: Any, data: Any, offsets: 
     pairs = np.frombuffer(rows, dtype=np.uint64)
     offs = np.frombuffer(offsets, dtype=np.int64)
     out = memoryview(data).cast("B")
-    reader = store._reader
+    reader = store.reader
     for i, offset, length, comp, ulen in fixups:
         key = int(pairs[2 * i]) | (int(pairs[2 * i + 1]) << 64)
         if offset is None:

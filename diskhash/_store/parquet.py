@@ -25,7 +25,7 @@ from typing import Any, Callable
 from diskhash._store import codecs as _codecs
 from diskhash._store.arrow import fetch, pyarrow_module
 from diskhash._store.reader import iter_keys
-from diskhash._store.store import PayloadStore
+from diskhash._store.store import BatchReads, PayloadStore
 
 __all__ = ["export_parquet", "import_parquet", "BATCH_ROWS", "BATCH_BYTES", "PARQUET_CODECS"]
 
@@ -90,22 +90,23 @@ def export_parquet(store: "PayloadStore | str | os.PathLike[str]", path: "str | 
     writer = pq.ParquetWriter(tmp, schema, compression=compression, use_dictionary=False,
                               write_statistics=False)
     try:
-        with store._writer.paused():
-            g = store._live()
+        reads = BatchReads(store)
+        with reads.paused():
+            g = reads.live()
             total = len(g.index)
-            items = iter_keys(iter(g.index.items()), lambda: store._writer.gen, store.directory)
+            items = iter_keys(iter(g.index.items()), reads.current, store.directory)
             keys: list[bytes] = []
             size = 0
             for key, meta in items:
                 keys.append(key.to_bytes(16, "little"))
                 size += meta.length if raw else meta.uncompressed_length
                 if len(keys) >= batch_rows or size >= batch_bytes:
-                    done += _write_batch(store, writer, schema, keys, raw, pa)
+                    done += _write_batch(reads, writer, schema, keys, raw, pa)
                     keys, size = [], 0
                     if progress is not None:
                         progress(done, total)
             if keys:
-                done += _write_batch(store, writer, schema, keys, raw, pa)
+                done += _write_batch(reads, writer, schema, keys, raw, pa)
             if progress is not None:
                 progress(done, total)
         writer.close()
@@ -120,7 +121,7 @@ def export_parquet(store: "PayloadStore | str | os.PathLike[str]", path: "str | 
     return done
 
 
-def _write_batch(store: PayloadStore, writer: Any, schema: Any, keys: "list[bytes]", raw: bool,
+def _write_batch(store: BatchReads, writer: Any, schema: Any, keys: "list[bytes]", raw: bool,
                  pa: Any) -> int:
     n = len(keys)
     key_col = pa.Array.from_buffers(pa.binary(16), n, [None, pa.py_buffer(b"".join(keys))])

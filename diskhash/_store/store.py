@@ -46,7 +46,8 @@ from diskhash._store.writer import Writer
 from diskhash._types import Compression, PayloadMeta, SalvageReport, StoreRecovery
 from diskhash.errors import IndexClosedError
 
-__all__ = ["PayloadStore", "StoreStats", "SYNC_POLICIES", "InlineReads", "closed_error", "put_many_packed"]
+__all__ = ["PayloadStore", "StoreStats", "SYNC_POLICIES", "InlineReads", "BatchReads", "closed_error",
+           "put_many_packed"]
 
 
 _MISSING: Any = object()
@@ -486,7 +487,7 @@ class PayloadStore:
         (the ``KEY_DTYPE`` bytes), a struct/table of uint64 ``lo``/``hi``, or
         unsigned integers, chunked or not.  Errors as for ``get``.
         """
-        return _arrow.get_many_arrow(self, edge_ids)
+        return _arrow.get_many_arrow(BatchReads(self), edge_ids)
 
 
 class InlineReads:
@@ -538,3 +539,22 @@ def put_many_packed(store: PayloadStore, pieces: "Sequence[tuple[Any, Any, Any]]
     ``put_many``."""
     store._life.check_not_forked()      # (before the lazy numpy import)
     return store._writer.put_many_packed(pieces)
+
+
+class BatchReads:
+    """The small interface the Arrow batch reads and the Parquet export go
+    through (``_store/arrow.py``, ``_store/parquet.py``): ``live()`` (the
+    current generation, or the closed store's error), ``reader`` (the
+    store's ``StoreReader``), ``current()`` (the generation, None once
+    closed), ``paused()`` (this store's writers held off while a walk runs)
+    and ``directory``."""
+
+    __slots__ = ("live", "reader", "current", "paused", "directory")
+
+    def __init__(self, store: PayloadStore) -> None:
+        writer = store._writer
+        self.live = store._live
+        self.reader = store._reader
+        self.current = lambda: writer.gen
+        self.paused = writer.paused
+        self.directory = store._directory
