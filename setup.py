@@ -3,7 +3,7 @@
 ``DISKHASH_DEBUG=1`` turns bounds checks and line tracing back on;
 ``DISKHASH_ANNOTATE=1`` writes the ``cython -a`` HTML next to each module.
 
-Two things keep a build short.  The seven modules are translated and compiled
+Two things keep a build short.  The eight modules are translated and compiled
 in parallel, one job per core (``-j N`` on the command line still wins).  And
 a module is translated again only when its own sources changed: Cython counts
 its bundled ``.pxd`` files as dependencies, and pip's isolated build installs
@@ -52,6 +52,7 @@ modules = [
     "diskhash._store.shared",
     "diskhash._store.read",
     "diskhash._store.write",
+    "diskhash._store.arrow_fill",
 ]
 CRC32C = "diskhash/_format/crc32c.h"     # cdef extern in _format/frame.pxd: the modules that cimport it
 USES_CRC32C = ("diskhash._format.frame", "diskhash._store.")

@@ -25,6 +25,7 @@ from diskhash.aio import AsyncDiskHashIndex
 from diskhash._store.maintenance import StoreStats
 from diskhash._store.store import PayloadStore
 from diskhash._store.aio import AsyncPayloadStore
+from diskhash._store.parquet import export_parquet, import_parquet
 from diskhash._shards.sharded import ShardedStats, ShardedStore
 from diskhash._shards.aio import AsyncShardedStore
 from diskhash.errors import (
@@ -73,6 +74,8 @@ __all__ = [
     "StoreRecovery",
     "StoreStats",
     "WrongEventLoopError",
+    "export_parquet",
+    "import_parquet",
     "repair",
 ]
 

@@ -17,7 +17,11 @@ UUID.  Formats of ``import``/``export``:
 * ``dir``: one file per payload, named by its key in decimal;
 * ``tsv``: ``key<TAB>payload in base64`` per line (binary-safe);
 * ``jsonl``: ``{"key": "<decimal>", "value": "<text>"}`` per line, or
-  ``"base64"`` instead of ``"value"`` for bytes that are not UTF-8.
+  ``"base64"`` instead of ``"value"`` for bytes that are not UTF-8;
+* ``parquet``: a ``key`` (16-byte fixed-size binary) and a ``payload``
+  column, streamed in batches (``diskhash.export_parquet``/``import_parquet``;
+  pyarrow, the ``arrow`` extra); ``export --raw`` keeps the stored bytes and
+  adds their codec.
 
 Progress bars (tqdm, the ``cli`` extra) appear on stderr when it is a
 terminal, or with ``--progress``; never with ``--no-progress``.
@@ -49,6 +53,8 @@ from diskhash._cli.command import (
     write,
 )
 from diskhash._cli.progress import Progress
+from diskhash._store.arrow import pyarrow_module
+from diskhash._store.parquet import PARQUET_CODECS, export_parquet, import_parquet
 from diskhash._store.store import PayloadStore
 from diskhash._types import Compression
 from diskhash.errors import CorruptIndexError, CorruptPayloadError
@@ -57,6 +63,8 @@ __all__ = ["COMMANDS", "HELP", "parse_key"]
 
 #: The ``store`` command's line in ``diskhash --help``.
 HELP = "PayloadStore commands: stats, verify, rebuild, compact, get, put, import, export"
+#: File name endings read as Parquet.
+PARQUET_ENDINGS = (".parquet", ".pq")
 #: Records per put_many in ``import``.
 IMPORT_BATCH = 4096
 
@@ -250,10 +258,12 @@ def cmd_put(args: argparse.Namespace) -> int:
 
 def _io_args(p: argparse.ArgumentParser, exporting: bool = False) -> None:
     if exporting:
-        p.add_argument("destination", help="where to write: a directory, a .tsv or .jsonl file, or - (stdout)")
+        p.add_argument("destination", help="where to write: a directory, a .tsv, .jsonl or .parquet "
+                                           "file, or - (stdout)")
     else:
-        p.add_argument("source", help="what to read: a directory, a .tsv or .jsonl file, or - (stdin)")
-    p.add_argument("--format", choices=("dir", "tsv", "jsonl"), default=None,
+        p.add_argument("source", help="what to read: a directory, a .tsv, .jsonl or .parquet file, "
+                                      "or - (stdin)")
+    p.add_argument("--format", choices=("dir", "tsv", "jsonl", "parquet"), default=None,
                    help="default: dir for a directory, else from the file name's extension")
 
 
@@ -266,7 +276,19 @@ def _io_format(args: argparse.Namespace, exporting: bool) -> str:
     for ext in ("tsv", "jsonl"):
         if src.endswith("." + ext):
             return ext
-    raise UsageError(f"{src}: say --format dir, tsv or jsonl")
+    if src.endswith(PARQUET_ENDINGS):
+        return "parquet"
+    raise UsageError(f"{src}: say --format dir, tsv, jsonl or parquet")
+
+
+def _parquet_file(args: argparse.Namespace, path: str) -> None:
+    """Parquet needs a file (not stdin/stdout) and pyarrow."""
+    if path == "-":
+        raise UsageError("parquet needs a file name, not - (stdin/stdout)")
+    try:
+        pyarrow_module()
+    except ImportError as exc:
+        raise UsageError(str(exc)) from None
 
 
 def _read_records(fmt_: str, source: str) -> Iterator[tuple[int, bytes]]:
@@ -318,7 +340,7 @@ def _import_args(p: argparse.ArgumentParser) -> None:
     _io_args(p)
 
 
-@COMMANDS.command("import", "load payloads from a directory, TSV or JSONL (creates the store)",
+@COMMANDS.command("import", "load payloads from a directory, TSV, JSONL or Parquet (creates the store)",
                   store_argument, _import_args, progress_argument, _compression_arg)
 def cmd_import(args: argparse.Namespace) -> int:
     fmt_ = _io_format(args, exporting=False)
@@ -326,6 +348,14 @@ def cmd_import(args: argparse.Namespace) -> int:
         raise UsageError(f"{args.source}: no such directory")
     if fmt_ != "dir" and args.source != "-" and not os.path.isfile(args.source):
         raise UsageError(f"{args.source}: no such file")
+    if fmt_ == "parquet":
+        _parquet_file(args, args.source)
+        with _open(args, readonly=False, create=True) as store:
+            with Progress("import", enabled=args.progress, unit="rec") as bar:
+                total = import_parquet(args.source, store, progress=bar.to)
+            store.save()
+        print(f"{args.target}: imported {total} payloads", file=sys.stderr)
+        return EXIT_OK
     total = 0
     with _open(args, readonly=False, create=True) as store:
         with Progress("import", enabled=args.progress, unit="rec") as bar:
@@ -350,12 +380,26 @@ def cmd_import(args: argparse.Namespace) -> int:
 
 def _export_args(p: argparse.ArgumentParser) -> None:
     _io_args(p, exporting=True)
+    p.add_argument("--raw", action="store_true",
+                   help="parquet: the stored bytes with their codec column, not the payloads")
+    p.add_argument("--parquet-compression", default="none", choices=PARQUET_CODECS,
+                   help="parquet: the file's own codec (default none)")
 
 
-@COMMANDS.command("export", "write every payload to a directory, TSV or JSONL",
+@COMMANDS.command("export", "write every payload to a directory, TSV, JSONL or Parquet",
                   store_argument, _export_args, progress_argument)
 def cmd_export(args: argparse.Namespace) -> int:
     fmt_ = _io_format(args, exporting=True)
+    if args.raw and fmt_ != "parquet":
+        raise UsageError("--raw is for --format parquet")
+    if fmt_ == "parquet":
+        _parquet_file(args, args.destination)
+        with _open(args, readonly=True) as store:
+            with Progress("export", len(store), enabled=args.progress, unit="rec") as bar:
+                count = export_parquet(store, args.destination, raw=args.raw,
+                                       compression=args.parquet_compression, progress=bar.to)
+        print(f"{args.target}: exported {count} payloads", file=sys.stderr)
+        return EXIT_OK
     with _open(args, readonly=True) as store:
         keys = sorted(store)
         if fmt_ == "dir":

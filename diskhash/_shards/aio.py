@@ -18,6 +18,7 @@ import anyio
 from diskhash import _threads
 from diskhash._shards.manifest import Manifest
 from diskhash._shards.sharded import ShardAccess, ShardedStats, ShardedStore, payload_array
+from diskhash._store import arrow as _arrow
 from diskhash._store.aio import AsyncPayloadStore
 
 __all__ = ["AsyncShardedStore"]
@@ -142,7 +143,16 @@ class AsyncShardedStore:
                        compression: Any = None) -> None:
         """As ``ShardedStore.put_many``; the shards are written concurrently."""
         self._set.check_open()
+        if _arrow.is_arrow(edge_ids):
+            edge_ids = _arrow.key_array(edge_ids)
         keys, order, bounds = self._set.route(edge_ids)
+        if _arrow.is_arrow(payloads):
+            _arrow.payload_pieces(payloads, len(keys))        # (checked whole before any shard is written)
+            await _fan([functools.partial(shard.put_many, keys[order[bounds[s]:bounds[s + 1]]],
+                                          _arrow.payload_share(payloads, order[bounds[s]:bounds[s + 1]]),
+                                          compression=compression)
+                        for s, shard in enumerate(self._shards) if bounds[s + 1] > bounds[s]])
+            return
         data = payload_array(payloads, len(keys))
         calls = []
         for s, shard in enumerate(self._shards):
@@ -158,6 +168,8 @@ class AsyncShardedStore:
         from diskhash._index.dtypes import np
 
         self._set.check_open()
+        if _arrow.is_arrow(edge_ids):
+            edge_ids = _arrow.key_array(edge_ids)
         keys, order, bounds = self._set.route(edge_ids)
         parts = []
         calls = []
@@ -174,6 +186,18 @@ class AsyncShardedStore:
             part[:] = res
             out[idx] = part
         return out.tolist()
+
+    async def get_many_arrow(self, edge_ids: Any) -> Any:
+        """As ``ShardedStore.get_many_arrow``; the shards are read concurrently."""
+        self._set.check_open()
+        if _arrow.is_arrow(edge_ids):
+            edge_ids = _arrow.key_array(edge_ids)
+        keys, order, bounds = self._set.route(edge_ids)
+        places = [order[bounds[s]:bounds[s + 1]] for s in range(len(self._shards))]
+        calls = [functools.partial(shard.get_many_arrow, keys[places[s]])
+                 for s, shard in enumerate(self._shards) if len(places[s])]
+        found = await _fan(calls)
+        return _arrow.in_key_order(list(zip([p for p in places if len(p)], found)), len(keys))
 
     # -- whole-set calls ---------------------------------------------------
     async def save(self) -> None:

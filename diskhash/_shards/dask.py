@@ -671,6 +671,18 @@ class LookupService:
             out[idx] = part
         return out.tolist()
 
+    def get_many_arrow(self, edge_ids: Any) -> Any:
+        """As ``get_many``, as one ``pyarrow.LargeBinaryArray`` (null where
+        absent), in key order; Arrow keys as ``PayloadStore.get_many_arrow``
+        takes them.  The actors still answer with pickled lists: the array is
+        made from them here."""
+        from diskhash._store import arrow as _arrow
+
+        pa = _arrow.pyarrow_module()
+        if _arrow.is_arrow(edge_ids):
+            edge_ids = _arrow.key_array(edge_ids)
+        return pa.array(self.get_many(edge_ids), type=pa.large_binary())
+
     def _result(self, s: int, sub: Any, fut: Any) -> list[bytes | None]:
         """Shard ``s``'s answer to ``fut`` (its actor's ``get_many(sub)``),
         restarting the actor and asking again if its worker was lost."""

@@ -17,6 +17,7 @@ from typing import Any, NamedTuple
 from diskhash._shards import manifest as _manifest
 from diskhash._shards import routing as _routing
 from diskhash._shards.manifest import Manifest
+from diskhash._store import arrow as _arrow
 from diskhash._store.store import PayloadStore, closed_error
 from diskhash.errors import IndexClosedError, ShardMismatchError
 
@@ -319,7 +320,16 @@ class ShardedStore:
         still leave earlier shards written.
         """
         self._check_open()
+        if _arrow.is_arrow(edge_ids):
+            edge_ids = _arrow.key_array(edge_ids)
         keys, order, bounds = self._route(edge_ids)
+        if _arrow.is_arrow(payloads):
+            _arrow.payload_pieces(payloads, len(keys))        # (checked whole before any shard is written)
+            for s, store in enumerate(self._stores):
+                if bounds[s + 1] > bounds[s]:
+                    idx = order[bounds[s]:bounds[s + 1]]
+                    store.put_many(keys[idx], _arrow.payload_share(payloads, idx), compression=compression)
+            return
         data = payload_array(payloads, len(keys))
         for s, store in enumerate(self._stores):
             lo, hi = bounds[s], bounds[s + 1]
@@ -333,6 +343,8 @@ class ShardedStore:
         self._check_open()
         from diskhash._index.dtypes import np
 
+        if _arrow.is_arrow(edge_ids):
+            edge_ids = _arrow.key_array(edge_ids)
         keys, order, bounds = self._route(edge_ids)
         out = np.empty(len(keys), dtype=object)
         for s, store in enumerate(self._stores):
@@ -343,6 +355,20 @@ class ShardedStore:
                 part[:] = store.get_many(keys[idx])
                 out[idx] = part
         return out.tolist()
+
+    def get_many_arrow(self, edge_ids: Any) -> Any:
+        """As ``PayloadStore.get_many_arrow``: one ``pyarrow.LargeBinaryArray``
+        in key order (null where absent), one compiled fill per shard."""
+        self._check_open()
+        if _arrow.is_arrow(edge_ids):
+            edge_ids = _arrow.key_array(edge_ids)
+        keys, order, bounds = self._route(edge_ids)
+        parts = []
+        for s, store in enumerate(self._stores):
+            if bounds[s + 1] > bounds[s]:
+                idx = order[bounds[s]:bounds[s + 1]]
+                parts.append((idx, store.get_many_arrow(keys[idx])))
+        return _arrow.in_key_order(parts, len(keys))
 
     # -- whole-set calls ---------------------------------------------------
     def save(self) -> None:

@@ -169,6 +169,11 @@ class AsyncPayloadStore:
                 return [None if m is None else self._reads.read(g, m) for m in metas]
         return await self._thread(sync.get_many, edge_ids)
 
+    async def get_many_arrow(self, edge_ids: Any) -> Any:
+        """As ``PayloadStore.get_many_arrow``, in a worker thread (its fill runs
+        without the GIL, so the event loop goes on meanwhile)."""
+        return await self._thread(self._sync.get_many_arrow, edge_ids)
+
     def payload_range(self, edge_id: Any) -> "tuple[int, int, int] | None":
         """As ``PayloadStore.payload_range`` (sync: an index probe)."""
         return self._sync.payload_range(edge_id)

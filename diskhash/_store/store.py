@@ -24,6 +24,7 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 
 from diskhash._format import payload as fmt
 from diskhash._index.table import DiskHashIndex
+from diskhash._store import arrow as _arrow
 from diskhash._store import codecs as _codecs
 from diskhash._store.generation import Generation
 from diskhash._store.keys import (
@@ -46,7 +47,8 @@ from diskhash._store.writer import Writer
 from diskhash._types import Compression, PayloadMeta, SalvageReport, StoreRecovery
 from diskhash.errors import IndexClosedError
 
-__all__ = ["PayloadStore", "StoreStats", "SYNC_POLICIES", "InlineReads", "closed_error", "put_many_packed"]
+__all__ = ["PayloadStore", "StoreStats", "SYNC_POLICIES", "InlineReads", "BatchReads", "closed_error",
+           "put_many_packed"]
 
 
 _MISSING: Any = object()
@@ -219,8 +221,11 @@ class PayloadStore:
 
         One compiled loop probes the index, checks and copies the records;
         only the unusual ones (big, remapped, damaged) go through ``get``'s
-        Python path.  Errors as for ``get``.
+        Python path.  Errors as for ``get``.  Arrow keys are taken as
+        ``get_many_arrow`` takes them.
         """
+        if _arrow.is_arrow(edge_ids):
+            edge_ids = _arrow.key_array(edge_ids)
         return self._reader.get_many(self._live, edge_ids)
 
     def payload_range(self, edge_id: Any) -> "tuple[int, int, int] | None":
@@ -278,8 +283,15 @@ class PayloadStore:
         pieces of about 16 MiB, each then indexed in bulk; a crash midway
         leaves a prefix of the batch (each record whole or absent), and an
         error (disk full) leaves the pieces before the failing one stored.
+
+        Arrow payloads (``binary``/``large_binary``, chunked or not) and Arrow
+        keys (as ``get_many_arrow`` takes them) are written from their buffers,
+        without a Python object per record when nothing is compressed; a null
+        payload or key raises ``ValueError`` naming it, before any write.
         """
         self._life.check_not_forked()   # (before the lazy numpy import)
+        if _arrow.is_arrow(payloads) or _arrow.is_arrow(edge_ids):
+            return _arrow.put_many_arrow(self, edge_ids, payloads, compression)
         pairs = key_pairs(edge_ids)     # a numpy key array: never Python ints on the fast path
         keys = key_list(edge_ids) if pairs is None else None
         total = len(keys) if keys is not None else len(pairs) // 2
@@ -483,6 +495,21 @@ class PayloadStore:
         self.last_compaction = done.report
         self.last_salvage = done.salvage
 
+    # -- Arrow -----------------------------------------------------------------------------------
+
+    def get_many_arrow(self, edge_ids: Any) -> Any:
+        """The payloads of ``edge_ids`` as one ``pyarrow.LargeBinaryArray``, in
+        their order, null where absent (needs pyarrow: the ``arrow`` extra).
+
+        No Python object per payload: the keys are probed and the payloads
+        checked and copied -- LZ4/ZSTD ones decoded -- straight into the
+        array's one data buffer without the GIL (``_store/arrow_fill.pyx``).
+        ``edge_ids`` as for ``get_many``, or Arrow keys: ``fixed_size_binary(16)``
+        (the ``KEY_DTYPE`` bytes), a struct/table of uint64 ``lo``/``hi``, or
+        unsigned integers, chunked or not.  Errors as for ``get``.
+        """
+        return _arrow.get_many_arrow(BatchReads(self), edge_ids)
+
 
 class InlineReads:
     """The small interface the async twin reads and puts through on its event
@@ -533,3 +560,22 @@ def put_many_packed(store: PayloadStore, pieces: "Sequence[tuple[Any, Any, Any]]
     ``put_many``."""
     store._life.check_not_forked()      # (before the lazy numpy import)
     return store._writer.put_many_packed(pieces)
+
+
+class BatchReads:
+    """The small interface the Arrow batch reads and the Parquet export go
+    through (``_store/arrow.py``, ``_store/parquet.py``): ``live()`` (the
+    current generation, or the closed store's error), ``reader`` (the
+    store's ``StoreReader``), ``current()`` (the generation, None once
+    closed), ``paused()`` (this store's writers held off while a walk runs)
+    and ``directory``."""
+
+    __slots__ = ("live", "reader", "current", "paused", "directory")
+
+    def __init__(self, store: PayloadStore) -> None:
+        writer = store._writer
+        self.live = store._live
+        self.reader = store._reader
+        self.current = lambda: writer.gen
+        self.paused = writer.paused
+        self.directory = store._directory

@@ -1,0 +1,157 @@
+"""Arrow batches and Parquet: get_many_arrow, put_many from Arrow, export and import.
+
+    python benchmarks/arrow.py [--entries 200000] [--size 1024] [--batch 10000] [--repeat 5]
+
+1 KiB random payloads (incompressible), 200k entries, warm (the store read
+once before timing).  Targets (issue 19; PASS/MISS lines):
+
+* ``get_many_arrow``: >= 3x single ``get``s per payload, and >= 2 GB/s of payload out;
+* ``put_many`` from a ``LargeBinaryArray``: >= 1.5 GB/s, and >= ``put_many``
+  of a list of ``bytes`` with a numpy key array;
+* ``export_parquet`` and ``import_parquet`` (uncompressed Parquet): >= 500 MB/s each.
+
+Each figure is the best of ``--repeat`` runs (each run a fresh store for
+the puts).  Prints the machine's CPU, the versions and the commit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import random
+import shutil
+import subprocess
+import tempfile
+import time
+from typing import Any, Callable
+
+import numpy as np
+import pyarrow as pa
+
+import diskhash
+from diskhash import KEY_DTYPE, PayloadStore, export_parquet, import_parquet
+
+
+def best(fn: Callable[[], Any], repeat: int) -> float:
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return min(times)
+
+
+def verdict(ok: bool, text: str) -> None:
+    print(f"{'PASS' if ok else 'MISS'}: {text}")
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                                cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip()
+    except OSError:
+        commit = "?"
+    return (f"{cpu}, {os.cpu_count()} cores; Python {platform.python_version()}, "
+            f"pyarrow {pa.__version__}, numpy {np.__version__}, diskhash {diskhash.__version__} ({commit})")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--entries", type=int, default=200_000)
+    ap.add_argument("--size", type=int, default=1024)
+    ap.add_argument("--batch", type=int, default=10_000, help="keys per get_many call")
+    ap.add_argument("--repeat", type=int, default=5)
+    args = ap.parse_args()
+    n, size = args.entries, args.size
+    print(machine())
+    rng = random.Random(19)
+    keys = np.zeros(n, dtype=KEY_DTYPE)
+    keys["lo"] = np.frombuffer(rng.randbytes(8 * n), dtype=np.uint64)
+    keys["hi"] = np.frombuffer(rng.randbytes(8 * n), dtype=np.uint64)
+    blob = rng.randbytes(n * size)
+    offsets = np.arange(0, (n + 1) * size, size, dtype=np.int64)
+    payloads = pa.Array.from_buffers(pa.large_binary(), n, [None, pa.py_buffer(offsets), pa.py_buffer(blob)])
+    as_bytes = [blob[i * size:(i + 1) * size] for i in range(n)]
+    total = n * size
+    with tempfile.TemporaryDirectory() as tmp:
+        # -- put_many ----------------------------------------------------------------
+        def fresh(name: str) -> str:
+            d = os.path.join(tmp, name)
+            shutil.rmtree(d, ignore_errors=True)
+            return d
+
+        def timed_put(data: Any) -> float:
+            times = []
+            for _ in range(args.repeat):
+                d = fresh("put")
+                with PayloadStore(d, sync="never") as store:
+                    t0 = time.perf_counter()
+                    store.put_many(keys, data)
+                    times.append(time.perf_counter() - t0)
+            return min(times)
+
+        t_arrow_put = timed_put(payloads)
+        t_bytes_put = timed_put(as_bytes)
+        gbs = total / t_arrow_put / 1e9
+        print(f"put_many from Arrow: {gbs:.2f} GB/s; from a list of bytes: {total / t_bytes_put / 1e9:.2f} GB/s")
+        verdict(gbs >= 1.5, f"put_many from Arrow {gbs:.2f} GB/s (target >= 1.5)")
+        verdict(t_arrow_put <= t_bytes_put, f"put_many from Arrow {t_bytes_put / t_arrow_put:.2f}x "
+                                            f"the list-of-bytes path (target >= 1)")
+
+        # -- reads (warm) --------------------------------------------------------------
+        src = os.path.join(tmp, "src")
+        with PayloadStore(src, sync="never") as store:
+            store.put_many(keys, payloads)
+        with PayloadStore(src, readonly=True) as store:
+            order = keys[np.random.default_rng(1).permutation(n)]
+            store.get_many_arrow(order)                              # warm
+            batches = [order[i:i + args.batch] for i in range(0, n, args.batch)]
+
+            def arrow_all() -> None:
+                for b in batches:
+                    store.get_many_arrow(b)
+
+            int_keys = [int(k["lo"]) | (int(k["hi"]) << 64) for k in order]
+            get = store.get
+
+            def singles() -> None:
+                for k in int_keys:
+                    get(k)
+
+            t_arrow = best(arrow_all, args.repeat)
+            t_single = best(singles, max(1, args.repeat // 2))
+            t_list = best(lambda: [store.get_many(b) for b in batches], args.repeat)
+            per_arrow, per_single = t_arrow / n * 1e9, t_single / n * 1e9
+            print(f"get_many_arrow: {per_arrow:.0f} ns/payload ({total / t_arrow / 1e9:.2f} GB/s); "
+                  f"get_many (list): {t_list / n * 1e9:.0f} ns; single get: {per_single:.0f} ns")
+            verdict(per_single / per_arrow >= 3, f"get_many_arrow {per_single / per_arrow:.1f}x single gets "
+                                                 f"per payload (target >= 3)")
+            verdict(total / t_arrow / 1e9 >= 2, f"get_many_arrow {total / t_arrow / 1e9:.2f} GB/s (target >= 2)")
+
+        # -- Parquet ----------------------------------------------------------------------
+        pq_path = os.path.join(tmp, "out.parquet")
+        t_export = best(lambda: export_parquet(src, pq_path), max(1, args.repeat // 2))
+        file_mb = os.path.getsize(pq_path) / 1e6
+
+        def import_once() -> None:
+            import_parquet(pq_path, fresh("imported"))
+
+        t_import = best(import_once, max(1, args.repeat // 2))
+        ex, im = total / t_export / 1e6, total / t_import / 1e6
+        print(f"export_parquet: {ex:.0f} MB/s of payload ({file_mb:.0f} MB file); import_parquet: {im:.0f} MB/s")
+        verdict(ex >= 500, f"export {ex:.0f} MB/s (target >= 500)")
+        verdict(im >= 500, f"import {im:.0f} MB/s (target >= 500)")
+
+
+if __name__ == "__main__":
+    main()

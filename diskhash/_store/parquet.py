@@ -1,0 +1,207 @@
+"""A store to a Parquet file and back: ``export_parquet`` and ``import_parquet``.
+
+The file holds one row per record::
+
+    key                  fixed_size_binary(16)  the key's 16 bytes, little-endian, low half first
+    payload              large_binary           the payload (decompressed)
+
+and with ``raw=True`` the stored bytes instead, with two more columns::
+
+    compression          uint8                  0 NONE, 1 LZ4 (raw block), 2 ZSTD (frame)
+    uncompressed_length  uint32
+
+Both directions stream in record batches (``batch_rows`` records, at most
+about ``batch_bytes`` of payload each), so memory stays bounded whatever the
+size of the store: the export reads a batch with ``get_many_arrow`` and
+writes it as a row group; the import reads a batch and writes it with one
+``put_many`` of Arrow arrays.  pyarrow is needed (the ``arrow`` extra).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Callable
+
+from diskhash._store import codecs as _codecs
+from diskhash._store.arrow import fetch, pyarrow_module
+from diskhash._store.reader import iter_keys
+from diskhash._store.store import BatchReads, PayloadStore
+
+__all__ = ["export_parquet", "import_parquet", "BATCH_ROWS", "BATCH_BYTES", "PARQUET_CODECS"]
+
+#: Records per batch (a row group of the export).
+BATCH_ROWS = 65536
+#: Payload bytes per batch, about (a batch ends once it holds this many).
+BATCH_BYTES = 64 << 20
+#: Parquet's own codecs of an export (pyarrow's names).
+PARQUET_CODECS = ("none", "snappy", "zstd", "lz4", "gzip", "brotli")
+#: The schema metadata that says which layout a file has.
+_LAYOUT = b"diskhash.layout"
+
+
+def _schema(pa: Any, raw: bool) -> Any:
+    fields = [pa.field("key", pa.binary(16), nullable=False),
+              pa.field("payload", pa.large_binary(), nullable=False)]
+    if raw:
+        fields += [pa.field("compression", pa.uint8(), nullable=False),
+                   pa.field("uncompressed_length", pa.uint32(), nullable=False)]
+    return pa.schema(fields, metadata={_LAYOUT: b"raw" if raw else b"payloads"})
+
+
+def _check_batching(batch_rows: int, batch_bytes: int) -> None:
+    for name, value in (("batch_rows", batch_rows), ("batch_bytes", batch_bytes)):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise TypeError(f"{name} must be an int, not {type(value).__name__}")
+        if value < 1:
+            raise ValueError(f"{name} must be >= 1, not {value}")
+
+
+def export_parquet(store: "PayloadStore | str | os.PathLike[str]", path: "str | os.PathLike[str]", *,
+                   raw: bool = False, compression: str = "none", batch_rows: int = BATCH_ROWS,
+                   batch_bytes: int = BATCH_BYTES,
+                   progress: "Callable[[int, int], Any] | None" = None) -> int:
+    """Write every record of ``store`` (an open store, or a directory opened
+    read-only for the call) to the Parquet file ``path``; returns the records written.
+
+    ``raw``: the stored bytes with their codec, not the payloads.
+    ``compression``: Parquet's own codec of the file (``"none"``, ``"snappy"``,
+    ``"zstd"``, ...: pyarrow's names).  ``progress(done, total)`` is called
+    after each batch.  The file is written beside ``path`` and renamed into
+    place when complete, so a failed export leaves no partial file.  Puts and
+    deletes from other threads of a writable store wait for the export (a
+    consistent copy); a ``compact()`` meanwhile ends it with ``RuntimeError``.
+    """
+    _check_batching(batch_rows, batch_bytes)
+    if not isinstance(raw, bool):
+        raise TypeError(f"raw must be a bool, not {type(raw).__name__}")
+    if compression not in PARQUET_CODECS:
+        raise ValueError(f"compression must be one of {', '.join(PARQUET_CODECS)}, not {compression!r}")
+    pa = pyarrow_module()
+    import pyarrow.parquet as pq
+
+    if not isinstance(store, PayloadStore):
+        with PayloadStore(store, readonly=True) as opened:
+            return export_parquet(opened, path, raw=raw, compression=compression,
+                                  batch_rows=batch_rows, batch_bytes=batch_bytes, progress=progress)
+    path = os.fspath(path)
+    tmp = os.path.join(os.path.dirname(path) or ".", f".{os.path.basename(path)}.{os.getpid()}.tmp")
+    schema = _schema(pa, raw)
+    done = 0
+    writer = pq.ParquetWriter(tmp, schema, compression=compression, use_dictionary=False,
+                              write_statistics=False)
+    try:
+        reads = BatchReads(store)
+        with reads.paused():
+            g = reads.live()
+            total = len(g.index)
+            items = iter_keys(iter(g.index.items()), reads.current, store.directory)
+            keys: list[bytes] = []
+            size = 0
+            for key, meta in items:
+                keys.append(key.to_bytes(16, "little"))
+                size += meta.length if raw else meta.uncompressed_length
+                if len(keys) >= batch_rows or size >= batch_bytes:
+                    done += _write_batch(reads, writer, schema, keys, raw, pa)
+                    keys, size = [], 0
+                    if progress is not None:
+                        progress(done, total)
+            if keys:
+                done += _write_batch(reads, writer, schema, keys, raw, pa)
+            if progress is not None:
+                progress(done, total)
+        writer.close()
+        os.replace(tmp, path)
+    except BaseException:
+        writer.close()
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    return done
+
+
+def _write_batch(store: BatchReads, writer: Any, schema: Any, keys: "list[bytes]", raw: bool,
+                 pa: Any) -> int:
+    n = len(keys)
+    key_col = pa.Array.from_buffers(pa.binary(16), n, [None, pa.py_buffer(b"".join(keys))])
+    payloads, codecs, lengths = fetch(store, key_col, raw=raw)
+    if payloads.null_count:     # (cannot happen: the store's writers wait for the export)
+        raise RuntimeError(f"{store.directory}: a key went missing during the export")
+    columns = [key_col, payloads] + ([codecs, lengths] if raw else [])
+    writer.write_batch(pa.RecordBatch.from_arrays(columns, schema=schema))
+    return n
+
+
+def import_parquet(path: "str | os.PathLike[str]", store: "PayloadStore | str | os.PathLike[str]", *,
+                   compression: Any = None, batch_rows: int = BATCH_ROWS,
+                   progress: "Callable[[int, int], Any] | None" = None) -> int:
+    """Put every row of the Parquet file ``path`` into ``store`` (an open
+    store, or a directory: created if need be, opened for the call and
+    closed, saved); returns the rows stored.  A key met twice keeps its last row.
+
+    The file as ``export_parquet`` writes it, or any Parquet file with a
+    ``payload`` column (binary) and keys as a ``key`` column
+    (``fixed_size_binary(16)`` or unsigned integers) or as uint64 columns
+    ``lo`` and ``hi``.  A file with a ``compression`` column (``raw=True``)
+    has its compressed payloads decoded (and checked against
+    ``uncompressed_length``) before they are stored.  ``compression``: the
+    codec to store with (default: the store's).  Each batch is checked
+    whole before it is written (a null key or payload is ``ValueError``);
+    an error leaves the batches before it stored.
+    """
+    _check_batching(batch_rows, 1)
+    pa = pyarrow_module()
+    import pyarrow.parquet as pq
+
+    if not isinstance(store, PayloadStore):
+        kwargs = {} if compression is None else {"compression": compression}
+        with PayloadStore(store, **kwargs) as opened:
+            count = import_parquet(path, opened, batch_rows=batch_rows, progress=progress)
+            opened.save()
+            return count
+    pf = pq.ParquetFile(os.fspath(path))
+    names = pf.schema_arrow.names
+    if "payload" not in names:
+        raise ValueError(f"{os.fspath(path)}: no 'payload' column (columns: {names})")
+    if "key" in names:
+        key_cols = ["key"]
+    elif "lo" in names and "hi" in names:
+        key_cols = ["lo", "hi"]
+    else:
+        raise ValueError(f"{os.fspath(path)}: no 'key' column, nor 'lo' and 'hi' (columns: {names})")
+    raw = "compression" in names
+    columns = key_cols + ["payload"] + (["compression", "uncompressed_length"] if raw else [])
+    total = pf.metadata.num_rows
+    done = 0
+    for batch in pf.iter_batches(batch_size=batch_rows, columns=columns):
+        keys = batch.column("key") if key_cols == ["key"] else batch.select(["lo", "hi"])
+        payloads = batch.column("payload")
+        if raw:
+            payloads = _decoded(payloads, batch.column("compression"), batch.column("uncompressed_length"),
+                                done, pa)
+        store.put_many(keys, payloads, compression=compression)
+        done += batch.num_rows
+        if progress is not None:
+            progress(done, total)
+    return done
+
+
+def _decoded(payloads: Any, codecs: Any, lengths: Any, first: int, pa: Any) -> Any:
+    """The payloads of a raw batch decoded (those stored compressed)."""
+    if codecs.null_count:
+        i = codecs.to_pylist().index(None)
+        raise ValueError(f"row {first + i}: the compression column is null")
+    if not any(codecs.to_numpy(zero_copy_only=False)):
+        return payloads
+    out = []
+    for i, (data, comp, ulen) in enumerate(zip(payloads.to_pylist(), codecs.to_pylist(),
+                                               lengths.to_pylist())):
+        if data is None or not comp:
+            out.append(data)
+            continue
+        try:
+            out.append(_codecs.decompress(int(comp), data, int(ulen)))
+        except ValueError as exc:
+            raise ValueError(f"row {first + i}: the payload does not decode ({exc})") from None
+    return pa.array(out, type=pa.large_binary())

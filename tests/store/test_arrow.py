@@ -1,0 +1,318 @@
+"""Arrow batches: get_many_arrow (one LargeBinaryArray) and put_many of Arrow keys and payloads."""
+
+from __future__ import annotations
+
+import mmap
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from helpers.processes import subprocess_env
+
+from diskhash import (
+    AsyncPayloadStore,
+    AsyncShardedStore,
+    Compression,
+    CorruptPayloadError,
+    PayloadStore,
+    ShardedStore,
+)
+from diskhash._format import payload as fmt
+
+pa = pytest.importorskip("pyarrow")
+arrow_fill = pytest.importorskip("diskhash._store.arrow_fill")
+
+CODECS = list(Compression)
+
+
+def payloads_of(n: int, seed: int = 0) -> list[bytes]:
+    rng = np.random.default_rng(seed)
+    # compressible and not, empty ones included
+    return [bytes(rng.integers(0, 4, size=int(rng.integers(0, 400)), dtype=np.uint8)) * (i % 3)
+            for i in range(n)]
+
+
+def key16(keys: list[int]) -> "pa.FixedSizeBinaryArray":
+    return pa.array([k.to_bytes(16, "little") for k in keys], type=pa.binary(16))
+
+
+def big_keys(n: int) -> list[int]:
+    return [(i * 0x9E3779B97F4A7C15) % (1 << 128) | (i << 100) for i in range(1, n + 1)]
+
+
+@pytest.fixture(params=CODECS, ids=[c.name for c in CODECS])
+def filled(request, tmp_path):
+    keys = big_keys(700)
+    values = payloads_of(700)
+    with PayloadStore(tmp_path / "s", compression=request.param) as store:
+        store.put_many(keys, values)
+        yield store, keys, values
+
+
+# -- out ---------------------------------------------------------------------------------
+
+def test_get_many_arrow_matches_get_in_order_with_nulls(filled):
+    store, keys, values = filled
+    asked = keys[::-1] + [5, 6]
+    got = store.get_many_arrow(asked)
+    assert isinstance(got, pa.LargeBinaryArray) and len(got) == len(asked)
+    assert got.to_pylist() == values[::-1] + [None, None]
+    assert got.null_count == 2
+    got.validate(full=True)
+
+
+@pytest.mark.parametrize("codecs_in_c", [True, False], ids=["c-codecs", "python-codecs"])
+def test_get_many_arrow_every_codec_with_and_without_the_c_libraries(filled, codecs_in_c):
+    store, keys, values = filled
+    arrow_fill.use_c_codecs(codecs_in_c, codecs_in_c)
+    try:
+        assert store.get_many_arrow(keys).to_pylist() == values
+    finally:
+        arrow_fill.use_c_codecs(True, True)
+
+
+def test_get_many_arrow_key_forms(filled):
+    store, keys, values = filled
+    want = pa.array(values, type=pa.large_binary())
+    k16 = key16(keys)
+    assert store.get_many_arrow(k16).equals(want)
+    # sliced: the array's offset must be honoured
+    assert store.get_many_arrow(k16.slice(100, 50)).equals(want.slice(100, 50))
+    # chunked, with an empty chunk
+    chunked = pa.chunked_array([k16.slice(0, 10), k16.slice(10, 0), k16.slice(10)])
+    assert store.get_many_arrow(chunked).equals(want)
+    lo = pa.array([k & (2**64 - 1) for k in keys], type=pa.uint64())
+    hi = pa.array([k >> 64 for k in keys], type=pa.uint64())
+    assert store.get_many_arrow(pa.StructArray.from_arrays([lo, hi], ["lo", "hi"])).equals(want)
+    assert store.get_many_arrow(pa.table({"hi": hi, "lo": lo})).equals(want)
+    from diskhash._index.dtypes import KEY_DTYPE
+    karr = np.zeros(len(keys), dtype=KEY_DTYPE)
+    karr["lo"], karr["hi"] = lo.to_numpy(), hi.to_numpy()
+    assert store.get_many_arrow(karr).equals(want)
+    # the list get_many takes Arrow keys too
+    assert store.get_many(k16.slice(3, 4)) == values[3:7]
+
+
+def test_get_many_arrow_unsigned_integer_keys(tmp_path):
+    with PayloadStore(tmp_path / "s") as store:
+        store.put_many(list(range(100)), [b"%d" % i for i in range(100)])
+        got = store.get_many_arrow(pa.array(range(98, 103), type=pa.uint32()))
+        assert got.to_pylist() == [b"98", b"99", None, None, None]
+        assert store.get_many_arrow(np.arange(3, dtype=np.uint64)).to_pylist() == [b"0", b"1", b"2"]
+
+
+def test_get_many_arrow_empty(tmp_path):
+    with PayloadStore(tmp_path / "s") as store:
+        assert len(store.get_many_arrow([])) == 0
+        assert len(store.get_many_arrow(pa.array([], type=pa.binary(16)))) == 0
+        store.put(1, b"")
+        got = store.get_many_arrow([1, 2])
+        assert got.to_pylist() == [b"", None]
+
+
+def test_get_many_arrow_bad_keys(tmp_path):
+    with PayloadStore(tmp_path / "s") as store:
+        with pytest.raises(ValueError, match=r"edge_ids\[1\] is null"):
+            store.get_many_arrow(pa.array([b"a" * 16, None], type=pa.binary(16)))
+        with pytest.raises(TypeError, match="fixed_size_binary"):
+            store.get_many_arrow(pa.array([b"a" * 8], type=pa.binary(8)))
+        with pytest.raises(TypeError, match="fixed_size_binary"):
+            store.get_many_arrow(pa.array(["x"]))
+        with pytest.raises(ValueError):
+            store.get_many_arrow([-1])
+
+
+def test_get_many_arrow_reports_a_damaged_record(tmp_path):
+    with PayloadStore(tmp_path / "s") as store:
+        store.put_many(list(range(10)), [bytes([i]) * 100 for i in range(10)])
+        meta = store.meta(4)
+        path = store.data_path
+    with open(path, "r+b") as f:
+        f.seek(meta.offset + 10)
+        f.write(b"\xff")
+    with PayloadStore(tmp_path / "s", readonly=True) as store:
+        with pytest.raises(CorruptPayloadError, match="checksum"):
+            store.get_many_arrow(list(range(10)))
+    with PayloadStore(tmp_path / "s", readonly=True, verify_checksums=False) as store:
+        assert len(store.get_many_arrow(list(range(10)))) == 10
+
+
+def test_get_many_arrow_reads_records_past_the_map(tmp_path):
+    """Records appended after the map was made are read through the Python
+    path (a remap), not refused."""
+    with PayloadStore(tmp_path / "s") as store:
+        store.put(1, b"a")
+        store.get_many_arrow([1])
+        store.put_many(list(range(2, 3000)), [b"x" * 1000] * 2998)
+        got = store.get_many_arrow(list(range(1, 3000)))
+        assert got.to_pylist() == [b"a"] + [b"x" * 1000] * 2998
+
+
+# -- in ----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("codec", CODECS, ids=[c.name for c in CODECS])
+@pytest.mark.parametrize("kind", ["binary", "large_binary"])
+def test_put_many_arrow_round_trips(tmp_path, codec, kind):
+    keys = big_keys(500)
+    values = payloads_of(500, seed=1)
+    arr = pa.array(values, type=getattr(pa, kind)())
+    with PayloadStore(tmp_path / "s", compression=codec) as store:
+        store.put_many(key16(keys), arr)
+        assert store.get_many(keys) == values
+        assert store.get_many_arrow(keys).to_pylist() == values
+
+
+def test_put_many_arrow_sliced_and_chunked(tmp_path):
+    values = payloads_of(300, seed=2)
+    arr = pa.array(values, type=pa.binary())
+    with PayloadStore(tmp_path / "s") as store:
+        store.put_many(list(range(100)), arr.slice(50, 100))        # offset 50: payloads 50..149
+        assert store.get_many(list(range(100))) == values[50:150]
+        chunked = pa.chunked_array([arr.slice(0, 7), arr.slice(7, 0), arr.slice(7, 293)])
+        store.put_many(key16(list(range(1000, 1300))), chunked)
+        assert store.get_many(list(range(1000, 1300))) == values
+        store.put_many([], pa.array([], type=pa.large_binary()))
+        store.put_many(pa.array([], type=pa.binary(16)), pa.chunked_array([], type=pa.binary()))
+        assert len(store) == 400
+
+
+def test_put_many_arrow_numpy_and_list_keys(tmp_path):
+    with PayloadStore(tmp_path / "s") as store:
+        store.put_many(np.arange(5, dtype=np.uint64), pa.array([b"a", b"b", b"c", b"d", b"e"]))
+        store.put_many([10, 11], pa.array([b"x", b"y"], type=pa.large_binary()))
+        assert store.get_many([0, 4, 10, 11]) == [b"a", b"e", b"x", b"y"]
+
+
+def test_put_many_arrow_refuses_nulls_and_stores_nothing(tmp_path):
+    with PayloadStore(tmp_path / "s") as store:
+        with pytest.raises(ValueError, match=r"payloads\[2\] is null"):
+            store.put_many([1, 2, 3], pa.array([b"a", b"b", None]))
+        chunked = pa.chunked_array([pa.array([b"a", b"b"]), pa.array([b"c", None])])
+        with pytest.raises(ValueError, match=r"payloads\[3\] is null"):
+            store.put_many([1, 2, 3, 4], chunked)
+        with pytest.raises(ValueError, match=r"edge_ids\[0\] is null"):
+            store.put_many(pa.array([None, b"k" * 16], type=pa.binary(16)), pa.array([b"a", b"b"]))
+        assert len(store) == 0
+
+
+@pytest.mark.parametrize("bad", [
+    pa.array(["text"]),                         # a string array: cast it to binary first
+    pa.array([1]),
+    pa.array([[1, 2]]),
+    pa.array([b"a" * 4], type=pa.binary(4)),
+], ids=["string", "int", "list", "fixed4"])
+def test_put_many_arrow_wrong_payload_types(tmp_path, bad):
+    with PayloadStore(tmp_path / "s") as store:
+        with pytest.raises(TypeError, match="binary"):
+            store.put_many([1], bad)
+        assert len(store) == 0
+
+
+def test_put_many_arrow_count_mismatch_and_bad_keys(tmp_path):
+    with PayloadStore(tmp_path / "s") as store:
+        with pytest.raises(ValueError, match="2 edge ids but 3 payloads"):
+            store.put_many([1, 2], pa.array([b"a", b"b", b"c"]))
+        with pytest.raises(TypeError, match="unsigned"):
+            store.put_many(pa.table({"lo": pa.array([1], pa.int64()), "hi": pa.array([0], pa.int64())}),
+                           pa.array([b"a"]))
+        with pytest.raises(TypeError):
+            store.put_many(pa.array([1.5]), pa.array([b"a"]))
+        assert len(store) == 0
+
+
+def test_put_many_arrow_refuses_a_payload_over_the_frame_limit(tmp_path):
+    """A payload over MAX_LENGTH (4 GiB - 1) is refused before anything is
+    written; the 4 GiB buffer is an untouched anonymous map (no memory used)."""
+    size = fmt.MAX_LENGTH + 1
+    try:
+        big = mmap.mmap(-1, size + 1, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    except (OSError, OverflowError, ValueError):
+        pytest.skip("no 4 GiB anonymous map here")
+    try:
+        data = pa.py_buffer(big)
+        offsets = pa.py_buffer(np.array([0, 1, size + 1], dtype=np.int64))
+        arr = pa.Array.from_buffers(pa.large_binary(), 2, [None, offsets, data])
+        with PayloadStore(tmp_path / "s") as store:
+            with pytest.raises(ValueError, match=r"payloads\[1\] is 4294967296 bytes; the limit"):
+                store.put_many([1, 2], arr)
+            assert len(store) == 0
+        del arr, data
+    finally:
+        big.close()
+
+
+def test_put_many_arrow_read_only_and_closed(tmp_path):
+    with PayloadStore(tmp_path / "s") as store:
+        store.put(1, b"a")
+    from diskhash import IndexClosedError, ReadOnlyIndexError
+    with PayloadStore(tmp_path / "s", readonly=True) as store:
+        with pytest.raises(ReadOnlyIndexError):
+            store.put_many([2], pa.array([b"b"]))
+    store.close()
+    with pytest.raises(IndexClosedError):
+        store.get_many_arrow([1])
+
+
+# -- the async twin and the sharded stores ----------------------------------------------------
+
+@pytest.mark.anyio
+async def test_async_get_many_arrow(tmp_path):
+    async with await AsyncPayloadStore.open(tmp_path / "s") as store:
+        await store.put_many(key16([1, 2]), pa.array([b"one", b"two"]))
+        got = await store.get_many_arrow([2, 3, 1])
+        assert got.to_pylist() == [b"two", None, b"one"]
+
+
+def test_sharded_get_many_arrow_in_key_order(tmp_path):
+    keys = big_keys(400)
+    values = payloads_of(400, seed=3)
+    with ShardedStore(tmp_path / "sh", shards=4) as sh:
+        sh.put_many(key16(keys), pa.array(values, type=pa.binary()))
+        asked = keys[::-1] + [7]
+        assert sh.get_many_arrow(asked).to_pylist() == values[::-1] + [None]
+        assert sh.get_many_arrow(key16(keys[:3])).to_pylist() == values[:3]
+        assert sh.get_many(key16(keys[:3])) == values[:3]
+        assert len(sh.get_many_arrow([])) == 0
+        with pytest.raises(ValueError, match="null"):
+            sh.put_many([1, 2], pa.array([b"a", None]))
+        assert len(sh) == 400
+
+
+@pytest.mark.anyio
+async def test_async_sharded_get_many_arrow(tmp_path):
+    keys = big_keys(200)
+    values = payloads_of(200, seed=4)
+    ShardedStore(tmp_path / "sh", shards=3).close()
+    async with await AsyncShardedStore.open(tmp_path / "sh") as sh:
+        await sh.put_many(keys, pa.array(values, type=pa.large_binary()))
+        got = await sh.get_many_arrow(key16(keys[::-1]))
+        assert got.to_pylist() == values[::-1]
+
+
+# -- pyarrow stays optional ---------------------------------------------------------------------
+
+def test_import_diskhash_does_not_import_pyarrow():
+    code = ("import sys, diskhash, diskhash.dask\n"
+            "from diskhash import PayloadStore, export_parquet\n"
+            "bad = [m for m in sys.modules if m.split('.')[0] == 'pyarrow']\n"
+            "assert not bad, bad\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=120, env=subprocess_env())
+    assert r.returncode == 0, r.stderr.decode()
+
+
+def test_without_pyarrow_the_arrow_calls_name_the_extra(tmp_path):
+    code = ("import sys\n"
+            "sys.modules['pyarrow'] = None\n"
+            "from diskhash import PayloadStore\n"
+            f"s = PayloadStore({str(tmp_path / 's')!r})\n"
+            "s.put_many([1], [b'a'])\n"
+            "try:\n"
+            "    s.get_many_arrow([1])\n"
+            "except ImportError as e:\n"
+            "    assert 'arrow' in str(e) and 'extra' in str(e), e\n"
+            "else:\n"
+            "    raise SystemExit('no ImportError')\n"
+            "s.close()\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=120, env=subprocess_env())
+    assert r.returncode == 0, r.stderr.decode()

@@ -1,0 +1,120 @@
+"""export_parquet / import_parquet: streamed round trips of every codec, the file read by pyarrow and pandas."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from diskhash import Compression, PayloadStore, export_parquet, import_parquet
+
+pa = pytest.importorskip("pyarrow")
+pq = pytest.importorskip("pyarrow.parquet")
+
+CODECS = list(Compression)
+
+
+def fill(path, codec, n=900):
+    values = {(i << 70) | i: os.urandom(i % 5) + b"abc" * (i % 200) for i in range(n)}
+    with PayloadStore(path, compression=codec) as store:
+        store.put_many(list(values), list(values.values()))
+    return values
+
+
+@pytest.mark.parametrize("raw", [False, True], ids=["payloads", "raw"])
+@pytest.mark.parametrize("codec", CODECS, ids=[c.name for c in CODECS])
+def test_round_trip_every_codec(tmp_path, codec, raw):
+    values = fill(tmp_path / "src", codec)
+    out = tmp_path / "out.parquet"
+    seen = []
+    n = export_parquet(tmp_path / "src", out, raw=raw, batch_rows=128,
+                       progress=lambda done, total: seen.append((done, total)))
+    assert n == len(values)
+    assert seen[-1] == (n, n) and len(seen) > 5            # several bounded batches
+    assert pq.ParquetFile(out).metadata.num_row_groups > 5
+    table = pq.read_table(out)
+    assert table.schema.field("key").type == pa.binary(16)
+    assert table.schema.field("payload").type == pa.large_binary()
+    if raw:
+        assert set(table.column("compression").to_pylist()) <= {0, int(codec)}
+        if codec:
+            assert int(codec) in table.column("compression").to_pylist()
+    else:
+        got = {int.from_bytes(k, "little"): v for k, v in
+               zip(table.column("key").to_pylist(), table.column("payload").to_pylist())}
+        assert got == values
+    frame = table.to_pandas()
+    assert len(frame) == len(values)
+    for target in CODECS:
+        dst = tmp_path / f"dst-{target.name}"
+        assert import_parquet(out, dst, compression=target) == len(values)
+        with PayloadStore(dst, readonly=True) as store:
+            assert len(store) == len(values)
+            assert store.get_many(list(values)) == list(values.values())
+
+
+def test_export_of_an_open_store_and_bytes_batches(tmp_path):
+    with PayloadStore(tmp_path / "s") as store:
+        store.put_many(list(range(50)), [b"x" * 1000] * 50)
+        assert export_parquet(store, tmp_path / "o.parquet", batch_bytes=4000) == 50
+        store.put(99, b"open")          # still writable after the export
+    assert pq.ParquetFile(tmp_path / "o.parquet").metadata.num_row_groups >= 12
+    assert export_parquet(tmp_path / "s", tmp_path / "p.parquet", compression="zstd") == 51
+
+
+def test_empty_store(tmp_path):
+    PayloadStore(tmp_path / "s").close()
+    assert export_parquet(tmp_path / "s", tmp_path / "o.parquet") == 0
+    assert pq.read_table(tmp_path / "o.parquet").num_rows == 0
+    assert import_parquet(tmp_path / "o.parquet", tmp_path / "d") == 0
+
+
+def test_a_failed_export_leaves_no_file(tmp_path):
+    fill(tmp_path / "s", Compression.NONE, n=300)
+
+    def stop(done, total):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        export_parquet(tmp_path / "s", tmp_path / "o.parquet", batch_rows=50, progress=stop)
+    assert os.listdir(tmp_path) == ["s"]
+
+
+def test_bad_arguments(tmp_path):
+    PayloadStore(tmp_path / "s").close()
+    with pytest.raises(ValueError, match="compression must be one of"):
+        export_parquet(tmp_path / "s", tmp_path / "o.parquet", compression="bogus")
+    with pytest.raises(ValueError, match="batch_rows"):
+        export_parquet(tmp_path / "s", tmp_path / "o.parquet", batch_rows=0)
+    with pytest.raises(TypeError, match="raw"):
+        export_parquet(tmp_path / "s", tmp_path / "o.parquet", raw=1)
+
+
+def test_import_of_other_layouts(tmp_path):
+    lo = pa.array([1, 2, 3], type=pa.uint64())
+    hi = pa.array([0, 0, 1], type=pa.uint64())
+    pq.write_table(pa.table({"lo": lo, "hi": hi, "payload": pa.array([b"a", b"b", b"c"])}),
+                   tmp_path / "lohi.parquet")
+    assert import_parquet(tmp_path / "lohi.parquet", tmp_path / "d") == 3
+    pq.write_table(pa.table({"key": pa.array([7, 8], type=pa.uint64()),
+                             "payload": pa.array([b"7", b"8"], type=pa.large_binary())}),
+                   tmp_path / "ints.parquet")
+    assert import_parquet(tmp_path / "ints.parquet", tmp_path / "d") == 2
+    with PayloadStore(tmp_path / "d", readonly=True) as store:
+        assert store.get_many([1, 2, 3 | (1 << 64), 7, 8]) == [b"a", b"b", b"c", b"7", b"8"]
+
+
+def test_import_refuses_nulls_and_missing_columns(tmp_path):
+    pq.write_table(pa.table({"key": pa.array([b"k" * 16, b"j" * 16], type=pa.binary(16)),
+                             "payload": pa.array([b"a", None])}), tmp_path / "n.parquet")
+    with pytest.raises(ValueError, match=r"payloads\[1\] is null"):
+        import_parquet(tmp_path / "n.parquet", tmp_path / "d")
+    with PayloadStore(tmp_path / "d", readonly=True) as store:
+        assert len(store) == 0
+    pq.write_table(pa.table({"id": pa.array([1], type=pa.uint64()), "payload": pa.array([b"a"])}),
+                   tmp_path / "k.parquet")
+    with pytest.raises(ValueError, match="no 'key' column"):
+        import_parquet(tmp_path / "k.parquet", tmp_path / "d")
+    pq.write_table(pa.table({"key": pa.array([1], type=pa.uint64())}), tmp_path / "p.parquet")
+    with pytest.raises(ValueError, match="no 'payload' column"):
+        import_parquet(tmp_path / "p.parquet", tmp_path / "d")
