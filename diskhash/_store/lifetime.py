@@ -71,6 +71,49 @@ class Lifetime:
         if sync_every is not None and not writer.readonly:
             self.syncer = Syncer(writer, sync_every)
 
+    def close(self, sync: bool) -> None:
+        """``PayloadStore.close()``: the sync thread stopped, the writes saved
+        (the last writable open of all processes also cuts the log's spare
+        tail and marks the data file clean: ``Writer.finish``), the current
+        generation closed, the page and store.lock let go -- the lock even
+        when Ctrl-C lands in the middle.  In a forked child only the child's
+        copies are let go.  ``sync``: False for ``sync="never"``."""
+        if self.forked:
+            self.release_inherited()
+            return
+        writer = self.writer
+        if writer is None:
+            self.release_lock()
+            return
+        try:
+            with self.maintenance, writer.lock:
+                g = writer.gen
+                if g is None:
+                    return
+                if self.syncer is not None:
+                    self.syncer.stop()
+                try:
+                    if not writer.readonly:
+                        with writer as g:
+                            if self.page is None or self.last_writer():
+                                writer.finish(g)        # the last writer out: a clean file
+                                if self.page is not None:
+                                    self.page.reset()   # (the next writer recovers, as alone)
+                            else:
+                                writer.save_locked(g)   # other writers go on with it
+                finally:
+                    g = writer.gen if writer.gen is not None else g
+                    writer.gen = None
+                    self.forget()
+                    try:
+                        g.close(sync=sync)
+                    finally:
+                        self.release_lock()
+        finally:
+            if writer.gen is None:
+                self.release_lock()
+                self.stop_syncer()
+
     def closed_error(self) -> IndexClosedError:
         if self.forked:
             return IndexClosedError(

@@ -354,39 +354,7 @@ class PayloadStore:
         it closes only the child's copies of descriptors and maps: nothing is
         written, truncated, synced or unlocked (the files are the parent's).
         """
-        life = self._life
-        if life.forked:
-            life.release_inherited()
-            return
-        try:
-            writer = self._writer
-            with life.maintenance, writer.lock:
-                g = writer.gen
-                if g is None:
-                    return
-                if life.syncer is not None:
-                    life.syncer.stop()
-                try:
-                    if not self._readonly:
-                        with writer as g:
-                            if life.page is None or life.last_writer():
-                                writer.finish(g)        # the last writer out: a clean file
-                                if life.page is not None:
-                                    life.page.reset()   # (the next writer recovers, as alone)
-                            else:
-                                writer.save_locked(g)   # other writers go on with it
-                finally:
-                    g = writer.gen if writer.gen is not None else g
-                    writer.gen = None
-                    life.forget()
-                    try:
-                        g.close(sync=self._sync != "never")
-                    finally:
-                        life.release_lock()
-        finally:
-            if self._writer.gen is None:
-                life.release_lock()
-                life.stop_syncer()
+        self._life.close(sync=self._sync != "never")
 
     def __enter__(self) -> "PayloadStore":
         self._live()

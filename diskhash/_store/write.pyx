@@ -354,15 +354,16 @@ cdef class WriterDoor:
 
     ``__enter__`` takes the writer lock (the subclass's ``lock``, an ``RLock``)
     and checks ``writable()`` (read-only, closed); then, in a store shared
-    between processes (``page``, a ``SharedPage``), the outermost entry of the
-    thread takes the cross-process writer lock and brings the writer up to
-    what other processes wrote (``sync_from_page``; ``recover_dead`` first
-    when the last holder died).  It returns the writable generation,
-    letting everything go if a step raises.  ``__exit__`` publishes the
-    log's end (``publish``) and lets the locks go.  ``nowait()`` is the same
+    between processes (``sharing``, a ``_store.sharing.Sharing``), the
+    outermost entry of the thread takes the cross-process writer lock of
+    the shared page and brings the writer up to what other processes wrote
+    (``Sharing.sync``; ``Sharing.recover_dead`` first when the last holder
+    died).  It returns the writable generation, letting everything go if a
+    step raises.  ``__exit__`` publishes the log's end (``Sharing.publish``)
+    and lets the locks go.  ``nowait()`` is the same
     door without waiting for either lock."""
 
-    cdef public object page
+    cdef public object sharing
     cdef Py_ssize_t depth
 
     def __enter__(self):
@@ -370,7 +371,7 @@ cdef class WriterDoor:
         lock.acquire()
         try:
             g = self.writable()
-            if self.page is not None:
+            if self.sharing is not None:
                 self.depth += 1
                 if self.depth == 1:
                     try:
@@ -401,26 +402,27 @@ cdef class WriterDoor:
     cdef bint _cross_enter(self, bint block) except -1:
         """The cross-process writer lock (the in-process one held): False if
         busy and not ``block``.  A dead holder's write is put right first."""
-        page = self.page
+        sharing = self.sharing
+        page = sharing.page
         got = page.lock(block)
         if got == 1:
             return False
         try:
             if got == 2:
-                self.recover_dead()
+                sharing.recover_dead(self)
                 page.consistent()
-            self.sync_from_page()
+            sharing.sync(self)
         except BaseException:
             page.unlock()
             raise
         return True
 
     cdef int _cross_exit(self) except -1:
-        page = self.page
+        sharing = self.sharing
         try:
-            self.publish()
+            sharing.publish(self)
         finally:
-            page.unlock()
+            sharing.page.unlock()
         return 0
 
     def nowait(self):
@@ -445,7 +447,7 @@ cdef class NoWait:
             return None
         try:
             g = door.writable()
-            if door.page is not None:
+            if door.sharing is not None:
                 door.depth += 1
                 if door.depth == 1:
                     try:

@@ -34,20 +34,19 @@ from diskhash._store.generation import (
     allocate_blocks,
     fsync_data,
     populate_pages,
-    read_checkpoint,
     write_all,
     write_header,
 )
 from diskhash._store.keys import MASK64, key_int, numpy_or_none, pair_keys
-from diskhash._store.recovery import open_generation, recover_tail
 from diskhash._store.shared import SharedPage
+from diskhash._store.sharing import Sharing
 from diskhash._store.write import WriterDoor
 from diskhash._store.write import encode_frames as _encode_frames
 from diskhash._store.write import encode_frames_packed as _encode_frames_packed
 from diskhash._store.write import encode_frames_u128 as _encode_frames_u128
 from diskhash._store.write import put_frame as _put_frame
 from diskhash._types import PayloadMeta
-from diskhash.errors import CorruptPayloadError, ReadOnlyIndexError
+from diskhash.errors import ReadOnlyIndexError
 
 __all__ = ["Writer", "ALLOC_MIN", "ALLOC_MAX", "PUT_MANY_CHUNK", "PUT_MANY_RESERVE"]
 
@@ -96,13 +95,9 @@ class Writer(WriterDoor):
         self.gen: "Generation | None" = None      # (until ``opened``)
         self.end = 0
         self.checkpoint = 0
-        #: The store's shared page (None: no other process can share it) and
-        #: its ``seq`` when this process last followed the MANIFEST.
-        self.page = page
-        self.seen = 0
-        self.files = files
-        #: Held while this process opens a generation another process made current.
-        self.follow_lock = threading.Lock()
+        #: What this writer shares with other processes (None: nobody can
+        #: share the store: a read-only open without a shared page).
+        self.sharing = None if page is None or files is None else Sharing(page, files)
         #: Writes since the last save (the sync thread saves only then).
         self.unsaved = False
         self.lock = threading.RLock()
@@ -125,110 +120,27 @@ class Writer(WriterDoor):
     def opened(self, g: Generation, end: int, checkpoint: int, seen: int = 0) -> None:
         """The generation an open found, its log's end and checkpoint, and the
         shared page's ``seq`` read before its MANIFEST was."""
-        self.gen, self.end, self.checkpoint, self.seen = g, end, checkpoint, seen
-        if self.page is not None:
-            g.watch(self.page, seen)
+        self.gen, self.end, self.checkpoint = g, end, checkpoint
+        if self.sharing is not None:
+            self.sharing.opened(g, seen)
 
     # -- other processes ----------------------------------------------------------------------
 
     def current(self) -> Generation:
-        """The current generation for a read: the one this process holds, unless
-        another process switched it (``compact()``, ``rebuild_index()``), which
-        is then opened first (``follow``).  Never waits for a writer."""
+        """The current generation for a read, opened first if another process
+        switched it (``Sharing.follow``).  Never waits for a writer."""
         g = self.gen
         if g is None:
             raise self.closed_error()
-        page = self.page
-        if page is not None and page.seq != self.seen:
-            return self.follow()
-        return g
-
-    def follow(self, force: bool = False) -> Generation:
-        """Open the generation the MANIFEST names if it is not this process's
-        (another process switched it); ``force``: read the MANIFEST even if
-        the page's count did not move (a dead writer's recovery)."""
-        page = self.page
-        files = self.files
-        assert page is not None and files is not None
-        with self.follow_lock:
-            for _ in range(8):
-                seq = page.seq
-                g = self.gen
-                if g is None:
-                    raise self.closed_error()
-                if seq == self.seen and not force:
-                    return g
-                gens = files.read_manifest()
-                if gens is None:
-                    raise CorruptPayloadError(files.manifest_path, "store manifest is missing")
-                if gens != (g.data_gen, g.index_gen):
-                    try:
-                        new = open_generation(files, gens[0], gens[1], not self.readonly)
-                    except FileNotFoundError:
-                        if page.seq != seq:
-                            continue        # switched again while we opened it: again
-                        raise
-                    if self.gen is None:
-                        new.close(sync=False)
-                        raise self.closed_error()
-                    # (the old generation is closed by its finaliser when the
-                    # last reader of this process lets go of it)
-                    self.gen = g = new
-                self.seen = seq
-                g.watch(page, seq)
-                return g
-            raise CorruptPayloadError(files.manifest_path, "the store's generation keeps changing")
-
-    def sync_from_page(self) -> None:
-        """The cross-process writer lock just taken: follow a switched
-        generation, then take the log's end and checkpoint other processes'
-        writers published."""
-        page = self.page
-        assert page is not None
-        g = self.follow() if page.seq != self.seen else self.gen
-        if g is None:
-            return
-        if page.generations != (g.data_gen, g.index_gen):
-            # The page lags the MANIFEST: its writer died between the rename
-            # and the publish (recover_dead had not run: a lock not marked).
-            self.recover_dead()
-            return
-        self.end = page.log_end
-        self.checkpoint = page.checkpoint
-
-    def publish(self) -> None:
-        """Leaving the cross-process writer lock: where the log ends now."""
-        g = self.gen
-        page = self.page
-        if g is None or page is None:
-            return
-        page.publish(g.data_gen, g.index_gen, self.end, self.checkpoint)
-        self.seen = page.seq
-        g.watch(page, self.seen)
-
-    def recover_dead(self) -> None:
-        """The last holder of the writer lock died holding it: finish its write
-        (the frames it appended after the end it published are indexed, a
-        torn one is zeroed: ``recover_tail``), or, if it died committing a
-        ``compact()``, take the generation its MANIFEST names."""
-        page = self.page
-        assert page is not None
-        g = self.follow(force=True)
-        if page.generations == (g.data_gen, g.index_gen):
-            start = page.log_end
-        else:
-            start = read_checkpoint(g.fd, g.data_path)
-        self.end = recover_tail(g, start)
-        self.checkpoint = min(max(page.checkpoint, read_checkpoint(g.fd, g.data_path)), self.end)
-        self.unsaved = True
-        self.publish()
+        sharing = self.sharing
+        return g if sharing is None or sharing.page.seq == sharing.seen else sharing.follow(self)
 
     def switch(self, g: Generation, end: int, checkpoint: int) -> None:
         """Make ``g`` the current generation (``compact()``, ``rebuild_index()``),
         its log ending at ``end`` and durable to ``checkpoint``: the lock held,
         the MANIFEST naming ``g`` already renamed into place (other processes
         learn of it when the door publishes it)."""
-        with self.follow_lock:
+        with nullcontext() if self.sharing is None else self.sharing.follow_lock:
             self.gen, self.end, self.checkpoint = g, end, checkpoint
 
     # -- appends and their undo ----------------------------------------------------------------
@@ -607,10 +519,8 @@ class Writer(WriterDoor):
         return os.fstat(g.fd).st_size if self.readonly else self.end
 
     def paused(self) -> Any:
-        """Hold the store's writers off while a walk of the index runs (a put
-        or delete from another thread or process would end the walk with
-        ``RuntimeError``: the index changed size): the door.  A read-only
-        store cannot stop writers."""
+        """The door, held while a walk of the index runs (another thread's or
+        process's write would end it: ``RuntimeError``); none when read-only."""
         return nullcontext() if self.readonly else self
 
     def write_header(self, fd: int, checkpoint: int, flags: int, sync: bool) -> None:
