@@ -35,7 +35,7 @@ from diskhash._index.aio import AsyncDiskHashIndex
 from diskhash._store.keys import key_int, payload_view
 from diskhash._store.maintenance import StoreStats
 from diskhash._store.reader import ReadLater
-from diskhash._store.store import InlineReads, PayloadStore
+from diskhash._store.store import FOLLOW, InlineReads, PayloadStore
 from diskhash._types import Compression, PayloadMeta
 from diskhash.errors import IndexClosedError
 
@@ -108,8 +108,11 @@ class AsyncPayloadStore:
         stored bytes, else in a worker thread.  Errors as for ``PayloadStore.get``."""
         if _threads.pending:
             _threads.handoff()
-        got = self._reads.get(edge_id, default,
-                              INLINE_READ if self._inline_read is None else self._inline_read)
+        limit = INLINE_READ if self._inline_read is None else self._inline_read
+        got = self._reads.get(edge_id, default, limit)
+        if got is FOLLOW:           # another process's compact(): its files opened off the loop
+            await self._thread(self._reads.follow)
+            got = self._reads.get(edge_id, default, limit)
         if type(got) is ReadLater:
             return await self._thread(self._reads.read, got.gen, got.meta)
         return got
@@ -118,12 +121,16 @@ class AsyncPayloadStore:
         """The ``PayloadMeta`` indexed for ``edge_id``, or None.  Inline."""
         if _threads.pending:
             _threads.handoff()
+        if self._reads.behind():
+            await self._thread(self._reads.follow)
         return self._sync.meta(edge_id)
 
     async def contains(self, edge_id: Any) -> bool:
         """``edge_id in store``, awaitable.  Inline."""
         if _threads.pending:
             _threads.handoff()
+        if self._reads.behind():
+            await self._thread(self._reads.follow)
         return edge_id in self._sync
 
     def __contains__(self, edge_id: object) -> bool:
@@ -163,6 +170,8 @@ class AsyncPayloadStore:
         if isinstance(edge_ids, (list, tuple)) and len(edge_ids) <= 16:
             if _threads.pending:
                 _threads.handoff()
+            if self._reads.behind():
+                await self._thread(self._reads.follow)
             g = self._reads.live()
             metas = [g.index.get(k) for k in edge_ids]
             if sum(m.length for m in metas if m is not None) <= limit:

@@ -152,10 +152,20 @@ class Lifetime:
     def maintaining(self) -> Maintaining:
         """Held for a whole ``compact()`` or ``rebuild_index()``: this
         process's fair maintenance lock, then the cross-process one."""
+        return Maintaining(self.maintenance, self)
+
+    def hold_maintenance(self) -> None:
+        """(``Maintaining``) the cross-process maintenance lock, once this
+        process's is held; a store closed meanwhile raises its error."""
         lock = self.lock
-        if lock is None:
+        if lock is None or lock.fd < 0:
             raise self.closed_error()
-        return Maintaining(self.maintenance, lock)
+        lock.hold_maintenance()
+
+    def release_maintenance(self) -> None:
+        lock = self.lock
+        if lock is not None:
+            lock.release_maintenance()
 
     def stop_syncer(self) -> None:
         """Stop the sync thread and wait for it (it sees the store closed and ends)."""

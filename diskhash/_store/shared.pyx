@@ -26,7 +26,7 @@ from diskhash._index.locks cimport (
     pthread_mutex_unlock,
 )
 
-from diskhash.errors import DiskHashError
+from diskhash.errors import DiskHashError, IndexClosedError
 
 cdef extern from "<errno.h>":
     enum:
@@ -83,7 +83,7 @@ cdef class SharedPage:
 
     cdef dh_store_page *_page(self) except NULL:
         if self.page == NULL:
-            raise DiskHashError(f"{self.path}: store is closed")
+            raise IndexClosedError(f"{self.path}: store is closed")
         return self.page
 
     cdef dh_store_page *_wpage(self) except NULL:

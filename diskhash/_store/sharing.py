@@ -51,6 +51,12 @@ class Sharing:
         self.seen = seen
         g.watch(self.page, seen)
 
+    def behind(self) -> bool:
+        """Whether another process switched the generation since this one
+        followed: the next read or write opens files first (the async twin
+        does that in a worker thread, not on its event loop)."""
+        return self.page.seq != self.seen
+
     def follow(self, writer: "Writer", force: bool = False) -> Generation:
         """Open the generation the MANIFEST names if it is not ``writer``'s
         (another process switched it); ``force``: read the MANIFEST even if

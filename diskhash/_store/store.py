@@ -47,7 +47,7 @@ from diskhash._store.writer import Writer
 from diskhash._types import Compression, PayloadMeta, SalvageReport, StoreRecovery
 from diskhash.errors import IndexClosedError
 
-__all__ = ["PayloadStore", "StoreStats", "SYNC_POLICIES", "InlineReads", "BatchReads", "closed_error",
+__all__ = ["PayloadStore", "StoreStats", "SYNC_POLICIES", "InlineReads", "FOLLOW", "BatchReads", "closed_error",
            "put_many_packed"]
 
 
@@ -129,8 +129,9 @@ class PayloadStore:
         life.opened(self._writer, self._sync_every)
         if not readonly and page is not None:
             try:
-                with self._writer:
-                    pass            # (a writer that died holding the lock is recovered now)
+                with self._writer.nowait():
+                    pass            # (a writer that died holding the lock is recovered now;
+                                    # a live one is not waited for)
             except BaseException:
                 self.close()
                 raise
@@ -479,6 +480,10 @@ class PayloadStore:
         return _arrow.get_many_arrow(BatchReads(self), edge_ids)
 
 
+#: ``InlineReads.get``'s answer when another process switched the generation.
+FOLLOW: Any = object()
+
+
 class InlineReads:
     """The small interface the async twin reads and puts through on its event
     loop (``AsyncPayloadStore``): ``get`` (the compiled call on the store's
@@ -497,8 +502,19 @@ class InlineReads:
         self.live = store._live
         self.try_put = store._writer.try_put
 
+    def behind(self) -> bool:
+        """Whether another process switched the store's generation, which the
+        next read opens (file system calls: the async twin makes them in a
+        worker thread, ``follow``)."""
+        sharing = self._writer.sharing
+        return sharing is not None and sharing.behind()
+
+    def follow(self) -> None:
+        self._writer.current()
+
     def get(self, edge_id: Any, default: Any, limit: int) -> Any:
-        """The payload, ``default``, or a ``ReadLater`` (over ``limit`` stored bytes)."""
+        """The payload, ``default``, a ``ReadLater`` (over ``limit`` stored bytes),
+        or ``FOLLOW`` (``behind()``: follow in a worker thread, then again)."""
         g = self._writer.gen
         if g is not None:
             reader = g.reader
@@ -508,6 +524,8 @@ class InlineReads:
                     return got
                 if got is None:
                     return default
+        if self.behind():
+            return FOLLOW
         return self._read_inline(self.live, edge_id, default, limit)
 
     def replaced_message(self) -> str:

@@ -95,8 +95,7 @@ class Writer(WriterDoor):
         self.gen: "Generation | None" = None      # (until ``opened``)
         self.end = 0
         self.checkpoint = 0
-        #: What this writer shares with other processes (None: nobody can
-        #: share the store: a read-only open without a shared page).
+        #: What this writer shares with other processes (None: no shared page).
         self.sharing = None if page is None or files is None else Sharing(page, files)
         #: Writes since the last save (the sync thread saves only then).
         self.unsaved = False
@@ -119,7 +118,7 @@ class Writer(WriterDoor):
 
     def opened(self, g: Generation, end: int, checkpoint: int, seen: int = 0) -> None:
         """The generation an open found, its log's end and checkpoint, and the
-        shared page's ``seq`` read before its MANIFEST was."""
+        page's ``seq`` before its MANIFEST was read."""
         self.gen, self.end, self.checkpoint = g, end, checkpoint
         if self.sharing is not None:
             self.sharing.opened(g, seen)
@@ -127,19 +126,16 @@ class Writer(WriterDoor):
     # -- other processes ----------------------------------------------------------------------
 
     def current(self) -> Generation:
-        """The current generation for a read, opened first if another process
-        switched it (``Sharing.follow``).  Never waits for a writer."""
+        """The current generation, opened first if another process switched it."""
         g = self.gen
         if g is None:
             raise self.closed_error()
         sharing = self.sharing
-        return g if sharing is None or sharing.page.seq == sharing.seen else sharing.follow(self)
+        return sharing.follow(self) if sharing is not None and sharing.behind() else g
 
     def switch(self, g: Generation, end: int, checkpoint: int) -> None:
-        """Make ``g`` the current generation (``compact()``, ``rebuild_index()``),
-        its log ending at ``end`` and durable to ``checkpoint``: the lock held,
-        the MANIFEST naming ``g`` already renamed into place (other processes
-        learn of it when the door publishes it)."""
+        """Make ``g`` current (``compact()``, ``rebuild_index()``), its log ending at
+        ``end``, durable to ``checkpoint``: the lock held, the MANIFEST renamed."""
         with nullcontext() if self.sharing is None else self.sharing.follow_lock:
             self.gen, self.end, self.checkpoint = g, end, checkpoint
 
@@ -302,8 +298,10 @@ class Writer(WriterDoor):
             return meta
 
     def try_put(self, key: int, view: memoryview, compression: Any) -> "PayloadMeta | None":
-        """``put`` if it can finish without waiting: the writer lock free and no index
-        grow needed; else None and nothing written (the async store's inline lane)."""
+        """``put`` if it can finish without waiting: the writer lock free, no index
+        grow, no generation to follow; else None, nothing written (the async inline lane)."""
+        if self.gen is not None and self.sharing is not None and self.sharing.behind():
+            return None
         comp = self.compression if compression is None else _codecs.require(compression)
         ck, rest, used, slen, n = self.encode(key, view, comp)
         # The door without waiting: its lock only if free, then its check.

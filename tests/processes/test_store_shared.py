@@ -370,3 +370,89 @@ def test_a_network_file_system_warns(store_path, monkeypatch):
         with PayloadStore(store_path, readonly=True) as s:
             assert len(s) == 0
 
+
+
+def test_async_put_waits_off_the_loop_while_another_process_writes(store_path):
+    """Another process holds the writer lock for seconds (a long ``writing()``
+    block; a ``compact()`` would too): ``await store.put`` waits in a worker
+    thread while the event loop goes on (a heartbeat task keeps ticking), and
+    completes once the lock is free; an async read meanwhile does not wait."""
+    script = PRELUDE + r"""
+s = PayloadStore(sys.argv[1])
+with s.writing():
+    s.put(1, payload(1, 1))
+    print("holding", flush=True)
+    time.sleep(2.0)
+print("released", flush=True)
+s.close()
+"""
+    holder = spawn(script, store_path)
+    assert holder.stdout.readline().strip() == "holding"
+    import anyio
+
+    from diskhash import AsyncPayloadStore
+
+    async def main() -> "tuple[float, float, bytes | None]":
+        gaps: "list[float]" = []
+        async with await AsyncPayloadStore.open(store_path) as s:
+            stop = anyio.Event()
+
+            async def heartbeat() -> None:
+                last = time.monotonic()
+                while not stop.is_set():
+                    await anyio.sleep(0.01)
+                    now = time.monotonic()
+                    gaps.append(now - last)
+                    last = now
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(heartbeat)
+                t0 = time.monotonic()
+                first = await s.get(1)              # a read: never waits for the writer
+                await s.put(2, payload(2, 1))       # waits for the holder, off the loop
+                waited = time.monotonic() - t0
+                stop.set()
+        return max(gaps), waited, first
+
+    worst_gap, waited, first = anyio.run(main)
+    finish(holder)
+    assert first == payload(1, 1)
+    assert waited > 0.5                             # the put did wait for the other process
+    assert worst_gap < 0.5, f"the event loop stalled {worst_gap:.3f}s"
+    with PayloadStore(store_path) as s:
+        assert s.get(2) == payload(2, 1)
+
+
+def test_async_reads_follow_another_process_compact(store_path):
+    """Process B's compact()s replace every file; process A's async reads
+    (get, get_many, meta, contains, inline put) go on and see B's writes."""
+    script = PRELUDE + r"""
+with PayloadStore(sys.argv[1]) as s:
+    for line in sys.stdin:
+        k = int(line)
+        s.put(k, payload(k, 2))
+        s.compact()
+        print("ok", flush=True)
+"""
+    with PayloadStore(store_path) as s:
+        s.put_many(list(range(50)), [payload(k, 1) for k in range(50)])
+    b = spawn(script, store_path)
+    import anyio
+
+    from diskhash import AsyncPayloadStore
+
+    async def main() -> None:
+        async with await AsyncPayloadStore.open(store_path) as s:
+            for k in range(10):
+                b.stdin.write(f"{k}\n")
+                b.stdin.flush()
+                assert b.stdout.readline().strip() == "ok"
+                assert await s.get(k) == payload(k, 2)
+                assert (await s.meta(k)).length == len(payload(k, 2))
+                assert await s.contains(k)
+                assert await s.get_many([k, 40]) == [payload(k, 2), payload(40, 1)]
+                await s.put(100 + k, payload(100 + k, 1))
+            assert await s.get(105) == payload(105, 1)
+
+    anyio.run(main)
+    finish(b)
