@@ -17,7 +17,7 @@ loop thread was blocked rather than waiting for a CPU (from the thread's
 Linux schedstat: blocked = stall - CPU time - run-queue wait), next to the grow's own
 duration, and with two controls: the loop idle, and a thread burning CPU for
 as long without ever taking the GIL (on a shared machine, a busy core alone
-delays the loop's wake-ups).  Target (issue 17): the longest stall of a
+delays the loop's wake-ups).  Target: the longest stall of a
 grow <= 10 ms as the median over the runs, <= 20 ms in the worst run.
 
 ``--variants`` compares the core's ways of keeping a grow off the loop's CPU

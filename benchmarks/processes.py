@@ -1,4 +1,4 @@
-"""Several processes on one index or store, side by side with py-lmdb (issue 17's speed targets).
+"""Several processes on one index or store, side by side with py-lmdb against speed targets.
 
     python benchmarks/processes.py [--entries 200000] [--seconds 2] [--rounds 2] [--dir DIR] [--quick]
 
