@@ -49,6 +49,7 @@ cdef class DiskHashIndex:
     cdef pthread_rwlock_t _map_lock
     cdef pthread_mutex_t _write_lock
     cdef object _lock
+    cdef object _retiring       # locks of replaced maps still being closed (retire_map)
     cdef object __weakref__
 
     cdef int _raise_unusable(self) except -1

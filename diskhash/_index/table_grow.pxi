@@ -331,7 +331,6 @@ cdef int rebuild_table(DiskHashIndex self, uint64_t new_slots, bint salvage, uin
         dh_seq_end(&self._shared.seq)
     self._exclusive_release()
     new_view = None
-    old_mm.close()
-    os.close(old_fd)
+    retire_map(self, old_mm, old_fd)    # (freeing the old file: not under the writer lock)
     _files.fsync_dir(os.path.dirname(self._file))
     return 0

@@ -1,5 +1,6 @@
 # Included by table.pyx (one module, so the hot path stays inlined): the index's
 # lifetime -- closing, and what a fork() does to an inherited index.
+import _thread
 import os
 import weakref
 
@@ -75,7 +76,61 @@ cdef int close_index(DiskHashIndex self, bint sync=True) except -1:
     return 0
 
 
+# ---------------------------------------------------------------------------
+# Retiring a replaced table's map off the calling thread.
+#
+# After a grow or repair, the old table file has no name; the process that
+# drops the last map or descriptor of it pays for freeing it: the kernel
+# drops its page cache and the file system frees its blocks (with
+# ``-o discard``, waiting for the device's discards).  For a table of a few
+# million entries that is tens of ms (docs/performance.md).  A reader whose
+# read found the table replaced by another process -- on an event loop, an
+# inline ``await idx.get`` -- is often that last holder, and a writer
+# holds the writer lock meanwhile; so the old map and descriptor are closed
+# by a short-lived thread of their own.  ``close()`` waits for them, so a
+# closed index holds nothing.
+
+def _retire(mm, int fd, done):
+    try:
+        try:
+            mm.close()
+        except BufferError:     # a view of it still alive: unmapped when that goes
+            pass
+        os.close(fd)
+    finally:
+        done.release()
+
+
+cdef int retire_map(DiskHashIndex self, object mm, int fd) except -1:
+    """Close a replaced table's ``mm`` and ``fd`` in a thread of their own
+    (see above).  The caller no longer uses them: the map lock was taken
+    exclusively for the swap, so no reader of this process is in it."""
+    done = _thread.allocate_lock()
+    done.acquire()
+    if self._retiring is None:
+        self._retiring = []
+    else:
+        self._retiring = [d for d in self._retiring if d.locked()]
+    self._retiring.append(done)
+    try:
+        _thread.start_new_thread(_retire, (mm, fd, done))    # (does not wait for it to start)
+    except BaseException:
+        self._retiring.pop()
+        _retire(mm, fd, done)           # no thread to be had: close them here
+        raise
+    return 0
+
+
+cdef int wait_retired(DiskHashIndex self) except -1:
+    """Wait until every map retired by ``retire_map`` is closed."""
+    retiring, self._retiring = self._retiring, None
+    for done in retiring or ():
+        done.acquire()
+    return 0
+
+
 cdef int release_resources(DiskHashIndex self, bint unlock) except -1:
+    wait_retired(self)
     self._base = NULL
     self._view = None
     self._undo = NULL
@@ -104,6 +159,7 @@ cdef int disable_in_child(DiskHashIndex self) except -1:
     if self._state != STATE_OPEN:
         return 0
     self._state = STATE_FORKED
+    self._retiring = None       # (those threads are the parent's: none runs here)
     self._base = NULL
     self._undo = NULL
     self._shared = NULL

@@ -341,8 +341,7 @@ cdef bint remap_table(DiskHashIndex self) except -1:
     self._table_gen = gen
     self._exclusive_release()
     new_view = None
-    old_mm.close()
-    os.close(old_fd)
+    retire_map(self, old_mm, old_fd)    # (often the old file's last holder: not on this thread)
     return True
 
 

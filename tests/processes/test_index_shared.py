@@ -13,6 +13,7 @@ import random
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -410,3 +411,73 @@ def test_an_index_open_in_one_process_shares_one_lock_page(index_path):
             page.close()
     assert magic == b"DSKHSHR1"
     assert seq % 2 == 0 and seq > 0
+
+
+# -- the replaced table's map is closed off the calling thread ---------------
+
+GROWER = PRELUDE + r"""
+path, first, count = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+with DiskHashIndex(path, timeout=30) as idx:
+    slots = idx.num_slots
+    for k in range(first, first + count):
+        idx.insert(k, rec(k, 1))
+    assert idx.num_slots > slots
+    print("grown", flush=True)
+"""
+
+
+def _deleted_table_closes(monkeypatch, table: str) -> list:
+    """Patch ``os.close`` to record, for each descriptor of ``table``'s
+    replaced (unlinked) file, the thread that closes it."""
+    closes: list = []
+    real = os.close
+
+    def close(fd: int) -> None:
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            target = ""
+        if target == f"{os.path.realpath(table)} (deleted)":
+            closes.append(threading.get_ident())
+        real(fd)
+    monkeypatch.setattr(os, "close", close)
+    return closes
+
+
+def _maps_of_deleted(table: str) -> list:
+    with open("/proc/self/maps") as f:
+        return [line for line in f if f"{os.path.realpath(table)} (deleted)" in line]
+
+
+def test_a_read_that_remaps_leaves_closing_the_old_table_to_another_thread(index_path, monkeypatch):
+    # Freeing a replaced table (its page cache, its blocks) falls on its last
+    # holder, often a reader process's re-map: on an event loop that was tens
+    # of ms of stall (docs/performance.md).  The read hands it to a thread.
+    idx = DiskHashIndex(index_path)
+    try:
+        idx.insert(1, rec(1, 1))
+        slots = idx.num_slots
+        assert finish(spawn(GROWER, index_path, 10, 5000)).strip() == "grown"
+        closes = _deleted_table_closes(monkeypatch, index_path)
+        assert idx.get(1) == rec(1, 1)             # re-maps the grown table
+        assert idx.num_slots > slots and idx.get(4000) == rec(4000, 1)
+    finally:
+        idx.close()                                # waits for the old map to be closed
+    assert closes and threading.get_ident() not in closes, closes
+    assert _maps_of_deleted(index_path) == []
+
+
+def test_a_grow_leaves_closing_the_old_table_to_another_thread_and_close_waits_for_it(index_path,
+                                                                                         monkeypatch):
+    # The grower frees the old table outside its writer lock; close() waits,
+    # so a closed index maps and holds nothing of it.
+    closes = _deleted_table_closes(monkeypatch, index_path)
+    with DiskHashIndex(index_path) as idx:
+        slots = idx.num_slots
+        for k in range(5000):
+            idx.insert(k, rec(k, 1))
+        assert idx.num_slots > slots
+    assert closes and threading.get_ident() not in closes, closes
+    assert _maps_of_deleted(index_path) == []
+    with DiskHashIndex(index_path, readonly=True) as idx:
+        assert all(idx.get(k) == rec(k, 1) for k in range(5000))
