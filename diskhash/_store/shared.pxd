@@ -51,5 +51,8 @@ cdef class SharedPage:
     cdef dh_store_page *page
     cdef readonly bint writable
     cdef readonly object path
+    cdef public uint64_t seen
     cdef dh_store_page *_page(self) except NULL
     cdef dh_store_page *_wpage(self) except NULL
+    cpdef int lock(self, bint block) except -1
+    cpdef int unlock(self) except -1

@@ -11,6 +11,7 @@ OWNER_DIED: int
 @disjoint_base
 class SharedPage:
     """A store's shared page in store.lock."""
+    seen: int
     @property
     def writable(self) -> bool: ...
     @property

@@ -148,7 +148,7 @@ cdef class SharedPage:
 
     # -- the writer lock ------------------------------------------------------------------
 
-    def lock(self, bint block):
+    cpdef int lock(self, bint block) except -1:
         """Take the cross-process writer lock: ``TAKEN``, ``BUSY`` (only when
         not ``block``), or ``OWNER_DIED`` (taken; its holder died: put its
         half-done write right, then ``consistent()``).  Waits without the GIL."""
@@ -188,9 +188,10 @@ cdef class SharedPage:
             p.index_gen = index_gen
             dh_store_release(&p.seq, p.seq + 1)
 
-    def unlock(self):
+    cpdef int unlock(self) except -1:
         cdef dh_store_page *p = self.page
         if p == NULL:
-            return
+            return 0
         p.owner_pid = 0
         pthread_mutex_unlock(<pthread_mutex_t *>&(<char *>p)[64])
+        return 0

@@ -33,29 +33,30 @@ FOLLOW_ATTEMPTS = 8
 
 
 class Sharing:
-    """One writer's view of the shared page: ``page``, ``files`` (the store's
-    directory, for its MANIFEST), ``seen`` (the page's generation count when
-    this process last followed the MANIFEST) and ``follow_lock`` (held while
-    this process switches its generation)."""
+    """One writer's view of the shared page: ``page`` (whose ``seen`` is the
+    page's generation count when this open last followed the MANIFEST),
+    ``files`` (the store's directory, for its MANIFEST) and ``follow_lock``
+    (held while this process switches its generation).  The door takes a
+    fast path of its own while nothing moved (``WriterDoor._cross_enter``):
+    the methods here are the rest."""
 
-    __slots__ = ("page", "files", "seen", "follow_lock")
+    __slots__ = ("page", "files", "follow_lock")
 
     def __init__(self, page: SharedPage, files: StoreDirectory) -> None:
         self.page = page
         self.files = files
-        self.seen = 0
         self.follow_lock = threading.Lock()
 
     def opened(self, g: Generation, seen: int) -> None:
         """The open found ``g`` current when the count was ``seen``."""
-        self.seen = seen
+        self.page.seen = seen
         g.watch(self.page, seen)
 
     def behind(self) -> bool:
         """Whether another process switched the generation since this one
         followed: the next read or write opens files first (the async twin
         does that in a worker thread, not on its event loop)."""
-        return self.page.seq != self.seen
+        return self.page.seq != self.page.seen
 
     def follow(self, writer: "Writer", force: bool = False) -> Generation:
         """Open the generation the MANIFEST names if it is not ``writer``'s
@@ -68,7 +69,7 @@ class Sharing:
                 g = writer.gen
                 if g is None:
                     raise writer.closed_error()
-                if seq == self.seen and not force:
+                if seq == page.seen and not force:
                     return g
                 gens = files.read_manifest()
                 if gens is None:
@@ -86,7 +87,7 @@ class Sharing:
                     # (the old generation is closed by its finaliser when the
                     # last reader of this process lets go of it)
                     writer.gen = g = new
-                self.seen = seq
+                page.seen = seq
                 g.watch(page, seq)
                 return g
             raise CorruptPayloadError(files.manifest_path, "the store's generation keeps changing")
@@ -96,7 +97,7 @@ class Sharing:
         generation, then take the log's end and checkpoint other processes'
         writers published."""
         page = self.page
-        g = self.follow(writer) if page.seq != self.seen else writer.gen
+        g = self.follow(writer) if page.seq != page.seen else writer.gen
         if g is None:
             return
         if page.generations != (g.data_gen, g.index_gen):
@@ -106,6 +107,7 @@ class Sharing:
             return
         writer.end = page.log_end
         writer.checkpoint = page.checkpoint
+        writer.published = g
 
     def publish(self, writer: "Writer") -> None:
         """Leaving the cross-process writer lock: where the log ends now (a
@@ -115,8 +117,9 @@ class Sharing:
             return
         page = self.page
         page.publish(g.data_gen, g.index_gen, writer.end, writer.checkpoint)
-        self.seen = page.seq
-        g.watch(page, self.seen)
+        page.seen = page.seq
+        g.watch(page, page.seen)
+        writer.published = g
 
     def recover_dead(self, writer: "Writer") -> None:
         """The last holder of the writer lock died holding it: finish its write

@@ -19,6 +19,11 @@ def put_frame(index: DiskHashIndex, view: Any, start: int, key: Any, payload: by
 class WriterDoor:
     """The writer's door, ``with writer as g:`` (the base of ``_store.writer.Writer``)."""
     sharing: Any
+    gen: Any
+    end: int
+    checkpoint: int
+    published: Any
+    readonly: bool
     def __enter__(self) -> Any: ...
     def __exit__(self, *exc: object) -> None: ...
     def nowait(self) -> NoWait: ...

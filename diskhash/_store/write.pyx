@@ -36,9 +36,10 @@ from cpython.list cimport PyList_GET_SIZE
 from cpython.long cimport PyLong_CheckExact
 
 from diskhash._index.convert cimport key_to_u128, make_record, meta_fields, u128_to_int
-from diskhash._format.sochidx2 cimport DH_COMPILER_BARRIER
+from diskhash._format.sochidx2 cimport DH_COMPILER_BARRIER, dh_load_acquire
 from diskhash._format.frame cimport FRAME_MARK, FRAME_SIZE, KIND_PUT, dh_crc32c, dh_crc32c_init, frame_t
 from diskhash._index.table cimport DiskHashIndex
+from diskhash._store.shared cimport SharedPage, dh_store_page
 
 dh_crc32c_init()
 
@@ -364,13 +365,25 @@ cdef class WriterDoor:
     door without waiting for either lock."""
 
     cdef public object sharing
+    # The writer's state, fields here so the door's fast path reads and
+    # writes them in C: the current generation, the log's end, the
+    # checkpoint, and the generation last published to (or synced from) the
+    # shared page.
+    cdef public object gen
+    cdef public unsigned long long end
+    cdef public unsigned long long checkpoint
+    cdef public object published
+    cdef public bint readonly
     cdef Py_ssize_t depth
+    cdef SharedPage _page       # (sharing.page, kept: it never changes)
 
     def __enter__(self):
         lock = self.lock
         lock.acquire()
         try:
-            g = self.writable()
+            g = self.gen
+            if g is None or self.readonly:
+                g = self.writable()         # (raises)
             if self.sharing is not None:
                 self.depth += 1
                 if self.depth == 1:
@@ -379,12 +392,11 @@ cdef class WriterDoor:
                     except BaseException:
                         self.depth = 0
                         raise
-                    try:
-                        g = self.writable()
-                    except BaseException:
+                    g = self.gen
+                    if g is None:
                         self.depth = 0
                         self._cross_exit()
-                        raise
+                        self.writable()         # (raises: closed meanwhile)
             return g
         except BaseException:
             lock.release()
@@ -401,28 +413,48 @@ cdef class WriterDoor:
 
     cdef bint _cross_enter(self, bint block) except -1:
         """The cross-process writer lock (the in-process one held): False if
-        busy and not ``block``.  A dead holder's write is put right first."""
+        busy and not ``block``.  A dead holder's write is put right first.
+        While the page says nothing moved since this writer last published
+        or synced (its count is ``seen``, its generation ``published``), the
+        log's end and checkpoint are read here; else ``Sharing.sync``."""
         sharing = self.sharing
-        page = sharing.page
-        got = page.lock(block)
+        if self._page is None:
+            self._page = sharing.page
+        cdef SharedPage page = self._page
+        cdef dh_store_page *p
+        cdef int got = page.lock(block)
         if got == 1:
             return False
         try:
+            p = page.page
             if got == 2:
                 sharing.recover_dead(self)
                 page.consistent()
-            sharing.sync(self)
+                sharing.sync(self)
+            elif (p != NULL and self.gen is not None and self.gen is self.published
+                    and dh_load_acquire(&p.seq) == page.seen):
+                self.end = p.log_end
+                self.checkpoint = p.checkpoint
+            else:
+                sharing.sync(self)
         except BaseException:
             page.unlock()
             raise
         return True
 
     cdef int _cross_exit(self) except -1:
-        sharing = self.sharing
+        """Publish the log's end (a new generation: ``Sharing.publish``), let
+        the cross-process lock go."""
+        cdef SharedPage page = self._page
+        cdef dh_store_page *p = page.page
         try:
-            sharing.publish(self)
+            if p != NULL and self.gen is not None and self.gen is self.published:
+                p.log_end = self.end
+                p.checkpoint = self.checkpoint
+            else:
+                self.sharing.publish(self)
         finally:
-            sharing.page.unlock()
+            page.unlock()
         return 0
 
     def nowait(self):
@@ -459,12 +491,11 @@ cdef class NoWait:
                         door.depth = 0
                         lock.release()
                         return None
-                    try:
-                        g = door.writable()
-                    except BaseException:
+                    g = door.gen
+                    if g is None:
                         door.depth = 0
                         door._cross_exit()
-                        raise
+                        door.writable()         # (raises: closed meanwhile)
             self._held = lock
             return g
         except BaseException:

@@ -92,7 +92,7 @@ class Writer(WriterDoor):
     def __init__(self, *, compression: int, fsync: bool, readonly: bool, directory: str,
                  closed_error: Callable[[], Exception], files: "StoreDirectory | None" = None,
                  page: "SharedPage | None" = None) -> None:
-        self.gen: "Generation | None" = None      # (until ``opened``)
+        self.gen = None     # (until ``opened``; gen, end and checkpoint are WriterDoor's fields)
         self.end = 0
         self.checkpoint = 0
         #: What this writer shares with other processes (None: no shared page).
