@@ -381,13 +381,19 @@ def run_workers_phase(args: argparse.Namespace, backend: str, directory: str, pa
         except RuntimeError as exc:
             last = [line for line in str(exc).splitlines() if "Error" in line]
             return last[-1].strip() if last else str(exc)
+        cpu_before = tree_cpu_seconds(server.pid)
         load = subprocess.run(
             [sys.executable, os.path.join(HERE, "_loadgen.py"), "--port", str(port), "--paths", paths_file,
              "--clients", str(args.clients), "--warmup", str(args.warmup), "--duration", str(args.duration),
              "--put-fraction", str(PUT_FRACTION), "--put-bytes", str(args.payload_bytes),
              "--connect-spacing", "0.005"],
             capture_output=True, text=True, timeout=args.warmup + args.duration + 120, check=True)
-        return json.loads(load.stdout)
+        result: "dict[str, Any]" = json.loads(load.stdout)
+        # The workers' CPU per request (the warm-up is counted at the measured rate):
+        # the model behind the projection to a machine with a core per worker.
+        served = result["req_per_s"] * (args.warmup + args.duration)
+        result["worker_cpu_us"] = (tree_cpu_seconds(server.pid) - cpu_before) / max(served, 1) * 1e6
+        return result
     finally:
         server.send_signal(signal.SIGTERM)
         try:
@@ -398,6 +404,25 @@ def run_workers_phase(args: argparse.Namespace, backend: str, directory: str, pa
 
 
 PUT_FRACTION = 0.1
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU seconds (user + system) used so far by ``pid`` and its children
+    (uvicorn's worker processes), from /proc."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    todo = [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            with open(f"/proc/{p}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / tick
+            with open(f"/proc/{p}/task/{p}/children") as f:
+                todo.extend(int(c) for c in f.read().split())
+        except (OSError, ValueError, IndexError):
+            continue
+    return total
 
 
 def workers_main(args: argparse.Namespace, counts: list[int]) -> None:
@@ -427,14 +452,19 @@ def workers_main(args: argparse.Namespace, counts: list[int]) -> None:
                 shutil.rmtree(run_dir)
             shutil.rmtree(base)
 
-    print(f"\n{'backend':<10} {'workers':>7} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8}  connections")
+    print(f"\n{'backend':<10} {'workers':>7} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8} "
+          f"{'cpu us/req':>10} {'model req/s':>11}  connections")
     for (name, workers), r in results.items():
         if isinstance(r, str):
             print(f"{name:<10} {workers:>7}  did not serve: {r}")
             continue
         errors = f"  {r['errors']} ERRORS {r['first_errors']}" if r["errors"] else ""
         print(f"{name:<10} {workers:>7} {r['req_per_s']:>9,.0f} {r['p50_ms']:>8.2f} {r['p99_ms']:>8.2f} "
-              f"{r['max_ms']:>8.1f}  {'/'.join(map(str, r['connections_per_worker']))}{errors}")
+              f"{r['max_ms']:>8.1f} {r['worker_cpu_us']:>10.0f} {workers * 1e6 / r['worker_cpu_us']:>11,.0f}  "
+              f"{'/'.join(map(str, r['connections_per_worker']))}{errors}")
+    print("(cpu us/req: the workers' CPU time per request; model req/s: what the workers would serve "
+          "with a core each and the load generator elsewhere, workers / (cpu per request) -- a "
+          "projection, not a measurement)")
     print()
 
     def rate(name: str, workers: int) -> "float | None":
@@ -457,6 +487,12 @@ def workers_main(args: argparse.Namespace, counts: list[int]) -> None:
             verdict(two >= TARGET_WORKERS_SCALING * one,
                     f"diskhash with 2 workers {two:,.0f} req/s vs 1 worker {one:,.0f} "
                     f"({two / one:.2f}x; target >= {TARGET_WORKERS_SCALING:g}x)")
+            r1, r2 = results["diskhash", 1], results["diskhash", 2]
+            assert not isinstance(r1, str) and not isinstance(r2, str)
+            model = (2e6 / r2["worker_cpu_us"]) / (1e6 / r1["worker_cpu_us"])
+            print(f"model: diskhash with 2 workers on a core each {model:.2f}x one worker (projected "
+                  f"from the CPU per request, target >= {TARGET_WORKERS_SCALING:g}x; this machine "
+                  f"cannot show it: the load generator needs a core of its own)")
     if any(not isinstance(r, str) and r["errors"] for r in results.values()):
         print("MISS: some requests failed (see ERRORS above)")
 
