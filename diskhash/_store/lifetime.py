@@ -152,10 +152,24 @@ class Lifetime:
     def maintaining(self) -> Maintaining:
         """Held for a whole ``compact()`` or ``rebuild_index()``: this
         process's fair maintenance lock, then the cross-process one."""
+        if self.lock is None:
+            raise self.closed_error()
+        return Maintaining(self.maintenance, self)
+
+    def hold_maintenance(self) -> None:
+        """``Maintaining``'s cross-process step, taken once this process's
+        maintenance lock is held: a ``close()`` that held it first has let
+        store.lock go meanwhile, so the store is closed (not a lock call on
+        a closed descriptor)."""
         lock = self.lock
         if lock is None:
             raise self.closed_error()
-        return Maintaining(self.maintenance, lock)
+        lock.hold_maintenance()
+
+    def release_maintenance(self) -> None:
+        lock = self.lock
+        if lock is not None:
+            lock.release_maintenance()
 
     def stop_syncer(self) -> None:
         """Stop the sync thread and wait for it (it sees the store closed and ends)."""

@@ -70,9 +70,12 @@ class Sharing:
                 if gens != (g.data_gen, g.index_gen):
                     try:
                         new = open_generation(files, gens[0], gens[1], not writer.readonly)
-                    except FileNotFoundError:
-                        if page.seq != seq:
-                            continue        # switched again while we opened it: again
+                    except (FileNotFoundError, CorruptPayloadError):
+                        # Switched again while we opened it (the switcher
+                        # deletes the old files before it bumps the count:
+                        # the MANIFEST tells): again.
+                        if page.seq != seq or files.read_manifest() != gens:
+                            continue
                         raise
                     if writer.gen is None:
                         new.close(sync=False)

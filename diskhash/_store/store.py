@@ -390,7 +390,7 @@ class PayloadStore:
             try:
                 return stats_of(g, size, self._writer.checkpoint)
             except FileNotFoundError:
-                if self._writer.gen is g or self._writer.gen is None:
+                if not self._writer.moved_on(g):
                     raise
         return self.stats()     # a racing compact()/rebuild_index() replaced it: again
 

@@ -135,6 +135,16 @@ class Writer(WriterDoor):
         sharing = self.sharing
         return g if sharing is None or sharing.page.seq == sharing.seen else sharing.follow(self)
 
+    def moved_on(self, g: Generation) -> bool:
+        """Whether the store's current generation is no longer ``g``: a file of
+        ``g`` vanished.  Another process's ``compact()`` deletes the old files
+        after its MANIFEST rename but before it bumps the page's count, so the
+        MANIFEST is read again (``follow(force=True)``) rather than the count."""
+        cur = self.gen
+        if cur is None or cur is not g:
+            return cur is not None
+        return self.sharing is not None and self.sharing.follow(self, force=True) is not g
+
     def switch(self, g: Generation, end: int, checkpoint: int) -> None:
         """Make ``g`` the current generation (``compact()``, ``rebuild_index()``),
         its log ending at ``end`` and durable to ``checkpoint``: the lock held,
@@ -515,8 +525,19 @@ class Writer(WriterDoor):
         self.write_header(g.fd, self.end, 0, sync=True)
 
     def data_end(self, g: Generation) -> int:
-        """Where the log ends: the writer knows; a read-only store takes the file's size."""
-        return os.fstat(g.fd).st_size if self.readonly else self.end
+        """Where the log ends: the writer knows; a read-only store takes the
+        end the writers of other processes last published (the file's size
+        holds their preallocated space and a frame being written: read to
+        it, ``verify()`` would call that a torn tail), else the file's size."""
+        if not self.readonly:
+            return self.end
+        size = os.fstat(g.fd).st_size
+        sharing = self.sharing
+        if sharing is not None:
+            page = sharing.page
+            if page.live and page.generations == (g.data_gen, g.index_gen):
+                return min(page.log_end, size)
+        return size
 
     def paused(self) -> Any:
         """The door, held while a walk of the index runs (another thread's or
