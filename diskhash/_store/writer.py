@@ -39,7 +39,7 @@ from diskhash._store.generation import (
 )
 from diskhash._store.keys import MASK64, key_int, numpy_or_none, pair_keys
 from diskhash._store.shared import SharedPage
-from diskhash._store.sharing import Sharing
+from diskhash._store.sharing import Sharing, reader_end
 from diskhash._store.write import WriterDoor
 from diskhash._store.write import encode_frames as _encode_frames
 from diskhash._store.write import encode_frames_packed as _encode_frames_packed
@@ -134,16 +134,6 @@ class Writer(WriterDoor):
             raise self.closed_error()
         sharing = self.sharing
         return g if sharing is None or sharing.page.seq == sharing.seen else sharing.follow(self)
-
-    def moved_on(self, g: Generation) -> bool:
-        """Whether the store's current generation is no longer ``g``: a file of
-        ``g`` vanished.  Another process's ``compact()`` deletes the old files
-        after its MANIFEST rename but before it bumps the page's count, so the
-        MANIFEST is read again (``follow(force=True)``) rather than the count."""
-        cur = self.gen
-        if cur is None or cur is not g:
-            return cur is not None
-        return self.sharing is not None and self.sharing.follow(self, force=True) is not g
 
     def switch(self, g: Generation, end: int, checkpoint: int) -> None:
         """Make ``g`` the current generation (``compact()``, ``rebuild_index()``),
@@ -525,19 +515,8 @@ class Writer(WriterDoor):
         self.write_header(g.fd, self.end, 0, sync=True)
 
     def data_end(self, g: Generation) -> int:
-        """Where the log ends: the writer knows; a read-only store takes the
-        end the writers of other processes last published (the file's size
-        holds their preallocated space and a frame being written: read to
-        it, ``verify()`` would call that a torn tail), else the file's size."""
-        if not self.readonly:
-            return self.end
-        size = os.fstat(g.fd).st_size
-        sharing = self.sharing
-        if sharing is not None:
-            page = sharing.page
-            if page.live and page.generations == (g.data_gen, g.index_gen):
-                return min(page.log_end, size)
-        return size
+        """Where the log ends: the writer knows; a read-only store: ``reader_end``."""
+        return reader_end(self.sharing, g) if self.readonly else self.end
 
     def paused(self) -> Any:
         """The door, held while a walk of the index runs (another thread's or

@@ -6,7 +6,6 @@ fails the same way every time without the fix."""
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
