@@ -152,11 +152,15 @@ class Lifetime:
     def maintaining(self) -> Maintaining:
         """Held for a whole ``compact()`` or ``rebuild_index()``: this
         process's fair maintenance lock, then the cross-process one."""
+        if self.lock is None:
+            raise self.closed_error()
         return Maintaining(self.maintenance, self)
 
     def hold_maintenance(self) -> None:
-        """(``Maintaining``) the cross-process maintenance lock, once this
-        process's is held; a store closed meanwhile raises its error."""
+        """``Maintaining``'s cross-process step, taken once this process's
+        maintenance lock is held: a ``close()`` that held it first has let
+        store.lock go meanwhile, so the store is closed (not a lock call on
+        a closed descriptor)."""
         lock = self.lock
         if lock is None or lock.fd < 0:
             raise self.closed_error()

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import errno
 import os
-from typing import Any, Callable, Iterable, NamedTuple
+from typing import Any, Callable, Iterable, NamedTuple, TypeVar
 
 from diskhash._format import payload as fmt
 from diskhash._fs.files import IndexLock, fsync_dir
@@ -34,6 +34,8 @@ from diskhash.errors import CorruptIndexError, CorruptPayloadError, DamagedRecor
 
 __all__ = ["Opened", "apply_final", "build_index", "bulk_insert", "open_readonly", "open_writable", "open_store",
            "open_generation", "recover_tail", "zero_tail"]
+
+_T = TypeVar("_T")
 
 #: ``zero_tail`` reads and zeroes in pieces of this many bytes.
 ZERO_CHUNK = 1 << 20
@@ -190,11 +192,11 @@ def open_store(directory: str, *, readonly: bool, timeout: "float | None", fsync
             lock.end_quiet()
         elif readonly or page is None or not page.writable:
             seen = page.seq if page is not None else 0
-            opened = open_readonly(found)._replace(seen=seen)
+            opened = switching(found, lambda: open_readonly(found))._replace(seen=seen)
         else:
             with lock.creating():
                 if page.live:
-                    opened = open_attached(found, page)
+                    opened = switching(found, lambda: open_attached(found, page))
                 else:
                     opened = open_writable(found, fsync=fsync, salvage=salvage, alone=False)
                     opened = _started(page, opened, False)
@@ -204,6 +206,26 @@ def open_store(directory: str, *, readonly: bool, timeout: "float | None", fsync
         lock.close()
         raise
     return found, lock, page, opened
+
+
+#: An open whose generation another process's ``compact()`` or
+#: ``rebuild_index()`` deleted meanwhile is tried again this many times.
+SWITCH_ATTEMPTS = 8
+
+
+def switching(directory: StoreDirectory, open_files: "Callable[[], _T]") -> "_T":
+    """``open_files()`` (which opens the generation the MANIFEST names), again
+    when it failed because a file it named vanished and the MANIFEST names
+    another generation now: another process switched generations between
+    the MANIFEST's read and the files' open, and deleted the old ones."""
+    for attempt in range(SWITCH_ATTEMPTS):
+        before = directory.read_manifest()
+        try:
+            return open_files()
+        except (FileNotFoundError, CorruptPayloadError):
+            if attempt + 1 == SWITCH_ATTEMPTS or directory.read_manifest() == before:
+                raise
+    raise AssertionError("unreachable")
 
 
 def _started(page: "SharedPage | None", opened: Opened, readonly: bool) -> Opened:

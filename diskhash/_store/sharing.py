@@ -14,6 +14,7 @@ docs/guide/processes.md says what is promised.
 
 from __future__ import annotations
 
+import os
 import threading
 from typing import TYPE_CHECKING
 
@@ -25,7 +26,7 @@ from diskhash.errors import CorruptPayloadError
 if TYPE_CHECKING:
     from diskhash._store.writer import Writer
 
-__all__ = ["Sharing"]
+__all__ = ["Sharing", "moved_on", "reader_end"]
 
 #: A generation that vanishes while it is opened (switched again meanwhile)
 #: is looked up again this many times.
@@ -77,9 +78,12 @@ class Sharing:
                 if gens != (g.data_gen, g.index_gen):
                     try:
                         new = open_generation(files, gens[0], gens[1], not writer.readonly)
-                    except FileNotFoundError:
-                        if page.seq != seq:
-                            continue        # switched again while we opened it: again
+                    except (FileNotFoundError, CorruptPayloadError):
+                        # Switched again while we opened it (the switcher
+                        # deletes the old files before it bumps the count:
+                        # the MANIFEST tells): again.
+                        if page.seq != seq or files.read_manifest() != gens:
+                            continue
                         raise
                     if writer.gen is None:
                         new.close(sync=False)
@@ -136,3 +140,28 @@ class Sharing:
         writer.checkpoint = min(max(page.checkpoint, read_checkpoint(g.fd, g.data_path)), writer.end)
         writer.unsaved = True
         self.publish(writer)
+
+
+def moved_on(writer: "Writer", g: Generation) -> bool:
+    """Whether the store's current generation is no longer ``g`` (a file of
+    ``g`` vanished).  Another process's ``compact()`` deletes the old files
+    after its MANIFEST rename but before it bumps the page's count, so the
+    MANIFEST is read again (``follow(force=True)``), not the count."""
+    cur = writer.gen
+    if cur is not g:
+        return cur is not None
+    sharing = writer.sharing
+    return sharing is not None and sharing.follow(writer, force=True) is not g
+
+
+def reader_end(sharing: "Sharing | None", g: Generation) -> int:
+    """Where a read-only store's log ends: the end the writers of other
+    processes last published while they keep ``g`` current, else the data
+    file's size.  The size counts their preallocated space and a frame being
+    written, which ``verify()`` would call a torn tail."""
+    size = os.fstat(g.fd).st_size
+    if sharing is not None:
+        page = sharing.page
+        if page.live and page.generations == (g.data_gen, g.index_gen):
+            return min(page.log_end, size)
+    return size

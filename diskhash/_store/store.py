@@ -42,6 +42,7 @@ from diskhash._store.lifetime import Lifetime
 from diskhash._store.maintenance import StoreStats, rebuild_index, stats_of, verify_generation
 from diskhash._store.reader import BIG_READ, StoreReader, iter_keys, replaced_message
 from diskhash._store.recovery import open_store
+from diskhash._store.sharing import moved_on
 from diskhash._store.write import Holding
 from diskhash._store.writer import Writer
 from diskhash._types import Compression, PayloadMeta, SalvageReport, StoreRecovery
@@ -391,7 +392,7 @@ class PayloadStore:
             try:
                 return stats_of(g, size, self._writer.checkpoint)
             except FileNotFoundError:
-                if self._writer.gen is g or self._writer.gen is None:
+                if not moved_on(self._writer, g):
                     raise
         return self.stats()     # a racing compact()/rebuild_index() replaced it: again
 

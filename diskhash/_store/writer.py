@@ -39,7 +39,7 @@ from diskhash._store.generation import (
 )
 from diskhash._store.keys import MASK64, key_int, numpy_or_none, pair_keys
 from diskhash._store.shared import SharedPage
-from diskhash._store.sharing import Sharing
+from diskhash._store.sharing import Sharing, reader_end
 from diskhash._store.write import WriterDoor
 from diskhash._store.write import encode_frames as _encode_frames
 from diskhash._store.write import encode_frames_packed as _encode_frames_packed
@@ -513,8 +513,8 @@ class Writer(WriterDoor):
         self.write_header(g.fd, self.end, 0, sync=True)
 
     def data_end(self, g: Generation) -> int:
-        """Where the log ends: the writer knows; a read-only store takes the file's size."""
-        return os.fstat(g.fd).st_size if self.readonly else self.end
+        """Where the log ends: the writer knows; a read-only store: ``reader_end``."""
+        return reader_end(self.sharing, g) if self.readonly else self.end
 
     def paused(self) -> Any:
         """The door, held while a walk of the index runs (another thread's or
