@@ -132,7 +132,7 @@ def test_read_only_stats_while_another_process_compacts(store_path, idle_writer)
     another process's ``compact()`` had deleted the index file it sizes: the
     compactor deletes the old files before it bumps the page's count, so the
     reader had not followed yet and its retry did not fire.  Fixed:
-    ``Writer.moved_on`` (diskhash/_store/writer.py) reads the MANIFEST again
+    ``Sharing.moved_on`` (diskhash/_store/sharing.py) reads the MANIFEST again
     and follows it; ``stats()`` then retries."""
     run(PRELUDE + r"""
 import diskhash._store.store as store_mod
@@ -142,7 +142,7 @@ real = store_mod.stats_of
 def stats_of(g, size, checkpoint):
     store_mod.stats_of = real
     compact_elsewhere(path)     # between the generation's pick and its files' read
-    r._writer.sharing.seen = r._writer.sharing.page.seq  # (as if the count were not bumped yet)
+    r._writer.sharing.page.seen = r._writer.sharing.page.seq  # (as if the count were not bumped yet)
     return real(g, size, checkpoint)
 store_mod.stats_of = stats_of
 st = r.stats()
