@@ -102,7 +102,8 @@ cdef extern from *:
         uint64_t table_gen;
         uint64_t flags;
         uint64_t owner_pid;           /* pid of the mutex holder, 0 when free */
-        uint64_t reserved[3];
+        uint64_t key_changes;         /* keys added or removed (iterators of other processes) */
+        uint64_t reserved[2];
         pthread_mutex_t mutex;
     } dh_shared;
     _Static_assert(offsetof(dh_shared, seq) == 8, "shared seq");
@@ -158,6 +159,7 @@ cdef extern from *:
         uint64_t table_gen
         uint64_t flags
         uint64_t owner_pid
+        uint64_t key_changes
     uint64_t DH_SHARED_MAGIC
     uint64_t DH_SHARED_NEEDS_HEAL
     uint64_t dh_load_acquire(const uint64_t *p) nogil

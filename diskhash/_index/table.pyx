@@ -356,7 +356,11 @@ cdef class DiskHashIndex:
         return insert_locked(self, lo, hi, m, nowait)
 
     cdef void _store_count(self) noexcept nogil:
+        # (called where a key was added or removed: other processes'
+        # iterations learn of it by key_changes, as this one's by _generation)
         (<uint64_t *>(self._base + OFF_NUM_ENTRIES))[0] = self._num_entries
+        if self._shared != NULL:
+            dh_store_release(&self._shared.key_changes, self._shared.key_changes + 1)
 
     def delete(self, key):
         """Remove ``key``; returns whether it was present.

@@ -5,11 +5,20 @@ cimport cython
 from libc.stdint cimport uint64_t
 from libc.stdlib cimport free, malloc
 from diskhash._index.convert cimport u128_to_int
-from diskhash._format.sochidx2 cimport TAG_EMPTY, TAG_OCCUPIED, dh_slot, slot_at
+from diskhash._format.sochidx2 cimport TAG_EMPTY, TAG_OCCUPIED, dh_load_acquire, dh_slot, slot_at
 
 from diskhash.errors import CorruptIndexError
 
 cdef Py_ssize_t CHUNK = 1024          # slots copied per iteration step
+
+
+cdef inline uint64_t iteration_stamp(DiskHashIndex self) noexcept:
+    """What an iteration compares to learn that the keys changed: this
+    object's own count (its writes, a re-map of a grown table) plus the
+    shared page's count of keys added or removed by any process."""
+    if self._shared != NULL:
+        return self._generation + dh_load_acquire(&self._shared.key_changes)
+    return self._generation
 
 
 @cython.final
@@ -35,7 +44,7 @@ cdef _Chunk read_chunk(DiskHashIndex self, uint64_t start, int what, uint64_t ge
     try:
         while not ok:
             self._read_begin(&seq)
-            if generation != self._generation:
+            if generation != iteration_stamp(self):
                 self._read_release()
                 raise RuntimeError(f"{self.path}: index changed size during iteration")
             n = 0
@@ -67,7 +76,7 @@ def iteration_start(DiskHashIndex self):
     """(generation, num_slots) for a new iteration (the async index's too)."""
     if self._state != STATE_OPEN:
         self._raise_unusable()
-    return self._generation, self._num_slots
+    return iteration_stamp(self), self._num_slots
 
 
 def iteration_chunk(DiskHashIndex self, uint64_t start, int what, uint64_t generation):
@@ -87,7 +96,7 @@ def _iterate(DiskHashIndex self, int what):
         for item in chunk.items:
             # A chunk is copied ahead: re-check before each item, so a key
             # deleted (or the index closed) meanwhile is never yielded.
-            if self._generation != gen or self._state != STATE_OPEN:
+            if self._state != STATE_OPEN or iteration_stamp(self) != gen:
                 iteration_start(self)          # raises if closed
                 raise RuntimeError(f"{self.path}: index changed size during iteration")
             yield item

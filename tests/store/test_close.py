@@ -79,6 +79,10 @@ from diskhash._store import store as _store
 from diskhash._fs import files as _files
 
 gc.disable()                 # the release must not wait for a collection
+# A child inherits an ignored SIGINT (a CI job started in the background by a
+# shell without job control ignores it, and Python then leaves it ignored):
+# Ctrl-C's handler is what this test needs, so install it.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 d, point, sync = sys.argv[1], sys.argv[2], sys.argv[3]
 sync = int(sync) if sync.isdigit() else sync
 s = PayloadStore(d, sync=sync)
@@ -205,6 +209,8 @@ def test_ctrl_c_while_close_waits_for_maintenance_leaves_the_store_open(tmp_path
     t.start()
     assert held.wait(30)
     # a real SIGINT to this thread: the blocked wait returns EINTR, Python raises
+    # (Ctrl-C's own handler: a CI job started in the background inherits SIGINT ignored)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     main = threading.get_ident()
     timer = threading.Timer(0.2, lambda: signal.pthread_kill(main, signal.SIGINT))
     timer.start()
@@ -217,6 +223,7 @@ def test_ctrl_c_while_close_waits_for_maintenance_leaves_the_store_open(tmp_path
         release.set()
         t.join(30)
         timer.cancel()
+        signal.signal(signal.SIGINT, previous)
     done = threading.Event()
     closer = threading.Thread(target=lambda: (s.close(), done.set()))
     closer.start()
