@@ -462,7 +462,8 @@ def test_ctrl_c_at_any_point_of_a_write_lets_its_locks_go(tmp_path, op):
     maintenance lock to one inside its own ``__exit__``; the sync thread,
     other writers and close() then waited for ever (close() joins the sync
     thread) or compact() in the same thread raised RuntimeError."""
-    out = _child(_EVERY_POINT % {"sync": 60_000, "op": op}, tmp_path, timeout=600)   # (fsyncs: slow when the disk is busy)
+    # (600 s: its fsyncs are slow when the disk is busy)
+    out = _child(_EVERY_POINT % {"sync": 60_000, "op": op}, tmp_path, timeout=600)
     total, held = out.split(" ", 1)
     assert int(total) > 3
     assert held.strip() == "[]", f"locks left held after Ctrl-C at steps {held.strip()} of {total}"
