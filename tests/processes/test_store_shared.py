@@ -456,3 +456,38 @@ with PayloadStore(sys.argv[1]) as s:
 
     anyio.run(main)
     finish(b)
+
+
+def test_iteration_while_another_process_writes(store_path):
+    """Iterating the keys while another process adds keys raises
+    ``RuntimeError``, as for another thread (it went on, and could miss keys
+    another process's delete moved); inside ``writing()`` the other
+    process's writes wait and the walk sees exactly the keys there were."""
+    with PayloadStore(store_path) as s:
+        s.put_many(list(range(5000)), [b"v"] * 5000)
+        writer = spawn(PRELUDE + r"""
+with PayloadStore(sys.argv[1]) as s:
+    print("writing", flush=True)
+    k = 10**6
+    while True:
+        s.put(k, b"w")
+        k += 1
+""", store_path)
+        try:
+            assert writer.stdout.readline().strip() == "writing"
+            with pytest.raises(RuntimeError, match="changed size during iteration"):
+                for i, _ in enumerate(s.keys()):
+                    if i % 500 == 0:
+                        time.sleep(0.02)
+            with s.writing():
+                before = len(s)
+                walked = []
+                for i, key in enumerate(s.keys()):
+                    walked.append(key)
+                    if i % 500 == 0:
+                        time.sleep(0.002)
+                assert len(walked) == len(set(walked)) == before == len(s)
+                assert set(range(5000)) <= set(walked)
+        finally:
+            writer.kill()
+            writer.communicate()
