@@ -75,7 +75,7 @@ def worker(kind: str, n: int, lookups: int, repeat: int, directory: str) -> dict
         from diskhash import DiskHashIndex, PayloadMeta
 
         ks = [int.from_bytes(k.encode(), "little") for k in keys]
-        metas = [PayloadMeta(k, offset=i * 100, length=100) for i, k in enumerate(ks)]
+        metas = [PayloadMeta(k, i * 100, 100, 0, 100) for i, k in enumerate(ks)]
         ab = [int.from_bytes(k.encode(), "little") for k in absent]
         idx = DiskHashIndex(path)
         ins = idx.insert
