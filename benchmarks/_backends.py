@@ -53,4 +53,4 @@ def machine_info(packages: "list[str]") -> "dict[str, Any]":
         except metadata.PackageNotFoundError:
             pass
     return {"cpu": cpu, "cores": os.cpu_count(), "os": f"{platform.system()} {platform.release()}",
-            "versions": versions, "commit": commit}
+            "load": round(os.getloadavg()[0], 1), "versions": versions, "commit": commit}

@@ -38,7 +38,8 @@ OPS = [("get", "get"), ("get_miss", "get absent"), ("put", "put (one each)\n+ du
 
 def footer(fig: plt.Figure, meta: dict) -> None:
     v = meta.get("versions", {})
-    text = (f"{meta.get('cpu', '?')}, {meta.get('cores', '?')} cores ({meta.get('note') or 'machine'}); "
+    load = f", load average {meta['load']} at the start" if "load" in meta else ""
+    text = (f"{meta.get('cpu', '?')}, {meta.get('cores', '?')} cores ({meta.get('note') or 'machine'}{load}); "
             f"{meta.get('os', '')}; commit {meta.get('commit', '?')}\n"
             + ", ".join(f"{k} {x}" for k, x in v.items()))
     fig.text(0.01, 0.005, text, fontsize=6.5, color="#555555", va="bottom", ha="left", wrap=True)
