@@ -1,13 +1,13 @@
 """DiskHashIndex against its closest relative, luispedro/diskhash, each in its own process.
 
-    python -m venv /work/venv-ldh && /work/venv-ldh/bin/pip install diskhash==0.4.2
-    python benchmarks/index_peers.py [--sizes 100000,1000000] [--ldh-python /work/venv-ldh/bin/python]
-                                     [--quick] [--json out.json]
+    python benchmarks/index_peers.py [--sizes 100000,1000000] [--ldh-venv DIR] [--quick] [--json out.json]
 
 luispedro/diskhash (PyPI ``diskhash`` 0.4.2) is a C memory-mapped hash table
 with fixed-size keys and values.  Its import name is also ``diskhash``, so it
-runs from its own virtual environment, in a child process; DiskHashIndex runs
-in another child of this interpreter.  The same keys for both: 16 random
+runs from its own virtual environment (``--ldh-venv``, made there with PyPI's
+``diskhash==0.4.2`` on first use; never install it beside this project: the
+two share a folder), in a child process; DiskHashIndex runs in another child
+of this interpreter.  The same keys for both: 16 random
 ASCII characters (the peer takes NUL-terminated ``str`` keys, so its key
 size is 17), for DiskHashIndex the same 16 bytes as a 128-bit int; a
 40-byte value (a ``PayloadMeta``; for the peer 40 bytes through its C type
@@ -129,8 +129,8 @@ def main() -> None:
     ap.add_argument("--sizes", default="100000,1000000")
     ap.add_argument("--lookups", type=int, default=200_000)
     ap.add_argument("--repeat", type=int, default=3)
-    ap.add_argument("--ldh-python", default="/work/venv-ldh/bin/python",
-                    help="an interpreter with PyPI diskhash 0.4.2 installed (and not this project)")
+    ap.add_argument("--ldh-venv", default=os.path.join(tempfile.gettempdir(), "venv-luispedro-diskhash"),
+                    help="a virtual environment holding PyPI's diskhash 0.4.2 alone (made if missing)")
     ap.add_argument("--json", default=None)
     ap.add_argument("--quick", action="store_true", help="a smoke run: 20,000 entries")
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
@@ -149,14 +149,19 @@ def main() -> None:
     meta = machine_info(["numpy"])
     import diskhash
     meta["versions"]["diskhash"] = diskhash.__version__
-    ldh = subprocess.run([args.ldh_python, "-c", "import diskhash; print(diskhash.__version__)"],
+    ldh_python = os.path.join(args.ldh_venv, "bin", "python")
+    if not os.path.exists(ldh_python):
+        print(f"making {args.ldh_venv} with PyPI's diskhash 0.4.2 (luispedro/diskhash)")
+        subprocess.run([sys.executable, "-m", "venv", args.ldh_venv], check=True)
+        subprocess.run([ldh_python, "-m", "pip", "install", "--quiet", "diskhash==0.4.2"], check=True)
+    ldh = subprocess.run([ldh_python, "-c", "import diskhash; print(diskhash.__version__)"],
                          capture_output=True, text=True, cwd=tempfile.gettempdir(),
                          env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"})
     have_ldh = ldh.returncode == 0
     if have_ldh:
         meta["versions"]["luispedro/diskhash"] = ldh.stdout.strip()
     else:
-        print(f"luispedro/diskhash not runnable with {args.ldh_python}: skipped")
+        print(f"luispedro/diskhash not runnable with {ldh_python}: skipped")
     meta["note"] = "loaded 2-core VM shared with other jobs" if os.cpu_count() == 2 else ""
     print(meta)
     out: dict = {"meta": meta, "sizes": {}}
@@ -165,7 +170,7 @@ def main() -> None:
         with tempfile.TemporaryDirectory(prefix="index_peers-") as tmp:
             runs = [("sochidx", sys.executable, dict(os.environ))]
             if have_ldh:
-                runs.append(("luispedro", args.ldh_python,
+                runs.append(("luispedro", ldh_python,
                              {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}))
             for kind, python, env in runs:
                 cmd = [python, os.path.join(HERE, "index_peers.py"), "--worker", kind, "--sizes", str(n),
