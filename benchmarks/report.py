@@ -110,21 +110,24 @@ def scaling_chart(data: dict, path: str) -> None:
 
 def disk_open_chart(data: dict, path: str) -> None:
     sizes = sorted(data["sizes"], key=int)
-    big = sizes[-1]
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4.6))
-    for ax, key, label in ((a1, "disk", "bytes on disk per entry"), (a2, "open_ms", "open + one get (ms)")):
-        n = sizes[0] if key == "disk" else big
+    panels = [("disk", n) for n in sizes] + [("open_ms", sizes[-1])]
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 4.6), squeeze=False)
+    for ax, (key, n) in zip(axes[0], panels):
         rows = data["sizes"][n]["results"]
+        payload = data["sizes"][n]["payload"]
         names = [x for x in rows if key in rows[x]]
-        ax.bar(names, [rows[x][key] for x in names], color=[COLORS.get(x) for x in names])
-        ax.set_yscale("log")
-        ax.tick_params(axis="x", labelsize=8, rotation=20)
-        ax.set_title(f"{label}, {int(n):,} entries of {data['sizes'][n]['payload']} B", fontsize=9)
+        bars = ax.bar(names, [rows[x][key] for x in names], color=[COLORS.get(x) for x in names])
+        ax.bar_label(bars, fmt="%.0f" if key == "disk" else "%.2g", fontsize=7)
+        ax.tick_params(axis="x", labelsize=8, rotation=25)
         ax.grid(axis="y", which="both", alpha=0.3)
         if key == "disk":
-            ax.axhline(data["sizes"][n]["payload"], color="black", linewidth=0.8, linestyle="--")
-            ax.text(0, data["sizes"][n]["payload"] * 1.05, "payload", fontsize=7)
-    fig.subplots_adjust(bottom=0.2)
+            ax.axhline(payload, color="black", linewidth=0.8, linestyle="--")
+            ax.text(-0.4, payload * 1.02, "the payload", fontsize=7)
+            ax.set_title(f"bytes on disk per entry\n{int(n):,} entries of {payload} B (linear)", fontsize=9)
+        else:
+            ax.set_yscale("log")
+            ax.set_title(f"open + one get, ms (log)\n{int(n):,} entries of {payload} B", fontsize=9)
+    fig.subplots_adjust(bottom=0.22, top=0.86, wspace=0.3)
     footer(fig, data["meta"])
     fig.savefig(path, dpi=100)
     plt.close(fig)
