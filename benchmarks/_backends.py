@@ -18,3 +18,39 @@ def backend_for(name: str) -> "tuple[str, dict[str, Any]] | None":
         print("uvloop   not installed, skipped")
         return None
     return "asyncio", {"use_uvloop": True}
+
+
+def machine_info(packages: "list[str]") -> "dict[str, Any]":
+    """What a result was measured on: CPU, cores, OS, Python, the versions of
+    ``packages`` that are installed (distribution names), and the commit."""
+    import os
+    import platform
+    import subprocess
+    from importlib import metadata
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    try:
+        here = os.path.dirname(os.path.abspath(__file__))
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                                cwd=here).stdout.strip() or "?"
+        if subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+                          text=True, cwd=here).stdout.strip():
+            commit += " (with uncommitted changes)"
+    except OSError:
+        commit = "?"
+    versions = {"python": platform.python_version()}
+    for name in packages:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "os": f"{platform.system()} {platform.release()}",
+            "load": round(os.getloadavg()[0], 1), "versions": versions, "commit": commit}

@@ -1,5 +1,8 @@
 """PayloadStore side by side with py-lmdb, sqlite3 and diskcache, in one run.
 
+(The issue-11 targets. Every peer -- RocksDB, LevelDB, dbm.gnu too -- at
+several sizes, saved as JSON and drawn: ``store_peers.py`` and ``report.py``.)
+
     pip install ".[bench]"      # lmdb, diskcache, lz4, zstandard, numpy
     python benchmarks/store_compare.py [--entries 1000000] [--lookups 200000] [--repeat 3] [--dir DIR]
 
