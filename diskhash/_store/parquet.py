@@ -185,9 +185,9 @@ def import_parquet(path: "str | os.PathLike[str]", store: "PayloadStore | str | 
             count = import_parquet(path, opened, batch_rows=batch_rows, progress=progress)
             opened.save()
             return count
-    # (memory_map: the column chunks are read from the file's pages, not
-    # copied by a pread into fresh buffers first)
-    pf = pq.ParquetFile(os.fspath(path), memory_map=True)
+    # (read, not memory-mapped: a file truncated by another process meanwhile
+    # is then pyarrow's error, not a SIGBUS; a map saved one pread copy)
+    pf = pq.ParquetFile(os.fspath(path))
     names = pf.schema_arrow.names
     if "payload" not in names:
         raise ValueError(f"{os.fspath(path)}: no 'payload' column (columns: {names})")
