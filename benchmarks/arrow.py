@@ -1,6 +1,6 @@
 """Arrow batches and Parquet: get_many_arrow, put_many from Arrow, export and import.
 
-    python benchmarks/arrow.py [--entries 200000] [--size 1024] [--batch 10000] [--repeat 5]
+    python benchmarks/arrow.py [--entries 200000] [--size 1024] [--batch 10000] [--repeat 5] [--ceilings]
 
 1 KiB random payloads (incompressible), 200k entries, warm (the store read
 once before timing).  Targets (issue 19; PASS/MISS lines):
@@ -12,6 +12,13 @@ once before timing).  Targets (issue 19; PASS/MISS lines):
 
 Each figure is the best of ``--repeat`` runs (each run a fresh store for
 the puts).  Prints the machine's CPU, the versions and the commit.
+
+``--ceilings`` first measures what the machine allows for the same bytes,
+with no diskhash in the way: a numpy copy into warm and into fresh memory,
+a gather of random ``--size`` rows ``--batch`` at a time into a fresh
+result (``get_many_arrow`` without the index probe and the CRC check), and
+``pwrite`` of the bytes in 1 MiB writes to a new file (the page cache every
+put goes through).  A target above its ceiling cannot be met on the machine.
 """
 
 from __future__ import annotations
@@ -65,12 +72,43 @@ def machine() -> str:
             f"pyarrow {pa.__version__}, numpy {np.__version__}, diskhash {diskhash.__version__} ({commit})")
 
 
+def ceilings(blob: bytes, n: int, size: int, batch: int, repeat: int, tmp: str) -> None:
+    src = np.frombuffer(blob, dtype=np.uint8)
+    rows = src.reshape(n, size)
+    perm = np.random.default_rng(2).permutation(n)
+    warm = np.empty_like(src)
+    total = n * size
+
+    def gather() -> None:
+        for i in range(0, n, batch):
+            rows.take(perm[i:i + batch], axis=0)
+
+    def page_cache() -> None:
+        path = os.path.join(tmp, "ceiling.bin")
+        piece = src[:1 << 20]
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC)
+        try:
+            off = 0
+            while off < total:
+                off += os.pwrite(fd, piece[:total - off], off)
+        finally:
+            os.close(fd)
+            os.unlink(path)
+
+    for name, fn in (("numpy copy, warm destination", lambda: np.copyto(warm, src)),
+                     ("numpy copy into fresh memory", src.copy),
+                     (f"gather of random {size}-byte rows, {batch} a batch", gather),
+                     ("pwrite to a new file (page cache), 1 MiB writes", page_cache)):
+        print(f"ceiling: {name}: {total / best(fn, repeat) / 1e9:.2f} GB/s")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--entries", type=int, default=200_000)
     ap.add_argument("--size", type=int, default=1024)
     ap.add_argument("--batch", type=int, default=10_000, help="keys per get_many call")
     ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument("--ceilings", action="store_true", help="measure the machine's copy and write limits first")
     args = ap.parse_args()
     n, size = args.entries, args.size
     print(machine())
@@ -84,6 +122,8 @@ def main() -> None:
     as_bytes = [blob[i * size:(i + 1) * size] for i in range(n)]
     total = n * size
     with tempfile.TemporaryDirectory() as tmp:
+        if args.ceilings:
+            ceilings(blob, n, size, args.batch, args.repeat, tmp)
         # -- put_many ----------------------------------------------------------------
         def fresh(name: str) -> str:
             d = os.path.join(tmp, name)

@@ -15,11 +15,21 @@ about ``batch_bytes`` of payload each), so memory stays bounded whatever the
 size of the store: the export reads a batch with ``get_many_arrow`` and
 writes it as a row group; the import reads a batch and writes it with one
 ``put_many`` of Arrow arrays.  pyarrow is needed (the ``arrow`` extra).
+
+The two halves of each direction overlap: one worker thread does pyarrow's
+half (the export's Parquet encoding and write of batch ``i`` while the
+calling thread reads batch ``i + 1`` from the store; the import's read and
+decode of batch ``i + 1`` while the calling thread puts batch ``i``), both
+of which run without the GIL.  The worker touches only pyarrow objects,
+never the store, so the store's locks and crash guarantees are those of
+the calling thread's ``get_many_arrow``/``put_many``; at most two batches
+are held at a time.
 """
 
 from __future__ import annotations
 
 import os
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Callable
 
 from diskhash._store import codecs as _codecs
@@ -89,26 +99,42 @@ def export_parquet(store: "PayloadStore | str | os.PathLike[str]", path: "str | 
     done = 0
     writer = pq.ParquetWriter(tmp, schema, compression=compression, use_dictionary=False,
                               write_statistics=False)
+    worker = ThreadPoolExecutor(1, thread_name_prefix="diskhash-export")
+    pending: "list[Future[None]]" = []     # the write under way, if any
+
+    def write(batch: Any) -> None:
+        # one write at a time: wait for (and raise the error of) the one before
+        while pending:
+            pending.pop().result()
+        pending.append(worker.submit(writer.write_batch, batch))
+
     try:
-        reads = BatchReads(store)
-        with reads.paused():
-            g = reads.live()
-            total = len(g.index)
-            items = iter_keys(iter(g.index.items()), reads.current, store.directory)
-            keys: list[bytes] = []
-            size = 0
-            for key, meta in items:
-                keys.append(key.to_bytes(16, "little"))
-                size += meta.length if raw else meta.uncompressed_length
-                if len(keys) >= batch_rows or size >= batch_bytes:
-                    done += _write_batch(reads, writer, schema, keys, raw, pa)
-                    keys, size = [], 0
-                    if progress is not None:
-                        progress(done, total)
-            if keys:
-                done += _write_batch(reads, writer, schema, keys, raw, pa)
-            if progress is not None:
-                progress(done, total)
+        try:
+            reads = BatchReads(store)
+            with reads.paused():
+                g = reads.live()
+                total = len(g.index)
+                items = iter_keys(iter(g.index.items()), reads.current, store.directory)
+                keys: list[bytes] = []
+                size = 0
+                for key, meta in items:
+                    keys.append(key.to_bytes(16, "little"))
+                    size += meta.length if raw else meta.uncompressed_length
+                    if len(keys) >= batch_rows or size >= batch_bytes:
+                        write(_read_batch(reads, schema, keys, raw, pa))
+                        done += len(keys)
+                        keys, size = [], 0
+                        if progress is not None:
+                            progress(done, total)
+                if keys:
+                    write(_read_batch(reads, schema, keys, raw, pa))
+                    done += len(keys)
+                while pending:
+                    pending.pop().result()
+                if progress is not None:
+                    progress(done, total)
+        finally:
+            worker.shutdown(wait=True)     # (a write under way ends before the file is closed)
         writer.close()
         os.replace(tmp, path)
     except BaseException:
@@ -121,16 +147,15 @@ def export_parquet(store: "PayloadStore | str | os.PathLike[str]", path: "str | 
     return done
 
 
-def _write_batch(store: BatchReads, writer: Any, schema: Any, keys: "list[bytes]", raw: bool,
-                 pa: Any) -> int:
+def _read_batch(store: BatchReads, schema: Any, keys: "list[bytes]", raw: bool, pa: Any) -> Any:
+    """The records of ``keys`` as a record batch of ``schema``."""
     n = len(keys)
     key_col = pa.Array.from_buffers(pa.binary(16), n, [None, pa.py_buffer(b"".join(keys))])
     payloads, codecs, lengths = fetch(store, key_col, raw=raw)
     if payloads.null_count:     # (cannot happen: the store's writers wait for the export)
         raise RuntimeError(f"{store.directory}: a key went missing during the export")
     columns = [key_col, payloads] + ([codecs, lengths] if raw else [])
-    writer.write_batch(pa.RecordBatch.from_arrays(columns, schema=schema))
-    return n
+    return pa.RecordBatch.from_arrays(columns, schema=schema)
 
 
 def import_parquet(path: "str | os.PathLike[str]", store: "PayloadStore | str | os.PathLike[str]", *,
@@ -160,6 +185,8 @@ def import_parquet(path: "str | os.PathLike[str]", store: "PayloadStore | str | 
             count = import_parquet(path, opened, batch_rows=batch_rows, progress=progress)
             opened.save()
             return count
+    # (read, not memory-mapped: a file truncated by another process meanwhile
+    # is then pyarrow's error, not a SIGBUS; a map saved one pread copy)
     pf = pq.ParquetFile(os.fspath(path))
     names = pf.schema_arrow.names
     if "payload" not in names:
@@ -174,17 +201,36 @@ def import_parquet(path: "str | os.PathLike[str]", store: "PayloadStore | str | 
     columns = key_cols + ["payload"] + (["compression", "uncompressed_length"] if raw else [])
     total = pf.metadata.num_rows
     done = 0
-    for batch in pf.iter_batches(batch_size=batch_rows, columns=columns):
-        keys = batch.column("key") if key_cols == ["key"] else batch.select(["lo", "hi"])
-        payloads = batch.column("payload")
-        if raw:
-            payloads = _decoded(payloads, batch.column("compression"), batch.column("uncompressed_length"),
-                                done, pa)
-        store.put_many(keys, payloads, compression=compression)
-        done += batch.num_rows
-        if progress is not None:
-            progress(done, total)
+    batches = _read_ahead(pf.iter_batches(batch_size=batch_rows, columns=columns))
+    try:
+        for batch in batches:
+            keys = batch.column("key") if key_cols == ["key"] else batch.select(["lo", "hi"])
+            payloads = batch.column("payload")
+            if raw:
+                payloads = _decoded(payloads, batch.column("compression"), batch.column("uncompressed_length"),
+                                    done, pa)
+            store.put_many(keys, payloads, compression=compression)
+            done += batch.num_rows
+            if progress is not None:
+                progress(done, total)
+    finally:
+        batches.close()         # (the batch being read ahead is waited for)
     return done
+
+
+def _read_ahead(batches: Any) -> Any:
+    """The items of the iterator ``batches``, each next one made by a worker
+    thread while the caller works on the one before (pyarrow's read and
+    decode of a batch beside the caller's ``put_many`` of the last)."""
+    end = object()
+    with ThreadPoolExecutor(1, thread_name_prefix="diskhash-import") as worker:
+        ahead = worker.submit(next, batches, end)
+        while True:
+            batch = ahead.result()
+            if batch is end:
+                return
+            ahead = worker.submit(next, batches, end)
+            yield batch
 
 
 def _decoded(payloads: Any, codecs: Any, lengths: Any, first: int, pa: Any) -> Any:

@@ -48,7 +48,7 @@ from diskhash._store.write import put_frame as _put_frame
 from diskhash._types import PayloadMeta
 from diskhash.errors import ReadOnlyIndexError
 
-__all__ = ["Writer", "ALLOC_MIN", "ALLOC_MAX", "PUT_MANY_CHUNK", "PUT_MANY_RESERVE"]
+__all__ = ["Writer", "ALLOC_MIN", "ALLOC_MAX", "PUT_MANY_CHUNK", "PUT_MANY_RESERVE", "PACKED_CHUNK"]
 
 #: The data file grows by this fraction of its size (at least ALLOC_MIN, at most
 #: ALLOC_MAX bytes), allocated for real, so appends do not fail half-way on a full disk.
@@ -58,6 +58,11 @@ ALLOC_MAX = 16 << 20
 PUT_MANY_CHUNK = 16 << 20
 #: put_many of at least this many records sizes the index for all of them first.
 PUT_MANY_RESERVE = 4096
+#: The packed path (Arrow payloads, the sharded build) encodes its frames in
+#: pieces of about this many bytes: a piece small enough to stay in the CPU's
+#: cache between the encoding and the ``pwrite`` that copies it to the page
+#: cache (a 16 MiB piece is read back from memory; docs/guide/batch.md).
+PACKED_CHUNK = 1 << 20
 
 
 def encode_frame(key: int, view: Any, comp: int) -> tuple[bytes, bytes, int, int, int]:
@@ -450,7 +455,7 @@ class Writer(WriterDoor):
             i = 0
             while i < n:
                 i_next, size, key_rows, meta_rows = _encode_frames_packed(
-                    pairs, ends, data, i, PUT_MANY_CHUNK, buf)
+                    pairs, ends, data, i, PACKED_CHUNK, buf)
                 self._append_indexed(buf, size, key_rows, meta_rows, np)
                 i = i_next
         return True

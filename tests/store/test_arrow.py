@@ -177,6 +177,33 @@ def test_put_many_arrow_sliced_and_chunked(tmp_path):
         assert len(store) == 400
 
 
+def test_put_many_arrow_in_many_packed_pieces(tmp_path, monkeypatch):
+    """The packed path encodes and appends pieces of about PACKED_CHUNK bytes
+    (small, to stay in the CPU's cache): a batch spanning many pieces, a
+    payload larger than a piece among them, comes back whole and in order,
+    and survives a reopen (each piece's frames replayable or indexed)."""
+    from diskhash._store import writer as _writer
+    monkeypatch.setattr(_writer, "PACKED_CHUNK", 1000)
+    values = payloads_of(400, seed=3)
+    values[123] = bytes(range(256)) * 20           # 5120 bytes: a piece of its own
+    keys = big_keys(400)
+    pieces = []
+    real = _writer._encode_frames_packed
+
+    def counted(*args):
+        out = real(*args)
+        pieces.append(out[0])
+        return out
+
+    monkeypatch.setattr(_writer, "_encode_frames_packed", counted)
+    with PayloadStore(tmp_path / "s") as store:
+        store.put_many(key16(keys), pa.array(values, type=pa.large_binary()))
+        assert store.get_many(keys) == values
+    assert len(pieces) > 20 and pieces[-1] == 400
+    with PayloadStore(tmp_path / "s", readonly=True) as store:
+        assert store.get_many_arrow(keys).to_pylist() == values
+
+
 def test_put_many_arrow_numpy_and_list_keys(tmp_path):
     with PayloadStore(tmp_path / "s") as store:
         store.put_many(np.arange(5, dtype=np.uint64), pa.array([b"a", b"b", b"c", b"d", b"e"]))

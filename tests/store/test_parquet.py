@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 
 import pytest
 
@@ -118,3 +119,55 @@ def test_import_refuses_nulls_and_missing_columns(tmp_path):
     pq.write_table(pa.table({"key": pa.array([1], type=pa.uint64())}), tmp_path / "p.parquet")
     with pytest.raises(ValueError, match="no 'payload' column"):
         import_parquet(tmp_path / "p.parquet", tmp_path / "d")
+
+
+def _workers() -> "list[str]":
+    return [t.name for t in threading.enumerate() if t.name.startswith(("diskhash-export", "diskhash-import"))]
+
+
+def test_a_failed_background_write_ends_the_export(tmp_path, monkeypatch):
+    """The export's Parquet writes run in a worker thread: its error is the
+    export's error (not lost, not a hang), no file is left, no worker lives on."""
+    fill(tmp_path / "s", Compression.NONE, n=300)
+    real = pq.ParquetWriter.write_batch
+    calls = []
+
+    def failing(self, batch, *args, **kwargs):
+        calls.append(threading.current_thread().name)
+        if len(calls) == 3:
+            raise OSError(28, "No space left on device")
+        return real(self, batch, *args, **kwargs)
+
+    monkeypatch.setattr(pq.ParquetWriter, "write_batch", failing)
+    with pytest.raises(OSError, match="No space left"):
+        export_parquet(tmp_path / "s", tmp_path / "o.parquet", batch_rows=50)
+    assert os.listdir(tmp_path) == ["s"]
+    assert calls[0].startswith("diskhash-export")
+    assert _workers() == []
+    monkeypatch.setattr(pq.ParquetWriter, "write_batch", real)
+    assert export_parquet(tmp_path / "s", tmp_path / "o.parquet", batch_rows=50) == 300
+    assert pq.read_table(tmp_path / "o.parquet").num_rows == 300
+
+
+def test_import_reads_ahead_and_stops_on_an_error(tmp_path):
+    """The import reads batch i + 1 in a worker while batch i is put: every
+    batch lands once and in order (a key met twice keeps its last row); a
+    bad batch ends the import with the batches before it stored, and the
+    reader thread does not live on."""
+    keys = [k.to_bytes(16, "little") for k in range(10)] * 3
+    payloads = [b"first"] * 10 + [b"second"] * 10 + [b"third"] * 10
+    pq.write_table(pa.table({"key": pa.array(keys, type=pa.binary(16)),
+                             "payload": pa.array(payloads, type=pa.large_binary())}),
+                   tmp_path / "dup.parquet", row_group_size=7)
+    assert import_parquet(tmp_path / "dup.parquet", tmp_path / "d", batch_rows=4) == 30
+    with PayloadStore(tmp_path / "d", readonly=True) as store:
+        assert store.get_many(list(range(10))) == [b"third"] * 10
+    bad = payloads[:25] + [None] + payloads[26:]
+    pq.write_table(pa.table({"key": pa.array(keys, type=pa.binary(16)),
+                             "payload": pa.array(bad, type=pa.large_binary())}),
+                   tmp_path / "bad.parquet")
+    with pytest.raises(ValueError, match="is null"):
+        import_parquet(tmp_path / "bad.parquet", tmp_path / "e", batch_rows=10)
+    assert _workers() == []
+    with PayloadStore(tmp_path / "e", readonly=True) as store:
+        assert store.get_many(list(range(10))) == [b"second"] * 10      # two batches stored, not the third
