@@ -7,8 +7,9 @@ Needs the ``dask`` extra (``pip install ".[dask]"``); the rest of
 diskhash never imports this module.  docs/guide/dask.md has the walk-through.
 
 * ``build_store(collection, directory, shards=N)`` writes a ``ShardedStore``
-  set from a Dask DataFrame or Bag.  Every input partition is split by shard
-  (vectorised routing) and each shard is then written by exactly one task
+  set from a Dask DataFrame (Parquet read with Arrow columns, or pandas) or
+  Bag.  Every input partition is split by shard (numpy routing over the key
+  buffer) into Arrow record batches, and each shard is then written by exactly one task
   (``put_many`` into a fresh directory, renamed into place when complete),
   so there is one writer per shard.  The manifest is written by the caller's
   process only after every shard task has succeeded.
@@ -402,10 +403,16 @@ def build_store(collection: Any, directory: str | os.PathLike[str], shards: int,
 
     ``collection``: a Dask Bag of ``(edge_id, bytes)`` pairs, or a Dask
     DataFrame with the id in ``id_columns`` — one column of 16-byte ids
-    (``id_byteorder`` "little" as ``int.to_bytes(16, "little")`` and
-    ``KEY_DTYPE``, "big" as ``uuid.UUID.bytes``) or of integer ids below
-    2**64, or a pair of uint64 columns (low half, high half) — and the
-    payload (bytes) in ``payload_column``.  ``shards``: how many shards.
+    (``fixed_size_binary(16)`` or bytes; ``id_byteorder`` "little" as
+    ``int.to_bytes(16, "little")`` and ``KEY_DTYPE``, "big" as
+    ``uuid.UUID.bytes``) or of integer ids below 2**64, or a pair of uint64
+    columns (low half, high half) — and the payload in ``payload_column``
+    (Arrow ``binary``/``large_binary``, or ``object`` bytes).  Read Parquet
+    with ``dd.read_parquet(..., dtype_backend="pyarrow")``: its Arrow
+    buffers then go to the shard writers without a Python object per record.
+    A missing column (``KeyError``) or a column of the wrong dtype
+    (``TypeError``) is refused before any task runs.  ``shards``: how many
+    shards.
 
     ``directory`` is where the manifest goes, and the shards too unless
     ``local_dir`` is given: then each shard is written to
