@@ -18,7 +18,7 @@ pq = pytest.importorskip("pyarrow.parquet")
 import pandas as pd  # noqa: E402
 
 from diskhash import KEY_DTYPE, ShardBuildError, ShardedStore  # noqa: E402
-from diskhash._shards import dask as _dask  # noqa: E402
+from diskhash._shards import pieces as _pieces  # noqa: E402
 from diskhash._shards import routing as _routing  # noqa: E402
 from diskhash.dask import build_store  # noqa: E402
 
@@ -186,14 +186,14 @@ def test_split_pieces_are_arrow_batches_in_input_order() -> None:
     df = pd.DataFrame({"edge_id": pd.arrays.ArrowExtensionArray(pa.chunked_array([sliced_ids])),
                        "payload": pd.arrays.ArrowExtensionArray(pa.chunked_array([payloads]))})
     spec = ("frame", ("edge_id",), "payload", "little")
-    pieces = _dask._split(df, spec, seed=12345, shards=4, part_no=0)
+    pieces = _pieces.split(df, spec, seed=12345, shards=4, part_no=0)
     assert len(pieces) == 4 and all(isinstance(p, pa.RecordBatch) for p in pieces)
     sid = _routing.shards_of(keys, 12345, 4)
     for s, piece in enumerate(pieces):
         mine = np.flatnonzero(sid == s)
-        assert np.array_equal(_dask._piece_keys(piece), keys[mine])
+        assert np.array_equal(_pieces._piece_keys(piece), keys[mine])
         assert piece.column(1).to_pylist() == payloads.take(pa.array(mine)).to_pylist()
-    got_keys, got_payloads = _dask._shard_records(pieces)
+    got_keys, got_payloads = _pieces.shard_records(pieces)
     assert got_keys.dtype == KEY_DTYPE and len(got_keys) == 700
     assert isinstance(got_payloads, pa.ChunkedArray)
 
@@ -201,7 +201,7 @@ def test_split_pieces_are_arrow_batches_in_input_order() -> None:
 def test_split_of_an_empty_partition() -> None:
     df = pd.DataFrame({"edge_id": pd.arrays.ArrowExtensionArray(pa.array([], pa.binary(16))),
                        "payload": pd.arrays.ArrowExtensionArray(pa.array([], pa.binary()))})
-    pieces = _dask._split(df, ("frame", ("edge_id",), "payload", "little"), 99, 3, 0)
+    pieces = _pieces.split(df, ("frame", ("edge_id",), "payload", "little"), 99, 3, 0)
     assert [p.num_rows for p in pieces] == [0, 0, 0]
-    keys, payloads = _dask._shard_records(pieces)
+    keys, payloads = _pieces.shard_records(pieces)
     assert len(keys) == 0 and payloads is None
