@@ -5,10 +5,24 @@ per-shard / per-task figures docs/guide/dask.md projects to 100 machines from.
                                     [--batch 10000] [--lookup-batches 400] [--clients 4]
     python benchmarks/dask_scale.py --quick          # small sizes: checks that it runs
     python benchmarks/dask_scale.py --repeat 3       # each build 3 times, the fastest counts
+    python benchmarks/dask_scale.py --source parquet --build-only \
+        --baseline /tmp/old-checkout                  # Parquet build against another checkout's
 
 Targets (issue 13):
   * build throughput with 2 worker processes >= 1.7x that with 1 (2 cores);
   * lookups through the actors with 10k-key batches >= 1,000,000 keys/s.
+Target (issue 19):
+  * a build from Parquet (``--source parquet``) no slower per record than the
+    packed build it replaced: ``--baseline DIR`` runs this script's
+    ``--source frame`` build again in a subprocess with ``DIR`` (a checkout of
+    the commit before, extensions built) first on ``PYTHONPATH``, and prints
+    both 2-worker figures with PASS/MISS.
+
+Sources.  ``frame`` (the default): pandas partitions with ``lo``/``hi``
+uint64 columns and an ``object`` column of ``bytes``, generated on the workers.
+``parquet``: the same records written first to uncompressed Parquet files
+(one per partition, the id as ``fixed_size_binary(16)``, the payload
+``binary``) and read with ``dd.read_parquet(..., dtype_backend="pyarrow")``.
 
 Method.  The input DataFrame (random 128-bit ids as two uint64 columns,
 random payloads of ``--payload`` bytes) is generated on the workers and
@@ -29,9 +43,12 @@ recorded in docs/performance.md come from one.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import statistics
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -48,6 +65,26 @@ def _part(seed: int, rows: int, payload: int) -> object:
     blob = rng.bytes(rows * payload)
     payloads = [blob[i:i + payload] for i in range(0, rows * payload, payload)]
     return pd.DataFrame({"lo": lo, "hi": hi, "payload": pd.Series(payloads, dtype=object)})
+
+
+def write_parquet(root: str, args: argparse.Namespace) -> str:
+    """The ``frame`` source's records as uncompressed Parquet files (one per
+    partition): id ``fixed_size_binary(16)``, payload ``binary``."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    where = os.path.join(root, "parquet")
+    os.makedirs(where, exist_ok=True)
+    rows = args.entries // args.partitions
+    for i in range(args.partitions):
+        df = _part(i, rows, args.payload)
+        ids = np.empty((rows, 2), dtype="<u8")
+        ids[:, 0] = df["lo"].to_numpy()
+        ids[:, 1] = df["hi"].to_numpy()
+        key = pa.FixedSizeBinaryArray.from_buffers(pa.binary(16), rows, [None, pa.py_buffer(ids)])
+        table = pa.table({"edge_id": key, "payload": pa.array(df["payload"], type=pa.binary())})
+        pq.write_table(table, os.path.join(where, f"part-{i:05d}.parquet"), compression="none")
+    return where
 
 
 def _noop(x: int) -> int:
@@ -81,8 +118,13 @@ def build_once(workers: int, args: argparse.Namespace, root: str) -> dict:
         with distributed.LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
                                       dashboard_address=":0") as cluster, \
                 distributed.Client(cluster, direct_to_workers=True) as client:
-            ddf = dd.from_map(_part, list(range(args.partitions)), rows=rows,
-                              payload=args.payload)
+            if args.source == "parquet":
+                ddf = dd.read_parquet(args.parquet, dtype_backend="pyarrow")
+                id_columns: object = "edge_id"
+            else:
+                ddf = dd.from_map(_part, list(range(args.partitions)), rows=rows,
+                                  payload=args.payload)
+                id_columns = ("lo", "hi")
             ddf = client.persist(ddf)
             distributed.wait(ddf)
             times, splits, writes = [], [], []
@@ -90,7 +132,7 @@ def build_once(workers: int, args: argparse.Namespace, root: str) -> dict:
                 where = target if attempt == 0 else f"{target}-{attempt}"
                 with distributed.get_task_stream(client) as ts:
                     t0 = time.perf_counter()
-                    build_store(ddf, where, shards=args.shards, id_columns=("lo", "hi"),
+                    build_store(ddf, where, shards=args.shards, id_columns=id_columns,
                                 client=client)
                     times.append(time.perf_counter() - t0)
                 splits += _task_durations(ts.data, SPLIT_TASK)
@@ -172,6 +214,31 @@ def lookups(set_dir: str, args: argparse.Namespace) -> dict:
             "local_keys_per_s": local_rate, "batch": args.batch, "clients": args.clients}
 
 
+def baseline(args: argparse.Namespace, mine: dict) -> None:
+    """Run the ``frame`` build of the checkout at ``args.baseline`` in a
+    subprocess (same sizes) and print both per-record figures."""
+    out = os.path.join(tempfile.mkdtemp(prefix="dask-scale-base-", dir=args.dir), "r.json")
+    cmd = [sys.executable, os.path.abspath(__file__), "--source", "frame", "--two-only",
+           "--json", out, "--entries", str(args.entries), "--payload", str(args.payload),
+           "--shards", str(args.shards), "--partitions", str(args.partitions),
+           "--repeat", str(args.repeat)]
+    if args.dir:
+        cmd += ["--dir", args.dir]
+    env = dict(os.environ, PYTHONPATH=os.path.abspath(args.baseline))
+    subprocess.run(cmd, check=True, env=env, cwd=args.baseline, stdout=subprocess.DEVNULL)
+    with open(out) as f:
+        base = json.load(f)["two"]
+    shutil.rmtree(os.path.dirname(out), ignore_errors=True)
+    a, b = mine["entries_per_s"], base["entries_per_s"]
+    print(f"2-worker build, this checkout --source {args.source}: {a:,.0f} entries/s "
+          f"({1e9 / a:,.0f} ns/entry; runs {', '.join(f'{t:.2f}' for t in mine['times'])} s)")
+    print(f"2-worker build, {args.baseline} --source frame: {b:,.0f} entries/s "
+          f"({1e9 / b:,.0f} ns/entry; runs {', '.join(f'{t:.2f}' for t in base['times'])} s)")
+    print(f"per record, this / baseline: {a / b:.2f}x (target >= 1.0): "
+          f"{'PASS' if a >= b else 'MISS'}; load average {os.getloadavg()[0]:.2f} after",
+          flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--entries", type=int, default=2_000_000)
@@ -185,6 +252,14 @@ def main() -> None:
                     help="builds per cluster; the fastest counts (all are printed)")
     ap.add_argument("--dir", default=None, help="where to build (default: a temp dir)")
     ap.add_argument("--quick", action="store_true", help="small sizes, to check it runs")
+    ap.add_argument("--source", choices=("frame", "parquet"), default="frame",
+                    help="the input: pandas partitions with object payloads, or Parquet files")
+    ap.add_argument("--build-only", action="store_true", help="no lookups")
+    ap.add_argument("--baseline", default=None,
+                    help="a checkout (extensions built) whose --source frame build to compare with")
+    ap.add_argument("--json", default=None, help="write the build figures to this file")
+    ap.add_argument("--two-only", action="store_true",
+                    help="only the 2-worker build (what --baseline runs)")
     args = ap.parse_args()
     if args.quick:
         args.entries, args.partitions, args.lookup_batches = 100_000, 4, 40
@@ -192,24 +267,36 @@ def main() -> None:
     try:
         print(f"load average {os.getloadavg()[0]:.2f}, {os.cpu_count()} CPUs; "
               f"{args.entries} entries x {args.payload} B, {args.shards} shards, "
-              f"{args.partitions} input partitions")
-        one = build_once(1, args, root)
+              f"{args.partitions} input partitions, source {args.source}", flush=True)
+        if args.source == "parquet":
+            args.parquet = write_parquet(root, args)
+        one = build_once(1, args, root) if not args.two_only else None
         two = build_once(2, args, root)
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump({"one": one, "two": two}, f)
         for r in (one, two):
+            if r is None:
+                continue
             print(f"build, {r['workers']} worker(s): {r['seconds']:.2f} s, "
                   f"{r['entries_per_s']:,.0f} entries/s, {r['mb_per_s']:.1f} MB/s payload; "
                   f"mean split task {r['split_task_s'] * 1e3:.1f} ms, "
                   f"mean shard-writer task {r['write_task_s'] * 1e3:.1f} ms; "
                   f"all runs {', '.join(f'{t:.2f}' for t in r['times'])} s; "
                   f"load average {r['load']:.2f} after")
-        ratio = two["entries_per_s"] / one["entries_per_s"]
-        print(f"build speed-up 1 -> 2 workers: {ratio:.2f}x (target >= 1.7x): "
-              f"{'PASS' if ratio >= 1.7 else 'MISS'}")
+        if one is not None:
+            ratio = two["entries_per_s"] / one["entries_per_s"]
+            print(f"build speed-up 1 -> 2 workers: {ratio:.2f}x (target >= 1.7x): "
+                  f"{'PASS' if ratio >= 1.7 else 'MISS'}")
+        if args.baseline:
+            baseline(args, two)
         per_shard = args.entries / args.shards
         print(f"per shard: {per_shard:,.0f} entries written in {two['write_task_s']:.3f} s "
               f"= {per_shard / two['write_task_s']:,.0f} entries/s per writer task")
         print(f"Dask per-task overhead (2000 no-op tasks, 2 workers): "
               f"{two['task_overhead_s'] * 1e6:.0f} us/task")
+        if args.build_only:
+            return
         lk = lookups(two["set"], args)
         print(f"lookups, local ShardedStore.get_many (1 process): {lk['local_keys_per_s']:,.0f} keys/s")
         print(f"lookups through actors, 1 client thread: {lk['serial_keys_per_s']:,.0f} keys/s")

@@ -7,8 +7,9 @@ Needs the ``dask`` extra (``pip install ".[dask]"``); the rest of
 diskhash never imports this module.  docs/guide/dask.md has the walk-through.
 
 * ``build_store(collection, directory, shards=N)`` writes a ``ShardedStore``
-  set from a Dask DataFrame or Bag.  Every input partition is split by shard
-  (vectorised routing) and each shard is then written by exactly one task
+  set from a Dask DataFrame (Parquet read with Arrow columns, or pandas) or
+  Bag.  Every input partition is split by shard (numpy routing over the key
+  buffer) into Arrow record batches, and each shard is then written by exactly one task
   (``put_many`` into a fresh directory, renamed into place when complete),
   so there is one writer per shard.  The manifest is written by the caller's
   process only after every shard task has succeeded.
@@ -28,7 +29,7 @@ import uuid
 import weakref
 from collections.abc import Sequence
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 try:
     import dask
@@ -41,16 +42,12 @@ except ImportError as exc:  # pragma: no cover - exercised in a subprocess
 from diskhash._fs import files as _files
 from diskhash._index.dtypes import KEY_DTYPE, np
 from diskhash._shards import manifest as _manifest
-from diskhash._shards import packed as _packed
+from diskhash._shards import pieces as _pieces
 from diskhash._shards import routing as _routing
 from diskhash._shards import sharded as _sharded
 from diskhash._shards.manifest import Location, Manifest
 from diskhash._shards.sharded import directory_path
-from diskhash._store.store import put_many_packed
-from diskhash.errors import IndexClosedError, KeyRangeError, ShardBuildError, ShardMismatchError
-
-if TYPE_CHECKING:
-    from numpy.typing import NDArray
+from diskhash.errors import IndexClosedError, ShardBuildError, ShardMismatchError
 
 __all__ = ["LookupService", "ShardActor", "build_store"]
 
@@ -61,81 +58,6 @@ ACTOR_TASK = "diskhash-shard-actor"
 #: Actor calls of at most this many keys run on the worker's event loop;
 #: larger ones in a thread, so a cold-disk batch does not stall the worker.
 INLINE_KEYS = 16384
-
-
-# ---------------------------------------------------------------------------
-# Input partitions -> (keys, payloads)
-
-def _int_column(values: Any, name: str) -> Any:
-    arr = np.asarray(values)
-    if arr.dtype.kind == "i":
-        neg = np.flatnonzero(arr < 0)
-        if neg.size:
-            raise KeyRangeError(int(arr[neg[0]]), f"column {name!r}")
-    elif arr.dtype.kind != "u":
-        raise TypeError(f"column {name!r} must hold unsigned 64-bit integers, not {arr.dtype}")
-    return arr.astype(np.uint64, copy=False)
-
-
-def _bytes16_column(values: Any, name: str, byteorder: str) -> Any:
-    vals = np.asarray(values, dtype=object)
-    n = len(vals)
-    try:
-        lens = np.fromiter(map(len, vals), dtype=np.int64, count=n)
-        raw = b"".join(vals)
-    except TypeError:
-        bad = next(v for v in vals if not isinstance(v, (bytes, bytearray, memoryview)))
-        raise TypeError(f"column {name!r} must hold 16-byte ids, found a "
-                        f"{type(bad).__name__}") from None
-    wrong = np.flatnonzero(lens != 16)
-    if wrong.size:
-        raise ValueError(f"column {name!r}: row {int(wrong[0])} holds {int(lens[wrong[0]])} bytes, "
-                         f"ids are 16 bytes")
-    octets: NDArray[np.uint8] = np.frombuffer(raw, dtype=np.uint8).reshape(n, 16)
-    if byteorder == "big":
-        octets = octets[:, ::-1]
-    return np.ascontiguousarray(octets).view(KEY_DTYPE).reshape(n)
-
-
-def _rows(part: Any, spec: tuple[Any, ...]) -> tuple[Any, Any]:
-    """(KEY_DTYPE keys, object array of payloads) of one input partition."""
-    kind = spec[0]
-    if kind == "bag":
-        items = list(part)
-        try:
-            ids = [e for e, _ in items]
-            payloads = [p for _, p in items]
-        except (TypeError, ValueError):
-            raise TypeError("a Bag for build_store must hold (edge_id, bytes) pairs") from None
-        keys = _routing.key_array(ids)
-        return keys, _packed.bytes_payloads(payloads, len(keys))
-    _, id_columns, payload_column, byteorder = spec
-    for col in (*id_columns, payload_column):
-        if col not in part.columns:
-            raise KeyError(f"the DataFrame has no column {col!r} (columns: {list(part.columns)})")
-    n = len(part)
-    if len(id_columns) == 2:
-        keys = np.empty(n, dtype=KEY_DTYPE)
-        keys["lo"] = _int_column(part[id_columns[0]].to_numpy(), id_columns[0])
-        keys["hi"] = _int_column(part[id_columns[1]].to_numpy(), id_columns[1])
-    else:
-        col = part[id_columns[0]]
-        if col.dtype.kind in "iu":
-            keys = np.zeros(n, dtype=KEY_DTYPE)
-            keys["lo"] = _int_column(col.to_numpy(), id_columns[0])
-        else:
-            keys = _bytes16_column(col.to_numpy(dtype=object), id_columns[0], byteorder)
-    return keys, _packed.bytes_payloads(part[payload_column].to_numpy(dtype=object), n)
-
-
-def _split(part: Any, spec: tuple[Any, ...], seed: int, shards: int) -> tuple[bytes, ...]:
-    """One input partition cut into ``shards`` pieces, each one packed buffer
-    (``_packed``: keys, payload ends, payloads): one frame per piece on the
-    wire, not one per payload or per array."""
-    keys, payloads = _rows(part, spec)
-    sid = _routing.shards_of(keys, seed, shards)
-    order, bounds = _routing.group_by_shard(sid, shards)
-    return tuple(_packed.pack_pieces(keys, payloads, order, bounds))
 
 
 # ---------------------------------------------------------------------------
@@ -160,23 +82,8 @@ def _clear_attempts(root: str, name: str) -> None:
             shutil.rmtree(os.path.join(root, entry), ignore_errors=True)
 
 
-def _shard_records(pieces: Sequence[bytes]) -> tuple[Any, list[bytes]]:
-    """The keys (one ``KEY_DTYPE`` array) and payloads (``bytes``) of a shard's
-    pieces, in partition order, so a later duplicate still wins."""
-    key_parts = []
-    payloads: list[bytes] = []
-    for piece in pieces:
-        keys, ends, blob = _packed.unpack_piece(piece)
-        if len(keys):
-            key_parts.append(keys)
-            payloads += _packed.payload_list(ends, blob)
-    if not key_parts:
-        return np.empty(0, dtype=KEY_DTYPE), payloads
-    return np.concatenate(key_parts), payloads
-
-
 def _write_shard(root: str, manifest: Manifest, index: int, store_kwargs: dict[str, Any],
-                 compression: Any, *pieces: bytes) -> dict[str, Any]:
+                 compression: Any, *pieces: Any) -> dict[str, Any]:
     """Write shard ``index`` from scratch under ``root`` and return where it is.
 
     The shard is built in a fresh temp directory and renamed into place only
@@ -193,11 +100,9 @@ def _write_shard(root: str, manifest: Manifest, index: int, store_kwargs: dict[s
     try:
         store = _sharded.payload_store_class()(os.path.join(tmp, _manifest.STORE_SUBDIR), **store_kwargs)
         try:
-            if compression or not put_many_packed(store,
-                    [_packed.unpack_piece(p) for p in pieces]):
-                keys, payloads = _shard_records(pieces)
-                if len(keys):   # one put_many: one index reserve, frames in 16 MiB runs
-                    store.put_many(keys, payloads, compression=compression)
+            keys, payloads = _pieces.shard_records(pieces)
+            if len(keys):   # one put_many: one index reserve, frames in 16 MiB runs
+                store.put_many(keys, payloads, compression=compression)
             store.save()
             entries = len(store)
         finally:
@@ -239,6 +144,7 @@ def _spec(collection: Any, id_columns: str | Sequence[str], payload_column: str,
         raise TypeError("payload_column must be a column name")
     if id_byteorder not in ("little", "big"):
         raise ValueError(f"id_byteorder must be 'little' or 'big', not {id_byteorder!r}")
+    _pieces.check_dtypes(collection.dtypes, cols, payload_column)
     return ("frame", cols, payload_column, id_byteorder)
 
 
@@ -274,10 +180,16 @@ def build_store(collection: Any, directory: str | os.PathLike[str], shards: int,
 
     ``collection``: a Dask Bag of ``(edge_id, bytes)`` pairs, or a Dask
     DataFrame with the id in ``id_columns`` — one column of 16-byte ids
-    (``id_byteorder`` "little" as ``int.to_bytes(16, "little")`` and
-    ``KEY_DTYPE``, "big" as ``uuid.UUID.bytes``) or of integer ids below
-    2**64, or a pair of uint64 columns (low half, high half) — and the
-    payload (bytes) in ``payload_column``.  ``shards``: how many shards.
+    (``fixed_size_binary(16)`` or bytes; ``id_byteorder`` "little" as
+    ``int.to_bytes(16, "little")`` and ``KEY_DTYPE``, "big" as
+    ``uuid.UUID.bytes``) or of integer ids below 2**64, or a pair of uint64
+    columns (low half, high half) — and the payload in ``payload_column``
+    (Arrow ``binary``/``large_binary``, or ``object`` bytes).  Read Parquet
+    with ``dd.read_parquet(..., dtype_backend="pyarrow")``: its Arrow
+    buffers then go to the shard writers without a Python object per record.
+    A missing column (``KeyError``) or a column of the wrong dtype
+    (``TypeError``) is refused before any task runs.  ``shards``: how many
+    shards.
 
     ``directory`` is where the manifest goes, and the shards too unless
     ``local_dir`` is given: then each shard is written to
@@ -313,8 +225,8 @@ def build_store(collection: Any, directory: str | os.PathLike[str], shards: int,
     token = manifest.set_id[:12]
 
     parts = collection.to_delayed()
-    splits = [dask.delayed(_split, pure=True, nout=shards)(
-        p, spec, manifest.seed, shards, dask_key_name=f"{SPLIT_TASK}-{token}-{i}")
+    splits = [dask.delayed(_pieces.split, pure=True, nout=shards)(
+        p, spec, manifest.seed, shards, i, dask_key_name=f"{SPLIT_TASK}-{token}-{i}")
         for i, p in enumerate(parts)]
     pieces_of = [[sp[s] for sp in splits] for s in range(shards)]
     write_args = (root, manifest, kwargs, compression)

@@ -361,8 +361,6 @@ def test_put_many_packed_declines_a_compressing_store(tmp_path):
 def test_put_many_of_keys_already_stored_does_not_grow_the_index(tmp_path):
     # put_many reserved index room for every key of a big batch, overwrites
     # included: rewriting 6000 stored keys doubled a table that had room.
-    from diskhash._shards import packed as _packed
-
     n = 6000
     keys = np.arange(1, n + 1, dtype=np.uint64)
     with PayloadStore(tmp_path / "s") as s:
@@ -374,10 +372,8 @@ def test_put_many_of_keys_already_stored_does_not_grow_the_index(tmp_path):
         s.put_many(keys.tolist(), [b"d"] * n, compression=Compression.NONE)
         wide = np.zeros(n, dtype=KEY_DTYPE)
         wide["lo"] = keys
-        payloads = np.empty(n, dtype=object)
-        payloads[:] = [b"e"] * n
-        (piece,) = _packed.pack_pieces(wide, payloads, np.arange(n), [0, n])
-        assert put_many_packed(s, [_packed.unpack_piece(piece)])    # the sharded build's path
+        ends = np.arange(1, n + 1, dtype=np.int64)
+        assert put_many_packed(s, [(wide, ends, memoryview(b"e" * n))])   # the Arrow put path
         assert s._writer.gen.index.stats().slots == slots
         assert s.get(1) == b"e" and len(s) == n
         # new keys still get their room up front
