@@ -540,9 +540,9 @@ def closed_error(store: PayloadStore) -> IndexClosedError:
 
 
 def put_many_packed(store: PayloadStore, pieces: "Sequence[tuple[Any, Any, Any]]") -> bool:
-    """The sharded build's write path (diskhash/_shards/dask.py): ``pieces`` of
-    (keys, ends, data) as packed by ``_shards/packed.py``, appended and indexed
-    uncompressed in one pass (``Writer.put_many_packed``); False (nothing
+    """The Arrow put's write path (``_store/arrow.py``): ``pieces`` of
+    (keys, ends, data) -- a binary array's keys, payload ends and data
+    buffer -- appended and indexed uncompressed in one pass (``Writer.put_many_packed``); False (nothing
     written) when a piece cannot take this path and the caller must use
     ``put_many``."""
     store._life.check_not_forked()      # (before the lazy numpy import)

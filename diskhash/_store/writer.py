@@ -435,8 +435,8 @@ class Writer(WriterDoor):
         """``put_many`` of records already packed, uncompressed: each piece a
         ``(keys, ends, data)`` triple -- a ``KEY_DTYPE`` array, the ``int64``
         end offset of each payload in ``data``, and the payload bytes back to
-        back (``_shards/packed.py unpack_piece``; the sharded build's shard
-        writers).  No Python object per record.  Returns False, having written
+        back (an Arrow binary array's buffers: ``_store/arrow.py``, which the
+        sharded build's shard writers use too).  No Python object per record.  Returns False, having written
         nothing, when the store compresses by default or the compiled module
         or numpy is missing (the caller then takes ``put_many``); raises
         ``TypeError``/``ValueError`` for keys or ends that do not fit, before
