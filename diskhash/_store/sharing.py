@@ -90,6 +90,7 @@ class Sharing:
                         raise writer.closed_error()
                     # (the old generation is closed by its finaliser when the
                     # last reader of this process lets go of it)
+                    writer.resident(new)
                     writer.gen = g = new
                 page.seen = seq
                 g.watch(page, seq)
