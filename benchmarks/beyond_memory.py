@@ -278,8 +278,8 @@ def main() -> int:
     if args.only:
         kinds = [k for k in kinds if k in args.only]
     results = {}
-    print(f"\n| reader | cold us/get | cold device reads/get | cold major faults/get | "
-          f"warm us/get | open s | peak RSS MiB |\n|---|---|---|---|---|---|---|")
+    print("\n| reader | cold us/get | cold device reads/get | cold major faults/get | "
+          "warm us/get | open s | peak RSS MiB |\n|---|---|---|---|---|---|---|")
     for kind in kinds:
         r = run_reader(kind, args.dir, args.gets, cgroup)
         results[kind] = r

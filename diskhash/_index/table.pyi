@@ -37,6 +37,9 @@ GROW_SLICE_SLOTS: int
 GROW_PAUSE_US: int
 _GROW_KNOBS: str
 
+def resident_budget(value: bool | int | None, name: str = ...) -> int | None:
+    """``resident=`` checked: None (off) or a budget in bytes (True: no limit)."""
+
 @disjoint_base
 class DiskHashIndex:
     """A persistent map from 128-bit edge ids to ``PayloadMeta`` records,

@@ -155,18 +155,14 @@ cdef class DiskHashIndex:
 
     def __init__(self, path, *, bint readonly=False, capacity=None, timeout=0.0,
                  bint exclusive=False, resident=None):
-        self._resident_budget = _resident_budget(resident)
+        self._resident_budget = resident_budget(resident)
         open_index(self, path, readonly, capacity, timeout, exclusive)
 
     def set_resident(self, resident):
         """Keep the table map in memory (``resident``: True, or a budget in
         bytes the table file must fit), or stop (None/False); as ``resident=``
         of the constructor.  The ``resident`` attribute tells what was done."""
-        set_resident(self, _resident_budget(resident))
-
-    def _set_resident_budget(self, budget):
-        # (PayloadStore: a budget its resident_index= already checked)
-        set_resident(self, budget)
+        set_resident(self, resident_budget(resident))
 
     # -- locking ---------------------------------------------------------------
 

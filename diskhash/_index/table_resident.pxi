@@ -12,7 +12,7 @@ from posix.mman cimport MADV_WILLNEED, madvise, mlock, munlock
 cdef object _NO_BUDGET = 1 << 63
 
 
-def _resident_budget(value, name="resident"):
+def resident_budget(value, name="resident"):
     """``resident=``: None or False (off), True (whatever the table's size) or a
     budget in bytes (an int >= 1): the table is kept resident while its file
     is no bigger."""

@@ -23,10 +23,10 @@ import os
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
 from diskhash._format import payload as fmt
-from diskhash._index.table import DiskHashIndex, _resident_budget
+from diskhash._index.table import DiskHashIndex, resident_budget
 from diskhash._store import arrow as _arrow
 from diskhash._store import codecs as _codecs
-from diskhash._store.generation import Generation
+from diskhash._store.generation import Generation, keep_resident
 from diskhash._store.keys import (
     SYNC_POLICIES,
     check_flag,
@@ -110,7 +110,7 @@ class PayloadStore:
         check_flag("verify_checksums", verify_checksums)
         check_flag("salvage", salvage)
         timeout = check_timeout(timeout)
-        resident = _resident_budget(resident_index, "resident_index")
+        resident = resident_budget(resident_index, "resident_index")
         self._compression = _codecs.require(compression)
         self._sync_every = sync_interval(sync)
         self._sync = sync
@@ -128,6 +128,7 @@ class PayloadStore:
                               directory=self._directory, closed_error=life.closed_error,
                               files=self._dir, page=page)
         self._writer.resident_index = resident
+        keep_resident(opened.gen, resident)
         self._writer.opened(opened.gen, opened.end, opened.checkpoint, opened.seen)
         #: What the writable open recovered (``StoreRecovery``), or None when
         #: the store was closed cleanly.

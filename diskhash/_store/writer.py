@@ -33,6 +33,7 @@ from diskhash._store.generation import (
     StoreDirectory,
     allocate_blocks,
     fsync_data,
+    keep_resident,
     populate_pages,
     write_all,
     write_header,
@@ -106,14 +107,7 @@ class Writer(WriterDoor):
         self.readonly = readonly
         self.directory = directory
         self.closed_error = closed_error
-        #: ``resident_index=`` of the store (a budget in bytes, or None):
-        #: applied to the index of every generation made current.
-        self.resident_index: "int | None" = None
-
-    def resident(self, g: Generation) -> None:
-        """Keep ``g``'s index in memory if the store asked for it (``resident_index=``)."""
-        if self.resident_index is not None:
-            g.index._set_resident_budget(self.resident_index)
+        self.resident_index: "int | None" = None     # (the store's: see ``keep_resident``)
 
     def writable(self) -> Generation:
         """The writable generation, else ``ReadOnlyIndexError`` or the closed store's error."""
@@ -127,7 +121,6 @@ class Writer(WriterDoor):
     def opened(self, g: Generation, end: int, checkpoint: int, seen: int = 0) -> None:
         """The generation an open found, its log's end and checkpoint, and the
         page's ``seq`` before its MANIFEST was read."""
-        self.resident(g)
         self.gen, self.end, self.checkpoint = g, end, checkpoint
         if self.sharing is not None:
             self.sharing.opened(g, seen)
@@ -145,7 +138,7 @@ class Writer(WriterDoor):
     def switch(self, g: Generation, end: int, checkpoint: int) -> None:
         """Make ``g`` current (``compact()``, ``rebuild_index()``), its log ending at
         ``end``, durable to ``checkpoint``: the lock held, the MANIFEST renamed."""
-        self.resident(g)
+        keep_resident(g, self.resident_index)
         with nullcontext() if self.sharing is None else self.sharing.follow_lock:
             self.gen, self.end, self.checkpoint = g, end, checkpoint
 
