@@ -158,3 +158,15 @@ def test_store_keeps_each_generations_index_resident(tmp_path):
         assert ro.get(1) == b"x" * 10
     with PayloadStore(tmp_path / "s", readonly=True) as ro:
         assert ro.index.resident is None
+
+
+@pytest.mark.anyio
+@pytest.mark.skipif(not ROOT, reason="mlock of a whole table needs CAP_IPC_LOCK or a big RLIMIT_MEMLOCK")
+async def test_async_twin(tmp_path):
+    from diskhash import AsyncDiskHashIndex
+    async with await AsyncDiskHashIndex.open(tmp_path / "i.dh", resident=True) as idx:
+        assert idx.resident == "locked"
+        await idx.set_resident(None)
+        assert idx.resident is None
+        with pytest.raises(TypeError, match="resident must be None"):
+            await idx.set_resident(2.5)
