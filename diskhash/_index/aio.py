@@ -156,6 +156,7 @@ class AsyncDiskHashIndex:
         readonly: bool = False,
         capacity: int | None = None,
         timeout: float | None = 0.0,
+        resident: "bool | int | None" = None,
     ) -> "AsyncDiskHashIndex":
         """Open (or create) the index at ``path`` in a worker thread.
 
@@ -165,7 +166,8 @@ class AsyncDiskHashIndex:
         Parameters, as for ``DiskHashIndex``: ``path`` (created with its
         parent directories unless ``readonly``); ``readonly`` (never write the
         index file); ``capacity`` (entries that fit before the first grow);
-        ``timeout`` (seconds to wait for a conflicting lock, ``None`` forever).
+        ``timeout`` (seconds to wait for a conflicting lock, ``None`` forever);
+        ``resident`` (keep the table in memory: True or a budget in bytes).
 
         Returns the open ``AsyncDiskHashIndex``.  Raises ``IndexLockedError``
         (another process or index object holds a conflicting lock),
@@ -178,7 +180,7 @@ class AsyncDiskHashIndex:
         process's lock.
         """
         opener = functools.partial(_open_counted, path, readonly=readonly,
-                                   capacity=capacity, timeout=timeout)
+                                   capacity=capacity, timeout=timeout, resident=resident)
         return cls(await _threads.run_sync(opener))
 
     @property
@@ -427,6 +429,14 @@ class AsyncDiskHashIndex:
         """
         return await self._in_lane(self._sync.stats)
 
+    async def set_resident(self, resident: "bool | int | None") -> None:
+        """Keep the table map in memory, or stop (see ``DiskHashIndex.set_resident``).
+
+        Locking a table not yet cached reads all of it: runs in the writer
+        lane.  ``TypeError``/``ValueError`` for a bad ``resident``.
+        """
+        await self._in_lane(self._sync.set_resident, resident)
+
     async def verify(self) -> None:
         """Check the whole table; returns ``None`` if it is sound.
 
@@ -479,6 +489,11 @@ class AsyncDiskHashIndex:
     def exclusive(self) -> bool:
         """Whether the index was opened with ``exclusive=True`` (the only open)."""
         return self._sync.exclusive
+
+    @property
+    def resident(self) -> "str | None":
+        """What ``resident=`` did: ``"locked"``, ``"prefetched"`` or ``None``."""
+        return self._sync.resident
 
     @property
     def shared(self) -> bool:

@@ -49,6 +49,8 @@ cdef class DiskHashIndex:
     cdef pthread_rwlock_t _map_lock
     cdef pthread_mutex_t _write_lock
     cdef object _lock
+    cdef object _resident_budget    # resident=: None, or the budget in bytes
+    cdef readonly object resident   # "locked", "prefetched" or None (table_resident.pxi)
     cdef object _retiring       # locks of replaced maps still being closed (retire_map)
     cdef object __weakref__
 

@@ -13,7 +13,7 @@ when a probe meets a damaged slot.
 import os
 import uuid
 from types import TracebackType
-from typing import Any, Iterator, SupportsIndex, TypeVar, overload
+from typing import Any, Iterator, Literal, SupportsIndex, TypeVar, overload
 
 import numpy as np
 from numpy.typing import NDArray
@@ -37,6 +37,9 @@ GROW_SLICE_SLOTS: int
 GROW_PAUSE_US: int
 _GROW_KNOBS: str
 
+def resident_budget(value: bool | int | None, name: str = ...) -> int | None:
+    """``resident=`` checked: None (off) or a budget in bytes (True: no limit)."""
+
 @disjoint_base
 class DiskHashIndex:
     """A persistent map from 128-bit edge ids to ``PayloadMeta`` records,
@@ -52,6 +55,10 @@ class DiskHashIndex:
     """What a writable open healed after an unclean close, or ``None``."""
     exclusive: bool
     """Whether the index was opened with ``exclusive=True`` (the only open of it)."""
+    resident: Literal["locked", "prefetched"] | None
+    """What ``resident=`` did to the current map: ``"locked"`` (mlock),
+    ``"prefetched"`` (mlock refused: MADV_WILLNEED), or ``None`` (off, over
+    budget, or closed)."""
     def __init__(
         self,
         path: _StrPath,
@@ -60,6 +67,7 @@ class DiskHashIndex:
         capacity: int | None = ...,
         timeout: float | None = ...,
         exclusive: bool = ...,
+        resident: bool | int | None = ...,
     ) -> None:
         """Open the index file at ``path``, creating it (and its parent
         directories) unless ``readonly``.
@@ -70,7 +78,11 @@ class DiskHashIndex:
         process or index object (``None``: forever);
         ``exclusive``: be the only open of the index (no other process or
         object, reader or writer); by default any number of processes open
-        it at once, writes taking turns (docs/guide/processes.md).
+        it at once, writes taking turns (docs/guide/processes.md);
+        ``resident``: keep the table in memory (True, or a budget in bytes
+        the table file must fit; again after every grow or re-map), so that
+        a lookup in an index the page cache cannot hold reads no device page
+        (docs/guide/hash-index.md).
 
         Raises ``IndexLockedError`` (an ``exclusive=True`` open holds it, or
         this one is exclusive and another open exists), ``CorruptIndexError`` (the header breaks the
@@ -78,6 +90,8 @@ class DiskHashIndex:
         ``capacity`` with ``readonly``) and ``OSError`` (the file cannot be
         opened or created; nothing is left behind).
         """
+    def set_resident(self, resident: bool | int | None) -> None:
+        """Keep the table map in memory, or stop; as ``resident=``."""
     @overload
     def get(self, key: _Key) -> PayloadMeta | None: ...
     @overload

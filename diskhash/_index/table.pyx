@@ -114,6 +114,7 @@ include "table_verify.pxi"       # verify, stats, repair
 include "table_grow.pxi"         # grow: rehash, publish, swap
 include "table_open.pxi"         # open, heal, recovery
 include "table_iter.pxi"         # iteration in chunks
+include "table_resident.pxi"     # resident=: the map locked in memory
 
 
 cdef class DiskHashIndex:
@@ -153,8 +154,15 @@ cdef class DiskHashIndex:
         self._locks_ready = True
 
     def __init__(self, path, *, bint readonly=False, capacity=None, timeout=0.0,
-                 bint exclusive=False):
+                 bint exclusive=False, resident=None):
+        self._resident_budget = resident_budget(resident)
         open_index(self, path, readonly, capacity, timeout, exclusive)
+
+    def set_resident(self, resident):
+        """Keep the table map in memory (``resident``: True, or a budget in
+        bytes the table file must fit), or stop (None/False); as ``resident=``
+        of the constructor.  The ``resident`` attribute tells what was done."""
+        set_resident(self, resident_budget(resident))
 
     # -- locking ---------------------------------------------------------------
 

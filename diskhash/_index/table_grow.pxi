@@ -311,6 +311,8 @@ cdef int rebuild_table(DiskHashIndex self, uint64_t new_slots, bint salvage, uin
             raise _files.table_error(exc, action, self.path, new_slots) from exc
         raise
     # The new file is the index now: swap it in, then retire the old map.
+    # (Its pages were just written: locking them reads nothing.)
+    resident = make_resident(self._resident_budget, nbase, HEADER_SIZE + new_slots * SLOT_SIZE)
     old_mm, old_fd = self._mmap, self._fd
     self._exclusive_acquire()
     self._view = new_view
@@ -322,6 +324,7 @@ cdef int rebuild_table(DiskHashIndex self, uint64_t new_slots, bint salvage, uin
     self._seed = seed
     self._num_entries = <uint64_t>placed
     self._generation += 1
+    self.resident = resident
     if self._shared != NULL:
         # Other processes re-map when they see the generation move (their
         # reads of the old file until then are of the same entries).

@@ -132,6 +132,7 @@ cdef int wait_retired(DiskHashIndex self) except -1:
 cdef int release_resources(DiskHashIndex self, bint unlock) except -1:
     wait_retired(self)
     self._base = NULL
+    self.resident = None
     self._view = None
     self._undo = NULL
     self._shared = NULL

@@ -224,6 +224,7 @@ cdef object open_table_file(DiskHashIndex self):
     self._seed = seed
     self._num_entries = num_entries
     self._state = STATE_OPEN
+    self.resident = make_resident(self._resident_budget, self._base, _files.table_bytes(num_slots))
     return st
 
 
@@ -327,6 +328,8 @@ cdef bint remap_table(DiskHashIndex self) except -1:
         os.close(fd)
         raise
     new_view = mm
+    resident = make_resident(self._resident_budget, <unsigned char *>&new_view[0],
+                             _files.table_bytes(num_slots))
     old_mm, old_fd = self._mmap, self._fd
     self._exclusive_acquire()
     self._view = new_view
@@ -339,6 +342,7 @@ cdef bint remap_table(DiskHashIndex self) except -1:
     self._num_entries = num_entries
     self._generation += 1
     self._table_gen = gen
+    self.resident = resident
     self._exclusive_release()
     new_view = None
     retire_map(self, old_mm, old_fd)    # (often the old file's last holder: not on this thread)

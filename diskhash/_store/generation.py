@@ -23,7 +23,8 @@ from diskhash._store.read import MapReader
 from diskhash.errors import CorruptPayloadError, IndexClosedError
 
 __all__ = ["Generation", "StoreDirectory", "TMP_SUFFIX", "unlink", "open_data_fd", "read_checkpoint",
-           "write_header", "fsync_data", "populate_pages", "allocate_blocks", "write_all"]
+           "write_header", "fsync_data", "populate_pages", "allocate_blocks", "write_all",
+           "keep_resident"]
 
 _decompress = _codecs.decompress
 #: The compiled get decodes LZ4 with this directly (errors: via _decompress).
@@ -347,3 +348,10 @@ def write_header(fd: int, checkpoint: int, flags: int, fsync: bool) -> None:
     os.pwrite(fd, fmt.pack_data_header(checkpoint, flags), 0)
     if fsync:
         fsync_data(fd)
+
+
+def keep_resident(g: Generation, budget: "int | None") -> None:
+    """Keep ``g``'s index in memory if the store asked for it (``resident_index=``,
+    its budget checked): applied to every generation made current."""
+    if budget is not None:
+        g.index.set_resident(budget)

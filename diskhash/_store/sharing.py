@@ -18,7 +18,7 @@ import os
 import threading
 from typing import TYPE_CHECKING
 
-from diskhash._store.generation import Generation, StoreDirectory, read_checkpoint
+from diskhash._store.generation import Generation, StoreDirectory, keep_resident, read_checkpoint
 from diskhash._store.recovery import open_generation, recover_tail
 from diskhash._store.shared import SharedPage
 from diskhash.errors import CorruptPayloadError
@@ -90,6 +90,7 @@ class Sharing:
                         raise writer.closed_error()
                     # (the old generation is closed by its finaliser when the
                     # last reader of this process lets go of it)
+                    keep_resident(new, writer.resident_index)
                     writer.gen = g = new
                 page.seen = seq
                 g.watch(page, seq)

@@ -23,10 +23,10 @@ import os
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
 from diskhash._format import payload as fmt
-from diskhash._index.table import DiskHashIndex
+from diskhash._index.table import DiskHashIndex, resident_budget
 from diskhash._store import arrow as _arrow
 from diskhash._store import codecs as _codecs
-from diskhash._store.generation import Generation
+from diskhash._store.generation import Generation, keep_resident
 from diskhash._store.keys import (
     SYNC_POLICIES,
     check_flag,
@@ -77,6 +77,11 @@ class PayloadStore:
     * ``salvage``: a writable open that has to rebuild the index from a log
       holding damaged records whose key has no later record drops those keys
       (``last_salvage``) instead of raising ``DamagedRecordsError``.
+    * ``resident_index``: True, or a budget in bytes, keeps the index file
+      in memory while it fits (mlock; MADV_WILLNEED where mlock is refused),
+      again after every grow, compaction or switch, so that a get from a
+      store bigger than memory reads one device page, not two
+      (``index.resident`` tells what was done; docs/guide/store.md).
 
     Raises ``OSError`` for the file system, ``IndexLockedError`` if another
     writer holds the store, ``CorruptPayloadError`` for a damaged data file
@@ -94,6 +99,7 @@ class PayloadStore:
         verify_checksums: bool = True,
         sync: Any = "save",
         salvage: bool = False,
+        resident_index: "bool | int | None" = None,
     ) -> None:
         directory = os.fspath(directory)
         if not isinstance(directory, str):
@@ -104,6 +110,7 @@ class PayloadStore:
         check_flag("verify_checksums", verify_checksums)
         check_flag("salvage", salvage)
         timeout = check_timeout(timeout)
+        resident = resident_budget(resident_index, "resident_index")
         self._compression = _codecs.require(compression)
         self._sync_every = sync_interval(sync)
         self._sync = sync
@@ -120,6 +127,8 @@ class PayloadStore:
         self._writer = Writer(compression=self._compression, fsync=sync != "never", readonly=readonly,
                               directory=self._directory, closed_error=life.closed_error,
                               files=self._dir, page=page)
+        self._writer.resident_index = resident
+        keep_resident(opened.gen, resident)
         self._writer.opened(opened.gen, opened.end, opened.checkpoint, opened.seen)
         #: What the writable open recovered (``StoreRecovery``), or None when
         #: the store was closed cleanly.

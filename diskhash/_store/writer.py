@@ -33,6 +33,7 @@ from diskhash._store.generation import (
     StoreDirectory,
     allocate_blocks,
     fsync_data,
+    keep_resident,
     populate_pages,
     write_all,
     write_header,
@@ -111,6 +112,7 @@ class Writer(WriterDoor):
         self.readonly = readonly
         self.directory = directory
         self.closed_error = closed_error
+        self.resident_index: "int | None" = None     # (the store's: see ``keep_resident``)
 
     def writable(self) -> Generation:
         """The writable generation, else ``ReadOnlyIndexError`` or the closed store's error."""
@@ -141,6 +143,7 @@ class Writer(WriterDoor):
     def switch(self, g: Generation, end: int, checkpoint: int) -> None:
         """Make ``g`` current (``compact()``, ``rebuild_index()``), its log ending at
         ``end``, durable to ``checkpoint``: the lock held, the MANIFEST renamed."""
+        keep_resident(g, self.resident_index)
         with nullcontext() if self.sharing is None else self.sharing.follow_lock:
             self.gen, self.end, self.checkpoint = g, end, checkpoint
 
