@@ -1,6 +1,7 @@
 # Included by table.pyx (one module, so the hot path stays inlined): the index's
 # lifetime -- closing, and what a fork() does to an inherited index.
 import _thread
+import fcntl
 import os
 import weakref
 
@@ -105,6 +106,13 @@ cdef int retire_map(DiskHashIndex self, object mm, int fd) except -1:
     """Close a replaced table's ``mm`` and ``fd`` in a thread of their own
     (see above).  The caller no longer uses them: the map lock was taken
     exclusively for the swap, so no reader of this process is in it."""
+    # The inode lock goes now, not with the thread's close: an open of the
+    # old file (another name of it: a hard link) right after must not find
+    # it still locked by a table this index no longer uses.
+    try:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+    except OSError:
+        pass
     done = _thread.allocate_lock()
     done.acquire()
     if self._retiring is None:

@@ -6,6 +6,7 @@ Python with a timeout."""
 from __future__ import annotations
 
 import os
+import time
 
 import pytest
 from helpers.processes import run_child
@@ -212,3 +213,25 @@ def test_an_existing_index_named_with_a_trailing_slash_is_refused(tmp_path, smal
         DiskHashIndex(str(small_index) + "/")
     with DiskHashIndex(small_index, readonly=True) as idx:
         assert len(idx) == 100
+
+
+def test_a_hard_link_opens_right_after_a_grow_whose_old_table_is_still_closing(tmp_path, monkeypatch):
+    """A grow hands its old table to a thread that closes it (freeing a big
+    file off the caller's path); the old file's inode lock went only with
+    that close, so opening another name of the old file right after the
+    grow raised IndexLockedError while the thread had not run yet (seen as
+    a flake of the test above under load).  The lock now goes at once."""
+    import diskhash._index.table as table
+
+    real = table._retire
+    monkeypatch.setattr(table, "_retire", lambda *args: (time.sleep(1.0), real(*args)))
+    a, b = tmp_path / "a.idx", tmp_path / "b.idx"
+    with DiskHashIndex(a) as idx:
+        idx.insert(1, rec(1))
+    os.link(a, b)
+    with DiskHashIndex(a) as idx:
+        for k in range(2, 4000):
+            idx.insert(k, rec(k))
+        assert idx.num_slots == 8192
+        with DiskHashIndex(b, readonly=True) as old:       # at once: the thread still sleeps
+            assert len(old) == 3072
