@@ -179,6 +179,7 @@ def import_parquet(path: "str | os.PathLike[str]", store: "PayloadStore | str | 
     pa = pyarrow_module()
     import pyarrow.parquet as pq
 
+    _check_input(path)
     if not isinstance(store, PayloadStore):
         kwargs = {} if compression is None else {"compression": compression}
         with PayloadStore(store, **kwargs) as opened:
@@ -198,6 +199,9 @@ def import_parquet(path: "str | os.PathLike[str]", store: "PayloadStore | str | 
     else:
         raise ValueError(f"{os.fspath(path)}: no 'key' column, nor 'lo' and 'hi' (columns: {names})")
     raw = "compression" in names
+    if raw and "uncompressed_length" not in names:
+        raise ValueError(f"{os.fspath(path)}: a 'compression' column but no 'uncompressed_length' "
+                         f"(columns: {names})")
     columns = key_cols + ["payload"] + (["compression", "uncompressed_length"] if raw else [])
     total = pf.metadata.num_rows
     done = 0
@@ -218,6 +222,15 @@ def import_parquet(path: "str | os.PathLike[str]", store: "PayloadStore | str | 
     return done
 
 
+def _check_input(path: "str | os.PathLike[str]") -> None:
+    """Refuse a path that is not a regular file before anything is opened or
+    created: pyarrow's open of a FIFO would block until a writer came."""
+    import stat
+    mode = os.stat(path).st_mode
+    if not stat.S_ISREG(mode):
+        raise ValueError(f"{os.fspath(path)}: not a regular file (a Parquet file is read from one)")
+
+
 def _read_ahead(batches: Any) -> Any:
     """The items of the iterator ``batches``, each next one made by a worker
     thread while the caller works on the one before (pyarrow's read and
@@ -235,9 +248,12 @@ def _read_ahead(batches: Any) -> Any:
 
 def _decoded(payloads: Any, codecs: Any, lengths: Any, first: int, pa: Any) -> Any:
     """The payloads of a raw batch decoded (those stored compressed)."""
-    if codecs.null_count:
-        i = codecs.to_pylist().index(None)
-        raise ValueError(f"row {first + i}: the compression column is null")
+    for name, col in (("compression", codecs), ("uncompressed_length", lengths)):
+        if not pa.types.is_integer(col.type):
+            raise TypeError(f"the {name} column must hold integers, not {col.type}")
+        if col.null_count:
+            i = col.to_pylist().index(None)
+            raise ValueError(f"row {first + i}: the {name} column is null")
     if not any(codecs.to_numpy(zero_copy_only=False)):
         return payloads
     out = []
