@@ -94,6 +94,11 @@ def export_parquet(store: "PayloadStore | str | os.PathLike[str]", path: "str | 
             return export_parquet(opened, path, raw=raw, compression=compression,
                                   batch_rows=batch_rows, batch_bytes=batch_bytes, progress=progress)
     path = os.fspath(path)
+    out_dir = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(out_dir) and os.path.samefile(out_dir, store.directory):
+        # (the rename would replace the store's own data, index or manifest file)
+        raise ValueError(f"{path}: an export cannot be written inside the store's directory "
+                         f"{os.fspath(store.directory)}")
     tmp = os.path.join(os.path.dirname(path) or ".", f".{os.path.basename(path)}.{os.getpid()}.tmp")
     schema = _schema(pa, raw)
     done = 0

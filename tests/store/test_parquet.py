@@ -171,6 +171,19 @@ def test_import_refuses_a_fifo_or_a_directory_without_blocking(tmp_path):
     assert not (tmp_path / "d").exists()
 
 
+def test_an_export_into_the_store_directory_is_refused(tmp_path):
+    values = fill(tmp_path / "s", Compression.NONE, n=50)
+    with PayloadStore(tmp_path / "s") as store:
+        for name in sorted(os.listdir(tmp_path / "s")):
+            with pytest.raises(ValueError, match="inside the store's directory"):
+                export_parquet(store, tmp_path / "s" / name)
+        with pytest.raises(ValueError, match="inside the store's directory"):
+            export_parquet(store, tmp_path / "s" / "new.parquet")
+    assert not [n for n in os.listdir(tmp_path / "s") if n.endswith((".parquet", ".tmp"))]
+    with PayloadStore(tmp_path / "s", readonly=True) as store:
+        assert store.get_many(list(values)) == list(values.values())
+
+
 def _workers() -> "list[str]":
     return [t.name for t in threading.enumerate() if t.name.startswith(("diskhash-export", "diskhash-import"))]
 
