@@ -94,6 +94,11 @@ def export_parquet(store: "PayloadStore | str | os.PathLike[str]", path: "str | 
             return export_parquet(opened, path, raw=raw, compression=compression,
                                   batch_rows=batch_rows, batch_bytes=batch_bytes, progress=progress)
     path = os.fspath(path)
+    out_dir = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(out_dir) and os.path.samefile(out_dir, store.directory):
+        # (the rename would replace the store's own data, index or manifest file)
+        raise ValueError(f"{path}: an export cannot be written inside the store's directory "
+                         f"{os.fspath(store.directory)}")
     tmp = os.path.join(os.path.dirname(path) or ".", f".{os.path.basename(path)}.{os.getpid()}.tmp")
     schema = _schema(pa, raw)
     done = 0
@@ -179,6 +184,7 @@ def import_parquet(path: "str | os.PathLike[str]", store: "PayloadStore | str | 
     pa = pyarrow_module()
     import pyarrow.parquet as pq
 
+    _check_input(path)
     if not isinstance(store, PayloadStore):
         kwargs = {} if compression is None else {"compression": compression}
         with PayloadStore(store, **kwargs) as opened:
@@ -198,6 +204,9 @@ def import_parquet(path: "str | os.PathLike[str]", store: "PayloadStore | str | 
     else:
         raise ValueError(f"{os.fspath(path)}: no 'key' column, nor 'lo' and 'hi' (columns: {names})")
     raw = "compression" in names
+    if raw and "uncompressed_length" not in names:
+        raise ValueError(f"{os.fspath(path)}: a 'compression' column but no 'uncompressed_length' "
+                         f"(columns: {names})")
     columns = key_cols + ["payload"] + (["compression", "uncompressed_length"] if raw else [])
     total = pf.metadata.num_rows
     done = 0
@@ -218,6 +227,15 @@ def import_parquet(path: "str | os.PathLike[str]", store: "PayloadStore | str | 
     return done
 
 
+def _check_input(path: "str | os.PathLike[str]") -> None:
+    """Refuse a path that is not a regular file before anything is opened or
+    created: pyarrow's open of a FIFO would block until a writer came."""
+    import stat
+    mode = os.stat(path).st_mode
+    if not stat.S_ISREG(mode):
+        raise ValueError(f"{os.fspath(path)}: not a regular file (a Parquet file is read from one)")
+
+
 def _read_ahead(batches: Any) -> Any:
     """The items of the iterator ``batches``, each next one made by a worker
     thread while the caller works on the one before (pyarrow's read and
@@ -235,9 +253,12 @@ def _read_ahead(batches: Any) -> Any:
 
 def _decoded(payloads: Any, codecs: Any, lengths: Any, first: int, pa: Any) -> Any:
     """The payloads of a raw batch decoded (those stored compressed)."""
-    if codecs.null_count:
-        i = codecs.to_pylist().index(None)
-        raise ValueError(f"row {first + i}: the compression column is null")
+    for name, col in (("compression", codecs), ("uncompressed_length", lengths)):
+        if not pa.types.is_integer(col.type):
+            raise TypeError(f"the {name} column must hold integers, not {col.type}")
+        if col.null_count:
+            i = col.to_pylist().index(None)
+            raise ValueError(f"row {first + i}: the {name} column is null")
     if not any(codecs.to_numpy(zero_copy_only=False)):
         return payloads
     out = []

@@ -6,6 +6,7 @@ import os
 import threading
 
 import pytest
+from helpers.processes import run_child
 
 from diskhash import Compression, PayloadStore, export_parquet, import_parquet
 
@@ -119,6 +120,68 @@ def test_import_refuses_nulls_and_missing_columns(tmp_path):
     pq.write_table(pa.table({"key": pa.array([1], type=pa.uint64())}), tmp_path / "p.parquet")
     with pytest.raises(ValueError, match="no 'payload' column"):
         import_parquet(tmp_path / "p.parquet", tmp_path / "d")
+
+
+def raw_table(tmp_path, **columns):
+    """A raw export of two LZ4 records, with ``columns`` replaced."""
+    with PayloadStore(tmp_path / "src", compression=Compression.LZ4) as store:
+        store.put_many([1, 2], [b"x" * 300, b"y" * 300])
+    export_parquet(tmp_path / "src", tmp_path / "raw.parquet", raw=True)
+    table = pq.read_table(tmp_path / "raw.parquet")
+    for name, col in columns.items():
+        table = (table.drop_columns([name]) if col is None
+                 else table.set_column(table.schema.get_field_index(name), name, col))
+    pq.write_table(table, tmp_path / "bad.parquet")
+    return tmp_path / "bad.parquet"
+
+
+@pytest.mark.parametrize("columns, error, match", [
+    ({"uncompressed_length": pa.array([300, None], type=pa.uint32())}, ValueError,
+     r"row 1: the uncompressed_length column is null"),
+    ({"uncompressed_length": None}, ValueError, "a 'compression' column but no 'uncompressed_length'"),
+    ({"compression": pa.array(["1", "1"])}, TypeError, "the compression column must hold integers, not string"),
+    ({"uncompressed_length": pa.array(["300", "300"])}, TypeError,
+     "the uncompressed_length column must hold integers, not string"),
+], ids=["null-length", "no-length", "string-codec", "string-length"])
+def test_import_of_a_bad_raw_file_names_the_column(tmp_path, columns, error, match):
+    bad = raw_table(tmp_path, **columns)
+    with pytest.raises(error, match=match):
+        import_parquet(bad, tmp_path / "d")
+    with PayloadStore(tmp_path / "d", readonly=True) as store:
+        assert len(store) == 0
+
+
+def test_import_refuses_a_fifo_or_a_directory_without_blocking(tmp_path):
+    os.mkfifo(tmp_path / "fifo")
+    script = """if True:
+        import sys
+        from diskhash import import_parquet
+        for path in sys.argv[1:3]:
+            try:
+                import_parquet(path, sys.argv[3])
+            except ValueError as exc:
+                print("refused:", exc)
+    """
+    r = run_child(script, tmp_path / "fifo", tmp_path, tmp_path / "d", timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.count("not a regular file") == 2, r.stdout
+    assert not (tmp_path / "d").exists()        # refused before the store was created
+    with pytest.raises(FileNotFoundError):
+        import_parquet(tmp_path / "missing.parquet", tmp_path / "d")
+    assert not (tmp_path / "d").exists()
+
+
+def test_an_export_into_the_store_directory_is_refused(tmp_path):
+    values = fill(tmp_path / "s", Compression.NONE, n=50)
+    with PayloadStore(tmp_path / "s") as store:
+        for name in sorted(os.listdir(tmp_path / "s")):
+            with pytest.raises(ValueError, match="inside the store's directory"):
+                export_parquet(store, tmp_path / "s" / name)
+        with pytest.raises(ValueError, match="inside the store's directory"):
+            export_parquet(store, tmp_path / "s" / "new.parquet")
+    assert not [n for n in os.listdir(tmp_path / "s") if n.endswith((".parquet", ".tmp"))]
+    with PayloadStore(tmp_path / "s", readonly=True) as store:
+        assert store.get_many(list(values)) == list(values.values())
 
 
 def _workers() -> "list[str]":
