@@ -5,7 +5,7 @@
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
 from libc.string cimport memcpy
 
-from diskhash._format.sochidx2 cimport MAX_COMPRESSION
+from diskhash._format.sochidx2 cimport DH_PREFETCH, MAX_COMPRESSION
 
 cdef extern from "crc32c.h":
     # Static tables in each module that includes it: call dh_crc32c_init() at import.
@@ -72,3 +72,20 @@ cdef inline object frame_key(const frame_t *f):
     if f.key_hi:
         return (<object>f.key_hi << 64) | <object>f.key_lo
     return <object>f.key_lo
+
+
+cdef inline void prefetch_frame(const uint8_t *base, uint64_t size, uint64_t offset, uint64_t length,
+                                uint64_t max_bytes) noexcept nogil:
+    """Ask for the cache lines of the frame whose payload is at ``offset``
+    (``length`` bytes) in a map of ``size`` bytes at ``base``: its header and
+    up to ``max_bytes`` of the payload; nothing for an offset outside the map."""
+    cdef uint64_t p, end
+    if offset < HEADER_SIZE + FRAME_SIZE or offset > size:
+        return
+    p = offset - FRAME_SIZE
+    end = offset + (length if length < max_bytes else max_bytes)
+    if end > size:
+        end = size
+    while p < end:
+        DH_PREFETCH(base + p)
+        p += 64

@@ -28,7 +28,15 @@ from libc.stdlib cimport free, malloc
 from libc.string cimport memcpy, memset
 from posix.dlfcn cimport RTLD_LOCAL, RTLD_NOW, dlopen, dlsym
 
-from diskhash._format.frame cimport FRAME_SIZE, HEADER_SIZE, dh_crc32c, dh_crc32c_init, frame_matches, frame_t
+from diskhash._format.frame cimport (
+    FRAME_SIZE,
+    HEADER_SIZE,
+    dh_crc32c,
+    dh_crc32c_init,
+    frame_matches,
+    frame_t,
+    prefetch_frame,
+)
 from diskhash._format.sochidx2 cimport (
     DH_PREFETCH,
     MAX_COMPRESSION,
@@ -112,16 +120,7 @@ cdef enum:
 
 
 cdef inline void _prefetch(const uint8_t *base, uint64_t size, const dh_slot *s) noexcept nogil:
-    cdef uint64_t p, end
-    if s.offset < HEADER_SIZE + FRAME_SIZE or s.offset > size:
-        return
-    p = s.offset - FRAME_SIZE
-    end = s.offset + (s.length if s.length < PREFETCH_BYTES else PREFETCH_BYTES)
-    if end > size:
-        end = size
-    while p < end:
-        DH_PREFETCH(base + p)
-        p += 64
+    prefetch_frame(base, size, s.offset, s.length, PREFETCH_BYTES)
 
 
 cdef inline int _copy(const uint8_t *base, uint64_t size, const dh_slot *s, bint verify, bint raw,

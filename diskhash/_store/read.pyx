@@ -70,6 +70,7 @@ from diskhash._format.frame cimport (
     frame_key,
     frame_matches,
     frame_t,
+    prefetch_frame,
 )
 from diskhash._index.table cimport DiskHashIndex
 
@@ -130,16 +131,7 @@ cdef object _FALLBACK = FALLBACK
 
 cdef inline void _prefetch_frame(const uint8_t *base, uint64_t size, const dh_slot *s) noexcept nogil:
     """Ask for the cache lines of the frame ``s`` points at (up to PREFETCH_BYTES of it)."""
-    cdef uint64_t p, end
-    if s.offset < HEADER_SIZE + FRAME_SIZE or s.offset > size:
-        return
-    p = s.offset - FRAME_SIZE
-    end = s.offset + (s.length if s.length < PREFETCH_BYTES else PREFETCH_BYTES)
-    if end > size:
-        end = size
-    while p < end:
-        DH_PREFETCH(base + p)
-        p += 64
+    prefetch_frame(base, size, s.offset, s.length, PREFETCH_BYTES)
 
 
 cdef inline int _probe_copy(DiskHashIndex index, uint64_t lo, uint64_t hi,
