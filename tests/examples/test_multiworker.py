@@ -122,10 +122,20 @@ def fill(store: Path, entries: dict[int, bytes]) -> None:
             s.put(edge_id, payload)
 
 
-def assert_stopped_cleanly(status: int, out: str, err: str, store: Path, expected: dict[int, bytes]) -> None:
-    """Exit 0, every worker closed its store, and a new writer finds ``expected``."""
+def assert_stopped_cleanly(status: int, out: str, err: str, store: Path, expected: dict[int, bytes],
+                           name: str = "") -> None:
+    """Exit 0, every worker closed its store, and a new writer finds ``expected``.
+
+    hypercorn is the exception: on SIGTERM it waits for the FIRST worker to
+    exit, then terminates the others (hypercorn/run.py), so a slower worker
+    can be cut off in its lifespan shutdown before it prints; its store is
+    then left as by a crash, which the reopen below checks."""
     assert status == 0, err[-3000:]
-    assert out.count("store closed: True") == WORKERS, out + err[-3000:]
+    closed = out.count("store closed: True")
+    if name.startswith("hypercorn"):
+        assert 1 <= closed <= WORKERS and "store closed: False" not in out, out + err[-3000:]
+    else:
+        assert closed == WORKERS, out + err[-3000:]
     with PayloadStore(store, timeout=0) as reopened:          # IndexLockedError if a worker still held it
         assert {k: reopened.get(k) for k in expected} == expected
         assert len(reopened) == len(expected)
@@ -159,7 +169,7 @@ def test_every_worker_serves_a_store_opened_read_only(name, tmp_path):
         assert len(server.pids) == WORKERS and os.getpid() not in server.pids
     finally:
         status, out, err = server.stop()
-    assert_stopped_cleanly(status, out, err, store, entries)
+    assert_stopped_cleanly(status, out, err, store, entries, name)
 
 
 @pytest.mark.parametrize("name", _cases())
@@ -197,4 +207,4 @@ def test_a_write_on_one_worker_is_read_by_the_other(name, tmp_path):
         assert len(server.pids) == WORKERS
     finally:
         status, out, err = server.stop()
-    assert_stopped_cleanly(status, out, err, store, expected)
+    assert_stopped_cleanly(status, out, err, store, expected, name)
