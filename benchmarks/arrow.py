@@ -25,18 +25,16 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import random
 import shutil
-import subprocess
 import tempfile
 import time
 from typing import Any, Callable
 
 import numpy as np
 import pyarrow as pa
+from _backends import machine_info
 
-import diskhash
 from diskhash import KEY_DTYPE, PayloadStore, export_parquet, import_parquet
 
 
@@ -54,22 +52,9 @@ def verdict(ok: bool, text: str) -> None:
 
 
 def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                                cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip()
-    except OSError:
-        commit = "?"
-    return (f"{cpu}, {os.cpu_count()} cores; Python {platform.python_version()}, "
-            f"pyarrow {pa.__version__}, numpy {np.__version__}, diskhash {diskhash.__version__} ({commit})")
+    m = machine_info(["pyarrow", "numpy", "diskhash-sochidx"])
+    versions = ", ".join(f"{k} {v}" for k, v in m["versions"].items())
+    return f"{m['cpu']}, {m['cores']} cores, load {m['load']}; {versions} ({m['commit']})"
 
 
 def ceilings(blob: bytes, n: int, size: int, batch: int, repeat: int, tmp: str) -> None:

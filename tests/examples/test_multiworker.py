@@ -133,7 +133,8 @@ def assert_stopped_cleanly(status: int, out: str, err: str, store: Path, expecte
     assert status == 0, err[-3000:]
     closed = out.count("store closed: True")
     if name.startswith("hypercorn"):
-        assert 1 <= closed <= WORKERS and "store closed: False" not in out, out + err[-3000:]
+        assert closed >= 1, out + err[-3000:]                   # the first worker to exit closed it
+        assert "store closed: False" not in out, out + err[-3000:]
     else:
         assert closed == WORKERS, out + err[-3000:]
     with PayloadStore(store, timeout=0) as reopened:          # IndexLockedError if a worker still held it

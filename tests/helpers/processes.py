@@ -47,3 +47,32 @@ def frame(key, payload):
                        key & (2**64 - 1), key >> 64) + payload
     return struct.pack("<I", checksum(body)) + body
 """
+
+
+def spawn_python(script: str, *args: object) -> subprocess.Popen:
+    """``python -c script args...`` with pipes for stdin, stdout and stderr (text)."""
+    return subprocess.Popen([sys.executable, "-c", script, *map(str, args)], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=subprocess_env())
+
+
+def finish(proc: subprocess.Popen, timeout: float = 120.0) -> str:
+    """Its stdin closed (a reader's signal to stop), its exit awaited within
+    ``timeout`` (killed and reported as hung after it), exit status 0
+    checked; its stdout."""
+    if proc.stdin is not None and proc.stdin.closed:
+        proc.stdin = None
+    try:
+        out, err = proc.communicate(input="" if proc.stdin is not None else None, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, err = proc.communicate()
+        raise AssertionError(f"child hung: {out[-2000:]}\n{err}") from None
+    assert proc.returncode == 0, f"child exited {proc.returncode}\n{out[-2000:]}\n{err}"
+    return out
+
+
+def versioned_payload(key: int, version: int, size: int = 200) -> bytes:
+    """A payload that names its key and version (the process tests' records)."""
+    head = b"%d:%d:" % (key, version)
+    return head + bytes([(key + version) & 0xFF]) * (size - len(head))

@@ -6,12 +6,12 @@ fails the same way every time without the fix."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from helpers.processes import subprocess_env
+from helpers.processes import finish
+from helpers.processes import spawn_python as spawn
+from helpers.processes import versioned_payload as payload
 
 from diskhash import PayloadStore
 
@@ -49,27 +49,8 @@ def start_compactor(path):
 """
 
 
-def spawn(script: str, *args: object) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-c", script, *map(str, args)], stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=subprocess_env())
-
-
 def run(script: str, *args: object) -> str:
-    proc = spawn(script, *args)
-    try:
-        out, err = proc.communicate(timeout=CHILD_TIMEOUT)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        out, err = proc.communicate()
-        raise AssertionError(f"child hung: {out[-2000:]}\n{err}") from None
-    assert proc.returncode == 0, f"child exited {proc.returncode}\n{out[-2000:]}\n{err}"
-    return out
-
-
-def payload(key: int, version: int, size: int = 200) -> bytes:
-    head = b"%d:%d:" % (key, version)
-    return head + bytes([(key + version) & 0xFF]) * (size - len(head))
+    return finish(spawn(script, *args), CHILD_TIMEOUT)
 
 
 @pytest.fixture

@@ -16,7 +16,9 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers.processes import subprocess_env
+from helpers.processes import finish, subprocess_env
+from helpers.processes import spawn_python as spawn
+from helpers.processes import versioned_payload as payload
 
 from diskhash import IndexClosedError, PayloadStore
 
@@ -78,31 +80,6 @@ with PayloadStore(path, readonly=True) as s:
             check(k, got)
 print("reads", reads, flush=True)
 """
-
-
-def spawn(script: str, *args: object) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-c", script, *map(str, args)], stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=subprocess_env())
-
-
-def finish(proc: subprocess.Popen, timeout: float = CHILD_TIMEOUT) -> str:
-    """Its stdin closed (a reader's signal to stop), its exit awaited; its stdout."""
-    if proc.stdin is not None and proc.stdin.closed:
-        proc.stdin = None
-    try:
-        out, err = proc.communicate(input="" if proc.stdin is not None else None, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        out, err = proc.communicate()
-        raise AssertionError(f"child hung: {out[-2000:]}\n{err}") from None
-    assert proc.returncode == 0, f"child exited {proc.returncode}\n{out[-2000:]}\n{err}"
-    return out
-
-
-def payload(key: int, version: int, size: int = 200) -> bytes:
-    head = b"%d:%d:" % (key, version)
-    return head + bytes([(key + version) & 0xFF]) * (size - len(head))
 
 
 def acknowledged(out: str) -> "dict[int, int | None]":
