@@ -105,7 +105,9 @@ class Data:
         self.np["lo"] = [k & (2**64 - 1) for k in self.ints]
         self.np["hi"] = [k >> 64 for k in self.ints]
         self.bytes = [k.to_bytes(16, "little") for k in self.ints]
-        blob = rng.randbytes(n * payload)
+        # (randbytes makes one int of all the bits: in pieces, past 256 MB)
+        blob = b"".join(rng.randbytes(min(1 << 24, n * payload - at))
+                        for at in range(0, n * payload, 1 << 24))
         self.payloads = [blob[i * payload:(i + 1) * payload] for i in range(n)]
         m = min(lookups, n)
         self.sample = [rng.randrange(n) for _ in range(m)]
