@@ -31,6 +31,8 @@ _decompress = _codecs.decompress
 _lz4_decompress = _codecs.lz4_block_decompress
 #: madvise(MADV_POPULATE_WRITE) (Linux 5.14+; not in the mmap module's constants before 3.13?).
 _MADV_POPULATE_WRITE = getattr(mmap, "MADV_POPULATE_WRITE", 23)
+#: madvise(MADV_POPULATE_READ): the same for reading (the export's walk).
+MADV_POPULATE_READ = getattr(mmap, "MADV_POPULATE_READ", 22)
 TMP_SUFFIX = ".tmp"
 
 
@@ -288,6 +290,27 @@ class Generation:
         self.reader = reader
         return view
 
+
+    def advise(self, start: int, end: int, advice: int) -> None:
+        """``madvise`` the pages of this generation's map that lie within
+        [start, end) (none if it is not mapped): a whole-log pass asks for
+        the pages ahead of it (``MADV_WILLNEED``: the map is advised random,
+        so nothing reads ahead by itself) and lets go of those behind it
+        (``MADV_DONTNEED``: the pages stay in the page cache, written or
+        not, but leave the process's resident set)."""
+        mm = self.map
+        if mm is None:
+            return
+        page = mmap.PAGESIZE
+        start = -(-start // page) * page if advice == mmap.MADV_DONTNEED else start // page * page
+        end = min(end, len(mm))
+        if advice == mmap.MADV_DONTNEED:
+            end = end // page * page
+        if end > start:
+            try:
+                mm.madvise(advice, start, end - start)
+            except (ValueError, OSError):   # pragma: no cover - closed meanwhile / not supported
+                pass
 
     def close(self, sync: bool) -> None:
         """``PayloadStore.close``: the index closed (saved unless not ``sync``:

@@ -12,9 +12,12 @@ and with ``raw=True`` the stored bytes instead, with two more columns::
 
 Both directions stream in record batches (``batch_rows`` records, at most
 about ``batch_bytes`` of payload each), so memory stays bounded whatever the
-size of the store: the export reads a batch with ``get_many_arrow`` and
-writes it as a row group; the import reads a batch and writes it with one
-``put_many`` of Arrow arrays.  pyarrow is needed (the ``arrow`` extra).
+size of the store: the export walks the data file in order (the live
+frames the index points at, found by the compiled ``live_keys``), reads a
+batch of them with ``get_many_arrow`` and writes it as a row group, asking
+for the pages ahead of the walk and letting go of those behind it; the
+import reads a batch and writes it with one ``put_many`` of Arrow arrays.
+pyarrow is needed (the ``arrow`` extra).
 
 The two halves of each direction overlap: one worker thread does pyarrow's
 half (the export's Parquet encoding and write of batch ``i`` while the
@@ -28,12 +31,16 @@ are held at a time.
 
 from __future__ import annotations
 
+import mmap
 import os
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Callable
 
+from diskhash._format.payload import DATA_HEADER_SIZE, FRAME_SIZE
 from diskhash._store import codecs as _codecs
 from diskhash._store.arrow import fetch, pyarrow_module
+from diskhash._store.generation import MADV_POPULATE_READ
+from diskhash._store.read import RowLog, live_keys
 from diskhash._store.reader import iter_keys
 from diskhash._store.store import BatchReads, PayloadStore
 
@@ -80,6 +87,7 @@ def export_parquet(store: "PayloadStore | str | os.PathLike[str]", path: "str | 
     place when complete, so a failed export leaves no partial file.  Puts and
     deletes from other threads of a writable store wait for the export (a
     consistent copy); a ``compact()`` meanwhile ends it with ``RuntimeError``.
+    Rows come in the order the records were written (the log's order).
     """
     _check_batching(batch_rows, batch_bytes)
     if not isinstance(raw, bool):
@@ -87,8 +95,6 @@ def export_parquet(store: "PayloadStore | str | os.PathLike[str]", path: "str | 
     if compression not in PARQUET_CODECS:
         raise ValueError(f"compression must be one of {', '.join(PARQUET_CODECS)}, not {compression!r}")
     pa = pyarrow_module()
-    import pyarrow.parquet as pq
-
     if not isinstance(store, PayloadStore):
         with PayloadStore(store, readonly=True) as opened:
             return export_parquet(opened, path, raw=raw, compression=compression,
@@ -100,67 +106,148 @@ def export_parquet(store: "PayloadStore | str | os.PathLike[str]", path: "str | 
         raise ValueError(f"{path}: an export cannot be written inside the store's directory "
                          f"{os.fspath(store.directory)}")
     tmp = os.path.join(os.path.dirname(path) or ".", f".{os.path.basename(path)}.{os.getpid()}.tmp")
-    schema = _schema(pa, raw)
-    done = 0
-    writer = pq.ParquetWriter(tmp, schema, compression=compression, use_dictionary=False,
-                              write_statistics=False)
-    worker = ThreadPoolExecutor(1, thread_name_prefix="diskhash-export")
-    pending: "list[Future[None]]" = []     # the write under way, if any
-
-    def write(batch: Any) -> None:
-        # one write at a time: wait for (and raise the error of) the one before
-        while pending:
-            pending.pop().result()
-        pending.append(worker.submit(writer.write_batch, batch))
-
-    try:
+    reads = BatchReads(store)
+    with reads.paused():
         try:
-            reads = BatchReads(store)
-            with reads.paused():
-                g = reads.live()
-                total = len(g.index)
-                items = iter_keys(iter(g.index.items()), reads.current, store.directory)
-                keys: list[bytes] = []
-                size = 0
-                for key, meta in items:
-                    keys.append(key.to_bytes(16, "little"))
-                    size += meta.length if raw else meta.uncompressed_length
-                    if len(keys) >= batch_rows or size >= batch_bytes:
-                        write(_read_batch(reads, schema, keys, raw, pa))
-                        done += len(keys)
-                        keys, size = [], 0
-                        if progress is not None:
-                            progress(done, total)
-                if keys:
-                    write(_read_batch(reads, schema, keys, raw, pa))
-                    done += len(keys)
-                while pending:
-                    pending.pop().result()
-                if progress is not None:
-                    progress(done, total)
-        finally:
-            worker.shutdown(wait=True)     # (a write under way ends before the file is closed)
-        writer.close()
+            done = _write_file(tmp, pa, raw, compression, progress,
+                               _in_log_order(reads, raw, batch_rows, batch_bytes, pa))
+        except _NotInLogOrder:
+            done = _write_file(tmp, pa, raw, compression, progress,
+                               _in_index_order(reads, raw, batch_rows, batch_bytes, pa))
+    try:
         os.replace(tmp, path)
     except BaseException:
-        writer.close()
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
+        _unlink(tmp)
         raise
     return done
 
 
-def _read_batch(store: BatchReads, schema: Any, keys: "list[bytes]", raw: bool, pa: Any) -> Any:
-    """The records of ``keys`` as a record batch of ``schema``."""
-    n = len(keys)
-    key_col = pa.Array.from_buffers(pa.binary(16), n, [None, pa.py_buffer(b"".join(keys))])
+class _NotInLogOrder(Exception):
+    """The walk of the log cannot give a whole, consistent copy (a frame that
+    does not check out, another process's write, a switched generation): the
+    export starts again in the index's order, which reports each as ``get`` does."""
+
+
+def _write_file(tmp: str, pa: Any, raw: bool, compression: str,
+                progress: "Callable[[int, int], Any] | None", batches: Any) -> int:
+    """Write the record batches of ``batches`` (``(batch, total)`` pairs) to
+    the Parquet file ``tmp``; returns the records written.  The file is
+    removed if anything fails."""
+    import pyarrow.parquet as pq
+    done = 0
+    writer = pq.ParquetWriter(tmp, _schema(pa, raw), compression=compression, use_dictionary=False,
+                              write_statistics=False)
+    worker = ThreadPoolExecutor(1, thread_name_prefix="diskhash-export")
+    pending: "list[Future[None]]" = []     # the write under way, if any
+    try:
+        try:
+            total = 0
+            for batch, total in batches:
+                # one write at a time: wait for (and raise the error of) the one before
+                while pending:
+                    pending.pop().result()
+                pending.append(worker.submit(writer.write_batch, batch))
+                done += batch.num_rows
+                if progress is not None:
+                    progress(done, total)
+            while pending:
+                pending.pop().result()
+            if progress is not None:
+                progress(done, total)
+        finally:
+            worker.shutdown(wait=True)     # (a write under way ends before the file is closed)
+            batches.close()
+        writer.close()
+    except BaseException:
+        writer.close()
+        _unlink(tmp)
+        raise
+    return done
+
+
+def _unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+def _in_log_order(reads: BatchReads, raw: bool, batch_rows: int, batch_bytes: int,
+                  pa: Any) -> Any:
+    """The export's batches, ``(batch, total)``, read in the order of the log:
+    the live frames found by a walk of the data file (compiled ``live_keys``),
+    so a store bigger than memory streams from sequential reads: the pages
+    ahead of the walk are asked for, and those behind it are let go, so the
+    export's resident memory stays about two batches whatever the store's
+    size.  Raises ``_NotInLogOrder`` where that copy would not be whole
+    and consistent."""
+    g = reads.live()
+    end = reads.data_end(g)
+    total = len(g.index)
+    view = g.view if g.view is not None and len(g.view) >= end else g.remap()
+    data = view[:end]
+    done = 0
+    pos = released = DATA_HEADER_SIZE
+    try:
+        while pos < end:
+            # the batch's pages mapped in one call (the map is advised random:
+            # no fault maps more than its own page), the next batch's read ahead
+            ahead = pos + batch_bytes + min(batch_rows * FRAME_SIZE, batch_bytes)
+            g.advise(pos, ahead, MADV_POPULATE_READ)
+            g.advise(ahead, ahead + batch_bytes, mmap.MADV_WILLNEED)
+            log = RowLog()
+            stop, full = live_keys(data, pos, 0, g.index, log, batch_rows, batch_bytes, raw)
+            if stop == pos or (stop < end and not full):
+                raise _NotInLogOrder(stop)      # a frame that does not check out
+            pos = stop
+            if log.live:
+                n = log.live
+                key_col = pa.Array.from_buffers(pa.binary(16), n, [None, pa.py_buffer(log.rows()[0])])
+                done += n
+                yield _batch(reads, key_col, raw, pa, _NotInLogOrder), total
+            g.advise(released, pos, mmap.MADV_DONTNEED)
+            released = pos
+        if done != total or reads.data_end(g) != end or reads.current() is not g:
+            raise _NotInLogOrder(done, total)
+    finally:
+        data.release()
+
+
+def _in_index_order(reads: BatchReads, raw: bool, batch_rows: int, batch_bytes: int,
+                    pa: Any) -> Any:
+    """The export's batches, ``(batch, total)``, in the order of the index
+    (a walk of its slots, each batch read with ``get_many_arrow``): what
+    ``_in_log_order`` falls back on; the store's map is let go after each
+    batch, so resident memory stays bounded here too."""
+    g = reads.live()
+    total = len(g.index)
+    items = iter_keys(iter(g.index.items()), reads.current, reads.directory)
+    keys: list[bytes] = []
+    size = 0
+    for key, meta in items:
+        keys.append(key.to_bytes(16, "little"))
+        size += meta.length if raw else meta.uncompressed_length
+        if len(keys) >= batch_rows or size >= batch_bytes:
+            yield _read_batch(reads, keys, raw, pa), total
+            reads.live().advise(0, 1 << 62, mmap.MADV_DONTNEED)
+            keys, size = [], 0
+    if keys:
+        yield _read_batch(reads, keys, raw, pa), total
+
+
+def _read_batch(store: BatchReads, keys: "list[bytes]", raw: bool, pa: Any) -> Any:
+    """The records of ``keys`` as a record batch."""
+    key_col = pa.Array.from_buffers(pa.binary(16), len(keys), [None, pa.py_buffer(b"".join(keys))])
+    return _batch(store, key_col, raw, pa, RuntimeError)
+
+
+def _batch(store: BatchReads, key_col: Any, raw: bool, pa: Any, missing: "type[Exception]") -> Any:
+    """The records of the keys ``key_col`` as a record batch; a key gone is ``missing``."""
     payloads, codecs, lengths = fetch(store, key_col, raw=raw)
     if payloads.null_count:     # (cannot happen: the store's writers wait for the export)
-        raise RuntimeError(f"{store.directory}: a key went missing during the export")
+        raise missing(f"{store.directory}: a key went missing during the export")
     columns = [key_col, payloads] + ([codecs, lengths] if raw else [])
-    return pa.RecordBatch.from_arrays(columns, schema=schema)
+    return pa.RecordBatch.from_arrays(columns, schema=_schema(pa, raw))
 
 
 def import_parquet(path: "str | os.PathLike[str]", store: "PayloadStore | str | os.PathLike[str]", *,

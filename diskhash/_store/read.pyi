@@ -16,6 +16,9 @@ def copy_live(data: Any, p: int, base: int, get: Any, out: list[bytes],
               live: dict[int, tuple[int, int, int, int]], new_base: int) -> tuple[int, int]: ...
 def copy_live_into(data: Any, p: int, base: int, index: DiskHashIndex, out: bytearray, used: int,
                    live: "RowLog", new_base: int) -> tuple[int, int, int]: ...
+def live_keys(data: Any, p: int, base: int, index: DiskHashIndex, live: "RowLog", max_rows: int,
+              max_bytes: int, raw: bool) -> tuple[int, bool]: ...
+
 @disjoint_base
 class RowLog:
     @property

@@ -684,3 +684,44 @@ def copy_live_into(data, Py_ssize_t p, long long base, DiskHashIndex index not N
         return p, used, new_base
     finally:
         PyBuffer_Release(&view)
+
+
+def live_keys(data, Py_ssize_t p, long long base, DiskHashIndex index not None,
+              RowLog live not None, uint64_t max_rows, uint64_t max_bytes, bint raw):
+    """The export's walk over ``data[p:]`` (at file offset ``base``), in C:
+    each valid put frame that ``index`` still points at is added to ``live``
+    (its key, and its place as the index has it), in log order, until
+    ``live`` holds ``max_rows`` rows or about ``max_bytes`` of payload (the
+    stored bytes with ``raw``, else the uncompressed ones).  Returns
+    ``(stop, full)``: where the walk stopped, and whether a limit stopped
+    it; a stop short of the end without ``full`` is a frame that does not
+    check out (``frame_end``).  The index is probed as ``DiskHashIndex.get``
+    does.  Reading the log in order lets the export stream a store bigger
+    than memory from the device's sequential reads."""
+    cdef Py_buffer view
+    cdef frame_t f
+    cdef dh_slot s
+    cdef const uint8_t *b
+    cdef Py_ssize_t n, end
+    cdef uint64_t size = 0
+    if p < 0:
+        raise ValueError(f"bad start ({p}) of the walk")
+    PyObject_GetBuffer(data, &view, PyBUF_SIMPLE)
+    try:
+        b = <const uint8_t *>view.buf
+        n = view.len
+        while p + FRAME_SIZE <= n:
+            if live.live >= max_rows or size >= max_bytes:
+                return p, True
+            end = frame_end(b, p, n, &f)
+            if end < 0:
+                break
+            if (f.kind == KIND_PUT and _probe_copy(index, f.key_lo, f.key_hi, &s) == SLOT_FOUND
+                    and s.offset == <uint64_t>(base + p + FRAME_SIZE)):
+                live.add(f.key_lo, f.key_hi, s.offset, f.stored_length, f.compression,
+                         f.uncompressed_length)
+                size += f.stored_length if raw else f.uncompressed_length
+            p = end
+        return p, live.live >= max_rows or size >= max_bytes
+    finally:
+        PyBuffer_Release(&view)

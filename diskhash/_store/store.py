@@ -563,10 +563,11 @@ class BatchReads:
     through (``_store/arrow.py``, ``_store/parquet.py``): ``live()`` (the
     current generation, or the closed store's error), ``reader`` (the
     store's ``StoreReader``), ``current()`` (the generation, None once
-    closed), ``paused()`` (this store's writers held off while a walk runs)
-    and ``directory``."""
+    closed), ``paused()`` (this store's writers held off while a walk runs),
+    ``directory`` and ``data_end(g)`` (where the log of generation ``g``
+    ends, as far as this store may read)."""
 
-    __slots__ = ("live", "reader", "current", "paused", "directory")
+    __slots__ = ("live", "reader", "current", "paused", "directory", "data_end")
 
     def __init__(self, store: PayloadStore) -> None:
         writer = store._writer
@@ -575,3 +576,4 @@ class BatchReads:
         self.current = lambda: writer.gen
         self.paused = writer.paused
         self.directory = store._directory
+        self.data_end = writer.data_end

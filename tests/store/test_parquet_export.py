@@ -1,0 +1,112 @@
+"""export_parquet reads the log in order: the order of the rows, the memory
+it holds, and the index-order walk it falls back on."""
+
+from __future__ import annotations
+
+import glob
+import os
+import random
+
+import pytest
+
+from diskhash import CorruptPayloadError, PayloadStore, export_parquet
+
+pa = pytest.importorskip("pyarrow")
+pq = pytest.importorskip("pyarrow.parquet")
+
+
+def exported(path):
+    table = pq.read_table(path)
+    return [(int.from_bytes(k, "little"), v) for k, v in
+            zip(table.column("key").to_pylist(), table.column("payload").to_pylist())]
+
+
+def data_file(directory):
+    (path,) = glob.glob(os.path.join(directory, "data-*.dat"))
+    return path
+
+
+def test_rows_come_in_the_order_they_were_written(tmp_path):
+    rng = random.Random(7)
+    keys = [rng.getrandbits(100) | 1 for _ in range(400)]
+    written = {}
+    with PayloadStore(tmp_path / "s") as store:
+        for k in keys:
+            store.put(k, b"first %d" % k)
+            written[k] = b"first %d" % k
+        for k in keys[::7]:             # overwritten: the row moves to its new place
+            store.put(k, b"again %d" % k)
+            written.pop(k)
+            written[k] = b"again %d" % k
+        for k in keys[3::11]:           # deleted: no row
+            store.delete(k)
+            written.pop(k, None)
+        assert export_parquet(store, tmp_path / "o.parquet", batch_rows=64) == len(written)
+    assert exported(tmp_path / "o.parquet") == list(written.items())
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/smaps"), reason="needs Linux's /proc/self/smaps")
+def test_the_export_lets_go_of_the_pages_behind_it(tmp_path):
+    # A store bigger than memory streams out: the data file's pages leave the
+    # process's resident set once their batch is read (the export of a 1 GB
+    # store held all of it before).
+    n, size, batch = 8000, 4096, 256 << 10
+    with PayloadStore(tmp_path / "s") as store:
+        store.put_many(list(range(1, n + 1)), [os.urandom(size) for _ in range(n)])
+    path = data_file(tmp_path / "s")
+    assert os.path.getsize(path) >= n * size
+
+    def mapped_kib():
+        total, inside = 0, False
+        with open("/proc/self/smaps") as f:
+            for line in f:
+                if "-" in line.split(" ", 1)[0]:        # a mapping's first line
+                    inside = line.rstrip().endswith(path)
+                elif inside and line.startswith("Rss:"):
+                    total += int(line.split()[1])
+        return total
+
+    peaks = []
+    with PayloadStore(tmp_path / "s", readonly=True) as store:
+        assert store.get(1) is not None                 # the map exists
+        export_parquet(store, tmp_path / "o.parquet", batch_bytes=batch,
+                       progress=lambda done, total: peaks.append(mapped_kib()))
+        after = mapped_kib()
+    assert len(peaks) > 20
+    # (the page cache may hold the file in folios of up to 2 MiB, mapped whole)
+    bound = (4 * batch + (4 << 20)) // 1024
+    assert max(peaks) <= bound < n * size // 1024 // 4, peaks
+    assert after <= bound
+    assert sorted(k for k, _ in exported(tmp_path / "o.parquet")) == list(range(1, n + 1))
+
+
+def damage(path, needle):
+    with open(path, "r+b") as f:
+        data = f.read()
+        at = data.index(needle)
+        assert data.count(needle) == 1
+        f.seek(at)
+        f.write(bytes([data[at] ^ 0xFF]))
+
+
+def test_a_damaged_dead_record_is_passed_over(tmp_path):
+    # The walk of the log stops at a frame that does not check out; the
+    # export then walks the index, which never points at the damaged one.
+    with PayloadStore(tmp_path / "s") as store:
+        store.put(1, b"old value of one " * 20)
+        store.put(1, b"new value of one")
+        store.put(2, b"two")
+    damage(data_file(tmp_path / "s"), b"old value of one " * 20)
+    assert export_parquet(tmp_path / "s", tmp_path / "o.parquet") == 2
+    assert sorted(exported(tmp_path / "o.parquet")) == [(1, b"new value of one"), (2, b"two")]
+
+
+def test_a_damaged_live_record_ends_the_export_with_no_file(tmp_path):
+    with PayloadStore(tmp_path / "s") as store:
+        store.put(1, b"one")
+        store.put(2, b"the value of two " * 20)
+        store.put(3, b"three")
+    damage(data_file(tmp_path / "s"), b"the value of two " * 20)
+    with pytest.raises(CorruptPayloadError):
+        export_parquet(tmp_path / "s", tmp_path / "o.parquet")
+    assert sorted(os.listdir(tmp_path)) == ["s"]
