@@ -11,6 +11,7 @@ BEYOND: int
 MISMATCH: int
 BAD_CHECKSUM: int
 FALLBACK: int
+COLD_NS: int
 
 def copy_live(data: Any, p: int, base: int, get: Any, out: list[bytes],
               live: dict[int, tuple[int, int, int, int]], new_base: int) -> tuple[int, int]: ...
@@ -32,8 +33,12 @@ class LogFold:
     def rows(self) -> tuple[bytes, bytes]: ...
 @disjoint_base
 class MapReader:
+    cold: bool
+    cold_ns: int
     @property
     def size(self) -> int: ...
+    @property
+    def frame_requests(self) -> int: ...
     def __new__(cls, mapping: Any, index: DiskHashIndex | None = None,
                 decode: Callable[[int, bytes, int], bytes] | None = None,
                 lz4: Callable[[bytes, int], bytes] | None = None) -> "MapReader": ...

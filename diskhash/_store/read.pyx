@@ -38,6 +38,7 @@ from libc.stdlib cimport calloc, free, realloc
 from libc.string cimport memcpy, memset
 from posix.mman cimport (
     MADV_HUGEPAGE,
+    MADV_WILLNEED,
     MAP_ANONYMOUS,
     MAP_FAILED,
     MAP_PRIVATE,
@@ -47,6 +48,8 @@ from posix.mman cimport (
     mmap,
     munmap,
 )
+from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
+from posix.unistd cimport _SC_PAGESIZE, sysconf
 
 from diskhash._index.convert cimport key_to_u128
 from diskhash._store.shared cimport SharedPage
@@ -128,6 +131,24 @@ cdef enum:
 
 cdef object _FALLBACK = FALLBACK
 
+cdef enum:
+    COLD_SAMPLE = 8         # get: one found record in this many is timed
+    COLD_HOLD = 4           # get: this many fast timed gets in a row end the cold regime
+
+#: ``MapReader.cold_ns``'s default: a timed frame read slower than this (in
+#: nanoseconds) waited for the device.  A read from the page cache, even
+#: through a minor fault, takes a few microseconds; one from the device
+#: tens of microseconds (an SSD) or milliseconds (a disk).
+COLD_NS = 12_000
+
+cdef uint64_t _PAGE = <uint64_t>sysconf(_SC_PAGESIZE)
+
+
+cdef inline int64_t _now_ns() noexcept nogil:
+    cdef timespec t
+    clock_gettime(CLOCK_MONOTONIC, &t)
+    return <int64_t>t.tv_sec * 1000000000 + t.tv_nsec
+
 
 cdef inline void _prefetch_frame(const uint8_t *base, uint64_t size, const dh_slot *s) noexcept nogil:
     """Ask for the cache lines of the frame ``s`` points at (up to PREFETCH_BYTES of it)."""
@@ -161,6 +182,19 @@ cdef class MapReader:
     directly), ``decode(compression, data, uncompressed_length)``
     decompresses (a ``ValueError`` from it sends the record to the Python
     path), ``lz4`` (``lz4.block.decompress``) decodes LZ4 records directly.
+
+    A store bigger than memory reads most records from the device, and the
+    map is ``MADV_RANDOM`` (a fault reads its one page, no more), so a frame
+    that crosses a page boundary -- a quarter of 1 KiB records, since frames
+    are back to back -- costs two faults, each a device request waited for in
+    turn.  ``get`` therefore asks for all the frame's pages in one
+    ``madvise(MADV_WILLNEED)`` before it touches them, but only while the map
+    reads cold: a system call on every such get would cost a warm get more
+    than the copy.  One found record in ``COLD_SAMPLE`` has its frame read
+    timed; one slower than ``cold_ns`` sets ``cold``, and ``COLD_HOLD`` fast
+    ones in a row clear it.  A wrong guess costs a system call (warm) or a
+    second device request (cold), never a wrong byte.  ``frame_requests``
+    counts the madvise calls made.
     """
 
     cdef Py_buffer view
@@ -172,6 +206,15 @@ cdef class MapReader:
     cdef object lz4
     cdef SharedPage page
     cdef uint64_t seen
+    #: The map reads cold (see the class docstring): ``get`` asks for a
+    #: frame's pages in one request.  Settable (tests, benchmarks).
+    cdef public bint cold
+    #: A timed frame read slower than this (ns) reads cold.
+    cdef public int64_t cold_ns
+    #: ``madvise(MADV_WILLNEED)`` calls made for frames that cross a page.
+    cdef readonly uint64_t frame_requests
+    cdef uint32_t _found          # records found by get (every COLD_SAMPLE-th is timed)
+    cdef uint32_t _fast           # fast timed gets in a row
 
     def __cinit__(self, mapping, DiskHashIndex index=None, decode=None, lz4=None):
         PyObject_GetBuffer(mapping, &self.view, PyBUF_SIMPLE)
@@ -181,6 +224,7 @@ cdef class MapReader:
         self.index = index
         self.decode = decode
         self.lz4 = lz4
+        self.cold_ns = COLD_NS
 
     def __dealloc__(self):
         if self.held:
@@ -244,6 +288,21 @@ cdef class MapReader:
         except ValueError:
             return None
 
+    cdef void _request_frame(self, const dh_slot *s) noexcept:
+        """Ask for every page of the frame ``s`` points at in one request, when
+        it spans more than one (nothing when it is beyond the map: ``_payload``
+        sends that to the Python path)."""
+        cdef uint64_t offset = s.offset
+        cdef uint64_t first, last
+        if (offset < HEADER_SIZE + FRAME_SIZE or offset > <uint64_t>self.size
+                or s.length > <uint64_t>self.size - offset or s.length == 0):
+            return
+        first = (offset - FRAME_SIZE) & ~(_PAGE - 1)
+        last = (offset + s.length - 1) & ~(_PAGE - 1)
+        if first != last:
+            madvise(<void *>(self.base + first), <size_t>(last - first + _PAGE), MADV_WILLNEED)
+            self.frame_requests += 1
+
     def get(self, key, bint verify, Py_ssize_t limit):
         """The payload under ``key`` in one call: probe the index, check the
         frame (and, with ``verify``, its checksum), copy, decompress.
@@ -256,6 +315,7 @@ cdef class MapReader:
         cdef uint64_t lo, hi
         cdef dh_slot s
         cdef int found
+        cdef int64_t t0
         if self.index is None:
             raise ValueError("this MapReader was made without an index")
         if self.page is not None and self.page.page != NULL and (
@@ -266,10 +326,25 @@ cdef class MapReader:
         if found == SLOT_ABSENT:
             return None
         if found == SLOT_FOUND and limit >= 0:
-            # Every line of the frame requested at once: the misses overlap
-            # instead of the checksum loop meeting them one after another.
-            _prefetch_frame(self.base, <uint64_t>self.size, &s)
-            got = self._payload(&s, verify, <uint64_t>limit)
+            if self.cold:
+                self._request_frame(&s)
+            self._found += 1
+            if self._found % COLD_SAMPLE:
+                # Every line of the frame requested at once: the misses overlap
+                # instead of the checksum loop meeting them one after another.
+                _prefetch_frame(self.base, <uint64_t>self.size, &s)
+                got = self._payload(&s, verify, <uint64_t>limit)
+            else:
+                t0 = _now_ns()
+                _prefetch_frame(self.base, <uint64_t>self.size, &s)
+                got = self._payload(&s, verify, <uint64_t>limit)
+                if _now_ns() - t0 > self.cold_ns:
+                    self.cold = True
+                    self._fast = 0
+                elif self._fast < COLD_HOLD:
+                    self._fast += 1
+                    if self._fast == COLD_HOLD:
+                        self.cold = False
             if got is not None:
                 return got
         return _FALLBACK
