@@ -210,6 +210,10 @@ def import_parquet(path: "str | os.PathLike[str]", store: "PayloadStore | str | 
     columns = key_cols + ["payload"] + (["compression", "uncompressed_length"] if raw else [])
     total = pf.metadata.num_rows
     done = 0
+    if total and not len(store):
+        # The index sized once for every row (an empty store: each row a new
+        # key, unless the file repeats one), not grown batch by batch.
+        store._writer.reserve(total)
     batches = _read_ahead(pf.iter_batches(batch_size=batch_rows, columns=columns))
     try:
         for batch in batches:

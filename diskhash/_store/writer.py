@@ -395,17 +395,35 @@ class Writer(WriterDoor):
         """Grow the index once, up front, for the keys of a batch of ``total``
         that it does not hold yet (an overwrite takes no new slot, so a batch
         of overwrites must not double the table).  ``keys``: a list of ints,
-        or a list of uint64 arrays of (low, high) pairs."""
+        or a list of uint64 arrays of (low, high) pairs.
+
+        Then, a batch that will write nearly every page of the table has the
+        table faulted in for writing in one call (``prepare_inserts``): the
+        pieces' ``insert_many`` calls are each too small to judge that, and
+        the pages of a table just grown are clean after its msync, so every
+        first insert into a page took a write fault of its own."""
         if total >= PUT_MANY_RESERVE:
             with self as g:
                 index = g.index
-                if keys and not isinstance(keys[0], int):
+                if not len(index):
+                    new = total         # (all new; a key repeated in the batch only over-sizes)
+                elif keys and not isinstance(keys[0], int):
                     from diskhash._index import dtypes as _dtypes
                     new = sum(len(p) // 2 - int(index.contains_many(p.view(_dtypes.KEY_DTYPE)).sum())
                               for p in keys)
                 else:
                     new = sum(1 for k in keys if k not in index)
                 index.reserve(len(index) + new)
+                if type(index) is DiskHashIndex:
+                    from diskhash._index.batch import prepare_inserts
+                    prepare_inserts(index, total)
+
+    def reserve(self, count: int) -> None:
+        """Size the index now for ``count`` entries more (``import_parquet``
+        knows its row count from the file's metadata): one grow up front, not
+        one each time a batch finds the table too small."""
+        with self as g:
+            g.index.reserve(len(g.index) + count)
 
     def _append_indexed(self, buf: bytearray, size: int, key_rows: bytes, meta_rows: bytearray,
                         np: Any) -> None:
