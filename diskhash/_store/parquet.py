@@ -212,8 +212,11 @@ def import_parquet(path: "str | os.PathLike[str]", store: "PayloadStore | str | 
     done = 0
     if total and not len(store):
         # The index sized once for every row (an empty store: each row a new
-        # key, unless the file repeats one), not grown batch by batch.
-        store._writer.reserve(total)
+        # key, unless the file repeats one), not grown batch by batch; under
+        # the writer's door, as a put's own sizing.
+        with BatchReads(store).paused() as g:
+            if g is not None:       # (None: read-only, which the first put_many reports)
+                g.index.reserve(len(g.index) + total)
     batches = _read_ahead(pf.iter_batches(batch_size=batch_rows, columns=columns))
     try:
         for batch in batches:

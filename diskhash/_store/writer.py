@@ -400,13 +400,10 @@ class Writer(WriterDoor):
         """Grow the index once, up front, for the keys of a batch of ``total``
         that it does not hold yet (an overwrite takes no new slot, so a batch
         of overwrites must not double the table).  ``keys``: a list of ints,
-        or a list of uint64 arrays of (low, high) pairs.
-
-        Then, a batch that will write nearly every page of the table has the
-        table faulted in for writing in one call (``prepare_inserts``): the
-        pieces' ``insert_many`` calls are each too small to judge that, and
-        the pages of a table just grown are clean after its msync, so every
-        first insert into a page took a write fault of its own."""
+        or a list of uint64 arrays of (low, high) pairs.  Then the table is
+        faulted in for writing in one call if the batch will write nearly
+        every page (``prepare_inserts``: a grown table's pages are clean after
+        its msync, and each first insert into one took a fault of its own)."""
         if total >= PUT_MANY_RESERVE:
             with self as g:
                 index = g.index
@@ -422,13 +419,6 @@ class Writer(WriterDoor):
                 if type(index) is DiskHashIndex:
                     from diskhash._index.batch import prepare_inserts
                     prepare_inserts(index, total)
-
-    def reserve(self, count: int) -> None:
-        """Size the index now for ``count`` entries more (``import_parquet``
-        knows its row count from the file's metadata): one grow up front, not
-        one each time a batch finds the table too small."""
-        with self as g:
-            g.index.reserve(len(g.index) + count)
 
     def _append_indexed(self, buf: bytearray, size: int, key_rows: bytes, meta_rows: bytearray,
                         np: Any) -> None:
@@ -474,42 +464,7 @@ class Writer(WriterDoor):
         with self:
             pass                    # (a read-only or closed store raises here)
         prepared, total = _packed_pieces(pieces, np, _dtypes.KEY_DTYPE)
-        chunk = PACKED_CHUNK
-        bufs = (bytearray(), bytearray())
-        if sum(p[2].nbytes for p in prepared) < PACKED_OVERLAP * chunk:
-            self._reserve_for(total, [p[0] for p in prepared])
-            got = _encode_piece(prepared, 0, 0, chunk, bufs[0])
-            while got is not None:
-                (size, key_rows, meta_rows), at, i = got
-                self._append_indexed(bufs[0], size, key_rows, meta_rows, np)
-                got = _encode_piece(prepared, at, i, chunk, bufs[0])
-            return True
-        # Piece k + 1 encoded by a worker thread (into the other buffer, without
-        # the GIL: the copy and the CRC) while this thread writes and indexes
-        # piece k (pwrite and insert_many, without the GIL too).  The worker
-        # never touches the store: the writes, their order and their undo are
-        # this thread's, as in the loop above; an error of the worker's is
-        # raised here, at the piece it was encoding.
-        # (The first piece is encoded while the index is sized and faulted in.)
-        with ThreadPoolExecutor(1, thread_name_prefix="diskhash-encode") as worker:
-            ahead = worker.submit(_encode_piece, prepared, 0, 0, chunk, bufs[0])
-            try:
-                self._reserve_for(total, [p[0] for p in prepared])
-            except BaseException:
-                ahead.cancel()
-                raise
-            got = ahead.result()
-            k = 0
-            while got is not None:
-                (size, key_rows, meta_rows), at, i = got
-                ahead = worker.submit(_encode_piece, prepared, at, i, chunk, bufs[1 - k])
-                try:
-                    self._append_indexed(bufs[k], size, key_rows, meta_rows, np)
-                except BaseException:
-                    ahead.cancel()          # (or waited for, as the pool shuts down)
-                    raise
-                got = ahead.result()
-                k = 1 - k
+        _write_packed(self, prepared, total, np)
         return True
 
     # -- delete ---------------------------------------------------------------------------------
@@ -580,6 +535,48 @@ class Writer(WriterDoor):
 
     def write_header(self, fd: int, checkpoint: int, flags: int, sync: bool) -> None:
         write_header(fd, checkpoint, flags, sync and self.fsync)
+
+
+def _write_packed(writer: Writer, prepared: "list[tuple[Any, Any, Any]]", total: int, np: Any) -> None:
+    """``Writer.put_many_packed``'s writes, the pieces checked: the index
+    sized, then each piece of about ``PACKED_CHUNK`` bytes encoded, written
+    and indexed (``Writer._append_indexed``)."""
+    chunk = PACKED_CHUNK
+    bufs = (bytearray(), bytearray())
+    if sum(p[2].nbytes for p in prepared) < PACKED_OVERLAP * chunk:
+        writer._reserve_for(total, [p[0] for p in prepared])
+        got = _encode_piece(prepared, 0, 0, chunk, bufs[0])
+        while got is not None:
+            (size, key_rows, meta_rows), at, i = got
+            writer._append_indexed(bufs[0], size, key_rows, meta_rows, np)
+            got = _encode_piece(prepared, at, i, chunk, bufs[0])
+        return
+    # Piece k + 1 encoded by a worker thread (into the other buffer, without
+    # the GIL: the copy and the CRC) while this thread writes and indexes
+    # piece k (pwrite and insert_many, without the GIL too).  The worker
+    # never touches the store: the writes, their order and their undo are
+    # this thread's, as in the loop above; an error of the worker's is
+    # raised here, at the piece it was encoding.
+    # (The first piece is encoded while the index is sized and faulted in.)
+    with ThreadPoolExecutor(1, thread_name_prefix="diskhash-encode") as worker:
+        ahead = worker.submit(_encode_piece, prepared, 0, 0, chunk, bufs[0])
+        try:
+            writer._reserve_for(total, [p[0] for p in prepared])
+        except BaseException:
+            ahead.cancel()
+            raise
+        got = ahead.result()
+        k = 0
+        while got is not None:
+            (size, key_rows, meta_rows), at, i = got
+            ahead = worker.submit(_encode_piece, prepared, at, i, chunk, bufs[1 - k])
+            try:
+                writer._append_indexed(bufs[k], size, key_rows, meta_rows, np)
+            except BaseException:
+                ahead.cancel()          # (or waited for, as the pool shuts down)
+                raise
+            got = ahead.result()
+            k = 1 - k
 
 
 def _encode_piece(prepared: "list[tuple[Any, Any, Any]]", at: int, i: int, chunk: int,
