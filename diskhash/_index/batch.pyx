@@ -518,6 +518,27 @@ cdef int _grow_up_front(DiskHashIndex idx, const uint64_t *kp, bint wide, Py_ssi
     return 0
 
 
+def prepare_inserts(DiskHashIndex index not None, Py_ssize_t count):
+    """Ready the table for ``count`` inserts that come in several
+    ``insert_many`` calls (a ``put_many`` indexes its frames piece by piece):
+    when they will write nearly every page of the table (``count`` against
+    its slots as ``insert_many`` judges one batch), fault the whole map in
+    for writing now, in one call.  Otherwise each first write into a page
+    takes a fault of its own -- every page of a new table, and every page
+    after a grow or a ``save()``, whose msync leaves the pages clean and
+    write-protected again.  Changes no entry; best effort (an older kernel
+    refuses the advice and the faults happen one by one)."""
+    if count <= 0:
+        return
+    index._write_acquire(True)
+    try:
+        if <uint64_t>count * POPULATE_RATIO >= index._num_slots:
+            with nogil:
+                populate_for_write(index._base, HEADER_SIZE + index._num_slots * SLOT_SIZE)
+    finally:
+        index._write_release()
+
+
 def insert_many(DiskHashIndex index not None, keys, records):
     """Insert ``records[i]`` under ``keys[i]`` for every i, in order (a later duplicate wins).
 

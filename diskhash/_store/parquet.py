@@ -263,7 +263,9 @@ def import_parquet(path: "str | os.PathLike[str]", store: "PayloadStore | str | 
     ``lo`` and ``hi``.  A file with a ``compression`` column (``raw=True``)
     has its compressed payloads decoded (and checked against
     ``uncompressed_length``) before they are stored.  ``compression``: the
-    codec to store with (default: the store's).  Each batch is checked
+    codec to store with (default: the store's).  An empty store's index is
+    sized for the file's row count before the first batch (one grow, not
+    one per batch; rows repeating a key only over-size it).  Each batch is checked
     whole before it is written (a null key or payload is ``ValueError``);
     an error leaves the batches before it stored.
     """
@@ -297,7 +299,16 @@ def import_parquet(path: "str | os.PathLike[str]", store: "PayloadStore | str | 
     columns = key_cols + ["payload"] + (["compression", "uncompressed_length"] if raw else [])
     total = pf.metadata.num_rows
     done = 0
-    batches = _read_ahead(pf.iter_batches(batch_size=batch_rows, columns=columns))
+    if total and not len(store):
+        # The index sized once for every row (an empty store: each row a new
+        # key, unless the file repeats one), not grown batch by batch; under
+        # the writer's door, as a put's own sizing.
+        with BatchReads(store).paused() as g:
+            if g is not None:       # (None: read-only, which the first put_many reports)
+                g.index.reserve(len(g.index) + total)
+    # (use_threads=False: the read is already one thread beside the put, which
+    # has its own encoder thread; pyarrow's pool beside them only cost CPU)
+    batches = _read_ahead(pf.iter_batches(batch_size=batch_rows, columns=columns, use_threads=False))
     try:
         for batch in batches:
             keys = batch.column("key") if key_cols == ["key"] else batch.select(["lo", "hi"])

@@ -22,6 +22,7 @@ from __future__ import annotations
 import errno
 import os
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
 from typing import Any, Callable, Iterable, Sequence
 
@@ -49,7 +50,8 @@ from diskhash._store.write import put_frame as _put_frame
 from diskhash._types import PayloadMeta
 from diskhash.errors import ReadOnlyIndexError
 
-__all__ = ["Writer", "ALLOC_MIN", "ALLOC_MAX", "PUT_MANY_CHUNK", "PUT_MANY_RESERVE", "PACKED_CHUNK"]
+__all__ = ["Writer", "ALLOC_MIN", "ALLOC_MAX", "PUT_MANY_CHUNK", "PUT_MANY_RESERVE", "PACKED_CHUNK",
+           "PACKED_OVERLAP"]
 
 #: The data file grows by this fraction of its size (at least ALLOC_MIN, at most
 #: ALLOC_MAX bytes), allocated for real, so appends do not fail half-way on a full disk.
@@ -64,6 +66,9 @@ PUT_MANY_RESERVE = 4096
 #: cache between the encoding and the ``pwrite`` that copies it to the page
 #: cache (a 16 MiB piece is read back from memory; docs/guide/batch.md).
 PACKED_CHUNK = 1 << 20
+#: A packed ``put_many`` of at least this many pieces encodes the next piece in
+#: a worker thread while it writes and indexes the current one.
+PACKED_OVERLAP = 4
 
 
 def encode_frame(key: int, view: Any, comp: int) -> tuple[bytes, bytes, int, int, int]:
@@ -395,17 +400,25 @@ class Writer(WriterDoor):
         """Grow the index once, up front, for the keys of a batch of ``total``
         that it does not hold yet (an overwrite takes no new slot, so a batch
         of overwrites must not double the table).  ``keys``: a list of ints,
-        or a list of uint64 arrays of (low, high) pairs."""
+        or a list of uint64 arrays of (low, high) pairs.  Then the table is
+        faulted in for writing in one call if the batch will write nearly
+        every page (``prepare_inserts``: a grown table's pages are clean after
+        its msync, and each first insert into one took a fault of its own)."""
         if total >= PUT_MANY_RESERVE:
             with self as g:
                 index = g.index
-                if keys and not isinstance(keys[0], int):
+                if not len(index):
+                    new = total         # (all new; a key repeated in the batch only over-sizes)
+                elif keys and not isinstance(keys[0], int):
                     from diskhash._index import dtypes as _dtypes
                     new = sum(len(p) // 2 - int(index.contains_many(p.view(_dtypes.KEY_DTYPE)).sum())
                               for p in keys)
                 else:
                     new = sum(1 for k in keys if k not in index)
                 index.reserve(len(index) + new)
+                if type(index) is DiskHashIndex:
+                    from diskhash._index.batch import prepare_inserts
+                    prepare_inserts(index, total)
 
     def _append_indexed(self, buf: bytearray, size: int, key_rows: bytes, meta_rows: bytearray,
                         np: Any) -> None:
@@ -451,16 +464,7 @@ class Writer(WriterDoor):
         with self:
             pass                    # (a read-only or closed store raises here)
         prepared, total = _packed_pieces(pieces, np, _dtypes.KEY_DTYPE)
-        self._reserve_for(total, [p[0] for p in prepared])
-        buf = bytearray()
-        for pairs, ends, data in prepared:
-            n = len(ends)
-            i = 0
-            while i < n:
-                i_next, size, key_rows, meta_rows = _encode_frames_packed(
-                    pairs, ends, data, i, PACKED_CHUNK, buf)
-                self._append_indexed(buf, size, key_rows, meta_rows, np)
-                i = i_next
+        _write_packed(self, prepared, total, np)
         return True
 
     # -- delete ---------------------------------------------------------------------------------
@@ -531,6 +535,62 @@ class Writer(WriterDoor):
 
     def write_header(self, fd: int, checkpoint: int, flags: int, sync: bool) -> None:
         write_header(fd, checkpoint, flags, sync and self.fsync)
+
+
+def _write_packed(writer: Writer, prepared: "list[tuple[Any, Any, Any]]", total: int, np: Any) -> None:
+    """``Writer.put_many_packed``'s writes, the pieces checked: the index
+    sized, then each piece of about ``PACKED_CHUNK`` bytes encoded, written
+    and indexed (``Writer._append_indexed``)."""
+    chunk = PACKED_CHUNK
+    bufs = (bytearray(), bytearray())
+    if sum(p[2].nbytes for p in prepared) < PACKED_OVERLAP * chunk:
+        writer._reserve_for(total, [p[0] for p in prepared])
+        got = _encode_piece(prepared, 0, 0, chunk, bufs[0])
+        while got is not None:
+            (size, key_rows, meta_rows), at, i = got
+            writer._append_indexed(bufs[0], size, key_rows, meta_rows, np)
+            got = _encode_piece(prepared, at, i, chunk, bufs[0])
+        return
+    # Piece k + 1 encoded by a worker thread (into the other buffer, without
+    # the GIL: the copy and the CRC) while this thread writes and indexes
+    # piece k (pwrite and insert_many, without the GIL too).  The worker
+    # never touches the store: the writes, their order and their undo are
+    # this thread's, as in the loop above; an error of the worker's is
+    # raised here, at the piece it was encoding.
+    # (The first piece is encoded while the index is sized and faulted in.)
+    with ThreadPoolExecutor(1, thread_name_prefix="diskhash-encode") as worker:
+        ahead = worker.submit(_encode_piece, prepared, 0, 0, chunk, bufs[0])
+        try:
+            writer._reserve_for(total, [p[0] for p in prepared])
+        except BaseException:
+            ahead.cancel()
+            raise
+        got = ahead.result()
+        k = 0
+        while got is not None:
+            (size, key_rows, meta_rows), at, i = got
+            ahead = worker.submit(_encode_piece, prepared, at, i, chunk, bufs[1 - k])
+            try:
+                writer._append_indexed(bufs[k], size, key_rows, meta_rows, np)
+            except BaseException:
+                ahead.cancel()          # (or waited for, as the pool shuts down)
+                raise
+            got = ahead.result()
+            k = 1 - k
+
+
+def _encode_piece(prepared: "list[tuple[Any, Any, Any]]", at: int, i: int, chunk: int,
+                  buf: bytearray) -> "tuple[tuple[int, bytes, bytearray], int, int] | None":
+    """The next piece of ``put_many_packed``'s records from record ``i`` of
+    ``prepared[at]`` encoded into ``buf``: ((size, key rows, meta rows), where
+    the next piece starts (at, i)); None when every record is encoded."""
+    while at < len(prepared) and i >= len(prepared[at][1]):
+        at, i = at + 1, 0
+    if at == len(prepared):
+        return None
+    pairs, ends, data = prepared[at]
+    i_next, size, key_rows, meta_rows = _encode_frames_packed(pairs, ends, data, i, chunk, buf)
+    return (size, key_rows, meta_rows), at, i_next
 
 
 def _packed_pieces(pieces: "Sequence[tuple[Any, Any, Any]]", np: Any,

@@ -343,3 +343,68 @@ def test_without_pyarrow_the_arrow_calls_name_the_extra(tmp_path):
             "s.close()\n")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=120, env=subprocess_env())
     assert r.returncode == 0, r.stderr.decode()
+
+
+@pytest.mark.parametrize("fail", ["index", "encode"])
+def test_put_many_arrow_overlapped_pieces_stop_at_an_error(tmp_path, monkeypatch, fail):
+    """A batch of PACKED_OVERLAP pieces or more has its next piece encoded by
+    a worker thread while this one writes and indexes the last: the pieces
+    land in order (a key repeated in a later piece wins), and an error --
+    the index refusing a piece, or the worker's encode of one -- is raised
+    with the pieces before it stored, the failing one not replayed at a
+    reopen, and no worker thread left behind."""
+    import threading
+
+    from diskhash._index import batch as _batch
+    from diskhash._store import writer as _writer
+    monkeypatch.setattr(_writer, "PACKED_CHUNK", 1000)
+    values = payloads_of(400, seed=4)
+    keys = big_keys(300) + big_keys(100)           # the last 100 overwrite the first 100
+    threads = []
+    real_encode = _writer._encode_frames_packed
+
+    def encode(*args):
+        threads.append(threading.current_thread().name)
+        return real_encode(*args)
+
+    monkeypatch.setattr(_writer, "_encode_frames_packed", encode)
+    with PayloadStore(tmp_path / "s") as store:
+        store.put_many(key16(keys), pa.array(values, type=pa.large_binary()))
+        assert store.get_many(keys[100:]) == values[100:]
+        assert len(store) == 300
+    assert len(threads) > 20 and any(t.startswith("diskhash-encode") for t in threads)
+
+    calls = []
+    real_insert = _batch.insert_many
+
+    def insert_many(index, k, r):
+        calls.append(len(k))
+        if fail == "index" and len(calls) == 5:
+            raise OSError(28, "No space left on device (injected)")
+        return real_insert(index, k, r)
+
+    encoded = []
+
+    def failing_encode(*args):
+        encoded.append(args[3])
+        if len(encoded) == 6:
+            raise ValueError("payload ends changed (injected)")
+        return real_encode(*args)
+
+    monkeypatch.setattr(_batch, "insert_many", insert_many)
+    if fail == "encode":
+        monkeypatch.setattr(_writer, "_encode_frames_packed", failing_encode)
+    fresh = [k + 1 for k in big_keys(400)]
+    with PayloadStore(tmp_path / "t") as store:
+        with pytest.raises((OSError, ValueError), match="injected"):
+            store.put_many(key16(fresh), pa.array(values, type=pa.large_binary()))
+        stored = len(store)
+        assert len(calls) == 5                      # the fifth piece refused, or the sixth not encoded
+        assert stored == sum(calls[:4] if fail == "index" else calls) and 0 < stored < 400
+        assert store.get_many(fresh[:stored]) == values[:stored]
+        assert store.get(fresh[stored]) is None
+    monkeypatch.undo()
+    assert not [t for t in threading.enumerate() if t.name.startswith("diskhash-encode")]
+    with PayloadStore(tmp_path / "t") as store:            # reopen: nothing more replays
+        assert len(store) == stored and store.get(fresh[stored]) is None
+        store.verify()

@@ -234,3 +234,23 @@ def test_import_reads_ahead_and_stops_on_an_error(tmp_path):
     assert _workers() == []
     with PayloadStore(tmp_path / "e", readonly=True) as store:
         assert store.get_many(list(range(10))) == [b"second"] * 10      # two batches stored, not the third
+
+
+def test_an_import_into_an_empty_store_sizes_the_index_once(tmp_path):
+    """The file's row count (its metadata) sizes the index before the first
+    batch: one grow, not one each time a batch finds the table too small.
+    A store that already holds keys sizes batch by batch (rows may overwrite)."""
+    n = 20_000
+    pq.write_table(pa.table({"key": pa.array([k.to_bytes(16, "little") for k in range(n)], type=pa.binary(16)),
+                             "payload": pa.array([b"p%d" % k for k in range(n)], type=pa.large_binary())}),
+                   tmp_path / "in.parquet")
+    with PayloadStore(tmp_path / "d") as store:
+        sizes = []
+        assert import_parquet(tmp_path / "in.parquet", store, batch_rows=2000,
+                              progress=lambda done, total: sizes.append(store.stats().index_bytes)) == n
+        assert len(sizes) == 10 and len(set(sizes)) == 1, sizes
+        assert store.get_many([0, n - 1]) == [b"p0", b"p%d" % (n - 1)]
+    with PayloadStore(tmp_path / "e") as store:
+        store.put(n + 1, b"before")
+        assert import_parquet(tmp_path / "in.parquet", store, batch_rows=2000) == n
+        assert len(store) == n + 1 and store.get(n + 1) == b"before" and store.get(7) == b"p7"
