@@ -8,7 +8,7 @@ check, copy); everything else it reads comes through here.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterator, NamedTuple
+from typing import Any, Callable, Iterator, NamedTuple, TypeVar
 
 from diskhash._format import payload as fmt
 from diskhash._store import codecs as _codecs
@@ -172,7 +172,10 @@ def _short(g: Generation, meta: PayloadMeta) -> CorruptPayloadError:
         offset=meta.offset - fmt.FRAME_SIZE)
 
 
-def iter_keys(it: Iterator[int], gen_of: Callable[[], "Generation | None"], directory: str) -> Iterator[int]:
+_T = TypeVar("_T")
+
+
+def iter_keys(it: Iterator[_T], gen_of: Callable[[], "Generation | None"], directory: str) -> Iterator[_T]:
     """The keys of the index iterator ``it``; a generation replaced meanwhile
     (``gen_of()`` names the store's current one, None once it is closed) is
     ``RuntimeError``.

@@ -573,7 +573,7 @@ class BatchReads:
         writer = store._writer
         self.live = store._live
         self.reader = store._reader
-        self.current = lambda: writer.gen
+        self.current: "Callable[[], Generation | None]" = lambda: writer.gen
         self.paused = writer.paused
         self.directory = store._directory
         self.data_end = writer.data_end

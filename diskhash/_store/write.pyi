@@ -5,6 +5,7 @@ from typing import Any
 from typing_extensions import disjoint_base
 
 from diskhash._index.table import DiskHashIndex
+from diskhash._store.generation import Generation
 from diskhash._types import PayloadMeta
 
 def encode_frames(keys: list[Any], payloads: list[Any], start: int, max_bytes: int,
@@ -19,7 +20,7 @@ def put_frame(index: DiskHashIndex, view: Any, start: int, key: Any, payload: by
 class WriterDoor:
     """The writer's door, ``with writer as g:`` (the base of ``_store.writer.Writer``)."""
     sharing: Any
-    gen: Any
+    gen: Generation | None
     end: int
     checkpoint: int
     published: Any
