@@ -265,8 +265,11 @@ async def test_many_concurrent_requests(name, store_dir):
 
 @pytest.mark.asyncio
 @pytest.mark.parametrize("name", _fast(LAUNCHERS, "aiohttp", "trio"))
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+@pytest.mark.parametrize("sig", [pytest.param(signal.SIGINT, marks=pytest.mark.slow), signal.SIGTERM],
+                         ids=["SIGINT", "SIGTERM"])
 async def test_a_signal_stops_it_and_closes_the_store(name, sig, store_dir):
+    """SIGINT in the default run: the other tests here stop their server with
+    it and check the store closed and free (aiohttp and trio among them)."""
     server = await start(name, store_dir)
     try:
         async with server.client() as client:

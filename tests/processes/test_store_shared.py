@@ -247,7 +247,7 @@ def _kill_writers(store_path: Path, kills: int, seed: int) -> None:
 
 
 def test_writers_killed_at_random_moments(store_path):
-    _kill_writers(store_path, 12, 1)
+    _kill_writers(store_path, 6, 1)
 
 
 @pytest.mark.slow

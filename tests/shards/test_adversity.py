@@ -149,6 +149,7 @@ CREATOR = """
 import os, sys, time
 from diskhash import ShardedStore
 base, wid, rounds = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+open(os.path.join(base, f"ready-{wid}"), "w").close()
 for r in range(rounds):
     go = os.path.join(base, f"go{r}")
     while not os.path.exists(go):
@@ -166,7 +167,12 @@ def _race_creators(base: Path, rounds: int, workers: int = 4) -> None:
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                               env=subprocess_env()) for w in range(workers)]
     try:
-        time.sleep(0.3)             # let them all start
+        deadline = time.monotonic() + 120       # all of them started (past their imports)
+        while not all((base / f"ready-{w}").exists() for w in range(workers)):
+            dead = [p for p in procs if p.poll() is not None]
+            assert not dead, dead[0].communicate()[1][-3000:]
+            assert time.monotonic() < deadline, "creators never started"
+            time.sleep(0.005)
         for r in range(rounds):
             (base / f"go{r}").touch()
             deadline = time.monotonic() + 120

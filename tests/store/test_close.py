@@ -83,11 +83,6 @@ gc.disable()                 # the release must not wait for a collection
 # shell without job control ignores it, and Python then leaves it ignored):
 # Ctrl-C's handler is what this test needs, so install it.
 signal.signal(signal.SIGINT, signal.default_int_handler)
-d, point, sync = sys.argv[1], sys.argv[2], sys.argv[3]
-sync = int(sync) if sync.isdigit() else sync
-s = PayloadStore(d, sync=sync)
-s.put_many(list(range(50)), [b"v%d" % k * 20 for k in range(50)])
-s.put(50, b"unsaved")
 
 
 def ctrl_c():
@@ -125,71 +120,97 @@ class IndexProxy:
         return getattr(self._real, name)
 
 
-if point == "save":
-    s._writer.save_locked = interrupting(s._writer.save_locked, before=True)
-elif point == "truncate":
-    os.ftruncate = interrupting(os.ftruncate)
-elif point == "header":
-    s._writer.write_header = interrupting(s._writer.write_header)
-elif point == "index_close":
-    s._writer.gen.index = IndexProxy(s._writer.gen.index)
-elif point == "release":
-    _store.Generation.release = interrupting(_store.Generation.release)
-elif point == "unlock_before":
-    s._life.lock.close = interrupting(s._life.lock.close, before=True)
-elif point == "unlock_after":
-    s._life.lock.close = interrupting(s._life.lock.close)
-elif point == "index_unlock":
-    _files.IndexLock.close = interrupting(_files.IndexLock.close, before=True)
-elif point == "join":
-    s._life.syncer.join = interrupting(s._life.syncer.join)
-try:
+def check(d, point, sync):
+    # (each point its own store; the module-level patches undone after it)
+    s = PayloadStore(d, sync=sync)
+    s.put_many(list(range(50)), [b"v%d" % k * 20 for k in range(50)])
+    s.put(50, b"unsaved")
+    patched = []
+
+    def patch(owner, name, before=False):
+        patched.append((owner, name, getattr(owner, name)))
+        setattr(owner, name, interrupting(getattr(owner, name), before))
+
+    if point == "save":
+        patch(s._writer, "save_locked", before=True)
+    elif point == "truncate":
+        patch(os, "ftruncate")
+    elif point == "header":
+        patch(s._writer, "write_header")
+    elif point == "index_close":
+        s._writer.gen.index = IndexProxy(s._writer.gen.index)
+    elif point == "release":
+        patch(_store.Generation, "release")
+    elif point == "unlock_before":
+        patch(s._life.lock, "close", before=True)
+    elif point == "unlock_after":
+        patch(s._life.lock, "close")
+    elif point == "index_unlock":
+        patch(_files.IndexLock, "close", before=True)
+    elif point == "join":
+        patch(s._life.syncer, "join")
+    out = []
+    try:
+        try:
+            s.close()
+            out.append("no interrupt")
+        except KeyboardInterrupt:
+            out.append("interrupted")
+    finally:
+        for owner, name, real in reversed(patched):
+            setattr(owner, name, real)
+    out.append("closed" if s.closed else "open")
+    try:
+        other = PayloadStore(d, timeout=0)          # s is still referenced, gc off
+    except IndexLockedError:
+        out.append("lock held")
+        s.close()                                   # a second close() finishes the release
+        other = PayloadStore(d, timeout=0)
+        out.append("released by a second close")
+    else:
+        out.append("lock free")
+    assert other.get(50) == b"unsaved" and other.get(49) == b"v49" * 20
+    other.close()
     s.close()
-    print("no interrupt")
-except KeyboardInterrupt:
-    print("interrupted")
-print("closed" if s.closed else "open")
-try:
-    other = PayloadStore(d, timeout=0)          # s is still referenced, gc off
-except IndexLockedError:
-    print("lock held")
-    s.close()                                   # a second close() finishes the release
-    other = PayloadStore(d, timeout=0)
-    print("released by a second close")
-else:
-    print("lock free")
-assert other.get(50) == b"unsaved" and other.get(49) == b"v49" * 20
-other.close()
-s.close()
+    return out
+
+
+sync = int(sys.argv[2]) if sys.argv[2].isdigit() else sys.argv[2]
+for point in sys.argv[3:]:
+    print(point + ":" + ",".join(check(os.path.join(sys.argv[1], point), point, sync)), flush=True)
 '''
 
 POINTS = ["save", "truncate", "header", "index_close", "release", "unlock_before", "unlock_after",
           "index_unlock"]
 
 
-def _run(tmp_path, point, sync="save") -> list[str]:
-    r = subprocess.run([sys.executable, "-c", SCRIPT, str(tmp_path / "s"), point, sync],
+def _run(tmp_path, points: "list[str]", sync="save") -> "dict[str, list[str]]":
+    # One child for every point: a Python start-up each was most of the time.
+    r = subprocess.run([sys.executable, "-c", SCRIPT, str(tmp_path), sync, *points],
                        capture_output=True, text=True, env=subprocess_env(), timeout=60)
-    assert r.returncode == 0, r.stderr
-    return r.stdout.split("\n")[:-1]
+    assert r.returncode == 0, r.stdout + r.stderr
+    found = dict(line.split(":", 1) for line in r.stdout.splitlines())
+    assert list(found) == points, r.stdout
+    return {point: found[point].split(",") for point in points}
 
 
-@pytest.mark.parametrize("point", POINTS)
-def test_ctrl_c_inside_close_still_lets_go_of_the_lock(tmp_path, point):
-    """Ctrl-C at each step of close(): the store ends closed and store.lock
-    free (another open succeeds at once, the first object still alive and
-    the garbage collector off), with every record kept.  Ctrl-C as the
-    unlock of store.lock or of the index's lock begins is retried before
-    close() returns."""
-    out = _run(tmp_path, point)
-    assert out == ["interrupted", "closed", "lock free"], out
+def test_ctrl_c_inside_close_still_lets_go_of_the_lock(tmp_path):
+    """Ctrl-C at each step of close() (``POINTS``, in turn in one child
+    Python, a store each): the store ends closed and store.lock free (another
+    open succeeds at once, the first object still alive and the garbage
+    collector off), with every record kept.  Ctrl-C as the unlock of
+    store.lock or of the index's lock begins is retried before close()
+    returns."""
+    out = _run(tmp_path, POINTS)
+    wrong = {point: got for point, got in out.items() if got != ["interrupted", "closed", "lock free"]}
+    assert not wrong, wrong
 
 
 def test_ctrl_c_while_close_joins_the_sync_thread(tmp_path):
     """With a sync interval, close() stops its thread; Ctrl-C while it waits
     for that thread comes after the store is closed and its lock let go."""
-    out = _run(tmp_path, "join", "20")
-    assert out == ["interrupted", "closed", "lock free"], out
+    out = _run(tmp_path, ["join"], "20")
+    assert out["join"] == ["interrupted", "closed", "lock free"], out
 
 
 def test_ctrl_c_while_close_waits_for_maintenance_leaves_the_store_open(tmp_path):

@@ -6,6 +6,7 @@ or none of it, and the next writer finds the files consistent."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import textwrap
@@ -388,7 +389,8 @@ def test_ctrl_c_right_after_the_bulk_append(tmp_path, window, packed):
 
 
 _EVERY_POINT = """
-import sys, threading, tempfile
+import os, shutil, sys, threading, tempfile
+import diskhash
 from diskhash import Compression, PayloadStore
 
 OPS = {
@@ -403,8 +405,12 @@ OPS = {
 op = OPS[%(op)r]
 main = threading.main_thread()
 
+PACKAGE = os.path.dirname(diskhash.__file__) + os.sep
+EVERY = %(every)r
+ROOT = tempfile.mkdtemp(dir=%(where)r)     # removed at the end (tmpfs is shared)
+
 def fresh():
-    s = PayloadStore(tempfile.mkdtemp(dir="."), sync=%(sync)s)
+    s = PayloadStore(tempfile.mkdtemp(dir=ROOT), sync=%(sync)s)
     s.put_many(list(range(10)), [b"v%%d" %% i for i in range(10)])
     return s
 
@@ -416,7 +422,14 @@ def run(s, at):
         # in the callee, it reaches the caller there).  Not "line" events: some
         # (a ``try:``, a ``with`` line's exit) are steps no signal lands on,
         # where CPython 3.11+ lets a trace function's exception skip a ``with``.
-        if threading.current_thread() is main and event in ("call", "return"):
+        # Without EVERY, only the package's own frames (the code that takes
+        # and lets go of the locks) and the first frame of each call they
+        # make (a contextlib ``__exit__`` of a ``with`` in the package, say):
+        # a step deeper in the standard library raises out of that call as
+        # at one of its own steps.
+        if (threading.current_thread() is main and event in ("call", "return")
+                and (EVERY or frame.f_code.co_filename.startswith(PACKAGE)
+                     or (frame.f_back is not None and frame.f_back.f_code.co_filename.startswith(PACKAGE)))):
             seen[0] += 1
             if seen[0] == at:
                 raise KeyboardInterrupt
@@ -430,28 +443,53 @@ def run(s, at):
         sys.settrace(None)
     return seen[0]
 
-total = run(fresh(), 0)
-held = []
-for at in range(1, total + 1):
-    s = fresh()
-    run(s, at)
-    # another thread must get the writer and the maintenance lock now
-    t = threading.Thread(target=lambda: (s.save(), s.rebuild_index()), daemon=True)
-    t.start()
-    t.join(10)
-    if t.is_alive():
-        held.append(at)
-        continue
-    try:
-        s.compact()
-        s.close()
-    except RuntimeError:
-        held.append(at)
+def check_every_step(total):
+    held = []
+    for at in range(1, total + 1):
+        s = fresh()
+        run(s, at)
+        # another thread must get the writer and the maintenance lock now
+        t = threading.Thread(target=lambda: (s.save(), s.rebuild_index()), daemon=True)
+        t.start()
+        t.join(10)
+        if t.is_alive():
+            held.append(at)
+            continue
+        try:
+            s.compact()
+            s.close()
+        except RuntimeError:
+            held.append(at)
+    return held
+
+try:
+    total = run(fresh(), 0)
+    held = check_every_step(total)
+finally:
+    shutil.rmtree(ROOT, ignore_errors=True)
 print(total, held)
 """
 
 
-@pytest.mark.parametrize("op", ["put", "put_lz4", "delete", "pop", "put_many", "save", "rebuild"])
+_WRITES = ["put", "put_lz4", "delete", "pop", "put_many", "save", "rebuild"]
+
+
+def _every_point(tmp_path, op: str, every: bool, where: str) -> None:
+    # (600 s: its fsyncs are slow when the disk is busy)
+    out = _child(_EVERY_POINT % {"sync": 60_000, "op": op, "every": every, "where": where},
+                 tmp_path, timeout=600)
+    total, held = out.split(" ", 1)
+    assert int(total) > 3
+    assert held.strip() == "[]", f"locks left held after Ctrl-C at steps {held.strip()} of {total}"
+
+
+def _memory_dir() -> str:
+    """A tmpfs directory, where the rounds' fsyncs cost nothing; else the test's own."""
+    shm = "/dev/shm"
+    return shm if os.path.isdir(shm) and os.access(shm, os.W_OK | os.X_OK) else "."
+
+
+@pytest.mark.parametrize("op", _WRITES)
 def test_ctrl_c_at_any_point_of_a_write_lets_its_locks_go(tmp_path, op):
     """A KeyboardInterrupt raised at every Python-level call and return of a
     write in turn (a trace function: where a signal handler's Ctrl-C lands) leaves
@@ -461,12 +499,24 @@ def test_ctrl_c_at_any_point_of_a_write_lets_its_locks_go(tmp_path, op):
     its ``__exit__`` (or right after ``acquire()`` returned), and the
     maintenance lock to one inside its own ``__exit__``; the sync thread,
     other writers and close() then waited for ever (close() joins the sync
-    thread) or compact() in the same thread raised RuntimeError."""
-    # (600 s: its fsyncs are slow when the disk is busy)
-    out = _child(_EVERY_POINT % {"sync": 60_000, "op": op}, tmp_path, timeout=600)
-    total, held = out.split(" ", 1)
-    assert int(total) > 3
-    assert held.strip() == "[]", f"locks left held after Ctrl-C at steps {held.strip()} of {total}"
+    thread) or compact() in the same thread raised RuntimeError.
+
+    The default run takes the steps of the package's own frames and of the
+    first frame of each call they make (every door, lock and ``__exit__``
+    among them), with the stores on tmpfs: a rebuild has some hundreds of
+    steps, each a fresh store and a save, rebuild and compact.  (A Python
+    step between a rebuild's taking of the maintenance lock and its ``try``
+    fails it.)  The slow twin below takes every step, the standard
+    library's too, on the test's own disk."""
+    _every_point(tmp_path, op, every=False, where=_memory_dir())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("op", _WRITES)
+def test_ctrl_c_at_every_step_of_a_write_on_disk_lets_its_locks_go(tmp_path, op):
+    """The test above at every step, the standard library's frames too, with the
+    stores on the test's own disk (the fsyncs real)."""
+    _every_point(tmp_path, op, every=True, where=".")
 
 
 def test_ctrl_c_in_the_writer_door_does_not_hang_close_with_a_sync_thread(tmp_path):
