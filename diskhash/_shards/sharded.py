@@ -8,9 +8,10 @@ array at once (no Python loop per key) and hand each shard one sub-array.
 
 from __future__ import annotations
 
+import itertools
 import os
 import shutil
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from types import TracebackType
 from typing import Any, NamedTuple
 
@@ -36,16 +37,31 @@ def payload_store_class() -> Any:
 
 #: Keys per shard whose routing an open checks (``verify()`` checks every key).
 _ROUTING_SAMPLE = 8
+#: Walks of that sample an open tries while other writers change the shard.
+_ROUTING_TRIES = 5
 
 
 def _check_routing(directory: str, manifest: Manifest, index: int, store: Any,
                    limit: int | None) -> None:
     """Raise ``ShardMismatchError`` if shard ``index`` holds a key that routes
     elsewhere: its ``store/`` directory was swapped with another shard's (the
-    markers beside it cannot tell), which would make gets answer None."""
-    for n, key in enumerate(store):
-        if limit is not None and n >= limit:
-            return
+    markers beside it cannot tell), which would make gets answer None.
+
+    The open's sample (``limit``) is taken again when another thread or
+    process changes the shard's keys under it (the walk's RuntimeError: a
+    creator racing this one, writers of a set in use); under writes that
+    never pause it is left out -- ``verify()`` checks every key."""
+    keys: "Iterable[int]" = store
+    if limit is not None:
+        for _ in range(_ROUTING_TRIES):
+            try:
+                keys = list(itertools.islice(store, limit))
+                break
+            except RuntimeError:
+                continue
+        else:
+            return      # (keys changing all the while: left to verify())
+    for key in keys:
         want = _routing.shard_of(key, manifest.seed, manifest.shards)
         if want != index:
             raise ShardMismatchError(
