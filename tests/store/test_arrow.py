@@ -138,6 +138,32 @@ def test_get_many_arrow_reports_a_damaged_record(tmp_path):
         assert len(store.get_many_arrow(list(range(10)))) == 10
 
 
+@pytest.mark.parametrize("where", [0, 57, 99], ids=["first-byte", "middle", "last-byte"])
+def test_get_many_arrow_finds_damage_in_any_record_of_a_batch(tmp_path, where):
+    """Uncompressed frames are checksummed three at a time while copied:
+    a damaged byte in any of the three (and in the one or two left over at
+    the end), at the start, inside or in the tail of the payload, is found."""
+    lengths = [100, 100, 100, 37, 100, 8, 100, 100, 100, 100, 100]
+    keys = list(range(1, len(lengths) + 1))
+    with PayloadStore(tmp_path / "s") as store:
+        store.put_many(keys, [bytes([k]) * n for k, n in zip(keys, lengths)])
+        metas = [store.meta(k) for k in keys]
+        path = store.data_path
+    for i, meta in enumerate(metas):
+        at = min(where, meta.length - 1)
+        with open(path, "r+b") as f:
+            f.seek(meta.offset + at)
+            f.write(bytes([keys[i] ^ 0xFF]))
+        with PayloadStore(tmp_path / "s", readonly=True) as store:
+            with pytest.raises(CorruptPayloadError, match="checksum"):
+                store.get_many_arrow(keys)
+            others = keys[:i] + keys[i + 1:]
+            assert store.get_many_arrow(others).to_pylist() == [bytes([k]) * lengths[k - 1] for k in others]
+        with open(path, "r+b") as f:
+            f.seek(meta.offset + at)
+            f.write(bytes([keys[i]]))
+
+
 def test_get_many_arrow_reads_records_past_the_map(tmp_path):
     """Records appended after the map was made are read through the Python
     path (a remap), not refused."""
