@@ -41,6 +41,7 @@ except ImportError as exc:  # pragma: no cover - exercised in a subprocess
 
 from diskhash._fs import files as _files
 from diskhash._index.dtypes import KEY_DTYPE, np
+from diskhash._shards import arrow_answers as _answers
 from diskhash._shards import manifest as _manifest
 from diskhash._shards import pieces as _pieces
 from diskhash._shards import routing as _routing
@@ -424,11 +425,11 @@ class ShardActor:
         are, with no Python object per payload on either side.
         """
         if len(keys) <= INLINE_KEYS:
-            return _arrow_batch(self.store.get_many_arrow(keys))
+            return _answers.batch(self.store.get_many_arrow(keys))
         import anyio.to_thread
 
         found = await anyio.to_thread.run_sync(self.store.get_many_arrow, keys)
-        return _arrow_batch(found)
+        return _answers.batch(found)
 
     async def get_group_arrow(self, keys: Any, shards: list[int], counts: list[int]) -> Any:
         """``get_group`` in Arrow: a ``pyarrow.Table`` of one ``large_binary``
@@ -450,7 +451,7 @@ class ShardActor:
             import anyio.to_thread
 
             found = await anyio.to_thread.run_sync(run)
-        return _arrow_table(found)
+        return _answers.table(found)
 
     def count(self) -> int:
         """Entries in this shard."""
@@ -473,26 +474,6 @@ class ShardActor:
             store.close()
 
 
-def _arrow_batch(payloads: Any) -> Any:
-    """A shard's Arrow answer as a record batch (what distributed sends as Arrow IPC)."""
-    from diskhash._store.arrow import pyarrow_module
-
-    return pyarrow_module().RecordBatch.from_arrays([payloads], names=["payload"])
-
-
-def _arrow_table(found: list[Any]) -> Any:
-    """A group's Arrow answers (an array, or None for a shard not answered)
-    as one table; ``answered`` in the schema's metadata says which."""
-    from diskhash._store.arrow import pyarrow_module
-
-    pa = pyarrow_module()
-
-    chunks = [a for a in found if a is not None]
-    schema = pa.schema([pa.field("payload", pa.large_binary())],
-                       metadata={"answered": ",".join("0" if a is None else "1" for a in found)})
-    return pa.Table.from_arrays([pa.chunked_array(chunks, type=pa.large_binary())], schema=schema)
-
-
 def _lost(exc: BaseException) -> bool:
     """Whether an actor call failed because the actor's worker went away."""
     if isinstance(exc, OSError):
@@ -500,35 +481,6 @@ def _lost(exc: BaseException) -> bool:
     if isinstance(exc, RuntimeError) and "Actor" in str(exc):
         return True
     return isinstance(exc, KeyError)
-
-
-def _batch_chunks(batch: Any, n: int) -> list[Any]:
-    """The payload column of an actor's Arrow answer, checked to have ``n`` rows."""
-    if batch.num_rows != n:
-        raise RuntimeError(f"a shard actor answered {batch.num_rows} payloads for {n} keys")
-    col = batch.column(0)
-    return list(col.chunks) if hasattr(col, "chunks") else [col]
-
-
-def _table_parts(table: Any, counts: list[int]) -> list[Any]:
-    """A ``get_group_arrow`` answer split per shard: a list of chunks for
-    each shard it answered, None for each it did not."""
-    meta = table.schema.metadata or {}
-    answered = meta.get(b"answered", b"").decode().split(",")
-    if len(answered) != len(counts):
-        raise RuntimeError(f"a shard actor answered for {len(answered)} shards, not {len(counts)}")
-    col = table.column(0)
-    if col.length() != sum(n for n, a in zip(counts, answered) if a == "1"):
-        raise RuntimeError("a shard actor answered a group with the wrong number of payloads")
-    parts: list[Any] = []
-    start = 0
-    for n, a in zip(counts, answered):
-        if a == "1":
-            parts.append(list(col.slice(start, n).chunks))
-            start += n
-        else:
-            parts.append(None)
-    return parts
 
 
 class LookupService:
@@ -734,7 +686,7 @@ class LookupService:
                 actor = self._revive(s, actor)
                 fut = self._call(actor, sub, arrow)
         if arrow:
-            return _batch_chunks(res, len(sub))
+            return _answers.batch_chunks(res, len(sub))
         found: list[bytes | None] = pickle.loads(res)
         return found
 
@@ -748,7 +700,7 @@ class LookupService:
             if isinstance(fut, Exception):
                 raise fut
             res = fut.result(timeout=self._timeout)
-            parts = _table_parts(res, [int(bounds[s + 1] - bounds[s]) for s in members]) if arrow \
+            parts = _answers.table_parts(res, [int(bounds[s + 1] - bounds[s]) for s in members]) if arrow \
                 else pickle.loads(res)
         except Exception as exc:
             if not _lost(exc):
