@@ -159,6 +159,8 @@ def main() -> None:
             per_arrow, per_single = t_arrow / n * 1e9, t_single / n * 1e9
             print(f"get_many_arrow: {per_arrow:.0f} ns/payload ({total / t_arrow / 1e9:.2f} GB/s); "
                   f"get_many (list): {t_list / n * 1e9:.0f} ns; single get: {per_single:.0f} ns")
+            print("  (both check each frame's CRC-32C, verify_checksums=True, the store's default; "
+                  "the same keys in the same order)")
             verdict(per_single / per_arrow >= 3, f"get_many_arrow {per_single / per_arrow:.1f}x single gets "
                                                  f"per payload (target >= 3)")
             verdict(total / t_arrow / 1e9 >= 2, f"get_many_arrow {total / t_arrow / 1e9:.2f} GB/s (target >= 2)")

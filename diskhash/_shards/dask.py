@@ -41,6 +41,7 @@ except ImportError as exc:  # pragma: no cover - exercised in a subprocess
 
 from diskhash._fs import files as _files
 from diskhash._index.dtypes import KEY_DTYPE, np
+from diskhash._shards import arrow_answers as _answers
 from diskhash._shards import manifest as _manifest
 from diskhash._shards import pieces as _pieces
 from diskhash._shards import routing as _routing
@@ -371,6 +372,21 @@ class ShardActor:
             found = await anyio.to_thread.run_sync(self.store.get_many, keys)
         return pickle.dumps(found, protocol=pickle.HIGHEST_PROTOCOL)
 
+    def _jobs(self, keys: Any, shards: list[int], counts: list[int]) -> list[tuple[Any, Any] | None]:
+        """Per shard of a group call: (its store, its keys), or None when no
+        live actor of this service serves it in this process."""
+        jobs: list[tuple[Any, Any] | None] = []
+        start = 0
+        for s, n in zip(shards, counts):
+            owner = self if s == self.index else (
+                _SERVING.get((self.service, s)) if self.service is not None else None)
+            if owner is None or owner.closed:
+                jobs.append(None)
+            else:
+                jobs.append((owner.store, keys[start:start + n]))
+            start += n
+        return jobs
+
     async def get_group(self, keys: Any, shards: list[int], counts: list[int]) -> bytes:
         """Payloads for several shards of this actor's worker process in one call.
 
@@ -387,16 +403,7 @@ class ShardActor:
         if len(shards) != len(counts) or sum(counts) != len(keys):
             raise ValueError(f"get_group: {len(shards)} shards, {len(counts)} counts "
                              f"for {len(keys)} keys")
-        jobs: list[tuple[Any, Any] | None] = []
-        start = 0
-        for s, n in zip(shards, counts):
-            owner = self if s == self.index else (
-                _SERVING.get((self.service, s)) if self.service is not None else None)
-            if owner is None or owner.closed:
-                jobs.append(None)
-            else:
-                jobs.append((owner.store, keys[start:start + n]))
-            start += n
+        jobs = self._jobs(keys, shards, counts)
 
         def run() -> list[Any]:
             return [None if job is None else job[0].get_many(job[1]) for job in jobs]
@@ -408,6 +415,43 @@ class ShardActor:
 
             found = await anyio.to_thread.run_sync(run)
         return pickle.dumps(found, protocol=pickle.HIGHEST_PROTOCOL)
+
+    async def get_many_arrow(self, keys: Any) -> Any:
+        """Payloads of ``keys`` as a ``pyarrow.RecordBatch`` of one
+        ``large_binary`` column (null where absent).
+
+        distributed sends a record batch as one Arrow IPC stream (its
+        ``pyarrow`` serializer): the data and offsets buffers cross as they
+        are, with no Python object per payload on either side.
+        """
+        if len(keys) <= INLINE_KEYS:
+            return _answers.batch(self.store.get_many_arrow(keys))
+        import anyio.to_thread
+
+        found = await anyio.to_thread.run_sync(self.store.get_many_arrow, keys)
+        return _answers.batch(found)
+
+    async def get_group_arrow(self, keys: Any, shards: list[int], counts: list[int]) -> Any:
+        """``get_group`` in Arrow: a ``pyarrow.Table`` of one ``large_binary``
+        column, the payloads of every shard it answered, in ``shards``'
+        order (a chunk each); the schema's metadata ``answered`` lists, per
+        shard, 1 (its rows are there) or 0 (no live actor here: no rows; the
+        caller asks its own actor)."""
+        if len(shards) != len(counts) or sum(counts) != len(keys):
+            raise ValueError(f"get_group_arrow: {len(shards)} shards, {len(counts)} counts "
+                             f"for {len(keys)} keys")
+        jobs = self._jobs(keys, shards, counts)
+
+        def run() -> list[Any]:
+            return [None if job is None else job[0].get_many_arrow(job[1]) for job in jobs]
+
+        if len(keys) <= INLINE_KEYS:
+            found = run()
+        else:
+            import anyio.to_thread
+
+            found = await anyio.to_thread.run_sync(run)
+        return _answers.table(found)
 
     def count(self) -> int:
         """Entries in this shard."""
@@ -551,10 +595,28 @@ class LookupService:
         call), or the actor's error (after ``retries`` restarts for a lost
         worker).
         """
+        self._check_open()
+        keys = _routing.key_array(edge_ids)
+        calls, order, bounds = self._start(keys, arrow=False)
+        out = np.empty(len(keys), dtype=object)
+        for members, idx, sub, fut in calls:
+            if len(members) == 1:
+                found = self._result(members[0], sub, fut)
+            else:
+                found = self._group_result(members, order, bounds, sub, fut)
+            part = np.empty(len(idx), dtype=object)
+            part[:] = found
+            out[idx] = part
+        return out.tolist()
+
+    def _check_open(self) -> None:
         if self._closed:
             raise IndexClosedError(f"{self._directory}: LookupService is closed")
+
+    def _start(self, keys: Any, *, arrow: bool) -> tuple[list[Any], Any, Any]:
+        """Route ``keys`` and start one call per worker process: ``(calls,
+        order, bounds)``, each call ``(shards, positions, keys, future)``."""
         shards = self._manifest.shards
-        keys = _routing.key_array(edge_ids)
         sid = _routing.shards_of(keys, self._manifest.seed, shards)
         order, bounds = _routing.group_by_shard(sid, shards)
         groups: dict[Any, list[int]] = {}
@@ -568,35 +630,46 @@ class LookupService:
             sub = keys[idx]
             lead = self._actors[members[0]]
             if len(members) == 1:
-                calls.append((members, idx, sub, self._call(lead, sub)))
+                calls.append((members, idx, sub, self._call(lead, sub, arrow)))
             else:
                 counts = [int(bounds[s + 1] - bounds[s]) for s in members]
-                calls.append((members, idx, sub, self._call_group(lead, sub, members, counts)))
-        out = np.empty(len(keys), dtype=object)
-        for members, idx, sub, fut in calls:
-            if len(members) == 1:
-                found = self._result(members[0], sub, fut)
-            else:
-                found = self._group_result(members, order, bounds, sub, fut)
-            part = np.empty(len(idx), dtype=object)
-            part[:] = found
-            out[idx] = part
-        return out.tolist()
+                calls.append((members, idx, sub, self._call_group(lead, sub, members, counts, arrow)))
+        return calls, order, bounds
 
     def get_many_arrow(self, edge_ids: Any) -> Any:
         """As ``get_many``, as one ``pyarrow.LargeBinaryArray`` (null where
         absent), in key order; Arrow keys as ``PayloadStore.get_many_arrow``
-        takes them.  The actors still answer with pickled lists: the array is
-        made from them here."""
+        takes them.  The actors answer in Arrow (``ShardActor.get_many_arrow``,
+        ``get_group_arrow``): no Python object per payload crosses, and the
+        answers are put in key order here with one Arrow ``take``."""
         from diskhash._store import arrow as _arrow
 
         pa = _arrow.pyarrow_module()
-        if _arrow.is_arrow(edge_ids):
-            edge_ids = _arrow.key_array(edge_ids)
-        return pa.array(self.get_many(edge_ids), type=pa.large_binary())
+        self._check_open()
+        keys = _arrow.key_array(edge_ids) if _arrow.is_arrow(edge_ids) else _routing.key_array(edge_ids)
+        calls, order, bounds = self._start(keys, arrow=True)
+        where: list[Any] = []
+        chunks: list[Any] = []
+        for members, idx, sub, fut in calls:
+            if len(members) == 1:
+                chunks += self._result(members[0], sub, fut, arrow=True)
+            else:
+                chunks += self._group_result(members, order, bounds, sub, fut, arrow=True)
+            where.append(idx)
+        n = len(keys)
+        if not n:
+            return pa.array([], type=pa.large_binary())
+        got = pa.chunked_array(chunks, type=pa.large_binary()).combine_chunks()
+        positions = np.concatenate(where)
+        if np.array_equal(positions, np.arange(n)):
+            return got
+        inverse = np.empty(n, dtype=np.int64)
+        inverse[positions] = np.arange(n, dtype=np.int64)
+        return got.take(pa.array(inverse))
 
-    def _result(self, s: int, sub: Any, fut: Any) -> list[bytes | None]:
-        """Shard ``s``'s answer to ``fut`` (its actor's ``get_many(sub)``),
+    def _result(self, s: int, sub: Any, fut: Any, arrow: bool = False) -> Any:
+        """Shard ``s``'s answer to ``fut`` (its actor's ``get_many(sub)``, or
+        with ``arrow`` ``get_many_arrow(sub)``: then a list of Arrow chunks),
         restarting the actor and asking again if its worker was lost."""
         actor = self._actors[s]
         attempt = 0
@@ -611,48 +684,58 @@ class LookupService:
                     raise
                 attempt += 1
                 actor = self._revive(s, actor)
-                fut = self._call(actor, sub)
+                fut = self._call(actor, sub, arrow)
+        if arrow:
+            return _answers.batch_chunks(res, len(sub))
         found: list[bytes | None] = pickle.loads(res)
         return found
 
     def _group_result(self, members: list[int], order: Any, bounds: Any, sub: Any,
-                      fut: Any) -> list[bytes | None]:
-        """The answers of a ``get_group`` call, in ``sub``'s order; the shards it
-        could not answer (no live actor in that process, a lost worker) are
-        asked one by one, each through its own actor."""
+                      fut: Any, arrow: bool = False) -> Any:
+        """The answers of a ``get_group`` call (``get_group_arrow`` with
+        ``arrow``: then a list of Arrow chunks), in ``sub``'s order; the shards
+        it could not answer (no live actor in that process, a lost worker)
+        are asked one by one, each through its own actor."""
         try:
             if isinstance(fut, Exception):
                 raise fut
-            parts = pickle.loads(fut.result(timeout=self._timeout))
+            res = fut.result(timeout=self._timeout)
+            parts = _answers.table_parts(res, [int(bounds[s + 1] - bounds[s]) for s in members]) if arrow \
+                else pickle.loads(res)
         except Exception as exc:
             if not _lost(exc):
                 raise
             parts = [None] * len(members)
-        found: list[bytes | None] = []
+        found: list[Any] = []
         start = 0
         for s, part in zip(members, parts):
             n = int(bounds[s + 1] - bounds[s])
             if part is None:
                 one = sub[start:start + n]
-                part = self._result(s, one, self._call(self._actors[s], one))
+                part = self._result(s, one, self._call(self._actors[s], one, arrow), arrow)
             found += part
             start += n
         return found
 
     @staticmethod
-    def _call_group(actor: Any, sub: Any, members: list[int], counts: list[int]) -> Any:
-        """Start ``actor.get_group(...)``: its future, or the exception raised at once."""
+    def _call_group(actor: Any, sub: Any, members: list[int], counts: list[int],
+                    arrow: bool = False) -> Any:
+        """Start ``actor.get_group(...)`` (or ``get_group_arrow``): its future,
+        or the exception raised at once."""
         try:
+            if arrow:
+                return actor.get_group_arrow(sub, members, counts)
             return actor.get_group(sub, members, counts)
         except Exception as exc:
             return exc
 
     @staticmethod
-    def _call(actor: Any, sub: Any) -> Any:
-        """Start ``actor.get_many(sub)``: its future, or the exception raised at
-        once (Dask raises ``RuntimeError`` here when the actor's worker is gone)."""
+    def _call(actor: Any, sub: Any, arrow: bool = False) -> Any:
+        """Start ``actor.get_many(sub)`` (or ``get_many_arrow``): its future, or
+        the exception raised at once (Dask raises ``RuntimeError`` here when
+        the actor's worker is gone)."""
         try:
-            return actor.get_many(sub)
+            return actor.get_many_arrow(sub) if arrow else actor.get_many(sub)
         except Exception as exc:
             return exc
 

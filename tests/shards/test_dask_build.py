@@ -429,3 +429,8 @@ def test_lookups_survive_a_worker_restart(tmp_path: Path) -> None:
             time.sleep(0.5)
             assert svc.get_many(keys) == payloads          # actor reopened elsewhere
             assert pid not in {svc.actor(s).where().result()[1] for s in range(4)}
+            _, pid = svc.actor(1).where().result()
+            os.kill(pid, signal.SIGKILL)
+            time.sleep(0.5)
+            assert svc.get_many_arrow(keys).to_pylist() == payloads     # the Arrow calls too
+            assert pid not in {svc.actor(s).where().result()[1] for s in range(4)}
