@@ -764,15 +764,12 @@ def copy_live_into(data, Py_ssize_t p, long long base, DiskHashIndex index not N
 def live_keys(data, Py_ssize_t p, long long base, DiskHashIndex index not None,
               RowLog live not None, uint64_t max_rows, uint64_t max_bytes, bint raw):
     """The export's walk over ``data[p:]`` (at file offset ``base``), in C:
-    each valid put frame that ``index`` still points at is added to ``live``
-    (its key, and its place as the index has it), in log order, until
-    ``live`` holds ``max_rows`` rows or about ``max_bytes`` of payload (the
-    stored bytes with ``raw``, else the uncompressed ones).  Returns
-    ``(stop, full)``: where the walk stopped, and whether a limit stopped
-    it; a stop short of the end without ``full`` is a frame that does not
-    check out (``frame_end``).  The index is probed as ``DiskHashIndex.get``
-    does.  Reading the log in order lets the export stream a store bigger
-    than memory from the device's sequential reads."""
+    each valid put frame that ``index`` points at is added to ``live``, in
+    log order, until it holds ``max_rows`` rows or about ``max_bytes`` of
+    payload (stored bytes with ``raw``, else uncompressed).  Returns
+    ``(stop, full)``: where it stopped, and whether a limit stopped it (else
+    a frame that does not check out, ``frame_end``).  Probes as ``get`` does;
+    the log's order streams a store bigger than memory from sequential reads."""
     cdef Py_buffer view
     cdef frame_t f
     cdef dh_slot s
