@@ -37,6 +37,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Callable
 
 from diskhash._format.payload import DATA_HEADER_SIZE, FRAME_SIZE
+from diskhash._fs.files import fsync_dir
 from diskhash._store import codecs as _codecs
 from diskhash._store.arrow import fetch, pyarrow_module
 from diskhash._store.generation import MADV_POPULATE_READ
@@ -83,8 +84,9 @@ def export_parquet(store: "PayloadStore | str | os.PathLike[str]", path: "str | 
     ``raw``: the stored bytes with their codec, not the payloads.
     ``compression``: Parquet's own codec of the file (``"none"``, ``"snappy"``,
     ``"zstd"``, ...: pyarrow's names).  ``progress(done, total)`` is called
-    after each batch.  The file is written beside ``path`` and renamed into
-    place when complete, so a failed export leaves no partial file.  Puts and
+    after each batch.  The file is written beside ``path``, synced and renamed
+    into place when complete, so a failed export (or a power loss) leaves no
+    partial file.  Puts and
     deletes from other threads of a writable store wait for the export (a
     consistent copy); a ``compact()`` meanwhile ends it with ``RuntimeError``.
     Rows come in the order the records were written (the log's order).
@@ -115,10 +117,18 @@ def export_parquet(store: "PayloadStore | str | os.PathLike[str]", path: "str | 
             done = _write_file(tmp, pa, raw, compression, progress,
                                _in_index_order(reads, raw, batch_rows, batch_bytes, pa))
     try:
+        # durable before it takes the name: a power loss leaves the old file
+        # or the whole new one, never a renamed file whose blocks never came
+        fd = os.open(tmp, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
         os.replace(tmp, path)
     except BaseException:
         _unlink(tmp)
         raise
+    fsync_dir(os.path.dirname(path))
     return done
 
 
