@@ -110,3 +110,28 @@ def test_a_damaged_live_record_ends_the_export_with_no_file(tmp_path):
     with pytest.raises(CorruptPayloadError):
         export_parquet(tmp_path / "s", tmp_path / "o.parquet")
     assert sorted(os.listdir(tmp_path)) == ["s"]
+
+
+def test_the_file_is_synced_before_it_takes_its_name(tmp_path, monkeypatch):
+    # a power loss after the rename must not leave the name on a file whose
+    # blocks never reached the device
+    with PayloadStore(tmp_path / "s") as store:
+        store.put_many(list(range(1, 100)), [b"v%d" % i for i in range(1, 100)])
+    events = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd):
+        events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+        return real_fsync(fd)
+
+    def replace(src, dst):
+        events.append(("replace", os.fspath(src)))
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    export_parquet(tmp_path / "s", tmp_path / "o.parquet")
+    (at,) = [i for i, e in enumerate(events) if e[0] == "replace"]
+    tmp = os.path.abspath(events[at][1])
+    assert ("fsync", tmp) in events[:at]
+    assert ("fsync", str(tmp_path)) in events[at:]          # the directory, after
