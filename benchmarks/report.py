@@ -36,12 +36,16 @@ OPS = [("get", "get"), ("get_miss", "get absent"), ("put", "put (one each)\n+ du
        ("put_many", "put_many\n(batch API)"), ("get_many", "get_many\n(bytes)")]
 
 
-def footer(fig: plt.Figure, meta: dict) -> None:
+def footer(fig: plt.Figure, meta: dict, sizes: "dict | None" = None) -> None:
     v = meta.get("versions", {})
     load = f", load average {meta['load']} at the start" if "load" in meta else ""
     text = (f"{meta.get('cpu', '?')}, {meta.get('cores', '?')} cores ({meta.get('note') or 'machine'}{load}); "
             f"{meta.get('os', '')}; commit {meta.get('commit', '?')}\n"
             + ", ".join(f"{k} {x}" for k, x in v.items()))
+    for n, size in (sizes or {}).items():
+        own = size.get("meta")      # (a size measured in a run of its own)
+        if own:
+            text += f"\n{int(n):,} entries: commit {own.get('commit', '?')}, {own.get('note', '')}"
     fig.text(0.01, 0.005, text, fontsize=6.5, color="#555555", va="bottom", ha="left", wrap=True)
 
 
@@ -74,7 +78,7 @@ def ops_chart(data: dict, n: str, path: str) -> None:
     ax.set_title(f"diskhash PayloadStore against its peers: {int(n):,} entries of "
                  f"{size['payload']} random bytes, warm page cache", fontsize=10)
     fig.subplots_adjust(bottom=0.2)
-    footer(fig, data["meta"])
+    footer(fig, data["meta"], {n: size})
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
@@ -103,7 +107,7 @@ def scaling_chart(data: dict, path: str) -> None:
     pay = ", ".join(f"{int(n):,}: {data['sizes'][n]['payload']} B" for n in sizes)
     fig.suptitle(f"Cost per entry against entries (log-log; payload sizes {pay})", fontsize=10)
     fig.subplots_adjust(bottom=0.13, hspace=0.35, wspace=0.3)
-    footer(fig, data["meta"])
+    footer(fig, data["meta"], data["sizes"])
     fig.savefig(path, dpi=100)
     plt.close(fig)
 
@@ -128,7 +132,7 @@ def disk_open_chart(data: dict, path: str) -> None:
             ax.set_yscale("log")
             ax.set_title(f"open + one get, ms (log)\n{int(n):,} entries of {payload} B", fontsize=9)
     fig.subplots_adjust(bottom=0.22, top=0.86, wspace=0.3)
-    footer(fig, data["meta"])
+    footer(fig, data["meta"], data["sizes"])
     fig.savefig(path, dpi=100)
     plt.close(fig)
 
