@@ -39,6 +39,8 @@ _GROW_KNOBS: str
 
 def resident_budget(value: bool | int | None, name: str = ...) -> int | None:
     """``resident=`` checked: None (off) or a budget in bytes (True: no limit)."""
+def drop_pages(index: DiskHashIndex) -> None:
+    """Let go of this process's mapping of the table's pages (they stay in the page cache)."""
 
 @disjoint_base
 class DiskHashIndex:

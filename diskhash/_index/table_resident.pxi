@@ -6,7 +6,7 @@
 # Locked in memory, the index costs none, and a cold get one.
 import numbers
 
-from posix.mman cimport MADV_WILLNEED, madvise, mlock, munlock
+from posix.mman cimport MADV_DONTNEED, MADV_WILLNEED, madvise, mlock, munlock
 
 # ``resident=True``: no budget.
 cdef object _NO_BUDGET = 1 << 63
@@ -73,3 +73,19 @@ cdef int set_resident(DiskHashIndex self, budget) except -1:
         if not mine:
             pthread_mutex_unlock(&self._write_lock)
     return 0
+
+
+def drop_pages(DiskHashIndex index not None):
+    """Let go of this process's mapping of the table's pages (MADV_DONTNEED:
+    they stay in the page cache, written or not, and the next probe of one
+    maps it again); nothing while the map is kept resident.  For a walk that
+    probes every key of a big table (the Parquet export): the pages it
+    touched would otherwise stay in the process's resident set, the whole
+    table by its end.  Under the map lock, shared (close waits)."""
+    index._read_acquire()
+    try:
+        if index.resident is None and index._base != NULL:
+            with nogil:
+                madvise(index._base, HEADER_SIZE + index._num_slots * SLOT_SIZE, MADV_DONTNEED)
+    finally:
+        index._read_release()

@@ -38,6 +38,7 @@ from typing import Any, Callable
 
 from diskhash._format.payload import DATA_HEADER_SIZE, FRAME_SIZE
 from diskhash._fs.files import fsync_dir
+from diskhash._index.table import drop_pages
 from diskhash._store import codecs as _codecs
 from diskhash._store.arrow import fetch, pyarrow_module
 from diskhash._store.generation import MADV_POPULATE_READ
@@ -187,9 +188,9 @@ def _in_log_order(reads: BatchReads, raw: bool, batch_rows: int, batch_bytes: in
     """The export's batches, ``(batch, total)``, read in the order of the log:
     the live frames found by a walk of the data file (compiled ``live_keys``),
     so a store bigger than memory streams from sequential reads: the pages
-    ahead of the walk are asked for, and those behind it are let go, so the
-    export's resident memory stays about two batches whatever the store's
-    size.  Raises ``_NotInLogOrder`` where that copy would not be whole
+    ahead of the walk are asked for, and those behind it are let go (and the
+    index's, which the walk probes at random), so the export's resident
+    memory stays about two batches whatever the store's size.  Raises ``_NotInLogOrder`` where that copy would not be whole
     and consistent."""
     g = reads.live()
     end = reads.data_end(g)
@@ -216,6 +217,7 @@ def _in_log_order(reads: BatchReads, raw: bool, batch_rows: int, batch_bytes: in
                 done += n
                 yield _batch(reads, key_col, raw, pa, _NotInLogOrder), total
             g.advise(released, pos, mmap.MADV_DONTNEED)
+            drop_pages(g.index)     # (each key of the batch was probed: its pages go too)
             released = pos
         if done != total or reads.data_end(g) != end or reads.current() is not g:
             raise _NotInLogOrder(done, total)
