@@ -84,7 +84,8 @@ def export_parquet(store: "PayloadStore | str | os.PathLike[str]", path: "str | 
     ``compression``: Parquet's own codec of the file (``"none"``, ``"snappy"``,
     ``"zstd"``, ...: pyarrow's names).  ``progress(done, total)`` is called
     after each batch.  The file is written beside ``path`` and renamed into
-    place when complete, so a failed export leaves no partial file.  Puts and
+    place when complete, so a failed export leaves no partial file (a killed
+    process leaves its ``.NAME.PID.tmp``, see the batch guide).  Puts and
     deletes from other threads of a writable store wait for the export (a
     consistent copy); a ``compact()`` meanwhile ends it with ``RuntimeError``.
     Rows come in the order the records were written (the log's order).
