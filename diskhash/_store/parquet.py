@@ -87,7 +87,8 @@ def export_parquet(store: "PayloadStore | str | os.PathLike[str]", path: "str | 
     ``"zstd"``, ...: pyarrow's names).  ``progress(done, total)`` is called
     after each batch.  The file is written beside ``path``, synced and renamed
     into place when complete, so a failed export (or a power loss) leaves no
-    partial file.  Puts and
+    partial file under its name (a killed process leaves its
+    ``.NAME.PID.tmp``, see the batch guide).  Puts and
     deletes from other threads of a writable store wait for the export (a
     consistent copy); a ``compact()`` meanwhile ends it with ``RuntimeError``.
     Rows come in the order the records were written (the log's order).
@@ -190,8 +191,8 @@ def _in_log_order(reads: BatchReads, raw: bool, batch_rows: int, batch_bytes: in
     so a store bigger than memory streams from sequential reads: the pages
     ahead of the walk are asked for, and those behind it are let go (and the
     index's, which the walk probes at random), so the export's resident
-    memory stays about two batches whatever the store's size.  Raises ``_NotInLogOrder`` where that copy would not be whole
-    and consistent."""
+    memory stays about two batches whatever the store's size.  Raises
+    ``_NotInLogOrder`` where that copy would not be whole and consistent."""
     g = reads.live()
     end = reads.data_end(g)
     total = len(g.index)
@@ -277,7 +278,9 @@ def import_parquet(path: "str | os.PathLike[str]", store: "PayloadStore | str | 
     ``uncompressed_length``) before they are stored.  ``compression``: the
     codec to store with (default: the store's).  An empty store's index is
     sized for the file's row count before the first batch (one grow, not
-    one per batch; rows repeating a key only over-size it).  Each batch is checked
+    one per batch; rows repeating a key only over-size it); a file whose
+    footer's row count disagrees with its row groups is ``ValueError``
+    before the store is opened.  Each batch is checked
     whole before it is written (a null key or payload is ``ValueError``);
     an error leaves the batches before it stored.
     """
@@ -286,6 +289,10 @@ def import_parquet(path: "str | os.PathLike[str]", store: "PayloadStore | str | 
     import pyarrow.parquet as pq
 
     _check_input(path)
+    # (before a store is opened or created: a file whose footer does not
+    # add up is refused with nothing touched)
+    pf = pq.ParquetFile(os.fspath(path))
+    total = _row_count(pf, path)
     if not isinstance(store, PayloadStore):
         kwargs = {} if compression is None else {"compression": compression}
         with PayloadStore(store, **kwargs) as opened:
@@ -294,7 +301,6 @@ def import_parquet(path: "str | os.PathLike[str]", store: "PayloadStore | str | 
             return count
     # (read, not memory-mapped: a file truncated by another process meanwhile
     # is then pyarrow's error, not a SIGBUS; a map saved one pread copy)
-    pf = pq.ParquetFile(os.fspath(path))
     names = pf.schema_arrow.names
     if "payload" not in names:
         raise ValueError(f"{os.fspath(path)}: no 'payload' column (columns: {names})")
@@ -309,7 +315,6 @@ def import_parquet(path: "str | os.PathLike[str]", store: "PayloadStore | str | 
         raise ValueError(f"{os.fspath(path)}: a 'compression' column but no 'uncompressed_length' "
                          f"(columns: {names})")
     columns = key_cols + ["payload"] + (["compression", "uncompressed_length"] if raw else [])
-    total = pf.metadata.num_rows
     done = 0
     if total and not len(store):
         # The index sized once for every row (an empty store: each row a new
@@ -335,6 +340,20 @@ def import_parquet(path: "str | os.PathLike[str]", store: "PayloadStore | str | 
     finally:
         batches.close()         # (the batch being read ahead is waited for)
     return done
+
+
+def _row_count(pf: Any, path: "str | os.PathLike[str]") -> int:
+    """The rows of the Parquet file ``pf`` as its row groups count them (what
+    the read gives); the footer's total must agree.  A footer that claims
+    more rows than the file holds would otherwise size the index for them
+    before the first batch: a huge allocation, or an error that
+    names the index, not the file."""
+    meta = pf.metadata
+    rows = sum(meta.row_group(i).num_rows for i in range(meta.num_row_groups))
+    if rows != meta.num_rows or rows < 0:
+        raise ValueError(f"{os.fspath(path)}: the file's metadata says {meta.num_rows} rows but its "
+                         f"row groups hold {rows} (a damaged or forged footer)")
+    return rows
 
 
 def _check_input(path: "str | os.PathLike[str]") -> None:

@@ -254,3 +254,49 @@ def test_an_import_into_an_empty_store_sizes_the_index_once(tmp_path):
         store.put(n + 1, b"before")
         assert import_parquet(tmp_path / "in.parquet", store, batch_rows=2000) == n
         assert len(store) == n + 1 and store.get(n + 1) == b"before" and store.get(7) == b"p7"
+
+
+def _varint(n):
+    out = bytearray()
+    while True:
+        out.append((n & 0x7F) | (0x80 if n >> 7 else 0))
+        n >>= 7
+        if not n:
+            return bytes(out)
+
+
+def _forge_row_count(src, dst, rows, claim):
+    """``src`` with its footer's FileMetaData.num_rows (thrift compact: a
+    zigzag varint, the first of its value, before the row groups) set to ``claim``."""
+    import struct
+    data = src.read_bytes()
+    flen = struct.unpack("<I", data[-8:-4])[0]
+    footer = data[-8 - flen:-8]
+    old = _varint(rows * 2)
+    at = footer.index(old)
+    footer = footer[:at] + _varint(claim * 2) + footer[at + len(old):]
+    dst.write_bytes(data[:-8 - flen] + footer + struct.pack("<I", len(footer)) + b"PAR1")
+
+
+@pytest.mark.parametrize("claim", [10, 2_000_000_000_000], ids=["fewer", "trillions"])
+def test_an_import_refuses_a_footer_that_lies_about_its_rows(tmp_path, claim):
+    """The up-front sizing trusted the footer's row count: a file claiming
+    two trillion rows (its 123,457 rows readable) failed with the index's
+    EFBIG while sizing (or, claiming a few hundred million, allocated gigabytes);
+    one claiming fewer reported ``progress`` past its total.  The row groups'
+    counts are what the read gives: a footer that disagrees is refused,
+    naming the file, before the store is created."""
+    n = 123_457
+    pq.write_table(pa.table({"key": pa.array([k.to_bytes(16, "little") for k in range(n)], type=pa.binary(16)),
+                             "payload": pa.array([b"p%d" % k for k in range(n)], type=pa.large_binary())}),
+                   tmp_path / "in.parquet")
+    _forge_row_count(tmp_path / "in.parquet", tmp_path / "forged.parquet", n, claim)
+    meta = pq.ParquetFile(tmp_path / "forged.parquet").metadata
+    assert meta.num_rows == claim and meta.row_group(0).num_rows == n
+    with pytest.raises(ValueError, match=f"forged.parquet: the file's metadata says {claim} rows"):
+        import_parquet(tmp_path / "forged.parquet", tmp_path / "d")
+    assert not (tmp_path / "d").exists()
+    with PayloadStore(tmp_path / "e") as store:
+        with pytest.raises(ValueError, match="row groups hold 123457"):
+            import_parquet(tmp_path / "forged.parquet", store)
+        assert len(store) == 0 and store.stats().index_bytes < 1 << 20

@@ -163,3 +163,38 @@ def test_the_file_is_synced_before_it_takes_its_name(tmp_path, monkeypatch):
     tmp = os.path.abspath(events[at][1])
     assert ("fsync", tmp) in events[:at]
     assert ("fsync", str(tmp_path)) in events[at:]          # the directory, after
+
+
+def test_a_killed_export_leaves_only_its_documented_temporary_file(tmp_path):
+    """SIGKILL of the exporter (a real process, killed between two batches):
+    no target file; the only leftover is ``.NAME.PID.tmp`` beside it, the
+    name docs/guide/batch.md gives so it can be found and removed; a later
+    export is not disturbed by it."""
+    import signal
+    import subprocess
+    import sys
+
+    from helpers.processes import subprocess_env
+
+    with PayloadStore(tmp_path / "s") as store:
+        store.put_many(list(range(500)), [b"v%d" % k for k in range(500)])
+    (tmp_path / "out").mkdir()
+    child = subprocess.Popen(
+        [sys.executable, "-c",
+         "import sys, time\n"
+         "from diskhash import export_parquet\n"
+         "def progress(done, total):\n"
+         "    print('batch', flush=True)\n"
+         "    time.sleep(60)\n"
+         "export_parquet(sys.argv[1], sys.argv[2], batch_rows=50, progress=progress)\n",
+         str(tmp_path / "s"), str(tmp_path / "out" / "o.parquet")],
+        stdout=subprocess.PIPE, text=True, env=subprocess_env())
+    try:
+        assert child.stdout.readline() == "batch\n"
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait(timeout=30)
+        child.stdout.close()
+    assert os.listdir(tmp_path / "out") == [f".o.parquet.{child.pid}.tmp"]
+    assert export_parquet(tmp_path / "s", tmp_path / "out" / "o.parquet") == 500
+    assert sorted(exported(tmp_path / "out" / "o.parquet")) == [(k, b"v%d" % k) for k in range(500)]
