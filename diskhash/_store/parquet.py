@@ -189,9 +189,10 @@ def _in_log_order(reads: BatchReads, raw: bool, batch_rows: int, batch_bytes: in
     """The export's batches, ``(batch, total)``, read in the order of the log:
     the live frames found by a walk of the data file (compiled ``live_keys``),
     so a store bigger than memory streams from sequential reads: the pages
-    ahead of the walk are asked for, and those behind it are let go (and the
-    index's, which the walk probes at random), so the export's resident
-    memory stays about two batches whatever the store's size.  Raises
+    ahead of the walk are asked for, and those behind it are let go, so the
+    data file adds about two batches to the export's resident memory
+    whatever its size (the index, probed at random, is let go after each
+    batch, but each maps nearly all of it again).  Raises
     ``_NotInLogOrder`` where that copy would not be whole and consistent."""
     g = reads.live()
     end = reads.data_end(g)
