@@ -35,7 +35,12 @@ shared machine another process's burst lands in one run, not in all).  Lookups: 
 ``--clients`` threads each send ``get_many`` batches of ``--batch`` random
 present ids; keys/s is total keys over wall time.  The task stream gives
 the mean duration of a split task and of a shard-writer task (the per-shard
-figures), and 2000 no-op tasks give Dask's per-task overhead.  Timing
+figures), and 2000 no-op tasks give Dask's per-task overhead.  Beside each
+build's wall time the CPU it took is printed: the workers' (``process_time``
+of each worker process, by ``client.run``, before and after) and this
+process's (the client and, in a LocalCluster, the scheduler), medians over
+the repeats; on a busy machine they compare two builds where the wall
+clock cannot.  Timing
 numbers depend on an idle machine: run it on a quiet one; the figures
 recorded in docs/performance.md come from one.
 """

@@ -28,11 +28,11 @@ class Piece:
     of ``key`` and ``payload``, in input order.
 
     Not a bare record batch: distributed serialises a ``RecordBatch`` as an
-    Arrow IPC stream, a copy of every byte into a growing buffer (0.2 to 4.6 ms
-    a 1 MB piece on the development VM), while an object it has no serialiser
-    for goes through pickle protocol 5, whose out-of-band frames are the
-    batch's own buffers (0.05 to 0.1 ms).  ``__sizeof__`` gives the batch's
-    bytes, which Dask's memory accounting reads."""
+    Arrow IPC stream, a copy of every byte into a growing buffer, while an
+    object it has no serialiser for goes through pickle protocol 5, whose
+    out-of-band frames are the batch's own buffers: no copy, several times
+    cheaper (docs/performance.md, the build from Parquet).  ``__sizeof__``
+    gives the batch's bytes, which Dask's memory accounting reads."""
 
     __slots__ = ("batch",)
 
