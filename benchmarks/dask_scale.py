@@ -35,7 +35,12 @@ shared machine another process's burst lands in one run, not in all).  Lookups: 
 ``--clients`` threads each send ``get_many`` batches of ``--batch`` random
 present ids; keys/s is total keys over wall time.  The task stream gives
 the mean duration of a split task and of a shard-writer task (the per-shard
-figures), and 2000 no-op tasks give Dask's per-task overhead.  Timing
+figures), and 2000 no-op tasks give Dask's per-task overhead.  Beside each
+build's wall time the CPU it took is printed: the workers' (``process_time``
+of each worker process, by ``client.run``, before and after) and this
+process's (the client and, in a LocalCluster, the scheduler), medians over
+the repeats; on a busy machine they compare two builds where the wall
+clock cannot.  Timing
 numbers depend on an idle machine: run it on a quiet one; the figures
 recorded in docs/performance.md come from one.
 """
@@ -127,14 +132,18 @@ def build_once(workers: int, args: argparse.Namespace, root: str) -> dict:
                 id_columns = ("lo", "hi")
             ddf = client.persist(ddf)
             distributed.wait(ddf)
-            times, splits, writes = [], [], []
+            times, splits, writes, cpus, own = [], [], [], [], []
             for attempt in range(args.repeat):
                 where = target if attempt == 0 else f"{target}-{attempt}"
+                cpu0 = client.run(time.process_time)
                 with distributed.get_task_stream(client) as ts:
-                    t0 = time.perf_counter()
+                    t0, c0 = time.perf_counter(), time.process_time()
                     build_store(ddf, where, shards=args.shards, id_columns=id_columns,
                                 client=client)
                     times.append(time.perf_counter() - t0)
+                    own.append(time.process_time() - c0)
+                cpu1 = client.run(time.process_time)
+                cpus.append(sum(cpu1[w] - cpu0[w] for w in cpu0))
                 splits += _task_durations(ts.data, SPLIT_TASK)
                 writes += _task_durations(ts.data, WRITE_TASK)
                 if attempt:
@@ -153,6 +162,7 @@ def build_once(workers: int, args: argparse.Namespace, root: str) -> dict:
             "split_task_s": statistics.mean(splits) if splits else float("nan"),
             "write_task_s": statistics.mean(writes) if writes else float("nan"),
             "task_overhead_s": overhead, "set": target, "times": times,
+            "worker_cpu_s": statistics.median(cpus), "client_cpu_s": statistics.median(own),
             "load": os.getloadavg()[0]}
 
 
@@ -230,10 +240,13 @@ def baseline(args: argparse.Namespace, mine: dict) -> None:
         base = json.load(f)["two"]
     shutil.rmtree(os.path.dirname(out), ignore_errors=True)
     a, b = mine["entries_per_s"], base["entries_per_s"]
-    print(f"2-worker build, this checkout --source {args.source}: {a:,.0f} entries/s "
-          f"({1e9 / a:,.0f} ns/entry; runs {', '.join(f'{t:.2f}' for t in mine['times'])} s)")
-    print(f"2-worker build, {args.baseline} --source frame: {b:,.0f} entries/s "
-          f"({1e9 / b:,.0f} ns/entry; runs {', '.join(f'{t:.2f}' for t in base['times'])} s)")
+    for who, r, rate in ((f"this checkout --source {args.source}", mine, a),
+                         (f"{args.baseline} --source frame", base, b)):
+        print(f"2-worker build, {who}: {rate:,.0f} entries/s ({1e9 / rate:,.0f} ns/entry; "
+              f"runs {', '.join(f'{t:.2f}' for t in r['times'])} s); mean split task "
+              f"{r['split_task_s'] * 1e3:.1f} ms, mean shard-writer task "
+              f"{r['write_task_s'] * 1e3:.1f} ms; workers' CPU {r['worker_cpu_s']:.2f} s, "
+              f"client+scheduler CPU {r['client_cpu_s']:.2f} s a build (medians)")
     print(f"per record, this / baseline: {a / b:.2f}x (target >= 1.0): "
           f"{'PASS' if a >= b else 'MISS'}; load average {os.getloadavg()[0]:.2f} after",
           flush=True)
@@ -283,7 +296,8 @@ def main() -> None:
                   f"mean split task {r['split_task_s'] * 1e3:.1f} ms, "
                   f"mean shard-writer task {r['write_task_s'] * 1e3:.1f} ms; "
                   f"all runs {', '.join(f'{t:.2f}' for t in r['times'])} s; "
-                  f"load average {r['load']:.2f} after")
+                  f"workers' CPU {r['worker_cpu_s']:.2f} s, client+scheduler "
+                  f"CPU {r['client_cpu_s']:.2f} s a build (medians); load average {r['load']:.2f} after")
         if one is not None:
             ratio = two["entries_per_s"] / one["entries_per_s"]
             print(f"build speed-up 1 -> 2 workers: {ratio:.2f}x (target >= 1.7x): "

@@ -1,11 +1,12 @@
 """A Dask build's input partitions cut into Arrow pieces, one per shard.
 
-A piece is a ``pyarrow.RecordBatch`` of two columns: ``key``
+A piece (``Piece``) holds a ``pyarrow.RecordBatch`` of two columns: ``key``
 (``fixed_size_binary(16)``, the bytes of a ``KEY_DTYPE`` row) and
-``payload`` (``binary`` or ``large_binary``).  distributed ships a record
-batch as Arrow IPC (a few frames per piece, not one per payload), and the
-shard writer hands the payload buffers to ``put_many`` as they are, so no
-Python object is made per record from a partition of Arrow columns
+``payload`` (``binary`` or ``large_binary``).  distributed ships it by
+pickle protocol 5, the batch's buffers out of band (a few frames per piece,
+not one per payload, and no copy), and the shard writer hands the payload
+buffers to ``put_many`` as they are, so no Python object is made per record
+from a partition of Arrow columns
 (``dd.read_parquet(..., dtype_backend="pyarrow")``).  Used by
 ``diskhash._shards.dask``; needs numpy, pyarrow and pandas partitions.
 """
@@ -19,7 +20,33 @@ from diskhash._index.dtypes import KEY_DTYPE, np
 from diskhash._shards import routing as _routing
 from diskhash.errors import KeyRangeError
 
-__all__ = ["check_dtypes", "shard_records", "split"]
+__all__ = ["Piece", "check_dtypes", "shard_records", "split"]
+
+
+class Piece:
+    """One input partition's records of one shard: ``batch``, a record batch
+    of ``key`` and ``payload``, in input order.
+
+    Not a bare record batch: distributed serialises a ``RecordBatch`` as an
+    Arrow IPC stream, a copy of every byte into a growing buffer, while an
+    object it has no serialiser for goes through pickle protocol 5, whose
+    out-of-band frames are the batch's own buffers: no copy, several times
+    cheaper (docs/performance.md, the build from Parquet).  ``__sizeof__``
+    gives the batch's bytes, which Dask's memory accounting reads."""
+
+    __slots__ = ("batch",)
+
+    def __init__(self, batch: Any) -> None:
+        self.batch = batch
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (Piece, (self.batch,))
+
+    def __sizeof__(self) -> int:
+        return int(self.batch.nbytes) + object.__sizeof__(self)
+
+    def __repr__(self) -> str:
+        return f"Piece({self.batch.num_rows} records)"
 
 
 def _pyarrow() -> Any:
@@ -161,10 +188,10 @@ def _rows(part: Any, spec: tuple[Any, ...], part_no: int, pa: Any) -> tuple[Any,
 
 
 def split(part: Any, spec: tuple[Any, ...], seed: int, shards: int,
-           part_no: int = 0) -> tuple[Any, ...]:
-    """One input partition cut into ``shards`` Arrow pieces (record batches of
-    ``key``, ``payload``), each shard's rows in input order: routing in numpy
-    over the key buffer, one Arrow ``take`` per shard."""
+           part_no: int = 0) -> tuple[Piece, ...]:
+    """One input partition cut into ``shards`` pieces (``Piece``: a record
+    batch of ``key``, ``payload``), each shard's rows in input order: routing
+    in numpy over the key buffer, one Arrow ``take`` per shard."""
     pa = _pyarrow()
     keys, payloads = _rows(part, spec, part_no, pa)
     sid = _routing.shards_of(keys, seed, shards)
@@ -172,7 +199,7 @@ def split(part: Any, spec: tuple[Any, ...], seed: int, shards: int,
     key_col = pa.FixedSizeBinaryArray.from_buffers(
         pa.binary(16), len(keys), [None, pa.py_buffer(np.ascontiguousarray(keys).view(np.uint8))])
     batch = pa.RecordBatch.from_arrays([key_col, payloads], names=["key", "payload"])
-    return tuple(batch.take(pa.array(order[bounds[s]:bounds[s + 1]])) for s in range(shards))
+    return tuple(Piece(batch.take(pa.array(order[bounds[s]:bounds[s + 1]]))) for s in range(shards))
 
 
 def check_dtypes(dtypes: Any, id_columns: tuple[str, ...], payload_column: str) -> None:
@@ -214,24 +241,24 @@ def check_dtypes(dtypes: Any, id_columns: tuple[str, ...], payload_column: str) 
         refuse(payload_column, dt, "bytes (an object column of bytes, or Arrow binary/large_binary)")
 
 
-def shard_records(pieces: Sequence[Any]) -> tuple[Any, Any]:
+def shard_records(pieces: Sequence[Piece]) -> tuple[Any, Any]:
     """The keys (one ``KEY_DTYPE`` array) and payloads (one chunked Arrow
     array, a chunk per piece, buffers as they came) of a shard's pieces, in
     partition order, so a later duplicate still wins."""
     pa = _pyarrow()
-    pieces = [p for p in pieces if p.num_rows]
-    if not pieces:
+    batches = [p.batch for p in pieces if p.batch.num_rows]
+    if not batches:
         return np.empty(0, dtype=KEY_DTYPE), None
-    keys = np.concatenate([_piece_keys(p) for p in pieces])
-    chunks = [p.column(1) for p in pieces]
+    keys = np.concatenate([_piece_keys(b) for b in batches])
+    chunks = [b.column(1) for b in batches]
     if len({c.type for c in chunks}) > 1:       # binary and large_binary partitions
         chunks = [c.cast(pa.large_binary()) for c in chunks]
     return keys, pa.chunked_array(chunks)
 
 
-def _piece_keys(piece: Any) -> Any:
-    """The ``key`` column of a piece as ``KEY_DTYPE`` rows (a view of its buffer)."""
-    col = piece.column(0)
+def _piece_keys(batch: Any) -> Any:
+    """The ``key`` column of a piece's batch as ``KEY_DTYPE`` rows (a view of its buffer)."""
+    col = batch.column(0)
     n = len(col)
     raw = np.frombuffer(col.buffers()[1], dtype=np.uint8, count=(col.offset + n) * 16)
     return raw[col.offset * 16:].view(KEY_DTYPE)

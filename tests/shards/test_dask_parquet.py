@@ -187,12 +187,13 @@ def test_split_pieces_are_arrow_batches_in_input_order() -> None:
                        "payload": pd.arrays.ArrowExtensionArray(pa.chunked_array([payloads]))})
     spec = ("frame", ("edge_id",), "payload", "little")
     pieces = _pieces.split(df, spec, seed=12345, shards=4, part_no=0)
-    assert len(pieces) == 4 and all(isinstance(p, pa.RecordBatch) for p in pieces)
+    assert len(pieces) == 4 and all(isinstance(p, _pieces.Piece) for p in pieces)
+    assert all(isinstance(p.batch, pa.RecordBatch) for p in pieces)
     sid = _routing.shards_of(keys, 12345, 4)
     for s, piece in enumerate(pieces):
         mine = np.flatnonzero(sid == s)
-        assert np.array_equal(_pieces._piece_keys(piece), keys[mine])
-        assert piece.column(1).to_pylist() == payloads.take(pa.array(mine)).to_pylist()
+        assert np.array_equal(_pieces._piece_keys(piece.batch), keys[mine])
+        assert piece.batch.column(1).to_pylist() == payloads.take(pa.array(mine)).to_pylist()
     got_keys, got_payloads = _pieces.shard_records(pieces)
     assert got_keys.dtype == KEY_DTYPE and len(got_keys) == 700
     assert isinstance(got_payloads, pa.ChunkedArray)
@@ -202,6 +203,26 @@ def test_split_of_an_empty_partition() -> None:
     df = pd.DataFrame({"edge_id": pd.arrays.ArrowExtensionArray(pa.array([], pa.binary(16))),
                        "payload": pd.arrays.ArrowExtensionArray(pa.array([], pa.binary()))})
     pieces = _pieces.split(df, ("frame", ("edge_id",), "payload", "little"), 99, 3, 0)
-    assert [p.num_rows for p in pieces] == [0, 0, 0]
+    assert [p.batch.num_rows for p in pieces] == [0, 0, 0]
     keys, payloads = _pieces.shard_records(pieces)
     assert len(keys) == 0 and payloads is None
+
+
+def test_pieces_cross_workers_by_pickle_without_a_copy() -> None:
+    """distributed ships a bare RecordBatch as one Arrow IPC stream (every
+    payload copied into it); a piece goes by pickle protocol 5, one frame per
+    buffer, the payload frame the batch's own data buffer."""
+    from dask.sizeof import sizeof
+    from distributed.protocol import deserialize, serialize
+
+    keys, payloads = make_records(500, 8)
+    df = pd.DataFrame({"edge_id": pd.arrays.ArrowExtensionArray(pa.chunked_array([fsb_ids(keys)])),
+                       "payload": pd.arrays.ArrowExtensionArray(pa.chunked_array([payloads]))})
+    piece = _pieces.split(df, ("frame", ("edge_id",), "payload", "little"), 5, 2, 0)[1]
+    header, frames = serialize(piece, serializers=["dask", "pickle"])
+    assert header["serializer"] == "pickle"
+    data = piece.batch.column(1).buffers()[2]
+    assert data.address in {pa.py_buffer(f).address for f in frames}
+    back = deserialize(header, frames)
+    assert isinstance(back, _pieces.Piece) and back.batch.equals(piece.batch)
+    assert sizeof(piece) >= piece.batch.nbytes > 0
