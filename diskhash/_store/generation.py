@@ -204,20 +204,34 @@ def allocate_blocks(fd: int, start: int, end: int) -> None:
 
 
 def write_all(fd: int, buffers: Sequence[Any], offset: int) -> int:
-    """Write ``buffers`` at ``offset`` (retrying short writes); returns the new end."""
-    bufs = [v for v in (memoryview(b).cast("B") for b in buffers) if len(v)]
-    while bufs:
-        n = os.pwritev(fd, bufs[:512], offset)
-        if n <= 0:  # pragma: no cover - pwritev raises instead
-            raise OSError(errno.EIO, "short write")
-        offset += n
-        while n:
-            if n >= len(bufs[0]):
-                n -= len(bufs[0])
-                bufs.pop(0)
-            else:
-                bufs[0] = bufs[0][n:]
-                n = 0
+    """Write ``buffers`` at ``offset`` (retrying short writes); returns the new end.
+
+    The views it makes are released before it returns, whatever happens: one
+    left to the refcount stays alive while another thread holds this call's
+    frame (Dask's sampling profiler holds its workers' frames), and keeps
+    its buffer from being resized (the packed put's next piece)."""
+    made: list[memoryview] = []
+    try:
+        for b in buffers:
+            made.append(memoryview(b))
+            made.append(made[-1].cast("B"))
+        bufs = [v for v in made[1::2] if len(v)]
+        while bufs:
+            n = os.pwritev(fd, bufs[:512], offset)
+            if n <= 0:  # pragma: no cover - pwritev raises instead
+                raise OSError(errno.EIO, "short write")
+            offset += n
+            while n:
+                if n >= len(bufs[0]):
+                    n -= len(bufs[0])
+                    bufs.pop(0)
+                else:
+                    bufs[0] = bufs[0][n:]
+                    made.append(bufs[0])
+                    n = 0
+    finally:
+        for view in reversed(made):
+            view.release()
     return offset
 
 

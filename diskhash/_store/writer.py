@@ -432,12 +432,13 @@ class Writer(WriterDoor):
         from diskhash._index import dtypes as _dtypes
         karr = np.frombuffer(key_rows, dtype=_dtypes.KEY_DTYPE)
         recs = np.frombuffer(meta_rows, dtype=_dtypes.META_DTYPE)
-        with memoryview(buf) as blob, self as g:
+        # (the views released, not left to the refcount: see write_all)
+        with memoryview(buf) as whole, whole[:size] as blob, self as g:
             start = self.end
             try:
                 # (the append in the try: Ctrl-C after it returned, before a
                 # try, would leave its frames unindexed for an open to replay)
-                self.append_frames(g, blob[:size])
+                self.append_frames(g, blob)
                 recs["offset"] += start
                 g.index.insert_many(karr, recs)
             except BaseException:

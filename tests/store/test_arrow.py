@@ -462,3 +462,31 @@ def test_put_many_arrow_overlapped_pieces_stop_at_an_error(tmp_path, monkeypatch
     with PayloadStore(tmp_path / "t") as store:            # reopen: nothing more replays
         assert len(store) == stored and store.get(fresh[stored]) is None
         store.verify()
+
+
+@pytest.mark.parametrize("overlap", [False, True], ids=["one-buffer", "overlapped"])
+def test_put_many_arrow_pieces_when_another_thread_holds_a_frame(tmp_path, monkeypatch, overlap):
+    # Dask's sampling profiler holds its worker threads' frames: a view of a
+    # piece's buffer left to the refcount stayed exported, and the next
+    # piece's encode could not resize the buffer (BufferError in a Dask
+    # build).  The writes' views are released, whoever holds their frames.
+    import diskhash._store.writer as writer_module
+    from diskhash._index.dtypes import KEY_DTYPE
+    held = []
+    real = writer_module.write_all
+
+    def holding(fd, buffers, offset):
+        held.append(buffers)            # as a frame held by another thread would
+        return real(fd, buffers, offset)
+
+    monkeypatch.setattr(writer_module, "write_all", holding)
+    if overlap:
+        monkeypatch.setattr(writer_module, "PACKED_OVERLAP", 1)
+    small, big = [b"s%05d" % i * 16 for i in range(9000)], [b"B%05d" % i * 700 for i in range(600)]
+    payloads = small + big              # (the later pieces need a bigger buffer)
+    keys = np.zeros(len(payloads), dtype=KEY_DTYPE)
+    keys["lo"] = np.arange(1, len(payloads) + 1)
+    with PayloadStore(tmp_path / "s") as store:
+        store.put_many(keys, pa.array(payloads, type=pa.large_binary()))
+        assert len(held) >= 3
+        assert store.get_many(list(range(1, len(payloads) + 1))) == payloads
