@@ -78,12 +78,19 @@ def test_get_group_answers_for_its_siblings_and_none_for_others(tmp_path: Path) 
 # ``client``: the session's one LocalCluster (tests/shards/conftest.py).
 
 
-def test_lookups_grouped_per_worker_equal_local_lookups(client, tmp_path: Path) -> None:
+def set_and_mixed_keys(tmp_path: Path, seed: int) -> np.ndarray:
+    """A set of 4,000 keys in 5 shards at ``tmp_path / "set"``; its keys and
+    300 absent ones, shuffled."""
     keys, _ = make_set(tmp_path / "set", n=4000, shards=5)
     absent = np.zeros(300, dtype=KEY_DTYPE)
     absent["hi"] = np.arange(1, 301, dtype=np.uint64)
     mixed = np.concatenate([keys, absent])
-    np.random.default_rng(3).shuffle(mixed)
+    np.random.default_rng(seed).shuffle(mixed)
+    return mixed
+
+
+def test_lookups_grouped_per_worker_equal_local_lookups(client, tmp_path: Path) -> None:
+    mixed = set_and_mixed_keys(tmp_path, seed=3)
     with ShardedStore(tmp_path / "set", readonly=True) as local, \
             LookupService(client, tmp_path / "set") as svc:
         want = local.get_many(mixed)
@@ -141,11 +148,7 @@ def test_lookup_service_get_many_arrow_sends_arrow_in_key_order(client, tmp_path
     list of bytes); the service puts them in key order with nulls for the
     absent keys, grouped per worker and, with stale places, shard by shard."""
     pa = pytest.importorskip("pyarrow")
-    keys, _ = make_set(tmp_path / "set", n=4000, shards=5)
-    absent = np.zeros(300, dtype=KEY_DTYPE)
-    absent["hi"] = np.arange(1, 301, dtype=np.uint64)
-    mixed = np.concatenate([keys, absent])
-    np.random.default_rng(4).shuffle(mixed)
+    mixed = set_and_mixed_keys(tmp_path, seed=4)
     with ShardedStore(tmp_path / "set", readonly=True) as local, \
             LookupService(client, tmp_path / "set") as svc:
         want = local.get_many(mixed)
