@@ -33,6 +33,9 @@ import sys
 import tempfile
 import time
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _backends import chunked  # noqa: E402  (the standard library only: the other venv imports it too)
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
 
@@ -53,23 +56,8 @@ def make_keys(n: int, lookups: int) -> "tuple[list[str], list[int], list[str]]":
     return keys, sample, absent
 
 
-def chunked(fn, keys: list, repeat: int, size: int = 2_000) -> float:
-    """Seconds for ``fn`` over ``keys`` in parts of ``size``: the fastest of
-    ``repeat`` runs of each part, summed (a part preempted by another job on
-    a loaded machine does not count; the best of whole passes would)."""
-    total = 0.0
-    for i in range(0, len(keys), size):
-        part = keys[i:i + size]
-        fn(part)
-        times = []
-        for _ in range(repeat):
-            gc.disable()
-            t = time.perf_counter()
-            fn(part)
-            times.append(time.perf_counter() - t)
-            gc.enable()
-        total += min(times)
-    return total
+def parts_of(keys: list, size: int = 2_000) -> list:
+    return [keys[i:i + size] for i in range(0, len(keys), size)]
 
 
 def du(path: str) -> int:
@@ -122,8 +110,8 @@ def worker(kind: str, n: int, lookups: int, repeat: int, directory: str) -> dict
         for k in part:
             get(k)
 
-    res["get"] = chunked(gets, hit, repeat) / len(hit) * 1e9
-    res["get_miss"] = chunked(gets, ab, repeat) / len(ab) * 1e9
+    res["get"] = chunked(gets, parts_of(hit), repeat) / len(hit) * 1e9
+    res["get_miss"] = chunked(gets, parts_of(ab), repeat) / len(ab) * 1e9
     res["disk"] = du(path) / n
     return res
 

@@ -49,7 +49,7 @@ import time
 from typing import Any, Callable
 
 import numpy as np
-from _backends import machine_info
+from _backends import chunked, machine_info
 
 import diskhash
 from diskhash import KEY_DTYPE, PayloadStore
@@ -376,25 +376,6 @@ def du(path: str) -> int:
     for root, _dirs, files in os.walk(path):
         for f in files:
             total += os.stat(os.path.join(root, f)).st_blocks * 512
-    return total
-
-
-def chunked(fn: Callable[[list[Any]], Any], parts: list[list[Any]], repeat: int) -> float:
-    """Seconds for ``fn`` over every part: the fastest of ``repeat`` runs of
-    each part, summed.  On a loaded machine a run preempted by another job
-    is slower by the time it was off the core; small parts timed apart keep
-    that out of the figure, where the best of whole passes cannot."""
-    total = 0.0
-    for part in parts:
-        fn(part)
-        times = []
-        for _ in range(repeat):
-            gc.disable()
-            t = time.perf_counter()
-            fn(part)
-            times.append(time.perf_counter() - t)
-            gc.enable()
-        total += min(times)
     return total
 
 
