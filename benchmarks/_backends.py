@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import os
 import time
 from typing import Any, Callable
 
@@ -74,4 +75,13 @@ def chunked(fn: Callable[[list[Any]], Any], parts: list[list[Any]], repeat: int)
             times.append(time.perf_counter() - t)
             gc.enable()
         total += min(times)
+    return total
+
+
+def du(path: str) -> int:
+    """Bytes allocated on disk under ``path`` (blocks, not apparent size)."""
+    total = 0
+    for root, _dirs, files in os.walk(path):
+        for f in files:
+            total += os.stat(os.path.join(root, f)).st_blocks * 512
     return total

@@ -55,6 +55,8 @@ import subprocess
 import sys
 import time
 
+from _backends import du
+
 PAYLOAD = 1024
 CGROUP_ROOT = "/sys/fs/cgroup/memory"
 CGROUP_NAME = "diskhash-beyond-memory"
@@ -117,14 +119,6 @@ def build(directory: str, entries: int, rebuild: bool) -> dict:
     with open(meta_path, "w") as f:
         json.dump(meta, f)
     return meta
-
-
-def disk_bytes(path: str) -> int:
-    total = 0
-    for root, _dirs, files in os.walk(path):
-        for name in files:
-            total += os.stat(os.path.join(root, name)).st_blocks * 512
-    return total
 
 
 # -- the reader (a child process in the cgroup) ----------------------------------
@@ -382,7 +376,7 @@ def main() -> int:
                       for n in os.listdir(store_dir) if n.startswith("index") and not n.endswith(".lock"))
     print(f"diskhash {diskhash.__version__}, Python {platform.python_version()}, "
           f"{platform.machine()}, load average {os.getloadavg()[0]:.2f} (2 cores)")
-    print(f"{meta['entries']:,} payloads of {PAYLOAD} B; store {disk_bytes(store_dir) / 2**30:.2f} GiB "
+    print(f"{meta['entries']:,} payloads of {PAYLOAD} B; store {du(store_dir) / 2**30:.2f} GiB "
           f"(index {index_bytes / 2**20:.0f} MiB, {index_bytes / meta['entries']:.0f} B an entry); "
           f"cgroup memory limit {args.limit_mb} MiB; {args.gets:,} random gets")
     drop_caches(args.dir)

@@ -49,7 +49,7 @@ import time
 from typing import Any, Callable
 
 import numpy as np
-from _backends import chunked, machine_info
+from _backends import chunked, du, machine_info
 
 import diskhash
 from diskhash import KEY_DTYPE, PayloadStore
@@ -368,15 +368,6 @@ class Gdbm(Backend):
 CHUNK = 2_000      # keys per timed part of the single gets
 
 BACKENDS: list[Backend] = [DiskHash(), Lmdb(), Rocks(), Level(), DiskCache(), Sqlite(), Gdbm()]
-
-
-def du(path: str) -> int:
-    """Bytes allocated on disk under ``path`` (blocks, not apparent size)."""
-    total = 0
-    for root, _dirs, files in os.walk(path):
-        for f in files:
-            total += os.stat(os.path.join(root, f)).st_blocks * 512
-    return total
 
 
 def timed(fn: Callable[[], Any], repeat: int = 1) -> float:

@@ -18,7 +18,8 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers.processes import subprocess_env
+from helpers.processes import finish, subprocess_env
+from helpers.processes import spawn_python as spawn
 
 from diskhash import DiskHashIndex, IndexClosedError, IndexLockedError, PayloadMeta
 from diskhash._format.sochidx2 import SHARED_AT, UNDO_OFFSET
@@ -50,22 +51,6 @@ with DiskHashIndex(path, timeout=30) as idx:
             idx.delete(k)
     print("done", flush=True)
 """
-
-
-def spawn(script: str, *args: object) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-c", script, *map(str, args)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=subprocess_env())
-
-
-def finish(proc: subprocess.Popen, timeout: float = CHILD_TIMEOUT) -> str:
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        out, err = proc.communicate()
-        raise AssertionError(f"child hung: {out}\n{err}") from None
-    assert proc.returncode == 0, f"child exited {proc.returncode}\n{out}\n{err}"
-    return out
 
 
 def rec(key: int, version: int) -> PayloadMeta:
